@@ -1,0 +1,204 @@
+"""ApiTier: a product tier (free, pro, enterprise…): limits, models, authentication, priority and prices."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from tollway.api.base import (
+    Conditions,
+    DecimalString,
+    PrinterColumn,
+    Resource,
+    Rule,
+    TollwayModel,
+    age_column,
+    matches,
+    ready_column,
+)
+from tollway.api.model_deployment import MODEL_NAME
+
+_MODEL = MODEL_NAME.strip("^$")
+#: "MODEL" (its latest alias), "MODEL:ALIAS", "MODEL@VERSION", or "*" (every model in the namespace).
+MODEL_REFERENCE = f"^([*]|{_MODEL}(:[a-z][a-z0-9-]{{0,30}}|@[1-9][0-9]{{0,9}})?)$"
+
+Positive = Annotated[int, Field(ge=1, json_schema_extra={"format": "int64"})]
+Names = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=253)]], Field(max_length=64)]
+
+
+class Limits(TollwayModel):
+    """Per-consumer limits; an unset limit is unlimited."""
+
+    requests_per_minute: Positive | None = None
+    tokens_per_minute: Positive | None = None
+    """Input plus output tokens, as the model's responses report them."""
+    concurrent_requests: Positive | None = None
+    """In-flight requests of the whole tier, per model."""
+    requests_per_day: Positive | None = None
+    tokens_per_day: Positive | None = None
+
+
+class ModelOverride(Limits):
+    """Limits of this tier that differ for one model."""
+
+    model: Annotated[str, StringConstraints(max_length=63)]
+    """A model name (spec.model.name of a ModelDeployment)."""
+
+
+class SecretReference(TollwayModel):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class LabelSelectorRequirement(TollwayModel):
+    key: Annotated[str, StringConstraints(min_length=1, max_length=316)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Names = Field(default_factory=list)
+
+
+class LabelSelector(TollwayModel):
+    """A Kubernetes label selector."""
+
+    rules = (
+        Rule(
+            field="",
+            message="secretSelector must not be empty (it would select every Secret in the namespace)",
+            cel="(has(self.matchLabels) && size(self.matchLabels) > 0) "
+            "|| (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+            holds=lambda selector: bool(selector.match_labels or selector.match_expressions),
+        ),
+    )
+
+    match_labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+
+
+class ApiKeyAuth(TollwayModel):
+    secret_selector: LabelSelector
+    """Secrets with the data key `api-key`, one consumer each (the Secret's name). The annotation
+    `tollway.dev/expires-at` (RFC 3339) makes a key stop working at that time."""
+
+
+class JwtAuth(TollwayModel):
+    issuer: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    jwks_uri: Annotated[str, StringConstraints(pattern="^https://", max_length=2048)]
+    audiences: Names = Field(default_factory=list)
+    consumer_claim: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "sub"
+    """The claim whose value names the consumer."""
+    required_scopes: Names = Field(default_factory=list)
+
+
+class MtlsAuth(TollwayModel):
+    ca_secret_ref: SecretReference
+    """A Secret whose `ca.crt` signs the client certificates."""
+    allowed_subject_alt_names: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=512)]], Field(max_length=64)
+    ] = Field(default_factory=list)
+    """SANs allowed in; a trailing '*' matches any suffix. Empty: any certificate the CA signed."""
+
+
+class Auth(TollwayModel):
+    """How consumers of this tier authenticate; at least one method."""
+
+    rules = (
+        Rule(
+            field="",
+            message="auth needs at least one of apiKeys, jwt, mtls",
+            cel="has(self.apiKeys) || has(self.jwt) || has(self.mtls)",
+            holds=lambda auth: any(method is not None for method in (auth.api_keys, auth.jwt, auth.mtls)),
+        ),
+    )
+
+    api_keys: ApiKeyAuth | None = None
+    jwt: JwtAuth | None = None
+    mtls: MtlsAuth | None = None
+
+
+class Pricing(TollwayModel):
+    """Prices per 1,000 tokens, for the usage and cost figures."""
+
+    currency: Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")] = "USD"
+    input_per1k_tokens: DecimalString = Field(default="0", alias="inputPer1kTokens")
+    output_per1k_tokens: DecimalString = Field(default="0", alias="outputPer1kTokens")
+
+
+class OverLimit(TollwayModel):
+    retry_after: bool = True
+    """429 responses carry Retry-After."""
+
+
+class UsageAlerts(TollwayModel):
+    usage_spike_factor: float = Field(default=3.0, ge=1.0, le=1000.0)
+    """Alert when a consumer's rate exceeds this many times its 7-day baseline."""
+
+
+class ApiTierSpec(TollwayModel):
+    rules = (
+        Rule(
+            field=".models",
+            message='models entries must be "MODEL", "MODEL:ALIAS", "MODEL@VERSION" or "*"',
+            cel=f"self.models.all(m, m.matches('{MODEL_REFERENCE}'))",
+            holds=lambda spec: all(matches(MODEL_REFERENCE, model) for model in spec.models),
+        ),
+        Rule(
+            field=".overrides",
+            message="overrides[].model must be a model name that spec.models allows",
+            cel=f"!has(self.overrides) || self.overrides.all(o, o.model.matches('{MODEL_NAME}') && "
+            "self.models.exists(m, m == '*' || m == o.model || m.startsWith(o.model + ':') "
+            "|| m.startsWith(o.model + '@')))",
+            holds=lambda spec: all(
+                matches(MODEL_NAME, override.model)
+                and any(
+                    allowed in ("*", override.model)
+                    or allowed.startswith((override.model + ":", override.model + "@"))
+                    for allowed in spec.models
+                )
+                for override in spec.overrides
+            ),
+        ),
+    )
+
+    display_name: Annotated[str, StringConstraints(max_length=128)] | None = None
+    priority: int = Field(default=10, ge=1, le=10)
+    """Triton queue priority of this tier's requests; 1 is served first when GPUs are saturated."""
+    limits: Limits = Limits()
+    models: list[Annotated[str, StringConstraints(max_length=80)]] = Field(min_length=1, max_length=64)
+    """Models this tier may call: "MODEL" (its latest alias), "MODEL:ALIAS", "MODEL@VERSION", or "*"."""
+    overrides: list[ModelOverride] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["model"]},
+    )
+    auth: Auth
+    pricing: Pricing = Pricing()
+    over_limit: OverLimit = OverLimit()
+    alerts: UsageAlerts = UsageAlerts()
+
+
+class ApiTierStatus(TollwayModel):
+    observed_generation: int = 0
+    conditions: Conditions = Field(default_factory=list)
+    consumers: int = 0
+    """Consumers that can authenticate to this tier now."""
+
+
+class ApiTier(Resource):
+    """A product tier: limits per consumer, allowed models, authentication, priority and prices."""
+
+    kind_name = "ApiTier"
+    plural = "apitiers"
+    short_names = ("tier",)
+    printer_columns = (
+        PrinterColumn(name="RPM", type="integer", json_path=".spec.limits.requestsPerMinute"),
+        PrinterColumn(name="TPM", type="integer", json_path=".spec.limits.tokensPerMinute"),
+        PrinterColumn(name="Concurrency", type="integer", json_path=".spec.limits.concurrentRequests"),
+        PrinterColumn(name="Consumers", type="integer", json_path=".status.consumers"),
+        ready_column(),
+        age_column(),
+    )
+    status_model = ApiTierStatus
+
+    kind: Literal["ApiTier"] = "ApiTier"
+    spec: ApiTierSpec

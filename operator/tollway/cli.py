@@ -1,0 +1,97 @@
+"""`tollway run | crds | validate`: the same core behind every command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tollway import documents
+from tollway.api import RESOURCES, Resource
+from tollway.api.crd import custom_resource_definition
+from tollway.api.parse import InvalidResource, parse
+from tollway.settings import Settings
+
+KINDS: dict[str, type[Resource]] = {resource.kind_name: resource for resource in RESOURCES}
+
+
+def dump(document: Any) -> str:
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=120)
+
+
+def crds(arguments: argparse.Namespace) -> int:
+    definitions = [custom_resource_definition(resource) for resource in RESOURCES]
+    if arguments.out is None:
+        sys.stdout.write("---\n".join(dump(definition) for definition in definitions))
+        return 0
+    out = Path(arguments.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for definition in definitions:
+        (out / f"{definition['metadata']['name']}.yaml").write_text(dump(definition))
+    return 0
+
+
+def validate(arguments: argparse.Namespace) -> int:
+    failures = 0
+    for document in documents.load(arguments.filename):
+        kind = KINDS.get(str(document.get("kind")))
+        if kind is None:
+            continue
+        name = (document.get("metadata") or {}).get("name", "")
+        try:
+            parse(kind, document)
+            print(f"{kind.kind_name}/{name}: valid")
+        except InvalidResource as invalid:
+            failures += 1
+            for problem in invalid.problems:
+                print(f"{kind.kind_name}/{name}: {problem}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from tollway.runner import run_operator  # noqa: PLC0415 (kopf is slow to import; only `run` needs it)
+
+    settings = Settings(
+        namespaces=tuple(arguments.namespace),
+        resync_seconds=arguments.resync_seconds,
+        liveness_endpoint=arguments.liveness or None,
+        peering=arguments.peering,
+    )
+    run_operator(settings, verbose=arguments.verbose)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tollway", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    command = commands.add_parser("run", help="run the operator")
+    command.add_argument("-n", "--namespace", action="append", default=[],
+                         help="watch this namespace (repeatable); default: all namespaces")  # fmt: skip
+    command.add_argument("--resync-seconds", type=float, default=Settings.resync_seconds)
+    command.add_argument("--liveness", default=Settings.liveness_endpoint,
+                         help="liveness URL to serve; empty turns it off")  # fmt: skip
+    command.add_argument("--peering", default=None, help="kopf peering name, to run several replicas")
+    command.add_argument("-v", "--verbose", action="store_true")
+    command.set_defaults(handler=run)
+
+    command = commands.add_parser("crds", help="print the CustomResourceDefinitions, or write them to --out")
+    command.add_argument("--out", help="folder to write one file per CRD into")
+    command.set_defaults(handler=crds)
+
+    command = commands.add_parser("validate", help="check resources as the API server and operator would")
+    command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
+    command.set_defaults(handler=validate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    return int(arguments.handler(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

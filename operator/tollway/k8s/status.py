@@ -1,0 +1,31 @@
+"""The single status writer: server-side apply of the status fields Tollway owns, on the subresource."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tollway.api import GROUP, VERSION, Resource
+from tollway.k8s.client import custom_objects
+
+FIELD_MANAGER = "tollway"
+
+
+def apply_status(kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Apply `status` with field manager `tollway`; fields other managers own are left alone."""
+    custom_objects().patch_namespaced_custom_object_status(
+        group=GROUP,
+        version=VERSION,
+        namespace=metadata["namespace"],
+        plural=kind.plural,
+        name=metadata["name"],
+        body={
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind.kind_name,
+            "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
+            "status": dict(status),
+        },
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
