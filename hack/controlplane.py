@@ -113,7 +113,13 @@ def certificate_user(name: str) -> dict[str, str]:
     return {"client-certificate": str(PKI / f"{name}.crt"), "client-key": str(PKI / f"{name}.key")}
 
 
+#: Processes this run started: a child that exited stays a zombie until polled, and os.kill(pid, 0) finds it.
+_started: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def pid_alive(name: str) -> bool:
+    if name in _started:
+        return _started[name].poll() is None
     pid_file = STATE / f"{name}.pid"
     if not pid_file.exists():
         return False
@@ -132,6 +138,7 @@ def start(name: str, command: list[str]) -> None:
     with open(LOGS / f"{name}.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (STATE / f"{name}.pid").write_text(str(process.pid))
+    _started[name] = process
 
 
 def https_ready(url: str, context: ssl.SSLContext) -> bool:
@@ -191,6 +198,8 @@ def up() -> None:
         str(binaries / "kube-apiserver"),
         "--etcd-servers", etcd_url,
         "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+        # The endpoint reconciler refuses a loopback address; nothing in this cluster needs the endpoints.
+        "--endpoint-reconciler-type", "none",
         "--secure-port", str(APISERVER_PORT), "--cert-dir", str(PKI),
         "--tls-cert-file", str(PKI / "apiserver.crt"), "--tls-private-key-file", str(PKI / "apiserver.key"),
         "--client-ca-file", str(PKI / "ca.crt"),

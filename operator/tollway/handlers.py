@@ -24,6 +24,10 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
     md, tier = (GROUP, VERSION, ModelDeployment.plural), (GROUP, VERSION, ApiTier.plural)
     every = settings.resync_seconds
 
+    @kopf.on.login(registry=handlers)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # the same credentials as our own kubernetes client
+
     @kopf.on.startup(registry=handlers)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         _configure(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import kopf
 
@@ -10,15 +11,24 @@ from tollway.handlers import registry
 from tollway.settings import Settings
 
 
+class _QuietSuccess(logging.Filter):
+    """Drop kopf's "Handler … succeeded" lines: a level-based reconcile runs on every watch event and resync,
+    and a success line for each would bury the condition changes that Tollway logs itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and str(record.msg).endswith("succeeded."))
+
+
 def run_operator(settings: Settings, *, verbose: bool = False) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
+    logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     asyncio.run(
         kopf.operator(
             registry=registry(settings),
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             standalone=settings.peering is None,
-            peering_name=settings.peering or "",
+            peering_name=settings.peering,
             liveness_endpoint=settings.liveness_endpoint,
         )
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -89,19 +89,6 @@ class TollwayModel(BaseModel):
         return self
 
 
-class ObjectMeta(BaseModel):
-    """The part of Kubernetes object metadata that Tollway reads; the rest is kept as it is."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: str
-    namespace: str = "default"
-    uid: str = ""
-    generation: int = 0
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-
-
 class Condition(TollwayModel):
     """One status condition, in the shape of Kubernetes' metav1.Condition."""
 
@@ -111,7 +98,7 @@ class Condition(TollwayModel):
     """A CamelCase word that a program can match on."""
     message: Annotated[str, StringConstraints(max_length=32768)] = ""
     """What a person needs to know, naming the field at fault when there is one."""
-    last_transition_time: str = Field(default="", json_schema_extra={"format": "date-time"})
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
     """When `status` last changed."""
     observed_generation: int = 0
     """The `metadata.generation` this condition was computed from."""
@@ -134,13 +121,34 @@ def matches(pattern: str, value: str) -> bool:
 
 
 #: The name of an object whose children get suffixes: a DNS label short enough to leave room for them.
+#: A CRD may restrict metadata.name only on that string itself, so this rule sits on the name, not the object.
 NAME_RULE = Rule(
-    field=".metadata.name",
+    field="",
     message="metadata.name must be a DNS label (lower-case letters, digits and '-', starting with a letter) "
     "of at most 40 characters",
-    cel=f"self.metadata.name.size() <= 40 && self.metadata.name.matches('{DNS_LABEL}')",
-    holds=lambda resource: len(resource.metadata.name) <= 40 and matches(DNS_LABEL, resource.metadata.name),
+    cel=f"self.size() <= 40 && self.matches('{DNS_LABEL}')",
+    holds=lambda name: len(name) <= 40 and matches(DNS_LABEL, name),
 )
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes object metadata that Tollway reads; the rest is kept as it is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_short_dns_label(cls, name: str) -> str:
+        if not NAME_RULE.holds(name):
+            raise PydanticCustomError("rule", NAME_RULE.message)
+        return name
 
 
 def pattern_rule(field: str, pattern: str, message: str) -> Rule:
@@ -169,7 +177,6 @@ class PrinterColumn(TollwayModel):
 class Resource(TollwayModel):
     """What every Tollway custom resource shares: its identity and the rules on its name."""
 
-    rules = (NAME_RULE,)
     kind_name: ClassVar[str]
     plural: ClassVar[str]
     short_names: ClassVar[tuple[str, ...]]

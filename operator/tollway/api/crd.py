@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tollway.api.base import GROUP, VERSION, Resource
+from tollway.api.base import GROUP, NAME_RULE, VERSION, Resource
 
 KEPT = {
     "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
@@ -96,11 +96,15 @@ def custom_resource_definition(resource: type[Resource]) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "x-kubernetes-validations": [NAME_RULE.crd_validation()]}
+                },
+            },
             "spec": model_schema(spec_model),
             "status": model_schema(status_model),
         },
-        "x-kubernetes-validations": [rule.crd_validation() for rule in resource.rules],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

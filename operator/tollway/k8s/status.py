@@ -5,14 +5,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from tollway.api import GROUP, VERSION, Resource
 from tollway.k8s.client import custom_objects
 
 FIELD_MANAGER = "tollway"
 
 
-def apply_status(kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-    """Apply `status` with field manager `tollway`; fields other managers own are left alone."""
+def apply_status(kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Apply `status` with field manager `tollway`; fields other managers own are left alone.
+
+    False when the object is gone (deleted between the event and this write): nothing left to report on.
+    """
+    try:
+        _apply(kind, metadata, status)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def _apply(kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]) -> None:
     custom_objects().patch_namespaced_custom_object_status(
         group=GROUP,
         version=VERSION,

@@ -43,7 +43,7 @@ def translate(kind: type[Resource], document: Mapping[str, Any], now: datetime) 
             make("Degraded", "True", "InvalidSpec", message),
         ]
         return Result(status=_status(kind, generation, conditions), problems=invalid.problems)
-    not_yet = f"the spec is valid; Tollway does not yet create the children of a {kind.kind_name}"
+    not_yet = f"the spec is valid; Tollway does not create {kind.kind_name} children yet"
     conditions = [
         make("Ready", "False", "NotImplemented", not_yet),
         make("Progressing", "False", "NotImplemented", "nothing to roll out"),

@@ -59,3 +59,11 @@ def changed_conditions(current: Mapping[str, Any], written: Mapping[str, Any]) -
         if (previous.get("status"), previous.get("reason")) != (item["status"], item["reason"]):
             changed.append(Condition.model_validate(item))
     return changed
+
+
+def event_type(item: Condition) -> Literal["Normal", "Warning"] | None:
+    """How a change of this condition is announced as a Kubernetes Event; None: not at all (Progressing)."""
+    if item.type == "Progressing":
+        return None
+    trouble = item.reason == "InvalidSpec" or (item.type == "Degraded" and item.status == "True")
+    return "Warning" if trouble else "Normal"

@@ -1,0 +1,31 @@
+"""The real local control plane (hack/controlplane), shared by every integration test of the session.
+
+There is no skip here: if kube-apiserver, etcd or kube-controller-manager cannot start, the tests fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTROLPLANE = ROOT / "hack" / "controlplane"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """Starts the control plane (or reuses one already up), installs the CRDs; stops it if it started it."""
+    already_up = (ROOT / ".local" / "controlplane" / "kube-apiserver.pid").exists()
+    up = subprocess.run([str(CONTROLPLANE), "up"], capture_output=True, text=True, timeout=3600, check=False)
+    assert up.returncode == 0, f"hack/controlplane up failed:\n{up.stderr}"
+    kubeconfig = Path(up.stdout.strip().split("=", 1)[1])
+    cluster = Cluster(kubeconfig)
+    cluster.kubectl("apply", "--server-side", "--field-manager", "tollway-tests", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "-f", str(ROOT / "crds"))
+    yield cluster
+    if not already_up:
+        subprocess.run([str(CONTROLPLANE), "down"], check=True, timeout=120)

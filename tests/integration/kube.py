@@ -1,0 +1,56 @@
+"""kubectl against the local control plane, for the integration tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: Path
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
+
+    def apply(self, manifest: dict[str, Any] | str) -> None:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        self.kubectl("apply", "-f", "-", stdin=text)
+
+    def namespace(self, name: str) -> str:
+        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        return name
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5) -> T:
+    """The first truthy value `probe` returns, or AssertionError with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met after {timeout}s; last value: {last!r}")

@@ -1,0 +1,66 @@
+"""What the real API server does with the CRDs: examples accepted, defaults applied, bad input refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kube import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+INVALID = sorted((ROOT / "tests" / "invalid").glob("*.yaml"))
+
+
+def test_examples_apply_and_print_their_columns(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(ROOT / "examples"))
+    table = cluster.kubectl("get", "md,tier", "-n", "ai").stdout
+    lines = table.splitlines()
+    model_header = next(line for line in lines if line.startswith("NAME") and "P99" in line)
+    assert model_header.split() == ["NAME", "READY", "REPLICAS", "P99", "QUEUE", "AGE"]
+    tier_header = next(line for line in lines if line.startswith("NAME") and "RPM" in line)
+    assert tier_header.split() == ["NAME", "RPM", "TPM", "CONCURRENCY", "CONSUMERS", "READY", "AGE"]
+    pro = next(line.split() for line in lines if line.startswith("apitier.tollway.dev/pro"))
+    assert pro[1:4] == ["600", "200000", "20"]
+    assert "modeldeployment.tollway.dev/chat" in table
+
+
+def test_short_names_and_category(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(ROOT / "examples"))
+    names = cluster.kubectl("get", "tollway", "-n", "ai", "-o", "name").stdout.split()
+    assert set(names) >= {"modeldeployment.tollway.dev/chat", "apitier.tollway.dev/free"}
+
+
+def test_schema_applies_defaults(cluster: Cluster) -> None:
+    namespace = cluster.namespace("defaults")
+    cluster.apply(
+        {
+            "apiVersion": "tollway.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "tiny", "namespace": namespace},
+            "spec": {"model": {"repository": "pvc://models/tiny", "backend": "onnxruntime"}, "versions": [{"version": "1"}]},
+        }
+    )
+    spec = cluster.get("md", "tiny", namespace)["spec"]
+    assert spec["triton"]["gpus"] == 1
+    assert spec["autoscaling"] == {
+        "engine": "hpa",
+        "minReplicas": 1,
+        "maxReplicas": 1,
+        "targets": {},
+        "scaleUp": {"stabilizationSeconds": 0},
+        "scaleDown": {"stabilizationSeconds": 300},
+    }
+    assert spec["queue"] == {"maxQueueSize": 0, "timeoutMicroseconds": 0}
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[path.stem for path in INVALID])
+def test_invalid_manifest_is_refused_at_admission(cluster: Cluster, path: Path) -> None:
+    header = dict(line[2:].split(": ", 1) for line in path.read_text().splitlines() if line.startswith("# "))
+    document = yaml.safe_load(path.read_text())
+    cluster.namespace(document["metadata"]["namespace"])
+    refused = cluster.kubectl("create", "--dry-run=server", "-f", str(path), check=False)
+    assert refused.returncode != 0, f"{path.name} was accepted"
+    assert header["field"] in refused.stderr, refused.stderr
+    if "message" in header:
+        assert header["message"] in refused.stderr, refused.stderr
