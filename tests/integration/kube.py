@@ -19,7 +19,9 @@ KUBECTL = str(Path(sys.executable).parent / "kubectl")
 class Cluster:
     kubeconfig: Path
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
             input=stdin,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,10 @@ def test_schema_applies_defaults(cluster: Cluster) -> None:
             "apiVersion": "tollway.dev/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": "tiny", "namespace": namespace},
-            "spec": {"model": {"repository": "pvc://models/tiny", "backend": "onnxruntime"}, "versions": [{"version": "1"}]},
+            "spec": {
+                "model": {"repository": "pvc://models/tiny", "backend": "onnxruntime"},
+                "versions": [{"version": "1"}],
+            },
         }
     )
     spec = cluster.get("md", "tiny", namespace)["spec"]

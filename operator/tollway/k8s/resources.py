@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
@@ -13,11 +13,9 @@ from tollway.k8s.client import custom_objects
 def read_resource(kind: type[Resource], namespace: str, name: str) -> dict[str, Any] | None:
     """The object as the API server holds it now; None when it is gone."""
     try:
-        found: dict[str, Any] = custom_objects().get_namespaced_custom_object(
-            GROUP, VERSION, namespace, kind.plural, name
-        )
+        found = custom_objects().get_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, name)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    return found
+    return cast(dict[str, Any], found)  # custom objects come back as plain JSON dicts

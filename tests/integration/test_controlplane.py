@@ -1,0 +1,44 @@
+"""The test bed itself: RBAC is enforced, a ServiceAccount identity works, controllers run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from kube import Cluster, eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_service_account_is_bound_by_rbac(cluster: Cluster) -> None:
+    made = subprocess.run([str(ROOT / "hack" / "controlplane"), "kubeconfig-for", "rbac-test/reader"],
+                          capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    reader = Cluster(Path(made.stdout.strip()))
+    assert reader.kubectl("auth", "whoami", "-o", "json").stdout.count(
+        "system:serviceaccount:rbac-test:reader"
+    )
+    denied = reader.kubectl("get", "configmaps", "-n", "rbac-test", check=False)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr
+    cluster.kubectl(
+        "create", "role", "read-configmaps", "-n", "rbac-test", "--verb=list", "--resource=configmaps"
+    )
+    cluster.kubectl("create", "rolebinding", "reader", "-n", "rbac-test", "--role=read-configmaps",
+                    "--serviceaccount=rbac-test:reader")  # fmt: skip
+    eventually(lambda: reader.kubectl("get", "configmaps", "-n", "rbac-test", check=False).returncode == 0)
+
+
+def test_the_garbage_collector_removes_owned_objects(cluster: Cluster) -> None:
+    namespace = cluster.namespace("gc-test")
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner", "namespace": namespace}}
+    )
+    uid = cluster.get("configmap", "owner", namespace)["metadata"]["uid"]
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+    owned = {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "owned", "namespace": namespace, "ownerReferences": [owner]}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(owned))
+    cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
+    eventually(
+        lambda: cluster.kubectl("get", "configmap", "owned", "-n", namespace, check=False).returncode != 0
+    )
