@@ -1,0 +1,40 @@
+# Tollway's developer commands. Every target sets up what it needs on a fresh machine.
+.PHONY: setup k8s demo test unit integration lint crds golden up down clean
+
+VENV := .venv/bin
+
+setup:            ## the venv with tollway and its dev tools
+	@hack/setup
+
+k8s:              ## kube-apiserver and kube-controller-manager, built once from the Go module proxy
+	@hack/build-k8s.sh >/dev/null
+
+demo: setup k8s   ## the main job on the local default: control plane, operator, examples, report
+	@$(VENV)/python hack/demo.py $(ARGS)
+
+test: setup k8s   ## everything CI runs: lint, types, layers, unit, golden and integration tests
+	@$(VENV)/pytest -q
+
+unit: setup       ## the tests that need no cluster
+	@$(VENV)/pytest -q tests/unit
+
+integration: setup k8s
+	@$(VENV)/pytest -q tests/integration
+
+lint: setup
+	@$(VENV)/pytest -q tests/unit/test_code_quality.py
+
+crds: setup       ## regenerate crds/ from the pydantic models
+	@$(VENV)/tollway crds --out crds
+
+golden: setup     ## rewrite tests/golden/*/out from the code; read the diff before committing
+	@$(VENV)/pytest -q tests/unit/test_golden.py --update-golden
+
+up: setup k8s     ## start the local control plane (prints the KUBECONFIG export)
+	@hack/controlplane up
+
+down:
+	@hack/controlplane down
+
+clean: down
+	rm -rf .venv .local
