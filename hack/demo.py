@@ -53,21 +53,24 @@ def report(kubeconfig: str) -> None:
     for item in listing["items"]:
         print(f"{item['kind']}/{item['metadata']['name']} (generation {item['metadata']['generation']}):")
         for condition in item["status"]["conditions"]:
-            message = f": {condition['message']}" if condition['message'] else ""
+            message = f": {condition['message']}" if condition["message"] else ""
             print(f"  {condition['type']:<12} {condition['status']:<6} {condition['reason']}{message}")
     print()
-    print("Not shown yet: the Triton serving stack, the Envoy gateway, traffic and usage figures. The operator")
-    print("validates and reports on the resources; rendering their children is the next work (see README).")
+    print("Not shown yet: the Triton serving stack, the Envoy gateway, traffic and usage figures. The")
+    print("operator validates and reports on the resources; rendering their children is next (see README).")
 
 
 def main() -> int:
-    options = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    options = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     options.add_argument("--keep", action="store_true", help="leave the control plane and operator running")
     keep = options.parse_args().keep
     began = time.monotonic()
 
     step("starting the local control plane (the first run builds Kubernetes from source: minutes)")
-    up = subprocess.run([str(ROOT / "hack" / "controlplane"), "up"], check=True, stdout=subprocess.PIPE, text=True)
+    controlplane = str(ROOT / "hack" / "controlplane")
+    up = subprocess.run([controlplane, "up"], check=True, stdout=subprocess.PIPE, text=True)
     kubeconfig = up.stdout.strip().split("=", 1)[1]
     operator = None
     try:
@@ -89,12 +92,14 @@ def main() -> int:
         while (waiting := unsettled(kubeconfig)) and time.monotonic() < deadline:
             time.sleep(1)
         if waiting:
-            print(f"FAILED: not reconciled after {TIMEOUT:.0f}s: {', '.join(waiting)} (see .local/operator.log)")
+            late = ", ".join(waiting)
+            print(f"FAILED: not reconciled after {TIMEOUT:.0f}s: {late} (see .local/operator.log)")
             return 1
         step(f"done in {time.monotonic() - began:.1f}s")
         report(kubeconfig)
         if keep:
-            print(f"\nLeft running. export KUBECONFIG={kubeconfig}; stop with: make down; kill {operator.pid}")
+            print(f"\nLeft running: export KUBECONFIG={kubeconfig}")
+            print(f"Stop with: kill {operator.pid}; make down")
             operator = None
         return 0
     finally:
@@ -102,7 +107,7 @@ def main() -> int:
             operator.terminate()
             operator.wait(timeout=30)
         if not keep:
-            subprocess.run([str(ROOT / "hack" / "controlplane"), "down"], check=False)
+            subprocess.run([controlplane, "down"], check=False)
 
 
 if __name__ == "__main__":
