@@ -7,12 +7,11 @@ handler results into status.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
 
-from tollway.api import GROUP, VERSION, ApiTier, ModelDeployment
+from tollway.api import GROUP, RESOURCES, VERSION, Resource
 from tollway.reconcile import Logger, reconcile
 from tollway.settings import Settings
 
@@ -21,8 +20,6 @@ FINALIZER = "tollway.dev/finalizer"
 
 def registry(settings: Settings) -> kopf.OperatorRegistry:
     handlers = kopf.OperatorRegistry()
-    md, tier = (GROUP, VERSION, ModelDeployment.plural), (GROUP, VERSION, ApiTier.plural)
-    every = settings.resync_seconds
 
     @kopf.on.login(registry=handlers)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -32,26 +29,22 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         _configure(settings)
 
-    @kopf.on.event(*md, registry=handlers)
-    def model_deployment_event(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile(ModelDeployment, body, logger)
-
-    @kopf.timer(*md, interval=every, registry=handlers)
-    def model_deployment_resync(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile(ModelDeployment, body, logger)
-
-    @kopf.on.event(*tier, registry=handlers)
-    def api_tier_event(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile(ApiTier, body, logger)
-
-    @kopf.timer(*tier, interval=every, registry=handlers)
-    def api_tier_resync(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile(ApiTier, body, logger)
-
+    for kind in RESOURCES:
+        _watch(handlers, kind, settings.resync_seconds)
     return handlers
+
+
+def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], resync_seconds: float) -> None:
+    """Every watch event of `kind`, and a resync timer per object, run the same reconcile."""
+
+    def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        reconcile(kind, body, logger)
+
+    resource = (GROUP, VERSION, kind.plural)
+    kopf.on.event(*resource, id=f"{kind.plural}-event", registry=handlers)(run)
+    kopf.timer(*resource, id=f"{kind.plural}-resync", interval=resync_seconds, registry=handlers)(run)
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = FINALIZER  # the resync timers need one; name it as ours
-    settings.posting.level = logging.INFO  # condition changes become Kubernetes events
-    settings.watching.server_timeout = 300
+    settings.watching.server_timeout = 300  # re-list at least every 5 minutes, whatever the network does
