@@ -1,0 +1,29 @@
+"""The `tollway` command without a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tollway.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_validate_accepts_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", str(ROOT / "examples")]) == 0
+    assert "ApiTier/pro: valid" in capsys.readouterr().out
+
+
+def test_validate_names_the_field_of_an_invalid_resource(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", str(ROOT / "tests" / "invalid" / "md-min-replicas-above-max.yaml")]) == 1
+    error = capsys.readouterr().err
+    assert "ModelDeployment/chat: spec.autoscaling.maxReplicas: maxReplicas must be ≥ minReplicas" in error
+
+
+def test_crds_prints_both_definitions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crds"]) == 0
+    names = [document["metadata"]["name"] for document in yaml.safe_load_all(capsys.readouterr().out)]
+    assert names == ["modeldeployments.tollway.dev", "apitiers.tollway.dev"]
