@@ -47,8 +47,8 @@ def test_the_garbage_collector_removes_owned_objects(cluster: Cluster) -> None:
 def test_up_again_reuses_the_running_control_plane(cluster: Cluster) -> None:
     state = ROOT / ".local" / "controlplane"
     pids = {path.name: path.read_text() for path in state.glob("*.pid")}
-    again = subprocess.run([str(ROOT / "hack" / "controlplane"), "up"], capture_output=True, text=True, timeout=120,
-                           check=False)  # fmt: skip
+    controlplane = str(ROOT / "hack" / "controlplane")
+    again = subprocess.run([controlplane, "up"], capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 0, again.stderr
     assert "starting" not in again.stderr
     assert {path.name: path.read_text() for path in state.glob("*.pid")} == pids
