@@ -69,11 +69,17 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     command = commands.add_parser("run", help="run the operator")
-    command.add_argument("-n", "--namespace", action="append", default=[],
-                         help="watch this namespace (repeatable); default: all namespaces")  # fmt: skip
+    command.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable); default: all namespaces",
+    )
     command.add_argument("--resync-seconds", type=float, default=Settings.resync_seconds)
-    command.add_argument("--liveness", default=Settings.liveness_endpoint,
-                         help="liveness URL to serve; empty turns it off")  # fmt: skip
+    command.add_argument(
+        "--liveness", default=Settings.liveness_endpoint, help="liveness URL to serve; empty turns it off"
+    )
     command.add_argument("--peering", default=None, help="kopf peering name, to run several replicas")
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)

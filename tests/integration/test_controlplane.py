@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_service_account_is_bound_by_rbac(cluster: Cluster) -> None:
-    made = subprocess.run([str(ROOT / "hack" / "controlplane"), "kubeconfig-for", "rbac-test/reader"],
-                          capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    made = subprocess.run(
+        [str(ROOT / "hack" / "controlplane"), "kubeconfig-for", "rbac-test/reader"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     reader = Cluster(Path(made.stdout.strip()))
     assert reader.kubectl("auth", "whoami", "-o", "json").stdout.count(
         "system:serviceaccount:rbac-test:reader"
@@ -23,8 +28,15 @@ def test_a_service_account_is_bound_by_rbac(cluster: Cluster) -> None:
     cluster.kubectl(
         "create", "role", "read-configmaps", "-n", "rbac-test", "--verb=list", "--resource=configmaps"
     )
-    cluster.kubectl("create", "rolebinding", "reader", "-n", "rbac-test", "--role=read-configmaps",
-                    "--serviceaccount=rbac-test:reader")  # fmt: skip
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        "rbac-test",
+        "--role=read-configmaps",
+        "--serviceaccount=rbac-test:reader",
+    )
     eventually(lambda: reader.kubectl("get", "configmaps", "-n", "rbac-test", check=False).returncode == 0)
 
 
@@ -35,8 +47,11 @@ def test_the_garbage_collector_removes_owned_objects(cluster: Cluster) -> None:
     )
     uid = cluster.get("configmap", "owner", namespace)["metadata"]["uid"]
     owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
-    owned = {"apiVersion": "v1", "kind": "ConfigMap",
-             "metadata": {"name": "owned", "namespace": namespace, "ownerReferences": [owner]}}  # fmt: skip
+    owned = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "owned", "namespace": namespace, "ownerReferences": [owner]},
+    }
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(owned))
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
     eventually(

@@ -41,8 +41,16 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     cluster.namespace(NAMESPACE)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    command = [str(Path(sys.executable).parent / "tollway"), "run", "--namespace", NAMESPACE,
-               "--resync-seconds", str(RESYNC_SECONDS), "--liveness", liveness]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "tollway"),
+        "run",
+        "--namespace",
+        NAMESPACE,
+        "--resync-seconds",
+        str(RESYNC_SECONDS),
+        "--liveness",
+        liveness,
+    ]
     with log.open("w") as out:
         process = subprocess.Popen(
             command,
@@ -92,8 +100,17 @@ def test_a_spec_change_is_observed_without_moving_transition_times(
 ) -> None:
     cluster.apply(model_deployment("rolling", **{"metadata.namespace": NAMESPACE}))
     before = eventually(lambda: settled(cluster, "md", "rolling"))
-    cluster.kubectl("patch", "md", "rolling", "-n", NAMESPACE, "--type", "merge",
-                    "-p", '{"spec": {"triton": {"gpus": 2}}}')  # fmt: skip
+    cluster.kubectl(
+        "patch",
+        "md",
+        "rolling",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"triton": {"gpus": 2}}}',
+    )
     after = eventually(lambda: settled(cluster, "md", "rolling"))
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     ready_before, ready_after = conditions(before)["Ready"], conditions(after)["Ready"]

@@ -45,8 +45,11 @@ def test_a_status_change_moves_the_transition_time_and_is_reported() -> None:
     degraded = next(item for item in second["conditions"] if item["type"] == "Degraded")
     assert (degraded["status"], degraded["lastTransitionTime"]) == ("True", "2026-11-26T12:05:00Z")
     changed = {(item.type, item.status, item.reason) for item in changed_conditions(first, second)}
-    assert changed == {("Ready", "False", "InvalidSpec"), ("Progressing", "False", "InvalidSpec"),
-                       ("Degraded", "True", "InvalidSpec")}  # fmt: skip
+    assert changed == {
+        ("Ready", "False", "InvalidSpec"),
+        ("Progressing", "False", "InvalidSpec"),
+        ("Degraded", "True", "InvalidSpec"),
+    }
 
 
 def test_an_invalid_resource_yields_no_manifests_and_names_the_field() -> None:

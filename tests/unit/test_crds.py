@@ -52,12 +52,21 @@ def test_crd_names_kinds_columns_and_subresource() -> None:
     assert crd["spec"]["names"]["categories"] == ["tollway"]
     assert version["subresources"] == {"status": {}}
     assert [column["name"] for column in version["additionalPrinterColumns"]] == [
-        "Ready", "Replicas", "P99", "Queue", "Age",
-    ]  # fmt: skip
+        "Ready",
+        "Replicas",
+        "P99",
+        "Queue",
+        "Age",
+    ]
     tier = custom_resource_definition(RESOURCES[1])["spec"]["versions"][0]
     assert [column["name"] for column in tier["additionalPrinterColumns"]] == [
-        "RPM", "TPM", "Concurrency", "Consumers", "Ready", "Age",
-    ]  # fmt: skip
+        "RPM",
+        "TPM",
+        "Concurrency",
+        "Consumers",
+        "Ready",
+        "Age",
+    ]
 
 
 def test_defaults_reach_the_schema() -> None:

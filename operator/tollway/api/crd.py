@@ -15,10 +15,25 @@ from pydantic import BaseModel
 from tollway.api.base import GROUP, NAME_RULE, VERSION, Resource
 
 KEPT = {
-    "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
-    "minLength", "maxLength", "minItems", "maxItems", "maxProperties", "required",
-    "properties", "items", "additionalProperties", "anyOf",
-}  # fmt: skip
+    "type",
+    "description",
+    "default",
+    "enum",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "maxProperties",
+    "required",
+    "properties",
+    "items",
+    "additionalProperties",
+    "anyOf",
+}
 DROPPED = {"title"}
 
 
