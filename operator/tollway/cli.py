@@ -1,19 +1,21 @@
-"""`tollway run | crds | validate`: the same core behind every command."""
+"""`tollway run | render | crds | validate`: the same core behind every command."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tollway import documents
-from tollway.api import RESOURCES, Resource
+from tollway.api import RESOURCES, ApiTier, Resource
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.settings import Settings
+from tollway.translate import Context, translate
 
 KINDS: dict[str, type[Resource]] = {resource.kind_name: resource for resource in RESOURCES}
 
@@ -51,6 +53,40 @@ def validate(arguments: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def render(arguments: argparse.Namespace) -> int:
+    """Everything Tollway would apply for the given resources, without a cluster."""
+    loaded = documents.load(arguments.filename)
+    priorities: dict[str, list[int]] = {}
+    for document in loaded:
+        if document.get("kind") == ApiTier.kind_name:
+            namespace = (document.get("metadata") or {}).get("namespace", "default")
+            priorities.setdefault(namespace, []).append(int((document.get("spec") or {}).get("priority", 10)))
+    rendered: list[dict[str, Any]] = []
+    failed = False
+    for document in loaded:
+        kind = KINDS.get(str(document.get("kind")))
+        if kind is None:
+            continue
+        namespace = (document.get("metadata") or {}).get("namespace", "default")
+        context = Context(tier_priorities=tuple(priorities.get(namespace, ())))
+        result = translate(kind, document, datetime.now(UTC), context)
+        for problem in result.problems:
+            failed = True
+            print(f"{kind.kind_name}/{document['metadata'].get('name', '')}: {problem}", file=sys.stderr)
+        rendered += result.manifests
+    if arguments.out is None:
+        sys.stdout.write("---\n".join(dump(manifest) for manifest in rendered))
+    else:
+        out = Path(arguments.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for manifest in rendered:
+            meta = manifest["metadata"]
+            (out / f"{meta['namespace']}-{manifest['kind'].lower()}-{meta['name']}.yaml").write_text(
+                dump(manifest)
+            )
+    return 1 if failed else 0
+
+
 def run(arguments: argparse.Namespace) -> int:
     from tollway.runner import run_operator  # noqa: PLC0415 (kopf is slow to import; only `run` needs it)
 
@@ -59,6 +95,8 @@ def run(arguments: argparse.Namespace) -> int:
         resync_seconds=arguments.resync_seconds,
         liveness_endpoint=arguments.liveness or None,
         peering=arguments.peering,
+        triton_address=arguments.triton_address,
+        storage_initializer_image=arguments.storage_initializer_image,
     )
     run_operator(settings, verbose=arguments.verbose)
     return 0
@@ -81,8 +119,23 @@ def parser() -> argparse.ArgumentParser:
         "--liveness", default=Settings.liveness_endpoint, help="liveness URL to serve; empty turns it off"
     )
     command.add_argument("--peering", default=None, help="kopf peering name, to run several replicas")
+    command.add_argument(
+        "--triton-address",
+        default=Settings.triton_address,
+        help="how to reach a model's Triton HTTP port; {service} and {namespace} are filled in",
+    )
+    command.add_argument(
+        "--storage-initializer-image",
+        default=Settings.storage_initializer_image,
+        help="image that downloads s3://, gs:// and as:// model directories",
+    )
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)
+
+    command = commands.add_parser("render", help="print (or write to --out) what Tollway would apply")
+    command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
+    command.add_argument("--out", help="folder to write one file per object into")
+    command.set_defaults(handler=render)
 
     command = commands.add_parser("crds", help="print the CustomResourceDefinitions, or write them to --out")
     command.add_argument("--out", help="folder to write one file per CRD into")

@@ -12,10 +12,23 @@ from typing import Any
 import kopf
 
 from tollway.api import GROUP, RESOURCES, VERSION, Resource
-from tollway.reconcile import Logger, reconcile
+from tollway.reconcile import Logger, reconcile, reconcile_owner
 from tollway.settings import Settings
 
 FINALIZER = "tollway.dev/finalizer"
+
+
+#: The kinds of children Tollway renders, watched so that an edited or deleted child is restored at once,
+#: and pods, whose troubles (image pulls, scheduling) show up in the owner's Degraded condition.
+CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("", "v1", "pods"),
+)
+OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 
 def registry(settings: Settings) -> kopf.OperatorRegistry:
@@ -30,19 +43,32 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         _configure(settings)
 
     for kind in RESOURCES:
-        _watch(handlers, kind, settings.resync_seconds)
+        _watch(handlers, kind, settings)
+    for group, version, plural in CHILDREN:
+        _watch_child(handlers, group, version, plural, settings)
     return handlers
 
 
-def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], resync_seconds: float) -> None:
+def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], settings: Settings) -> None:
     """Every watch event of `kind`, and a resync timer per object, run the same reconcile."""
 
     def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile(kind, body, logger)
+        reconcile(kind, body, logger, settings)
 
     resource = (GROUP, VERSION, kind.plural)
     kopf.on.event(*resource, id=f"{kind.plural}-event", registry=handlers)(run)
-    kopf.timer(*resource, id=f"{kind.plural}-resync", interval=resync_seconds, registry=handlers)(run)
+    kopf.timer(*resource, id=f"{kind.plural}-resync", interval=settings.resync_seconds, registry=handlers)(
+        run
+    )
+
+
+def _watch_child(
+    handlers: kopf.OperatorRegistry, group: str, version: str, plural: str, settings: Settings
+) -> None:
+    def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        reconcile_owner(body, logger, settings)
+
+    kopf.on.event(group, version, plural, labels=OURS, id=f"{plural}-child", registry=handlers)(run)
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:

@@ -1,4 +1,4 @@
-"""One reconcile per resource: read → translate → apply → status. Level-based: safe to run any time."""
+"""One reconcile per resource: observe → translate → apply → status. Level-based: safe to run any time."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tollway.api import Resource
+from tollway.api import ApiTier, ModelDeployment, Resource
+from tollway.api.parse import InvalidResource, parse
+from tollway.ir.observed import ServingState
+from tollway.k8s.apply import apply_all
 from tollway.k8s.events import record_event
-from tollway.k8s.resources import read_resource
+from tollway.k8s.resources import list_resources, read_resource
+from tollway.k8s.serving import deployment_state, pod_problems
 from tollway.k8s.status import apply_status
-from tollway.translate import translate
+from tollway.observe.triton import model_state
+from tollway.render.triton import names
+from tollway.settings import Settings
+from tollway.translate import Context, translate
 from tollway.translate.conditions import changed_conditions, event_type, settle
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -28,27 +35,70 @@ def _lock(kind: type[Resource], metadata: Mapping[str, Any]) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger) -> None:
+def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
     metadata = body.get("metadata") or {}
     if metadata.get("deletionTimestamp"):
         return  # children go with their owner (garbage collector); there is nothing to converge
     with _lock(kind, metadata):
-        if _needs_status(kind, body) is None:
-            return  # the steady state: nothing read, nothing written
-        # The event or timer that brought `body` may be older than a write that another thread just made.
-        latest = read_resource(kind, metadata["namespace"], metadata["name"])
-        status = _needs_status(kind, latest) if latest else None
-        if latest is None or status is None or not apply_status(kind, metadata, status):
-            return
-        for item in changed_conditions(latest.get("status") or {}, status):
-            note = f"{item.type}={item.status} ({item.reason}): {item.message}"
-            announce = event_type(item)
-            logger.log(logging.WARNING if announce == "Warning" else logging.INFO, "%s", note)
-            if announce:
-                record_event(kind, metadata, type=announce, reason=item.reason, note=note)
+        result = translate(kind, body, datetime.now(UTC), observe(kind, body, settings))
+        if result.problems:
+            logger.warning("not applied, the spec is invalid: %s", "; ".join(result.problems))
+        sent = apply_all(result.manifests)
+        if sent:
+            logger.info("applied %d of %d children", sent, len(result.manifests))
+        _write_status(kind, body, result.status, logger)
 
 
-def _needs_status(kind: type[Resource], body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The status to write for `body`, or None when it already shows what the translation computes."""
-    result = translate(kind, body, now=datetime.now(UTC))
-    return settle(body.get("status") or {}, result.status)
+def reconcile_owner(child: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
+    """A child changed or went away: reconcile the ModelDeployment it belongs to (restoring the child)."""
+    metadata = child.get("metadata") or {}
+    owner = (metadata.get("labels") or {}).get("tollway.dev/model")
+    if owner:
+        body = read_resource(ModelDeployment, metadata["namespace"], owner)
+        if body is not None:
+            reconcile(ModelDeployment, body, logger, settings)
+
+
+def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -> Context:
+    """Everything the translation of `body` needs from the cluster and from Triton."""
+    base = Context(storage_initializer_image=settings.storage_initializer_image)
+    if kind is not ModelDeployment:
+        return base
+    try:
+        resource = parse(ModelDeployment, body)
+    except InvalidResource:
+        return base  # the translation reports it; there is nothing to observe for a spec not applied
+    namespace = resource.metadata.namespace
+    priorities = tuple(
+        int((tier.get("spec") or {}).get("priority", 10)) for tier in list_resources(ApiTier, namespace)
+    )
+    service = names(resource.metadata.name)["triton"]
+    deployment = deployment_state(namespace, service)
+    triton = None
+    if deployment is not None:
+        address = settings.triton_address.format(service=service, namespace=namespace)
+        triton = model_state(
+            address, resource.model_name, [entry.version for entry in resource.spec.versions]
+        )
+    problems = pod_problems(namespace, resource.metadata.name)
+    serving = ServingState(deployment=deployment, pod_problems=problems, triton=triton)
+    return Context(priorities, settings.storage_initializer_image, serving)
+
+
+def _write_status(
+    kind: type[Resource], body: Mapping[str, Any], desired: Mapping[str, Any], logger: Logger
+) -> None:
+    metadata = body["metadata"]
+    if settle(body.get("status") or {}, desired) is None:
+        return  # the steady state: nothing written
+    # The event or timer that brought `body` may be older than a status write another thread just made.
+    latest = read_resource(kind, metadata["namespace"], metadata["name"])
+    status = settle(latest.get("status") or {}, desired) if latest else None
+    if latest is None or status is None or not apply_status(kind, metadata, status):
+        return
+    for item in changed_conditions(latest.get("status") or {}, status):
+        note = f"{item.type}={item.status} ({item.reason}): {item.message}"
+        announce = event_type(item)
+        logger.log(logging.WARNING if announce == "Warning" else logging.INFO, "%s", note)
+        if announce:
+            record_event(kind, metadata, type=announce, reason=item.reason, note=note)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tollway.translate.serving import STORAGE_INITIALIZER
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -14,3 +16,7 @@ class Settings:
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     peering: str | None = None
     """Name of a kopf peering object, for several operator replicas; None runs standalone."""
+    triton_address: str = "{service}.{namespace}.svc:8000"
+    """Where the operator reaches a model's Triton HTTP port; {service} and {namespace} are filled in."""
+    storage_initializer_image: str = STORAGE_INITIALIZER
+    """Image of the init container that downloads s3://, gs:// and as:// model directories."""

@@ -19,3 +19,8 @@ def read_resource(kind: type[Resource], namespace: str, name: str) -> dict[str, 
             return None
         raise
     return cast(dict[str, Any], found)  # custom objects come back as plain JSON dicts
+
+
+def list_resources(kind: type[Resource], namespace: str) -> list[dict[str, Any]]:
+    listing: Any = custom_objects().list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
+    return list(listing["items"])

@@ -1,6 +1,7 @@
 """The pure core: custom resources in, what the cluster must hold out (manifests and status).
 
-No clock (the caller passes `now`), no I/O, no logging, no settings lookups.
+No clock (the caller passes `now`), no I/O, no logging, no settings lookups: everything the translation
+depends on arrives in its arguments, so a golden file pins it down.
 """
 
 from __future__ import annotations
@@ -11,11 +12,25 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from tollway.api import Resource
+from tollway.api import ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
+from tollway.ir.observed import ServingState
+from tollway.translate import model_deployment
 from tollway.translate.conditions import condition
+from tollway.translate.serving import STORAGE_INITIALIZER
 
 Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a translation needs besides the resource itself."""
+
+    tier_priorities: tuple[int, ...] = ()
+    """The priorities of the ApiTiers in the resource's namespace (Triton's priority levels)."""
+    storage_initializer_image: str = STORAGE_INITIALIZER
+    serving: ServingState = field(default_factory=ServingState)
+    """What the cluster and Triton show now, for status."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +45,13 @@ class Result:
     """Why the resource is invalid, each naming its field; empty when it is valid."""
 
 
-def translate(kind: type[Resource], document: Mapping[str, Any], now: datetime) -> Result:
+def translate(
+    kind: type[Resource], document: Mapping[str, Any], now: datetime, context: Context = Context()
+) -> Result:
     generation = int((document.get("metadata") or {}).get("generation") or 0)
     make = partial(condition, generation=generation, now=now)
     try:
-        parse(kind, document)
+        resource = parse(kind, document)
     except InvalidResource as invalid:
         message = "; ".join(invalid.problems)
         conditions = [
@@ -42,16 +59,24 @@ def translate(kind: type[Resource], document: Mapping[str, Any], now: datetime) 
             make("Progressing", "False", "InvalidSpec", "nothing is applied until the spec is fixed"),
             make("Degraded", "True", "InvalidSpec", message),
         ]
-        return Result(status=_status(kind, generation, conditions), problems=invalid.problems)
+        status = {"observed_generation": generation, "conditions": conditions}
+        return Result(status=_wire(kind, status), problems=invalid.problems)
+    if isinstance(resource, ModelDeployment):
+        children = model_deployment.manifests(
+            resource, context.tier_priorities, context.storage_initializer_image
+        )
+        status = model_deployment.status(resource, context.serving, now, make)
+        return Result(status=_wire(kind, status), manifests=tuple(children))
     not_yet = f"the spec is valid; Tollway does not create {kind.kind_name} children yet"
     conditions = [
         make("Ready", "False", "NotImplemented", not_yet),
         make("Progressing", "False", "NotImplemented", "nothing to roll out"),
         make("Degraded", "False", "AsExpected"),
     ]
-    return Result(status=_status(kind, generation, conditions))
+    return Result(status=_wire(kind, {"observed_generation": generation, "conditions": conditions}))
 
 
-def _status(kind: type[Resource], generation: int, conditions: list[Any]) -> dict[str, Any]:
-    status = kind.status_model.model_validate({"observed_generation": generation, "conditions": conditions})
-    return status.model_dump(by_alias=True, exclude_unset=True, mode="json")
+def _wire(kind: type[Resource], status: dict[str, Any]) -> dict[str, Any]:
+    """The status in the form the API server stores: camelCase, only the fields Tollway set."""
+    typed = kind.status_model.model_validate(status)
+    return typed.model_dump(by_alias=True, exclude_unset=True, mode="json")

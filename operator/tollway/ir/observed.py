@@ -1,0 +1,46 @@
+"""What the cluster and Triton show right now: the input of status, never of manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    generation: int
+    observed_generation: int
+    replicas: int
+    ready_replicas: int
+    available_replicas: int
+    updated_replicas: int
+    progress_deadline_exceeded: bool = False
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a pod does not run: ImagePullBackOff, ErrImagePull, CrashLoopBackOff, Unschedulable …"""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: str
+    state: str
+    """Triton's word: READY, LOADING, UNLOADING, UNAVAILABLE; or MISSING when Triton does not list it."""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TritonState:
+    reachable: bool
+    error: str = ""
+    versions: tuple[VersionState, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServingState:
+    deployment: DeploymentState | None = None
+    pod_problems: tuple[PodProblem, ...] = ()
+    triton: TritonState | None = None

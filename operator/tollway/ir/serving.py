@@ -1,0 +1,77 @@
+"""What serving one ModelDeployment takes: the Triton model config and the pods that run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    count: int
+    kind: Literal["KIND_GPU", "KIND_CPU"]
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    max_queue_size: int
+    timeout_microseconds: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Triton's model configuration, in Triton's terms."""
+
+    name: str
+    backend: str
+    max_batch_size: int
+    versions: tuple[int, ...]
+    instance_groups: tuple[InstanceGroup, ...]
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_microseconds: int
+    priority_levels: int
+    default_priority_level: int
+    queue: QueuePolicy
+    response_cache: bool
+    tensorrt_precision: str | None = None
+
+
+@dataclass(frozen=True)
+class Repository:
+    """Where the model directory (its version subdirectories) lives."""
+
+    uri: str
+    claim: str | None = None
+    """For pvc://CLAIM/PATH: the claim, mounted read-only; `path` is the model directory on it."""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class TritonServing:
+    """One ModelDeployment's serving stack."""
+
+    name: str
+    namespace: str
+    owner: Owner
+    model: ModelConfig
+    repository: Repository
+    image: str
+    storage_initializer_image: str
+    gpus: int
+    requests: dict[str, str | int] = field(default_factory=dict)
+    limits: dict[str, str | int] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, str | int], ...] = ()
+    cache_size_bytes: int | None = None
+    extra_args: tuple[str, ...] = ()
+    replicas: int = 1
+    max_replicas: int = 1

@@ -1,0 +1,31 @@
+"""Metadata shared by every child Tollway renders: names, labels, owner references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollway.ir.serving import Owner
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tollway"}
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(
+    name: str, namespace: str, owner: Owner, labels: dict[str, str], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {**labels, **MANAGED_BY}}
+    if owner.uid:  # `tollway render` works without a cluster, where the owner has no uid yet
+        meta["ownerReferences"] = [owner_reference(owner)]
+    if annotations:
+        meta["annotations"] = annotations
+    return meta

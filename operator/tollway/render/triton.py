@@ -1,0 +1,279 @@
+"""The Kubernetes objects that run Triton for one ModelDeployment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollway.ir.serving import TritonServing
+from tollway.render.meta import MANAGED_BY, metadata
+from tollway.render.model_config import checksum, config_pbtxt
+
+HTTP, GRPC, METRICS = 8000, 8001, 8002
+MODELS = "/models"
+SOURCE = "/source"
+CONFIG = "/etc/tollway"
+CHECKSUM_ANNOTATION = "tollway.dev/model-config-checksum"
+#: Triton's quantiles for the latency summaries: P50, P95, P99, each with its allowed error.
+QUANTILES = "0.5:0.05,0.95:0.01,0.99:0.001"
+#: Startup may take long: large weights are fetched and loaded before the first readiness.
+STARTUP_SECONDS = 30 * 60
+
+
+def names(model_deployment: str) -> dict[str, str]:
+    """The children's names, from the ModelDeployment's (DNS label of ≤ 40 characters: room for suffixes)."""
+    return {"triton": f"{model_deployment}-triton", "config": f"{model_deployment}-model-config"}
+
+
+def labels(serving: TritonServing) -> dict[str, str]:
+    return {**selector(serving), "tollway.dev/model": serving.name, **MANAGED_BY}
+
+
+def selector(serving: TritonServing) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": serving.name}
+
+
+def triton_args(serving: TritonServing) -> list[str]:
+    """tritonserver's command line: explicit model control, strict readiness, latency metrics."""
+    args = [
+        "tritonserver",
+        f"--model-repository={MODELS}",
+        "--model-control-mode=explicit",
+        f"--load-model={serving.model.name}",
+        "--strict-readiness=true",
+        f"--http-port={HTTP}",
+        f"--grpc-port={GRPC}",
+        f"--metrics-port={METRICS}",
+        "--metrics-config=summary_latencies=true",
+        f"--metrics-config=summary_quantiles={QUANTILES}",
+        "--metrics-config=histogram_latencies=true",
+    ]
+    if serving.cache_size_bytes is not None:
+        args.append(f"--cache-config=local,size={serving.cache_size_bytes}")
+    return args + list(serving.extra_args)
+
+
+def render(serving: TritonServing) -> list[dict[str, Any]]:
+    """ServiceAccount, ConfigMap (config.pbtxt), Deployment, Service and, with room to scale, a PDB."""
+    config = config_pbtxt(serving.model)
+    objects = [
+        service_account(serving),
+        config_map(serving, config),
+        deployment(serving, checksum(config)),
+        service(serving),
+    ]
+    if serving.max_replicas > 1:
+        objects.append(disruption_budget(serving))
+    return objects
+
+
+def service_account(serving: TritonServing) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(
+            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
+        ),
+        "automountServiceAccountToken": False,
+    }
+
+
+def config_map(serving: TritonServing, config: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(
+            names(serving.name)["config"], serving.namespace, serving.owner, labels(serving)
+        ),
+        "data": {"config.pbtxt": config},
+    }
+
+
+def _model_directory_steps(serving: TritonServing) -> list[dict[str, Any]]:
+    """Init containers that build the local model repository Triton reads.
+
+    Why a local repository assembled at start, rather than pointing Triton at s3:// directly: Triton must run
+    with exactly the config.pbtxt Tollway rendered, whatever the repository holds, and it reads the config
+    from the model directory. So the version directories come from the repository (downloaded by the
+    storage initializer, or symlinked from the read-only claim, never copied) and config.pbtxt from the
+    ConfigMap. The load API with `parameters.config` would also do, but would load every model twice
+    (once at start, once with the override) and forget the override whenever Triton restarts.
+    """
+    model = serving.model.name
+    target = f"{MODELS}/{model}"
+    steps: list[dict[str, Any]] = []
+    if serving.repository.claim is None:
+        fetch = _init_container(
+            serving, "fetch-model", serving.storage_initializer_image, args=[serving.repository.uri, target]
+        )
+        steps.append(fetch)
+        links = ""
+    else:
+        versions = " ".join(str(version) for version in serving.model.versions)
+        source = f"{SOURCE}/{serving.repository.path}".rstrip("/")
+        links = f'for v in {versions}; do ln -sfn "{source}/$v" "{target}/$v"; done; '
+    script = f'mkdir -p "{target}"; {links}cp "{CONFIG}/config.pbtxt" "{target}/config.pbtxt"'
+    steps.append(_init_container(serving, "model-config", serving.image, command=["sh", "-c", script]))
+    return steps
+
+
+def _init_container(
+    serving: TritonServing,
+    name: str,
+    image: str,
+    *,
+    args: list[str] | None = None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "volumeMounts": _mounts(serving),
+        "securityContext": _container_security(),
+    }
+    if command:
+        container["command"] = command
+    if args:
+        container["args"] = args
+    return container
+
+
+def _mounts(serving: TritonServing) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": "models", "mountPath": MODELS},
+        {"name": "model-config", "mountPath": CONFIG, "readOnly": True},
+    ]
+    if serving.repository.claim:
+        mounts.append({"name": "source", "mountPath": SOURCE, "readOnly": True})
+    return mounts
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def _resources(serving: TritonServing) -> dict[str, Any]:
+    # Quantities as strings, the form the API server keeps: then the live object holds exactly these.
+    requests = {name: str(value) for name, value in serving.requests.items()}
+    limits = {name: str(value) for name, value in serving.limits.items()}
+    if serving.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(serving.gpus)
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def _volumes(serving: TritonServing) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "model-config", "configMap": {"name": names(serving.name)["config"]}},
+        # The Python backend passes tensors to its stub processes through shared memory.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    if serving.repository.claim:
+        claim = {"claimName": serving.repository.claim, "readOnly": True}
+        volumes.append({"name": "source", "persistentVolumeClaim": claim})
+    return volumes
+
+
+def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
+    triton = {
+        "name": "triton",
+        "image": serving.image,
+        "args": triton_args(serving),
+        "ports": [
+            {"name": "http", "containerPort": HTTP, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS, "protocol": "TCP"},
+        ],
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "startupProbe": _probe("/v2/health/ready", 10, STARTUP_SECONDS // 10),
+        "resources": _resources(serving),
+        "volumeMounts": [*_mounts(serving), {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": _container_security(),
+    }
+    pod: dict[str, Any] = {
+        "serviceAccountName": names(serving.name)["triton"],
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": _model_directory_steps(serving),
+        "containers": [triton],
+        "volumes": _volumes(serving),
+    }
+    if serving.node_selector:
+        pod["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod["tolerations"] = [dict(toleration) for toleration in serving.tolerations]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(
+            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
+        ),
+        "spec": {
+            "replicas": serving.replicas,
+            "selector": {"matchLabels": selector(serving)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels(serving),
+                    "annotations": {CHECKSUM_ANNOTATION: config_checksum},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def service(serving: TritonServing) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(
+            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
+        ),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(serving),
+            "ports": [
+                {"name": "http", "port": HTTP, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {"name": "metrics", "port": METRICS, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def disruption_budget(serving: TritonServing) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(
+            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
+        ),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(serving)}},
+    }

@@ -1,0 +1,161 @@
+"""A valid ModelDeployment → its children (manifests) and its status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any
+
+from tollway.api import Condition, ModelDeployment
+from tollway.api.model_deployment import Endpoint, VersionStatus
+from tollway.ir.observed import ServingState, TritonState
+from tollway.render import triton
+from tollway.translate.serving import serving
+
+Make = Callable[..., Condition]
+TRITON_STATES = {
+    "READY": "Ready",
+    "LOADING": "Loading",
+    "UNLOADING": "Unavailable",
+    "UNAVAILABLE": "Unavailable",
+}
+
+
+def manifests(
+    resource: ModelDeployment, tier_priorities: tuple[int, ...], storage_initializer: str
+) -> list[dict[str, Any]]:
+    return triton.render(serving(resource, tier_priorities, storage_initializer))
+
+
+def latest_version(resource: ModelDeployment) -> str:
+    """The `latest` alias, else the highest listed version."""
+    return resource.spec.aliases.get("latest") or max(
+        (entry.version for entry in resource.spec.versions), key=int
+    )
+
+
+def endpoints(resource: ModelDeployment) -> list[Endpoint]:
+    """The gateway's public paths for this model: its default (latest), each alias, each pinned version."""
+    model = resource.model_name
+    found = [Endpoint(name="latest", version=latest_version(resource), path=f"/v1/models/{model}/infer")]
+    found += [
+        Endpoint(name=alias, version=version, path=f"/v1/models/{model}:{alias}/infer")
+        for alias, version in sorted(resource.spec.aliases.items())
+        if alias != "latest"
+    ]
+    found += [
+        Endpoint(
+            name=f"v{entry.version}",
+            version=entry.version,
+            path=f"/v1/models/{model}/versions/{entry.version}/infer",
+        )
+        for entry in resource.spec.versions
+    ]
+    return found
+
+
+def version_statuses(
+    resource: ModelDeployment, triton_state: TritonState | None, now: datetime
+) -> list[VersionStatus]:
+    reported = {item.version: item for item in (triton_state.versions if triton_state else ())}
+    statuses = []
+    for entry in resource.spec.versions:
+        sunset = entry.deprecation.sunset if entry.deprecation else None
+        if sunset is not None and now.date() > date.fromisoformat(sunset):
+            statuses.append(
+                VersionStatus(version=entry.version, state="Sunset", message=f"sunset on {sunset}")
+            )
+            continue
+        state = reported.get(entry.version)
+        if state is None or not (triton_state and triton_state.reachable):
+            statuses.append(VersionStatus(version=entry.version, state="Unknown"))
+        else:
+            statuses.append(
+                VersionStatus(
+                    version=entry.version,
+                    state=TRITON_STATES.get(state.state, "Unknown"),
+                    message=state.reason,
+                )
+            )
+    return statuses
+
+
+def conditions(observed: ServingState, versions: list[VersionStatus], make: Make) -> list[Condition]:
+    return [
+        _ready(observed, versions, make),
+        _progressing(observed, make),
+        _degraded(observed, versions, make),
+    ]
+
+
+def _ready(observed: ServingState, versions: list[VersionStatus], make: Make) -> Condition:
+    deployment, triton_state = observed.deployment, observed.triton
+    if deployment is None:
+        return make("Ready", "False", "Creating", "the Triton Deployment does not exist yet")
+    if deployment.available_replicas < 1:
+        return make(
+            "Ready",
+            "False",
+            "DeploymentUnavailable",
+            f"{deployment.available_replicas}/{deployment.replicas} Triton replicas available",
+        )
+    if triton_state is None or not triton_state.reachable:
+        error = triton_state.error if triton_state else "not asked"
+        return make("Ready", "False", "TritonUnreachable", f"cannot ask Triton for model readiness: {error}")
+    waiting = [
+        f"version {item.version} is {item.state}"
+        for item in versions
+        if item.state not in ("Ready", "Sunset")
+    ]
+    if waiting:
+        return make("Ready", "False", "VersionsNotReady", "; ".join(waiting))
+    return make(
+        "Ready", "True", "Serving", f"{deployment.available_replicas} replicas serve every listed version"
+    )
+
+
+def _progressing(observed: ServingState, make: Make) -> Condition:
+    deployment = observed.deployment
+    if deployment is None:
+        return make("Progressing", "True", "Creating", "creating the Triton Deployment")
+    rolling = (
+        deployment.observed_generation < deployment.generation
+        or deployment.updated_replicas < deployment.replicas
+        or deployment.available_replicas < deployment.replicas
+    )
+    if rolling:
+        return make(
+            "Progressing",
+            "True",
+            "RollingOut",
+            f"{deployment.updated_replicas}/{deployment.replicas} replicas updated, "
+            f"{deployment.available_replicas} available",
+        )
+    return make("Progressing", "False", "Stable", "every replica runs the current spec")
+
+
+def _degraded(observed: ServingState, versions: list[VersionStatus], make: Make) -> Condition:
+    if observed.pod_problems:
+        problem = observed.pod_problems[0]
+        return make("Degraded", "True", problem.reason, problem.message)
+    failed = [f"version {item.version}: {item.message}" for item in versions if item.state == "Unavailable"]
+    if failed:
+        return make("Degraded", "True", "VersionFailed", "; ".join(failed))
+    if observed.deployment is not None and observed.deployment.progress_deadline_exceeded:
+        return make(
+            "Degraded", "True", "ProgressDeadlineExceeded", "the rollout of the Triton Deployment stalled"
+        )
+    return make("Degraded", "False", "AsExpected")
+
+
+def status(resource: ModelDeployment, observed: ServingState, now: datetime, make: Make) -> dict[str, Any]:
+    versions = version_statuses(resource, observed.triton, now)
+    deployment = observed.deployment
+    return {
+        "observed_generation": resource.metadata.generation,
+        "conditions": conditions(observed, versions, make),
+        "replicas": deployment.replicas if deployment else 0,
+        "ready_replicas": deployment.ready_replicas if deployment else 0,
+        "endpoints": endpoints(resource),
+        "versions": versions,
+    }

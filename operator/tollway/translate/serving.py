@@ -1,0 +1,78 @@
+"""ModelDeployment → TritonServing (the IR of its serving stack)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tollway.api import API_VERSION, ModelDeployment
+from tollway.ir.serving import InstanceGroup, ModelConfig, Owner, QueuePolicy, Repository, TritonServing
+
+#: Used for s3://, gs:// and as:// repositories: downloads the model directory before Triton starts.
+STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
+
+
+def priority_levels(tier_priorities: Iterable[int]) -> dict[int, int]:
+    """ApiTier priority → Triton priority level: the rank among the distinct priorities in the namespace.
+
+    Triton levels run from 1 (served first) to `priority_levels`; the gateway sends each request's level.
+    """
+    return {priority: rank for rank, priority in enumerate(sorted(set(tier_priorities)), start=1)}
+
+
+def repository(uri: str) -> Repository:
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        return Repository(uri=uri, claim=claim, path=path.strip("/"))
+    return Repository(uri=uri)
+
+
+def model_config(resource: ModelDeployment, tier_priorities: Iterable[int]) -> ModelConfig:
+    spec = resource.spec
+    levels = max(len(priority_levels(tier_priorities)), 1)
+    groups = tuple(
+        InstanceGroup(
+            count=group.count, kind="KIND_GPU" if group.kind == "GPU" else "KIND_CPU", gpus=tuple(group.gpus)
+        )
+        for group in spec.triton.instance_groups
+    ) or (InstanceGroup(count=1, kind="KIND_GPU" if spec.triton.gpus else "KIND_CPU"),)
+    tensorrt = spec.optimization.precision if spec.optimization.accelerator == "tensorrt" else None
+    return ModelConfig(
+        name=resource.model_name,
+        backend=spec.model.backend,
+        max_batch_size=spec.model.max_batch_size,
+        versions=tuple(sorted((int(entry.version) for entry in spec.versions), reverse=True)),
+        instance_groups=groups,
+        preferred_batch_sizes=tuple(spec.batching.preferred_batch_sizes),
+        max_queue_delay_microseconds=spec.batching.max_queue_delay_microseconds,
+        priority_levels=levels,
+        default_priority_level=levels,  # requests that name no tier queue behind every tier
+        queue=QueuePolicy(spec.queue.max_queue_size, spec.queue.timeout_microseconds),
+        response_cache=spec.cache.enabled,
+        tensorrt_precision=tensorrt,
+    )
+
+
+def serving(
+    resource: ModelDeployment, tier_priorities: Iterable[int], storage_initializer: str
+) -> TritonServing:
+    spec, meta = resource.spec, resource.metadata
+    return TritonServing(
+        name=meta.name,
+        namespace=meta.namespace,
+        owner=Owner(api_version=API_VERSION, kind=resource.kind_name, name=meta.name, uid=meta.uid),
+        model=model_config(resource, tier_priorities),
+        repository=repository(spec.model.repository),
+        image=spec.triton.image,
+        storage_initializer_image=storage_initializer,
+        gpus=spec.triton.gpus,
+        requests=dict(spec.triton.resources.requests),
+        limits=dict(spec.triton.resources.limits),
+        node_selector=dict(spec.triton.node_selector),
+        tolerations=tuple(
+            toleration.model_dump(by_alias=True, exclude_none=True) for toleration in spec.triton.tolerations
+        ),
+        cache_size_bytes=spec.cache.size_bytes if spec.cache.enabled else None,
+        extra_args=tuple(spec.triton.extra_args),
+        replicas=spec.autoscaling.min_replicas,
+        max_replicas=spec.autoscaling.max_replicas,
+    )
