@@ -48,8 +48,12 @@ def install(workdir: Path) -> Installation:
     if not root.exists():
         shutil.copytree(source, root, ignore=shutil.ignore_patterns("python_backend_stubs"))
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        shutil.copy(distribution.get_stub_path(version), root / "backends" / "python" / "triton_python_backend_stub")
-    return Installation(root=root, libraries=Path(distribution.get_libs_path()), python_bin=Path(sys.executable).parent)
+        shutil.copy(
+            distribution.get_stub_path(version), root / "backends" / "python" / "triton_python_backend_stub"
+        )
+    return Installation(
+        root=root, libraries=Path(distribution.get_libs_path()), python_bin=Path(sys.executable).parent
+    )
 
 
 def start(installation: Installation, args: list[str], log: Path) -> subprocess.Popen[bytes]:

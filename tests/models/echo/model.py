@@ -29,7 +29,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             values = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
-            usage = json.dumps({"prompt_tokens": int(values.shape[-1]), "completion_tokens": int(values.shape[-1])})
+            usage = json.dumps(
+                {"prompt_tokens": int(values.shape[-1]), "completion_tokens": int(values.shape[-1])}
+            )
             outputs = [
                 pb_utils.Tensor("OUTPUT", (values * self.factor).astype(np.float32)),
                 pb_utils.Tensor("USAGE", np.array([[usage.encode()]] * values.shape[0], dtype=np.object_)),
