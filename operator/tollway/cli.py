@@ -8,31 +8,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tollway import documents
-from tollway.api import RESOURCES, ApiTier, Resource
+from tollway.api import RESOURCES, Resource
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.settings import Settings
-from tollway.translate import Context, translate
+from tollway.translate import translate_all
 
 KINDS: dict[str, type[Resource]] = {resource.kind_name: resource for resource in RESOURCES}
-
-
-def dump(document: Any) -> str:
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=120)
 
 
 def crds(arguments: argparse.Namespace) -> int:
     definitions = [custom_resource_definition(resource) for resource in RESOURCES]
     if arguments.out is None:
-        sys.stdout.write("---\n".join(dump(definition) for definition in definitions))
+        sys.stdout.write("---\n".join(documents.dump(definition) for definition in definitions))
         return 0
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     for definition in definitions:
-        (out / f"{definition['metadata']['name']}.yaml").write_text(dump(definition))
+        (out / f"{definition['metadata']['name']}.yaml").write_text(documents.dump(definition))
     return 0
 
 
@@ -55,34 +49,22 @@ def validate(arguments: argparse.Namespace) -> int:
 
 def render(arguments: argparse.Namespace) -> int:
     """Everything Tollway would apply for the given resources, without a cluster."""
-    loaded = documents.load(arguments.filename)
-    priorities: dict[str, list[int]] = {}
-    for document in loaded:
-        if document.get("kind") == ApiTier.kind_name:
-            namespace = (document.get("metadata") or {}).get("namespace", "default")
-            priorities.setdefault(namespace, []).append(int((document.get("spec") or {}).get("priority", 10)))
     rendered: list[dict[str, Any]] = []
     failed = False
-    for document in loaded:
-        kind = KINDS.get(str(document.get("kind")))
-        if kind is None:
-            continue
-        namespace = (document.get("metadata") or {}).get("namespace", "default")
-        context = Context(tier_priorities=tuple(priorities.get(namespace, ())))
-        result = translate(kind, document, datetime.now(UTC), context)
+    for document, result in translate_all(documents.load(arguments.filename), datetime.now(UTC)):
         for problem in result.problems:
             failed = True
-            print(f"{kind.kind_name}/{document['metadata'].get('name', '')}: {problem}", file=sys.stderr)
+            print(f"{document['kind']}/{document['metadata'].get('name', '')}: {problem}", file=sys.stderr)
         rendered += result.manifests
     if arguments.out is None:
-        sys.stdout.write("---\n".join(dump(manifest) for manifest in rendered))
+        sys.stdout.write("---\n".join(documents.dump(manifest) for manifest in rendered))
     else:
         out = Path(arguments.out)
         out.mkdir(parents=True, exist_ok=True)
         for manifest in rendered:
             meta = manifest["metadata"]
             (out / f"{meta['namespace']}-{manifest['kind'].lower()}-{meta['name']}.yaml").write_text(
-                dump(manifest)
+                documents.dump(manifest)
             )
     return 1 if failed else 0
 

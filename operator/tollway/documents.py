@@ -18,3 +18,19 @@ def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             with file.open() as stream:
                 documents += [document for document in yaml.safe_load_all(stream) if document]
     return documents
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML for people: multi-line strings (config.pbtxt, scripts) as literal blocks, keys in their order."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _string)
+
+
+def dump(document: Any) -> str:
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,3 +59,49 @@ def eventually(probe: Callable[[], T | None], timeout: float = 60.0, interval: f
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met after {timeout}s; last value: {last!r}")
+
+
+@dataclass(frozen=True)
+class Operator:
+    log: Path
+    liveness: str
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def operator(cluster: Cluster, namespace: str, workdir: Path, *args: str) -> Iterator[Operator]:
+    """`tollway run` watching `namespace`, resyncing every second, as a subprocess of the test."""
+    cluster.namespace(namespace)
+    log = workdir / "operator.log"
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    command = [
+        str(Path(sys.executable).parent / "tollway"),
+        "run",
+        "--namespace",
+        namespace,
+        "--resync-seconds",
+        "1",
+        "--liveness",
+        liveness,
+        *args,
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        )
+    try:
+        yield Operator(log, liveness)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

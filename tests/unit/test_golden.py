@@ -9,28 +9,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tollway import documents
-from tollway.cli import KINDS
-from tollway.translate import translate
+from tollway.translate import translate_all
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-CASES = sorted(path.parent for path in GOLDEN.glob("*/in.yaml"))
+#: A case's input is in.yaml, or a folder `in` (tests/golden/examples/in is a link to examples/).
+CASES = sorted(path.parent for path in [*GOLDEN.glob("*/in.yaml"), *GOLDEN.glob("*/in")])
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def rendered(case: Path) -> dict[str, str]:
     files = {}
-    for document in documents.load([case / "in.yaml"]):
-        result = translate(KINDS[document["kind"]], document, NOW)
+    source = case / "in.yaml" if (case / "in.yaml").exists() else case / "in"
+    for document, result in translate_all(documents.load([source]), NOW):
         output = {
             "problems": list(result.problems),
             "status": result.status,
             "manifests": list(result.manifests),
         }
         name = f"{document['kind']}-{document['metadata']['name']}.yaml"
-        files[name] = yaml.safe_dump(output, sort_keys=False, allow_unicode=True, width=110)
+        files[name] = documents.dump(output)
     return files
 
 

@@ -40,6 +40,9 @@ def triton_args(serving: TritonServing) -> list[str]:
         "--model-control-mode=explicit",
         f"--load-model={serving.model.name}",
         "--strict-readiness=true",
+        # A version that fails to load leaves Triton up (not ready) with the reason in its repository
+        # index, where the operator reads it into status, instead of a crash loop that says less.
+        "--exit-on-error=false",
         f"--http-port={HTTP}",
         f"--grpc-port={GRPC}",
         f"--metrics-port={METRICS}",

@@ -6,13 +6,13 @@ depends on arrives in its arguments, so a golden file pins it down.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
 
-from tollway.api import ModelDeployment, Resource
+from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import ServingState
 from tollway.translate import model_deployment
@@ -80,3 +80,36 @@ def _wire(kind: type[Resource], status: dict[str, Any]) -> dict[str, Any]:
     """The status in the form the API server stores: camelCase, only the fields Tollway set."""
     typed = kind.status_model.model_validate(status)
     return typed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+
+
+def translate_all(
+    documents: Iterable[Mapping[str, Any]], now: datetime
+) -> list[tuple[Mapping[str, Any], Result]]:
+    """Translate a set of resources without a cluster, as `tollway render` and the golden tests do.
+
+    The ApiTiers among them stand for the tiers of their namespace; nothing is observed, so status
+    reads as it would before the first apply.
+    """
+    kinds = {kind.kind_name: kind for kind in (ModelDeployment, ApiTier)}
+    ours = [document for document in documents if document.get("kind") in kinds]
+    priorities: dict[str, list[int]] = {}
+    for document in ours:
+        if document["kind"] == ApiTier.kind_name:
+            priority = int((document.get("spec") or {}).get("priority", 10))
+            priorities.setdefault(_namespace(document), []).append(priority)
+    return [
+        (
+            document,
+            translate(
+                kinds[document["kind"]],
+                document,
+                now,
+                Context(tier_priorities=tuple(priorities.get(_namespace(document), ()))),
+            ),
+        )
+        for document in ours
+    ]
+
+
+def _namespace(document: Mapping[str, Any]) -> str:
+    return str((document.get("metadata") or {}).get("namespace", "default"))

@@ -1,6 +1,6 @@
-"""A tiny Triton Python-backend model: OUTPUT = INPUT × the version number, plus token usage counts.
+"""A tiny Triton Python-backend model: OUTPUT = INPUT times the version number, plus token usage counts.
 
-Each version directory holds a copy-free link to this file (see tests/triton.py); a version whose
+Each version directory holds a copy-free link to this file (see tests/integration/triton.py); a version whose
 directory holds `broken` fails to initialise, so tests can see how a failed version is reported.
 """
 
