@@ -1,8 +1,9 @@
 """kopf registrations, nothing else: each handler is one line into `reconcile`.
 
 Level-based: every watch event (any change to the resource, its status included) and a periodic resync
-run the same reconcile, which writes nothing when nothing changed. Handlers return None, so kopf writes no
-handler results into status.
+(`reconcile.Resync`, started here) run the same reconcile, which writes nothing when nothing changed.
+Handlers return None, so kopf writes no handler results into status. No handler needs a finalizer, so
+resources stay deletable while the operator is away.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from typing import Any
 import kopf
 
 from tollway.api import GROUP, RESOURCES, VERSION, Resource
-from tollway.reconcile import Logger, reconcile, reconcile_owner
+from tollway.reconcile import Logger, Resync, reconcile, reconcile_owner
 from tollway.settings import Settings
-
-FINALIZER = "tollway.dev/finalizer"
-
 
 #: The kinds of children Tollway renders, watched so that an edited or deleted child is restored at once,
 #: and pods, whose troubles (image pulls, scheduling) show up in the owner's Degraded condition.
@@ -33,14 +31,21 @@ OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 def registry(settings: Settings) -> kopf.OperatorRegistry:
     handlers = kopf.OperatorRegistry()
+    tollway_settings = settings
 
     @kopf.on.login(registry=handlers)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)  # the same credentials as our own kubernetes client
 
     @kopf.on.startup(registry=handlers)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         _configure(settings)
+        memo.resync = Resync(tollway_settings, logger)
+        memo.resync.start()
+
+    @kopf.on.cleanup(registry=handlers)
+    def stop(memo: kopf.Memo, **_: Any) -> None:
+        memo.resync.stopping.set()
 
     for kind in RESOURCES:
         _watch(handlers, kind, settings)
@@ -72,5 +77,4 @@ def _watch_child(
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:
-    settings.persistence.finalizer = FINALIZER  # the resync timers need one; name it as ours
     settings.watching.server_timeout = 300  # re-list at least every 5 minutes, whatever the network does

@@ -49,6 +49,34 @@ def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger, set
         _write_status(kind, body, result.status, logger)
 
 
+class Resync(threading.Thread):
+    """Reconciles every resource every `settings.resync_seconds`, whether or not anything changed.
+
+    Why not kopf timers: kopf puts a finalizer on every object with a timer, and an object with a finalizer
+    cannot be deleted while the operator is away (uninstalled, or stopped in a test bed). A plain loop of
+    LIST calls needs no finalizer. With several operator replicas (kopf peering) every replica runs it;
+    the reconciles are idempotent, so that costs reads, not conflicts.
+    """
+
+    def __init__(self, settings: Settings, logger: Logger) -> None:
+        super().__init__(name="tollway-resync", daemon=True)
+        self.settings, self.logger, self.stopping = settings, logger, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.settings.resync_seconds):
+            for kind in (ModelDeployment, ApiTier):
+                for namespace in self.settings.namespaces or (None,):
+                    for body in list_resources(kind, namespace):
+                        self._reconcile(kind, body)
+
+    def _reconcile(self, kind: type[Resource], body: Mapping[str, Any]) -> None:
+        try:
+            reconcile(kind, body, self.logger, self.settings)
+        except Exception:  # one object's failure must not stop the resync of the others
+            name = f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
+            self.logger.exception("resync of %s %s failed; the next resync retries", kind.kind_name, name)
+
+
 def reconcile_owner(child: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
     """A child changed or went away: reconcile the ModelDeployment it belongs to (restoring the child)."""
     metadata = child.get("metadata") or {}

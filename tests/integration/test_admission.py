@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,27 @@ def test_invalid_manifest_is_refused_at_admission(cluster: Cluster, path: Path) 
     assert header["field"] in refused.stderr, refused.stderr
     if "message" in header:
         assert header["message"] in refused.stderr, refused.stderr
+
+
+def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_path: Path) -> None:
+    render = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "tollway"),
+            "render",
+            "-f",
+            str(ROOT / "examples"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert render.returncode == 0, render.stderr
+    kinds = sorted(path.name.split("-")[1] for path in tmp_path.glob("*.yaml"))
+    assert kinds == sorted(
+        ["configmap", "deployment", "poddisruptionbudget", "service", "serviceaccount"] * 2
+    )
+    cluster.namespace("ai")
+    accepted = cluster.kubectl("apply", "--dry-run=server", "-f", str(tmp_path))
+    assert accepted.stdout.count("(server dry run)") == 10

@@ -49,6 +49,7 @@ def test_conditions_appear_with_the_observed_generation(cluster: Cluster, runnin
     cluster.apply(api_tier("pro", **{"metadata.namespace": NAMESPACE}))
     model = eventually(lambda: settled(cluster, "md", "chat"))
     assert set(conditions(model)) == {"Ready", "Progressing", "Degraded"}
+    assert not model["metadata"].get("finalizers")  # deletable even while the operator is away
     assert all(item["observedGeneration"] == 1 for item in conditions(model).values())
     tier = eventually(lambda: settled(cluster, "tier", "pro"))
     assert conditions(tier)["Ready"]["reason"] == "NotImplemented"

@@ -21,6 +21,10 @@ def read_resource(kind: type[Resource], namespace: str, name: str) -> dict[str, 
     return cast(dict[str, Any], found)  # custom objects come back as plain JSON dicts
 
 
-def list_resources(kind: type[Resource], namespace: str) -> list[dict[str, Any]]:
-    listing: Any = custom_objects().list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
+def list_resources(kind: type[Resource], namespace: str | None) -> list[dict[str, Any]]:
+    """Every object of `kind` in `namespace`, or in all namespaces when it is None."""
+    if namespace is None:
+        listing: Any = custom_objects().list_cluster_custom_object(GROUP, VERSION, kind.plural)
+    else:
+        listing = custom_objects().list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
     return list(listing["items"])
