@@ -49,6 +49,17 @@ def unsettled(kubeconfig: str) -> list[str]:
 
 def report(kubeconfig: str) -> None:
     print(kubectl(kubeconfig, "get", "md,tier", "-n", NAMESPACE))
+    print(
+        kubectl(
+            kubeconfig,
+            "get",
+            "deploy,svc,cm,pdb,sa",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/managed-by=tollway",
+        )
+    )
     listing = json.loads(kubectl(kubeconfig, "get", "md,tier", "-n", NAMESPACE, "-o", "json"))
     for item in listing["items"]:
         print(f"{item['kind']}/{item['metadata']['name']} (generation {item['metadata']['generation']}):")
@@ -56,8 +67,8 @@ def report(kubeconfig: str) -> None:
             message = f": {condition['message']}" if condition["message"] else ""
             print(f"  {condition['type']:<12} {condition['status']:<6} {condition['reason']}{message}")
     print()
-    print("Not shown yet: the Triton serving stack, the Envoy gateway, traffic and usage figures. The")
-    print("operator validates and reports on the resources; rendering their children is next (see README).")
+    print("Each ModelDeployment got its Triton stack; its pods stay Pending (the local control plane has no")
+    print("kubelet). Not shown yet: the Envoy gateway, traffic and usage figures (see README).")
 
 
 def main() -> int:
@@ -80,7 +91,16 @@ def main() -> int:
         step("starting the operator (tollway run); its JSON log goes to .local/operator.log")
         log = (ROOT / ".local" / "operator.log").open("w")
         operator = subprocess.Popen(
-            [str(BIN / "tollway"), "run", "--resync-seconds", "10", "--liveness", ""],
+            [
+                str(BIN / "tollway"),
+                "run",
+                "--resync-seconds",
+                "10",
+                "--liveness",
+                "",
+                "--triton-address",
+                "127.0.0.1:9",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": kubeconfig},
