@@ -55,16 +55,12 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
 
 
 def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], settings: Settings) -> None:
-    """Every watch event of `kind`, and a resync timer per object, run the same reconcile."""
+    """Every watch event of `kind` runs the reconcile (the periodic resync runs it too: `Resync`)."""
 
     def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
         reconcile(kind, body, logger, settings)
 
-    resource = (GROUP, VERSION, kind.plural)
-    kopf.on.event(*resource, id=f"{kind.plural}-event", registry=handlers)(run)
-    kopf.timer(*resource, id=f"{kind.plural}-resync", interval=settings.resync_seconds, registry=handlers)(
-        run
-    )
+    kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-event", registry=handlers)(run)
 
 
 def _watch_child(
