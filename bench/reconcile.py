@@ -49,8 +49,8 @@ def model_deployment(index: int) -> dict[str, Any]:
     }
 
 
-def children_by_model() -> dict[str, set[str]]:
-    """Model name → the kinds of its children that exist now."""
+def children() -> dict[str, list[Any]]:
+    """Kind → Tollway's children of that kind in the benchmark namespace."""
     core, apps, policy = client.CoreV1Api(), client.AppsV1Api(), client.PolicyV1Api()
     listings = {
         "serviceaccounts": core.list_namespaced_service_account,
@@ -59,9 +59,15 @@ def children_by_model() -> dict[str, set[str]]:
         "services": core.list_namespaced_service,
         "poddisruptionbudgets": policy.list_namespaced_pod_disruption_budget,
     }
+    selector = "app.kubernetes.io/managed-by=tollway"
+    return {kind: listing(NAMESPACE, label_selector=selector).items for kind, listing in listings.items()}
+
+
+def children_by_model() -> dict[str, set[str]]:
+    """Model name → the kinds of its children that exist now."""
     found: dict[str, set[str]] = {}
-    for kind, listing in listings.items():
-        for item in listing(NAMESPACE, label_selector="app.kubernetes.io/managed-by=tollway").items:
+    for kind, items in children().items():
+        for item in items:
             found.setdefault(item.metadata.labels["tollway.dev/model"], set()).add(kind)
     return found
 
@@ -84,16 +90,8 @@ def tollway_writes() -> dict[str, tuple[str, ...]]:
             for entry in entries
             if entry["manager"] == "tollway"
         )
-    core, apps, policy = client.CoreV1Api(), client.AppsV1Api(), client.PolicyV1Api()
-    listings = {
-        "sa": core.list_namespaced_service_account,
-        "cm": core.list_namespaced_config_map,
-        "deploy": apps.list_namespaced_deployment,
-        "svc": core.list_namespaced_service,
-        "pdb": policy.list_namespaced_pod_disruption_budget,
-    }
-    for kind, listing in listings.items():
-        for item in listing(NAMESPACE, label_selector="app.kubernetes.io/managed-by=tollway").items:
+    for kind, items in children().items():
+        for item in items:
             entries = item.metadata.managed_fields or []
             stamps[f"{kind}/{item.metadata.name}"] = tuple(
                 str(entry.time) for entry in entries if entry.manager == "tollway"
