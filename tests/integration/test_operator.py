@@ -127,3 +127,75 @@ def test_liveness_endpoint_and_json_logs(cluster: Cluster, running_operator: Ope
     assert eventually(alive)
     lines = running_operator.log_lines()
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+
+
+def strip_rules(schema: Any) -> Any:
+    """A CRD schema without its CEL rules: what an older Tollway's CRD would let through."""
+    if isinstance(schema, dict):
+        return {key: strip_rules(value) for key, value in schema.items() if key != "x-kubernetes-validations"}
+    if isinstance(schema, list):
+        return [strip_rules(item) for item in schema]
+    return schema
+
+
+def test_an_invalid_spec_that_got_past_admission_is_refused_whole(
+    cluster: Cluster, running_operator: Operator
+) -> None:
+    crd = cluster.get("crd", "modeldeployments.tollway.dev", "")
+    lenient = {
+        "apiVersion": crd["apiVersion"],
+        "kind": crd["kind"],
+        "metadata": {"name": crd["metadata"]["name"]},
+        "spec": strip_rules(crd["spec"]),
+    }
+    try:
+        cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "tollway-tests",
+            "-f",
+            "-",
+            stdin=json.dumps(lenient),
+        )
+        broken = model_deployment(
+            "broken", **{"metadata.namespace": NAMESPACE, "spec.aliases": {"latest": "9"}}
+        )
+        eventually(
+            lambda: cluster.kubectl("apply", "-f", "-", stdin=json.dumps(broken), check=False).returncode == 0
+        )
+        model = eventually(lambda: settled(cluster, "md", "broken"))
+    finally:
+        original = {**lenient, "spec": crd["spec"]}
+        cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "tollway-tests",
+            "-f",
+            "-",
+            stdin=json.dumps(original),
+        )
+    ready, degraded = conditions(model)["Ready"], conditions(model)["Degraded"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"] == "spec.aliases: every alias must name a version listed in spec.versions"
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    listing = cluster.kubectl(
+        "get", "deploy,svc,cm,sa,pdb", "-n", NAMESPACE, "-l", "tollway.dev/model=broken", "-o", "name"
+    )
+    assert listing.stdout.strip() == ""  # nothing half-applied
+
+    def warnings() -> list[dict[str, Any]]:
+        listing = json.loads(
+            cluster.kubectl("get", "events.events.k8s.io", "-n", NAMESPACE, "-o", "json").stdout
+        )
+        return [
+            item
+            for item in listing["items"]
+            if item["regarding"]["name"] == "broken" and item["type"] == "Warning"
+        ]
+
+    found = eventually(warnings)
+    assert any("spec.aliases" in item["note"] for item in found)
