@@ -24,29 +24,48 @@ from tollway.translate.conditions import changed_conditions, event_type, settle
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
-_locks: dict[tuple[str, str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
+Key = tuple[str, str, str]
 
-
-def _lock(kind: type[Resource], metadata: Mapping[str, Any]) -> threading.Lock:
-    """Watch events and the periodic resync run in different threads; one reconcile per object at a time."""
-    key = (kind.kind_name, str(metadata.get("namespace")), str(metadata.get("name")))
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
+#: Objects being reconciled now, and those asked for again meanwhile. Watch events (of a resource and of
+#: its children) and the resync arrive on several threads; one reconcile per object runs at a time, and
+#: the requests that arrive during it collapse into a single re-run on the latest state.
+_busy: set[Key] = set()
+_again: set[Key] = set()
+_guard = threading.Lock()
 
 
 def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
     metadata = body.get("metadata") or {}
-    if metadata.get("deletionTimestamp"):
+    key = (kind.kind_name, str(metadata.get("namespace")), str(metadata.get("name")))
+    with _guard:
+        if key in _busy:
+            _again.add(key)
+            return
+        _busy.add(key)
+    current: Mapping[str, Any] | None = body
+    try:
+        while current is not None:
+            _reconcile_once(kind, current, logger, settings)
+            with _guard:
+                if key not in _again:
+                    return
+                _again.discard(key)
+            current = read_resource(kind, key[1], key[2])
+    finally:
+        with _guard:
+            _busy.discard(key)
+
+
+def _reconcile_once(
+    kind: type[Resource], body: Mapping[str, Any], logger: Logger, settings: Settings
+) -> None:
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
         return  # children go with their owner (garbage collector); there is nothing to converge
-    with _lock(kind, metadata):
-        result = translate(kind, body, datetime.now(UTC), observe(kind, body, settings))
-        if result.problems:
-            logger.warning("not applied, the spec is invalid: %s", "; ".join(result.problems))
-        sent = apply_all(result.manifests)
-        if sent:
-            logger.info("applied %d of %d children", sent, len(result.manifests))
-        _write_status(kind, body, result.status, logger)
+    result = translate(kind, body, datetime.now(UTC), observe(kind, body, settings))
+    sent = apply_all(result.manifests)
+    if sent:
+        logger.info("applied %d of %d children", sent, len(result.manifests))
+    _write_status(kind, body, result.status, logger)
 
 
 class Resync(threading.Thread):
