@@ -21,6 +21,7 @@ from tollway.render.triton import names
 from tollway.settings import Settings
 from tollway.translate import Context, translate
 from tollway.translate.conditions import changed_conditions, event_type, settle
+from tollway.translate.serving import tier_priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -85,7 +86,14 @@ class Resync(threading.Thread):
         while not self.stopping.wait(self.settings.resync_seconds):
             for kind in (ModelDeployment, ApiTier):
                 for namespace in self.settings.namespaces or (None,):
-                    for body in list_resources(kind, namespace):
+                    try:
+                        found = list_resources(kind, namespace)
+                    except Exception:  # the API server away for a moment must not end the loop
+                        self.logger.exception(
+                            "resync could not list %s; the next resync retries", kind.plural
+                        )
+                        continue
+                    for body in found:
                         self._reconcile(kind, body)
 
     def _reconcile(self, kind: type[Resource], body: Mapping[str, Any]) -> None:
@@ -116,9 +124,7 @@ def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -
     except InvalidResource:
         return base  # the translation reports it; there is nothing to observe for a spec not applied
     namespace = resource.metadata.namespace
-    priorities = tuple(
-        int((tier.get("spec") or {}).get("priority", 10)) for tier in list_resources(ApiTier, namespace)
-    )
+    priorities = tuple(tier_priority(tier) for tier in list_resources(ApiTier, namespace))
     service = names(resource.metadata.name)["triton"]
     deployment = deployment_state(namespace, service)
     triton = None

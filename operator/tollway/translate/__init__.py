@@ -17,7 +17,7 @@ from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import ServingState
 from tollway.translate import model_deployment
 from tollway.translate.conditions import condition
-from tollway.translate.serving import STORAGE_INITIALIZER
+from tollway.translate.serving import STORAGE_INITIALIZER, tier_priority
 
 Manifest = dict[str, Any]
 
@@ -95,8 +95,7 @@ def translate_all(
     priorities: dict[str, list[int]] = {}
     for document in ours:
         if document["kind"] == ApiTier.kind_name:
-            priority = int((document.get("spec") or {}).get("priority", 10))
-            priorities.setdefault(_namespace(document), []).append(priority)
+            priorities.setdefault(_namespace(document), []).append(tier_priority(document))
     return [
         (
             document,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from tollway.api import API_VERSION, ModelDeployment
+from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
 from tollway.ir.serving import InstanceGroup, ModelConfig, Owner, QueuePolicy, Repository, TritonServing
 
 #: Used for s3://, gs:// and as:// repositories: downloads the model directory before Triton starts.
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
+
+
+def tier_priority(document: Mapping[str, Any]) -> int:
+    """An ApiTier's priority, as its document gives it or by the schema's default."""
+    default: int = ApiTierSpec.model_fields["priority"].default
+    return int((document.get("spec") or {}).get("priority", default))
 
 
 def priority_levels(tier_priorities: Iterable[int]) -> dict[int, int]:
