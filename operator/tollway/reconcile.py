@@ -11,7 +11,7 @@ from typing import Any
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import ServingState
-from tollway.k8s.apply import apply_all
+from tollway.k8s.apply import apply_all, prune
 from tollway.k8s.events import record_event
 from tollway.k8s.resources import list_resources, read_resource
 from tollway.k8s.serving import deployment_state, pod_problems
@@ -66,6 +66,12 @@ def _reconcile_once(
     sent = apply_all(result.manifests)
     if sent:
         logger.info("applied %d of %d children", sent, len(result.manifests))
+    metadata = body["metadata"]
+    selector = f"tollway.dev/model={metadata['name']}"
+    if result.stale_kinds and prune(metadata["namespace"], metadata["uid"], selector, result.stale_kinds):
+        logger.info(
+            "removed children no longer rendered: %s", ", ".join(kind for _, kind in result.stale_kinds)
+        )
     _write_status(kind, body, result.status, logger)
 
 

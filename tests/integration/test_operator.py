@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from builders import api_tier, model_deployment
 from kube import Cluster, Operator, eventually, operator
 
-NAMESPACE = "operator-test"
+NAMESPACE = f"operator-test-{os.getpid()}"  # fresh on every run, also against a control plane left up
 RESYNC_SECONDS = 1  # as kube.operator() runs it
 
 

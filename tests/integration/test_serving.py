@@ -8,6 +8,7 @@ Service in a cluster.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from tollway.translate.serving import serving
 from builders import model_deployment
 from kube import Cluster, eventually, operator
 
-NAMESPACE = "serving-test"
+NAMESPACE = f"serving-test-{os.getpid()}"  # fresh on every run, also against a control plane left up
 CHILDREN = (
     ("serviceaccount", "echo-triton"),
     ("configmap", "echo-model-config"),
@@ -214,3 +215,20 @@ def test_deleting_the_model_deployment_collects_its_children(cluster: Cluster, d
     cluster.kubectl("delete", "md", "doomed", "-n", NAMESPACE, "--timeout", "60s")
     for kind in ("deployment", "service", "configmap", "serviceaccount", "poddisruptionbudget"):
         eventually(lambda kind=kind: labelled(cluster, kind, "doomed") == [])
+
+
+def test_a_child_no_longer_rendered_is_removed(cluster: Cluster, deployed: str) -> None:
+    assert found(cluster, "poddisruptionbudget", "echo-triton")
+    cluster.kubectl(
+        "patch",
+        "md",
+        "echo",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"autoscaling": {"maxReplicas": 1}}}',
+    )
+    eventually(lambda: found(cluster, "poddisruptionbudget", "echo-triton") is None)
+    assert found(cluster, "deployment", "echo-triton")

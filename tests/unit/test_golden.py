@@ -26,6 +26,7 @@ def rendered(case: Path) -> dict[str, str]:
         output = {
             "problems": list(result.problems),
             "status": result.status,
+            "prune": [f"{api_version} {kind}" for api_version, kind in result.stale_kinds],
             "manifests": list(result.manifests),
         }
         name = f"{document['kind']}-{document['metadata']['name']}.yaml"

@@ -78,6 +78,19 @@ def apply(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
+def prune(namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]) -> int:
+    """Delete the children of these kinds that `owner_uid` owns; the number deleted."""
+    deleted = 0
+    for api_version, kind in kinds:
+        resource = _dynamic().resources.get(api_version=api_version, kind=kind)
+        for item in resource.get(namespace=namespace, label_selector=label_selector).items:
+            owners = item.metadata.ownerReferences or []
+            if any(owner.uid == owner_uid for owner in owners):
+                resource.delete(name=item.metadata.name, namespace=namespace)
+                deleted += 1
+    return deleted
+
+
 def apply_all(manifests: Iterable[Mapping[str, Any]]) -> int:
     """Apply every manifest in order; the number of requests sent."""
     return sum(apply(manifest) for manifest in manifests)

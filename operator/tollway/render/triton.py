@@ -9,6 +9,14 @@ from tollway.render.meta import MANAGED_BY, metadata
 from tollway.render.model_config import checksum, config_pbtxt
 
 HTTP, GRPC, METRICS = 8000, 8001, 8002
+#: Every kind of child this module renders: what the operator prunes when one is no longer rendered.
+CHILD_KINDS = (
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
 MODELS = "/models"
 SOURCE = "/source"
 CONFIG = "/etc/tollway"

@@ -15,6 +15,7 @@ from typing import Any
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import ServingState
+from tollway.render import triton
 from tollway.translate import model_deployment
 from tollway.translate.conditions import condition
 from tollway.translate.serving import STORAGE_INITIALIZER, tier_priority
@@ -43,6 +44,9 @@ class Result:
     """Children to apply; empty when the resource is invalid, so nothing is ever half-applied."""
     problems: tuple[str, ...] = field(default=())
     """Why the resource is invalid, each naming its field; empty when it is valid."""
+    stale_kinds: tuple[tuple[str, str], ...] = ()
+    """(apiVersion, kind) of children Tollway may have made before but renders no more: prune them.
+    Empty for an invalid resource, so that a bad edit never takes a running model down."""
 
 
 def translate(
@@ -66,7 +70,9 @@ def translate(
             resource, context.tier_priorities, context.storage_initializer_image
         )
         status = model_deployment.status(resource, context.serving, now, make)
-        return Result(status=_wire(kind, status), manifests=tuple(children))
+        rendered = {(child["apiVersion"], child["kind"]) for child in children}
+        stale = tuple(kind for kind in triton.CHILD_KINDS if kind not in rendered)
+        return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale)
     not_yet = f"the spec is valid; Tollway does not create {kind.kind_name} children yet"
     conditions = [
         make("Ready", "False", "NotImplemented", not_yet),
