@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -130,9 +131,24 @@ def pid_alive(name: str) -> bool:
     return True
 
 
-def start(name: str, command: list[str]) -> None:
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start(name: str, command: list[str], ports: tuple[int, ...]) -> None:
     if pid_alive(name):
         return
+    taken = [port for port in ports if not port_free(port)]
+    if taken:
+        raise SystemExit(
+            f"controlplane: cannot start {name}: port {', '.join(map(str, taken))} on 127.0.0.1 is in use "
+            "(another control plane? run `hack/controlplane down` in its checkout, or set TOLLWAY_*_PORT)"
+        )
     LOGS.mkdir(parents=True, exist_ok=True)
     say(f"starting {name} (log: {LOGS / (name + '.log')})")
     with open(LOGS / f"{name}.log", "ab") as log:
@@ -183,7 +199,7 @@ def up() -> None:
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PORT + 1}",
         "--initial-cluster", f"tollway=http://127.0.0.1:{ETCD_PORT + 1}",
         "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3),
-    ])  # fmt: skip
+    ], ports=(ETCD_PORT, ETCD_PORT + 1))  # fmt: skip
 
     def etcd_ready() -> bool:
         try:
@@ -210,7 +226,7 @@ def up() -> None:
         "--service-cluster-ip-range", "10.96.0.0/16",
         "--allow-privileged=true",
         "--enable-priority-and-fairness=false",
-    ])  # fmt: skip
+    ], ports=(APISERVER_PORT,))  # fmt: skip
     context = admin_context()
     wait_until("kube-apiserver", lambda: https_ready(f"{SERVER}/readyz", context))
 
@@ -225,7 +241,7 @@ def up() -> None:
         "--use-service-account-credentials=true",
         "--leader-elect=false",
         "--horizontal-pod-autoscaler-sync-period", "5s",
-    ])  # fmt: skip
+    ], ports=(CONTROLLER_MANAGER_PORT,))  # fmt: skip
     insecure = ssl.create_default_context()
     insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # its serving cert is self-signed
     wait_until(
