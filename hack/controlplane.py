@@ -132,7 +132,9 @@ def pid_alive(name: str) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """Whether nothing listens on the port (connections of a stopped run, in TIME_WAIT, do not count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
