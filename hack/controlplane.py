@@ -125,10 +125,10 @@ def pid_alive(name: str) -> bool:
     if not pid_file.exists():
         return False
     try:
-        os.kill(int(pid_file.read_text()), 0)
-    except (ProcessLookupError, ValueError):
+        command = Path(f"/proc/{int(pid_file.read_text())}/cmdline").read_bytes()
+    except (OSError, ValueError):
         return False
-    return True
+    return name.encode() in command  # a pid reused by another program is not ours
 
 
 def port_free(port: int) -> bool:

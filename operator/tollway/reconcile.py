@@ -11,7 +11,7 @@ from typing import Any
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import ServingState
-from tollway.k8s.apply import apply_all, prune
+from tollway.k8s.apply import ApplyError, apply_all, prune
 from tollway.k8s.events import record_event
 from tollway.k8s.resources import list_resources, read_resource
 from tollway.k8s.serving import deployment_state, pod_problems
@@ -20,7 +20,7 @@ from tollway.observe.triton import model_state
 from tollway.render.triton import names
 from tollway.settings import Settings
 from tollway.translate import Context, translate
-from tollway.translate.conditions import changed_conditions, event_type, settle
+from tollway.translate.conditions import apply_failed, changed_conditions, event_type, settle
 from tollway.translate.serving import tier_priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -49,12 +49,15 @@ def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger, set
             _reconcile_once(kind, current, logger, settings)
             with _guard:
                 if key not in _again:
+                    _busy.discard(key)  # in the same hold of the guard: no request can slip in between
                     return
                 _again.discard(key)
             current = read_resource(kind, key[1], key[2])
     finally:
         with _guard:
-            _busy.discard(key)
+            if key in _busy:  # left by an exception, or by the object's deletion
+                _busy.discard(key)
+                _again.discard(key)
 
 
 def _reconcile_once(
@@ -62,16 +65,21 @@ def _reconcile_once(
 ) -> None:
     if (body.get("metadata") or {}).get("deletionTimestamp"):
         return  # children go with their owner (garbage collector); there is nothing to converge
-    result = translate(kind, body, datetime.now(UTC), observe(kind, body, settings))
-    sent = apply_all(result.manifests)
+    now = datetime.now(UTC)
+    result = translate(kind, body, now, observe(kind, body, settings))
+    try:
+        sent = apply_all(result.manifests)
+    except ApplyError as refused:
+        _write_status(kind, body, apply_failed(result.status, str(refused), now), logger)
+        return  # nothing is pruned after a failed apply; the next reconcile tries again
     if sent:
         logger.info("applied %d of %d children", sent, len(result.manifests))
     metadata = body["metadata"]
     selector = f"tollway.dev/model={metadata['name']}"
-    if result.stale_kinds and prune(metadata["namespace"], metadata["uid"], selector, result.stale_kinds):
-        logger.info(
-            "removed children no longer rendered: %s", ", ".join(kind for _, kind in result.stale_kinds)
-        )
+    if result.stale_kinds:
+        removed = prune(metadata["namespace"], metadata["uid"], selector, result.stale_kinds)
+        if removed:
+            logger.info("removed children no longer rendered: %s", ", ".join(removed))
     _write_status(kind, body, result.status, logger)
 
 

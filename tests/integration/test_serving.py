@@ -190,6 +190,29 @@ def test_an_edited_or_deleted_child_is_restored(cluster: Cluster, deployed: str)
     )
 
 
+def test_a_field_removed_from_the_spec_leaves_the_child(cluster: Cluster, deployed: str) -> None:
+    def node_selector() -> Any:
+        return cluster.get("deployment", "echo-triton", NAMESPACE)["spec"]["template"]["spec"].get(
+            "nodeSelector"
+        )
+
+    patch = '{"spec": {"triton": {"nodeSelector": {"pool": "cpu"}}}}'
+    cluster.kubectl("patch", "md", "echo", "-n", NAMESPACE, "--type", "merge", "-p", patch)
+    eventually(lambda: node_selector() == {"pool": "cpu"})
+    cluster.kubectl(
+        "patch",
+        "md",
+        "echo",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "json",
+        "-p",
+        '[{"op": "remove", "path": "/spec/triton/nodeSelector"}]',
+    )
+    eventually(lambda: not node_selector())
+
+
 def test_a_no_op_resync_writes_nothing(cluster: Cluster, deployed: str) -> None:
     def versions() -> dict[str, str]:
         found = {"md": cluster.get("md", "echo", NAMESPACE)["metadata"]["resourceVersion"]}

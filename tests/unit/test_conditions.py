@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from tollway.api import ModelDeployment
 from tollway.translate import translate
-from tollway.translate.conditions import changed_conditions, settle
+from tollway.translate.conditions import apply_failed, changed_conditions, settle
 
 from builders import model_deployment
 
@@ -56,3 +56,14 @@ def test_an_invalid_resource_yields_no_manifests_and_names_the_field() -> None:
     result = translate(ModelDeployment, model_deployment(**{"spec.aliases": {"latest": "9"}}), T0)
     assert result.manifests == ()
     assert result.problems == ("spec.aliases: every alias must name a version listed in spec.versions",)
+
+
+def test_a_refused_child_turns_ready_false_and_degraded_true() -> None:
+    status = translate(ModelDeployment, model_deployment(), T0).status
+    failed = apply_failed(status, "Deployment/chat-triton: spec.template: Invalid value", T0)
+    found = {item["type"]: (item["status"], item["reason"]) for item in failed["conditions"]}
+    assert found == {
+        "Ready": ("False", "ApplyFailed"),
+        "Progressing": ("True", "Creating"),
+        "Degraded": ("True", "ApplyFailed"),
+    }

@@ -10,10 +10,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -23,9 +32,18 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: A non-negative decimal written as a string ("0.0005"), as Kubernetes APIs write money and ratios.
 DecimalString = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?$", max_length=32)]
+
+
+def _calendar_date(value: str) -> str:
+    date.fromisoformat(value)  # 2026-02-31 has the pattern's shape but is no date: ValueError names it
+    return value
+
+
 #: A calendar date, YYYY-MM-DD. Kept as a string so that CEL can compare two of them.
 DateString = Annotated[
-    str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$", max_length=10)
+    str,
+    StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$", max_length=10),
+    AfterValidator(_calendar_date),
 ]
 #: A Kubernetes resource quantity ("2", "500m", "8Gi").
 Quantity = Annotated[
@@ -116,8 +134,9 @@ DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 def matches(pattern: str, value: str) -> bool:
-    """CEL's `matches` (RE2, unanchored unless the pattern anchors itself) for the patterns used here."""
-    return re.search(pattern, value) is not None
+    """CEL's `matches` (RE2) for the patterns used here. RE2's `$` is the end of the text, where Python's
+    would also match before a final newline: so a final `$` becomes `\\Z`."""
+    return re.search(re.sub(r"\$$", r"\\Z", pattern), value) is not None
 
 
 #: The name of an object whose children get suffixes: a DNS label short enough to leave room for them.

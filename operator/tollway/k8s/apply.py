@@ -1,15 +1,18 @@
 """The one apply layer: server-side apply with field manager `tollway`, and no write when nothing changed.
 
-Before applying, each child is read; when the live object already holds every field Tollway sets, nothing is
-sent. An edit by hand breaks that containment, so the next reconcile applies again and restores it. When the
-comparison cannot tell (the API server normalised a value, say "1000m" → "1"), the apply is sent anyway: a
-server-side apply that changes nothing does not write to etcd, so the resourceVersion stays.
+Each child carries an annotation with the hash of what Tollway rendered for it. Before applying, the child
+is read: when the hash matches and the live object still holds every field Tollway sets, nothing is sent.
+A changed rendering (a field added, changed or removed) changes the hash, so the apply is sent and
+server-side apply drops the fields Tollway no longer sets; an edit by hand breaks the containment, so the
+apply is sent and restores them. When the comparison cannot tell (the API server normalised a value), the
+apply is sent anyway: a server-side apply that changes nothing does not write to etcd.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -19,17 +22,11 @@ from kubernetes.client.exceptions import ApiException
 from tollway.k8s.client import api_client
 
 FIELD_MANAGER = "tollway"
+HASH_ANNOTATION = "tollway.dev/applied-hash"
 
 
-@dataclass
-class ApplyCounter:
-    """Requests that change things, counted for the benchmark and the logs."""
-
-    applied: int = 0
-    skipped: int = 0
-
-
-counter = ApplyCounter()
+class ApplyError(RuntimeError):
+    """The API server refused a child: the object and its message, for status and events."""
 
 
 @cache
@@ -48,6 +45,14 @@ def contains(live: Any, desired: Any) -> bool:
     return bool(live == desired)
 
 
+def stamped(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest with the hash of its own content in an annotation."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:32]
+    metadata = dict(manifest["metadata"])
+    metadata["annotations"] = {**metadata.get("annotations", {}), HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": metadata}
+
+
 def read(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     resource = _dynamic().resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
     meta = manifest["metadata"]
@@ -62,32 +67,40 @@ def read(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def apply(manifest: Mapping[str, Any]) -> bool:
     """Make the cluster hold `manifest`; True when a request was sent."""
-    live = read(manifest)
-    if live is not None and contains(live, manifest):
-        counter.skipped += 1
+    desired = stamped(manifest)
+    live = read(desired)
+    if live is not None and contains(live, desired):
         return False
-    resource = _dynamic().resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
-    resource.server_side_apply(
-        body=dict(manifest),
-        name=manifest["metadata"]["name"],
-        namespace=manifest["metadata"].get("namespace"),
-        field_manager=FIELD_MANAGER,
-        force_conflicts=True,
-    )
-    counter.applied += 1
+    resource = _dynamic().resources.get(api_version=desired["apiVersion"], kind=desired["kind"])
+    name = desired["metadata"]["name"]
+    try:
+        resource.server_side_apply(
+            body=desired,
+            name=name,
+            namespace=desired["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+    except ApiException as error:
+        if error.status in (400, 403, 409, 422):  # refused for good: say why; others are retried
+            detail = (
+                json.loads(error.body or "{}").get("message", error.reason) if error.body else error.reason
+            )
+            raise ApplyError(f"{desired['kind']}/{name}: {detail}") from error
+        raise
     return True
 
 
-def prune(namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]) -> int:
-    """Delete the children of these kinds that `owner_uid` owns; the number deleted."""
-    deleted = 0
+def prune(namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]) -> list[str]:
+    """Delete the children of these kinds that `owner_uid` owns; "Kind/name" of each one deleted."""
+    deleted = []
     for api_version, kind in kinds:
         resource = _dynamic().resources.get(api_version=api_version, kind=kind)
         for item in resource.get(namespace=namespace, label_selector=label_selector).items:
             owners = item.metadata.ownerReferences or []
             if any(owner.uid == owner_uid for owner in owners):
                 resource.delete(name=item.metadata.name, namespace=namespace)
-                deleted += 1
+                deleted.append(f"{kind}/{item.metadata.name}")
     return deleted
 
 

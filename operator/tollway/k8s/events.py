@@ -36,7 +36,7 @@ def record_event(
         "reportingInstance": socket.gethostname()[:128],
         "action": "Reconcile",
         "reason": reason,
-        "note": note[:1024],
+        "note": note.encode()[:1024].decode(errors="ignore"),  # the API's limit is 1 KiB, in bytes
         "type": type,
         "regarding": {
             "apiVersion": API_VERSION,

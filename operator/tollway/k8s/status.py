@@ -8,9 +8,8 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from tollway.api import GROUP, VERSION, Resource
+from tollway.k8s.apply import FIELD_MANAGER
 from tollway.k8s.client import custom_objects
-
-FIELD_MANAGER = "tollway"
 
 
 def apply_status(kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]) -> bool:

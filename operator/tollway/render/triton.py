@@ -99,6 +99,20 @@ def config_map(serving: TritonServing, config: str) -> dict[str, Any]:
     }
 
 
+#: sh -c scripts of the model-config init container: $1 the model directory, $2 the rendered config,
+#: then (claims only) $3 the model directory on the claim and the versions to link from it.
+COPY_CONFIG = 'target="$1"; mkdir -p "$target" && cp "$2" "$target/config.pbtxt"'
+LINK_VERSIONS = ' && source="$3" && shift 3 && for v in "$@"; do ln -sfn "$source/$v" "$target/$v"; done'
+
+
+def _downloadable(uri: str) -> str:
+    """The storage initializer's form of a repository URI: it reads Azure blobs by their https address."""
+    if uri.startswith("as://"):
+        account, _, rest = uri.removeprefix("as://").partition("/")
+        return f"https://{account}.blob.core.windows.net/{rest}"
+    return uri
+
+
 def _model_directory_steps(serving: TritonServing) -> list[dict[str, Any]]:
     """Init containers that build the local model repository Triton reads.
 
@@ -109,21 +123,24 @@ def _model_directory_steps(serving: TritonServing) -> list[dict[str, Any]]:
     ConfigMap. The load API with `parameters.config` would also do, but would load every model twice
     (once at start, once with the override) and forget the override whenever Triton restarts.
     """
-    model = serving.model.name
-    target = f"{MODELS}/{model}"
+    target = f"{MODELS}/{serving.model.name}"
     steps: list[dict[str, Any]] = []
+    # Paths reach the shell as positional arguments, never pasted into the script.
+    script, arguments = COPY_CONFIG, [target, f"{CONFIG}/config.pbtxt"]
     if serving.repository.claim is None:
-        fetch = _init_container(
-            serving, "fetch-model", serving.storage_initializer_image, args=[serving.repository.uri, target]
+        download = [_downloadable(serving.repository.uri), target]
+        steps.append(
+            _init_container(serving, "fetch-model", serving.storage_initializer_image, args=download)
         )
-        steps.append(fetch)
-        links = ""
     else:
-        versions = " ".join(str(version) for version in serving.model.versions)
+        script += LINK_VERSIONS
         source = f"{SOURCE}/{serving.repository.path}".rstrip("/")
-        links = f'for v in {versions}; do ln -sfn "{source}/$v" "{target}/$v"; done; '
-    script = f'mkdir -p "{target}"; {links}cp "{CONFIG}/config.pbtxt" "{target}/config.pbtxt"'
-    steps.append(_init_container(serving, "model-config", serving.image, command=["sh", "-c", script]))
+        arguments += [source, *(str(version) for version in serving.model.versions)]
+    steps.append(
+        _init_container(
+            serving, "model-config", serving.image, command=["sh", "-c", script, "sh", *arguments]
+        )
+    )
     return steps
 
 
@@ -242,7 +259,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
         "spec": {
             "replicas": serving.replicas,
             "selector": {"matchLabels": selector(serving)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": _rollout(serving)},
             "template": {
                 "metadata": {
                     "labels": labels(serving),
@@ -252,6 +269,11 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def _rollout(serving: TritonServing) -> dict[str, int]:
+    """Surge a new pod first on CPU; on GPUs replace one at a time, since a spare GPU is rarely free."""
+    return {"maxSurge": 0, "maxUnavailable": 1} if serving.gpus else {"maxSurge": 1, "maxUnavailable": 0}
 
 
 def service(serving: TritonServing) -> dict[str, Any]:

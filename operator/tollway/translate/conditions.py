@@ -9,6 +9,8 @@ from typing import Any, Literal
 from tollway.api import Condition
 
 Status = Literal["True", "False", "Unknown"]
+#: metav1.Condition's limit on a message; a longer one (many failed versions) is cut, not refused.
+MESSAGE_LIMIT = 32768
 
 
 def timestamp(now: datetime) -> str:
@@ -23,7 +25,7 @@ def condition(
         type=kind,
         status=status,
         reason=reason,
-        message=message,
+        message=message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 1] + "…",
         observed_generation=generation,
         last_transition_time=timestamp(now),
     )
@@ -59,6 +61,20 @@ def changed_conditions(current: Mapping[str, Any], written: Mapping[str, Any]) -
         if (previous.get("status"), previous.get("reason")) != (item["status"], item["reason"]):
             changed.append(Condition.model_validate(item))
     return changed
+
+
+def apply_failed(status: Mapping[str, Any], message: str, now: datetime) -> dict[str, Any]:
+    """`status` with Ready=False and Degraded=True for a child the API server refused."""
+    generation = int(status.get("observedGeneration", 0))
+    failed = {
+        "Ready": condition("Ready", "False", "ApplyFailed", message, generation=generation, now=now),
+        "Degraded": condition("Degraded", "True", "ApplyFailed", message, generation=generation, now=now),
+    }
+    conditions = [
+        failed[item["type"]].model_dump(by_alias=True) if item["type"] in failed else item
+        for item in status.get("conditions", [])
+    ]
+    return {**status, "conditions": conditions}
 
 
 def event_type(item: Condition) -> Literal["Normal", "Warning"] | None:

@@ -15,7 +15,8 @@ STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
 def tier_priority(document: Mapping[str, Any]) -> int:
     """An ApiTier's priority, as its document gives it or by the schema's default."""
     default: int = ApiTierSpec.model_fields["priority"].default
-    return int((document.get("spec") or {}).get("priority", default))
+    priority = (document.get("spec") or {}).get("priority", default)
+    return priority if isinstance(priority, int) else default  # an invalid tier reports itself
 
 
 def priority_levels(tier_priorities: Iterable[int]) -> dict[int, int]:
