@@ -44,6 +44,21 @@ class Cluster:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         self.kubectl("apply", "-f", "-", stdin=text)
 
+    def apply_server_side(self, manifest: dict[str, Any]) -> None:
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "tollway-tests",
+            "-f",
+            "-",
+            stdin=json.dumps(manifest),
+        )
+
+    def patch(self, kind: str, name: str, namespace: str, merge: dict[str, Any]) -> None:
+        self.kubectl("patch", kind, name, "-n", namespace, "--type", "merge", "-p", json.dumps(merge))
+
     def namespace(self, name: str) -> str:
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         return name

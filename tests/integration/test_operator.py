@@ -62,17 +62,7 @@ def test_a_spec_change_is_observed_without_moving_transition_times(
 ) -> None:
     cluster.apply(model_deployment("rolling", **{"metadata.namespace": NAMESPACE}))
     before = eventually(lambda: settled(cluster, "md", "rolling"))
-    cluster.kubectl(
-        "patch",
-        "md",
-        "rolling",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec": {"triton": {"gpus": 2}}}',
-    )
+    cluster.patch("md", "rolling", NAMESPACE, {"spec": {"triton": {"gpus": 2}}})
     after = eventually(lambda: settled(cluster, "md", "rolling"))
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     ready_before, ready_after = conditions(before)["Ready"], conditions(after)["Ready"]
@@ -150,16 +140,7 @@ def test_an_invalid_spec_that_got_past_admission_is_refused_whole(
         "spec": strip_rules(crd["spec"]),
     }
     try:
-        cluster.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager",
-            "tollway-tests",
-            "-f",
-            "-",
-            stdin=json.dumps(lenient),
-        )
+        cluster.apply_server_side(lenient)
         broken = model_deployment(
             "broken", **{"metadata.namespace": NAMESPACE, "spec.aliases": {"latest": "9"}}
         )
@@ -169,16 +150,7 @@ def test_an_invalid_spec_that_got_past_admission_is_refused_whole(
         model = eventually(lambda: settled(cluster, "md", "broken"))
     finally:
         original = {**lenient, "spec": crd["spec"]}
-        cluster.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager",
-            "tollway-tests",
-            "-f",
-            "-",
-            stdin=json.dumps(original),
-        )
+        cluster.apply_server_side(original)
     ready, degraded = conditions(model)["Ready"], conditions(model)["Degraded"]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert ready["message"] == "spec.aliases: every alias must name a version listed in spec.versions"

@@ -137,17 +137,7 @@ def test_a_spec_change_rolls_the_pods(cluster: Cluster, deployed: str) -> None:
     before = cluster.get("deployment", "echo-triton", NAMESPACE)["spec"]["template"]["metadata"][
         "annotations"
     ]
-    cluster.kubectl(
-        "patch",
-        "md",
-        "echo",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec": {"batching": {"maxQueueDelayMicroseconds": 750}}}',
-    )
+    cluster.patch("md", "echo", NAMESPACE, {"spec": {"batching": {"maxQueueDelayMicroseconds": 750}}})
 
     def rolled() -> Any:
         template = cluster.get("deployment", "echo-triton", NAMESPACE)["spec"]["template"]["metadata"]
@@ -196,8 +186,7 @@ def test_a_field_removed_from_the_spec_leaves_the_child(cluster: Cluster, deploy
             "nodeSelector"
         )
 
-    patch = '{"spec": {"triton": {"nodeSelector": {"pool": "cpu"}}}}'
-    cluster.kubectl("patch", "md", "echo", "-n", NAMESPACE, "--type", "merge", "-p", patch)
+    cluster.patch("md", "echo", NAMESPACE, {"spec": {"triton": {"nodeSelector": {"pool": "cpu"}}}})
     eventually(lambda: node_selector() == {"pool": "cpu"})
     cluster.kubectl(
         "patch",
@@ -242,16 +231,6 @@ def test_deleting_the_model_deployment_collects_its_children(cluster: Cluster, d
 
 def test_a_child_no_longer_rendered_is_removed(cluster: Cluster, deployed: str) -> None:
     assert found(cluster, "poddisruptionbudget", "echo-triton")
-    cluster.kubectl(
-        "patch",
-        "md",
-        "echo",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec": {"autoscaling": {"maxReplicas": 1}}}',
-    )
+    cluster.patch("md", "echo", NAMESPACE, {"spec": {"autoscaling": {"maxReplicas": 1}}})
     eventually(lambda: found(cluster, "poddisruptionbudget", "echo-triton") is None)
     assert found(cluster, "deployment", "echo-triton")
