@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from tollway import documents
-from tollway.api import RESOURCES, Resource
+from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.settings import Settings
 from tollway.translate import translate_all
-
-KINDS: dict[str, type[Resource]] = {resource.kind_name: resource for resource in RESOURCES}
 
 
 def crds(arguments: argparse.Namespace) -> int:

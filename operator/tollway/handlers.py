@@ -31,17 +31,14 @@ OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 def registry(settings: Settings) -> kopf.OperatorRegistry:
     handlers = kopf.OperatorRegistry()
-    tollway_settings = settings
 
     @kopf.on.login(registry=handlers)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)  # the same credentials as our own kubernetes client
 
     @kopf.on.startup(registry=handlers)
-    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
-        _configure(settings)
-        memo.resync = Resync(tollway_settings, logger)
-        memo.resync.start()
+    def start(memo: kopf.Memo, logger: Logger, **kwargs: Any) -> None:
+        _start(kwargs["settings"], memo, logger, settings)  # kopf names its own settings `settings`
 
     @kopf.on.cleanup(registry=handlers)
     def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -70,6 +67,12 @@ def _watch_child(
         reconcile_owner(body, logger, settings)
 
     kopf.on.event(group, version, plural, labels=OURS, id=f"{plural}-child", registry=handlers)(run)
+
+
+def _start(operator: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, settings: Settings) -> None:
+    _configure(operator)
+    memo.resync = Resync(settings, logger)
+    memo.resync.start()
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:

@@ -9,9 +9,8 @@ import pytest
 import yaml
 
 from tollway import documents
-from tollway.api import ApiTier, ModelDeployment
+from tollway.api import KINDS, ApiTier, ModelDeployment
 from tollway.api.parse import InvalidResource, field_path, parse
-from tollway.cli import KINDS
 
 from builders import api_tier, model_deployment
 

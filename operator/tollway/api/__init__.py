@@ -5,10 +5,13 @@ from tollway.api.base import API_VERSION, GROUP, VERSION, Condition, Resource
 from tollway.api.model_deployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
 
 RESOURCES: tuple[type[Resource], ...] = (ModelDeployment, ApiTier)
+#: Each resource class by its `kind`.
+KINDS: dict[str, type[Resource]] = {resource.kind_name: resource for resource in RESOURCES}
 
 __all__ = [
     "API_VERSION",
     "GROUP",
+    "KINDS",
     "RESOURCES",
     "VERSION",
     "ApiTier",

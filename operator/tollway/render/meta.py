@@ -20,12 +20,8 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
     }
 
 
-def metadata(
-    name: str, namespace: str, owner: Owner, labels: dict[str, str], annotations: dict[str, str] | None = None
-) -> dict[str, Any]:
+def metadata(name: str, namespace: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {**labels, **MANAGED_BY}}
     if owner.uid:  # `tollway render` works without a cluster, where the owner has no uid yet
         meta["ownerReferences"] = [owner_reference(owner)]
-    if annotations:
-        meta["annotations"] = annotations
     return meta

@@ -36,6 +36,11 @@ def labels(serving: TritonServing) -> dict[str, str]:
     return {**selector(serving), "tollway.dev/model": serving.name, **MANAGED_BY}
 
 
+def _metadata(serving: TritonServing, child: str) -> dict[str, Any]:
+    """The metadata of the child named by `names(...)[child]`: namespace, labels, owner."""
+    return metadata(names(serving.name)[child], serving.namespace, serving.owner, labels(serving))
+
+
 def selector(serving: TritonServing) -> dict[str, str]:
     return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": serving.name}
 
@@ -81,9 +86,7 @@ def service_account(serving: TritonServing) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": metadata(
-            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
-        ),
+        "metadata": _metadata(serving, "triton"),
         "automountServiceAccountToken": False,
     }
 
@@ -92,9 +95,7 @@ def config_map(serving: TritonServing, config: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(
-            names(serving.name)["config"], serving.namespace, serving.owner, labels(serving)
-        ),
+        "metadata": _metadata(serving, "config"),
         "data": {"config.pbtxt": config},
     }
 
@@ -253,9 +254,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(
-            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
-        ),
+        "metadata": _metadata(serving, "triton"),
         "spec": {
             "replicas": serving.replicas,
             "selector": {"matchLabels": selector(serving)},
@@ -280,9 +279,7 @@ def service(serving: TritonServing) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(
-            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
-        ),
+        "metadata": _metadata(serving, "triton"),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(serving),
@@ -305,8 +302,6 @@ def disruption_budget(serving: TritonServing) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": metadata(
-            names(serving.name)["triton"], serving.namespace, serving.owner, labels(serving)
-        ),
+        "metadata": _metadata(serving, "triton"),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(serving)}},
     }

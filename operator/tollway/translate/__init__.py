@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from tollway.api import ApiTier, ModelDeployment, Resource
+from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import ServingState
 from tollway.render import triton
@@ -96,8 +96,7 @@ def translate_all(
     The ApiTiers among them stand for the tiers of their namespace; nothing is observed, so status
     reads as it would before the first apply.
     """
-    kinds = {kind.kind_name: kind for kind in (ModelDeployment, ApiTier)}
-    ours = [document for document in documents if document.get("kind") in kinds]
+    ours = [document for document in documents if document.get("kind") in KINDS]
     priorities: dict[str, list[int]] = {}
     for document in ours:
         if document["kind"] == ApiTier.kind_name:
@@ -106,7 +105,7 @@ def translate_all(
         (
             document,
             translate(
-                kinds[document["kind"]],
+                KINDS[document["kind"]],
                 document,
                 now,
                 Context(tier_priorities=tuple(priorities.get(_namespace(document), ()))),
