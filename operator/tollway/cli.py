@@ -12,8 +12,10 @@ from tollway import documents
 from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
+from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
-from tollway.translate import translate_all
+from tollway.translate import translate_all, translate_gateway
+from tollway.translate.gateway import GatewayOptions
 
 
 def crds(arguments: argparse.Namespace) -> int:
@@ -67,6 +69,61 @@ def render(arguments: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def gateway_config(arguments: argparse.Namespace) -> int:
+    """The files Envoy and the ratelimit service read, so the real binaries can run without a cluster."""
+    loaded = documents.load(arguments.filename)
+    namespaces = sorted({_namespace(document) for document in loaded if document.get("kind") == "ApiTier"})
+    namespace = arguments.namespace or (namespaces[0] if len(namespaces) == 1 else None)
+    if namespace is None:
+        print(f"the files hold ApiTiers in {namespaces or 'no namespace'}: pick one with --namespace", file=sys.stderr)
+        return 2
+    out = Path(arguments.out).resolve()
+    upstreams = {}
+    for upstream in arguments.upstream:
+        model, _, address = upstream.partition("=")
+        host, _, ports = address.partition(":")
+        http, _, grpc = ports.partition(":")
+        upstreams[model] = (host, int(http), int(grpc or 0))
+    options = GatewayOptions(
+        envoy_replicas=arguments.replicas,
+        ratelimit_address=arguments.ratelimit,
+        upstreams=upstreams,
+        jwks_ca_file=arguments.jwks_ca,
+        tls=(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert else None,
+        config_dir=str(out / "envoy"),
+    )
+    ours = [document for document in loaded if _namespace(document) == namespace]
+    resources = [document for document in ours if document.get("kind") in KINDS]
+    secrets = [document for document in ours if document.get("kind") == "Secret"]
+    result = translate_gateway(namespace, resources, secrets, datetime.now(UTC), options)
+    for tier, report in result.plan.reports.items():
+        for problem in report.problems:
+            print(f"ApiTier/{tier}: {problem}", file=sys.stderr)
+    if result.plan.gateway is None:
+        print(f"no valid ApiTier in namespace {namespace}: no gateway", file=sys.stderr)
+        return 1
+    ports = {"port": arguments.port, "admin_port": arguments.admin_port, "tls_port": arguments.tls_port}
+    files = gateway_files(result.plan.gateway, datetime.now(UTC), **ports)
+    (out / "envoy").mkdir(parents=True, exist_ok=True)
+    (out / "ratelimit" / "config").mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        target = out / "ratelimit" / "config" / "tollway.yaml" if name == "ratelimit.yaml" else out / "envoy" / name
+        _replace(target, text)
+    print(out)
+    return 0
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write by rename, so a watching Envoy or ratelimit service never reads half a file."""
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _namespace(document: dict[str, Any]) -> str:
+    return str((document.get("metadata") or {}).get("namespace", "default"))
+
+
 def run(arguments: argparse.Namespace) -> int:
     from tollway.runner import run_operator  # noqa: PLC0415 (kopf is slow to import; only `run` needs it)
 
@@ -116,6 +173,31 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
     command.add_argument("--out", help="folder to write one file per object into")
     command.set_defaults(handler=render)
+
+    command = commands.add_parser(
+        "gateway-config", help="write the files Envoy and the ratelimit service read, to run them locally"
+    )
+    command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
+    command.add_argument("--out", required=True, help="folder: envoy/ and ratelimit/config/ go in it")
+    command.add_argument("-n", "--namespace", help="the namespace whose gateway to write (when several)")
+    command.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="MODEL=HOST:PORT[:GRPC_PORT]",
+        help="where a model's Triton listens, instead of its Service (repeatable)",
+    )
+    command.add_argument("--ratelimit", default="127.0.0.1:8081", help="the ratelimit service's gRPC address")
+    command.add_argument("--port", type=int, default=8080, help="Envoy's listener port")
+    command.add_argument("--admin-port", type=int, default=9901)
+    command.add_argument("--tls-port", type=int, default=8443, help="the mTLS listener's port")
+    command.add_argument("--tls-cert", help="server certificate file for the mTLS listener")
+    command.add_argument("--tls-key", help="its private key file")
+    command.add_argument("--jwks-ca", default=GatewayOptions.jwks_ca_file, help="CA bundle for JWKS servers")
+    command.add_argument(
+        "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
+    )
+    command.set_defaults(handler=gateway_config)
 
     command = commands.add_parser("crds", help="print the CustomResourceDefinitions, or write them to --out")
     command.add_argument("--out", help="folder to write one file per CRD into")

@@ -27,20 +27,28 @@ Positive = Annotated[int, Field(ge=1, json_schema_extra={"format": "int64"})]
 Names = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=253)]], Field(max_length=64)]
 
 
-class Limits(TollwayModel):
+class Quotas(TollwayModel):
     """Per-consumer limits; an unset limit is unlimited."""
 
     requests_per_minute: Positive | None = None
     tokens_per_minute: Positive | None = None
     """Input plus output tokens, as the model's responses report them."""
     concurrent_requests: Positive | None = None
-    """In-flight requests of the whole tier, per model."""
+    """In-flight requests of the whole tier, per model. Each of the gateway's N Envoy replicas admits
+    ceil(concurrentRequests / N) of them, so the cap holds while traffic is spread over the replicas."""
     requests_per_day: Positive | None = None
     tokens_per_day: Positive | None = None
 
 
-class ModelOverride(Limits):
-    """Limits of this tier that differ for one model."""
+class Limits(Quotas):
+    fail_open: bool = True
+    """When the rate-limit service or its Redis cannot answer: serve without limits (true) or refuse with
+    503 (false)."""
+
+
+class ModelOverride(Quotas):
+    """Limits of this tier that differ for one model: each one set here replaces the tier's for this model
+    (with a counter of its own); the others stay shared with the tier's other models."""
 
     model: Annotated[str, StringConstraints(max_length=63)]
     """A model name (spec.model.name of a ModelDeployment)."""
@@ -77,7 +85,8 @@ class LabelSelector(TollwayModel):
 
 class ApiKeyAuth(TollwayModel):
     secret_selector: LabelSelector
-    """Secrets with the data key `api-key`, one consumer each (the Secret's name). The annotation
+    """Secrets with the data key `api-key`. The consumer is the Secret's name, or its label
+    `tollway.dev/consumer` (two Secrets of one consumer: key rotation with overlap). The annotation
     `tollway.dev/expires-at` (RFC 3339) makes a key stop working at that time."""
 
 

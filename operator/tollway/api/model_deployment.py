@@ -36,6 +36,8 @@ class TokenFields(TollwayModel):
     """Path of the number of input (prompt) tokens."""
     output_field: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "usage.completion_tokens"
     """Path of the number of output (completion) tokens."""
+    default_max_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    """Output tokens the gateway reserves for a request that sets no `parameters.max_tokens`."""
 
 
 class ModelSource(TollwayModel):
@@ -79,7 +81,7 @@ class Deprecation(TollwayModel):
     announced: DateString
     """From this date responses carry a Deprecation header."""
     sunset: DateString | None = None
-    """After this date the gateway answers 410 Gone."""
+    """From this date (00:00 UTC) the gateway answers 410 Gone."""
     link: Annotated[str, StringConstraints(pattern="^https?://", max_length=2048)] | None = None
     """Migration guide, sent as Link: <url>; rel="deprecation"."""
 

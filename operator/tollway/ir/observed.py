@@ -40,6 +40,16 @@ class TritonState:
 
 
 @dataclass(frozen=True)
+class GatewayState:
+    """The namespace's gateway as the cluster shows it: its Envoy Deployment, if there is one yet."""
+
+    envoy: DeploymentState | None = None
+    applied: bool = False
+    """Whether the configuration with the current rules was accepted by the API server."""
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ServingState:
     deployment: DeploymentState | None = None
     pod_problems: tuple[PodProblem, ...] = ()

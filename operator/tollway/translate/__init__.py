@@ -14,10 +14,12 @@ from typing import Any
 
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.observed import ServingState
+from tollway.ir.observed import GatewayState, ServingState
+from tollway.render import gateway as gateway_render
 from tollway.render import triton
-from tollway.translate import model_deployment
+from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
+from tollway.translate.gateway import GATEWAY_NAME, GatewayOptions, GatewayPlan, TierReport, gateway
 from tollway.translate.serving import STORAGE_INITIALIZER, tier_priority
 
 Manifest = dict[str, Any]
@@ -32,6 +34,9 @@ class Context:
     storage_initializer_image: str = STORAGE_INITIALIZER
     serving: ServingState = field(default_factory=ServingState)
     """What the cluster and Triton show now, for status."""
+    tier: TierReport = field(default_factory=TierReport)
+    """For an ApiTier: what its namespace's gateway makes of it."""
+    gateway: GatewayState = field(default_factory=GatewayState)
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,44 @@ def translate(
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
         stale = tuple(kind for kind in triton.CHILD_KINDS if kind not in rendered)
         return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale)
-    not_yet = f"the spec is valid; Tollway does not create {kind.kind_name} children yet"
-    conditions = [
-        make("Ready", "False", "NotImplemented", not_yet),
-        make("Progressing", "False", "NotImplemented", "nothing to roll out"),
-        make("Degraded", "False", "AsExpected"),
-    ]
-    return Result(status=_wire(kind, {"observed_generation": generation, "conditions": conditions}))
+    assert isinstance(resource, ApiTier)
+    status = api_tier.status(resource, context.tier, context.gateway, make)
+    return Result(status=_wire(kind, status))  # its children are the namespace's gateway: `translate_gateway`
+
+
+@dataclass(frozen=True)
+class GatewayResult:
+    plan: GatewayPlan
+    manifests: tuple[Manifest, ...]
+    stale: tuple[tuple[str, str], ...]
+    """(kind, name) pairs of gateway children that may exist from before and are not rendered now."""
+
+
+def translate_gateway(
+    namespace: str,
+    documents: Iterable[Mapping[str, Any]],
+    secrets: Iterable[Mapping[str, Any]],
+    now: datetime,
+    options: GatewayOptions = GatewayOptions(),
+) -> GatewayResult:
+    """The gateway of `namespace` from its ApiTier and ModelDeployment documents (invalid ones left out:
+    their own status says why) and its Secrets."""
+    tiers: list[ApiTier] = []
+    models: list[ModelDeployment] = []
+    for document in documents:
+        try:
+            resource = parse(KINDS[document["kind"]], document)
+        except InvalidResource:
+            continue
+        if isinstance(resource, ApiTier):
+            tiers.append(resource)
+        elif isinstance(resource, ModelDeployment):
+            models.append(resource)
+    plan = gateway(namespace, tiers, models, list(secrets), now, options)
+    rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []
+    kept = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in rendered}
+    stale = gateway_render.possible_children(GATEWAY_NAME) - kept
+    return GatewayResult(plan, tuple(rendered), tuple(sorted(stale)))
 
 
 def _wire(kind: type[Resource], status: dict[str, Any]) -> dict[str, Any]:

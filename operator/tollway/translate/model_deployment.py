@@ -61,7 +61,7 @@ def version_statuses(
     statuses = []
     for entry in resource.spec.versions:
         sunset = entry.deprecation.sunset if entry.deprecation else None
-        if sunset is not None and now.date() > date.fromisoformat(sunset):
+        if sunset is not None and now.date() >= date.fromisoformat(sunset):
             statuses.append(
                 VersionStatus(version=entry.version, state="Sunset", message=f"sunset on {sunset}")
             )

@@ -1,0 +1,119 @@
+"""What the API gateway of one namespace serves: models, tiers and credentials, in the gateway's terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tollway.ir.serving import Owner
+
+LIMIT_KINDS = ("rpm", "rpd", "tpm", "tpd")
+"""Requests per minute and per day, tokens per minute and per day: one ratelimit descriptor key each."""
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    announced: int | None = None
+    """Unix seconds from which responses carry a Deprecation header."""
+    sunset: int | None = None
+    """Unix seconds from which the version answers 410 Gone."""
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    """The public name in routes, and Triton's model name."""
+    host: str
+    """Triton's Service (or, outside a cluster, any host)."""
+    http_port: int
+    grpc_port: int
+    versions: tuple[Version, ...]
+    aliases: tuple[tuple[str, int], ...]
+    """Alias → version, `latest` included."""
+    input_tokens: str | None = None
+    """The JSON key that reports input tokens in a response (the last part of spec.model.tokens.inputField);
+    None when the model reports no tokens: its requests are then not charged tokens."""
+    output_tokens: str | None = None
+    default_max_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits per consumer; None is unlimited."""
+
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class Jwt:
+    issuer: str
+    jwks_uri: str
+    audiences: tuple[str, ...]
+    consumer_claim: str
+    required_scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Mtls:
+    ca_pem: str
+    allowed_sans: tuple[str, ...]
+    """A trailing '*' matches any suffix; empty allows any certificate that the CA signed."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    priority_level: int
+    """Triton's priority level for this tier's requests (1 is served first)."""
+    quota: Quota
+    overrides: tuple[tuple[str, Quota], ...]
+    """Model → the limits that differ for it (only the ones set)."""
+    allowed: tuple[tuple[str, int], ...]
+    """(model, version) pairs this tier may call, however the route names them."""
+    fail_open: bool = True
+    retry_after: bool = True
+    jwt: Jwt | None = None
+    mtls: Mtls | None = None
+
+
+@dataclass(frozen=True)
+class Credential:
+    id: str
+    """The Secret's name: which credential a request used, never the key itself."""
+    consumer: str
+    tier: str
+    key: str
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Images:
+    envoy: str = "envoyproxy/envoy:v1.40.0"
+    ratelimit: str = "envoyproxy/ratelimit:3fb70258"
+    redis: str = "redis:7.4-alpine"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    namespace: str
+    name: str
+    owners: tuple[Owner, ...]
+    models: tuple[Model, ...]
+    tiers: tuple[Tier, ...]
+    credentials: tuple[Credential, ...]
+    envoy_replicas: int = 2
+    redis_address: str | None = None
+    """host:port of an existing Redis; None renders a single-replica Redis beside the gateway."""
+    ratelimit_address: str | None = None
+    """host:port of the ratelimit service's gRPC port; None is the one rendered beside the gateway."""
+    jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+    """The trust bundle Envoy checks JWKS servers against."""
+    tls: tuple[str, str] | None = None
+    """(certificate, key) files for the mTLS listener; needed only when a tier uses mTLS."""
+    config_dir: str = "/etc/tollway/envoy"
+    images: Images = field(default_factory=Images)

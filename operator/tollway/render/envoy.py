@@ -1,0 +1,464 @@
+"""Gateway IR → Envoy's configuration: a bootstrap and the file-based dynamic resources (lds.yaml, cds.yaml).
+
+Envoy watches the directory and reloads listeners and clusters when the files are swapped (a Secret volume
+update is an atomic symlink swap), so a tier or key change needs no restart and drops no request.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from importlib.resources import files
+from typing import Any
+
+from tollway.ir.gateway import LIMIT_KINDS, Gateway, Model, Quota, Tier
+
+LISTENER_PORT, TLS_PORT, ADMIN_PORT = 8080, 8443, 9901
+CLUSTER_HEADER = "x-tollway-cluster"
+LUA_FILTER = "tollway.gateway"
+RATELIMIT_CLUSTER = "ratelimit"
+RATELIMIT_DOMAIN = "tollway"
+RATELIMIT_TIMEOUT = "0.25s"
+UPSTREAM_TIMEOUT = "300s"
+
+Config = dict[str, Any]
+
+_TYPE = "type.googleapis.com/envoy."
+_HCM = _TYPE + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def _source(name: str) -> str:
+    return (files("tollway.render") / "templates" / name).read_text()
+
+
+def lua_literal(value: Any) -> str:
+    """A Lua expression for a value made of dicts, lists, strings, ints, bools and None."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        escaped = "".join(
+            char if 32 <= ord(char) < 127 and char not in '"\\' else "".join(f"\\{byte}" for byte in char.encode())
+            for char in value
+        )
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "{" + ", ".join(lua_literal(item) for item in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{lua_literal(key)}] = {lua_literal(item)}" for key, item in value.items()) + "}"
+    raise TypeError(f"no Lua literal for {type(value).__name__}")
+
+
+def model_cluster(model: Model) -> str:
+    return f"triton|{model.name}"
+
+
+def tier_cluster(model: Model, tier: Tier) -> str:
+    return f"triton|{model.name}|{tier.name}"
+
+
+def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]:
+    """For requests of `tier` to `model`: the counter scope of each limit that applies ('pro' shared by the
+    tier's models, 'pro/chat' for a per-model override), and the concurrency cap."""
+    override = dict(tier.overrides).get(model, Quota())
+    scopes = {}
+    for limit in LIMIT_KINDS:
+        if getattr(override, limit) is not None:
+            scopes[limit] = f"{tier.name}/{model}"
+        elif getattr(tier.quota, limit) is not None:
+            scopes[limit] = tier.name
+    return scopes, override.concurrent or tier.quota.concurrent
+
+
+def _lua_data(gateway: Gateway) -> str:
+    tiers = {}
+    for tier in gateway.tiers:
+        scopes, clusters = {}, {}
+        for model in gateway.models:
+            scopes[model.name], cap = effective_quota(tier, model.name)
+            if cap is not None:
+                clusters[model.name] = tier_cluster(model, tier)
+        tiers[tier.name] = {
+            "level": tier.priority_level,
+            "fail_open": tier.fail_open,
+            "retry_after": tier.retry_after,
+            "allowed": {f"{model}@{version}": True for model, version in tier.allowed},
+            "scopes": scopes,
+            "clusters": clusters,
+            "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)} if tier.jwt else None,
+            "mtls": list(tier.mtls.allowed_sans) if tier.mtls else None,
+        }
+    data = {
+        "order": [tier.name for tier in gateway.tiers],
+        "tiers": tiers,
+        "models": {
+            model.name: {
+                "cluster": model_cluster(model),
+                "input": re.sub(r"(\W)", r"%\1", model.input_tokens) if model.input_tokens else None,
+                "output": re.sub(r"(\W)", r"%\1", model.output_tokens) if model.output_tokens else None,
+                "max_tokens": model.default_max_tokens,
+            }
+            for model in gateway.models
+        },
+        "credentials": {
+            credential.key: {
+                "id": credential.id,
+                "consumer": credential.consumer,
+                "tier": credential.tier,
+                "expires": credential.expires_at,
+            }
+            for credential in gateway.credentials
+        },
+    }
+    return f"local T = {lua_literal(data)}\n\n"
+
+
+def _route_metadata(model: Model, version: int, kind: str) -> dict[str, Any]:
+    entry = next(item for item in model.versions if item.number == version)
+    meta: dict[str, Any] = {"kind": kind, "model": model.name, "version": version}
+    if entry.announced is not None:
+        meta["announced"] = entry.announced
+    if entry.sunset is not None:
+        moment = datetime.fromtimestamp(entry.sunset, UTC)
+        meta.update(sunset=entry.sunset, sunset_date=moment.date().isoformat())
+        meta["sunset_http"] = format_datetime(moment, usegmt=True)
+    if entry.link:
+        meta["link"] = entry.link
+    return meta
+
+
+def _routes(gateway: Gateway, now: datetime) -> list[Config]:
+    routes: list[Config] = [
+        {"match": {"path": "/healthz"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+    ]
+    for model in gateway.models:
+        names: list[tuple[str, int]] = [(f"{model.name}:{alias}", version) for alias, version in model.aliases]
+        names.insert(0, (model.name, dict(model.aliases)["latest"]))
+        paths = [(f"/v1/models/{name}", version) for name, version in names]
+        paths += [(f"/v1/models/{model.name}/versions/{entry.number}", entry.number) for entry in model.versions]
+        for path, version in paths:
+            upstream = f"/v2/models/{model.name}/versions/{version}"
+            for suffix, kind in (("/infer", "infer"), ("/ready", "ready"), ("", "metadata")):
+                meta = _route_metadata(model, version, kind)
+                route: Config = {
+                    "match": {"path": path + suffix},
+                    "metadata": {"filter_metadata": {LUA_FILTER: meta}},
+                }
+                if "sunset" in meta and meta["sunset"] <= now.timestamp():
+                    body = f"this model version was switched off on {meta['sunset_date']}"
+                    route["direct_response"] = {"status": 410, "body": {"inline_string": body}}
+                else:
+                    route["route"] = {
+                        "cluster_header": CLUSTER_HEADER,
+                        "prefix_rewrite": upstream + suffix,
+                        "timeout": UPSTREAM_TIMEOUT,
+                    }
+                routes.append(route)
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 404,
+                "body": {"inline_string": "no such route: see /v1/models/MODEL/infer"},
+            },
+        }
+    )
+    return routes
+
+
+def _rate_limit_filter(name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, tokens: bool) -> Config:
+    rate_limits: list[Config] = []
+    for limit in kind_set:
+        actions = [
+            {"metadata": {"descriptor_key": limit, "metadata_key": _meta_key(f"{limit}_{mode}"), "source": "DYNAMIC"}},
+            {"metadata": {"descriptor_key": "consumer", "metadata_key": _meta_key("consumer"), "source": "DYNAMIC"}},
+        ]
+        if tokens:
+            rate_limits.append({"actions": actions, "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:reserve)%"}})
+            rate_limits.append(
+                {
+                    "actions": actions,
+                    "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:settle)%"},
+                    "apply_on_stream_done": True,
+                }
+            )
+        else:
+            rate_limits.append({"actions": actions})
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": _TYPE + "extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": RATELIMIT_DOMAIN,
+            "timeout": RATELIMIT_TIMEOUT,
+            "failure_mode_deny": not fail_open,
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                "transport_api_version": "V3",
+            },
+            "rate_limits": rate_limits,
+        },
+    }
+
+
+def _meta_key(key: str) -> Config:
+    return {"key": "tollway", "path": [{"key": key}]}
+
+
+def _lua_filter(name: str, code: str) -> Config:
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": _TYPE + "extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": code},
+        },
+    }
+
+
+def _jwt_filter(gateway: Gateway) -> list[Config]:
+    providers = {}
+    for tier in gateway.tiers:
+        if tier.jwt is None:
+            continue
+        providers[tier.name] = {
+            "issuer": tier.jwt.issuer,
+            "audiences": list(tier.jwt.audiences),
+            "remote_jwks": {
+                "http_uri": {"uri": tier.jwt.jwks_uri, "cluster": f"jwks|{tier.name}", "timeout": "5s"},
+                "cache_duration": "300s",
+                "async_fetch": {"fast_listener": False},
+                "retry_policy": {"num_retries": 3},
+            },
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "payload_in_metadata": tier.name,
+            "forward": False,
+        }
+    if not providers:
+        return []
+    requirement = {
+        "requires_any": {
+            "requirements": [{"provider_name": name} for name in providers] + [{"allow_missing_or_failed": {}}]
+        }
+    }
+    return [
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": _TYPE + "extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": providers,
+                "rules": [{"match": {"prefix": "/"}, "requires": requirement}],
+            },
+        }
+    ]
+
+
+def _local_reply() -> Config:
+    """Every reply Envoy makes itself (401, 403, 404, 410, 429, 503) as {"error": {"code", "message"}}."""
+    overloaded = {"header_filter": {"header": {"name": "x-envoy-overloaded", "present_match": True}}}
+    return {
+        "mappers": [
+            {
+                "filter": overloaded,
+                "status_code": 429,
+                "body": {"inline_string": "concurrent request limit of the tier reached"},
+            },
+            {
+                "filter": {
+                    "status_code_filter": {
+                        "comparison": {"op": "EQ", "value": {"default_value": 429, "runtime_key": "tollway.429"}}
+                    }
+                },
+                "body": {"inline_string": "rate limit exceeded"},
+            },
+        ],
+        "body_format": {
+            "text_format_source": {"inline_string": '{"error":{"code":%RESPONSE_CODE%,"message":"%LOCAL_REPLY_BODY%"}}\n'},
+            "content_type": "application/json",
+        },
+    }
+
+
+ACCESS_LOG_FIELDS = {
+    "time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "consumer": "%DYNAMIC_METADATA(tollway:consumer)%",
+    "tier": "%DYNAMIC_METADATA(tollway:tier)%",
+    "model": "%DYNAMIC_METADATA(tollway:model)%",
+    "version": "%DYNAMIC_METADATA(tollway:version)%",
+    "input_tokens": "%DYNAMIC_METADATA(tollway:input_tokens)%",
+    "output_tokens": "%DYNAMIC_METADATA(tollway:output_tokens)%",
+}
+"""What each request logs: who, what, how it went; never a credential."""
+
+
+def _connection_manager(gateway: Gateway, now: datetime) -> Config:
+    filters = _jwt_filter(gateway)
+    filters.append(_lua_filter(LUA_FILTER, _lua_data(gateway) + _source("gateway.lua")))
+    for mode, fail_open in (("open", True), ("closed", False)):
+        filters.append(_rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, False))
+    filters.append(_lua_filter("tollway.token_headers", _source("token_headers.lua")))
+    for mode, fail_open in (("open", True), ("closed", False)):
+        filters.append(_rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True))
+    filters.append(
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": _TYPE + "extensions.filters.http.router.v3.Router"}}
+    )
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": "gateway",
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": "models",
+                "virtual_hosts": [{"name": "api", "domains": ["*"], "routes": _routes(gateway, now)}],
+                "request_headers_to_remove": [CLUSTER_HEADER],
+            },
+            "http_filters": filters,
+            "local_reply_config": _local_reply(),
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.stdout",
+                    "typed_config": {
+                        "@type": _TYPE + "extensions.access_loggers.stream.v3.StdoutAccessLog",
+                        "log_format": {"json_format": ACCESS_LOG_FIELDS},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def listeners(gateway: Gateway, now: datetime, port: int = LISTENER_PORT, tls_port: int = TLS_PORT) -> Config:
+    manager = _connection_manager(gateway, now)
+    found = [
+        {
+            "@type": _TYPE + "config.listener.v3.Listener",
+            "name": "http",
+            "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+            "filter_chains": [{"filters": [manager]}],
+        }
+    ]
+    authorities = [tier.mtls.ca_pem for tier in gateway.tiers if tier.mtls]
+    if authorities and gateway.tls:
+        certificate, key = gateway.tls
+        context = {
+            "@type": _TYPE + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": certificate}, "private_key": {"filename": key}}
+                ],
+                "validation_context": {"trusted_ca": {"inline_string": "\n".join(authorities)}},
+            },
+        }
+        found.append(
+            {
+                "@type": _TYPE + "config.listener.v3.Listener",
+                "name": "mtls",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": tls_port}},
+                "filter_chains": [
+                    {
+                        "filters": [manager],
+                        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": context},
+                    }
+                ],
+            }
+        )
+    return {"resources": found}
+
+
+def _static_cluster(name: str, host: str, port: int, http2: bool = False, max_requests: int | None = None) -> Config:
+    cluster: Config = {
+        "@type": _TYPE + "config.cluster.v3.Cluster",
+        "name": name,
+        "type": "STRICT_DNS" if not _is_ip(host) else "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    if max_requests is not None:
+        cluster["circuit_breakers"] = {
+            "thresholds": [{"max_requests": max_requests, "max_pending_requests": max_requests, "max_retries": 0}]
+        }
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    return bool(re.fullmatch(r"[0-9.]+", host))
+
+
+def ratelimit_address(gateway: Gateway) -> tuple[str, int]:
+    from tollway.render.gateway import names  # noqa: PLC0415 (the two renderers name each other's parts)
+
+    if gateway.ratelimit_address:
+        host, _, port = gateway.ratelimit_address.rpartition(":")
+        return host, int(port)
+    return f"{names(gateway.name)['ratelimit']}.{gateway.namespace}.svc.cluster.local", 8081
+
+
+def clusters(gateway: Gateway) -> Config:
+    found = []
+    for model in gateway.models:
+        found.append(_static_cluster(model_cluster(model), model.host, model.http_port))
+        for tier in gateway.tiers:
+            cap = effective_quota(tier, model.name)[1]
+            if cap is not None:
+                per_replica = math.ceil(cap / gateway.envoy_replicas)
+                found.append(_static_cluster(tier_cluster(model, tier), model.host, model.http_port, max_requests=per_replica))
+    host, port = ratelimit_address(gateway)
+    found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
+    for tier in gateway.tiers:
+        if tier.jwt is None:
+            continue
+        authority = tier.jwt.jwks_uri.removeprefix("https://").split("/", 1)[0]
+        host, _, port = authority.partition(":")
+        cluster = _static_cluster(f"jwks|{tier.name}", host, int(port or 443))
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TYPE + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": gateway.jwks_ca_file},
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                    }
+                },
+            },
+        }
+        found.append(cluster)
+    return {"resources": found}
+
+
+def bootstrap(gateway: Gateway, admin_port: int = ADMIN_PORT) -> Config:
+    directory = gateway.config_dir
+    return {
+        "node": {"id": gateway.name, "cluster": gateway.name},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {
+            kind: {
+                "path_config_source": {"path": f"{directory}/{kind[:3]}.yaml", "watched_directory": {"path": directory}},
+                "resource_api_version": "V3",
+            }
+            for kind in ("lds_config", "cds_config")
+        },
+    }

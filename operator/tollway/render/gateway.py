@@ -1,0 +1,294 @@
+"""Gateway IR → the Kubernetes objects that run it: Envoy, the ratelimit service, Redis, their config.
+
+Envoy's configuration holds API keys, so it is a Secret. Neither Envoy nor the ratelimit service restarts
+on a config change: both watch their mounted files, so pods carry no config checksum.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from tollway.documents import dump
+from tollway.ir.gateway import Gateway
+from tollway.render.envoy import LISTENER_PORT, TLS_PORT, bootstrap, clusters, listeners
+from tollway.render.meta import MANAGED_BY
+from tollway.render.ratelimit import ratelimit_config
+
+Manifest = dict[str, Any]
+
+RATELIMIT_GRPC, RATELIMIT_HTTP, RATELIMIT_METRICS, REDIS_PORT = 8081, 8080, 9090, 6379
+RATELIMIT_ROOT = "/data"
+TLS_DIR = "/etc/tollway/tls"
+
+CHILD_KINDS = (
+    ("v1", "Secret"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def names(gateway: str) -> dict[str, str]:
+    """The children's names, from the gateway's."""
+    return {"envoy": gateway, "config": f"{gateway}-envoy", "ratelimit": f"{gateway}-ratelimit", "redis": f"{gateway}-redis"}
+
+
+def possible_children(gateway: str) -> set[tuple[str, str]]:
+    """(kind, name) of every child a gateway of this name may have, whatever its settings."""
+    named = names(gateway)
+    workloads = ("envoy", "ratelimit", "redis")
+    return (
+        {("Secret", named["config"]), ("ConfigMap", named["ratelimit"])}
+        | {("Deployment", named[part]) for part in workloads}
+        | {("Service", named[part]) for part in workloads}
+        | {("PodDisruptionBudget", named[part]) for part in ("envoy", "ratelimit")}
+    )
+
+
+def gateway_files(gateway: Gateway, now: datetime, **ports: int) -> dict[str, str]:
+    """The files Envoy reads (envoy.yaml bootstrap, lds.yaml, cds.yaml) and the ratelimit config, by name."""
+    admin = {"admin_port": ports["admin_port"]} if "admin_port" in ports else {}
+    listen = {key: value for key, value in ports.items() if key in ("port", "tls_port")}
+    return {
+        "envoy.yaml": dump(bootstrap(gateway, **admin)),
+        "envoy-static.yaml": dump(static_bootstrap(gateway, now, **ports)),
+        "lds.yaml": dump(listeners(gateway, now, **listen)),
+        "cds.yaml": dump(clusters(gateway)),
+        "ratelimit.yaml": dump(ratelimit_config(gateway)),
+    }
+
+
+def static_bootstrap(gateway: Gateway, now: datetime, **ports: int) -> dict[str, Any]:
+    """The same listeners and clusters as static resources in one file: what `envoy --mode validate`
+    checks (it does not read file-based dynamic resources)."""
+    admin = {"admin_port": ports["admin_port"]} if "admin_port" in ports else {}
+    listen = {key: value for key, value in ports.items() if key in ("port", "tls_port")}
+    config = bootstrap(gateway, **admin)
+    del config["dynamic_resources"]
+
+    def untyped(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{key: value for key, value in resource.items() if key != "@type"} for resource in resources]
+
+    config["static_resources"] = {
+        "listeners": untyped(listeners(gateway, now, **listen)["resources"]),
+        "clusters": untyped(clusters(gateway)["resources"]),
+    }
+    return config
+
+
+def _metadata(gateway: Gateway, name: str, component: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": gateway.namespace,
+        "labels": {**_selector(gateway, component), "tollway.dev/gateway": gateway.name, **MANAGED_BY},
+    }
+    owners = [
+        {"apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name, "uid": owner.uid}
+        for owner in gateway.owners
+        if owner.uid
+    ]
+    if owners:  # the gateway lives while any tier of its namespace does; the garbage collector does the rest
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def _selector(gateway: Gateway, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": gateway.name}
+
+
+def _pod_security(user: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": user,
+        "runAsGroup": user,
+        "fsGroup": user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _deployment(
+    gateway: Gateway, component: str, name: str, replicas: int, pod: dict[str, Any]
+) -> Manifest:
+    selector = _selector(gateway, component)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(gateway, name, component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": {**selector, "tollway.dev/gateway": gateway.name}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "topologyKey": "kubernetes.io/hostname",
+                                        "labelSelector": {"matchLabels": selector},
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                    **pod,
+                },
+            },
+        },
+    }
+
+
+def _service(gateway: Gateway, component: str, name: str, ports: list[tuple[str, int]]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(gateway, name, component),
+        "spec": {
+            "selector": _selector(gateway, component),
+            "ports": [{"name": port_name, "port": port, "targetPort": port_name} for port_name, port in ports],
+        },
+    }
+
+
+def _budget(gateway: Gateway, component: str, name: str) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(gateway, name, component),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector(gateway, component)}},
+    }
+
+
+def _envoy(gateway: Gateway) -> list[Manifest]:
+    named = names(gateway.name)
+    ports = [("http", LISTENER_PORT)] + ([("mtls", TLS_PORT)] if gateway.tls else [])
+    mounts = [{"name": "config", "mountPath": gateway.config_dir, "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "config", "secret": {"secretName": named["config"]}}]
+    if gateway.tls:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": f"{gateway.name}-tls"}})
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5}
+    container = {
+        "name": "envoy",
+        "image": gateway.images.envoy,
+        "args": ["-c", f"{gateway.config_dir}/envoy.yaml", "--drain-time-s", "20", "--log-level", "warn"],
+        "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        # Endpoints drop the pod before Envoy is told to stop, so no new request lands on a closing proxy.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": mounts,
+    }
+    pod = {
+        "securityContext": _pod_security(101),
+        "terminationGracePeriodSeconds": 45,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    found = [
+        _deployment(gateway, "envoy", named["envoy"], gateway.envoy_replicas, pod),
+        _service(gateway, "envoy", named["envoy"], ports),
+    ]
+    if gateway.envoy_replicas > 1:
+        found.append(_budget(gateway, "envoy", named["envoy"]))
+    return found
+
+
+def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
+    named = names(gateway.name)
+    redis = gateway.redis_address or f"{named['redis']}.{gateway.namespace}.svc.cluster.local:{REDIS_PORT}"
+    environment = {
+        "LOG_LEVEL": "warn",
+        "LOG_FORMAT": "json",
+        "REDIS_SOCKET_TYPE": "tcp",
+        "REDIS_URL": redis,
+        "USE_STATSD": "false",
+        "USE_PROMETHEUS": "true",
+        "PROMETHEUS_ADDR": f":{RATELIMIT_METRICS}",
+        "RUNTIME_ROOT": RATELIMIT_ROOT,
+        "RUNTIME_SUBDIRECTORY": "ratelimit",
+        "RUNTIME_WATCH_ROOT": "false",
+        "RUNTIME_IGNOREDOTFILES": "true",
+    }
+    container = {
+        "name": "ratelimit",
+        "image": gateway.images.ratelimit,
+        "command": ["/bin/ratelimit"],
+        "env": [{"name": key, "value": value} for key, value in environment.items()],
+        "ports": [
+            {"name": "grpc", "containerPort": RATELIMIT_GRPC},
+            {"name": "http", "containerPort": RATELIMIT_HTTP},
+            {"name": "metrics", "containerPort": RATELIMIT_METRICS},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/healthcheck", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "config", "mountPath": f"{RATELIMIT_ROOT}/ratelimit/config", "readOnly": True}],
+    }
+    pod = {
+        "securityContext": _pod_security(65534),
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": named["ratelimit"]}}],
+    }
+    found = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(gateway, named["ratelimit"], "ratelimit"),
+            "data": {"tollway.yaml": config},
+        },
+        _deployment(gateway, "ratelimit", named["ratelimit"], 2, pod),
+        _service(gateway, "ratelimit", named["ratelimit"], [("grpc", RATELIMIT_GRPC), ("http", RATELIMIT_HTTP)]),
+        _budget(gateway, "ratelimit", named["ratelimit"]),
+    ]
+    if gateway.redis_address is None:
+        found += _redis(gateway)
+    return found
+
+
+def _redis(gateway: Gateway) -> list[Manifest]:
+    """A single Redis for small installs: counters only (no persistence); a restart resets the windows."""
+    name = names(gateway.name)["redis"]
+    container = {
+        "name": "redis",
+        "image": gateway.images.redis,
+        "args": ["--save", "", "--appendonly", "no", "--maxmemory-policy", "volatile-ttl"],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
+        "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    pod = {"securityContext": _pod_security(999), "containers": [container]}
+    deployment = _deployment(gateway, "redis", name, 1, pod)
+    deployment["spec"]["strategy"] = {"type": "Recreate"}
+    return [deployment, _service(gateway, "redis", name, [("redis", REDIS_PORT)])]
+
+
+def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
+    files = gateway_files(gateway, now)
+    config = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(gateway, names(gateway.name)["config"], "envoy"),
+        "type": "Opaque",
+        "data": {
+            name: base64.b64encode(files[name].encode()).decode() for name in ("envoy.yaml", "lds.yaml", "cds.yaml")
+        },
+    }
+    return [config, *_ratelimit(gateway, files["ratelimit.yaml"]), *_envoy(gateway)]

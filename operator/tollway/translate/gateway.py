@@ -1,0 +1,323 @@
+"""ApiTiers, ModelDeployments and API-key Secrets of one namespace → the Gateway IR and each tier's status.
+
+One gateway per namespace: tiers name models by their names in the same namespace, the API-key Secrets
+live there, and a team that owns a namespace owns its API product (its keys, prices and limits) without
+seeing another team's. Invalid tiers and models are left out (their own status says why); the others are
+served, so one bad object never takes the rest of the namespace's API down.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tollway.api import API_VERSION, ApiTier, ModelDeployment
+from tollway.api.api_tier import LabelSelector, Quotas
+from tollway.ir.gateway import Credential, Gateway, Images, Jwt, Model, Mtls, Quota, Tier, Version
+from tollway.ir.serving import Owner
+from tollway.render.triton import names
+from tollway.translate.model_deployment import latest_version
+from tollway.translate.serving import priority_levels
+
+GATEWAY_NAME = "tollway-gateway"
+API_KEY = "api-key"
+CONSUMER_LABEL = "tollway.dev/consumer"
+EXPIRES_ANNOTATION = "tollway.dev/expires-at"
+TRITON_HTTP, TRITON_GRPC = 8000, 8001
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """How the gateway is run: from the operator's settings, or `tollway gateway-config`'s flags."""
+
+    envoy_replicas: int = 2
+    redis_address: str | None = None
+    ratelimit_address: str | None = None
+    triton_host: str = "{service}.{namespace}.svc.cluster.local"
+    upstreams: Mapping[str, tuple[str, int, int]] = field(default_factory=dict)
+    """Model → (host, HTTP port, gRPC port), replacing the Triton Service (tests and local runs)."""
+    jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+    tls: tuple[str, str] | None = None
+    config_dir: str = "/etc/tollway/envoy"
+    images: Images = field(default_factory=Images)
+
+
+@dataclass(frozen=True)
+class TierReport:
+    """What the gateway makes of one tier, for its status."""
+
+    consumers: int = 0
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    gateway: Gateway | None
+    """None when the namespace has no valid tier: no gateway at all."""
+    reports: dict[str, TierReport]
+
+
+def epoch(date: str) -> int:
+    """'2027-01-15' → the Unix seconds of its start, UTC."""
+    return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp())
+
+
+def gateway(
+    namespace: str,
+    tiers: Sequence[ApiTier],
+    models: Sequence[ModelDeployment],
+    secrets: Sequence[Mapping[str, Any]],
+    now: datetime,
+    options: GatewayOptions = GatewayOptions(),
+) -> GatewayPlan:
+    """The namespace's gateway from its valid tiers and models and all of its Secrets."""
+    ordered = sorted(tiers, key=lambda tier: (tier.spec.priority, tier.metadata.name))
+    served = tuple(_model(resource, namespace, options) for resource in models)
+    levels = priority_levels(tier.spec.priority for tier in ordered)
+    problems: dict[str, list[str]] = {tier.metadata.name: [] for tier in ordered}
+    built = []
+    for resource in ordered:
+        allowed, unknown = _allowed(resource, served)
+        problems[resource.metadata.name] += unknown
+        built.append(_tier(resource, levels[resource.spec.priority], allowed, secrets, problems))
+    credentials, counts = _credentials(ordered, secrets, now, problems)
+    reports = {
+        name: TierReport(consumers=counts.get(name, 0), problems=tuple(found)) for name, found in problems.items()
+    }
+    if not ordered:
+        return GatewayPlan(gateway=None, reports=reports)
+    owners = tuple(
+        Owner(api_version=API_VERSION, kind=ApiTier.kind_name, name=tier.metadata.name, uid=tier.metadata.uid)
+        for tier in ordered
+    )
+    built_gateway = Gateway(
+        namespace=namespace,
+        name=GATEWAY_NAME,
+        owners=owners,
+        models=served,
+        tiers=tuple(built),
+        credentials=credentials,
+        envoy_replicas=options.envoy_replicas,
+        redis_address=options.redis_address,
+        ratelimit_address=options.ratelimit_address,
+        jwks_ca_file=options.jwks_ca_file,
+        tls=options.tls,
+        config_dir=options.config_dir,
+        images=options.images,
+    )
+    return GatewayPlan(gateway=built_gateway, reports=reports)
+
+
+def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
+    spec = resource.spec
+    service = names(resource.metadata.name)["triton"]
+    host, http, grpc = options.upstreams.get(resource.model_name) or (
+        options.triton_host.format(service=service, namespace=namespace),
+        TRITON_HTTP,
+        TRITON_GRPC,
+    )
+    versions = tuple(
+        Version(
+            number=int(entry.version),
+            announced=epoch(entry.deprecation.announced) if entry.deprecation else None,
+            sunset=epoch(entry.deprecation.sunset) if entry.deprecation and entry.deprecation.sunset else None,
+            link=entry.deprecation.link if entry.deprecation else None,
+        )
+        for entry in sorted(spec.versions, key=lambda entry: int(entry.version), reverse=True)
+    )
+    aliases = {**spec.aliases, "latest": latest_version(resource)}
+    tokens = spec.model.tokens
+    return Model(
+        name=resource.model_name,
+        host=host,
+        http_port=http,
+        grpc_port=grpc,
+        versions=versions,
+        aliases=tuple(sorted((alias, int(version)) for alias, version in aliases.items())),
+        input_tokens=tokens.input_field.rsplit(".", 1)[-1] if tokens else None,
+        output_tokens=tokens.output_field.rsplit(".", 1)[-1] if tokens else None,
+        default_max_tokens=tokens.default_max_tokens if tokens else 0,
+    )
+
+
+def _allowed(tier: ApiTier, models: Sequence[Model]) -> tuple[tuple[tuple[str, int], ...], list[str]]:
+    """The (model, version) pairs the tier's `models` entries grant, and one problem per entry that names
+    nothing served in the namespace."""
+    by_name = {model.name: model for model in models}
+    allowed: set[tuple[str, int]] = set()
+    unknown = []
+    for index, reference in enumerate(tier.spec.models):
+        if reference == "*":
+            allowed |= {(model.name, version.number) for model in models for version in model.versions}
+            continue
+        name, alias, pinned = _split(reference)
+        model = by_name.get(name)
+        if model is None:
+            unknown.append(f'spec.models[{index}]: no ModelDeployment in this namespace serves model "{name}"')
+            continue
+        if pinned is not None:
+            if pinned not in {version.number for version in model.versions}:
+                unknown.append(f'spec.models[{index}]: model "{name}" has no version {pinned}')
+                continue
+            allowed.add((name, pinned))
+            continue
+        version = dict(model.aliases).get(alias)
+        if version is None:
+            unknown.append(f'spec.models[{index}]: model "{name}" has no alias "{alias}"')
+            continue
+        allowed.add((name, version))
+    return tuple(sorted(allowed)), unknown
+
+
+def _split(reference: str) -> tuple[str, str, int | None]:
+    """'chat' → ('chat', 'latest', None); 'chat:stable' → alias; 'chat@2' → pinned version 2."""
+    if "@" in reference:
+        name, _, version = reference.partition("@")
+        return name, "", int(version)
+    name, _, alias = reference.partition(":")
+    return name, alias or "latest", None
+
+
+def _quota(limits: Quotas) -> Quota:
+    return Quota(
+        rpm=limits.requests_per_minute,
+        rpd=limits.requests_per_day,
+        tpm=limits.tokens_per_minute,
+        tpd=limits.tokens_per_day,
+        concurrent=limits.concurrent_requests,
+    )
+
+
+def _tier(
+    resource: ApiTier,
+    level: int,
+    allowed: tuple[tuple[str, int], ...],
+    secrets: Sequence[Mapping[str, Any]],
+    problems: dict[str, list[str]],
+) -> Tier:
+    spec = resource.spec
+    jwt = spec.auth.jwt
+    mtls = None
+    if spec.auth.mtls is not None:
+        reference = spec.auth.mtls.ca_secret_ref.name
+        ca = _secret_value(secrets, reference, "ca.crt")
+        if ca is None:
+            problems[resource.metadata.name].append(
+                f'spec.auth.mtls.caSecretRef: Secret "{reference}" with data key ca.crt not found; '
+                "no client certificate is accepted for this tier"
+            )
+        else:
+            mtls = Mtls(ca_pem=ca, allowed_sans=tuple(spec.auth.mtls.allowed_subject_alt_names))
+    return Tier(
+        name=resource.metadata.name,
+        priority_level=level,
+        quota=_quota(spec.limits),
+        overrides=tuple((override.model, _quota(override)) for override in spec.overrides),
+        allowed=allowed,
+        fail_open=spec.limits.fail_open,
+        retry_after=spec.over_limit.retry_after,
+        jwt=Jwt(
+            issuer=jwt.issuer,
+            jwks_uri=jwt.jwks_uri,
+            audiences=tuple(jwt.audiences),
+            consumer_claim=jwt.consumer_claim,
+            required_scopes=tuple(jwt.required_scopes),
+        )
+        if jwt
+        else None,
+        mtls=mtls,
+    )
+
+
+def _secret_value(secrets: Iterable[Mapping[str, Any]], name: str, key: str) -> str | None:
+    for secret in secrets:
+        if secret["metadata"]["name"] == name:
+            return _decoded(secret, key)
+    return None
+
+
+def _decoded(secret: Mapping[str, Any], key: str) -> str | None:
+    raw = (secret.get("data") or {}).get(key)
+    if raw is None:
+        return (secret.get("stringData") or {}).get(key)  # a manifest not yet through the API server
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def selects(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions, all must hold)."""
+    tests: dict[str, Callable[[str | None, list[str]], bool]] = {
+        "In": lambda value, values: value in values,
+        "NotIn": lambda value, values: value not in values,
+        "Exists": lambda value, _: value is not None,
+        "DoesNotExist": lambda value, _: value is None,
+    }
+    return all(labels.get(key) == value for key, value in selector.match_labels.items()) and all(
+        tests[requirement.operator](labels.get(requirement.key), requirement.values)
+        for requirement in selector.match_expressions
+    )
+
+
+def _credentials(
+    tiers: Sequence[ApiTier], secrets: Sequence[Mapping[str, Any]], now: datetime, problems: dict[str, list[str]]
+) -> tuple[tuple[Credential, ...], dict[str, int]]:
+    """Live API keys, each with its tier: a Secret selected by several tiers belongs to the first by priority."""
+    credentials: list[Credential] = []
+    seen_keys: dict[str, str] = {}
+    consumers: dict[str, set[str]] = {}
+    for secret in sorted(secrets, key=lambda secret: str(secret["metadata"]["name"])):
+        meta = secret["metadata"]
+        labels = meta.get("labels") or {}
+        claimants = [
+            tier for tier in tiers if tier.spec.auth.api_keys and selects(tier.spec.auth.api_keys.secret_selector, labels)
+        ]
+        if not claimants:
+            continue
+        owner, name = claimants[0].metadata.name, meta["name"]
+        for other in claimants[1:]:
+            problems[other.metadata.name].append(
+                f'spec.auth.apiKeys.secretSelector: Secret "{name}" is also selected by tier "{owner}", '
+                "which comes first by priority; its key works for that tier only"
+            )
+        key = _decoded(secret, API_KEY)
+        if not key:
+            problems[owner].append(f'Secret "{name}": no data key "{API_KEY}"; it grants nothing')
+            continue
+        expires_at = _expiry(meta.get("annotations") or {})
+        if expires_at == -1:
+            problems[owner].append(
+                f'Secret "{name}": annotation {EXPIRES_ANNOTATION} is not an RFC 3339 time; the key is refused'
+            )
+            continue
+        if expires_at is not None and expires_at <= now.timestamp():
+            continue  # expired: dropped from the gateway (which also refuses it by its own clock until then)
+        if key in seen_keys:
+            problems[owner].append(
+                f'Secret "{name}": its key is the same as Secret "{seen_keys[key]}"\'s; only that one counts'
+            )
+            continue
+        seen_keys[key] = name
+        consumer = labels.get(CONSUMER_LABEL) or name
+        credentials.append(Credential(id=name, consumer=consumer, tier=owner, key=key, expires_at=expires_at))
+        consumers.setdefault(owner, set()).add(consumer)
+    return tuple(credentials), {tier: len(names) for tier, names in consumers.items()}
+
+
+def _expiry(annotations: Mapping[str, str]) -> int | None:
+    """The expiry in Unix seconds, None without one, -1 when it cannot be read (the key is then refused)."""
+    value = annotations.get(EXPIRES_ANNOTATION)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return -1
+    if moment.tzinfo is None:
+        return -1
+    return int(moment.timestamp())
