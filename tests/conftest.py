@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "hack"))  # the test-bed helpers (controlplane, triton_local, dataplane)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -51,11 +51,14 @@ def render(arguments: argparse.Namespace) -> int:
     """Everything Tollway would apply for the given resources, without a cluster."""
     rendered: list[dict[str, Any]] = []
     failed = False
-    for document, result in translate_all(documents.load(arguments.filename), datetime.now(UTC)):
+    translation = translate_all(documents.load(arguments.filename), datetime.now(UTC))
+    for document, result in translation.resources:
         for problem in result.problems:
             failed = True
             print(f"{document['kind']}/{document['metadata'].get('name', '')}: {problem}", file=sys.stderr)
         rendered += result.manifests
+    for gateway in translation.gateways.values():
+        rendered += gateway.manifests
     if arguments.out is None:
         sys.stdout.write("---\n".join(documents.dump(manifest) for manifest in rendered))
     else:
@@ -75,7 +78,10 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     namespaces = sorted({_namespace(document) for document in loaded if document.get("kind") == "ApiTier"})
     namespace = arguments.namespace or (namespaces[0] if len(namespaces) == 1 else None)
     if namespace is None:
-        print(f"the files hold ApiTiers in {namespaces or 'no namespace'}: pick one with --namespace", file=sys.stderr)
+        print(
+            f"the files hold ApiTiers in {namespaces or 'no namespace'}: pick one with --namespace",
+            file=sys.stderr,
+        )
         return 2
     out = Path(arguments.out).resolve()
     upstreams = {}
@@ -107,7 +113,11 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     (out / "envoy").mkdir(parents=True, exist_ok=True)
     (out / "ratelimit" / "config").mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        target = out / "ratelimit" / "config" / "tollway.yaml" if name == "ratelimit.yaml" else out / "envoy" / name
+        target = (
+            out / "ratelimit" / "config" / "tollway.yaml"
+            if name == "ratelimit.yaml"
+            else out / "envoy" / name
+        )
         _replace(target, text)
     print(out)
     return 0

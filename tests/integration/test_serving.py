@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from triton import RunningTriton, running
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
@@ -22,6 +21,7 @@ from tollway.translate.serving import serving
 
 from builders import model_deployment
 from kube import Cluster, eventually, operator
+from triton import RunningTriton, running
 
 NAMESPACE = f"serving-test-{os.getpid()}"  # fresh on every run, also against a control plane left up
 CHILDREN = (

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from triton import running
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
@@ -17,6 +16,7 @@ from tollway.translate.serving import serving
 
 from builders import model_deployment
 from kube import eventually
+from triton import running
 
 TIER_PRIORITIES = (1, 2, 3)
 

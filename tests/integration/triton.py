@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "hack"))
 
-import triton_local  # noqa: E402  (hack/ is not a package)
-
 from tollway.ir.serving import TritonServing  # noqa: E402
 from tollway.render.model_config import config_pbtxt  # noqa: E402
 from tollway.render.triton import triton_args  # noqa: E402
+
+import triton_local  # noqa: E402  (hack/ is not a package)
 
 ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,8 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 def rendered(case: Path) -> dict[str, str]:
     files = {}
     source = case / "in.yaml" if (case / "in.yaml").exists() else case / "in"
-    for document, result in translate_all(documents.load([source]), NOW):
+    translation = translate_all(documents.load([source]), NOW)
+    for document, result in translation.resources:
         output = {
             "problems": list(result.problems),
             "status": result.status,
@@ -31,7 +34,21 @@ def rendered(case: Path) -> dict[str, str]:
         }
         name = f"{document['kind']}-{document['metadata']['name']}.yaml"
         files[name] = documents.dump(output)
+    for namespace, gateway in translation.gateways.items():
+        output = {
+            "prune": [f"{kind}/{name}" for kind, name in gateway.stale],
+            "manifests": [readable(manifest) for manifest in gateway.manifests],
+        }
+        files[f"Gateway-{namespace}.yaml"] = documents.dump(output)
     return files
+
+
+def readable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A Secret with its data decoded (the golden file is for reading; the bytes are the same)."""
+    if manifest["kind"] != "Secret":
+        return manifest
+    data = {name: base64.b64decode(value).decode() for name, value in manifest["data"].items()}
+    return {**{key: value for key, value in manifest.items() if key != "data"}, "stringData": data}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -22,6 +22,9 @@ RATELIMIT_CLUSTER = "ratelimit"
 RATELIMIT_DOMAIN = "tollway"
 RATELIMIT_TIMEOUT = "0.25s"
 UPSTREAM_TIMEOUT = "300s"
+PUBLIC_BASES = ("/v1/models", "/v2/models")
+"""The public API is versioned under /v1; the same routes under /v2 are Triton's own (KServe v2) paths, so
+that tritonclient and other KServe clients work unchanged (an alias goes in the model name: "chat:stable")."""
 
 Config = dict[str, Any]
 
@@ -43,14 +46,20 @@ def lua_literal(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         escaped = "".join(
-            char if 32 <= ord(char) < 127 and char not in '"\\' else "".join(f"\\{byte}" for byte in char.encode())
+            char
+            if 32 <= ord(char) < 127 and char not in '"\\'
+            else "".join(f"\\{byte}" for byte in char.encode())
             for char in value
         )
         return f'"{escaped}"'
     if isinstance(value, list | tuple):
         return "{" + ", ".join(lua_literal(item) for item in value) + "}"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"[{lua_literal(key)}] = {lua_literal(item)}" for key, item in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"[{lua_literal(key)}] = {lua_literal(item)}" for key, item in value.items())
+            + "}"
+        )
     raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
@@ -90,7 +99,9 @@ def _lua_data(gateway: Gateway) -> str:
             "allowed": {f"{model}@{version}": True for model, version in tier.allowed},
             "scopes": scopes,
             "clusters": clusters,
-            "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)} if tier.jwt else None,
+            "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)}
+            if tier.jwt
+            else None,
             "mtls": list(tier.mtls.allowed_sans) if tier.mtls else None,
         }
     data = {
@@ -133,14 +144,24 @@ def _route_metadata(model: Model, version: int, kind: str) -> dict[str, Any]:
 
 
 def _routes(gateway: Gateway, now: datetime) -> list[Config]:
+    healthy = {"status": 200, "body": {"inline_string": "ok"}}
     routes: list[Config] = [
-        {"match": {"path": "/healthz"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+        {"match": {"path": path}, "direct_response": healthy}
+        for path in ("/healthz", "/v2/health/ready", "/v2/health/live")
     ]
     for model in gateway.models:
-        names: list[tuple[str, int]] = [(f"{model.name}:{alias}", version) for alias, version in model.aliases]
+        names: list[tuple[str, int]] = [
+            (f"{model.name}{colon}{alias}", version)
+            for alias, version in model.aliases
+            for colon in (":", "%3A", "%3a")  # tritonclient percent-encodes the ':' in "chat:stable"
+        ]
         names.insert(0, (model.name, dict(model.aliases)["latest"]))
-        paths = [(f"/v1/models/{name}", version) for name, version in names]
-        paths += [(f"/v1/models/{model.name}/versions/{entry.number}", entry.number) for entry in model.versions]
+        paths = []
+        for base in PUBLIC_BASES:
+            paths += [(f"{base}/{name}", version) for name, version in names]
+            paths += [
+                (f"{base}/{model.name}/versions/{entry.number}", entry.number) for entry in model.versions
+            ]
         for path, version in paths:
             upstream = f"/v2/models/{model.name}/versions/{version}"
             for suffix, kind in (("/infer", "infer"), ("/ready", "ready"), ("", "metadata")):
@@ -171,15 +192,31 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
     return routes
 
 
-def _rate_limit_filter(name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, tokens: bool) -> Config:
+def _rate_limit_filter(
+    name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, tokens: bool
+) -> Config:
     rate_limits: list[Config] = []
     for limit in kind_set:
         actions = [
-            {"metadata": {"descriptor_key": limit, "metadata_key": _meta_key(f"{limit}_{mode}"), "source": "DYNAMIC"}},
-            {"metadata": {"descriptor_key": "consumer", "metadata_key": _meta_key("consumer"), "source": "DYNAMIC"}},
+            {
+                "metadata": {
+                    "descriptor_key": limit,
+                    "metadata_key": _meta_key(f"{limit}_{mode}"),
+                    "source": "DYNAMIC",
+                }
+            },
+            {
+                "metadata": {
+                    "descriptor_key": "consumer",
+                    "metadata_key": _meta_key("consumer"),
+                    "source": "DYNAMIC",
+                }
+            },
         ]
         if tokens:
-            rate_limits.append({"actions": actions, "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:reserve)%"}})
+            rate_limits.append(
+                {"actions": actions, "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:reserve)%"}}
+            )
             rate_limits.append(
                 {
                     "actions": actions,
@@ -240,9 +277,10 @@ def _jwt_filter(gateway: Gateway) -> list[Config]:
         }
     if not providers:
         return []
-    requirement = {
+    requirement: Config = {
         "requires_any": {
-            "requirements": [{"provider_name": name} for name in providers] + [{"allow_missing_or_failed": {}}]
+            "requirements": [{"provider_name": name} for name in providers]
+            + [{"allow_missing_or_failed": {}}]
         }
     }
     return [
@@ -259,7 +297,7 @@ def _jwt_filter(gateway: Gateway) -> list[Config]:
 
 def _local_reply() -> Config:
     """Every reply Envoy makes itself (401, 403, 404, 410, 429, 503) as {"error": {"code", "message"}}."""
-    overloaded = {"header_filter": {"header": {"name": "x-envoy-overloaded", "present_match": True}}}
+    overloaded = {"response_flag_filter": {"flags": ["UO"]}}
     return {
         "mappers": [
             {
@@ -270,14 +308,19 @@ def _local_reply() -> Config:
             {
                 "filter": {
                     "status_code_filter": {
-                        "comparison": {"op": "EQ", "value": {"default_value": 429, "runtime_key": "tollway.429"}}
+                        "comparison": {
+                            "op": "EQ",
+                            "value": {"default_value": 429, "runtime_key": "tollway.429"},
+                        }
                     }
                 },
                 "body": {"inline_string": "rate limit exceeded"},
             },
         ],
         "body_format": {
-            "text_format_source": {"inline_string": '{"error":{"code":%RESPONSE_CODE%,"message":"%LOCAL_REPLY_BODY%"}}\n'},
+            "text_format_source": {
+                "inline_string": '{"error":{"code":%RESPONSE_CODE%,"message":"%LOCAL_REPLY_BODY%"}}\n'
+            },
             "content_type": "application/json",
         },
     }
@@ -310,7 +353,10 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
     for mode, fail_open in (("open", True), ("closed", False)):
         filters.append(_rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True))
     filters.append(
-        {"name": "envoy.filters.http.router", "typed_config": {"@type": _TYPE + "extensions.filters.http.router.v3.Router"}}
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": _TYPE + "extensions.filters.http.router.v3.Router"},
+        }
     )
     return {
         "name": "envoy.filters.network.http_connection_manager",
@@ -377,15 +423,24 @@ def listeners(gateway: Gateway, now: datetime, port: int = LISTENER_PORT, tls_po
     return {"resources": found}
 
 
-def _static_cluster(name: str, host: str, port: int, http2: bool = False, max_requests: int | None = None) -> Config:
+def _static_cluster(
+    name: str, host: str, port: int, http2: bool = False, max_requests: int | None = None
+) -> Config:
     cluster: Config = {
         "@type": _TYPE + "config.cluster.v3.Cluster",
         "name": name,
         "type": "STRICT_DNS" if not _is_ip(host) else "STATIC",
+        "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "2s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                    ]
+                }
+            ],
         },
     }
     if http2:
@@ -397,7 +452,9 @@ def _static_cluster(name: str, host: str, port: int, http2: bool = False, max_re
         }
     if max_requests is not None:
         cluster["circuit_breakers"] = {
-            "thresholds": [{"max_requests": max_requests, "max_pending_requests": max_requests, "max_retries": 0}]
+            "thresholds": [
+                {"max_requests": max_requests, "max_pending_requests": max_requests, "max_retries": 0}
+            ]
         }
     return cluster
 
@@ -423,24 +480,30 @@ def clusters(gateway: Gateway) -> Config:
             cap = effective_quota(tier, model.name)[1]
             if cap is not None:
                 per_replica = math.ceil(cap / gateway.envoy_replicas)
-                found.append(_static_cluster(tier_cluster(model, tier), model.host, model.http_port, max_requests=per_replica))
+                found.append(
+                    _static_cluster(
+                        tier_cluster(model, tier), model.host, model.http_port, max_requests=per_replica
+                    )
+                )
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     for tier in gateway.tiers:
         if tier.jwt is None:
             continue
         authority = tier.jwt.jwks_uri.removeprefix("https://").split("/", 1)[0]
-        host, _, port = authority.partition(":")
-        cluster = _static_cluster(f"jwks|{tier.name}", host, int(port or 443))
+        jwks_host, _, jwks_port = authority.partition(":")
+        cluster = _static_cluster(f"jwks|{tier.name}", jwks_host, int(jwks_port or 443))
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": _TYPE + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
+                "sni": jwks_host,
                 "common_tls_context": {
                     "validation_context": {
                         "trusted_ca": {"filename": gateway.jwks_ca_file},
-                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": jwks_host}}
+                        ],
                     }
                 },
             },
@@ -456,7 +519,10 @@ def bootstrap(gateway: Gateway, admin_port: int = ADMIN_PORT) -> Config:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
             kind: {
-                "path_config_source": {"path": f"{directory}/{kind[:3]}.yaml", "watched_directory": {"path": directory}},
+                "path_config_source": {
+                    "path": f"{directory}/{kind[:3]}.yaml",
+                    "watched_directory": {"path": directory},
+                },
                 "resource_api_version": "V3",
             }
             for kind in ("lds_config", "cds_config")

@@ -39,7 +39,12 @@ RESTRICTED_CONTAINER = {
 
 def names(gateway: str) -> dict[str, str]:
     """The children's names, from the gateway's."""
-    return {"envoy": gateway, "config": f"{gateway}-envoy", "ratelimit": f"{gateway}-ratelimit", "redis": f"{gateway}-redis"}
+    return {
+        "envoy": gateway,
+        "config": f"{gateway}-envoy",
+        "ratelimit": f"{gateway}-ratelimit",
+        "redis": f"{gateway}-redis",
+    }
 
 
 def possible_children(gateway: str) -> set[tuple[str, str]]:
@@ -58,11 +63,11 @@ def gateway_files(gateway: Gateway, now: datetime, **ports: int) -> dict[str, st
     """The files Envoy reads (envoy.yaml bootstrap, lds.yaml, cds.yaml) and the ratelimit config, by name."""
     admin = {"admin_port": ports["admin_port"]} if "admin_port" in ports else {}
     listen = {key: value for key, value in ports.items() if key in ("port", "tls_port")}
-    return {
+    return {  # clusters before listeners: a reload never routes to a cluster Envoy does not have yet
         "envoy.yaml": dump(bootstrap(gateway, **admin)),
         "envoy-static.yaml": dump(static_bootstrap(gateway, now, **ports)),
-        "lds.yaml": dump(listeners(gateway, now, **listen)),
         "cds.yaml": dump(clusters(gateway)),
+        "lds.yaml": dump(listeners(gateway, now, **listen)),
         "ratelimit.yaml": dump(ratelimit_config(gateway)),
     }
 
@@ -115,9 +120,7 @@ def _pod_security(user: int) -> dict[str, Any]:
     }
 
 
-def _deployment(
-    gateway: Gateway, component: str, name: str, replicas: int, pod: dict[str, Any]
-) -> Manifest:
+def _deployment(gateway: Gateway, component: str, name: str, replicas: int, pod: dict[str, Any]) -> Manifest:
     selector = _selector(gateway, component)
     return {
         "apiVersion": "apps/v1",
@@ -158,7 +161,9 @@ def _service(gateway: Gateway, component: str, name: str, ports: list[tuple[str,
         "metadata": _metadata(gateway, name, component),
         "spec": {
             "selector": _selector(gateway, component),
-            "ports": [{"name": port_name, "port": port, "targetPort": port_name} for port_name, port in ports],
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port_name} for port_name, port in ports
+            ],
         },
     }
 
@@ -239,7 +244,9 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "securityContext": RESTRICTED_CONTAINER,
-        "volumeMounts": [{"name": "config", "mountPath": f"{RATELIMIT_ROOT}/ratelimit/config", "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": f"{RATELIMIT_ROOT}/ratelimit/config", "readOnly": True}
+        ],
     }
     pod = {
         "securityContext": _pod_security(65534),
@@ -254,7 +261,9 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
             "data": {"tollway.yaml": config},
         },
         _deployment(gateway, "ratelimit", named["ratelimit"], 2, pod),
-        _service(gateway, "ratelimit", named["ratelimit"], [("grpc", RATELIMIT_GRPC), ("http", RATELIMIT_HTTP)]),
+        _service(
+            gateway, "ratelimit", named["ratelimit"], [("grpc", RATELIMIT_GRPC), ("http", RATELIMIT_HTTP)]
+        ),
         _budget(gateway, "ratelimit", named["ratelimit"]),
     ]
     if gateway.redis_address is None:
@@ -288,7 +297,8 @@ def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
         "metadata": _metadata(gateway, names(gateway.name)["config"], "envoy"),
         "type": "Opaque",
         "data": {
-            name: base64.b64encode(files[name].encode()).decode() for name in ("envoy.yaml", "lds.yaml", "cds.yaml")
+            name: base64.b64encode(files[name].encode()).decode()
+            for name in ("envoy.yaml", "lds.yaml", "cds.yaml")
         },
     }
     return [config, *_ratelimit(gateway, files["ratelimit.yaml"]), *_envoy(gateway)]

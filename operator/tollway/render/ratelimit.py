@@ -22,7 +22,9 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
             scopes, _ = effective_quota(tier, model.name)
             override = dict(tier.overrides).get(model.name)
             for limit, scope in scopes.items():
-                source = override if override is not None and getattr(override, limit) is not None else tier.quota
+                source = (
+                    override if override is not None and getattr(override, limit) is not None else tier.quota
+                )
                 limits[(limit, scope)] = getattr(source, limit)
         for limit in LIMIT_KINDS:  # the tier's own limits, also with no model in the namespace yet
             if getattr(tier.quota, limit) is not None:

@@ -22,6 +22,8 @@ from tollway.translate.conditions import condition
 from tollway.translate.gateway import GATEWAY_NAME, GatewayOptions, GatewayPlan, TierReport, gateway
 from tollway.translate.serving import STORAGE_INITIALIZER, tier_priority
 
+DEFAULT_OPTIONS = GatewayOptions()
+
 Manifest = dict[str, Any]
 
 
@@ -96,7 +98,7 @@ def translate_gateway(
     documents: Iterable[Mapping[str, Any]],
     secrets: Iterable[Mapping[str, Any]],
     now: datetime,
-    options: GatewayOptions = GatewayOptions(),
+    options: GatewayOptions = DEFAULT_OPTIONS,
 ) -> GatewayResult:
     """The gateway of `namespace` from its ApiTier and ModelDeployment documents (invalid ones left out:
     their own status says why) and its Secrets."""
@@ -111,7 +113,7 @@ def translate_gateway(
             tiers.append(resource)
         elif isinstance(resource, ModelDeployment):
             models.append(resource)
-    plan = gateway(namespace, tiers, models, list(secrets), now, options)
+    plan = gateway(namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options)
     rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []
     kept = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in rendered}
     stale = gateway_render.possible_children(GATEWAY_NAME) - kept
@@ -124,31 +126,50 @@ def _wire(kind: type[Resource], status: dict[str, Any]) -> dict[str, Any]:
     return typed.model_dump(by_alias=True, exclude_unset=True, mode="json")
 
 
+@dataclass(frozen=True)
+class Translation:
+    resources: list[tuple[Mapping[str, Any], Result]]
+    gateways: dict[str, GatewayResult]
+    """Namespace → its gateway, for each namespace with an ApiTier."""
+
+
 def translate_all(
-    documents: Iterable[Mapping[str, Any]], now: datetime
-) -> list[tuple[Mapping[str, Any], Result]]:
+    documents: Iterable[Mapping[str, Any]], now: datetime, options: GatewayOptions = DEFAULT_OPTIONS
+) -> Translation:
     """Translate a set of resources without a cluster, as `tollway render` and the golden tests do.
 
-    The ApiTiers among them stand for the tiers of their namespace; nothing is observed, so status
-    reads as it would before the first apply.
+    The ApiTiers and Secrets among them stand for those of their namespace; nothing is observed, so
+    status reads as it would before the first apply.
     """
-    ours = [document for document in documents if document.get("kind") in KINDS]
+    loaded = list(documents)
+    ours = [document for document in loaded if document.get("kind") in KINDS]
+    namespaces = sorted({_namespace(document) for document in ours if document["kind"] == ApiTier.kind_name})
+    gateways = {
+        namespace: translate_gateway(
+            namespace,
+            [document for document in ours if _namespace(document) == namespace],
+            [
+                document
+                for document in loaded
+                if document.get("kind") == "Secret" and _namespace(document) == namespace
+            ],
+            now,
+            options,
+        )
+        for namespace in namespaces
+    }
     priorities: dict[str, list[int]] = {}
     for document in ours:
         if document["kind"] == ApiTier.kind_name:
             priorities.setdefault(_namespace(document), []).append(tier_priority(document))
-    return [
-        (
-            document,
-            translate(
-                KINDS[document["kind"]],
-                document,
-                now,
-                Context(tier_priorities=tuple(priorities.get(_namespace(document), ()))),
-            ),
-        )
-        for document in ours
-    ]
+    resources = []
+    for document in ours:
+        namespace = _namespace(document)
+        plan = gateways[namespace].plan if namespace in gateways else None
+        report = plan.reports.get(str(document["metadata"].get("name"))) if plan else None
+        context = Context(tier_priorities=tuple(priorities.get(namespace, ())), tier=report or TierReport())
+        resources.append((document, translate(KINDS[document["kind"]], document, now, context)))
+    return Translation(resources, gateways)
 
 
 def _namespace(document: Mapping[str, Any]) -> str:

@@ -24,7 +24,9 @@ def status(resource: ApiTier, report: TierReport, gateway: GatewayState, make: M
 def _ready(gateway: GatewayState, make: Make) -> Condition:
     if not gateway.applied:
         reason = "ApplyFailed" if gateway.error else "Pending"
-        return make("Ready", "False", reason, gateway.error or "the gateway's configuration is not applied yet")
+        return make(
+            "Ready", "False", reason, gateway.error or "the gateway's configuration is not applied yet"
+        )
     envoy = gateway.envoy
     if envoy is None or envoy.available_replicas < 1:
         available = f"{envoy.available_replicas}/{envoy.replicas}" if envoy else "0"

@@ -68,6 +68,7 @@ def epoch(date: str) -> int:
 
 def gateway(
     namespace: str,
+    *,
     tiers: Sequence[ApiTier],
     models: Sequence[ModelDeployment],
     secrets: Sequence[Mapping[str, Any]],
@@ -86,7 +87,8 @@ def gateway(
         built.append(_tier(resource, levels[resource.spec.priority], allowed, secrets, problems))
     credentials, counts = _credentials(ordered, secrets, now, problems)
     reports = {
-        name: TierReport(consumers=counts.get(name, 0), problems=tuple(found)) for name, found in problems.items()
+        name: TierReport(consumers=counts.get(name, 0), problems=tuple(found))
+        for name, found in problems.items()
     }
     if not ordered:
         return GatewayPlan(gateway=None, reports=reports)
@@ -124,7 +126,9 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         Version(
             number=int(entry.version),
             announced=epoch(entry.deprecation.announced) if entry.deprecation else None,
-            sunset=epoch(entry.deprecation.sunset) if entry.deprecation and entry.deprecation.sunset else None,
+            sunset=epoch(entry.deprecation.sunset)
+            if entry.deprecation and entry.deprecation.sunset
+            else None,
             link=entry.deprecation.link if entry.deprecation else None,
         )
         for entry in sorted(spec.versions, key=lambda entry: int(entry.version), reverse=True)
@@ -157,7 +161,9 @@ def _allowed(tier: ApiTier, models: Sequence[Model]) -> tuple[tuple[tuple[str, i
         name, alias, pinned = _split(reference)
         model = by_name.get(name)
         if model is None:
-            unknown.append(f'spec.models[{index}]: no ModelDeployment in this namespace serves model "{name}"')
+            unknown.append(
+                f'spec.models[{index}]: no ModelDeployment in this namespace serves model "{name}"'
+            )
             continue
         if pinned is not None:
             if pinned not in {version.number for version in model.versions}:
@@ -265,9 +271,12 @@ def selects(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
 
 
 def _credentials(
-    tiers: Sequence[ApiTier], secrets: Sequence[Mapping[str, Any]], now: datetime, problems: dict[str, list[str]]
+    tiers: Sequence[ApiTier],
+    secrets: Sequence[Mapping[str, Any]],
+    now: datetime,
+    problems: dict[str, list[str]],
 ) -> tuple[tuple[Credential, ...], dict[str, int]]:
-    """Live API keys, each with its tier: a Secret selected by several tiers belongs to the first by priority."""
+    """Live API keys with their tiers; a Secret selected by several tiers belongs to the first by priority."""
     credentials: list[Credential] = []
     seen_keys: dict[str, str] = {}
     consumers: dict[str, set[str]] = {}
@@ -275,7 +284,9 @@ def _credentials(
         meta = secret["metadata"]
         labels = meta.get("labels") or {}
         claimants = [
-            tier for tier in tiers if tier.spec.auth.api_keys and selects(tier.spec.auth.api_keys.secret_selector, labels)
+            tier
+            for tier in tiers
+            if tier.spec.auth.api_keys and selects(tier.spec.auth.api_keys.secret_selector, labels)
         ]
         if not claimants:
             continue
@@ -292,7 +303,7 @@ def _credentials(
         expires_at = _expiry(meta.get("annotations") or {})
         if expires_at == -1:
             problems[owner].append(
-                f'Secret "{name}": annotation {EXPIRES_ANNOTATION} is not an RFC 3339 time; the key is refused'
+                f'Secret "{name}": annotation {EXPIRES_ANNOTATION} is not an RFC 3339 time; key refused'
             )
             continue
         if expires_at is not None and expires_at <= now.timestamp():

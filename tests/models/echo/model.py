@@ -1,10 +1,14 @@
 """A tiny Triton Python-backend model: OUTPUT = INPUT times the version number, plus token usage counts.
 
+It reports the input's length as prompt tokens and `parameters.max_tokens` (else the input's length) as
+completion tokens; `parameters.sleep_ms` makes each batch take that long, so tests can saturate its queue.
+
 Each version directory holds a copy-free link to this file (see tests/integration/triton.py); a version whose
 directory holds `broken` fails to initialise, so tests can see how a failed version is reported.
 """
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +31,13 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = []
-        for request in requests:
+        parameters = [json.loads(request.parameters() or "{}") for request in requests]
+        time.sleep(max(float(given.get("sleep_ms", 0)) for given in parameters) / 1000)
+        for request, given in zip(requests, parameters, strict=True):
             values = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            prompt = int(values.shape[-1])
             usage = json.dumps(
-                {"prompt_tokens": int(values.shape[-1]), "completion_tokens": int(values.shape[-1])}
+                {"prompt_tokens": prompt, "completion_tokens": int(given.get("max_tokens", prompt))}
             )
             outputs = [
                 pb_utils.Tensor("OUTPUT", (values * self.factor).astype(np.float32)),

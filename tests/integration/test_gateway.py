@@ -1,0 +1,472 @@
+"""The gateway on the real data path: Triton, Redis, the ratelimit service and two Envoy replicas, all
+running on what `tollway gateway-config` wrote from the manifests in `manifests()`.
+
+Limits are fixed windows of a calendar minute (the ratelimit service's), so each test that counts uses a
+consumer of its own and, where it needs room, starts at the top of a fresh minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import tritonclient.http as triton_http
+
+import dataplane
+from gateway_bed import (
+    AUDIENCE,
+    ISSUER,
+    NAMESPACE,
+    Bed,
+    Reply,
+    bed,
+    echo_model,
+    infer_body,
+    outputs,
+    recorder_model,
+    secret,
+    tier,
+    usage,
+)
+
+KEYS = {
+    name: f"tw-test-{name}-key"
+    for name in (
+        "alice",
+        "bob",
+        "tina",
+        "tpm64",
+        "carol",
+        "bulk",
+        "dave",
+        "erin",
+        "gina-old",
+        "gina-new",
+        "olga",
+    )
+}
+
+
+def manifests(
+    test_bed: Bed, gina_old_expires: str = "2099-01-01T00:00:00Z", free_rpm: int = 5
+) -> list[dict[str, Any]]:
+    return [
+        echo_model(),
+        recorder_model(),
+        tier("free", 3, {"requestsPerMinute": free_rpm}, ["echo"]),
+        tier("metered", 2, {"tokensPerMinute": 600}, ["*"]),
+        tier("metered64", 2, {"tokensPerMinute": 2000}, ["echo"]),
+        tier(
+            "pro",
+            1,
+            {},
+            ["*"],
+            auth={
+                "apiKeys": {"secretSelector": {"matchLabels": {"tollway.dev/tier": "pro"}}},
+                "jwt": {
+                    "issuer": ISSUER,
+                    "jwksUri": test_bed.jwks_uri,
+                    "audiences": [AUDIENCE],
+                    "requiredScopes": ["inference"],
+                },
+            },
+        ),
+        tier("bulk", 5, {}, ["echo"]),
+        tier("closed", 3, {"requestsPerMinute": 1000, "failOpen": False}, ["echo"]),
+        tier("capped", 3, {"concurrentRequests": 2}, ["echo"]),
+        tier(
+            "partners",
+            2,
+            {},
+            ["echo"],
+            auth={
+                "mtls": {
+                    "caSecretRef": {"name": "partner-ca"},
+                    "allowedSubjectAltNames": ["spiffe://partners.test/*"],
+                }
+            },
+        ),
+        secret("alice", "free", KEYS["alice"]),
+        secret("bob", "metered", KEYS["bob"]),
+        secret("tina", "metered", KEYS["tina"]),
+        secret("olga", "metered", KEYS["olga"]),
+        secret("tpm64", "metered64", KEYS["tpm64"]),
+        secret("carol", "pro", KEYS["carol"]),
+        secret("bulk", "bulk", KEYS["bulk"]),
+        secret("dave", "closed", KEYS["dave"]),
+        secret("erin", "capped", KEYS["erin"]),
+        secret(
+            "gina-old",
+            "pro",
+            KEYS["gina-old"],
+            labels={"tollway.dev/consumer": "gina"},
+            annotations={"tollway.dev/expires-at": gina_old_expires},
+        ),
+        secret("gina-new", "pro", KEYS["gina-new"], labels={"tollway.dev/consumer": "gina"}),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "partner-ca", "namespace": NAMESPACE},
+            "stringData": {"ca.crt": test_bed.certs.partner_ca_pem},
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    with bed(tmp_path_factory.mktemp("gateway"), manifests) as test_bed:
+        yield test_bed
+
+
+def fresh_window(needed_seconds: float = 20) -> None:
+    """Wait for the next calendar minute when fewer than `needed_seconds` are left in this one."""
+    left = 60 - time.time() % 60
+    if left < needed_seconds:
+        time.sleep(left + 0.2)
+
+
+def infer(gateway: Bed, path: str, key: str, replica: int = 0, **parameters: Any) -> Reply:
+    return gateway.call(path, key=key, body=infer_body(**parameters), replica=replica)
+
+
+# Routes and versions
+
+
+@pytest.mark.parametrize(
+    ("path", "factor"),
+    [
+        ("/v1/models/echo/infer", 3.0),
+        ("/v1/models/echo:latest/infer", 3.0),
+        ("/v1/models/echo:stable/infer", 2.0),
+        ("/v1/models/echo/versions/2/infer", 2.0),
+        ("/v2/models/echo/versions/3/infer", 3.0),
+    ],
+)
+def test_routes_reach_the_version_they_name(gateway: Bed, path: str, factor: float) -> None:
+    reply = infer(gateway, path, KEYS["carol"])
+    assert reply.status == 200, reply.body
+    assert outputs(reply)["OUTPUT"] == [factor] * 4
+
+
+def test_tritonclient_works_through_the_gateway_unchanged(gateway: Bed) -> None:
+    client = triton_http.InferenceServerClient(f"localhost:{gateway.ports[1]}")
+    auth = {"authorization": f"Bearer {KEYS['carol']}"}
+    assert client.is_server_ready()
+    assert client.is_model_ready("echo", headers=auth)
+    assert client.get_model_metadata("echo", headers=auth)["versions"] == ["3"]
+    data = triton_http.InferInput("INPUT", [1, 3], "FP32")
+    data.set_data_from_numpy(__import__("numpy").ones((1, 3), dtype="float32"))
+    result = client.infer("echo", [data], model_version="2", headers=auth)
+    assert result.as_numpy("OUTPUT").tolist() == [[2.0, 2.0, 2.0]]
+    result = client.infer("echo:stable", [data], headers=auth)
+    assert result.as_numpy("OUTPUT").tolist() == [[2.0, 2.0, 2.0]]
+
+
+def test_a_deprecated_version_announces_its_sunset(gateway: Bed) -> None:
+    reply = infer(gateway, "/v1/models/echo:stable/infer", KEYS["carol"])
+    assert reply.status == 200
+    assert reply.headers["deprecation"] == "@1767225600"  # 2026-01-01T00:00:00Z
+    assert reply.headers["sunset"] == "Thu, 01 Jan 2099 00:00:00 GMT"
+    assert reply.headers["link"] == '<https://docs.test/migrate>; rel="deprecation"'
+    current = infer(gateway, "/v1/models/echo/infer", KEYS["carol"])
+    assert "deprecation" not in current.headers and "sunset" not in current.headers
+
+
+def test_a_version_past_its_sunset_is_gone(gateway: Bed) -> None:
+    reply = infer(gateway, "/v1/models/echo/versions/1/infer", KEYS["carol"])
+    assert reply.status == 410
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {
+        "error": {"code": 410, "message": "this model version was switched off on 2026-01-01"}
+    }
+
+
+def test_an_unknown_route_is_404_json(gateway: Bed) -> None:
+    reply = gateway.call("/v1/models/nope/infer", key=KEYS["carol"], body={})
+    assert reply.status == 404 and reply.json()["error"]["code"] == 404
+
+
+# Authentication
+
+
+def test_no_credential_is_401_with_a_json_error(gateway: Bed) -> None:
+    reply = gateway.call("/v1/models/echo/infer", body=infer_body())
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"] == 'Bearer realm="tollway"'
+    assert reply.json()["error"] == {
+        "code": 401,
+        "message": "missing credential: send Authorization: Bearer KEY or x-api-key: KEY",
+    }
+    assert gateway.call("/v1/models/echo/infer", key="tw-wrong", body=infer_body()).status == 401
+
+
+def test_x_api_key_header_works_too(gateway: Bed) -> None:
+    reply = gateway.call("/v1/models/echo/infer", body=infer_body(), headers={"x-api-key": KEYS["carol"]})
+    assert reply.status == 200
+
+
+def test_a_model_the_tier_may_not_use_is_403(gateway: Bed) -> None:
+    reply = infer(gateway, "/v1/models/echo:stable/infer", KEYS["bulk"])  # bulk may use echo's latest only
+    assert reply.status == 403
+    assert reply.json()["error"]["message"] == "tier bulk may not use echo version 2"
+    assert infer(gateway, "/v1/models/echo/versions/3/infer", KEYS["bulk"]).status == 200
+    assert gateway.call("/v1/models/recorder/infer", key=KEYS["bulk"], body={}).status == 403
+
+
+def test_the_key_never_reaches_the_model_and_the_tier_priority_does(gateway: Bed) -> None:
+    gateway.recorded.clear()
+    reply = gateway.call(
+        "/v1/models/recorder/infer",
+        key=KEYS["carol"],
+        body={"inputs": [], "parameters": {"priority": 9, "x": 1}},
+    )
+    assert reply.status == 200, reply.body
+    path, headers, body = gateway.recorded[-1]
+    assert path == "/v2/models/recorder/versions/1/infer"
+    assert (
+        "authorization" not in headers and "x-api-key" not in headers and "x-tollway-cluster" not in headers
+    )
+    assert KEYS["carol"].encode() not in body
+    # pro's priority (1, the first level) goes first, so Triton reads it before the client's own value.
+    assert body == b'{"inputs": [], "parameters": {"priority":1,"priority": 9, "x": 1}}'
+    gateway.call(
+        "/v1/models/recorder/infer", key=KEYS["carol"], body={"inputs": []}, headers={"x-api-key": "spoof"}
+    )
+    assert gateway.recorded[-1][2] == b'{"parameters":{"priority":1},"inputs": []}'
+
+
+def test_an_expired_key_stops_working_and_its_successor_works(gateway: Bed) -> None:
+    expires = time.gmtime(time.time() + 4)
+    gateway.configure(manifests(gateway, gina_old_expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", expires)))
+    time.sleep(1)  # the reload
+    assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"]).status == 200
+    assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-new"]).status == 200
+    time.sleep(max(0.0, time.mktime(expires) - time.mktime(time.gmtime()) + 1))
+    expired = infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"])
+    assert expired.status == 401 and expired.json()["error"]["message"] == "API key expired"
+    assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-new"]).status == 200
+    gateway.configure(manifests(gateway))
+
+
+def test_jwt_with_the_required_scope_authenticates_the_claimed_consumer(gateway: Bed) -> None:
+    good = gateway.certs.token(scope="inference other")
+    assert gateway.call("/v1/models/echo/infer", key=good, body=infer_body()).status == 200
+    bad = {
+        "scope": gateway.certs.token(scope="other"),
+        "audience": gateway.certs.token(scope="inference", aud="someone-else"),
+        "expired": gateway.certs.token(scope="inference", exp=int(time.time()) - 600),
+        "signature": good[:-8] + ("AAAAAAAA" if not good.endswith("AAAAAAAA") else "BBBBBBBB"),
+    }
+    statuses = {
+        name: gateway.call("/v1/models/echo/infer", key=token, body=infer_body()).status
+        for name, token in bad.items()
+    }
+    assert statuses == dict.fromkeys(bad, 401)
+
+
+def _client_context(gateway: Bed, client: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(gateway.certs.ca))
+    context.load_cert_chain(*gateway.certs.clients[client])
+    return context
+
+
+def test_mtls_admits_an_allowed_san_and_refuses_another(gateway: Bed) -> None:
+    reply = gateway.call("/v1/models/echo/infer", body=infer_body(), context=_client_context(gateway, "acme"))
+    assert reply.status == 200, reply.body
+    refused = gateway.call(
+        "/v1/models/echo/infer", body=infer_body(), context=_client_context(gateway, "stranger")
+    )
+    assert refused.status == 401
+
+
+# Limits
+
+
+def test_requests_per_minute_count_exactly_across_two_envoy_replicas(gateway: Bed) -> None:
+    fresh_window()
+    replies = [
+        infer(gateway, "/v1/models/echo/infer", KEYS["alice"], replica=index % 2) for index in range(8)
+    ]
+    assert [reply.status for reply in replies] == [200] * 5 + [429] * 3
+    assert [reply.headers["x-ratelimit-limit"] for reply in replies] == ["5"] * 8
+    assert [reply.headers["x-ratelimit-remaining"] for reply in replies[:5]] == ["4", "3", "2", "1", "0"]
+    limited = replies[5]
+    assert limited.json() == {"error": {"code": 429, "message": "rate limit exceeded"}}
+    reset = int(limited.headers["x-ratelimit-reset"])
+    assert 0 < reset <= 60 and limited.headers["retry-after"] == str(reset)
+
+
+def test_token_headers_count_reservations_and_what_the_model_used(gateway: Bed) -> None:
+    fresh_window()
+    first = infer(gateway, "/v1/models/echo/infer", KEYS["bob"], values=4, max_tokens=5)
+    assert first.status == 200
+    assert first.headers["x-ratelimit-limit-tokens"] == "600"
+    reserved = math.ceil(len(_sent_bytes(values=4, max_tokens=5)) / 4) + 5
+    assert usage(first) == {
+        "prompt_tokens": 4,
+        "completion_tokens": 5,
+    }  # under the reservation: no settlement
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 600 - reserved
+    # No max_tokens: the model's defaultMaxTokens (4) is reserved, and the model uses more than reserved.
+    second = infer(gateway, "/v1/models/echo/infer", KEYS["bob"], replica=1, values=300)
+    used = usage(second)
+    assert used == {"prompt_tokens": 300, "completion_tokens": 300}
+    second_reserved = math.ceil(len(_sent_bytes(values=300)) / 4) + 4
+    extra = 600 - second_reserved
+    assert extra > 0
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) == max(
+        0, 600 - reserved - second_reserved - extra
+    )
+    third = infer(gateway, "/v1/models/echo/infer", KEYS["bob"], values=4, max_tokens=5)
+    assert third.status == 429
+    assert "retry-after" in third.headers
+    assert third.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def _sent_bytes(values: int = 4, **parameters: Any) -> bytes:
+    """The body as the client sends it (what the gateway's prompt estimate reads)."""
+    return json.dumps(infer_body(values, **parameters)).encode()
+
+
+def test_token_limit_does_not_overshoot_under_64_concurrent_clients(gateway: Bed) -> None:
+    fresh_window(40)
+    admitted: list[int] = []
+    refused = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        for _ in range(10):
+            reply = infer(
+                gateway, "/v1/models/echo/infer", KEYS["tpm64"], replica=index % 2, values=8, max_tokens=8
+            )
+            with lock:
+                if reply.status == 200:
+                    admitted.append(sum(usage(reply).values()))
+                else:
+                    refused.append(reply.status)
+                    return
+
+    with ThreadPoolExecutor(64) as pool:
+        list(pool.map(client, range(64)))
+    reservation = math.ceil(len(_sent_bytes(values=8, max_tokens=8)) / 4) + 8
+    assert set(refused) == {429}
+    assert len(refused) == 64, "every client ends on the limit"
+    assert sum(admitted) <= 2000 + reservation, f"{sum(admitted)} tokens admitted past a 2000 TPM limit"
+    assert len(admitted) * reservation <= 2000  # what was charged fits the limit
+    assert len(admitted) >= 2000 // reservation - 1
+
+
+def test_concurrent_requests_are_capped_per_replica(gateway: Bed) -> None:
+    # capped: 2 in flight per model across 2 replicas, so 1 per replica.
+    with ThreadPoolExecutor(2) as pool:
+        same = list(
+            pool.map(lambda _: infer(gateway, "/v1/models/echo/infer", KEYS["erin"], sleep_ms=800), range(2))
+        )
+    assert sorted(reply.status for reply in same) == [200, 429]
+    limited = next(reply for reply in same if reply.status == 429)
+    assert limited.json()["error"]["message"] == "concurrent request limit of the tier reached"
+    assert "retry-after" in limited.headers
+    with ThreadPoolExecutor(2) as pool:
+        spread = list(
+            pool.map(
+                lambda index: infer(
+                    gateway, "/v1/models/echo/infer", KEYS["erin"], replica=index, sleep_ms=800
+                ),
+                range(2),
+            )
+        )
+    assert [reply.status for reply in spread] == [200, 200]
+
+
+def test_a_higher_priority_tier_overtakes_a_saturated_queue(gateway: Bed) -> None:
+    finished: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def call(name: str, key: str) -> None:
+        reply = infer(gateway, "/v1/models/echo/infer", key, sleep_ms=250)
+        assert reply.status == 200, reply.body
+        with lock:
+            finished[name] = time.monotonic()
+
+    with ThreadPoolExecutor(12) as pool:
+        low = [pool.submit(call, f"bulk-{index}", KEYS["bulk"]) for index in range(10)]
+        time.sleep(0.6)  # the queue holds bulk requests now; one runs at a time (250 ms each)
+        high = pool.submit(call, "carol", KEYS["carol"])
+        for future in [*low, high]:
+            future.result()
+    overtaken = [name for name, at in finished.items() if name.startswith("bulk") and at > finished["carol"]]
+    assert len(overtaken) >= 5, f"carol (priority 1) finished after {10 - len(overtaken)} of 10 bulk requests"
+
+
+# Reloads and failures
+
+
+def test_a_tier_edit_takes_effect_live_without_a_restart_or_a_failed_request(gateway: Bed) -> None:
+    pids = [envoy.popen.pid for envoy in gateway.envoys]
+    stop = threading.Event()
+    failures: list[int] = []
+    served = [0]
+
+    def load(replica: int) -> None:
+        while not stop.is_set():
+            reply = infer(gateway, "/v1/models/echo/infer", KEYS["carol"], replica=replica)
+            if reply.status != 200:
+                failures.append(reply.status)
+            served[0] += 1
+
+    threads = [threading.Thread(target=load, args=(index % 2,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        gateway.configure(manifests(gateway, free_rpm=77))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if (
+                infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).headers.get("x-ratelimit-limit")
+                == "77"
+            ):
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert (
+        infer(gateway, "/v1/models/echo/infer", KEYS["alice"], replica=1).headers["x-ratelimit-limit"] == "77"
+    )
+    assert failures == [] and served[0] > 20
+    assert [envoy.popen.pid for envoy in gateway.envoys] == pids and all(
+        envoy.popen.poll() is None for envoy in gateway.envoys
+    )
+    gateway.configure(manifests(gateway))
+
+
+def test_redis_down_fails_open_or_closed_as_each_tier_chose(gateway: Bed) -> None:
+    redis = gateway.processes["redis"]
+    redis.stop()
+    try:
+        assert infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).status == 200  # free: fail open
+        closed = infer(gateway, "/v1/models/echo/infer", KEYS["dave"])  # closed: failOpen false
+        assert closed.status >= 500 and closed.json()["error"]["code"] == closed.status
+        assert infer(gateway, "/v1/models/echo/infer", KEYS["carol"]).status == 200  # unlimited: no call
+    finally:
+        gateway.processes["redis"] = dataplane.redis(gateway.workdir, gateway.redis_port)
+    deadline = time.monotonic() + 20
+    while infer(gateway, "/v1/models/echo/infer", KEYS["dave"]).status != 200:
+        assert time.monotonic() < deadline, "the closed tier did not recover after Redis came back"
+        time.sleep(0.5)
+
+
+def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:
+    logs = "".join(envoy.log.read_text(errors="replace") for envoy in gateway.envoys)
+    assert '"consumer":"alice"' in logs.replace(" ", "")
+    assert not any(key in logs for key in KEYS.values())

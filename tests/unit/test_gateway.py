@@ -1,0 +1,197 @@
+"""The gateway's pure translation: tiers, models and key Secrets → the Gateway IR, its files, tier reports."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tollway import documents
+from tollway.api import ApiTier, ModelDeployment
+from tollway.api.api_tier import LabelSelector
+from tollway.api.parse import parse
+from tollway.ir.gateway import Quota
+from tollway.render.envoy import effective_quota, lua_literal
+from tollway.render.ratelimit import ratelimit_config
+from tollway.translate.gateway import gateway, selects
+
+from builders import api_tier, model_deployment
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _source(case: Path) -> Path:
+    return case / "in.yaml" if (case / "in.yaml").exists() else case / "in"
+
+
+def _valid(document: dict[str, Any]) -> bool:
+    try:
+        parse(ApiTier, document)
+    except ValueError:
+        return False
+    return True
+
+
+#: The golden cases that render a gateway (at least one valid ApiTier).
+GATEWAY_CASES = sorted(
+    case
+    for case in {
+        path.parent
+        for path in [*(ROOT / "tests/golden").glob("*/in.yaml"), *(ROOT / "tests/golden").glob("*/in")]
+    }
+    if any(
+        document.get("kind") == "ApiTier" and _valid(document) for document in documents.load([_source(case)])
+    )
+)
+
+
+def key_secret(name: str, tier: str, key: str | None = "k", **metadata: Any) -> dict[str, Any]:
+    data = {"api-key": base64.b64encode(f"{key}-{name}".encode()).decode()} if key else {}
+    return {
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "labels": {"tollway.dev/tier": tier, **metadata.pop("labels", {})},
+            **metadata,
+        },
+        "data": data,
+    }
+
+
+def plan(tiers: list[dict[str, Any]], secrets: list[dict[str, Any]] = (), **model: Any) -> Any:  # type: ignore[assignment]
+    chat = parse(ModelDeployment, model_deployment(**model))
+    return gateway(
+        "ai",
+        tiers=[parse(ApiTier, tier) for tier in tiers],
+        models=[chat],
+        secrets=list(secrets),
+        now=NOW,
+    )
+
+
+def test_label_selectors_follow_kubernetes_semantics() -> None:
+    selector = LabelSelector.model_validate(
+        {
+            "matchLabels": {"tier": "pro"},
+            "matchExpressions": [
+                {"key": "team", "operator": "In", "values": ["a", "b"]},
+                {"key": "banned", "operator": "DoesNotExist"},
+            ],
+        }
+    )
+    assert selects(selector, {"tier": "pro", "team": "a"})
+    assert not selects(selector, {"tier": "pro", "team": "c"})
+    assert not selects(selector, {"tier": "pro", "team": "a", "banned": "yes"})
+    assert not selects(selector, {"team": "a"})
+
+
+def test_model_references_grant_versions_and_unknown_ones_are_named() -> None:
+    tier = api_tier(
+        "pro", **{"spec.models": ["chat", "chat:stable", "chat@1", "nope", "chat:gone", "chat@7"]}
+    )
+    result = plan([tier], **{"spec.aliases": {"latest": "2", "stable": "1"}})
+    assert result.gateway.tiers[0].allowed == (("chat", 1), ("chat", 2))
+    assert result.reports["pro"].problems == (
+        'spec.models[3]: no ModelDeployment in this namespace serves model "nope"',
+        'spec.models[4]: model "chat" has no alias "gone"',
+        'spec.models[5]: model "chat" has no version 7',
+    )
+    everything = plan([api_tier("all", **{"spec.models": ["*"]})])
+    assert everything.gateway.tiers[0].allowed == (("chat", 1), ("chat", 2))
+
+
+def test_keys_expire_rotate_and_belong_to_one_tier() -> None:
+    pro = api_tier("pro", **{"spec.priority": 1})
+    free = api_tier(
+        "free", **{"spec.priority": 3, "spec.auth.apiKeys.secretSelector.matchLabels": {"kind": "key"}}
+    )
+    secrets = [
+        key_secret("alice", "pro"),
+        key_secret("alice-next", "pro", labels={"tollway.dev/consumer": "alice"}),
+        key_secret("old", "pro", annotations={"tollway.dev/expires-at": "2026-11-01T00:00:00Z"}),
+        key_secret("later", "pro", annotations={"tollway.dev/expires-at": "2027-01-01T00:00:00+00:00"}),
+        key_secret("garbled", "pro", annotations={"tollway.dev/expires-at": "next tuesday"}),
+        key_secret("empty", "pro", key=None),
+        key_secret("both", "pro", labels={"kind": "key"}),
+    ]
+    result = plan([pro, free], secrets)
+    credentials = {credential.id: credential for credential in result.gateway.credentials}
+    assert sorted(credentials) == ["alice", "alice-next", "both", "later"]
+    assert credentials["alice-next"].consumer == "alice"
+    assert credentials["later"].expires_at == 1798761600
+    assert credentials["both"].tier == "pro"
+    assert result.reports["pro"].consumers == 3  # alice (two keys), both, later
+    assert result.reports["pro"].problems == (
+        'Secret "empty": no data key "api-key"; it grants nothing',
+        'Secret "garbled": annotation tollway.dev/expires-at is not an RFC 3339 time; key refused',
+    )
+    assert result.reports["free"].problems == (
+        'spec.auth.apiKeys.secretSelector: Secret "both" is also selected by tier "pro", which comes first '
+        "by priority; its key works for that tier only",
+    )
+
+
+def test_overrides_get_counters_of_their_own() -> None:
+    tier = api_tier(
+        "pro",
+        **{
+            "spec.limits": {"requestsPerMinute": 60, "tokensPerMinute": 1000, "concurrentRequests": 4},
+            "spec.overrides": [{"model": "chat", "tokensPerMinute": 50, "concurrentRequests": 1}],
+        },
+    )
+    built = plan([tier]).gateway
+    scopes, cap = effective_quota(built.tiers[0], "chat")
+    assert scopes == {"rpm": "pro", "tpm": "pro/chat"} and cap == 1
+    assert effective_quota(built.tiers[0], "other") == ({"rpm": "pro", "tpm": "pro"}, 4)
+    limits = {
+        (entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"]
+        for entry in ratelimit_config(built)["descriptors"]
+    }
+    assert limits == {
+        ("rpm", "pro"): {"unit": "minute", "requests_per_unit": 60},
+        ("tpm", "pro"): {"unit": "minute", "requests_per_unit": 1000},
+        ("tpm", "pro/chat"): {"unit": "minute", "requests_per_unit": 50},
+    }
+    assert built.tiers[0].quota == Quota(rpm=60, tpm=1000, concurrent=4)
+
+
+def test_lua_literals_escape_everything_a_key_may_hold() -> None:
+    assert (
+        lua_literal({'a"b': [1, True, None, "x\\y\n\u00e9"]})
+        == '{["a\\34b"] = {1, true, nil, "x\\92y\\10\\195\\169"}}'
+    )
+
+
+def test_there_are_gateway_cases() -> None:
+    assert len(GATEWAY_CASES) >= 3
+
+
+@pytest.mark.parametrize("case", GATEWAY_CASES, ids=[case.name for case in GATEWAY_CASES])
+def test_envoy_validates_every_golden_gateway(case: Path, tmp_path: Path) -> None:
+    source = _source(case)
+    tollway = Path(sys.executable).parent / "tollway"
+    written = subprocess.run(
+        [str(tollway), "gateway-config", "-f", str(source), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert written.returncode == 0, written.stderr
+    envoy = Path(sys.executable).parent / "envoy"
+    for config in ("envoy-static.yaml", "envoy.yaml"):
+        checked = subprocess.run(
+            [str(envoy), "--mode", "validate", "-c", str(tmp_path / "envoy" / config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    ratelimit = yaml.safe_load((tmp_path / "ratelimit" / "config" / "tollway.yaml").read_text())
+    assert ratelimit["domain"] == "tollway"
