@@ -1,5 +1,5 @@
 # Tollway's developer commands. Every target sets up what it needs on a fresh machine.
-.PHONY: setup k8s demo test unit integration lint crds golden up down clean
+.PHONY: setup k8s tools demo test unit integration lint crds golden up down clean
 
 VENV := .venv/bin
 
@@ -9,16 +9,19 @@ setup:            ## the venv with tollway and its dev tools
 k8s:              ## kube-apiserver and kube-controller-manager, built once from the Go module proxy
 	@hack/build-k8s.sh >/dev/null
 
+tools:            ## the envoyproxy/ratelimit service, built once from the Go module proxy
+	@hack/build-tools.sh ratelimit >/dev/null
+
 demo: setup k8s   ## the main job on the local default: control plane, operator, examples, report
 	@$(VENV)/python hack/demo.py $(ARGS)
 
-test: setup k8s   ## everything CI runs: lint, types, layers, unit, golden and integration tests
+test: setup k8s tools   ## everything CI runs: lint, types, layers, unit, golden and integration tests
 	@$(VENV)/pytest -q
 
 unit: setup       ## the tests that need no cluster
 	@$(VENV)/pytest -q tests/unit
 
-integration: setup k8s
+integration: setup k8s tools
 	@$(VENV)/pytest -q tests/integration
 
 lint: setup

@@ -144,6 +144,11 @@ def run(arguments: argparse.Namespace) -> int:
         peering=arguments.peering,
         triton_address=arguments.triton_address,
         storage_initializer_image=arguments.storage_initializer_image,
+        gateway=GatewayOptions(
+            envoy_replicas=arguments.gateway_replicas,
+            redis_address=arguments.redis_address or None,
+            tls_secret=arguments.gateway_tls_secret or None,
+        ),
     )
     run_operator(settings, verbose=arguments.verbose)
     return 0
@@ -175,6 +180,22 @@ def parser() -> argparse.ArgumentParser:
         "--storage-initializer-image",
         default=Settings.storage_initializer_image,
         help="image that downloads s3://, gs:// and as:// model directories",
+    )
+    command.add_argument(
+        "--gateway-replicas",
+        type=int,
+        default=GatewayOptions.envoy_replicas,
+        help="Envoy replicas per gateway",
+    )
+    command.add_argument(
+        "--redis-address",
+        default="",
+        help="host:port of the Redis the ratelimit service uses; empty: one per gateway",
+    )
+    command.add_argument(
+        "--gateway-tls-secret",
+        default="",
+        help="kubernetes.io/tls Secret for the mTLS listener (mTLS tiers need it)",
     )
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)

@@ -12,8 +12,15 @@ from typing import Any
 
 import kopf
 
-from tollway.api import GROUP, RESOURCES, VERSION, Resource
-from tollway.reconcile import Logger, Resync, reconcile, reconcile_owner
+from tollway.api import GROUP, RESOURCES, VERSION, ApiTier, Resource
+from tollway.reconcile import (
+    Logger,
+    Resync,
+    gateway_namespace_changed,
+    reconcile,
+    reconcile_gateway,
+    reconcile_owner,
+)
 from tollway.settings import Settings
 
 #: The kinds of children Tollway renders, watched so that an edited or deleted child is restored at once,
@@ -26,6 +33,8 @@ CHILDREN = (
     ("policy", "v1", "poddisruptionbudgets"),
     ("", "v1", "pods"),
 )
+#: Secrets: Envoy's config (a child) and the API keys that tiers select, by labels of the users' choosing.
+SECRETS = ("", "v1", "secrets")
 OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 
@@ -48,6 +57,7 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         _watch(handlers, kind, settings)
     for group, version, plural in CHILDREN:
         _watch_child(handlers, group, version, plural, settings)
+    _watch_secrets(handlers, settings)
     return handlers
 
 
@@ -55,9 +65,23 @@ def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], settings: Sett
     """Every watch event of `kind` runs the reconcile (the periodic resync runs it too: `Resync`)."""
 
     def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile(kind, body, logger, settings)
+        if kind is ApiTier:
+            reconcile_gateway(body["metadata"]["namespace"], logger, settings)
+        else:
+            reconcile(kind, body, logger, settings)
+            gateway_namespace_changed(body["metadata"].get("namespace"), logger, settings)
 
     kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-event", registry=handlers)(run)
+
+
+def _watch_secrets(handlers: kopf.OperatorRegistry, settings: Settings) -> None:
+    def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        if (body["metadata"].get("labels") or {}).get("tollway.dev/gateway"):
+            reconcile_owner(body, logger, settings)
+        else:
+            gateway_namespace_changed(body["metadata"].get("namespace"), logger, settings)
+
+    kopf.on.event(*SECRETS, id="secrets", registry=handlers)(run)
 
 
 def _watch_child(

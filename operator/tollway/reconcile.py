@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.observed import ServingState
-from tollway.k8s.apply import ApplyError, apply_all, prune
+from tollway.ir.observed import GatewayState, ServingState
+from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named
 from tollway.k8s.events import record_event
-from tollway.k8s.resources import list_resources, read_resource
+from tollway.k8s.resources import list_resources, list_secrets, read_resource
 from tollway.k8s.serving import deployment_state, pod_problems
 from tollway.k8s.status import apply_status
 from tollway.observe.triton import model_state
 from tollway.render.triton import names
 from tollway.settings import Settings
-from tollway.translate import Context, translate
+from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed, changed_conditions, event_type, settle
+from tollway.translate.gateway import GATEWAY_NAME, TierReport
 from tollway.translate.serving import tier_priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -35,29 +36,87 @@ _again: set[Key] = set()
 _guard = threading.Lock()
 
 
-def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
-    metadata = body.get("metadata") or {}
-    key = (kind.kind_name, str(metadata.get("namespace")), str(metadata.get("name")))
+def _coalesced(key: Key, run: Callable[[bool], bool]) -> None:
+    """Run `run(first)` for `key` unless it runs already (then it runs once more after, on fresh state).
+
+    `run` returns False when there is nothing left to converge (the object is gone).
+    """
     with _guard:
         if key in _busy:
             _again.add(key)
             return
         _busy.add(key)
-    current: Mapping[str, Any] | None = body
     try:
-        while current is not None:
-            _reconcile_once(kind, current, logger, settings)
+        first = True
+        while run(first):
+            first = False
             with _guard:
                 if key not in _again:
                     _busy.discard(key)  # in the same hold of the guard: no request can slip in between
                     return
                 _again.discard(key)
-            current = read_resource(kind, key[1], key[2])
     finally:
         with _guard:
             if key in _busy:  # left by an exception, or by the object's deletion
                 _busy.discard(key)
                 _again.discard(key)
+
+
+def reconcile(kind: type[Resource], body: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
+    metadata = body.get("metadata") or {}
+    namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+
+    def run(first: bool) -> bool:
+        current = body if first else read_resource(kind, namespace, name)
+        if current is None:
+            return False
+        _reconcile_once(kind, current, logger, settings)
+        return True
+
+    _coalesced((kind.kind_name, namespace, name), run)
+
+
+def reconcile_gateway(namespace: str, logger: Logger, settings: Settings) -> None:
+    """Converge the namespace's gateway (Envoy, ratelimit, Redis and their config) and its tiers' status."""
+
+    def run(_: bool) -> bool:
+        _reconcile_gateway_once(namespace, logger, settings)
+        return True
+
+    _coalesced(("Gateway", namespace, GATEWAY_NAME), run)
+
+
+def _reconcile_gateway_once(namespace: str, logger: Logger, settings: Settings) -> None:
+    tiers = list_resources(ApiTier, namespace)
+    models = list_resources(ModelDeployment, namespace)
+    now = datetime.now(UTC)
+    result = translate_gateway(namespace, tiers + models, list_secrets(namespace), now, settings.gateway)
+    error = ""
+    try:
+        sent = apply_all(result.manifests)
+    except ApplyError as refused:
+        error = str(refused)
+    else:
+        if sent:
+            logger.info("gateway of %s: applied %d of %d children", namespace, sent, len(result.manifests))
+        removed = prune_named(namespace, f"tollway.dev/gateway={GATEWAY_NAME}", result.stale)
+        if removed:
+            logger.info("gateway of %s: removed %s", namespace, ", ".join(removed))
+    state = GatewayState(
+        envoy=deployment_state(namespace, GATEWAY_NAME),
+        applied=not error and bool(result.manifests),
+        error=error,
+    )
+    for body in tiers:
+        report = result.plan.reports.get(body["metadata"]["name"], TierReport())
+        status = translate(ApiTier, body, now, Context(tier=report, gateway=state)).status
+        _write_status(ApiTier, body, status, logger)
+
+
+def gateway_namespace_changed(namespace: str | None, logger: Logger, settings: Settings) -> None:
+    """Something the gateway reads changed (a model, a Secret): reconcile it if the namespace has tiers."""
+    if namespace and list_resources(ApiTier, namespace):
+        reconcile_gateway(namespace, logger, settings)
 
 
 def _reconcile_once(
@@ -98,17 +157,23 @@ class Resync(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(self.settings.resync_seconds):
-            for kind in (ModelDeployment, ApiTier):
-                for namespace in self.settings.namespaces or (None,):
-                    try:
-                        found = list_resources(kind, namespace)
-                    except Exception:  # the API server away for a moment must not end the loop
-                        self.logger.exception(
-                            "resync could not list %s; the next resync retries", kind.plural
-                        )
-                        continue
-                    for body in found:
-                        self._reconcile(kind, body)
+            for namespace in self.settings.namespaces or (None,):
+                try:
+                    models = list_resources(ModelDeployment, namespace)
+                    tiers = list_resources(ApiTier, namespace)
+                except Exception:  # the API server away for a moment must not end the loop
+                    self.logger.exception("resync could not list resources; the next resync retries")
+                    continue
+                for body in models:
+                    self._reconcile(ModelDeployment, body)
+                for gateway in sorted({tier["metadata"]["namespace"] for tier in tiers}):
+                    self._reconcile_gateway(gateway)
+
+    def _reconcile_gateway(self, namespace: str) -> None:
+        try:
+            reconcile_gateway(namespace, self.logger, self.settings)
+        except Exception:  # one namespace's failure must not stop the resync of the others
+            self.logger.exception("resync of the gateway of %s failed; the next resync retries", namespace)
 
     def _reconcile(self, kind: type[Resource], body: Mapping[str, Any]) -> None:
         try:
@@ -119,9 +184,13 @@ class Resync(threading.Thread):
 
 
 def reconcile_owner(child: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
-    """A child changed or went away: reconcile the ModelDeployment it belongs to (restoring the child)."""
+    """A child changed or went away: reconcile what it belongs to (restoring the child)."""
     metadata = child.get("metadata") or {}
-    owner = (metadata.get("labels") or {}).get("tollway.dev/model")
+    labels = metadata.get("labels") or {}
+    if labels.get("tollway.dev/gateway"):
+        reconcile_gateway(metadata["namespace"], logger, settings)
+        return
+    owner = labels.get("tollway.dev/model")
     if owner:
         body = read_resource(ModelDeployment, metadata["namespace"], owner)
         if body is not None:

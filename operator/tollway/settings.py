@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tollway.translate.gateway import GatewayOptions
 from tollway.translate.serving import STORAGE_INITIALIZER
 
 
@@ -20,3 +21,5 @@ class Settings:
     """Where the operator reaches a model's Triton HTTP port; {service} and {namespace} are filled in."""
     storage_initializer_image: str = STORAGE_INITIALIZER
     """Image of the init container that downloads s3://, gs:// and as:// model directories."""
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    """How each namespace's gateway runs: Envoy replicas, Redis address, images, TLS for mTLS tiers."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kube import Cluster
+from kube import Cluster, Operator, operator
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLPLANE = ROOT / "hack" / "controlplane"
@@ -30,3 +30,15 @@ def cluster() -> Iterator[Cluster]:
     yield cluster
     if not already_up:
         subprocess.run([str(CONTROLPLANE), "down"], check=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def running_operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Operator]:
+    """`tollway run` watching the test module's NAMESPACE. No Triton to ask: a closed port answers at once."""
+    namespace = request.module.NAMESPACE
+    with operator(
+        cluster, namespace, tmp_path_factory.mktemp("operator"), "--triton-address", "127.0.0.1:9"
+    ) as running:
+        yield running

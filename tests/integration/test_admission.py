@@ -88,9 +88,9 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     )
     assert render.returncode == 0, render.stderr
     kinds = sorted(path.name.split("-")[1] for path in tmp_path.glob("*.yaml"))
-    assert kinds == sorted(
-        ["configmap", "deployment", "poddisruptionbudget", "service", "serviceaccount"] * 2
-    )
+    triton = ["configmap", "deployment", "poddisruptionbudget", "service", "serviceaccount"] * 2
+    gateway = ["secret", "configmap"] + ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
+    assert kinds == sorted(triton + gateway)
     cluster.namespace("ai")
     accepted = cluster.kubectl("apply", "--dry-run=server", "-f", str(tmp_path))
-    assert accepted.stdout.count("(server dry run)") == 10
+    assert accepted.stdout.count("(server dry run)") == len(kinds)

@@ -36,7 +36,7 @@ def rendered(case: Path) -> dict[str, str]:
         files[name] = documents.dump(output)
     for namespace, gateway in translation.gateways.items():
         output = {
-            "prune": [f"{kind}/{name}" for kind, name in gateway.stale],
+            "prune": [f"{kind}/{name}" for _, kind, name in gateway.stale],
             "manifests": [readable(manifest) for manifest in gateway.manifests],
         }
         files[f"Gateway-{namespace}.yaml"] = documents.dump(output)

@@ -115,5 +115,7 @@ class Gateway:
     """The trust bundle Envoy checks JWKS servers against."""
     tls: tuple[str, str] | None = None
     """(certificate, key) files for the mTLS listener; needed only when a tier uses mTLS."""
+    tls_secret: str | None = None
+    """In a cluster: the Secret (tls.crt, tls.key) mounted where `tls` points."""
     config_dir: str = "/etc/tollway/envoy"
     images: Images = field(default_factory=Images)

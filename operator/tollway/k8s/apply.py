@@ -104,6 +104,20 @@ def prune(namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[t
     return deleted
 
 
+def prune_named(namespace: str, label_selector: str, stale: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Delete these (apiVersion, kind, name) children where they exist and carry the selector's labels."""
+    deleted = []
+    for api_version, kind, name in stale:
+        resource = _dynamic().resources.get(api_version=api_version, kind=kind)
+        found = resource.get(
+            namespace=namespace, label_selector=label_selector, field_selector=f"metadata.name={name}"
+        )
+        if found.items:
+            resource.delete(name=name, namespace=namespace)
+            deleted.append(f"{kind}/{name}")
+    return deleted
+
+
 def apply_all(manifests: Iterable[Mapping[str, Any]]) -> int:
     """Apply every manifest in order; the number of requests sent."""
     return sum(apply(manifest) for manifest in manifests)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tollway.api import GROUP, VERSION, Resource
-from tollway.k8s.client import custom_objects
+from tollway.k8s.client import api_client, custom_objects
 
 
 def read_resource(kind: type[Resource], namespace: str, name: str) -> dict[str, Any] | None:
@@ -19,6 +20,12 @@ def read_resource(kind: type[Resource], namespace: str, name: str) -> dict[str, 
             return None
         raise
     return cast(dict[str, Any], found)  # custom objects come back as plain JSON dicts
+
+
+def list_secrets(namespace: str) -> list[dict[str, Any]]:
+    """The namespace's Secrets as plain JSON dicts (data base64-encoded, as the API server holds it)."""
+    listing = client.CoreV1Api(api_client()).list_namespaced_secret(namespace)
+    return [api_client().sanitize_for_serialization(item) for item in listing.items]
 
 
 def list_resources(kind: type[Resource], namespace: str | None) -> list[dict[str, Any]]:

@@ -22,14 +22,6 @@ RATELIMIT_GRPC, RATELIMIT_HTTP, RATELIMIT_METRICS, REDIS_PORT = 8081, 8080, 9090
 RATELIMIT_ROOT = "/data"
 TLS_DIR = "/etc/tollway/tls"
 
-CHILD_KINDS = (
-    ("v1", "Secret"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("policy/v1", "PodDisruptionBudget"),
-)
-
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -47,15 +39,15 @@ def names(gateway: str) -> dict[str, str]:
     }
 
 
-def possible_children(gateway: str) -> set[tuple[str, str]]:
-    """(kind, name) of every child a gateway of this name may have, whatever its settings."""
+def possible_children(gateway: str) -> set[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child a gateway of this name may have, whatever its settings."""
     named = names(gateway)
     workloads = ("envoy", "ratelimit", "redis")
     return (
-        {("Secret", named["config"]), ("ConfigMap", named["ratelimit"])}
-        | {("Deployment", named[part]) for part in workloads}
-        | {("Service", named[part]) for part in workloads}
-        | {("PodDisruptionBudget", named[part]) for part in ("envoy", "ratelimit")}
+        {("v1", "Secret", named["config"]), ("v1", "ConfigMap", named["ratelimit"])}
+        | {("apps/v1", "Deployment", named[part]) for part in workloads}
+        | {("v1", "Service", named[part]) for part in workloads}
+        | {("policy/v1", "PodDisruptionBudget", named[part]) for part in ("envoy", "ratelimit")}
     )
 
 
@@ -179,12 +171,12 @@ def _budget(gateway: Gateway, component: str, name: str) -> Manifest:
 
 def _envoy(gateway: Gateway) -> list[Manifest]:
     named = names(gateway.name)
-    ports = [("http", LISTENER_PORT)] + ([("mtls", TLS_PORT)] if gateway.tls else [])
+    ports = [("http", LISTENER_PORT)] + ([("mtls", TLS_PORT)] if gateway.tls_secret else [])
     mounts = [{"name": "config", "mountPath": gateway.config_dir, "readOnly": True}]
     volumes: list[dict[str, Any]] = [{"name": "config", "secret": {"secretName": named["config"]}}]
-    if gateway.tls:
+    if gateway.tls_secret:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-        volumes.append({"name": "tls", "secret": {"secretName": f"{gateway.name}-tls"}})
+        volumes.append({"name": "tls", "secret": {"secretName": gateway.tls_secret}})
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5}
     container = {
         "name": "envoy",

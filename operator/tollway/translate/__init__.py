@@ -89,8 +89,8 @@ def translate(
 class GatewayResult:
     plan: GatewayPlan
     manifests: tuple[Manifest, ...]
-    stale: tuple[tuple[str, str], ...]
-    """(kind, name) pairs of gateway children that may exist from before and are not rendered now."""
+    stale: tuple[tuple[str, str, str], ...]
+    """(apiVersion, kind, name) of gateway children that may exist from before and are not rendered now."""
 
 
 def translate_gateway(
@@ -115,7 +115,7 @@ def translate_gateway(
             models.append(resource)
     plan = gateway(namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options)
     rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []
-    kept = {(manifest["kind"], manifest["metadata"]["name"]) for manifest in rendered}
+    kept = {(manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]) for manifest in rendered}
     stale = gateway_render.possible_children(GATEWAY_NAME) - kept
     return GatewayResult(plan, tuple(rendered), tuple(sorted(stale)))
 

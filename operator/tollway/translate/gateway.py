@@ -19,6 +19,7 @@ from tollway.api import API_VERSION, ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector, Quotas
 from tollway.ir.gateway import Credential, Gateway, Images, Jwt, Model, Mtls, Quota, Tier, Version
 from tollway.ir.serving import Owner
+from tollway.render.gateway import TLS_DIR
 from tollway.render.triton import names
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import priority_levels
@@ -42,6 +43,9 @@ class GatewayOptions:
     """Model → (host, HTTP port, gRPC port), replacing the Triton Service (tests and local runs)."""
     jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
     tls: tuple[str, str] | None = None
+    """The mTLS listener's certificate and key files (outside a cluster)."""
+    tls_secret: str | None = None
+    """The mTLS listener's certificate and key: a kubernetes.io/tls Secret in each gateway namespace."""
     config_dir: str = "/etc/tollway/envoy"
     images: Images = field(default_factory=Images)
 
@@ -107,11 +111,16 @@ def gateway(
         redis_address=options.redis_address,
         ratelimit_address=options.ratelimit_address,
         jwks_ca_file=options.jwks_ca_file,
-        tls=options.tls,
+        tls=options.tls or (_mounted_tls() if options.tls_secret else None),
+        tls_secret=options.tls_secret,
         config_dir=options.config_dir,
         images=options.images,
     )
     return GatewayPlan(gateway=built_gateway, reports=reports)
+
+
+def _mounted_tls() -> tuple[str, str]:
+    return f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"
 
 
 def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
