@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir, bed(Path(workdir), manifests) as test_bed:
-        triton_port = int(test_bed.upstreams[0].rsplit(":", 1)[1])
+        triton_port = int(test_bed.upstreams[0].split(":")[1])
         for port, path, key in (
             (triton_port, "/v2/models/echo/versions/3/infer", None),
             (test_bed.ports[0], "/v1/models/echo/infer", KEY),
@@ -188,8 +188,8 @@ def main() -> None:
         tokens, requests, reservation = overshoot(test_bed)
         print(
             f"TPM overshoot, 64 concurrent clients, limit 2000: {requests} requests admitted, "
-            f"{tokens} tokens used = {tokens / 2000:.2f} x the limit; charged (reservations of {reservation}) "
-            f"{requests * reservation} = {requests * reservation / 2000:.2f} x the limit"
+            f"{tokens} tokens used = {tokens / 2000:.2f} x the limit; charged (reservations of "
+            f"{reservation}) {requests * reservation} = {requests * reservation / 2000:.2f} x the limit"
         )
 
 

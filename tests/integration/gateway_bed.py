@@ -365,6 +365,7 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
         model = parse(ModelDeployment, echo_model())
         triton = stack.enter_context(running_triton(workdir / "triton", serving(model, PRIORITIES, "unused")))
         triton_host, triton_port = triton.http.split(":")
+        grpc_port = triton.grpc.rsplit(":", 1)[1]
         redis_port = dataplane.free_port()
         rl_ports = dataplane.RateLimitPorts(*(dataplane.free_port() for _ in range(4)))
         ports = [dataplane.free_port() for _ in range(2)]
@@ -374,7 +375,10 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
             ports=ports,
             admin_ports=[dataplane.free_port() for _ in ports],
             tls_ports=[dataplane.free_port() for _ in ports],
-            upstreams=[f"echo={triton_host}:{triton_port}", f"recorder=127.0.0.1:{recorder_port}"],
+            upstreams=[
+                f"echo={triton_host}:{triton_port}:{grpc_port}",
+                f"recorder=127.0.0.1:{recorder_port}",
+            ],
             ratelimit_grpc=rl_ports.grpc,
             redis_port=redis_port,
             jwks_uri=f"https://localhost:{jwks_port}/jwks.json",

@@ -16,8 +16,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
 
 import dataplane
 from gateway_bed import (
@@ -162,11 +165,32 @@ def test_tritonclient_works_through_the_gateway_unchanged(gateway: Bed) -> None:
     assert client.is_model_ready("echo", headers=auth)
     assert client.get_model_metadata("echo", headers=auth)["versions"] == ["3"]
     data = triton_http.InferInput("INPUT", [1, 3], "FP32")
-    data.set_data_from_numpy(__import__("numpy").ones((1, 3), dtype="float32"))
+    data.set_data_from_numpy(numpy.ones((1, 3), dtype="float32"))
     result = client.infer("echo", [data], model_version="2", headers=auth)
     assert result.as_numpy("OUTPUT").tolist() == [[2.0, 2.0, 2.0]]
     result = client.infer("echo:stable", [data], headers=auth)
     assert result.as_numpy("OUTPUT").tolist() == [[2.0, 2.0, 2.0]]
+
+
+def test_grpc_is_routed_by_the_model_name_it_carries(gateway: Bed) -> None:
+    client = triton_grpc.InferenceServerClient(f"localhost:{gateway.ports[0]}")
+    auth = {"authorization": f"Bearer {KEYS['carol']}"}
+    assert client.is_server_ready()
+    assert client.is_model_ready("echo", headers=auth)
+    data = triton_grpc.InferInput("INPUT", [1, 2], "FP32")
+    data.set_data_from_numpy(numpy.ones((1, 2), dtype="float32"))
+    for name, version, factor in (("echo", "", 3.0), ("echo", "2", 2.0), ("echo:stable", "", 2.0)):
+        result = client.infer(name, [data], model_version=version, headers=auth)
+        assert result.as_numpy("OUTPUT").tolist() == [[factor, factor]], (name, version)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("echo", [data])
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+    with pytest.raises(InferenceServerException) as forbidden:
+        client.infer("echo:stable", [data], headers={"authorization": f"Bearer {KEYS['bulk']}"})
+    assert forbidden.value.status() == "StatusCode.PERMISSION_DENIED"
+    with pytest.raises(InferenceServerException) as gone:
+        client.infer("echo", [data], model_version="1", headers=auth)
+    assert "switched off" in gone.value.message()
 
 
 def test_a_deprecated_version_announces_its_sunset(gateway: Bed) -> None:

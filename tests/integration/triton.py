@@ -34,6 +34,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class RunningTriton:
     http: str
+    grpc: str
     metrics: str
     log: Path
 
@@ -94,7 +95,9 @@ def running(
                 time.sleep(0.5)
         else:
             raise AssertionError(f"tritonserver not live after 120s:\n{log.read_text()[-3000:]}")
-        yield RunningTriton(http=f"127.0.0.1:{http}", metrics=f"127.0.0.1:{metrics}", log=log)
+        yield RunningTriton(
+            http=f"127.0.0.1:{http}", grpc=f"127.0.0.1:{grpc}", metrics=f"127.0.0.1:{metrics}", log=log
+        )
     finally:
         process.terminate()
         try:

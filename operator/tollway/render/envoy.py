@@ -13,7 +13,7 @@ from email.utils import format_datetime
 from importlib.resources import files
 from typing import Any
 
-from tollway.ir.gateway import LIMIT_KINDS, Gateway, Model, Quota, Tier
+from tollway.ir.gateway import LIMIT_KINDS, Gateway, Model, Quota, Tier, Version
 
 LISTENER_PORT, TLS_PORT, ADMIN_PORT = 8080, 8443, 9901
 CLUSTER_HEADER = "x-tollway-cluster"
@@ -63,12 +63,25 @@ def lua_literal(value: Any) -> str:
     raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
-def model_cluster(model: Model) -> str:
-    return f"triton|{model.name}"
+def model_cluster(model: Model, protocol: str = "http") -> str:
+    return f"triton-{protocol}|{model.name}"
 
 
-def tier_cluster(model: Model, tier: Tier) -> str:
-    return f"triton|{model.name}|{tier.name}"
+def tier_cluster(model: Model, tier: Tier, protocol: str = "http") -> str:
+    return f"triton-{protocol}|{model.name}|{tier.name}"
+
+
+def _dates(version: Version) -> dict[str, Any]:
+    """A version's deprecation, as the Lua program reads it (Unix seconds and the header texts)."""
+    dates: dict[str, Any] = {"announced": version.announced, "link": version.link}
+    if version.sunset is not None:
+        moment = datetime.fromtimestamp(version.sunset, UTC)
+        dates.update(
+            sunset=version.sunset,
+            sunset_date=moment.date().isoformat(),
+            sunset_http=format_datetime(moment, usegmt=True),
+        )
+    return {key: value for key, value in dates.items() if value is not None}
 
 
 def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]:
@@ -87,11 +100,12 @@ def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]
 def _lua_data(gateway: Gateway) -> str:
     tiers = {}
     for tier in gateway.tiers:
-        scopes, clusters = {}, {}
+        scopes, clusters, grpc_clusters = {}, {}, {}
         for model in gateway.models:
             scopes[model.name], cap = effective_quota(tier, model.name)
             if cap is not None:
                 clusters[model.name] = tier_cluster(model, tier)
+                grpc_clusters[model.name] = tier_cluster(model, tier, "grpc")
         tiers[tier.name] = {
             "level": tier.priority_level,
             "fail_open": tier.fail_open,
@@ -99,6 +113,7 @@ def _lua_data(gateway: Gateway) -> str:
             "allowed": {f"{model}@{version}": True for model, version in tier.allowed},
             "scopes": scopes,
             "clusters": clusters,
+            "grpc_clusters": grpc_clusters,
             "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)}
             if tier.jwt
             else None,
@@ -106,10 +121,14 @@ def _lua_data(gateway: Gateway) -> str:
         }
     data = {
         "order": [tier.name for tier in gateway.tiers],
+        "server_cluster": model_cluster(gateway.models[0], "grpc") if gateway.models else None,
         "tiers": tiers,
         "models": {
             model.name: {
                 "cluster": model_cluster(model),
+                "grpc_cluster": model_cluster(model, "grpc"),
+                "aliases": dict(model.aliases),
+                "versions": {version.number: _dates(version) for version in model.versions},
                 "input": re.sub(r"(\W)", r"%\1", model.input_tokens) if model.input_tokens else None,
                 "output": re.sub(r"(\W)", r"%\1", model.output_tokens) if model.output_tokens else None,
                 "max_tokens": model.default_max_tokens,
@@ -127,20 +146,6 @@ def _lua_data(gateway: Gateway) -> str:
         },
     }
     return f"local T = {lua_literal(data)}\n\n"
-
-
-def _route_metadata(model: Model, version: int, kind: str) -> dict[str, Any]:
-    entry = next(item for item in model.versions if item.number == version)
-    meta: dict[str, Any] = {"kind": kind, "model": model.name, "version": version}
-    if entry.announced is not None:
-        meta["announced"] = entry.announced
-    if entry.sunset is not None:
-        moment = datetime.fromtimestamp(entry.sunset, UTC)
-        meta.update(sunset=entry.sunset, sunset_date=moment.date().isoformat())
-        meta["sunset_http"] = format_datetime(moment, usegmt=True)
-    if entry.link:
-        meta["link"] = entry.link
-    return meta
 
 
 def _routes(gateway: Gateway, now: datetime) -> list[Config]:
@@ -164,14 +169,15 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
             ]
         for path, version in paths:
             upstream = f"/v2/models/{model.name}/versions/{version}"
+            dates = _dates(next(item for item in model.versions if item.number == version))
             for suffix, kind in (("/infer", "infer"), ("/ready", "ready"), ("", "metadata")):
-                meta = _route_metadata(model, version, kind)
+                meta = {"kind": kind, "model": model.name, "version": version}
                 route: Config = {
                     "match": {"path": path + suffix},
                     "metadata": {"filter_metadata": {LUA_FILTER: meta}},
                 }
-                if "sunset" in meta and meta["sunset"] <= now.timestamp():
-                    body = f"this model version was switched off on {meta['sunset_date']}"
+                if "sunset" in dates and dates["sunset"] <= now.timestamp():
+                    body = f"this model version was switched off on {dates['sunset_date']}"
                     route["direct_response"] = {"status": 410, "body": {"inline_string": body}}
                 else:
                     route["route"] = {
@@ -180,6 +186,13 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         "timeout": UPSTREAM_TIMEOUT,
                     }
                 routes.append(route)
+    routes.append(
+        {
+            "match": {"prefix": "/inference.GRPCInferenceService/", "grpc": {}},
+            "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "grpc"}}},
+            "route": {"cluster_header": CLUSTER_HEADER, "timeout": UPSTREAM_TIMEOUT},
+        }
+    )
     routes.append(
         {
             "match": {"prefix": "/"},
@@ -233,6 +246,7 @@ def _rate_limit_filter(
             "domain": RATELIMIT_DOMAIN,
             "timeout": RATELIMIT_TIMEOUT,
             "failure_mode_deny": not fail_open,
+            "rate_limited_as_resource_exhausted": True,
             "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
             "rate_limit_service": {
                 "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
@@ -476,15 +490,24 @@ def clusters(gateway: Gateway) -> Config:
     found = []
     for model in gateway.models:
         found.append(_static_cluster(model_cluster(model), model.host, model.http_port))
+        found.append(_static_cluster(model_cluster(model, "grpc"), model.host, model.grpc_port, http2=True))
         for tier in gateway.tiers:
             cap = effective_quota(tier, model.name)[1]
-            if cap is not None:
-                per_replica = math.ceil(cap / gateway.envoy_replicas)
-                found.append(
-                    _static_cluster(
-                        tier_cluster(model, tier), model.host, model.http_port, max_requests=per_replica
-                    )
+            if cap is None:
+                continue
+            share = math.ceil(cap / gateway.envoy_replicas)  # each replica admits its share of the cap
+            found.append(
+                _static_cluster(tier_cluster(model, tier), model.host, model.http_port, max_requests=share)
+            )
+            found.append(
+                _static_cluster(
+                    tier_cluster(model, tier, "grpc"),
+                    model.host,
+                    model.grpc_port,
+                    http2=True,
+                    max_requests=share,
                 )
+            )
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     for tier in gateway.tiers:

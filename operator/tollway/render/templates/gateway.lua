@@ -175,46 +175,179 @@ local function prepare_http_infer(handle, model, level)
   return math.ceil(#bytes / 4) + (max_tokens or model.max_tokens)
 end
 
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  headers:remove("x-tollway-cluster")
-  local route = handle:metadata()
-  local kind = route:get("kind")
-  if kind == nil then return end
+-- gRPC (Triton's inference.GRPCInferenceService): the model is routed by the model_name and model_version
+-- fields the request carries (protobuf fields 1 and 2 of every per-model request), read from the body.
+
+local function varint(bytes, at)
+  local value, scale = 0, 1
+  while true do
+    local byte = bytes:byte(at)
+    if byte == nil then return nil end
+    value, at = value + (byte % 128) * scale, at + 1
+    if byte < 128 then return value, at end
+    scale = scale * 128
+  end
+end
+
+local function encode_varint(value)
+  local out = {}
+  repeat
+    local byte = value % 128
+    value = math.floor(value / 128)
+    out[#out + 1] = string.char(value > 0 and byte + 128 or byte)
+  until value == 0
+  return table.concat(out)
+end
+
+local function length_field(number, value)
+  return encode_varint(number * 8 + 2) .. encode_varint(#value) .. value
+end
+
+-- Fields 1 and 2 (strings) of a protobuf message, and the message's other fields unchanged; nil if garbled.
+local function name_and_version(message)
+  local at, name, version, rest = 1, "", "", {}
+  while at <= #message do
+    local start, key = at, nil
+    key, at = varint(message, at)
+    if key == nil then return nil end
+    local number, wire, stop = math.floor(key / 8), key % 8, nil
+    if wire == 0 then
+      local _
+      _, stop = varint(message, at)
+    elseif wire == 1 then
+      stop = at + 8
+    elseif wire == 2 then
+      local length
+      length, at = varint(message, at)
+      if length == nil then return nil end
+      stop = at + length
+    elseif wire == 5 then
+      stop = at + 4
+    else
+      return nil
+    end
+    if stop == nil or stop > #message + 1 then return nil end
+    if number == 1 and wire == 2 then
+      name = message:sub(at, stop - 1)
+    elseif number == 2 and wire == 2 then
+      version = message:sub(at, stop - 1)
+    else
+      rest[#rest + 1] = message:sub(start, stop - 1)
+    end
+    at = stop
+  end
+  return name, version, table.concat(rest)
+end
+
+local function frame(message)
+  local n = #message
+  return string.char(0, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+    .. message
+end
+
+local SERVER_METHODS = { ServerLive = true, ServerReady = true, ServerMetadata = true }
+local MODEL_METHODS = { ModelInfer = true, ModelReady = true, ModelMetadata = true, ModelConfig = true }
+
+-- The model and version a request names; an error status and message when it names none that is served.
+local function resolve(model_name, alias, pinned)
+  local model = T.models[model_name]
+  if model == nil then return nil, nil, 404, "no model " .. model_name end
+  local version = pinned or model.aliases[alias]
+  if version == nil or model.versions[version] == nil then
+    return nil, nil, 404, "model " .. model_name .. " has no version or alias " .. tostring(pinned or alias)
+  end
+  return model, version
+end
+
+-- Everything a model request goes through, HTTP or gRPC: sunset, caller, access, limits, cluster.
+-- Returns the tier and the limit scopes, or nil after answering the request itself.
+local function admit(handle, model_name, model, version, limited)
   local now = os.time()
-  local sunset = number(route:get("sunset"))
-  if sunset ~= nil and now >= sunset then
-    return refuse(handle, 410, "this model version was switched off on " .. route:get("sunset_date"))
+  local dates = model.versions[version]
+  if dates.sunset ~= nil and now >= dates.sunset then
+    refuse(handle, 410, "this model version was switched off on " .. dates.sunset_date)
+    return nil
   end
   local consumer, tier_name, why = authenticate(handle, now)
   if consumer == nil then
-    return refuse(handle, 401, why, { ["www-authenticate"] = 'Bearer realm="tollway"' })
+    refuse(handle, 401, why, { ["www-authenticate"] = 'Bearer realm="tollway"' })
+    return nil
   end
-  local model_name, version = route:get("model"), route:get("version")
   local tier = T.tiers[tier_name]
   if not tier.allowed[model_name .. "@" .. version] then
-    return refuse(handle, 403, "tier " .. tier_name .. " may not use " .. model_name .. " version " .. version)
+    refuse(handle, 403, "tier " .. tier_name .. " may not use " .. model_name .. " version " .. version)
+    return nil
   end
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "consumer", consumer)
   metadata:set(NS, "tier", tier_name)
   metadata:set(NS, "model", model_name)
   metadata:set(NS, "version", tostring(version))
+  local scopes = tier.scopes[model_name]
+  if limited then
+    local mode = tier.fail_open and "_open" or "_closed"
+    for limit, scope in pairs(scopes) do metadata:set(NS, limit .. mode, scope) end
+  end
+  return tier, scopes
+end
+
+local function route_to(handle, cluster)
+  local headers = handle:headers()
   headers:remove("authorization")
   headers:remove("x-api-key")
-  local model = T.models[model_name]
-  headers:replace("x-tollway-cluster", tier.clusters[model_name] or model.cluster)
+  headers:replace("x-tollway-cluster", cluster)
   handle:clearRouteCache()
-  if kind ~= "infer" then return end
-  local mode = tier.fail_open and "_open" or "_closed"
-  local scopes = tier.scopes[model_name]
-  for limit, scope in pairs(scopes) do metadata:set(NS, limit .. mode, scope) end
-  local reserve = prepare_http_infer(handle, model, tier.level)
+end
+
+local function reserve_tokens(handle, model, scopes, reserve)
   if model.input ~= nil and (scopes.tpm or scopes.tpd) then
-    metadata = handle:streamInfo():dynamicMetadata() -- again: body() ended the old wrapper's scope
+    local metadata = handle:streamInfo():dynamicMetadata()
     metadata:set(NS, "reserve", tostring(reserve))
     metadata:set(NS, "settle", "0")
   end
+end
+
+local function grpc_request(handle)
+  local method = (handle:headers():get(":path") or ""):match("^/inference%.GRPCInferenceService/(%w+)$")
+  if SERVER_METHODS[method] then return route_to(handle, T.server_cluster) end
+  if not MODEL_METHODS[method] then
+    return refuse(handle, 403, "the gateway does not offer " .. tostring(method))
+  end
+  local body = handle:body()
+  local bytes = body and body:getBytes(0, body:length()) or ""
+  if #bytes < 5 or bytes:byte(1) ~= 0 then
+    return refuse(handle, 400, "send one uncompressed gRPC message")
+  end
+  local name, pinned, rest = name_and_version(bytes:sub(6))
+  if name == nil then return refuse(handle, 400, "the request is not a protobuf message") end
+  local model_name, alias = name:match("^(.-):(.+)$")
+  model_name, alias = model_name or name, alias or "latest"
+  local model, version, status, message = resolve(model_name, alias, tonumber(pinned))
+  if model == nil then return refuse(handle, status, message) end
+  local tier, scopes = admit(handle, model_name, model, version, method == "ModelInfer")
+  if tier == nil then return end
+  local rewritten = length_field(1, model_name) .. length_field(2, tostring(version)) .. rest
+  if method == "ModelInfer" then -- parameters["priority"] = uint64 level; the last of duplicate map keys wins
+    local level = encode_varint(5 * 8) .. encode_varint(tier.level)
+    rewritten = rewritten .. length_field(4, length_field(1, "priority") .. length_field(2, level))
+    reserve_tokens(handle, model, scopes, math.ceil(#bytes / 4) + model.max_tokens)
+  end
+  body:setBytes(frame(rewritten))
+  route_to(handle, tier.grpc_clusters[model_name] or model.grpc_cluster)
+end
+
+function envoy_on_request(handle)
+  handle:headers():remove("x-tollway-cluster")
+  local route = handle:metadata()
+  local kind = route:get("kind")
+  if kind == nil then return end
+  if kind == "grpc" then return grpc_request(handle) end
+  local model_name, version = route:get("model"), number(route:get("version"))
+  local model = T.models[model_name]
+  local tier, scopes = admit(handle, model_name, model, version, kind == "infer")
+  if tier == nil then return end
+  route_to(handle, tier.clusters[model_name] or model.cluster)
+  if kind == "infer" then reserve_tokens(handle, model, scopes, prepare_http_infer(handle, model, tier.level)) end
 end
 
 local function first_number(value)
@@ -261,12 +394,12 @@ function envoy_on_response(handle)
     )
     headers:replace("retry-after", tostring(math.max(reset, 1)))
   end
-  local route = handle:metadata()
-  local announced = number(route:get("announced"))
-  if announced ~= nil and os.time() >= announced then
-    headers:replace("deprecation", "@" .. announced)
-    if route:get("sunset_http") then headers:replace("sunset", route:get("sunset_http")) end
-    if route:get("link") then headers:replace("link", "<" .. route:get("link") .. '>; rel="deprecation"') end
+  local model = state.model and T.models[state.model]
+  local dates = model and model.versions[tonumber(state.version)] or {}
+  if dates.announced ~= nil and os.time() >= dates.announced then
+    headers:replace("deprecation", "@" .. dates.announced)
+    if dates.sunset_http then headers:replace("sunset", dates.sunset_http) end
+    if dates.link then headers:replace("link", "<" .. dates.link .. '>; rel="deprecation"') end
   end
   if state.reserve ~= nil and headers:get(":status") == "200" then settle_tokens(handle, state) end
 end
