@@ -43,7 +43,7 @@ class Quotas(TollwayModel):
 class Limits(Quotas):
     fail_open: bool = True
     """When the rate-limit service or its Redis cannot answer: serve without limits (true) or refuse with
-    503 (false)."""
+    500 (false)."""
 
 
 class ModelOverride(Quotas):
