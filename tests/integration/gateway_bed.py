@@ -270,7 +270,7 @@ class Bed:
     admin_ports: list[int]
     tls_ports: list[int]
     upstreams: list[str]
-    ratelimit_grpc: int
+    ratelimit_ports: dataplane.RateLimitPorts
     redis_port: int
     jwks_uri: str
     envoys: list[dataplane.Process] = field(default_factory=list)
@@ -296,13 +296,22 @@ class Bed:
                 "--jwks-ca",
                 str(self.certs.ca),
                 "--ratelimit",
-                f"127.0.0.1:{self.ratelimit_grpc}",
+                f"127.0.0.1:{self.ratelimit_ports.grpc}",
                 "--replicas",
                 str(len(self.ports)),
             ]
             for upstream in self.upstreams:
                 extra += ["--upstream", upstream]
             dataplane.gateway_config([source], self.workdir / f"gateway-{index}", *extra)
+
+    def start_redis(self) -> None:
+        self.processes["redis"] = dataplane.redis(self.workdir, self.redis_port)
+
+    def start_ratelimit(self) -> None:
+        config = self.workdir / "gateway-0"
+        self.processes["ratelimit"] = dataplane.ratelimit(
+            self.workdir, config, self.redis_port, self.ratelimit_ports
+        )
 
     def call(
         self,
@@ -379,16 +388,14 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
                 f"echo={triton_host}:{triton_port}:{grpc_port}",
                 f"recorder=127.0.0.1:{recorder_port}",
             ],
-            ratelimit_grpc=rl_ports.grpc,
+            ratelimit_ports=rl_ports,
             redis_port=redis_port,
             jwks_uri=f"https://localhost:{jwks_port}/jwks.json",
         )
         test_bed.configure(documents(test_bed))
         stack.callback(lambda: [process.stop() for process in test_bed.processes.values()])
-        test_bed.processes["redis"] = dataplane.redis(workdir, redis_port)
-        test_bed.processes["ratelimit"] = dataplane.ratelimit(
-            workdir, workdir / "gateway-0", redis_port, rl_ports
-        )
+        test_bed.start_redis()
+        test_bed.start_ratelimit()
         for index, port in enumerate(ports):
             process = dataplane.envoy(workdir, workdir / f"gateway-{index}" / "envoy", port, base_id=port)
             test_bed.envoys.append(stack.enter_context(dataplane.running(process)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
 from tollway.ir.gateway import Quota
+from tollway.ir.observed import DeploymentState, GatewayState
 from tollway.render.envoy import effective_quota, lua_literal
 from tollway.render.ratelimit import ratelimit_config
-from tollway.translate.gateway import gateway, selects
+from tollway.translate import Context, translate
+from tollway.translate.gateway import TierReport, gateway, selects
 
 from builders import api_tier, model_deployment
 
@@ -195,3 +198,52 @@ def test_envoy_validates_every_golden_gateway(case: Path, tmp_path: Path) -> Non
         assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
     ratelimit = yaml.safe_load((tmp_path / "ratelimit" / "config" / "tollway.yaml").read_text())
     assert ratelimit["domain"] == "tollway"
+
+
+def _tier_status(report: TierReport, state: GatewayState) -> dict[str, Any]:
+    document = api_tier("pro")
+    status = translate(ApiTier, document, NOW, Context(tier=report, gateway=state)).status
+    return {
+        item["type"]: (item["status"], item["reason"], item["message"]) for item in status["conditions"]
+    } | {"consumers": status["consumers"]}
+
+
+def test_a_tier_is_ready_when_an_envoy_replica_serves_its_rules() -> None:
+    envoy = DeploymentState(
+        generation=1,
+        observed_generation=1,
+        replicas=2,
+        ready_replicas=2,
+        available_replicas=2,
+        updated_replicas=2,
+    )
+    live = _tier_status(TierReport(consumers=3), GatewayState(envoy=envoy, applied=True))
+    assert live["Ready"] == (
+        "True",
+        "Live",
+        "rules are live in gateway tollway-gateway (2 Envoy replicas available)",
+    )
+    assert live["Degraded"] == ("False", "AsExpected", "")
+    assert live["consumers"] == 3
+    down = _tier_status(TierReport(), GatewayState(envoy=replace(envoy, available_replicas=0), applied=True))
+    assert down["Ready"][:2] == ("False", "GatewayUnavailable")
+    refused = _tier_status(
+        TierReport(), GatewayState(applied=False, error="Secret/tollway-gateway-envoy: too big")
+    )
+    assert refused["Ready"] == ("False", "ApplyFailed", "Secret/tollway-gateway-envoy: too big")
+
+
+def test_a_tier_names_what_degrades_it() -> None:
+    unknown = _tier_status(
+        TierReport(problems=('spec.models[0]: no ModelDeployment in this namespace serves model "x"',)),
+        GatewayState(),
+    )
+    assert unknown["Degraded"][:2] == ("True", "UnknownModel")
+    credential = _tier_status(
+        TierReport(problems=('Secret "a": no data key "api-key"; it grants nothing',)), GatewayState()
+    )
+    assert credential["Degraded"] == (
+        "True",
+        "CredentialProblem",
+        'Secret "a": no data key "api-key"; it grants nothing',
+    )
