@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tollway.ir.observed import DeploymentState
+
 _MODEL_DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "tollway.dev/v1alpha1",
     "kind": "ModelDeployment",
@@ -48,3 +50,9 @@ def model_deployment(name: str | None = None, **changes: Any) -> dict[str, Any]:
 
 def api_tier(name: str | None = None, **changes: Any) -> dict[str, Any]:
     return _with(_API_TIER, name, changes)
+
+
+def available_deployment(**changes: Any) -> DeploymentState:
+    """A Deployment state with every replica (2) updated and available; `changes` replace fields."""
+    fields = {"generation": 1, "observed_generation": 1, "replicas": 2, "ready_replicas": 2}
+    return DeploymentState(**{**fields, "available_replicas": 2, "updated_replicas": 2, **changes})

@@ -18,13 +18,13 @@ from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
 from tollway.ir.gateway import Quota
-from tollway.ir.observed import DeploymentState, GatewayState
+from tollway.ir.observed import GatewayState
 from tollway.render.envoy import effective_quota, lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate
 from tollway.translate.gateway import TierReport, gateway, selects
 
-from builders import api_tier, model_deployment
+from builders import api_tier, available_deployment, model_deployment
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,14 +209,7 @@ def _tier_status(report: TierReport, state: GatewayState) -> dict[str, Any]:
 
 
 def test_a_tier_is_ready_when_an_envoy_replica_serves_its_rules() -> None:
-    envoy = DeploymentState(
-        generation=1,
-        observed_generation=1,
-        replicas=2,
-        ready_replicas=2,
-        available_replicas=2,
-        updated_replicas=2,
-    )
+    envoy = available_deployment()
     live = _tier_status(TierReport(consumers=3), GatewayState(envoy=envoy, applied=True))
     assert live["Ready"] == (
         "True",

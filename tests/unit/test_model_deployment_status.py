@@ -6,20 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollway.api import ModelDeployment
-from tollway.ir.observed import DeploymentState, PodProblem, ServingState, TritonState, VersionState
+from tollway.ir.observed import PodProblem, ServingState, TritonState, VersionState
 from tollway.translate import Context, translate
 
-from builders import model_deployment
+from builders import available_deployment, model_deployment
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-AVAILABLE = DeploymentState(
-    generation=1,
-    observed_generation=1,
-    replicas=2,
-    ready_replicas=2,
-    available_replicas=2,
-    updated_replicas=2,
-)
+AVAILABLE = available_deployment()
 READY = TritonState(reachable=True, versions=(VersionState("2", "READY"), VersionState("1", "READY")))
 
 
@@ -49,14 +42,7 @@ def test_before_the_first_apply_it_is_creating() -> None:
 
 
 def test_a_rollout_in_progress() -> None:
-    rolling = DeploymentState(
-        generation=2,
-        observed_generation=2,
-        replicas=2,
-        ready_replicas=2,
-        available_replicas=2,
-        updated_replicas=1,
-    )
+    rolling = available_deployment(generation=2, observed_generation=2, updated_replicas=1)
     found = conditions(status(ServingState(deployment=rolling, triton=READY)))
     assert found["Progressing"] == ("True", "RollingOut", "1/2 replicas updated, 2 available")
 
