@@ -56,6 +56,39 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """How the replica count follows demand: an HPA or a KEDA ScaledObject on Triton's own signals."""
+
+    engine: Literal["hpa", "keda"]
+    min_replicas: int
+    max_replicas: int
+    queue_depth_per_replica: int | None
+    p99_latency_ms: int | None
+    scale_up_seconds: int
+    scale_down_seconds: int
+    prometheus_url: str
+    """Where KEDA's triggers query (the HPA goes through prometheus-adapter instead)."""
+
+
+@dataclass(frozen=True)
+class Sunset:
+    version: int
+    at: int
+    """Unix seconds."""
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """What the model's alerts watch: the SLOs, and the versions going away."""
+
+    availability: str
+    """Percent of requests answered without an error, as a decimal string ("99.9")."""
+    p99_latency_ms: int
+    window_days: int
+    sunsets: tuple[Sunset, ...] = ()
+
+
+@dataclass(frozen=True)
 class TritonServing:
     """One ModelDeployment's serving stack."""
 
@@ -75,3 +108,8 @@ class TritonServing:
     extra_args: tuple[str, ...] = ()
     replicas: int = 1
     max_replicas: int = 1
+    scaling: Scaling | None = None
+    """None: a fixed replica count (`replicas`), set on the Deployment."""
+    objectives: Objectives | None = None
+    monitoring: bool = True
+    """Render ServiceMonitor and PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""

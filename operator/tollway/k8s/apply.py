@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from tollway.k8s.client import api_client
 
@@ -53,8 +54,24 @@ def stamped(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": metadata}
 
 
+def _resource(api_version: str, kind: str) -> Any:
+    """The API server's resource for a kind; ApplyError when it does not serve it (a CRD not installed)."""
+    try:
+        return _dynamic().resources.get(api_version=api_version, kind=kind)
+    except ResourceNotFoundError:
+        raise ApplyError(f"the cluster does not serve {api_version} {kind}: is its CRD installed?") from None
+
+
+def served(api_version: str, kind: str) -> bool:
+    try:
+        _resource(api_version, kind)
+    except ApplyError:
+        return False
+    return True
+
+
 def read(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
-    resource = _dynamic().resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
+    resource = _resource(manifest["apiVersion"], manifest["kind"])
     meta = manifest["metadata"]
     try:
         found = resource.get(name=meta["name"], namespace=meta.get("namespace"))
@@ -71,7 +88,7 @@ def apply(manifest: Mapping[str, Any]) -> bool:
     live = read(desired)
     if live is not None and contains(live, desired):
         return False
-    resource = _dynamic().resources.get(api_version=desired["apiVersion"], kind=desired["kind"])
+    resource = _resource(desired["apiVersion"], desired["kind"])
     name = desired["metadata"]["name"]
     try:
         resource.server_side_apply(
@@ -95,7 +112,9 @@ def prune(namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[t
     """Delete the children of these kinds that `owner_uid` owns; "Kind/name" of each one deleted."""
     deleted = []
     for api_version, kind in kinds:
-        resource = _dynamic().resources.get(api_version=api_version, kind=kind)
+        if not served(api_version, kind):
+            continue  # nothing of a kind the cluster does not serve can exist
+        resource = _resource(api_version, kind)
         for item in resource.get(namespace=namespace, label_selector=label_selector).items:
             owners = item.metadata.ownerReferences or []
             if any(owner.uid == owner_uid for owner in owners):
@@ -108,7 +127,7 @@ def prune_named(namespace: str, label_selector: str, stale: Iterable[tuple[str, 
     """Delete these (apiVersion, kind, name) children where they exist and carry the selector's labels."""
     deleted = []
     for api_version, kind, name in stale:
-        resource = _dynamic().resources.get(api_version=api_version, kind=kind)
+        resource = _resource(api_version, kind)
         found = resource.get(
             namespace=namespace, label_selector=label_selector, field_selector=f"metadata.name={name}"
         )

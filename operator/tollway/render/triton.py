@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.serving import TritonServing
+from tollway.render.autoscaling import scaler
 from tollway.render.meta import MANAGED_BY, metadata
 from tollway.render.model_config import checksum, config_pbtxt
+from tollway.render.monitoring import MONITORING_API, dashboard, prometheus_rule, service_monitor
 
 HTTP, GRPC, METRICS = 8000, 8001, 8002
 #: Every kind of child this module renders: what the operator prunes when one is no longer rendered.
@@ -16,6 +18,10 @@ CHILD_KINDS = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    (MONITORING_API, "ServiceMonitor"),
+    (MONITORING_API, "PrometheusRule"),
 )
 MODELS = "/models"
 SOURCE = "/source"
@@ -29,7 +35,11 @@ STARTUP_SECONDS = 30 * 60
 
 def names(model_deployment: str) -> dict[str, str]:
     """The children's names, from the ModelDeployment's (DNS label of ≤ 40 characters: room for suffixes)."""
-    return {"triton": f"{model_deployment}-triton", "config": f"{model_deployment}-model-config"}
+    return {
+        "triton": f"{model_deployment}-triton",
+        "config": f"{model_deployment}-model-config",
+        "dashboard": f"{model_deployment}-dashboard",
+    }
 
 
 def labels(serving: TritonServing) -> dict[str, str]:
@@ -79,7 +89,13 @@ def render(serving: TritonServing) -> list[dict[str, Any]]:
     ]
     if serving.max_replicas > 1:
         objects.append(disruption_budget(serving))
-    return objects
+    objects += scaler(serving, _metadata(serving, "triton"))
+    if serving.monitoring:
+        objects += [
+            service_monitor(serving, _metadata(serving, "triton"), selector(serving)),
+            prometheus_rule(serving, _metadata(serving, "triton")),
+        ]
+    return [*objects, dashboard(serving, _metadata(serving, "dashboard"))]
 
 
 def service_account(serving: TritonServing) -> dict[str, Any]:
@@ -256,13 +272,20 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": _metadata(serving, "triton"),
         "spec": {
-            "replicas": serving.replicas,
+            # Under an autoscaler Tollway leaves the count alone, so the two never fight over it.
+            **({} if serving.scaling else {"replicas": serving.replicas}),
             "selector": {"matchLabels": selector(serving)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": _rollout(serving)},
             "template": {
                 "metadata": {
                     "labels": labels(serving),
-                    "annotations": {CHECKSUM_ANNOTATION: config_checksum},
+                    # The scrape annotations are the fallback for a Prometheus without prometheus-operator.
+                    "annotations": {
+                        CHECKSUM_ANNOTATION: config_checksum,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS),
+                        "prometheus.io/path": "/metrics",
+                    },
                 },
                 "spec": pod,
             },

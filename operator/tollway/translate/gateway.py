@@ -12,7 +12,7 @@ import base64
 import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
@@ -22,7 +22,7 @@ from tollway.ir.serving import Owner
 from tollway.render.gateway import TLS_DIR
 from tollway.render.triton import names
 from tollway.translate.model_deployment import latest_version
-from tollway.translate.serving import priority_levels
+from tollway.translate.serving import epoch, priority_levels
 
 GATEWAY_NAME = "tollway-gateway"
 API_KEY = "api-key"
@@ -63,11 +63,6 @@ class GatewayPlan:
     gateway: Gateway | None
     """None when the namespace has no valid tier: no gateway at all."""
     reports: dict[str, TierReport]
-
-
-def epoch(date: str) -> int:
-    """'2027-01-15' → the Unix seconds of its start, UTC."""
-    return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp())
 
 
 def gateway(

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
-from tollway.ir.serving import InstanceGroup, ModelConfig, Owner, QueuePolicy, Repository, TritonServing
+from tollway.ir.serving import (
+    InstanceGroup,
+    ModelConfig,
+    Objectives,
+    Owner,
+    QueuePolicy,
+    Repository,
+    Scaling,
+    Sunset,
+    TritonServing,
+)
 
 #: Used for s3://, gs:// and as:// repositories: downloads the model directory before Triton starts.
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
+#: Where KEDA's triggers and the operator's status queries reach Prometheus (prometheus-operator's Service).
+PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
 
 def tier_priority(document: Mapping[str, Any]) -> int:
@@ -60,8 +73,49 @@ def model_config(resource: ModelDeployment, tier_priorities: Iterable[int]) -> M
     )
 
 
+def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
+    """Autoscaling when there is room to scale and a signal to scale on; else a fixed replica count."""
+    autoscaling = resource.spec.autoscaling
+    targets = autoscaling.targets
+    if autoscaling.max_replicas <= autoscaling.min_replicas or (
+        targets.queue_depth_per_replica is None and targets.p99_latency_ms is None
+    ):
+        return None
+    return Scaling(
+        engine=autoscaling.engine,
+        min_replicas=autoscaling.min_replicas,
+        max_replicas=autoscaling.max_replicas,
+        queue_depth_per_replica=targets.queue_depth_per_replica,
+        p99_latency_ms=targets.p99_latency_ms,
+        scale_up_seconds=autoscaling.scale_up.stabilization_seconds,
+        scale_down_seconds=autoscaling.scale_down.stabilization_seconds,
+        prometheus_url=prometheus_url,
+    )
+
+
+def objectives(resource: ModelDeployment) -> Objectives | None:
+    slo = resource.spec.slo
+    if slo is None:
+        return None
+    sunsets = tuple(
+        Sunset(version=int(entry.version), at=epoch(entry.deprecation.sunset))
+        for entry in resource.spec.versions
+        if entry.deprecation and entry.deprecation.sunset
+    )
+    return Objectives(slo.availability, slo.p99_latency_ms, slo.window_days, sunsets)
+
+
+def epoch(date: str) -> int:
+    """'2027-01-15' → the Unix seconds of its start, UTC."""
+    return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp())
+
+
 def serving(
-    resource: ModelDeployment, tier_priorities: Iterable[int], storage_initializer: str
+    resource: ModelDeployment,
+    tier_priorities: Iterable[int],
+    storage_initializer: str,
+    prometheus_url: str = PROMETHEUS_URL,
+    monitoring: bool = True,
 ) -> TritonServing:
     spec, meta = resource.spec, resource.metadata
     return TritonServing(
@@ -83,4 +137,7 @@ def serving(
         extra_args=tuple(spec.triton.extra_args),
         replicas=spec.autoscaling.min_replicas,
         max_replicas=spec.autoscaling.max_replicas,
+        scaling=scaling(resource, prometheus_url),
+        objectives=objectives(resource),
+        monitoring=monitoring,
     )

@@ -1,0 +1,162 @@
+"""Scaling on the signals that matter for inference: Triton's queue depth and P99 latency, not CPU.
+
+`engine: hpa` renders an autoscaling/v2 HorizontalPodAutoscaler with two External metrics, which
+prometheus-adapter serves from Prometheus with the rules in `adapter_rules()`; `engine: keda` renders a
+KEDA ScaledObject with two Prometheus triggers on the same queries (KEDA makes its own HPA; never both).
+External metrics, not Pods metrics: both signals belong to the model, and the HPA divides the queue by the
+current replicas itself (AverageValue), so a pod that is not ready yet does not distort the figure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollway.ir.serving import Scaling, TritonServing
+
+QUEUE_METRIC = "tollway_triton_queue_depth"
+P99_METRIC = "tollway_triton_request_p99_ms"
+
+Manifest = dict[str, Any]
+
+
+def queue_query(namespace: str, model: str) -> str:
+    """Requests waiting in Triton's queues, over all of the model's pods."""
+    return f'sum(nv_inference_pending_request_count{{namespace="{namespace}",model="{model}"}})'
+
+
+def p99_query(namespace: str, model: str) -> str:
+    """The model's P99 request latency in ms: the worst pod's (summaries do not add up across pods)."""
+    matchers = f'namespace="{namespace}",model="{model}",quantile="0.99"'
+    return f"max(nv_inference_request_summary_us{{{matchers}}}) / 1000"
+
+
+def adapter_rules() -> dict[str, Any]:
+    """prometheus-adapter's `externalRules` for the two metrics every Tollway HPA reads.
+
+    The HPA's namespace and its selector (model=NAME) become label matchers (<<.LabelMatchers>>).
+    """
+    by_namespace = {"overrides": {"namespace": {"resource": "namespace"}}}
+    return {
+        "externalRules": [
+            {
+                "seriesQuery": 'nv_inference_pending_request_count{namespace!="",model!=""}',
+                "resources": by_namespace,
+                "name": {"matches": "^nv_inference_pending_request_count$", "as": QUEUE_METRIC},
+                "metricsQuery": "sum by (model) (<<.Series>>{<<.LabelMatchers>>})",
+            },
+            {
+                "seriesQuery": 'nv_inference_request_summary_us{namespace!="",model!="",quantile="0.99"}',
+                "resources": by_namespace,
+                "name": {"matches": "^nv_inference_request_summary_us$", "as": P99_METRIC},
+                "metricsQuery": 'max by (model) (<<.Series>>{<<.LabelMatchers>>,quantile="0.99"}) / 1000',
+            },
+        ]
+    }
+
+
+def _behavior(scaling: Scaling) -> dict[str, Any]:
+    """Up fast (double, or 4 more pods, per 15 s), down gently (half a minute), after stabilization."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": scaling.scale_up_seconds,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": scaling.scale_down_seconds,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+        },
+    }
+
+
+def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
+    selector = {"matchLabels": {"model": serving.model.name}}
+    metrics = []
+    if scaling.queue_depth_per_replica is not None:
+        metrics.append(
+            {
+                "type": "External",
+                "external": {
+                    "metric": {"name": QUEUE_METRIC, "selector": selector},
+                    "target": {"type": "AverageValue", "averageValue": str(scaling.queue_depth_per_replica)},
+                },
+            }
+        )
+    if scaling.p99_latency_ms is not None:
+        metrics.append(
+            {
+                "type": "External",
+                "external": {
+                    "metric": {"name": P99_METRIC, "selector": selector},
+                    "target": {"type": "Value", "value": str(scaling.p99_latency_ms)},
+                },
+            }
+        )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": metadata["name"]},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": metrics,
+            "behavior": _behavior(scaling),
+        },
+    }
+
+
+def scaled_object(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
+    namespace, model = serving.namespace, serving.model.name
+    triggers = []
+    if scaling.queue_depth_per_replica is not None:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": scaling.prometheus_url,
+                    "query": queue_query(namespace, model),
+                    "threshold": str(scaling.queue_depth_per_replica),
+                    "activationThreshold": "0",
+                },
+            }
+        )
+    if scaling.p99_latency_ms is not None:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "metricType": "Value",
+                "metadata": {
+                    "serverAddress": scaling.prometheus_url,
+                    "query": p99_query(namespace, model),
+                    "threshold": str(scaling.p99_latency_ms),
+                },
+            }
+        )
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": metadata["name"]},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(scaling)}},
+            "triggers": triggers,
+        },
+    }
+
+
+def scaler(serving: TritonServing, metadata: dict[str, Any]) -> list[Manifest]:
+    """The HPA or the ScaledObject, or nothing when the replica count is fixed."""
+    scaling = serving.scaling
+    if scaling is None:
+        return []
+    if scaling.engine == "keda":
+        return [scaled_object(serving, scaling, metadata)]
+    return [horizontal_pod_autoscaler(serving, scaling, metadata)]

@@ -1,0 +1,261 @@
+"""Monitoring of one model: a ServiceMonitor for Triton, a PrometheusRule (recording rules and SLO alerts)
+and a Grafana dashboard (a ConfigMap with the sidecar's label).
+
+The recording rules are the names everything else reads (`tollway:...`): the operator's status, the
+dashboard and the alerts. Without prometheus-operator the pods still carry the usual `prometheus.io/*`
+scrape annotations, and `rule_groups()` is a plain Prometheus rule file.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from tollway.ir.serving import Objectives, TritonServing
+
+Manifest = dict[str, Any]
+
+MONITORING_API = "monitoring.coreos.com/v1"
+DASHBOARD_LABEL = {"grafana_dashboard": "1"}
+BY_VERSION = "namespace, model, version"
+BY_MODEL = "namespace, model"
+ERROR_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+#: Multi-window, multi-burn-rate alerts (the SRE workbook's): (long window, short window, rate, severity).
+BURN_RATES = (
+    ("1h", "5m", 14.4, "page"),
+    ("6h", "30m", 6, "page"),
+    ("1d", "2h", 3, "ticket"),
+    ("3d", "6h", 1, "ticket"),
+)
+SUNSET_NOTICE_SECONDS = 90 * 86400
+
+
+def selector(namespace: str, model: str) -> str:
+    return f'namespace="{namespace}",model="{model}"'
+
+
+def _rate(metric: str, matchers: str, window: str, by: str) -> str:
+    return f"sum by ({by}) (rate({metric}{{{matchers}}}[{window}]))"
+
+
+def _errors_and_total(matchers: str, window: str, by: str) -> tuple[str, str]:
+    """Failed requests/s and all requests/s; failures count 0 before Triton has reported any."""
+    success = _rate("nv_inference_request_success", matchers, window, by)
+    failure = f"({_rate('nv_inference_request_failure', matchers, window, by)} or {success} * 0)"
+    return failure, f"({success} + {failure})"
+
+
+def recording_rules(namespace: str, model: str) -> list[dict[str, str]]:
+    matchers = selector(namespace, model)
+    rules = [
+        {
+            "record": f"tollway:request_latency_ms:p{label}",
+            "expr": f"max by ({BY_VERSION}) "
+            f'(nv_inference_request_summary_us{{{matchers},quantile="{quantile}"}}) / 1000',
+        }
+        for label, quantile in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
+    ]
+    rules += [
+        {
+            "record": f"tollway:time_to_first_response_ms:p{label}",
+            "expr": f"histogram_quantile({quantile}, sum by ({BY_VERSION}, le) "
+            f"(rate(nv_inference_first_response_histogram_ms_bucket{{{matchers}}}[5m])))",
+        }
+        for label, quantile in (("50", "0.5"), ("99", "0.99"))
+    ]
+    failures, total = _errors_and_total(matchers, "1m", BY_VERSION)
+    rules += [
+        {
+            "record": "tollway:queue_depth",
+            "expr": f"sum by ({BY_MODEL}) (nv_inference_pending_request_count{{{matchers}}})",
+        },
+        {"record": "tollway:requests:rate1m", "expr": total},
+        {
+            "record": "tollway:completions:rate1m",
+            "expr": _rate("nv_inference_request_success", matchers, "1m", BY_MODEL),
+        },
+        {
+            # Expected wait of a new request: the queue ahead of it over the rate Triton finishes requests.
+            "record": "tollway:estimated_wait_seconds",
+            "expr": f"tollway:queue_depth{{{matchers}}} "
+            f"/ clamp_min(tollway:completions:rate1m{{{matchers}}}, 0.01)",
+        },
+    ]
+    for window in ERROR_WINDOWS:
+        failures, total = _errors_and_total(matchers, window, BY_MODEL)
+        rules.append({"record": f"tollway:error_ratio:rate{window}", "expr": f"{failures} / {total}"})
+    return rules
+
+
+def _number(value: Decimal | float) -> str:
+    return format(Decimal(str(value)).normalize(), "f")
+
+
+def alerting_rules(namespace: str, model: str, objectives: Objectives) -> list[dict[str, Any]]:
+    matchers = selector(namespace, model)
+    budget = 1 - Decimal(objectives.availability) / 100
+    labels = {"namespace": namespace, "model": model}
+    alerts: list[dict[str, Any]] = []
+    for long, short, rate, severity in BURN_RATES:
+        threshold = _number(budget * Decimal(str(rate)))
+        alerts.append(
+            {
+                "alert": "TollwayAvailabilityBudgetBurn",
+                "expr": f"tollway:error_ratio:rate{long}{{{matchers}}} > {threshold} "
+                f"and tollway:error_ratio:rate{short}{{{matchers}}} > {threshold}",
+                "for": "2m" if severity == "page" else "15m",
+                "labels": {**labels, "severity": severity, "window": long},
+                "annotations": {
+                    "summary": f"{model} burns its {objectives.availability}% availability budget "
+                    f"{rate}x too fast",
+                    "description": f"Error ratio over {long} and {short} above {threshold} "
+                    f"({rate} x the {objectives.window_days}-day budget).",
+                },
+            }
+        )
+        latency = f"avg_over_time(tollway:request_latency_ms:p99{{{matchers}}}"
+        alerts.append(
+            {
+                "alert": "TollwayLatencySLOBurn",
+                "expr": f"max by ({BY_MODEL}) ({latency}[{long}])) > {objectives.p99_latency_ms} "
+                f"and max by ({BY_MODEL}) ({latency}[{short}])) > {objectives.p99_latency_ms}",
+                "for": "2m" if severity == "page" else "15m",
+                "labels": {**labels, "severity": severity, "window": long},
+                "annotations": {
+                    "summary": f"{model} P99 latency above its {objectives.p99_latency_ms} ms objective "
+                    f"over {long} and {short}",
+                },
+            }
+        )
+    alerts.append(
+        {
+            "alert": "TollwayErrorSpike",
+            "expr": f"tollway:error_ratio:rate5m{{{matchers}}} > 0.05 "
+            f"and tollway:error_ratio:rate5m{{{matchers}}} "
+            f"> 5 * (tollway:error_ratio:rate1h{{{matchers}}} offset 5m)",
+            "for": "2m",
+            "labels": {**labels, "severity": "page"},
+            "annotations": {"summary": f"{model}: errors jumped above 5% and 5x the last hour's ratio"},
+        }
+    )
+    for sunset in objectives.sunsets:
+        version_matchers = f'{matchers},version="{sunset.version}"'
+        alerts.append(
+            {
+                "alert": "TollwaySunsetVersionInUse",
+                "expr": f"{_rate('nv_inference_request_success', version_matchers, '1h', BY_VERSION)} > 0 "
+                f"and on() (vector(time()) > {sunset.at - SUNSET_NOTICE_SECONDS})",
+                "for": "1h",
+                "labels": {**labels, "version": str(sunset.version), "severity": "ticket"},
+                "annotations": {
+                    "summary": f"{model} version {sunset.version} still serves traffic within 90 days of its "
+                    "sunset",
+                },
+            }
+        )
+    return alerts
+
+
+def rule_groups(serving: TritonServing) -> list[dict[str, Any]]:
+    """The model's rules as Prometheus rule groups (what a PrometheusRule's spec.groups holds)."""
+    namespace, model = serving.namespace, serving.model.name
+    groups: list[dict[str, Any]] = [
+        {
+            "name": f"tollway.{namespace}.{serving.name}.recording",
+            "interval": "30s",
+            "rules": recording_rules(namespace, model),
+        }
+    ]
+    if serving.objectives is not None:
+        groups.append(
+            {
+                "name": f"tollway.{namespace}.{serving.name}.alerts",
+                "rules": alerting_rules(namespace, model, serving.objectives),
+            }
+        )
+    return groups
+
+
+def service_monitor(
+    serving: TritonServing, metadata: dict[str, Any], selector_labels: dict[str, str]
+) -> Manifest:
+    return {
+        "apiVersion": MONITORING_API,
+        "kind": "ServiceMonitor",
+        "metadata": metadata,
+        "spec": {
+            "selector": {"matchLabels": selector_labels},
+            "endpoints": [{"port": "metrics", "interval": "15s", "path": "/metrics"}],
+        },
+    }
+
+
+def prometheus_rule(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
+    return {
+        "apiVersion": MONITORING_API,
+        "kind": "PrometheusRule",
+        "metadata": metadata,
+        "spec": {"groups": rule_groups(serving)},
+    }
+
+
+def _panel(index: int, title: str, unit: str, targets: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "id": index + 1,
+        "type": "timeseries",
+        "title": title,
+        "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {"expr": expr, "legendFormat": legend, "refId": chr(65 + n)}
+            for n, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def dashboard(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
+    matchers = selector(serving.namespace, serving.model.name)
+    panels = [
+        (
+            "Request latency",
+            "ms",
+            [
+                (f"tollway:request_latency_ms:p{q}{{{matchers}}}", f"P{q} v{{{{version}}}}")
+                for q in ("50", "95", "99")
+            ],
+        ),
+        (
+            "Time to first response",
+            "ms",
+            [(f"tollway:time_to_first_response_ms:p{q}{{{matchers}}}", f"P{q}") for q in ("50", "99")],
+        ),
+        ("Requests per second", "reqps", [(f"tollway:requests:rate1m{{{matchers}}}", "v{{version}}")]),
+        (
+            "Error ratio",
+            "percentunit",
+            [
+                (f"tollway:error_ratio:rate5m{{{matchers}}}", "5m"),
+                (f"tollway:error_ratio:rate1h{{{matchers}}}", "1h"),
+            ],
+        ),
+        ("Queue depth", "short", [(f"tollway:queue_depth{{{matchers}}}", "waiting")]),
+        ("Estimated wait", "s", [(f"tollway:estimated_wait_seconds{{{matchers}}}", "wait")]),
+    ]
+    document = {
+        "title": f"Tollway: {serving.namespace}/{serving.name}",
+        "uid": f"tollway-{serving.namespace}-{serving.name}"[:40],
+        "schemaVersion": 39,
+        "tags": ["tollway"],
+        "time": {"from": "now-6h", "to": "now"},
+        "panels": [_panel(index, *panel) for index, panel in enumerate(panels)],
+    }
+    labels = {**metadata["labels"], **DASHBOARD_LABEL}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**metadata, "labels": labels},
+        "data": {
+            f"tollway-{serving.namespace}-{serving.name}.json": json.dumps(document, indent=1, sort_keys=True)
+        },
+    }
