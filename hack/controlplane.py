@@ -71,7 +71,7 @@ def openssl(*args: str) -> None:
 
 def make_pki() -> None:
     """A CA, the API server's serving certificate, client certificates and the service-account key pair."""
-    if (PKI / "sa.pub").exists():
+    if (PKI / "front-proxy-client.crt").exists():
         return
     PKI.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=tollway-local-ca",
@@ -81,6 +81,8 @@ def make_pki() -> None:
                       "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1"),
         "admin": ("/O=system:masters/CN=tollway-admin", None),
         "controller-manager": ("/CN=system:kube-controller-manager", None),
+        # The identity kube-apiserver proxies to aggregated APIs with (prometheus-adapter's external metrics).
+        "front-proxy-client": ("/CN=front-proxy-client", None),
     }  # fmt: skip
     for name, (subject, extension) in certificates.items():
         key, csr, crt = (str(PKI / f"{name}.{suffix}") for suffix in ("key", "csr", "crt"))
@@ -228,6 +230,15 @@ def up() -> None:
         "--service-cluster-ip-range", "10.96.0.0/16",
         "--allow-privileged=true",
         "--enable-priority-and-fairness=false",
+        # API aggregation, for prometheus-adapter: requests are proxied to the endpoints of its Service.
+        "--requestheader-client-ca-file", str(PKI / "ca.crt"),
+        "--requestheader-allowed-names", "front-proxy-client",
+        "--requestheader-username-headers", "X-Remote-User",
+        "--requestheader-group-headers", "X-Remote-Group",
+        "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+        "--proxy-client-cert-file", str(PKI / "front-proxy-client.crt"),
+        "--proxy-client-key-file", str(PKI / "front-proxy-client.key"),
+        "--enable-aggregator-routing=true",
     ], ports=(APISERVER_PORT,))  # fmt: skip
     context = admin_context()
     wait_until("kube-apiserver", lambda: https_ready(f"{SERVER}/readyz", context))

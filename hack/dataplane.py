@@ -6,6 +6,7 @@ use it; every start waits until the process answers and fails loudly, with its l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -108,16 +109,6 @@ def redis(workdir: Path, port: int) -> Process:
     return start("redis", command, workdir / f"redis-{port}.log", answers_tcp(port))
 
 
-def ratelimit_binary() -> Path:
-    """The pinned envoyproxy/ratelimit service, built from the Go module proxy once and cached."""
-    built = subprocess.run(
-        [str(ROOT / "hack" / "build-tools.sh"), "ratelimit"], capture_output=True, text=True, check=False
-    )
-    if built.returncode != 0:
-        raise AssertionError(f"hack/build-tools.sh ratelimit failed:\n{built.stderr[-4000:]}")
-    return Path(built.stdout.strip()) / "ratelimit"
-
-
 @dataclass(frozen=True)
 class RateLimitPorts:
     grpc: int
@@ -149,7 +140,7 @@ def ratelimit(workdir: Path, config_root: Path, redis_port: int, ports: RateLimi
     }
     return start(
         "ratelimit",
-        [str(ratelimit_binary())],
+        [str(tool_binary("ratelimit", "ratelimit"))],
         workdir / f"ratelimit-{ports.grpc}.log",
         answers_http(f"http://127.0.0.1:{ports.http}/healthcheck"),
         env=env,
@@ -188,3 +179,66 @@ def gateway_config(sources: list[Path], out: Path, *extra: str) -> None:
     done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise AssertionError(f"tollway gateway-config failed:\n{done.stderr}")
+
+
+def tool_binary(tool: str, binary: str) -> Path:
+    """A Go tool built by hack/build-tools.sh (pinned, cached); AssertionError with its output on failure."""
+    built = subprocess.run(
+        [str(ROOT / "hack" / "build-tools.sh"), tool], capture_output=True, text=True, check=False
+    )
+    if built.returncode != 0:
+        raise AssertionError(f"hack/build-tools.sh {tool} failed:\n{built.stderr[-4000:]}")
+    return Path(built.stdout.strip()) / binary
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    job: str
+    address: str
+    labels: dict[str, str]
+
+
+def prometheus(workdir: Path, port: int, targets: list[ScrapeTarget], rule_files: list[Path]) -> Process:
+    """Debian's Prometheus scraping `targets` every second and evaluating `rule_files` every second."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": target.job,
+                "static_configs": [{"targets": [target.address], "labels": target.labels}],
+            }
+            for target in targets
+        ],
+    }
+    directory = workdir / f"prometheus-{port}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "prometheus.yml").write_text(json.dumps(config))
+    command = [
+        shutil.which("prometheus") or "/usr/bin/prometheus",
+        f"--config.file={directory / 'prometheus.yml'}",
+        f"--storage.tsdb.path={directory / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    ready = answers_http(f"http://127.0.0.1:{port}/-/ready")
+    return start("prometheus", command, directory / "prometheus.log", ready)
+
+
+def prometheus_adapter(
+    workdir: Path, port: int, kubeconfig: Path, prometheus_url: str, rules: Path
+) -> Process:
+    """prometheus-adapter serving the external metrics API on 0.0.0.0:`port` (self-signed), for the HPA."""
+    command = [
+        str(tool_binary("prometheus-adapter", "prometheus-adapter")),
+        f"--secure-port={port}",
+        f"--cert-dir={workdir / 'adapter-certs'}",
+        f"--lister-kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--prometheus-url={prometheus_url}",
+        "--metrics-relist-interval=2s",
+        f"--config={rules}",
+        "--v=1",
+    ]
+    return start("prometheus-adapter", command, workdir / "prometheus-adapter.log", answers_tcp(port))

@@ -12,6 +12,7 @@ from tollway import documents
 from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
+from tollway.render.autoscaling import adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
@@ -123,6 +124,12 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def adapter_config(_: argparse.Namespace) -> int:
+    """prometheus-adapter's rules for the metrics Tollway's HPAs read (its --config file)."""
+    sys.stdout.write(documents.dump(adapter_rules()))
+    return 0
+
+
 def _replace(path: Path, text: str) -> None:
     """Write by rename, so a watching Envoy or ratelimit service never reads half a file."""
     partial = path.with_name(f".{path.name}.tmp")
@@ -144,6 +151,7 @@ def run(arguments: argparse.Namespace) -> int:
         peering=arguments.peering,
         triton_address=arguments.triton_address,
         storage_initializer_image=arguments.storage_initializer_image,
+        prometheus_url=arguments.prometheus_url or None,
         gateway=GatewayOptions(
             envoy_replicas=arguments.gateway_replicas,
             redis_address=arguments.redis_address or None,
@@ -180,6 +188,11 @@ def parser() -> argparse.ArgumentParser:
         "--storage-initializer-image",
         default=Settings.storage_initializer_image,
         help="image that downloads s3://, gs:// and as:// model directories",
+    )
+    command.add_argument(
+        "--prometheus-url",
+        default="",
+        help="Prometheus for status.metrics and KEDA triggers; empty reads none",
     )
     command.add_argument(
         "--gateway-replicas",
@@ -229,6 +242,11 @@ def parser() -> argparse.ArgumentParser:
         "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
     )
     command.set_defaults(handler=gateway_config)
+
+    command = commands.add_parser(
+        "adapter-config", help="print prometheus-adapter's rules for the metrics Tollway's HPAs read"
+    )
+    command.set_defaults(handler=adapter_config)
 
     command = commands.add_parser("crds", help="print the CustomResourceDefinitions, or write them to --out")
     command.add_argument("--out", help="folder to write one file per CRD into")

@@ -21,7 +21,11 @@ def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """YAML for people: multi-line strings (config.pbtxt, scripts) as literal blocks, keys in their order."""
+    """YAML for people: multi-line strings (config.pbtxt, scripts) as literal blocks, keys in their order,
+    and no anchors (a value used twice is written twice)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

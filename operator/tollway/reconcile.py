@@ -11,18 +11,20 @@ from typing import Any
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import GatewayState, ServingState
-from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named
+from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named, served
 from tollway.k8s.events import record_event
 from tollway.k8s.resources import list_resources, list_secrets, read_resource
 from tollway.k8s.serving import deployment_state, pod_problems
 from tollway.k8s.status import apply_status
+from tollway.observe.prometheus import model_metrics
 from tollway.observe.triton import model_state
+from tollway.render.monitoring import MONITORING_API
 from tollway.render.triton import names
 from tollway.settings import Settings
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed, changed_conditions, event_type, settle
 from tollway.translate.gateway import GATEWAY_NAME, TierReport
-from tollway.translate.serving import tier_priority
+from tollway.translate.serving import PROMETHEUS_URL, tier_priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -217,8 +219,19 @@ def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -
             address, resource.model_name, [entry.version for entry in resource.spec.versions]
         )
     problems = pod_problems(namespace, resource.metadata.name)
-    serving = ServingState(deployment=deployment, pod_problems=problems, triton=triton)
-    return Context(priorities, settings.storage_initializer_image, serving)
+    metrics = (
+        model_metrics(settings.prometheus_url, namespace, resource.model_name)
+        if settings.prometheus_url
+        else None
+    )
+    serving = ServingState(deployment=deployment, pod_problems=problems, triton=triton, metrics=metrics)
+    return Context(
+        tier_priorities=priorities,
+        storage_initializer_image=settings.storage_initializer_image,
+        prometheus_url=settings.prometheus_url or PROMETHEUS_URL,
+        monitoring=all(served(MONITORING_API, kind) for kind in ("ServiceMonitor", "PrometheusRule")),
+        serving=serving,
+    )
 
 
 def _write_status(

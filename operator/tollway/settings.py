@@ -21,5 +21,8 @@ class Settings:
     """Where the operator reaches a model's Triton HTTP port; {service} and {namespace} are filled in."""
     storage_initializer_image: str = STORAGE_INITIALIZER
     """Image of the init container that downloads s3://, gs:// and as:// model directories."""
+    prometheus_url: str | None = None
+    """Prometheus to read live figures from (status.metrics) and for KEDA's triggers; None reads none
+    (KEDA then queries prometheus-operator's usual in-cluster Service)."""
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     """How each namespace's gateway runs: Envoy replicas, Redis address, images, TLS for mTLS tiers."""

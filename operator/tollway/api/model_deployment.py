@@ -336,6 +336,8 @@ class LiveMetrics(TollwayModel):
     queue_depth: float | None = None
     requests_per_second: float | None = None
     error_rate: float | None = None
+    estimated_wait_seconds: float | None = None
+    """Queue depth over the rate Triton completes requests: how long a new request waits before it runs."""
     observed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class TritonState:
 
 
 @dataclass(frozen=True)
+class MetricsState:
+    """What Prometheus answered for a model: figures by status field name, or why it could not."""
+
+    reachable: bool
+    error: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GatewayState:
     """The namespace's gateway as the cluster shows it: its Envoy Deployment, if there is one yet."""
 
@@ -54,3 +63,5 @@ class ServingState:
     deployment: DeploymentState | None = None
     pod_problems: tuple[PodProblem, ...] = ()
     triton: TritonState | None = None
+    metrics: MetricsState | None = None
+    """None when the operator has no Prometheus to ask."""

@@ -20,7 +20,7 @@ from tollway.render import triton
 from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
 from tollway.translate.gateway import GATEWAY_NAME, GatewayOptions, GatewayPlan, TierReport, gateway
-from tollway.translate.serving import STORAGE_INITIALIZER, tier_priority
+from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, tier_priority
 
 DEFAULT_OPTIONS = GatewayOptions()
 
@@ -34,6 +34,10 @@ class Context:
     tier_priorities: tuple[int, ...] = ()
     """The priorities of the ApiTiers in the resource's namespace (Triton's priority levels)."""
     storage_initializer_image: str = STORAGE_INITIALIZER
+    prometheus_url: str = PROMETHEUS_URL
+    """Where KEDA's triggers query Prometheus."""
+    monitoring: bool = True
+    """Whether the cluster serves prometheus-operator's ServiceMonitor and PrometheusRule."""
     serving: ServingState = field(default_factory=ServingState)
     """What the cluster and Triton show now, for status."""
     tier: TierReport = field(default_factory=TierReport)
@@ -74,9 +78,14 @@ def translate(
         return Result(status=_wire(kind, status), problems=invalid.problems)
     if isinstance(resource, ModelDeployment):
         children = model_deployment.manifests(
-            resource, context.tier_priorities, context.storage_initializer_image
+            resource,
+            context.tier_priorities,
+            context.storage_initializer_image,
+            context.prometheus_url,
+            context.monitoring,
         )
-        status = model_deployment.status(resource, context.serving, now, make)
+        previous = (document.get("status") or {}).get("metrics")
+        status = model_deployment.status(resource, context.serving, now, make, previous)
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
         stale = tuple(kind for kind in triton.CHILD_KINDS if kind not in rendered)
         return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tollway.api import Condition, ModelDeployment
 from tollway.api.model_deployment import Endpoint, VersionStatus
-from tollway.ir.observed import ServingState, TritonState
+from tollway.ir.observed import MetricsState, ServingState, TritonState
 from tollway.render import triton
 from tollway.translate.serving import serving
 
@@ -22,9 +22,13 @@ TRITON_STATES = {
 
 
 def manifests(
-    resource: ModelDeployment, tier_priorities: tuple[int, ...], storage_initializer: str
+    resource: ModelDeployment,
+    tier_priorities: tuple[int, ...],
+    storage_initializer: str,
+    prometheus_url: str,
+    monitoring: bool,
 ) -> list[dict[str, Any]]:
-    return triton.render(serving(resource, tier_priorities, storage_initializer))
+    return triton.render(serving(resource, tier_priorities, storage_initializer, prometheus_url, monitoring))
 
 
 def latest_version(resource: ModelDeployment) -> str:
@@ -148,14 +152,40 @@ def _degraded(observed: ServingState, versions: list[VersionStatus], make: Make)
     return make("Degraded", "False", "AsExpected")
 
 
-def status(resource: ModelDeployment, observed: ServingState, now: datetime, make: Make) -> dict[str, Any]:
+def live_metrics(
+    observed: MetricsState | None, previous: dict[str, Any] | None, now: datetime, make: Make
+) -> tuple[dict[str, Any] | None, list[Condition]]:
+    """status.metrics and the MetricsAvailable condition; nothing when no Prometheus is configured.
+
+    When Prometheus cannot be asked the last figures stay, with the `observedAt` of when they were read.
+    """
+    if observed is None:
+        return previous, []
+    if not observed.reachable:
+        reason = f"cannot read metrics from Prometheus: {observed.error}"
+        return previous, [make("MetricsAvailable", "False", "PrometheusUnreachable", reason)]
+    figures = {**observed.values, "observed_at": now.isoformat().replace("+00:00", "Z")}
+    return figures, [make("MetricsAvailable", "True", "Current", "figures read from Prometheus")]
+
+
+def status(
+    resource: ModelDeployment,
+    observed: ServingState,
+    now: datetime,
+    make: Make,
+    previous_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     versions = version_statuses(resource, observed.triton, now)
     deployment = observed.deployment
-    return {
+    metrics, metrics_condition = live_metrics(observed.metrics, previous_metrics, now, make)
+    found = {
         "observed_generation": resource.metadata.generation,
-        "conditions": conditions(observed, versions, make),
+        "conditions": conditions(observed, versions, make) + metrics_condition,
         "replicas": deployment.replicas if deployment else 0,
         "ready_replicas": deployment.ready_replicas if deployment else 0,
         "endpoints": endpoints(resource),
         "versions": versions,
     }
+    if metrics is not None:
+        found["metrics"] = metrics
+    return found

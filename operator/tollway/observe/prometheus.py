@@ -1,0 +1,42 @@
+"""Reading a model's live figures from Prometheus (prometheus-api-client), from Tollway's recording rules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from tollway.ir.observed import MetricsState
+from tollway.render.monitoring import selector
+
+TIMEOUT_SECONDS = 3
+
+#: Status field → the query that gives it (one number per model; versions folded in).
+QUERIES = {
+    "p50_ms": "max(tollway:request_latency_ms:p50{{{s}}})",
+    "p95_ms": "max(tollway:request_latency_ms:p95{{{s}}})",
+    "p99_ms": "max(tollway:request_latency_ms:p99{{{s}}})",
+    "queue_depth": "sum(tollway:queue_depth{{{s}}})",
+    "requests_per_second": "sum(tollway:requests:rate1m{{{s}}})",
+    "error_rate": "max(tollway:error_ratio:rate5m{{{s}}})",
+    "estimated_wait_seconds": "max(tollway:estimated_wait_seconds{{{s}}})",
+}
+
+
+def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
+    """The model's figures now; unreachable (with the error) instead of an exception. A figure Prometheus
+    has no series for yet (no traffic) is left out."""
+    try:
+        client = PrometheusConnect(url, disable_ssl=True, timeout=TIMEOUT_SECONDS, retry=Retry(total=0))
+        values: dict[str, float] = {}
+        for field, query in QUERIES.items():
+            result: Any = client.custom_query(query.format(s=selector(namespace, model)))
+            if result:
+                value = float(result[0]["value"][1])
+                if not math.isnan(value):  # NaN (0/0 before any request) is no figure
+                    values[field] = round(value, 3)
+    except Exception as error:
+        return MetricsState(reachable=False, error=f"{type(error).__name__}: {str(error)[:200]}")
+    return MetricsState(reachable=True, values=values)
