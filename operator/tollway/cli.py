@@ -16,7 +16,7 @@ from tollway.render.autoscaling import adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
-from tollway.translate.gateway import GatewayOptions
+from tollway.translate.gateway import TRITON_GRPC, GatewayOptions
 
 
 def crds(arguments: argparse.Namespace) -> int:
@@ -90,7 +90,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         model, _, address = upstream.partition("=")
         host, _, ports = address.partition(":")
         http, _, grpc = ports.partition(":")
-        upstreams[model] = (host, int(http), int(grpc or 0))
+        upstreams[model] = (host, int(http), int(grpc or TRITON_GRPC))
     options = GatewayOptions(
         envoy_replicas=arguments.replicas,
         ratelimit_address=arguments.ratelimit,
@@ -98,6 +98,9 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         jwks_ca_file=arguments.jwks_ca,
         tls=(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert else None,
         config_dir=str(out / "envoy"),
+        listen_port=arguments.port,
+        admin_port=arguments.admin_port,
+        mtls_port=arguments.tls_port,
     )
     ours = [document for document in loaded if _namespace(document) == namespace]
     resources = [document for document in ours if document.get("kind") in KINDS]
@@ -109,8 +112,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     if result.plan.gateway is None:
         print(f"no valid ApiTier in namespace {namespace}: no gateway", file=sys.stderr)
         return 1
-    ports = {"port": arguments.port, "admin_port": arguments.admin_port, "tls_port": arguments.tls_port}
-    files = gateway_files(result.plan.gateway, datetime.now(UTC), **ports)
+    files = gateway_files(result.plan.gateway, datetime.now(UTC))
     (out / "envoy").mkdir(parents=True, exist_ok=True)
     (out / "ratelimit" / "config").mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -234,7 +236,12 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--ratelimit", default="127.0.0.1:8081", help="the ratelimit service's gRPC address")
     command.add_argument("--port", type=int, default=8080, help="Envoy's listener port")
     command.add_argument("--admin-port", type=int, default=9901)
-    command.add_argument("--tls-port", type=int, default=8443, help="the mTLS listener's port")
+    command.add_argument(
+        "--tls-port",
+        type=int,
+        default=GatewayOptions.mtls_port,
+        help="the first mTLS tier's port (one per tier)",
+    )
     command.add_argument("--tls-cert", help="server certificate file for the mTLS listener")
     command.add_argument("--tls-key", help="its private key file")
     command.add_argument("--jwks-ca", default=GatewayOptions.jwks_ca_file, help="CA bundle for JWKS servers")

@@ -110,6 +110,7 @@ class Certificates:
     server_cert: Path
     server_key: Path
     partner_ca_pem: str
+    gold_ca_pem: str
     clients: dict[str, tuple[Path, Path]]
     jwt_key: rsa.RSAPrivateKey
 
@@ -187,17 +188,24 @@ def _write(
 
 def certificates(directory: Path) -> Certificates:
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key, partner_key = _key(), _key()
+    ca_key, partner_key, gold_key = _key(), _key(), _key()
     ca = _certificate("tollway test CA", ca_key, None, [])
     partner = _certificate("partner CA", partner_key, None, [])
+    gold = _certificate("gold CA", gold_key, None, [])
     ca_path, _ = _write(directory, "ca", ca, ca_key)
     server_key = _key()
     server = _certificate("localhost", server_key, (ca, ca_key), [x509.DNSName("localhost")])
     server_cert, server_key_path = _write(directory, "server", server, server_key)
     clients = {}
-    for name, uri in (("acme", "spiffe://partners.test/acme"), ("stranger", "spiffe://elsewhere.test/x")):
+    issued = (
+        ("acme", "spiffe://partners.test/acme", (partner, partner_key)),
+        ("stranger", "spiffe://elsewhere.test/x", (partner, partner_key)),
+        # Gold's CA issuing a name that partners' SAN pattern allows: it must not get in as a partner.
+        ("impostor", "spiffe://partners.test/impostor", (gold, gold_key)),
+    )
+    for name, uri, issuer in issued:
         client_key = _key()
-        client = _certificate(name, client_key, (partner, partner_key), [x509.UniformResourceIdentifier(uri)])
+        client = _certificate(name, client_key, issuer, [x509.UniformResourceIdentifier(uri)])
         clients[name] = _write(directory, f"client-{name}", client, client_key)
     return Certificates(
         directory=directory,
@@ -205,6 +213,7 @@ def certificates(directory: Path) -> Certificates:
         server_cert=server_cert,
         server_key=server_key_path,
         partner_ca_pem=partner.public_bytes(serialization.Encoding.PEM).decode(),
+        gold_ca_pem=gold.public_bytes(serialization.Encoding.PEM).decode(),
         clients=clients,
         jwt_key=_key(),
     )
@@ -269,6 +278,7 @@ class Bed:
     ports: list[int]
     admin_ports: list[int]
     tls_ports: list[int]
+    """The first mTLS tier's port, per replica (the next tiers, in name order, follow it)."""
     upstreams: list[str]
     ratelimit_ports: dataplane.RateLimitPorts
     redis_port: int
@@ -322,14 +332,18 @@ class Bed:
         replica: int = 0,
         headers: Mapping[str, str] | None = None,
         context: ssl.SSLContext | None = None,
+        mtls_tier: int = 0,
+        raw: bytes | None = None,
     ) -> Reply:
         sent = dict(headers or {})
         if key is not None:
             sent["authorization"] = f"Bearer {key}"
-        data = None if body is None else json.dumps(body).encode()
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         if data is not None:
             sent["content-type"] = "application/json"
-        scheme, port = ("https", self.tls_ports[replica]) if context else ("http", self.ports[replica])
+        scheme, port = (
+            ("https", self.tls_ports[replica] + mtls_tier) if context else ("http", self.ports[replica])
+        )
         request = urllib.request.Request(f"{scheme}://localhost:{port}{path}", data=data, headers=sent)
         try:
             with urllib.request.urlopen(request, timeout=60, context=context) as response:
@@ -383,7 +397,7 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
             certs=certs,
             ports=ports,
             admin_ports=[dataplane.free_port() for _ in ports],
-            tls_ports=[dataplane.free_port() for _ in ports],
+            tls_ports=[dataplane.free_ports(2) for _ in ports],
             upstreams=[
                 f"echo={triton_host}:{triton_port}:{grpc_port}",
                 f"recorder=127.0.0.1:{recorder_port}",

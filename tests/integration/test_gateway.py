@@ -40,7 +40,7 @@ from gateway_bed import (
 
 KEYS = {
     name: f"tw-test-{name}-key"
-    for name in (
+    for name in [
         "alice",
         "bob",
         "tina",
@@ -52,7 +52,8 @@ KEYS = {
         "gina-old",
         "gina-new",
         "olga",
-    )
+        "bigbody",
+    ]
 }
 
 
@@ -81,8 +82,16 @@ def manifests(
             },
         ),
         tier("bulk", 5, {}, ["echo"]),
+        tier("big", 5, {"tokensPerMinute": 10_000_000}, ["echo"]),
         tier("closed", 3, {"requestsPerMinute": 1000, "failOpen": False}, ["echo"]),
         tier("capped", 3, {"concurrentRequests": 2}, ["echo"]),
+        tier(
+            "gold",
+            1,
+            {},
+            ["echo"],
+            auth={"mtls": {"caSecretRef": {"name": "gold-ca"}}},
+        ),
         tier(
             "partners",
             2,
@@ -103,6 +112,7 @@ def manifests(
         secret("carol", "pro", KEYS["carol"]),
         secret("bulk", "bulk", KEYS["bulk"]),
         secret("dave", "closed", KEYS["dave"]),
+        secret("bigbody", "big", KEYS["bigbody"]),
         secret("erin", "capped", KEYS["erin"]),
         secret(
             "gina-old",
@@ -112,12 +122,18 @@ def manifests(
             annotations={"tollway.dev/expires-at": gina_old_expires},
         ),
         secret("gina-new", "pro", KEYS["gina-new"], labels={"tollway.dev/consumer": "gina"}),
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "partner-ca", "namespace": NAMESPACE},
-            "stringData": {"ca.crt": test_bed.certs.partner_ca_pem},
-        },
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "stringData": {"ca.crt": pem},
+            }
+            for name, pem in (
+                ("partner-ca", test_bed.certs.partner_ca_pem),
+                ("gold-ca", test_bed.certs.gold_ca_pem),
+            )
+        ),
     ]
 
 
@@ -265,17 +281,36 @@ def test_the_key_never_reaches_the_model_and_the_tier_priority_does(gateway: Bed
     assert gateway.recorded[-1][2] == b'{"parameters":{"priority":1},"inputs": []}'
 
 
+def reloaded(gateway: Bed, free_rpm: int) -> None:
+    """Wait until replica 0 serves the configuration with this free-tier limit (alice's headers show it)."""
+    deadline = time.monotonic() + 15
+    while infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).headers.get("x-ratelimit-limit") != str(
+        free_rpm
+    ):
+        assert time.monotonic() < deadline, "Envoy did not reload its configuration"
+        time.sleep(0.2)
+
+
+def restore(gateway: Bed) -> None:
+    """Back to the module's configuration, on both replicas, before the next test."""
+    gateway.configure(manifests(gateway))
+    reloaded(gateway, free_rpm=5)
+    time.sleep(0.5)  # replica 1 reads the same files within a moment
+
+
 def test_an_expired_key_stops_working_and_its_successor_works(gateway: Bed) -> None:
-    expires = time.gmtime(time.time() + 4)
-    gateway.configure(manifests(gateway, gina_old_expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", expires)))
-    time.sleep(1)  # the reload
+    expires = time.gmtime(time.time() + 6)
+    gateway.configure(
+        manifests(gateway, gina_old_expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", expires), free_rpm=9)
+    )
+    reloaded(gateway, free_rpm=9)
     assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"]).status == 200
     assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-new"]).status == 200
     time.sleep(max(0.0, time.mktime(expires) - time.mktime(time.gmtime()) + 1))
     expired = infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"])
     assert expired.status == 401 and expired.json()["error"]["message"] == "API key expired"
     assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-new"]).status == 200
-    gateway.configure(manifests(gateway))
+    restore(gateway)
 
 
 def test_jwt_with_the_required_scope_authenticates_the_claimed_consumer(gateway: Bed) -> None:
@@ -300,13 +335,31 @@ def _client_context(gateway: Bed, client: str) -> ssl.SSLContext:
     return context
 
 
+GOLD, PARTNERS = 0, 1  # mTLS tiers get ports in name order
+
+
 def test_mtls_admits_an_allowed_san_and_refuses_another(gateway: Bed) -> None:
-    reply = gateway.call("/v1/models/echo/infer", body=infer_body(), context=_client_context(gateway, "acme"))
+    acme = _client_context(gateway, "acme")
+    reply = gateway.call("/v1/models/echo/infer", body=infer_body(), context=acme, mtls_tier=PARTNERS)
     assert reply.status == 200, reply.body
-    refused = gateway.call(
-        "/v1/models/echo/infer", body=infer_body(), context=_client_context(gateway, "stranger")
-    )
+    stranger = _client_context(gateway, "stranger")
+    refused = gateway.call("/v1/models/echo/infer", body=infer_body(), context=stranger, mtls_tier=PARTNERS)
     assert refused.status == 401
+    assert refused.json()["error"]["message"] == "client certificate not allowed for tier partners"
+
+
+def test_a_tier_trusts_only_its_own_ca(gateway: Bed) -> None:
+    impostor = _client_context(gateway, "impostor")  # gold's CA, a SAN partners would allow
+    assert (
+        gateway.call("/v1/models/echo/infer", body=infer_body(), context=impostor, mtls_tier=GOLD).status
+        == 200
+    )
+    # The handshake fails: partners' listener does not know gold's CA.
+    with pytest.raises(OSError):
+        gateway.call("/v1/models/echo/infer", body=infer_body(), context=impostor, mtls_tier=PARTNERS)
+    acme = _client_context(gateway, "acme")
+    with pytest.raises(OSError):
+        gateway.call("/v1/models/echo/infer", body=infer_body(), context=acme, mtls_tier=GOLD)
 
 
 # Limits
@@ -356,6 +409,46 @@ def test_token_headers_count_reservations_and_what_the_model_used(gateway: Bed) 
 def _sent_bytes(values: int = 4, **parameters: Any) -> bytes:
     """The body as the client sends it (what the gateway's prompt estimate reads)."""
     return json.dumps(infer_body(values, **parameters)).encode()
+
+
+def test_a_reservation_the_limit_could_never_hold_is_refused(gateway: Bed) -> None:
+    reply = infer(gateway, "/v1/models/echo/infer", KEYS["tina"], max_tokens=100_000)
+    assert reply.status == 429
+    assert reply.json()["error"]["message"].endswith("more than the tier's limit of 600")
+
+
+@pytest.mark.parametrize("max_tokens", ['"4000"', "4e3", "4000.5", "-1"])
+def test_max_tokens_the_gateway_cannot_read_exactly_is_refused(gateway: Bed, max_tokens: str) -> None:
+    raw = b'{"inputs": [], "parameters": {"max_tokens": %s}}' % max_tokens.encode()
+    reply = gateway.call("/v1/models/echo/infer", key=KEYS["tina"], raw=raw)
+    assert reply.status == 400
+    assert reply.json()["error"]["message"] == "parameters.max_tokens must be a whole number"
+    escaped = b'{"inputs": [], "parameters": {"max_tok\\u0065ns": 4000}}'
+    assert gateway.call("/v1/models/echo/infer", key=KEYS["tina"], raw=escaped).status == 400
+
+
+def test_duplicate_max_tokens_reserve_the_largest(gateway: Bed) -> None:
+    fresh_window()
+    text = json.dumps(infer_body(values=4))[:-1] + ', "parameters": {"max_tokens": 1, "max_tokens": 50}}'
+    reply = gateway.call("/v1/models/echo/infer", key=KEYS["olga"], raw=text.encode())
+    assert reply.status == 200, reply.body
+    assert int(reply.headers["x-ratelimit-remaining-tokens"]) == 600 - (math.ceil(len(text) / 4) + 50)
+
+
+def test_compressed_bodies_are_refused_and_replies_come_plain(gateway: Bed) -> None:
+    gzipped = gateway.call(
+        "/v1/models/echo/infer", key=KEYS["carol"], raw=b"\x1f\x8b", headers={"content-encoding": "gzip"}
+    )
+    assert gzipped.status == 415
+    gateway.recorded.clear()
+    gateway.call("/v1/models/recorder/infer", key=KEYS["carol"], body={}, headers={"accept-encoding": "gzip"})
+    assert "accept-encoding" not in gateway.recorded[-1][1]
+
+
+def test_large_bodies_pass_both_ways_and_are_metered(gateway: Bed) -> None:
+    reply = infer(gateway, "/v1/models/echo/infer", KEYS["bigbody"], values=300_000, max_tokens=1)
+    assert reply.status == 200, reply.body[:200]
+    assert len(reply.body) > 1_000_000 and usage(reply) == {"prompt_tokens": 300_000, "completion_tokens": 1}
 
 
 def test_token_limit_does_not_overshoot_under_64_concurrent_clients(gateway: Bed) -> None:
@@ -450,14 +543,7 @@ def test_a_tier_edit_takes_effect_live_without_a_restart_or_a_failed_request(gat
     try:
         time.sleep(1)
         gateway.configure(manifests(gateway, free_rpm=77))
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if (
-                infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).headers.get("x-ratelimit-limit")
-                == "77"
-            ):
-                break
-            time.sleep(0.2)
+        reloaded(gateway, free_rpm=77)
         time.sleep(1)
     finally:
         stop.set()
@@ -470,7 +556,7 @@ def test_a_tier_edit_takes_effect_live_without_a_restart_or_a_failed_request(gat
     assert [envoy.popen.pid for envoy in gateway.envoys] == pids and all(
         envoy.popen.poll() is None for envoy in gateway.envoys
     )
-    gateway.configure(manifests(gateway))
+    restore(gateway)
 
 
 @pytest.mark.parametrize("component", ["redis", "ratelimit"])

@@ -21,7 +21,7 @@ from tollway.ir.gateway import Quota
 from tollway.ir.observed import GatewayState
 from tollway.render.envoy import effective_quota, lua_literal
 from tollway.render.ratelimit import ratelimit_config
-from tollway.translate import Context, translate
+from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.gateway import TierReport, gateway, selects
 
 from builders import api_tier, available_deployment, model_deployment
@@ -166,9 +166,10 @@ def test_overrides_get_counters_of_their_own() -> None:
 
 
 def test_lua_literals_escape_everything_a_key_may_hold() -> None:
+    assert lua_literal("\t1") == '"\\0091"'  # a digit after an escape stays a digit
     assert (
         lua_literal({'a"b': [1, True, None, "x\\y\n\u00e9"]})
-        == '{["a\\34b"] = {1, true, nil, "x\\92y\\10\\195\\169"}}'
+        == '{["a\\034b"] = {1, true, nil, "x\\092y\\010\\195\\169"}}'
     )
 
 
@@ -213,8 +214,9 @@ def test_a_tier_is_ready_when_an_envoy_replica_serves_its_rules() -> None:
     live = _tier_status(TierReport(consumers=3), GatewayState(envoy=envoy, applied=True))
     assert live["Ready"] == (
         "True",
-        "Live",
-        "rules are live in gateway tollway-gateway (2 Envoy replicas available)",
+        "Applied",
+        "rules are in the configuration of gateway tollway-gateway (2 Envoy replicas available; each reloads "
+        "it when the kubelet updates the mounted Secret, within a minute)",
     )
     assert live["Degraded"] == ("False", "AsExpected", "")
     assert live["consumers"] == 3
@@ -240,3 +242,30 @@ def test_a_tier_names_what_degrades_it() -> None:
         "CredentialProblem",
         'Secret "a": no data key "api-key"; it grants nothing',
     )
+
+
+def test_a_bad_jwks_uri_or_a_missing_server_certificate_is_the_tiers_problem_only() -> None:
+    jwt = {"issuer": "https://idp/", "jwksUri": "https://idp:abc/keys"}
+    tiers = [
+        api_tier("pro", **{"spec.auth.jwt": jwt}),
+        api_tier("partners", **{"spec.auth": {"mtls": {"caSecretRef": {"name": "ca"}}}}),
+    ]
+    ca = {"kind": "Secret", "metadata": {"name": "ca"}, "data": {"ca.crt": base64.b64encode(b"PEM").decode()}}
+    result = plan(tiers, [ca])
+    assert result.reports["pro"].problems == (
+        "spec.auth.jwt.jwksUri: 'https://idp:abc/keys' names no host and port to fetch keys from; "
+        "no token is accepted for this tier",
+    )
+    assert (
+        result.reports["partners"]
+        .problems[0]
+        .startswith("spec.auth.mtls: the gateway has no server certificate")
+    )
+    assert all(tier.jwt is None and tier.mtls_port is None for tier in result.gateway.tiers)
+
+
+def test_only_invalid_tiers_leave_the_running_gateway_alone() -> None:
+    broken = api_tier("pro", **{"spec.models": []})
+    result = translate_gateway("ai", [broken], [], NOW)
+    assert result.plan.gateway is None and result.manifests == () and result.stale == ()
+    assert translate_gateway("ai", [], [], NOW).stale  # no tier at all: everything goes

@@ -190,7 +190,9 @@ class ApiTierStatus(TollwayModel):
     observed_generation: int = 0
     conditions: Conditions = Field(default_factory=list)
     consumers: int = 0
-    """Consumers that can authenticate to this tier now."""
+    """Consumers with a live API key for this tier (JWT and mTLS consumers are not known in advance)."""
+    mtls_port: int | None = None
+    """The gateway port of this tier's mTLS clients (one listener per mTLS tier, trusting only its CA)."""
 
 
 class ApiTier(Resource):

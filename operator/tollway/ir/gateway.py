@@ -40,7 +40,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Quota:
-    """Limits per consumer; None is unlimited."""
+    """Limits per consumer, except `concurrent` (per tier and model); None is unlimited."""
 
     rpm: int | None = None
     rpd: int | None = None
@@ -79,6 +79,8 @@ class Tier:
     retry_after: bool = True
     jwt: Jwt | None = None
     mtls: Mtls | None = None
+    mtls_port: int | None = None
+    """The listener of this tier's mTLS clients: one per tier, trusting only the tier's CA."""
 
 
 @dataclass(frozen=True)
@@ -118,4 +120,7 @@ class Gateway:
     tls_secret: str | None = None
     """In a cluster: the Secret (tls.crt, tls.key) mounted where `tls` points."""
     config_dir: str = "/etc/tollway/envoy"
+    listen_port: int = 8080
+    admin_port: int = 9901
+    """Envoy's admin interface, on 127.0.0.1 only."""
     images: Images = field(default_factory=Images)

@@ -15,7 +15,8 @@ from typing import Any
 
 from tollway.ir.gateway import LIMIT_KINDS, Gateway, Model, Quota, Tier, Version
 
-LISTENER_PORT, TLS_PORT, ADMIN_PORT = 8080, 8443, 9901
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Per connection: the gateway buffers whole infer requests and responses (to meter and rewrite them)."""
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
 RATELIMIT_CLUSTER = "ratelimit"
@@ -48,7 +49,7 @@ def lua_literal(value: Any) -> str:
         escaped = "".join(
             char
             if 32 <= ord(char) < 127 and char not in '"\\'
-            else "".join(f"\\{byte}" for byte in char.encode())
+            else "".join(f"\\{byte:03d}" for byte in char.encode())  # 3 digits: a digit may follow
             for char in value
         )
         return f'"{escaped}"'
@@ -84,25 +85,37 @@ def _dates(version: Version) -> dict[str, Any]:
     return {key: value for key, value in dates.items() if value is not None}
 
 
-def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]:
-    """For requests of `tier` to `model`: the counter scope of each limit that applies ('pro' shared by the
-    tier's models, 'pro/chat' for a per-model override), and the concurrency cap."""
+def limits_for(tier: Tier, model: str) -> dict[str, tuple[str, int]]:
+    """For requests of `tier` to `model`: each limit that applies, with the scope of its counter ('pro':
+    shared by the tier's models; 'pro/chat': a per-model override) and its value."""
     override = dict(tier.overrides).get(model, Quota())
-    scopes = {}
+    found = {}
     for limit in LIMIT_KINDS:
         if getattr(override, limit) is not None:
-            scopes[limit] = f"{tier.name}/{model}"
+            found[limit] = (f"{tier.name}/{model}", getattr(override, limit))
         elif getattr(tier.quota, limit) is not None:
-            scopes[limit] = tier.name
+            found[limit] = (tier.name, getattr(tier.quota, limit))
+    return found
+
+
+def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]:
+    """The counter scope of each limit that applies (see `limits_for`), and the concurrency cap."""
+    override = dict(tier.overrides).get(model, Quota())
+    scopes = {limit: scope for limit, (scope, _) in limits_for(tier, model).items()}
     return scopes, override.concurrent or tier.quota.concurrent
 
 
 def _lua_data(gateway: Gateway) -> str:
     tiers = {}
     for tier in gateway.tiers:
-        scopes, clusters, grpc_clusters = {}, {}, {}
+        scopes, clusters, grpc_clusters, token_caps = {}, {}, {}, {}
         for model in gateway.models:
             scopes[model.name], cap = effective_quota(tier, model.name)
+            tokens = [
+                value for limit, (_, value) in limits_for(tier, model.name).items() if limit in ("tpm", "tpd")
+            ]
+            if tokens:
+                token_caps[model.name] = min(tokens)
             if cap is not None:
                 clusters[model.name] = tier_cluster(model, tier)
                 grpc_clusters[model.name] = tier_cluster(model, tier, "grpc")
@@ -114,6 +127,7 @@ def _lua_data(gateway: Gateway) -> str:
             "scopes": scopes,
             "clusters": clusters,
             "grpc_clusters": grpc_clusters,
+            "token_caps": token_caps,
             "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)}
             if tier.jwt
             else None,
@@ -122,6 +136,7 @@ def _lua_data(gateway: Gateway) -> str:
     data = {
         "order": [tier.name for tier in gateway.tiers],
         "server_cluster": model_cluster(gateway.models[0], "grpc") if gateway.models else None,
+        "mtls_ports": {str(tier.mtls_port): tier.name for tier in gateway.tiers if tier.mtls_port},
         "tiers": tiers,
         "models": {
             model.name: {
@@ -320,14 +335,7 @@ def _local_reply() -> Config:
                 "body": {"inline_string": "concurrent request limit of the tier reached"},
             },
             {
-                "filter": {
-                    "status_code_filter": {
-                        "comparison": {
-                            "op": "EQ",
-                            "value": {"default_value": 429, "runtime_key": "tollway.429"},
-                        }
-                    }
-                },
+                "filter": {"response_flag_filter": {"flags": ["RL"]}},  # the ratelimit filters' 429s
                 "body": {"inline_string": "rate limit exceeded"},
             },
         ],
@@ -349,6 +357,7 @@ ACCESS_LOG_FIELDS = {
     "duration_ms": "%DURATION%",
     "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
     "consumer": "%DYNAMIC_METADATA(tollway:consumer)%",
+    "credential": "%DYNAMIC_METADATA(tollway:credential)%",
     "tier": "%DYNAMIC_METADATA(tollway:tier)%",
     "model": "%DYNAMIC_METADATA(tollway:model)%",
     "version": "%DYNAMIC_METADATA(tollway:version)%",
@@ -398,18 +407,24 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
     }
 
 
-def listeners(gateway: Gateway, now: datetime, port: int = LISTENER_PORT, tls_port: int = TLS_PORT) -> Config:
+def _listener(name: str, port: int, chain: Config) -> Config:
+    return {
+        "@type": _TYPE + "config.listener.v3.Listener",
+        "name": name,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "per_connection_buffer_limit_bytes": MAX_BODY_BYTES,
+        "filter_chains": [chain],
+    }
+
+
+def listeners(gateway: Gateway, now: datetime) -> Config:
+    """The plain listener, and one mTLS listener per mTLS tier, each trusting only that tier's CA (the
+    Lua program knows the tier by the port)."""
     manager = _connection_manager(gateway, now)
-    found = [
-        {
-            "@type": _TYPE + "config.listener.v3.Listener",
-            "name": "http",
-            "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
-            "filter_chains": [{"filters": [manager]}],
-        }
-    ]
-    authorities = [tier.mtls.ca_pem for tier in gateway.tiers if tier.mtls]
-    if authorities and gateway.tls:
+    found = [_listener("http", gateway.listen_port, {"filters": [manager]})]
+    for tier in gateway.tiers:
+        if tier.mtls is None or tier.mtls_port is None or gateway.tls is None:
+            continue
         certificate, key = gateway.tls
         context = {
             "@type": _TYPE + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -418,22 +433,14 @@ def listeners(gateway: Gateway, now: datetime, port: int = LISTENER_PORT, tls_po
                 "tls_certificates": [
                     {"certificate_chain": {"filename": certificate}, "private_key": {"filename": key}}
                 ],
-                "validation_context": {"trusted_ca": {"inline_string": "\n".join(authorities)}},
+                "validation_context": {"trusted_ca": {"inline_string": tier.mtls.ca_pem}},
             },
         }
-        found.append(
-            {
-                "@type": _TYPE + "config.listener.v3.Listener",
-                "name": "mtls",
-                "address": {"socket_address": {"address": "0.0.0.0", "port_value": tls_port}},
-                "filter_chains": [
-                    {
-                        "filters": [manager],
-                        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": context},
-                    }
-                ],
-            }
-        )
+        chain = {
+            "filters": [manager],
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": context},
+        }
+        found.append(_listener(f"mtls-{tier.name}", tier.mtls_port, chain))
     return {"resources": found}
 
 
@@ -535,11 +542,11 @@ def clusters(gateway: Gateway) -> Config:
     return {"resources": found}
 
 
-def bootstrap(gateway: Gateway, admin_port: int = ADMIN_PORT) -> Config:
+def bootstrap(gateway: Gateway) -> Config:
     directory = gateway.config_dir
     return {
         "node": {"id": gateway.name, "cluster": gateway.name},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": gateway.admin_port}}},
         "dynamic_resources": {
             kind: {
                 "path_config_source": {

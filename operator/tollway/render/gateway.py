@@ -12,7 +12,7 @@ from typing import Any
 
 from tollway.documents import dump
 from tollway.ir.gateway import Gateway
-from tollway.render.envoy import LISTENER_PORT, TLS_PORT, bootstrap, clusters, listeners
+from tollway.render.envoy import bootstrap, clusters, listeners
 from tollway.render.meta import MANAGED_BY
 from tollway.render.ratelimit import ratelimit_config
 
@@ -51,32 +51,28 @@ def possible_children(gateway: str) -> set[tuple[str, str, str]]:
     )
 
 
-def gateway_files(gateway: Gateway, now: datetime, **ports: int) -> dict[str, str]:
+def gateway_files(gateway: Gateway, now: datetime) -> dict[str, str]:
     """The files Envoy reads (envoy.yaml bootstrap, lds.yaml, cds.yaml) and the ratelimit config, by name."""
-    admin = {"admin_port": ports["admin_port"]} if "admin_port" in ports else {}
-    listen = {key: value for key, value in ports.items() if key in ("port", "tls_port")}
     return {  # clusters before listeners: a reload never routes to a cluster Envoy does not have yet
-        "envoy.yaml": dump(bootstrap(gateway, **admin)),
-        "envoy-static.yaml": dump(static_bootstrap(gateway, now, **ports)),
+        "envoy.yaml": dump(bootstrap(gateway)),
+        "envoy-static.yaml": dump(static_bootstrap(gateway, now)),
         "cds.yaml": dump(clusters(gateway)),
-        "lds.yaml": dump(listeners(gateway, now, **listen)),
+        "lds.yaml": dump(listeners(gateway, now)),
         "ratelimit.yaml": dump(ratelimit_config(gateway)),
     }
 
 
-def static_bootstrap(gateway: Gateway, now: datetime, **ports: int) -> dict[str, Any]:
+def static_bootstrap(gateway: Gateway, now: datetime) -> dict[str, Any]:
     """The same listeners and clusters as static resources in one file: what `envoy --mode validate`
     checks (it does not read file-based dynamic resources)."""
-    admin = {"admin_port": ports["admin_port"]} if "admin_port" in ports else {}
-    listen = {key: value for key, value in ports.items() if key in ("port", "tls_port")}
-    config = bootstrap(gateway, **admin)
+    config = bootstrap(gateway)
     del config["dynamic_resources"]
 
     def untyped(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{key: value for key, value in resource.items() if key != "@type"} for resource in resources]
 
     config["static_resources"] = {
-        "listeners": untyped(listeners(gateway, now, **listen)["resources"]),
+        "listeners": untyped(listeners(gateway, now)["resources"]),
         "clusters": untyped(clusters(gateway)["resources"]),
     }
     return config
@@ -171,7 +167,8 @@ def _budget(gateway: Gateway, component: str, name: str) -> Manifest:
 
 def _envoy(gateway: Gateway) -> list[Manifest]:
     named = names(gateway.name)
-    ports = [("http", LISTENER_PORT)] + ([("mtls", TLS_PORT)] if gateway.tls_secret else [])
+    ports = [("http", gateway.listen_port)]
+    ports += [(f"mtls-{index}", tier.mtls_port) for index, tier in enumerate(gateway.tiers) if tier.mtls_port]
     mounts = [{"name": "config", "mountPath": gateway.config_dir, "readOnly": True}]
     volumes: list[dict[str, Any]] = [{"name": "config", "secret": {"secretName": named["config"]}}]
     if gateway.tls_secret:

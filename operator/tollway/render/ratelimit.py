@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.gateway import LIMIT_KINDS, Gateway
-from tollway.render.envoy import RATELIMIT_DOMAIN, effective_quota
+from tollway.render.envoy import RATELIMIT_DOMAIN, limits_for
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -19,13 +19,8 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
     limits: dict[tuple[str, str], int] = {}
     for tier in gateway.tiers:
         for model in gateway.models:
-            scopes, _ = effective_quota(tier, model.name)
-            override = dict(tier.overrides).get(model.name)
-            for limit, scope in scopes.items():
-                source = (
-                    override if override is not None and getattr(override, limit) is not None else tier.quota
-                )
-                limits[(limit, scope)] = getattr(source, limit)
+            for limit, (scope, value) in limits_for(tier, model.name).items():
+                limits[(limit, scope)] = value
         for limit in LIMIT_KINDS:  # the tier's own limits, also with no model in the namespace yet
             if getattr(tier.quota, limit) is not None:
                 limits[(limit, tier.name)] = getattr(tier.quota, limit)

@@ -113,6 +113,8 @@ def translate_gateway(
     their own status says why) and its Secrets."""
     tiers: list[ApiTier] = []
     models: list[ModelDeployment] = []
+    documents = list(documents)
+    tier_documents = [document for document in documents if document["kind"] == ApiTier.kind_name]
     for document in documents:
         try:
             resource = parse(KINDS[document["kind"]], document)
@@ -124,6 +126,8 @@ def translate_gateway(
             models.append(resource)
     plan = gateway(namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options)
     rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []
+    if plan.gateway is None and tier_documents:
+        return GatewayResult(plan, (), ())  # only invalid tiers: keep what serves now until one is fixed
     kept = {(manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]) for manifest in rendered}
     stale = gateway_render.possible_children(GATEWAY_NAME) - kept
     return GatewayResult(plan, tuple(rendered), tuple(sorted(stale)))

@@ -14,11 +14,14 @@ Make = Callable[..., Condition]
 
 
 def status(resource: ApiTier, report: TierReport, gateway: GatewayState, make: Make) -> dict[str, Any]:
-    return {
+    found = {
         "observed_generation": resource.metadata.generation,
         "conditions": [_ready(gateway, make), _degraded(report, make)],
         "consumers": report.consumers,
     }
+    if report.mtls_port is not None:
+        found["mtls_port"] = report.mtls_port
+    return found
 
 
 def _ready(gateway: GatewayState, make: Make) -> Condition:
@@ -40,8 +43,9 @@ def _ready(gateway: GatewayState, make: Make) -> Condition:
     return make(
         "Ready",
         "True",
-        "Live",
-        f"rules are live in gateway {GATEWAY_NAME} ({envoy.available_replicas} Envoy replicas available)",
+        "Applied",
+        f"rules are in the configuration of gateway {GATEWAY_NAME} ({envoy.available_replicas} Envoy "
+        "replicas available; each reloads it when the kubelet updates the mounted Secret, within a minute)",
     )
 
 

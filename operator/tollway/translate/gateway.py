@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector, Quotas
@@ -47,6 +48,10 @@ class GatewayOptions:
     tls_secret: str | None = None
     """The mTLS listener's certificate and key: a kubernetes.io/tls Secret in each gateway namespace."""
     config_dir: str = "/etc/tollway/envoy"
+    listen_port: int = 8080
+    admin_port: int = 9901
+    mtls_port: int = 8443
+    """The first mTLS tier's port; the others (in name order) follow it."""
     images: Images = field(default_factory=Images)
 
 
@@ -56,6 +61,7 @@ class TierReport:
 
     consumers: int = 0
     problems: tuple[str, ...] = ()
+    mtls_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,11 @@ def gateway(
         allowed, unknown = _allowed(resource, served)
         problems[resource.metadata.name] += unknown
         built.append(_tier(resource, levels[resource.spec.priority], allowed, secrets, problems))
+    built = _with_mtls_ports(built, options, problems)
     credentials, counts = _credentials(ordered, secrets, now, problems)
+    ports = {tier.name: tier.mtls_port for tier in built}
     reports = {
-        name: TierReport(consumers=counts.get(name, 0), problems=tuple(found))
+        name: TierReport(consumers=counts.get(name, 0), problems=tuple(found), mtls_port=ports.get(name))
         for name, found in problems.items()
     }
     if not ordered:
@@ -106,16 +114,36 @@ def gateway(
         redis_address=options.redis_address,
         ratelimit_address=options.ratelimit_address,
         jwks_ca_file=options.jwks_ca_file,
-        tls=options.tls or (_mounted_tls() if options.tls_secret else None),
-        tls_secret=options.tls_secret,
+        tls=_server_certificate(options),
+        tls_secret=options.tls_secret if any(tier.mtls_port for tier in built) else None,
         config_dir=options.config_dir,
+        listen_port=options.listen_port,
+        admin_port=options.admin_port,
         images=options.images,
     )
     return GatewayPlan(gateway=built_gateway, reports=reports)
 
 
-def _mounted_tls() -> tuple[str, str]:
-    return f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"
+def _server_certificate(options: GatewayOptions) -> tuple[str, str] | None:
+    if options.tls:
+        return options.tls
+    return (f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key") if options.tls_secret else None
+
+
+def _with_mtls_ports(
+    tiers: list[Tier], options: GatewayOptions, problems: dict[str, list[str]]
+) -> list[Tier]:
+    """A port for each mTLS tier, in name order, when the gateway has a server certificate to serve them."""
+    mtls = sorted(tier.name for tier in tiers if tier.mtls)
+    if mtls and _server_certificate(options) is None:
+        for name in mtls:
+            problems[name].append(
+                "spec.auth.mtls: the gateway has no server certificate (operator flag --gateway-tls-secret), "
+                "so no mTLS listener serves this tier"
+            )
+        return tiers
+    ports = {name: options.mtls_port + index for index, name in enumerate(mtls)}
+    return [replace(tier, mtls_port=ports.get(tier.name)) for tier in tiers]
 
 
 def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
@@ -211,6 +239,12 @@ def _tier(
 ) -> Tier:
     spec = resource.spec
     jwt = spec.auth.jwt
+    if jwt is not None and not _authority(jwt.jwks_uri):
+        problems[resource.metadata.name].append(
+            f"spec.auth.jwt.jwksUri: {jwt.jwks_uri!r} names no host and port to fetch keys from; "
+            "no token is accepted for this tier"
+        )
+        jwt = None
     mtls = None
     if spec.auth.mtls is not None:
         reference = spec.auth.mtls.ca_secret_ref.name
@@ -241,6 +275,16 @@ def _tier(
         else None,
         mtls=mtls,
     )
+
+
+def _authority(uri: str) -> tuple[str, int] | None:
+    """The host and port of an https URI, or None when it has none that Envoy could connect to."""
+    try:
+        parsed = urlsplit(uri)
+        host, port = parsed.hostname, parsed.port or 443
+    except ValueError:
+        return None
+    return (host, port) if host and parsed.scheme == "https" else None
 
 
 def _secret_value(secrets: Iterable[Mapping[str, Any]], name: str, key: str) -> str | None:

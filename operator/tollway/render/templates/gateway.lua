@@ -58,19 +58,24 @@ local function has_scopes(payload, required)
   return true
 end
 
--- The caller: consumer, tier name; or nil, nil and why not. Tiers are tried in priority order.
+-- The caller: consumer, tier name, and the API key's Secret when a key was used; or nil, nil and why not.
+-- Consumers of JWT and mTLS are prefixed ("jwt:", "cert:"), so they never share an API-key consumer's
+-- counters. JWT tiers are tried in priority order.
 local function authenticate(handle, now)
-  local ssl = handle:streamInfo():downstreamSslConnection()
-  if ssl ~= nil and ssl:peerCertificatePresented() and ssl:peerCertificateValidated() then
+  local info = handle:streamInfo()
+  local ssl = info:downstreamSslConnection()
+  if ssl ~= nil then
+    -- Each mTLS tier has a listener (port) of its own that trusts only that tier's CA.
+    local tier_name = T.mtls_ports[(info:downstreamLocalAddress() or ""):match(":(%d+)$") or ""]
+    if tier_name == nil or not ssl:peerCertificateValidated() then
+      return nil, nil, "no valid client certificate for this port"
+    end
     local sans = ssl:uriSanPeerCertificate()
     for _, san in ipairs(ssl:dnsSansPeerCertificate()) do sans[#sans + 1] = san end
-    for _, name in ipairs(T.order) do
-      local tier = T.tiers[name]
-      if tier.mtls and san_allowed(tier.mtls, sans) then
-        return sans[1] or ssl:subjectPeerCertificate(), name
-      end
+    if not san_allowed(T.tiers[tier_name].mtls, sans) then
+      return nil, nil, "client certificate not allowed for tier " .. tier_name
     end
-    return nil, nil, "client certificate not allowed for any tier"
+    return "cert:" .. (sans[1] or ssl:subjectPeerCertificate()), tier_name
   end
   local verified = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.jwt_authn")
   if verified ~= nil then
@@ -79,7 +84,7 @@ local function authenticate(handle, now)
       local payload, jwt = verified[name], T.tiers[name].jwt
       if payload ~= nil and jwt ~= nil then
         if has_scopes(payload, jwt.scopes) and payload[jwt.claim] ~= nil then
-          return tostring(payload[jwt.claim]), name
+          return "jwt:" .. tostring(payload[jwt.claim]), name
         end
         scopes_missing = true
       end
@@ -93,7 +98,7 @@ local function authenticate(handle, now)
   local credential = T.credentials[key]
   if credential == nil then return nil, nil, "invalid API key or token" end
   if credential.expires ~= nil and now >= credential.expires then return nil, nil, "API key expired" end
-  return credential.consumer, credential.tier
+  return credential.consumer, credential.tier, nil, credential.id
 end
 
 -- KServe v2 JSON: the span of the top-level "parameters" object ({ and } positions), or nil.
@@ -141,24 +146,41 @@ local function top_level_parameters(json)
   end
 end
 
+-- The largest max_tokens in a parameters object, or nil; an error when one cannot be read the way Triton
+-- and a backend would read it (every duplicate counts, so no reading of the JSON can ask for more).
+local function requested_max_tokens(parameters)
+  if parameters:find("\\u", 1, true) then return nil, "escape sequences are not accepted in parameters" end
+  local most, from = nil, 1
+  while true do
+    local at = parameters:find('"max_tokens"', from, true)
+    if at == nil then return most end
+    local number = parameters:match("^%s*:%s*(%d+)%s*[,}]", at + 12)
+    if number == nil then return nil, "parameters.max_tokens must be a whole number" end
+    most = math.max(most or 0, tonumber(number))
+    from = at + 12
+  end
+end
+
 -- The JSON with the tier's priority as the request's first parameter (Triton reads the first of
--- duplicate keys, so a client cannot outrank its tier), and the max_tokens the client asked for.
+-- duplicate keys, so a client cannot outrank its tier), the max_tokens asked for, or nil and an error.
 local function with_priority(json, level)
   local open, close = top_level_parameters(json)
   local setting = '"priority":' .. level
   if open == nil then
     local brace = json:find("{", 1, true)
-    if brace == nil then return json, nil end
+    if brace == nil then return json end
     local empty = json:match("^%s*}", brace + 1) ~= nil
     return json:sub(1, brace) .. '"parameters":{' .. setting .. "}" .. (empty and "" or ",")
-      .. json:sub(brace + 1), nil
+      .. json:sub(brace + 1)
   end
-  local max_tokens = tonumber(json:sub(open, close):match('"max_tokens"%s*:%s*(%d+)'))
+  local max_tokens, problem = requested_max_tokens(json:sub(open, close))
+  if problem then return nil, nil, problem end
   local empty = json:match("^%s*}", open + 1) ~= nil
   return json:sub(1, open) .. setting .. (empty and "" or ",") .. json:sub(open + 1), max_tokens
 end
 
--- Rewrite an HTTP infer body; returns the tokens to reserve (a prompt estimate plus the output allowed).
+-- Rewrite an HTTP infer body; returns the tokens to reserve (a prompt estimate plus the output allowed),
+-- or nil and why the request is refused.
 local function prepare_http_infer(handle, model, level)
   local body = handle:body()
   if body == nil then return model.max_tokens end
@@ -166,7 +188,8 @@ local function prepare_http_infer(handle, model, level)
   local bytes = body:getBytes(0, body:length())
   local json_length = tonumber(headers:get("inference-header-content-length") or "") or #bytes
   local json, rest = bytes:sub(1, json_length), bytes:sub(json_length + 1)
-  local rewritten, max_tokens = with_priority(json, level)
+  local rewritten, max_tokens, problem = with_priority(json, level)
+  if rewritten == nil then return nil, problem end
   body:setBytes(rewritten .. rest)
   headers:replace("content-length", tostring(#rewritten + #rest))
   if headers:get("inference-header-content-length") then
@@ -203,14 +226,15 @@ local function length_field(number, value)
   return encode_varint(number * 8 + 2) .. encode_varint(#value) .. value
 end
 
--- Fields 1 and 2 (strings) of a protobuf message, and the message's other fields unchanged; nil if garbled.
-local function name_and_version(message)
-  local at, name, version, rest = 1, "", "", {}
+-- The top-level fields of a protobuf message: {number, wire, start, value_start, stop} each (stop exclusive;
+-- for wire type 0 the value is read with varint at value_start); nil when the bytes are not a message.
+local function fields(message)
+  local found, at = {}, 1
   while at <= #message do
     local start, key = at, nil
     key, at = varint(message, at)
     if key == nil then return nil end
-    local number, wire, stop = math.floor(key / 8), key % 8, nil
+    local wire, value_start, stop = key % 8, at, nil
     if wire == 0 then
       local _
       _, stop = varint(message, at)
@@ -218,25 +242,66 @@ local function name_and_version(message)
       stop = at + 8
     elseif wire == 2 then
       local length
-      length, at = varint(message, at)
+      length, value_start = varint(message, at)
       if length == nil then return nil end
-      stop = at + length
+      stop = value_start + length
     elseif wire == 5 then
       stop = at + 4
     else
       return nil
     end
     if stop == nil or stop > #message + 1 then return nil end
-    if number == 1 and wire == 2 then
-      name = message:sub(at, stop - 1)
-    elseif number == 2 and wire == 2 then
-      version = message:sub(at, stop - 1)
-    else
-      rest[#rest + 1] = message:sub(start, stop - 1)
-    end
+    found[#found + 1] = { number = math.floor(key / 8), wire = wire, start = start, value_start = value_start, stop = stop }
     at = stop
   end
+  return found
+end
+
+-- Fields 1 and 2 (strings) of a protobuf message, and the message's other fields unchanged; nil if garbled.
+local function name_and_version(message)
+  local found = fields(message)
+  if found == nil then return nil end
+  local name, version, rest = "", "", {}
+  for _, field in ipairs(found) do
+    local value = message:sub(field.value_start, field.stop - 1)
+    if field.number == 1 and field.wire == 2 then
+      name = value
+    elseif field.number == 2 and field.wire == 2 then
+      version = value
+    else
+      rest[#rest + 1] = message:sub(field.start, field.stop - 1)
+    end
+  end
   return name, version, table.concat(rest)
+end
+
+-- The largest parameters["max_tokens"] of a ModelInferRequest (field 4, a map of InferParameter), or nil;
+-- an error when one is not a whole number (int64, uint64 or a decimal string).
+local function grpc_max_tokens(message)
+  local most = nil
+  for _, field in ipairs(fields(message) or {}) do
+    if field.number == 4 and field.wire == 2 then
+      local entry = message:sub(field.value_start, field.stop - 1)
+      local key, value = nil, nil
+      for _, part in ipairs(fields(entry) or {}) do
+        if part.number == 1 then key = entry:sub(part.value_start, part.stop - 1) end
+        if part.number == 2 then value = entry:sub(part.value_start, part.stop - 1) end
+      end
+      if key == "max_tokens" then
+        local number = nil
+        for _, choice in ipairs(fields(value or "") or {}) do
+          if choice.wire == 0 and (choice.number == 2 or choice.number == 5) then
+            number = varint(value, choice.value_start)
+          elseif choice.number == 3 then
+            number = tonumber(value:sub(choice.value_start, choice.stop - 1):match("^%d+$") or "")
+          end
+        end
+        if number == nil then return nil, "parameters.max_tokens must be a whole number" end
+        most = math.max(most or 0, number)
+      end
+    end
+  end
+  return most
 end
 
 local function frame(message)
@@ -268,7 +333,7 @@ local function admit(handle, model_name, model, version, limited)
     refuse(handle, 410, "this model version was switched off on " .. dates.sunset_date)
     return nil
   end
-  local consumer, tier_name, why = authenticate(handle, now)
+  local consumer, tier_name, why, credential = authenticate(handle, now)
   if consumer == nil then
     refuse(handle, 401, why, { ["www-authenticate"] = 'Bearer realm="tollway"' })
     return nil
@@ -283,6 +348,7 @@ local function admit(handle, model_name, model, version, limited)
   metadata:set(NS, "tier", tier_name)
   metadata:set(NS, "model", model_name)
   metadata:set(NS, "version", tostring(version))
+  if credential then metadata:set(NS, "credential", credential) end
   local scopes = tier.scopes[model_name]
   if limited then
     local mode = tier.fail_open and "_open" or "_closed"
@@ -299,17 +365,27 @@ local function route_to(handle, cluster)
   handle:clearRouteCache()
 end
 
-local function reserve_tokens(handle, model, scopes, reserve)
-  if model.input ~= nil and (scopes.tpm or scopes.tpd) then
-    local metadata = handle:streamInfo():dynamicMetadata()
-    metadata:set(NS, "reserve", tostring(reserve))
-    metadata:set(NS, "settle", "0")
+-- Charge `reserve` tokens before the request runs (the ratelimit filters read it); false after refusing a
+-- request that could never fit the tier's token limit (nor would a larger reservation ever be charged).
+local function reserve_tokens(handle, tier, model_name, model, scopes, reserve)
+  if model.input == nil or not (scopes.tpm or scopes.tpd) then return true end
+  local cap = tier.token_caps[model_name]
+  if cap ~= nil and reserve > cap then
+    refuse(handle, 429, "the request reserves " .. reserve .. " tokens, more than the tier's limit of " .. cap)
+    return false
   end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "reserve", tostring(reserve))
+  metadata:set(NS, "settle", "0")
+  return true
 end
 
 local function grpc_request(handle)
   local method = (handle:headers():get(":path") or ""):match("^/inference%.GRPCInferenceService/(%w+)$")
-  if SERVER_METHODS[method] then return route_to(handle, T.server_cluster) end
+  if SERVER_METHODS[method] then
+    if T.server_cluster == nil then return refuse(handle, 503, "no model is served here yet") end
+    return route_to(handle, T.server_cluster)
+  end
   if not MODEL_METHODS[method] then
     return refuse(handle, 403, "the gateway does not offer " .. tostring(method))
   end
@@ -328,34 +404,64 @@ local function grpc_request(handle)
   if tier == nil then return end
   local rewritten = length_field(1, model_name) .. length_field(2, tostring(version)) .. rest
   if method == "ModelInfer" then -- parameters["priority"] = uint64 level; the last of duplicate map keys wins
+    local max_tokens, problem = grpc_max_tokens(rest)
+    if problem then return refuse(handle, 400, problem) end
+    local reserve = math.ceil(#bytes / 4) + (max_tokens or model.max_tokens)
+    if not reserve_tokens(handle, tier, model_name, model, scopes, reserve) then return end
     local level = encode_varint(5 * 8) .. encode_varint(tier.level)
     rewritten = rewritten .. length_field(4, length_field(1, "priority") .. length_field(2, level))
-    reserve_tokens(handle, model, scopes, math.ceil(#bytes / 4) + model.max_tokens)
   end
   body:setBytes(frame(rewritten))
   route_to(handle, tier.grpc_clusters[model_name] or model.grpc_cluster)
 end
 
-function envoy_on_request(handle)
-  handle:headers():remove("x-tollway-cluster")
-  local route = handle:metadata()
-  local kind = route:get("kind")
-  if kind == nil then return end
-  if kind == "grpc" then return grpc_request(handle) end
+local function http_request(handle, route, kind)
+  local headers = handle:headers()
+  local encoding = headers:get("content-encoding")
+  if encoding ~= nil and encoding ~= "identity" then
+    return refuse(handle, 415, "send the request body uncompressed")
+  end
+  headers:remove("accept-encoding") -- the gateway reads the token counts in the response
   local model_name, version = route:get("model"), number(route:get("version"))
   local model = T.models[model_name]
   local tier, scopes = admit(handle, model_name, model, version, kind == "infer")
   if tier == nil then return end
   route_to(handle, tier.clusters[model_name] or model.cluster)
-  if kind == "infer" then reserve_tokens(handle, model, scopes, prepare_http_infer(handle, model, tier.level)) end
+  if kind ~= "infer" then return end
+  local reserve, problem = prepare_http_infer(handle, model, tier.level)
+  if reserve == nil then return refuse(handle, 400, problem) end
+  reserve_tokens(handle, tier, model_name, model, scopes, reserve)
+end
+
+local function on_request(handle)
+  local route = handle:metadata()
+  local kind = route:get("kind")
+  if kind == "grpc" then return grpc_request(handle) end
+  if kind ~= nil then return http_request(handle, route, kind) end
+end
+
+function envoy_on_request(handle)
+  handle:headers():remove("x-tollway-cluster")
+  handle:clearRouteCache() -- so the route's cluster never comes from a header the client sent
+  local ok, failure = pcall(on_request, handle)
+  if not ok then -- never let a request through that this script did not finish checking
+    handle:logErr("tollway gateway: " .. tostring(failure))
+    refuse(handle, 500, "the gateway could not process this request")
+  end
 end
 
 local function first_number(value)
   return value and value:match("^%s*(%d+)")
 end
 
+-- The largest count reported under `key` anywhere in the response: text a model generated can only make
+-- the charge larger, never smaller.
 local function used_tokens(text, key)
-  return tonumber(text:match("[^%w_]" .. key .. '\\?"%s*:%s*(%d+)'))
+  local most = nil
+  for number in text:gmatch("[^%w_]" .. key .. '\\?"%s*:%s*(%d+)') do
+    most = math.max(most or 0, tonumber(number))
+  end
+  return most
 end
 
 local function settle_tokens(handle, state)
@@ -379,7 +485,7 @@ local function settle_tokens(handle, state)
   end
 end
 
-function envoy_on_response(handle)
+local function on_response(handle)
   local headers = handle:headers()
   for _, name in ipairs({ "x-ratelimit-limit", "x-ratelimit-limit-tokens" }) do
     local limit = first_number(headers:get(name))
@@ -402,4 +508,9 @@ function envoy_on_response(handle)
     if dates.link then headers:replace("link", "<" .. dates.link .. '>; rel="deprecation"') end
   end
   if state.reserve ~= nil and headers:get(":status") == "200" then settle_tokens(handle, state) end
+end
+
+function envoy_on_response(handle)
+  local ok, failure = pcall(on_response, handle)
+  if not ok then handle:logErr("tollway gateway (response): " .. tostring(failure)) end
 end
