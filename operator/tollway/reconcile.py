@@ -10,7 +10,7 @@ from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.observed import GatewayState, ServingState
+from tollway.ir.observed import GatewayState, MetricsState, ServingState
 from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named, served
 from tollway.k8s.events import record_event
 from tollway.k8s.resources import list_resources, list_secrets, read_resource
@@ -219,11 +219,7 @@ def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -
             address, resource.model_name, [entry.version for entry in resource.spec.versions]
         )
     problems = pod_problems(namespace, resource.metadata.name)
-    metrics = (
-        model_metrics(settings.prometheus_url, namespace, resource.model_name)
-        if settings.prometheus_url
-        else None
-    )
+    metrics = _metrics(settings, namespace, resource.model_name, (body.get("status") or {}).get("metrics"))
     serving = ServingState(deployment=deployment, pod_problems=problems, triton=triton, metrics=metrics)
     return Context(
         tier_priorities=priorities,
@@ -234,6 +230,37 @@ def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -
     )
 
 
+def _metrics(
+    settings: Settings, namespace: str, model: str, previous: Mapping[str, Any] | None
+) -> MetricsState | None:
+    """The model's figures from Prometheus, at most once per resync (the ones in status when younger)."""
+    if not settings.prometheus_url:
+        return None
+    if previous and previous.get("observedAt"):
+        age = datetime.now(UTC) - datetime.fromisoformat(str(previous["observedAt"]).replace("Z", "+00:00"))
+        if age.total_seconds() < settings.resync_seconds:
+            values = {_snake(key): value for key, value in previous.items() if key != "observedAt"}
+            return MetricsState(reachable=True, values=values, observed_at=str(previous["observedAt"]))
+    return model_metrics(settings.prometheus_url, namespace, model)
+
+
+def _snake(name: str) -> str:
+    """'p99Ms' → 'p99_ms' (status fields in wire form → model field names)."""
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name)
+
+
+def _with_stale_metrics(desired: Mapping[str, Any], current: Mapping[str, Any]) -> Mapping[str, Any]:
+    """When Prometheus could not be asked, the figures stay as the cluster holds them now (not as the older
+    copy the event carried), so `observedAt` never moves back."""
+    unavailable = any(
+        item.get("type") == "MetricsAvailable" and item.get("status") == "False"
+        for item in desired.get("conditions", [])
+    )
+    if unavailable and "metrics" in current:
+        return {**desired, "metrics": current["metrics"]}
+    return desired
+
+
 def _write_status(
     kind: type[Resource], body: Mapping[str, Any], desired: Mapping[str, Any], logger: Logger
 ) -> None:
@@ -242,6 +269,8 @@ def _write_status(
         return  # the steady state: nothing written
     # The event or timer that brought `body` may be older than a status write another thread just made.
     latest = read_resource(kind, metadata["namespace"], metadata["name"])
+    if latest is not None:
+        desired = _with_stale_metrics(desired, latest.get("status") or {})
     status = settle(latest.get("status") or {}, desired) if latest else None
     if latest is None or status is None or not apply_status(kind, metadata, status):
         return

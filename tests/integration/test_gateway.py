@@ -38,23 +38,22 @@ from gateway_bed import (
     usage,
 )
 
-KEYS = {
-    name: f"tw-test-{name}-key"
-    for name in [
-        "alice",
-        "bob",
-        "tina",
-        "tpm64",
-        "carol",
-        "bulk",
-        "dave",
-        "erin",
-        "gina-old",
-        "gina-new",
-        "olga",
-        "bigbody",
-    ]
-}
+CONSUMERS = (
+    "alice",
+    "bob",
+    "tina",
+    "tpm64",
+    "carol",
+    "bulk",
+    "dave",
+    "erin",
+    "gina-old",
+    "gina-new",
+    "olga",
+    "bigbody",
+    "rita",
+)
+KEYS = {name: f"tw-test-{name}-key" for name in CONSUMERS}
 
 
 def manifests(
@@ -105,6 +104,7 @@ def manifests(
             },
         ),
         secret("alice", "free", KEYS["alice"]),
+        secret("rita", "free", KEYS["rita"]),  # watches reloads (the free tier's limit), apart from alice
         secret("bob", "metered", KEYS["bob"]),
         secret("tina", "metered", KEYS["tina"]),
         secret("olga", "metered", KEYS["olga"]),
@@ -282,9 +282,9 @@ def test_the_key_never_reaches_the_model_and_the_tier_priority_does(gateway: Bed
 
 
 def reloaded(gateway: Bed, free_rpm: int) -> None:
-    """Wait until replica 0 serves the configuration with this free-tier limit (alice's headers show it)."""
+    """Wait until replica 0 serves the configuration with this free-tier limit (rita's headers show it)."""
     deadline = time.monotonic() + 15
-    while infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).headers.get("x-ratelimit-limit") != str(
+    while infer(gateway, "/v1/models/echo/infer", KEYS["rita"]).headers.get("x-ratelimit-limit") != str(
         free_rpm
     ):
         assert time.monotonic() < deadline, "Envoy did not reload its configuration"

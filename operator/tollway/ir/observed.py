@@ -46,6 +46,9 @@ class MetricsState:
     reachable: bool
     error: str = ""
     values: dict[str, float] = field(default_factory=dict)
+    observed_at: str | None = None
+    """When the figures were read; None: now. Figures younger than a resync are not read again, so that
+    writing them (an event) does not bring about the next read."""
 
 
 @dataclass(frozen=True)

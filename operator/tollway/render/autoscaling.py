@@ -30,6 +30,22 @@ def p99_query(namespace: str, model: str) -> str:
     return f"max(nv_inference_request_summary_us{{{matchers}}}) / 1000"
 
 
+def quantity(value: int) -> str:
+    """An integer in Kubernetes' canonical quantity form (600000 → "600k"), as the API server stores it, so
+    the live object compares equal to the rendered one."""
+    for suffix, factor in (
+        ("E", 10**18),
+        ("P", 10**15),
+        ("T", 10**12),
+        ("G", 10**9),
+        ("M", 10**6),
+        ("k", 10**3),
+    ):
+        if value and value % factor == 0:
+            return f"{value // factor}{suffix}"
+    return str(value)
+
+
 def adapter_rules() -> dict[str, Any]:
     """prometheus-adapter's `externalRules` for the two metrics every Tollway HPA reads.
 
@@ -82,7 +98,10 @@ def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata
                 "type": "External",
                 "external": {
                     "metric": {"name": QUEUE_METRIC, "selector": selector},
-                    "target": {"type": "AverageValue", "averageValue": str(scaling.queue_depth_per_replica)},
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": quantity(scaling.queue_depth_per_replica),
+                    },
                 },
             }
         )
@@ -92,7 +111,7 @@ def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata
                 "type": "External",
                 "external": {
                     "metric": {"name": P99_METRIC, "selector": selector},
-                    "target": {"type": "Value", "value": str(scaling.p99_latency_ms)},
+                    "target": {"type": "Value", "value": quantity(scaling.p99_latency_ms)},
                 },
             }
         )

@@ -163,7 +163,6 @@ def rule_groups(serving: TritonServing) -> list[dict[str, Any]]:
     groups: list[dict[str, Any]] = [
         {
             "name": f"tollway.{namespace}.{serving.name}.recording",
-            "interval": "30s",
             "rules": recording_rules(namespace, model),
         }
     ]

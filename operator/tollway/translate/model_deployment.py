@@ -164,7 +164,10 @@ def live_metrics(
     if not observed.reachable:
         reason = f"cannot read metrics from Prometheus: {observed.error}"
         return previous, [make("MetricsAvailable", "False", "PrometheusUnreachable", reason)]
-    figures = {**observed.values, "observed_at": now.isoformat().replace("+00:00", "Z")}
+    figures = {
+        **observed.values,
+        "observed_at": observed.observed_at or now.isoformat().replace("+00:00", "Z"),
+    }
     return figures, [make("MetricsAvailable", "True", "Current", "figures read from Prometheus")]
 
 

@@ -1,0 +1,310 @@
+"""The autoscaling loop and live metrics with real components: Triton's metrics scraped by a real
+Prometheus that evaluates the rules Tollway renders; prometheus-adapter (built from the Go module proxy)
+registered as the external metrics API of the real kube-apiserver; the HPA Tollway renders, run by the
+real kube-controller-manager. There is no kubelet: the pods stay Pending, but the HPA still reads the
+metrics and sets the Deployment's replicas, which is what is under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy
+import pytest
+import tritonclient.http as triton_http
+import yaml
+
+from tollway.api import ModelDeployment
+from tollway.api.parse import parse
+from tollway.render.monitoring import rule_groups
+from tollway.translate.serving import serving
+
+import dataplane
+from kube import Cluster, eventually, operator
+from triton import RunningTriton, running
+
+NAMESPACE = f"scaling-test-{os.getpid()}"
+ADAPTER = "tollway-test-prometheus-adapter"
+QUEUE_TARGET = 2
+
+
+def model() -> dict[str, Any]:
+    return {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "echo", "namespace": NAMESPACE},
+        "spec": {
+            "model": {"repository": "s3://models/echo", "backend": "python", "maxBatchSize": 1},
+            "versions": [{"version": "1"}],
+            "triton": {"gpus": 0},
+            "batching": {"maxQueueDelayMicroseconds": 0},
+            "queue": {"maxQueueSize": 128},
+            "autoscaling": {
+                "engine": "hpa",
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                # The queue drives this test; the P99 target sits far above anything the echo model does.
+                "targets": {"queueDepthPerReplica": QUEUE_TARGET, "p99LatencyMs": 600000},
+                "scaleUp": {"stabilizationSeconds": 0},
+                "scaleDown": {"stabilizationSeconds": 0},
+            },
+            "slo": {"availability": "99.9", "p99LatencyMs": 1000},
+        },
+    }
+
+
+def host_address() -> str:
+    """A non-loopback address of this machine: the API server refuses loopback endpoints."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.254.254.254", 9))  # no packet is sent; this only picks the outgoing interface
+        address = str(probe.getsockname()[0])
+    assert not address.startswith("127."), "this machine has no non-loopback IPv4 address for the adapter"
+    return address
+
+
+def register_adapter(cluster: Cluster, port: int) -> None:
+    """prometheus-adapter as external.metrics.k8s.io, reached by the API server at this machine's address,
+    and the HPA controller allowed to read it."""
+    documents = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": ADAPTER, "namespace": "kube-system"},
+            "spec": {"ports": [{"port": port, "targetPort": port}]},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": ADAPTER, "namespace": "kube-system"},
+            "subsets": [{"addresses": [{"ip": host_address()}], "ports": [{"port": port}]}],
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+            "spec": {
+                "service": {"name": ADAPTER, "namespace": "kube-system", "port": port},
+                "group": "external.metrics.k8s.io",
+                "version": "v1beta1",
+                "insecureSkipTLSVerify": True,  # the adapter's certificate is self-signed, made at start
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": ADAPTER},
+            "rules": [
+                {"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list"]}
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": ADAPTER},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ADAPTER},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}
+            ],
+        },
+    ]
+    for document in documents:
+        cluster.apply(document)
+
+
+def unregister_adapter(cluster: Cluster) -> None:
+    # An APIService whose server is gone breaks discovery for everyone after: remove it first.
+    cluster.kubectl("delete", "apiservice", "v1beta1.external.metrics.k8s.io", "--ignore-not-found")
+    cluster.kubectl("delete", "clusterrolebinding,clusterrole", ADAPTER, "--ignore-not-found")
+    cluster.kubectl("delete", "service,endpoints", ADAPTER, "-n", "kube-system", "--ignore-not-found")
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Stack:
+    triton: RunningTriton
+    prometheus: str
+    processes: dict[str, Stoppable]
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("scaling")
+    resource = parse(ModelDeployment, model())
+    rendered = serving(resource, (), "unused")
+    rules = workdir / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule_groups(rendered)}))
+    adapter_rules = workdir / "adapter.yaml"
+    tollway = str(Path(sys.executable).parent / "tollway")
+    adapter_rules.write_text(
+        subprocess.run([tollway, "adapter-config"], capture_output=True, text=True, check=True).stdout
+    )
+    with running(workdir / "triton", rendered) as triton:
+        processes: dict[str, Stoppable] = {}
+        try:
+            prometheus_port, adapter_port = dataplane.free_port(), dataplane.free_port()
+            target = dataplane.ScrapeTarget("triton", triton.metrics, {"namespace": NAMESPACE})
+            processes["prometheus"] = dataplane.prometheus(workdir, prometheus_port, [target], [rules])
+            url = f"http://127.0.0.1:{prometheus_port}"
+            processes["adapter"] = dataplane.prometheus_adapter(
+                workdir, adapter_port, cluster.kubeconfig, url, adapter_rules
+            )
+            register_adapter(cluster, adapter_port)
+            # A trickle of traffic all along (Triton's latency summaries go blank without any), started
+            # once Prometheus scrapes Triton, so that it sees every request counted.
+            eventually(lambda: query_url(url, 'up{job="triton"} == 1'))
+            processes["trickle"] = trickle(triton)
+            with operator(
+                cluster,
+                NAMESPACE,
+                workdir,
+                "--triton-address",
+                triton.http,
+                "--prometheus-url",
+                url,
+            ):
+                cluster.apply(model())
+                yield Stack(triton=triton, prometheus=url, processes=processes)
+        finally:
+            unregister_adapter(cluster)
+            for process in processes.values():
+                process.stop()
+
+
+def query(stack: Stack, expression: str) -> list[dict[str, Any]]:
+    return query_url(stack.prometheus, expression)
+
+
+def query_url(prometheus: str, expression: str) -> list[dict[str, Any]]:
+    url = f"{prometheus}/api/v1/query?query={urllib.request.quote(expression)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return list(json.load(response)["data"]["result"])
+
+
+class Trickle:
+    """Five requests a second on a thread, until stopped."""
+
+    def __init__(self, triton: RunningTriton) -> None:
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(triton,), daemon=True)
+        self.thread.start()
+
+    def _run(self, triton: RunningTriton) -> None:
+        client = triton_http.InferenceServerClient(triton.http)
+        data = triton_http.InferInput("INPUT", [1, 4], "FP32")
+        data.set_data_from_numpy(numpy.ones((1, 4), dtype="float32"))
+        while not self.stopping.wait(0.2):
+            client.infer("echo", [data])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
+def trickle(triton: RunningTriton) -> Trickle:
+    return Trickle(triton)
+
+
+def send(stack: Stack, count: int, sleep_ms: int = 0, stop: threading.Event | None = None) -> None:
+    """`count` requests (or until `stop` is set) on one connection, each taking `sleep_ms` in the model."""
+    client = triton_http.InferenceServerClient(stack.triton.http)
+    data = triton_http.InferInput("INPUT", [1, 4], "FP32")
+    data.set_data_from_numpy(numpy.ones((1, 4), dtype="float32"))
+    sent = 0
+    while sent < count and not (stop and stop.is_set()):
+        client.infer("echo", [data], parameters={"sleep_ms": sleep_ms} if sleep_ms else None)
+        sent += 1
+    client.close()
+
+
+def test_the_recording_rules_turn_tritons_metrics_into_tollways(stack: Stack, cluster: Cluster) -> None:
+    selector = f'namespace="{NAMESPACE}",model="echo"'
+    for record in ("tollway:request_latency_ms:p99", "tollway:requests:rate1m", "tollway:queue_depth"):
+        found = eventually(lambda record=record: query(stack, f"{record}{{{selector}}} >= 0"), timeout=60)
+        assert found[0]["metric"]["model"] == "echo"  # a number (NaN, before the first request, is not)
+    rate = eventually(lambda: query(stack, f"tollway:requests:rate1m{{{selector}}} > 1"))  # about 5/s
+    assert 1 < float(rate[0]["value"][1]) < 10
+    ratio = eventually(lambda: query(stack, f"tollway:error_ratio:rate5m{{{selector}}}"))
+    assert float(ratio[0]["value"][1]) == 0.0
+
+
+def test_the_operator_writes_live_figures_into_status(stack: Stack, cluster: Cluster) -> None:
+    def figures() -> dict[str, Any] | None:
+        metrics = (cluster.get("md", "echo", NAMESPACE).get("status") or {}).get("metrics") or {}
+        return metrics if "p99Ms" in metrics and "queueDepth" in metrics else None
+
+    metrics = eventually(figures, timeout=90)
+    assert metrics["p99Ms"] > 0 and metrics["queueDepth"] == 0 and metrics["observedAt"].endswith("Z")
+    printed = cluster.kubectl("get", "md", "echo", "-n", NAMESPACE).stdout
+    assert f"{metrics['p99Ms']}".split(".")[0] in printed.splitlines()[1]
+
+
+def hpa(cluster: Cluster) -> dict[str, Any]:
+    return cluster.get("hpa", "echo-triton", NAMESPACE)
+
+
+def test_the_hpa_scales_up_on_the_queue_and_down_after(stack: Stack, cluster: Cluster) -> None:
+    def reading() -> list[dict[str, Any]] | None:
+        current = (hpa(cluster).get("status") or {}).get("currentMetrics") or []
+        return current if len(current) == 2 else None
+
+    eventually(reading, timeout=120)  # both external metrics served through the adapter
+    assert hpa(cluster)["status"]["desiredReplicas"] == 1
+    stop = threading.Event()
+    workers = [threading.Thread(target=send, args=(stack, 10**9, 300, stop)) for _ in range(12)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    try:
+        scaled = eventually(
+            lambda: (hpa(cluster)["status"].get("desiredReplicas") or 0) >= 2 or None, timeout=120
+        )
+        took = time.monotonic() - started
+        assert scaled
+        print(f"\nHPA: load start → first scale-up decision in {took:.1f}s")
+        # 11 requests waiting over a target of 2 per replica: the most it may have, 4 (+100 % per 15 s).
+        eventually(lambda: replicas(cluster) == 4 or None, timeout=90)
+        time.sleep(10)
+        assert replicas(cluster) == 4  # held while the queue stays
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    eventually(lambda: replicas(cluster) < 4 or None, timeout=120)  # and down once the queue is gone
+
+
+def replicas(cluster: Cluster) -> int:
+    return int(cluster.get("deployment", "echo-triton", NAMESPACE)["spec"]["replicas"])
+
+
+def test_prometheus_away_keeps_the_last_figures_and_says_why(stack: Stack, cluster: Cluster) -> None:
+    before = cluster.get("md", "echo", NAMESPACE)["status"]["metrics"]
+    stack.processes["prometheus"].stop()
+
+    def unavailable() -> dict[str, Any] | None:
+        status = cluster.get("md", "echo", NAMESPACE)["status"]
+        found = {item["type"]: item for item in status["conditions"]}
+        condition = found.get("MetricsAvailable", {})
+        return status if condition.get("status") == "False" else None
+
+    status = eventually(unavailable, timeout=60)
+    condition = next(item for item in status["conditions"] if item["type"] == "MetricsAvailable")
+    assert condition["reason"] == "PrometheusUnreachable" and "Prometheus" in condition["message"]
+    assert status["metrics"]["observedAt"] >= before["observedAt"]
+    time.sleep(3)
+    assert cluster.get("md", "echo", NAMESPACE)["status"]["metrics"] == status["metrics"]  # stale, not erased

@@ -1,0 +1,167 @@
+"""The PrometheusRule Tollway renders, checked by the real promtool (Debian's Prometheus): `promtool check
+rules` on every rendered group, and `promtool test rules` with synthetic series proving that each alert
+fires when it should and stays quiet when it should not."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tollway import documents
+from tollway.api import ModelDeployment
+from tollway.api.parse import parse
+from tollway.render.monitoring import rule_groups
+from tollway.translate.serving import serving
+
+from builders import model_deployment
+
+ROOT = Path(__file__).resolve().parents[2]
+SELECTOR = 'namespace="ai",model="chat"'
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is missing: hack/setup installs Debian's prometheus"
+    return subprocess.run([binary, *args], capture_output=True, text=True, check=False)
+
+
+def rules_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return rule_groups(serving(parse(ModelDeployment, document), (1, 2, 3), "unused"))
+
+
+def example_models() -> list[dict[str, Any]]:
+    return [
+        document for document in documents.load([ROOT / "examples"]) if document["kind"] == "ModelDeployment"
+    ]
+
+
+@pytest.mark.parametrize("document", example_models(), ids=lambda document: document["metadata"]["name"])
+def test_promtool_accepts_every_rendered_rule_group(document: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rules_of(document)}))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def chat() -> dict[str, Any]:
+    return model_deployment(
+        "chat",
+        **{
+            "spec.versions": [
+                {"version": "3"},
+                {"version": "2", "deprecation": {"announced": "1970-01-01", "sunset": "1970-03-01"}},
+                {"version": "1", "deprecation": {"announced": "2098-01-01", "sunset": "2099-01-01"}},
+            ],
+            "spec.aliases": {"latest": "3"},
+            "spec.slo": {"availability": "99.9", "p99LatencyMs": 1000},
+        },
+    )
+
+
+def alert(rules: list[dict[str, Any]], name: str, **labels: str) -> dict[str, Any]:
+    """The alert as promtool expects it: the rule's labels and annotations, and the series' labels."""
+    rule = next(
+        rule
+        for group in rules
+        for rule in group["rules"]
+        if rule.get("alert") == name
+        and all(rule["labels"].get(key, value) == value for key, value in labels.items())
+    )
+    return {
+        "exp_labels": {"namespace": "ai", "model": "chat", **rule["labels"], **labels},
+        "exp_annotations": rule["annotations"],
+    }
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    matchers = ",".join([SELECTOR, *(f'{key}="{value}"' for key, value in labels.items())])
+    return {"series": f"{name}{{{matchers}}}", "values": values}
+
+
+def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_path: Path) -> None:
+    rules = rules_of(chat())
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules}))
+    ok = series("nv_inference_request_success", "0+100x300", version="3")
+    failing = series("nv_inference_request_failure", "0+10x300", version="3", reason="BACKEND")
+    fast = series("nv_inference_request_summary_us", "20000x300", version="3", quantile="0.99")
+    slow = series("nv_inference_request_summary_us", "2000000x300", version="3", quantile="0.99")
+    burn = "TollwayAvailabilityBudgetBurn"
+    tests = [
+        {  # 9 % errors against a 0.1 % budget: every window burns, pages first
+            "interval": "1m",
+            "input_series": [ok, failing, fast],
+            "alert_rule_test": [
+                {
+                    "eval_time": "70m",
+                    "alertname": burn,
+                    "exp_alerts": [alert(rules, burn, window=window) for window in ("1h", "6h", "1d", "3d")],
+                },
+                {"eval_time": "70m", "alertname": "TollwayLatencySLOBurn", "exp_alerts": []},
+            ],
+        },
+        {  # clean traffic within the latency objective: nothing fires
+            "interval": "1m",
+            "input_series": [ok, fast, series("nv_inference_request_success", "0+5x300", version="1")],
+            "alert_rule_test": [
+                {"eval_time": "200m", "alertname": name, "exp_alerts": []}
+                for name in (burn, "TollwayLatencySLOBurn", "TollwayErrorSpike", "TollwaySunsetVersionInUse")
+            ],
+        },
+        {  # P99 of 2 s against a 1 s objective over each long and short window (70 minutes is all there is)
+            "interval": "1m",
+            "input_series": [ok, slow],
+            "alert_rule_test": [
+                {
+                    "eval_time": "70m",
+                    "alertname": "TollwayLatencySLOBurn",
+                    "exp_alerts": [
+                        alert(rules, "TollwayLatencySLOBurn", window=window)
+                        for window in ("1h", "6h", "1d", "3d")
+                    ],
+                }
+            ],
+        },
+        {  # an hour clean, then half the requests fail: a spike against the hour before
+            "interval": "1m",
+            "input_series": [
+                ok,
+                fast,
+                series("nv_inference_request_failure", "0x60 0+100x60", version="3", reason="X"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "58m", "alertname": "TollwayErrorSpike", "exp_alerts": []},
+                {
+                    "eval_time": "68m",
+                    "alertname": "TollwayErrorSpike",
+                    "exp_alerts": [alert(rules, "TollwayErrorSpike")],
+                },
+            ],
+        },
+        {  # version 2 is within 90 days of its sunset and still called; version 1's sunset is far away
+            "interval": "1m",
+            "input_series": [
+                ok,
+                fast,
+                series("nv_inference_request_success", "0+10x300", version="2"),
+                series("nv_inference_request_success", "0+10x300", version="1"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "150m",
+                    "alertname": "TollwaySunsetVersionInUse",
+                    "exp_alerts": [alert(rules, "TollwaySunsetVersionInUse", version="2")],
+                }
+            ],
+        },
+    ]
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
