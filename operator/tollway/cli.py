@@ -12,7 +12,7 @@ from tollway import documents
 from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
-from tollway.render.autoscaling import adapter_rules
+from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
@@ -60,6 +60,8 @@ def render(arguments: argparse.Namespace) -> int:
         rendered += result.manifests
     for gateway in translation.gateways.values():
         rendered += gateway.manifests
+    if any(manifest["kind"] == "HorizontalPodAutoscaler" for manifest in rendered):
+        rendered.append(adapter_config_map(arguments.adapter_namespace))
     if arguments.out is None:
         sys.stdout.write("---\n".join(documents.dump(manifest) for manifest in rendered))
     else:
@@ -99,6 +101,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         tls=(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert else None,
         config_dir=str(out / "envoy"),
         listen_port=arguments.port,
+        metrics_port=arguments.metrics_port,
         admin_port=arguments.admin_port,
         mtls_port=arguments.tls_port,
     )
@@ -218,6 +221,11 @@ def parser() -> argparse.ArgumentParser:
     command = commands.add_parser("render", help="print (or write to --out) what Tollway would apply")
     command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
     command.add_argument("--out", help="folder to write one file per object into")
+    command.add_argument(
+        "--adapter-namespace",
+        default="monitoring",
+        help="where prometheus-adapter runs (its rules' ConfigMap goes there when an HPA needs them)",
+    )
     command.set_defaults(handler=render)
 
     command = commands.add_parser(
@@ -235,7 +243,10 @@ def parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--ratelimit", default="127.0.0.1:8081", help="the ratelimit service's gRPC address")
     command.add_argument("--port", type=int, default=8080, help="Envoy's listener port")
-    command.add_argument("--admin-port", type=int, default=9901)
+    command.add_argument("--admin-port", type=int, default=GatewayOptions.admin_port)
+    command.add_argument(
+        "--metrics-port", type=int, default=GatewayOptions.metrics_port, help="Envoy's /stats/prometheus port"
+    )
     command.add_argument(
         "--tls-port",
         type=int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,7 +93,8 @@ def _reconcile_gateway_once(namespace: str, logger: Logger, settings: Settings) 
     tiers = list_resources(ApiTier, namespace)
     models = list_resources(ModelDeployment, namespace)
     now = datetime.now(UTC)
-    result = translate_gateway(namespace, tiers + models, list_secrets(namespace), now, settings.gateway)
+    options = replace(settings.gateway, monitoring=_monitoring_served())
+    result = translate_gateway(namespace, tiers + models, list_secrets(namespace), now, options)
     error = ""
     try:
         sent = apply_all(result.manifests)
@@ -225,9 +227,14 @@ def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -
         tier_priorities=priorities,
         storage_initializer_image=settings.storage_initializer_image,
         prometheus_url=settings.prometheus_url or PROMETHEUS_URL,
-        monitoring=all(served(MONITORING_API, kind) for kind in ("ServiceMonitor", "PrometheusRule")),
+        monitoring=_monitoring_served(),
         serving=serving,
     )
+
+
+def _monitoring_served() -> bool:
+    """Whether the cluster serves prometheus-operator's ServiceMonitor and PrometheusRule."""
+    return all(served(MONITORING_API, kind) for kind in ("ServiceMonitor", "PrometheusRule"))
 
 
 def _metrics(

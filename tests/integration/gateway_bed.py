@@ -90,6 +90,18 @@ def echo_model() -> dict[str, Any]:
     }
 
 
+def tiny_model() -> dict[str, Any]:
+    """The echo model again with room for one queued request, and an estimated wait in its status (as the
+    operator writes it from Prometheus)."""
+    document = echo_model()
+    document["metadata"] = {"name": "tiny", "namespace": NAMESPACE, "uid": "uid-tiny"}
+    document["spec"]["versions"] = [{"version": "1"}]
+    document["spec"]["aliases"] = {"latest": "1"}
+    document["spec"]["queue"] = {"maxQueueSize": 1}
+    document["status"] = {"metrics": {"estimatedWaitSeconds": 7.3}}
+    return document
+
+
 def recorder_model() -> dict[str, Any]:
     """A 'model' whose upstream is a recording HTTP server: what the gateway forwards, headers and body."""
     return {
@@ -277,6 +289,7 @@ class Bed:
     certs: Certificates
     ports: list[int]
     admin_ports: list[int]
+    metrics_ports: list[int]
     tls_ports: list[int]
     """The first mTLS tier's port, per replica (the next tiers, in name order, follow it)."""
     upstreams: list[str]
@@ -297,6 +310,8 @@ class Bed:
                 str(port),
                 "--admin-port",
                 str(self.admin_ports[index]),
+                "--metrics-port",
+                str(self.metrics_ports[index]),
                 "--tls-port",
                 str(self.tls_ports[index]),
                 "--tls-cert",
@@ -385,8 +400,11 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
         tls.load_cert_chain(certs.server_cert, certs.server_key)
         jwks_server.socket = tls.wrap_socket(jwks_server.socket, server_side=True)
         jwks_port = stack.enter_context(serving_thread(jwks_server))
-        model = parse(ModelDeployment, echo_model())
-        triton = stack.enter_context(running_triton(workdir / "triton", serving(model, PRIORITIES, "unused")))
+        echo, tiny = (
+            serving(parse(ModelDeployment, model()), PRIORITIES, "unused")
+            for model in (echo_model, tiny_model)
+        )
+        triton = stack.enter_context(running_triton(workdir / "triton", echo, tiny))
         triton_host, triton_port = triton.http.split(":")
         grpc_port = triton.grpc.rsplit(":", 1)[1]
         redis_port = dataplane.free_port()
@@ -397,9 +415,11 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
             certs=certs,
             ports=ports,
             admin_ports=[dataplane.free_port() for _ in ports],
+            metrics_ports=[dataplane.free_port() for _ in ports],
             tls_ports=[dataplane.free_ports(2) for _ in ports],
             upstreams=[
                 f"echo={triton_host}:{triton_port}:{grpc_port}",
+                f"tiny={triton_host}:{triton_port}:{grpc_port}",
                 f"recorder=127.0.0.1:{recorder_port}",
             ],
             ratelimit_ports=rl_ports,

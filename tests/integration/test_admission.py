@@ -90,16 +90,20 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
         check=False,
     )
     assert render.returncode == 0, render.stderr
-    kinds = sorted(path.name.split("-")[1] for path in tmp_path.glob("*.yaml"))
+    rendered = {path: yaml.safe_load(path.read_text()) for path in tmp_path.glob("*.yaml")}
+    kinds = sorted(document["kind"].lower() for document in rendered.values())
     triton = ["configmap", "deployment", "poddisruptionbudget", "service", "serviceaccount"] * 2
     monitoring = ["configmap", "servicemonitor", "prometheusrule"] * 2  # a dashboard ConfigMap each
     scaling = ["horizontalpodautoscaler", "scaledobject"]  # chat on the HPA, embed on KEDA
     gateway = ["secret", "configmap"] + ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
-    assert kinds == sorted(triton + monitoring + scaling + gateway)
+    gateway += ["servicemonitor"] * 2 + ["prometheusrule"]  # Envoy's and the ratelimit service's
+    adapter = ["configmap"]  # prometheus-adapter's rules, for the HPA
+    assert kinds == sorted(triton + monitoring + scaling + gateway + adapter)
     # prometheus-operator's and KEDA's kinds need their CRDs, which this cluster does not have.
-    third_party = [path for path in tmp_path.glob("*.yaml") if path.name.split("-")[1] in THIRD_PARTY]
+    third_party = [path for path, document in rendered.items() if document["kind"].lower() in THIRD_PARTY]
     for path in third_party:
         path.unlink()
     cluster.namespace("ai")
+    cluster.namespace("monitoring")
     accepted = cluster.kubectl("apply", "--dry-run=server", "-f", str(tmp_path))
-    assert accepted.stdout.count("(server dry run)") == len(kinds) - len(third_party) == len(kinds) - 5
+    assert accepted.stdout.count("(server dry run)") == len(kinds) - len(third_party) == len(kinds) - 8

@@ -12,6 +12,8 @@ import math
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,6 +37,7 @@ from gateway_bed import (
     recorder_model,
     secret,
     tier,
+    tiny_model,
     usage,
 )
 
@@ -61,6 +64,7 @@ def manifests(
 ) -> list[dict[str, Any]]:
     return [
         echo_model(),
+        tiny_model(),
         recorder_model(),
         tier("free", 3, {"requestsPerMinute": free_rpm}, ["echo"]),
         tier("metered", 2, {"tokensPerMinute": 600}, ["*"]),
@@ -479,6 +483,16 @@ def test_token_limit_does_not_overshoot_under_64_concurrent_clients(gateway: Bed
     assert len(admitted) >= 2000 // reservation - 1
 
 
+def test_a_full_triton_queue_answers_with_the_estimated_wait(gateway: Bed) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(
+            pool.map(lambda _: infer(gateway, "/v1/models/tiny/infer", KEYS["carol"], sleep_ms=800), range(4))
+        )
+    refused = [reply for reply in replies if reply.status == 503]
+    assert refused and len(refused) <= 2  # one runs, one waits in the queue of size 1
+    assert {reply.headers["retry-after"] for reply in refused} == {"10"}  # 7.3 s estimated, rounded up
+
+
 def test_concurrent_requests_are_capped_per_replica(gateway: Bed) -> None:
     # capped: 2 in flight per model across 2 replicas, so 1 per replica.
     with ThreadPoolExecutor(2) as pool:
@@ -573,6 +587,21 @@ def test_limits_down_fail_open_or_closed_as_each_tier_chose(gateway: Bed, compon
     while infer(gateway, "/v1/models/echo/infer", KEYS["dave"]).status != 200:
         assert time.monotonic() < deadline, "the closed tier did not recover after Redis came back"
         time.sleep(0.5)
+
+
+def test_envoy_exports_the_statistics_the_gateway_rules_read(gateway: Bed) -> None:
+    url = f"http://127.0.0.1:{gateway.metrics_ports[0]}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    replies = [line for line in text.splitlines() if line.startswith("envoy_http_downstream_rq_xx{")]
+    assert any(
+        'envoy_http_conn_manager_prefix="gateway"' in line and 'envoy_response_code_class="4"' in line
+        for line in replies
+    )
+    with pytest.raises(urllib.error.HTTPError):  # nothing else of the admin interface is reachable
+        urllib.request.urlopen(
+            f"http://127.0.0.1:{gateway.metrics_ports[0]}/quitquitquit", data=b"", timeout=5
+        )
 
 
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:

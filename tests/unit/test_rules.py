@@ -15,7 +15,7 @@ import yaml
 from tollway import documents
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.render.monitoring import rule_groups
+from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate.serving import serving
 
 from builders import model_deployment
@@ -44,6 +44,13 @@ def example_models() -> list[dict[str, Any]]:
 def test_promtool_accepts_every_rendered_rule_group(document: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rules_of(document)}))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_promtool_accepts_the_gateway_rules(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": gateway_rule_groups("ai")}))
     checked = promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

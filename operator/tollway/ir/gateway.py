@@ -36,6 +36,9 @@ class Model:
     None when the model reports no tokens: its requests are then not charged tokens."""
     output_tokens: str | None = None
     default_max_tokens: int = 256
+    retry_after: int = 1
+    """Seconds a client told "queue full" (Triton's 503) should wait: the model's estimated wait, rounded up
+    to a few steps so the configuration changes rarely."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,10 @@ class Gateway:
     """In a cluster: the Secret (tls.crt, tls.key) mounted where `tls` points."""
     config_dir: str = "/etc/tollway/envoy"
     listen_port: int = 8080
+    metrics_port: int = 9102
+    """Envoy's Prometheus endpoint (/stats/prometheus), the only admin path served off 127.0.0.1."""
     admin_port: int = 9901
     """Envoy's admin interface, on 127.0.0.1 only."""
+    monitoring: bool = True
+    """Render ServiceMonitors and a PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
     images: Images = field(default_factory=Images)

@@ -127,6 +127,8 @@ def prune_named(namespace: str, label_selector: str, stale: Iterable[tuple[str, 
     """Delete these (apiVersion, kind, name) children where they exist and carry the selector's labels."""
     deleted = []
     for api_version, kind, name in stale:
+        if not served(api_version, kind):
+            continue  # nothing of a kind the cluster does not serve can exist
         resource = _resource(api_version, kind)
         found = resource.get(
             namespace=namespace, label_selector=label_selector, field_selector=f"metadata.name={name}"

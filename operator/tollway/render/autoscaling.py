@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollway.documents import dump
 from tollway.ir.serving import Scaling, TritonServing
 
 QUEUE_METRIC = "tollway_triton_queue_depth"
@@ -67,6 +68,24 @@ def adapter_rules() -> dict[str, Any]:
                 "metricsQuery": 'max by (model) (<<.Series>>{<<.LabelMatchers>>,quantile="0.99"}) / 1000',
             },
         ]
+    }
+
+
+def adapter_config_map(namespace: str) -> Manifest:
+    """The rules as a ConfigMap for prometheus-adapter's --config, in the namespace it runs in (one per
+    cluster: the rules match every Tollway model)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "tollway-prometheus-adapter",
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "tollway",
+                "app.kubernetes.io/component": "prometheus-adapter",
+            },
+        },
+        "data": {"config.yaml": dump(adapter_rules())},
     }
 
 

@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
 RATELIMIT_CLUSTER = "ratelimit"
+ADMIN_CLUSTER = "admin"
 RATELIMIT_DOMAIN = "tollway"
 RATELIMIT_TIMEOUT = "0.25s"
 UPSTREAM_TIMEOUT = "300s"
@@ -147,6 +148,7 @@ def _lua_data(gateway: Gateway) -> str:
                 "input": re.sub(r"(\W)", r"%\1", model.input_tokens) if model.input_tokens else None,
                 "output": re.sub(r"(\W)", r"%\1", model.output_tokens) if model.output_tokens else None,
                 "max_tokens": model.default_max_tokens,
+                "retry_after": model.retry_after,
             }
             for model in gateway.models
         },
@@ -417,11 +419,41 @@ def _listener(name: str, port: int, chain: Config) -> Config:
     }
 
 
+def _metrics_listener(gateway: Gateway) -> Config:
+    """Envoy's own statistics for Prometheus: /stats/prometheus of the admin interface, nothing else of it."""
+    manager = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": "metrics",
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": "metrics",
+                        "domains": ["*"],
+                        "routes": [
+                            {"match": {"path": "/stats/prometheus"}, "route": {"cluster": ADMIN_CLUSTER}},
+                            {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                        ],
+                    }
+                ]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": _TYPE + "extensions.filters.http.router.v3.Router"},
+                }
+            ],
+        },
+    }
+    return _listener("metrics", gateway.metrics_port, {"filters": [manager]})
+
+
 def listeners(gateway: Gateway, now: datetime) -> Config:
-    """The plain listener, and one mTLS listener per mTLS tier, each trusting only that tier's CA (the
-    Lua program knows the tier by the port)."""
+    """The plain listener, one mTLS listener per mTLS tier, each trusting only that tier's CA (the Lua
+    program knows the tier by the port), and the metrics listener."""
     manager = _connection_manager(gateway, now)
-    found = [_listener("http", gateway.listen_port, {"filters": [manager]})]
+    found = [_listener("http", gateway.listen_port, {"filters": [manager]}), _metrics_listener(gateway)]
     for tier in gateway.tiers:
         if tier.mtls is None or tier.mtls_port is None or gateway.tls is None:
             continue
@@ -517,6 +549,7 @@ def clusters(gateway: Gateway) -> Config:
             )
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
+    found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.admin_port))
     for tier in gateway.tiers:
         if tier.jwt is None:
             continue

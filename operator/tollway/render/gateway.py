@@ -14,6 +14,7 @@ from tollway.documents import dump
 from tollway.ir.gateway import Gateway
 from tollway.render.envoy import bootstrap, clusters, listeners
 from tollway.render.meta import MANAGED_BY
+from tollway.render.monitoring import MONITORING_API, gateway_rule_groups, scrape_annotations, service_monitor
 from tollway.render.ratelimit import ratelimit_config
 
 Manifest = dict[str, Any]
@@ -48,6 +49,8 @@ def possible_children(gateway: str) -> set[tuple[str, str, str]]:
         | {("apps/v1", "Deployment", named[part]) for part in workloads}
         | {("v1", "Service", named[part]) for part in workloads}
         | {("policy/v1", "PodDisruptionBudget", named[part]) for part in ("envoy", "ratelimit")}
+        | {(MONITORING_API, "ServiceMonitor", named[part]) for part in ("envoy", "ratelimit")}
+        | {(MONITORING_API, "PrometheusRule", named["envoy"])}
     )
 
 
@@ -167,7 +170,7 @@ def _budget(gateway: Gateway, component: str, name: str) -> Manifest:
 
 def _envoy(gateway: Gateway) -> list[Manifest]:
     named = names(gateway.name)
-    ports = [("http", gateway.listen_port)]
+    ports = [("http", gateway.listen_port), ("metrics", gateway.metrics_port)]
     ports += [(f"mtls-{index}", tier.mtls_port) for index, tier in enumerate(gateway.tiers) if tier.mtls_port]
     mounts = [{"name": "config", "mountPath": gateway.config_dir, "readOnly": True}]
     volumes: list[dict[str, Any]] = [{"name": "config", "secret": {"secretName": named["config"]}}]
@@ -194,10 +197,11 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
         "containers": [container],
         "volumes": volumes,
     }
-    found = [
-        _deployment(gateway, "envoy", named["envoy"], gateway.envoy_replicas, pod),
-        _service(gateway, "envoy", named["envoy"], ports),
-    ]
+    deployment = _deployment(gateway, "envoy", named["envoy"], gateway.envoy_replicas, pod)
+    deployment["spec"]["template"]["metadata"]["annotations"] = scrape_annotations(
+        gateway.metrics_port, "/stats/prometheus"
+    )
+    found = [deployment, _service(gateway, "envoy", named["envoy"], ports)]
     if gateway.envoy_replicas > 1:
         found.append(_budget(gateway, "envoy", named["envoy"]))
     return found
@@ -251,7 +255,10 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         },
         _deployment(gateway, "ratelimit", named["ratelimit"], 2, pod),
         _service(
-            gateway, "ratelimit", named["ratelimit"], [("grpc", RATELIMIT_GRPC), ("http", RATELIMIT_HTTP)]
+            gateway,
+            "ratelimit",
+            named["ratelimit"],
+            [("grpc", RATELIMIT_GRPC), ("http", RATELIMIT_HTTP), ("metrics", RATELIMIT_METRICS)],
         ),
         _budget(gateway, "ratelimit", named["ratelimit"]),
     ]
@@ -290,4 +297,23 @@ def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
             for name in ("envoy.yaml", "lds.yaml", "cds.yaml")
         },
     }
-    return [config, *_ratelimit(gateway, files["ratelimit.yaml"]), *_envoy(gateway)]
+    found = [config, *_ratelimit(gateway, files["ratelimit.yaml"]), *_envoy(gateway)]
+    if gateway.monitoring:
+        found += _monitoring(gateway)
+    return found
+
+
+def _monitoring(gateway: Gateway) -> list[Manifest]:
+    """ServiceMonitors for Envoy and the ratelimit service, and the gateway's PrometheusRule."""
+    named = names(gateway.name)
+    monitors = [
+        service_monitor(_metadata(gateway, named[part], part), _selector(gateway, part), path)
+        for part, path in (("envoy", "/stats/prometheus"), ("ratelimit", "/metrics"))
+    ]
+    rule = {
+        "apiVersion": MONITORING_API,
+        "kind": "PrometheusRule",
+        "metadata": _metadata(gateway, named["envoy"], "envoy"),
+        "spec": {"groups": gateway_rule_groups(gateway.namespace)},
+    }
+    return [*monitors, rule]

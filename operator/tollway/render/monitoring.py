@@ -176,8 +176,13 @@ def rule_groups(serving: TritonServing) -> list[dict[str, Any]]:
     return groups
 
 
+def scrape_annotations(port: int, path: str) -> dict[str, str]:
+    """The fallback for a Prometheus without prometheus-operator: the usual pod annotations."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": path}
+
+
 def service_monitor(
-    serving: TritonServing, metadata: dict[str, Any], selector_labels: dict[str, str]
+    metadata: dict[str, Any], selector_labels: dict[str, str], path: str = "/metrics"
 ) -> Manifest:
     return {
         "apiVersion": MONITORING_API,
@@ -185,9 +190,36 @@ def service_monitor(
         "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels},
-            "endpoints": [{"port": "metrics", "interval": "15s", "path": "/metrics"}],
+            "endpoints": [{"port": "metrics", "interval": "15s", "path": path}],
         },
     }
+
+
+def gateway_rule_groups(namespace: str) -> list[dict[str, Any]]:
+    """The gateway's rules, from Envoy's own statistics: replies by class (2xx-5xx, the gateway's own 401,
+    403, 429 included), the share of 4xx and of 5xx, and an alert when 5xx passes 5 %."""
+    matchers = f'namespace="{namespace}",envoy_http_conn_manager_prefix="gateway"'
+    replies = "envoy_http_downstream_rq_xx"
+    by_class = f"sum by (namespace, envoy_response_code_class) (rate({replies}{{{matchers}}}[5m]))"
+    total = f"sum by (namespace) (rate({replies}{{{matchers}}}[5m]))"
+    rules: list[dict[str, Any]] = [{"record": "tollway:gateway_replies:rate5m", "expr": by_class}]
+    for code_class in ("4", "5"):
+        share = (
+            f'sum by (namespace) (rate({replies}{{{matchers},envoy_response_code_class="{code_class}"}}[5m]))'
+        )
+        rules.append({"record": f"tollway:gateway_{code_class}xx_ratio:rate5m", "expr": f"{share} / {total}"})
+    rules.append(
+        {
+            "alert": "TollwayGatewayErrors",
+            "expr": f'tollway:gateway_5xx_ratio:rate5m{{namespace="{namespace}"}} > 0.05',
+            "for": "5m",
+            "labels": {"namespace": namespace, "severity": "page"},
+            "annotations": {
+                "summary": f"the gateway of {namespace} answers more than 5 % of requests with 5xx"
+            },
+        }
+    )
+    return [{"name": f"tollway.{namespace}.gateway", "rules": rules}]
 
 
 def prometheus_rule(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:

@@ -8,7 +8,13 @@ from tollway.ir.serving import TritonServing
 from tollway.render.autoscaling import scaler
 from tollway.render.meta import MANAGED_BY, metadata
 from tollway.render.model_config import checksum, config_pbtxt
-from tollway.render.monitoring import MONITORING_API, dashboard, prometheus_rule, service_monitor
+from tollway.render.monitoring import (
+    MONITORING_API,
+    dashboard,
+    prometheus_rule,
+    scrape_annotations,
+    service_monitor,
+)
 
 HTTP, GRPC, METRICS = 8000, 8001, 8002
 #: Every kind of child this module renders: what the operator prunes when one is no longer rendered.
@@ -92,7 +98,7 @@ def render(serving: TritonServing) -> list[dict[str, Any]]:
     objects += scaler(serving, _metadata(serving, "triton"))
     if serving.monitoring:
         objects += [
-            service_monitor(serving, _metadata(serving, "triton"), selector(serving)),
+            service_monitor(_metadata(serving, "triton"), selector(serving)),
             prometheus_rule(serving, _metadata(serving, "triton")),
         ]
     return [*objects, dashboard(serving, _metadata(serving, "dashboard"))]
@@ -282,9 +288,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
                     # The scrape annotations are the fallback for a Prometheus without prometheus-operator.
                     "annotations": {
                         CHECKSUM_ANNOTATION: config_checksum,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(METRICS),
-                        "prometheus.io/path": "/metrics",
+                        **scrape_annotations(METRICS, "/metrics"),
                     },
                 },
                 "spec": pod,

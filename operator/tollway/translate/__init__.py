@@ -124,7 +124,16 @@ def translate_gateway(
             tiers.append(resource)
         elif isinstance(resource, ModelDeployment):
             models.append(resource)
-    plan = gateway(namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options)
+    waits = {
+        str(document["metadata"]["name"]): float(wait)
+        for document in documents
+        if document["kind"] == ModelDeployment.kind_name
+        and (wait := ((document.get("status") or {}).get("metrics") or {}).get("estimatedWaitSeconds"))
+        is not None
+    }
+    plan = gateway(
+        namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options, waits=waits
+    )
     rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []
     if plan.gateway is None and tier_documents:
         return GatewayResult(plan, (), ())  # only invalid tiers: keep what serves now until one is fixed

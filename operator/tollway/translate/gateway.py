@@ -49,9 +49,11 @@ class GatewayOptions:
     """The mTLS listener's certificate and key: a kubernetes.io/tls Secret in each gateway namespace."""
     config_dir: str = "/etc/tollway/envoy"
     listen_port: int = 8080
+    metrics_port: int = 9102
     admin_port: int = 9901
     mtls_port: int = 8443
     """The first mTLS tier's port; the others (in name order) follow it."""
+    monitoring: bool = True
     images: Images = field(default_factory=Images)
 
 
@@ -71,6 +73,17 @@ class GatewayPlan:
     reports: dict[str, TierReport]
 
 
+#: The steps an estimated wait is rounded up to, for Retry-After.
+RETRY_STEPS = (1, 2, 5, 10, 30, 60, 120, 300)
+
+
+def retry_after(estimated_wait_seconds: float | None) -> int:
+    """The smallest step at or above the estimate (the last step for anything longer); 1 without one."""
+    if estimated_wait_seconds is None:
+        return RETRY_STEPS[0]
+    return next((step for step in RETRY_STEPS if step >= estimated_wait_seconds), RETRY_STEPS[-1])
+
+
 def gateway(
     namespace: str,
     *,
@@ -79,10 +92,18 @@ def gateway(
     secrets: Sequence[Mapping[str, Any]],
     now: datetime,
     options: GatewayOptions = GatewayOptions(),
+    waits: Mapping[str, float] | None = None,
 ) -> GatewayPlan:
-    """The namespace's gateway from its valid tiers and models and all of its Secrets."""
+    """The namespace's gateway from its valid tiers and models and all of its Secrets; `waits` are the
+    models' estimated waits (status.metrics.estimatedWaitSeconds) by ModelDeployment name."""
     ordered = sorted(tiers, key=lambda tier: (tier.spec.priority, tier.metadata.name))
-    served = tuple(_model(resource, namespace, options) for resource in models)
+    served = tuple(
+        replace(
+            _model(resource, namespace, options),
+            retry_after=retry_after((waits or {}).get(resource.metadata.name)),
+        )
+        for resource in models
+    )
     levels = priority_levels(tier.spec.priority for tier in ordered)
     problems: dict[str, list[str]] = {tier.metadata.name: [] for tier in ordered}
     built = []
@@ -118,7 +139,9 @@ def gateway(
         tls_secret=options.tls_secret if any(tier.mtls_port for tier in built) else None,
         config_dir=options.config_dir,
         listen_port=options.listen_port,
+        metrics_port=options.metrics_port,
         admin_port=options.admin_port,
+        monitoring=options.monitoring,
         images=options.images,
     )
     return GatewayPlan(gateway=built_gateway, reports=reports)

@@ -493,6 +493,10 @@ local function on_response(handle)
   end
   local state = handle:streamInfo():dynamicMetadata():get(NS) or {}
   local tier = state.tier and T.tiers[state.tier]
+  local model = state.model and T.models[state.model]
+  if headers:get(":status") == "503" and headers:get("x-envoy-upstream-service-time") and model then
+    headers:replace("retry-after", tostring(model.retry_after)) -- Triton's queue is full: its estimated wait
+  end
   if headers:get(":status") == "429" and (tier == nil or tier.retry_after) then
     local reset = math.max(
       tonumber(headers:get("x-ratelimit-reset") or "") or 0,
@@ -500,7 +504,6 @@ local function on_response(handle)
     )
     headers:replace("retry-after", tostring(math.max(reset, 1)))
   end
-  local model = state.model and T.models[state.model]
   local dates = model and model.versions[tonumber(state.version)] or {}
   if dates.announced ~= nil and os.time() >= dates.announced then
     headers:replace("deprecation", "@" .. dates.announced)
