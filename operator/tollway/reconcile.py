@@ -11,13 +11,13 @@ from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.observed import GatewayState, MetricsState, ServingState
+from tollway.ir.observed import GatewayState, MetricsState, ServingState, UsageState
 from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named, served
 from tollway.k8s.events import record_event
 from tollway.k8s.resources import list_resources, list_secrets, read_resource
 from tollway.k8s.serving import deployment_state, pod_problems
 from tollway.k8s.status import apply_status
-from tollway.observe.prometheus import model_metrics
+from tollway.observe.prometheus import model_metrics, tier_usage
 from tollway.observe.triton import model_state
 from tollway.render.monitoring import MONITORING_API
 from tollway.render.triton import names
@@ -113,7 +113,8 @@ def _reconcile_gateway_once(namespace: str, logger: Logger, settings: Settings) 
     )
     for body in tiers:
         report = result.plan.reports.get(body["metadata"]["name"], TierReport())
-        status = translate(ApiTier, body, now, Context(tier=report, gateway=state)).status
+        usage = _usage(settings, namespace, body, now)
+        status = translate(ApiTier, body, now, Context(tier=report, gateway=state, usage=usage)).status
         _write_status(ApiTier, body, status, logger)
 
 
@@ -243,12 +244,34 @@ def _metrics(
     """The model's figures from Prometheus, at most once per resync (the ones in status when younger)."""
     if not settings.prometheus_url:
         return None
-    if previous and previous.get("observedAt"):
-        age = datetime.now(UTC) - datetime.fromisoformat(str(previous["observedAt"]).replace("Z", "+00:00"))
-        if age.total_seconds() < settings.resync_seconds:
-            values = {_snake(key): value for key, value in previous.items() if key != "observedAt"}
-            return MetricsState(reachable=True, values=values, observed_at=str(previous["observedAt"]))
+    if previous is not None and _fresh(previous, settings):
+        values = {_snake(key): value for key, value in previous.items() if key != "observedAt"}
+        return MetricsState(reachable=True, values=values, observed_at=str(previous["observedAt"]))
     return model_metrics(settings.prometheus_url, namespace, model)
+
+
+def _usage(settings: Settings, namespace: str, tier: Mapping[str, Any], now: datetime) -> UsageState | None:
+    """A tier's use today from Prometheus, at most once per resync (what status holds when younger)."""
+    if not settings.prometheus_url:
+        return None
+    previous = (tier.get("status") or {}).get("usage")
+    if previous is not None and _fresh(previous, settings):
+        counts = {_snake(key): value for key, value in previous.items() if key in USAGE_COUNTS}
+        return UsageState(reachable=True, observed_at=str(previous["observedAt"]), **counts)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    since = int((now - midnight).total_seconds())
+    return tier_usage(settings.prometheus_url, namespace, tier["metadata"]["name"], since)
+
+
+USAGE_COUNTS = ("consumers", "requests", "inputTokens", "outputTokens")
+
+
+def _fresh(previous: Mapping[str, Any] | None, settings: Settings) -> bool:
+    """Whether figures in status are younger than a resync (then they are not read again)."""
+    if not previous or not previous.get("observedAt"):
+        return False
+    age = datetime.now(UTC) - datetime.fromisoformat(str(previous["observedAt"]).replace("Z", "+00:00"))
+    return age.total_seconds() < settings.resync_seconds
 
 
 def _snake(name: str) -> str:

@@ -55,6 +55,7 @@ CONSUMERS = (
     "olga",
     "bigbody",
     "rita",
+    "uma",
 )
 KEYS = {name: f"tw-test-{name}-key" for name in CONSUMERS}
 
@@ -112,6 +113,7 @@ def manifests(
         secret("bob", "metered", KEYS["bob"]),
         secret("tina", "metered", KEYS["tina"]),
         secret("olga", "metered", KEYS["olga"]),
+        secret("uma", "metered", KEYS["uma"]),
         secret("tpm64", "metered64", KEYS["tpm64"]),
         secret("carol", "pro", KEYS["carol"]),
         secret("bulk", "bulk", KEYS["bulk"]),
@@ -602,6 +604,37 @@ def test_envoy_exports_the_statistics_the_gateway_rules_read(gateway: Bed) -> No
         urllib.request.urlopen(
             f"http://127.0.0.1:{gateway.metrics_ports[0]}/quitquitquit", data=b"", timeout=5
         )
+
+
+def test_the_ratelimit_service_counts_each_consumers_requests_and_tokens(gateway: Bed) -> None:
+    for _ in range(2):
+        assert infer(gateway, "/v1/models/echo/infer", KEYS["uma"], values=3, max_tokens=5).status == 200
+    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
+
+    def counted() -> dict[str, float] | None:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        found = {
+            line.split('key1="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("ratelimit_service_rate_limit_total_hits{") and 'key2="consumer_uma"' in line
+        }
+        return found if len(found) == 4 else None  # the stats reach the endpoint every few seconds
+
+    assert eventually_value(counted) == {
+        "usage_requests_metered": 2,
+        "usage_input_metered": 6,
+        "usage_output_metered": 10,
+        "tpm_metered": 2 * (math.ceil(len(_sent_bytes(values=3, max_tokens=5)) / 4) + 5),  # the reservations
+    }
+
+
+def eventually_value(probe: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None:
+        assert time.monotonic() < deadline, "no value in time"
+        time.sleep(0.5)
+    return found
 
 
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:

@@ -18,7 +18,7 @@ from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
 from tollway.ir.gateway import Quota
-from tollway.ir.observed import GatewayState
+from tollway.ir.observed import GatewayState, UsageState
 from tollway.render.envoy import effective_quota, lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
@@ -153,10 +153,15 @@ def test_overrides_get_counters_of_their_own() -> None:
     scopes, cap = effective_quota(built.tiers[0], "chat")
     assert scopes == {"rpm": "pro", "tpm": "pro/chat"} and cap == 1
     assert effective_quota(built.tiers[0], "other") == ({"rpm": "pro", "tpm": "pro"}, 4)
+    descriptors = ratelimit_config(built)["descriptors"]
     limits = {
         (entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"]
-        for entry in ratelimit_config(built)["descriptors"]
+        for entry in descriptors
+        if not entry["key"].startswith("usage_")
     }
+    usage = {(entry["key"], entry["value"]) for entry in descriptors if entry["key"].startswith("usage_")}
+    assert usage == {("usage_requests", "pro"), ("usage_input", "pro"), ("usage_output", "pro")}
+    assert all(entry["descriptors"][0]["detailed_metric"] for entry in descriptors)  # per-consumer figures
     assert limits == {
         ("rpm", "pro"): {"unit": "minute", "requests_per_unit": 60},
         ("tpm", "pro"): {"unit": "minute", "requests_per_unit": 1000},
@@ -269,3 +274,27 @@ def test_only_invalid_tiers_leave_the_running_gateway_alone() -> None:
     result = translate_gateway("ai", [broken], [], NOW)
     assert result.plan.gateway is None and result.manifests == () and result.stale == ()
     assert translate_gateway("ai", [], [], NOW).stale  # no tier at all: everything goes
+
+
+def test_a_tiers_usage_today_is_priced_and_kept_when_prometheus_is_away() -> None:
+    tier = api_tier(
+        "pro",
+        **{"spec.pricing": {"currency": "EUR", "inputPer1kTokens": "0.0005", "outputPer1kTokens": "0.0015"}},
+    )
+    used = UsageState(reachable=True, consumers=2, requests=30, input_tokens=120_000, output_tokens=40_000)
+    status = translate(ApiTier, tier, NOW, Context(usage=used)).status
+    assert status["usage"] == {
+        "consumers": 2,
+        "requests": 30,
+        "inputTokens": 120000,
+        "outputTokens": 40000,
+        "cost": "0.12",
+        "currency": "EUR",
+        "observedAt": "2026-11-26T12:00:00Z",
+    }
+    away = translate(
+        ApiTier, {**tier, "status": status}, NOW, Context(usage=UsageState(reachable=False, error="refused"))
+    )
+    assert away.status["usage"] == status["usage"]
+    condition = next(item for item in away.status["conditions"] if item["type"] == "MetricsAvailable")
+    assert (condition["status"], condition["reason"]) == ("False", "PrometheusUnreachable")

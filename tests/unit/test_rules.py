@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ from tollway import documents
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.render.monitoring import gateway_rule_groups, rule_groups
+from tollway.translate import translate_all
 from tollway.translate.serving import serving
 
 from builders import model_deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 SELECTOR = 'namespace="ai",model="chat"'
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +53,7 @@ def test_promtool_accepts_every_rendered_rule_group(document: dict[str, Any], tm
 
 def test_promtool_accepts_the_gateway_rules(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": gateway_rule_groups("ai")}))
+    path.write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
     checked = promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -172,3 +175,83 @@ def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_
     )
     tested = promtool("test", "rules", str(test_file))
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def example_gateway() -> Any:
+    return translate_all(documents.load([ROOT / "examples"]), NOW).gateways["ai"].plan.gateway
+
+
+def test_usage_and_cost_per_consumer_come_from_the_gateways_counters(tmp_path: Path) -> None:
+    """pro charges 0.0005 per 1k input and 0.0015 per 1k output tokens; bob uses 1000 and 500 a minute,
+    then ten times as much."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
+
+    def counter(kind: str, values: str) -> dict[str, str]:
+        labels = f'namespace="ai",domain="tollway",key1="usage_{kind}_pro",key2="consumer_bob"'
+        return {"series": f"ratelimit_service_rate_limit_total_hits{{{labels}}}", "values": values}
+
+    steady = [
+        counter("input", "0+1000x1500"),
+        counter("output", "0+500x1500"),
+        counter("requests", "0+10x1500"),
+    ]
+    bob = {"namespace": "ai", "tier": "pro", "consumer": "bob"}
+    spike = [counter("input", "0+100x2880 288000+1000x120"), counter("output", "0x3000")]
+    alert_rule = next(
+        rule
+        for group in gateway_rule_groups(example_gateway())
+        for rule in group["rules"]
+        if rule.get("alert") == "TollwayConsumerUsageSpike" and rule["labels"]["tier"] == "pro"
+    )
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": steady,
+            "promql_expr_test": [
+                {
+                    "expr": 'tollway:consumer_cost:per_day{namespace="ai"}',
+                    "eval_time": "1500m",
+                    "exp_samples": [
+                        {
+                            "labels": _labels("tollway:consumer_cost:per_day", currency="USD", **bob),
+                            "value": 1.8,
+                        }
+                    ],
+                },
+                {
+                    "expr": 'round(tollway:consumer_input_tokens:per_minute{namespace="ai"})',
+                    "eval_time": "1500m",
+                    "exp_samples": [{"labels": _labels("", **bob), "value": 1000}],
+                },
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1500m", "alertname": "TollwayConsumerUsageSpike", "exp_alerts": []}
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": spike,
+            "alert_rule_test": [
+                {
+                    "eval_time": "2990m",
+                    "alertname": "TollwayConsumerUsageSpike",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {**alert_rule["labels"], "consumer": "bob"},
+                            "exp_annotations": alert_rule["annotations"],
+                        }
+                    ],
+                }
+            ],
+        },
+    ]
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def _labels(name: str, **labels: str) -> str:
+    return name + "{" + ",".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"

@@ -186,6 +186,20 @@ class ApiTierSpec(TollwayModel):
     alerts: UsageAlerts = UsageAlerts()
 
 
+class Usage(TollwayModel):
+    """The tier's use today (since 00:00 UTC), from the gateway's counters in Prometheus."""
+
+    consumers: int = 0
+    """Consumers that sent at least one request today."""
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: DecimalString = "0"
+    """Input and output tokens at the tier's prices."""
+    currency: Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")] = "USD"
+    observed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
 class ApiTierStatus(TollwayModel):
     observed_generation: int = 0
     conditions: Conditions = Field(default_factory=list)
@@ -193,6 +207,7 @@ class ApiTierStatus(TollwayModel):
     """Consumers with a live API key for this tier (JWT and mTLS consumers are not known in advance)."""
     mtls_port: int | None = None
     """The gateway port of this tier's mTLS clients (one listener per mTLS tier, trusting only its CA)."""
+    usage: Usage | None = None
 
 
 class ApiTier(Resource):

@@ -84,6 +84,10 @@ class Tier:
     mtls: Mtls | None = None
     mtls_port: int | None = None
     """The listener of this tier's mTLS clients: one per tier, trusting only the tier's CA."""
+    currency: str = "USD"
+    input_price_per_1k: str = "0"
+    output_price_per_1k: str = "0"
+    usage_spike_factor: float = 3.0
 
 
 @dataclass(frozen=True)

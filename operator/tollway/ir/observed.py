@@ -52,6 +52,21 @@ class MetricsState:
 
 
 @dataclass(frozen=True)
+class UsageState:
+    """A tier's use of the gateway today (since 00:00 UTC), from Prometheus; or why it could not be read."""
+
+    reachable: bool
+    error: str = ""
+    consumers: int = 0
+    """Consumers that sent at least one request."""
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    observed_at: str | None = None
+    """When read; None: now (see MetricsState)."""
+
+
+@dataclass(frozen=True)
 class GatewayState:
     """The namespace's gateway as the cluster shows it: its Envoy Deployment, if there is one yet."""
 

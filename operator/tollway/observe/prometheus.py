@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from tollway.ir.observed import MetricsState
+from tollway.ir.observed import MetricsState, UsageState
 from tollway.render.monitoring import selector
 
 TIMEOUT_SECONDS = 3
@@ -40,3 +40,29 @@ def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
     except Exception as error:
         return MetricsState(reachable=False, error=f"{type(error).__name__}: {str(error)[:200]}")
     return MetricsState(reachable=True, values=values)
+
+
+def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:
+    """A tier's requests and tokens over the last `since_seconds` (today so far), from the gateway's usage
+    counters; unreachable (with the error) instead of an exception."""
+    window = f"{max(since_seconds, 60)}s"
+    counter = (
+        f'ratelimit_service_rate_limit_total_hits{{namespace="{namespace}",key1="usage_{{kind}}_{tier}"}}'
+    )
+    try:
+        client = PrometheusConnect(url, disable_ssl=True, timeout=TIMEOUT_SECONDS, retry=Retry(total=0))
+
+        def total(kind: str) -> int:
+            result: Any = client.custom_query(f"sum(increase({counter.format(kind=kind)}[{window}]))")
+            return round(float(result[0]["value"][1])) if result else 0
+
+        active: Any = client.custom_query(f"count(increase({counter.format(kind='requests')}[{window}]) > 0)")
+        return UsageState(
+            reachable=True,
+            consumers=int(float(active[0]["value"][1])) if active else 0,
+            requests=total("requests"),
+            input_tokens=total("input"),
+            output_tokens=total("output"),
+        )
+    except Exception as error:
+        return UsageState(reachable=False, error=f"{type(error).__name__}: {str(error)[:200]}")

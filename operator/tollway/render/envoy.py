@@ -20,6 +20,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
 RATELIMIT_CLUSTER = "ratelimit"
+USAGE_KINDS = ("usage_requests", "usage_input", "usage_output")
+"""Counters the ratelimit service keeps per tier and consumer at the end of each request (ratelimit.py)."""
 ADMIN_CLUSTER = "admin"
 RATELIMIT_DOMAIN = "tollway"
 RATELIMIT_TIMEOUT = "0.25s"
@@ -274,6 +276,39 @@ def _rate_limit_filter(
     }
 
 
+def _usage_filter() -> Config:
+    """Counts each served request, and its input and output tokens, per tier and consumer, when the request
+    ends (never delaying or refusing it: fail open, no headers)."""
+    consumer = {
+        "metadata": {"descriptor_key": "consumer", "metadata_key": _meta_key("consumer"), "source": "DYNAMIC"}
+    }
+    counted = []
+    for kind, hits in (
+        ("usage_requests", None),
+        ("usage_input", "input_tokens"),
+        ("usage_output", "output_tokens"),
+    ):
+        tier = {"metadata": {"descriptor_key": kind, "metadata_key": _meta_key("tier"), "source": "DYNAMIC"}}
+        entry: Config = {"actions": [tier, consumer], "apply_on_stream_done": True}
+        if hits is not None:  # no count (a model that reports no tokens): Envoy drops the descriptor
+            entry["hits_addend"] = {"format": f"%DYNAMIC_METADATA(tollway:{hits})%"}
+        counted.append(entry)
+    return {
+        "name": "tollway.usage",
+        "typed_config": {
+            "@type": _TYPE + "extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": RATELIMIT_DOMAIN,
+            "timeout": RATELIMIT_TIMEOUT,
+            "failure_mode_deny": False,
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                "transport_api_version": "V3",
+            },
+            "rate_limits": counted,
+        },
+    }
+
+
 def _meta_key(key: str) -> Config:
     return {"key": "tollway", "path": [{"key": key}]}
 
@@ -377,6 +412,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
     filters.append(_lua_filter("tollway.token_headers", _source("token_headers.lua")))
     for mode, fail_open in (("open", True), ("closed", False)):
         filters.append(_rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True))
+    filters.append(_usage_filter())
     filters.append(
         {
             "name": "envoy.filters.http.router",

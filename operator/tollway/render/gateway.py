@@ -314,6 +314,6 @@ def _monitoring(gateway: Gateway) -> list[Manifest]:
         "apiVersion": MONITORING_API,
         "kind": "PrometheusRule",
         "metadata": _metadata(gateway, named["envoy"], "envoy"),
-        "spec": {"groups": gateway_rule_groups(gateway.namespace)},
+        "spec": {"groups": gateway_rule_groups(gateway)},
     }
     return [*monitors, rule]

@@ -12,6 +12,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from tollway.ir.gateway import Gateway
 from tollway.ir.serving import Objectives, TritonServing
 
 Manifest = dict[str, Any]
@@ -195,9 +196,83 @@ def service_monitor(
     }
 
 
-def gateway_rule_groups(namespace: str) -> list[dict[str, Any]]:
-    """The gateway's rules, from Envoy's own statistics: replies by class (2xx-5xx, the gateway's own 401,
-    403, 429 included), the share of 4xx and of 5xx, and an alert when 5xx passes 5 %."""
+USAGE_COUNTER = "ratelimit_service_rate_limit_total_hits"
+
+
+def _by_consumer(kind: str, namespace: str, window: str, function: str = "rate") -> str:
+    """A usage counter of the ratelimit service (key1 = KIND_TIER, key2 = consumer_NAME) per tier and
+    consumer, labelled so."""
+    series = f'{USAGE_COUNTER}{{namespace="{namespace}",key1=~"{kind}_.*"}}'
+    labelled = (
+        f'label_replace(label_replace({function}({series}[{window}]), "tier", "$1", "key1", "{kind}_(.*)"), '
+        f'"consumer", "$1", "key2", "consumer_(.*)")'
+    )
+    return f"sum by (namespace, tier, consumer) ({labelled})"
+
+
+def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
+    """Requests, tokens and cost per consumer (the gateway's usage counters), and usage-spike alerts."""
+    namespace = gateway.namespace
+    rules: list[dict[str, Any]] = [
+        {
+            "record": "tollway:consumer_requests:rate5m",
+            "expr": _by_consumer("usage_requests", namespace, "5m"),
+        },
+    ]
+    for direction in ("input", "output"):
+        per_minute = f"{_by_consumer(f'usage_{direction}', namespace, '5m')} * 60"
+        rules.append({"record": f"tollway:consumer_{direction}_tokens:per_minute", "expr": per_minute})
+        per_day = _by_consumer(f"usage_{direction}", namespace, "1d", "increase")
+        rules.append({"record": f"tollway:consumer_{direction}_tokens:per_day", "expr": per_day})
+    rules.append(
+        {
+            "record": "tollway:consumer_requests:per_day",
+            "expr": _by_consumer("usage_requests", namespace, "1d", "increase"),
+        }
+    )
+    for tier in gateway.tiers:
+        matchers = f'namespace="{namespace}",tier="{tier.name}"'
+        cost = (
+            f"(tollway:consumer_input_tokens:per_day{{{matchers}}} * {tier.input_price_per_1k} "
+            f"+ tollway:consumer_output_tokens:per_day{{{matchers}}} * {tier.output_price_per_1k}) / 1000"
+        )
+        labels = {"currency": tier.currency}
+        rules.append({"record": "tollway:consumer_cost:per_day", "expr": cost, "labels": labels})
+    scope = f'namespace="{namespace}"'
+    rules.append(
+        {
+            "record": "tollway:consumer_cost_per_request:per_day",
+            "expr": f"tollway:consumer_cost:per_day{{{scope}}} "
+            f"/ ignoring(currency) clamp_min(tollway:consumer_requests:per_day{{{scope}}}, 1)",
+        }
+    )
+    hourly = (
+        f"{_by_consumer('usage_input', namespace, '1h')} + {_by_consumer('usage_output', namespace, '1h')}"
+    )
+    rules.append({"record": "tollway:consumer_tokens:rate1h", "expr": hourly})
+    for tier in gateway.tiers:
+        factor = _number(tier.usage_spike_factor)
+        recent = f'tollway:consumer_tokens:rate1h{{namespace="{namespace}",tier="{tier.name}"}}'
+        rules.append(
+            {
+                # The baseline is the average of the hourly rate over what Prometheus has of the last 7 days,
+                # so a new consumer is compared with its own short history, not with an empty week.
+                "alert": "TollwayConsumerUsageSpike",
+                "expr": f"{recent} > {factor} * avg_over_time({recent}[7d])",
+                "for": "15m",
+                "labels": {"namespace": namespace, "tier": tier.name, "severity": "ticket"},
+                "annotations": {
+                    "summary": f"a consumer of tier {tier.name} uses tokens at over {factor}x its 7-day rate",
+                },
+            }
+        )
+    return rules
+
+
+def gateway_rule_groups(gateway: Gateway) -> list[dict[str, Any]]:
+    """The gateway's rules: from Envoy's own statistics, replies by class (2xx-5xx, the gateway's own 401,
+    403, 429 included), the share of 4xx and of 5xx and an alert when 5xx passes 5 %; and the usage rules."""
+    namespace = gateway.namespace
     matchers = f'namespace="{namespace}",envoy_http_conn_manager_prefix="gateway"'
     replies = "envoy_http_downstream_rq_xx"
     by_class = f"sum by (namespace, envoy_response_code_class) (rate({replies}{{{matchers}}}[5m]))"
@@ -219,7 +294,10 @@ def gateway_rule_groups(namespace: str) -> list[dict[str, Any]]:
             },
         }
     )
-    return [{"name": f"tollway.{namespace}.gateway", "rules": rules}]
+    return [
+        {"name": f"tollway.{namespace}.gateway", "rules": rules},
+        {"name": f"tollway.{namespace}.usage", "rules": usage_rules(gateway)},
+    ]
 
 
 def prometheus_rule(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.gateway import LIMIT_KINDS, Gateway
-from tollway.render.envoy import RATELIMIT_DOMAIN, limits_for
+from tollway.render.envoy import RATELIMIT_DOMAIN, USAGE_KINDS, limits_for
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -24,16 +24,34 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
         for limit in LIMIT_KINDS:  # the tier's own limits, also with no model in the namespace yet
             if getattr(tier.quota, limit) is not None:
                 limits[(limit, tier.name)] = getattr(tier.quota, limit)
-    return {
-        "domain": RATELIMIT_DOMAIN,
-        "descriptors": [
-            {
-                "key": limit,
-                "value": scope,
-                "descriptors": [
-                    {"key": "consumer", "rate_limit": {"unit": UNITS[limit], "requests_per_unit": value}}
-                ],
-            }
-            for (limit, scope), value in sorted(limits.items())
-        ],
-    }
+    limited = [
+        {
+            "key": limit,
+            "value": scope,
+            "descriptors": [
+                {
+                    "key": "consumer",
+                    "rate_limit": {"unit": UNITS[limit], "requests_per_unit": value},
+                    "detailed_metric": True,
+                }
+            ],
+        }
+        for (limit, scope), value in sorted(limits.items())
+    ]
+    return {"domain": RATELIMIT_DOMAIN, "descriptors": limited + usage_descriptors(gateway)}
+
+
+def usage_descriptors(gateway: Gateway) -> list[dict[str, Any]]:
+    """Counters that never refuse, one per tier, usage kind and consumer: the service's per-consumer metrics
+    (detailed_metric) are where Prometheus reads requests and input and output tokens by consumer. The
+    service counts only limited descriptors (not `unlimited` ones), so the limit is the largest it takes."""
+    never = {"unit": "day", "requests_per_unit": 2**32 - 1}
+    return [
+        {
+            "key": kind,
+            "value": tier.name,
+            "descriptors": [{"key": "consumer", "rate_limit": never, "detailed_metric": True}],
+        }
+        for tier in gateway.tiers
+        for kind in USAGE_KINDS
+    ]

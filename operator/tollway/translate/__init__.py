@@ -14,7 +14,7 @@ from typing import Any
 
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.observed import GatewayState, ServingState
+from tollway.ir.observed import GatewayState, ServingState, UsageState
 from tollway.render import gateway as gateway_render
 from tollway.render import triton
 from tollway.translate import api_tier, model_deployment
@@ -43,6 +43,8 @@ class Context:
     tier: TierReport = field(default_factory=TierReport)
     """For an ApiTier: what its namespace's gateway makes of it."""
     gateway: GatewayState = field(default_factory=GatewayState)
+    usage: UsageState | None = None
+    """For an ApiTier: its use today, when the operator has a Prometheus to ask."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,16 @@ def translate(
         stale = tuple(kind for kind in triton.CHILD_KINDS if kind not in rendered)
         return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale)
     assert isinstance(resource, ApiTier)
-    status = api_tier.status(resource, context.tier, context.gateway, make)
+    previous_usage = (document.get("status") or {}).get("usage")
+    status = api_tier.status(
+        resource,
+        context.tier,
+        context.gateway,
+        make,
+        usage=context.usage,
+        previous_usage=previous_usage,
+        now=now,
+    )
     return Result(status=_wire(kind, status))  # its children are the namespace's gateway: `translate_gateway`
 
 

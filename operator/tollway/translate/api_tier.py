@@ -3,25 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from tollway.api import ApiTier
-from tollway.api.base import Condition
-from tollway.ir.observed import GatewayState
+from tollway.api.base import Condition, decimal
+from tollway.ir.observed import GatewayState, UsageState
 from tollway.translate.gateway import GATEWAY_NAME, TierReport
 
 Make = Callable[..., Condition]
 
 
-def status(resource: ApiTier, report: TierReport, gateway: GatewayState, make: Make) -> dict[str, Any]:
-    found = {
+def status(
+    resource: ApiTier,
+    report: TierReport,
+    gateway: GatewayState,
+    make: Make,
+    *,
+    usage: UsageState | None = None,
+    previous_usage: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    conditions = [_ready(gateway, make), _degraded(report, make)]
+    found: dict[str, Any] = {
         "observed_generation": resource.metadata.generation,
-        "conditions": [_ready(gateway, make), _degraded(report, make)],
         "consumers": report.consumers,
     }
     if report.mtls_port is not None:
         found["mtls_port"] = report.mtls_port
+    if usage is not None and usage.reachable:
+        found["usage"] = _usage(resource, usage, now)
+        conditions.append(make("MetricsAvailable", "True", "Current", "usage read from Prometheus"))
+    elif usage is not None:
+        reason = f"cannot read usage from Prometheus: {usage.error}"
+        conditions.append(make("MetricsAvailable", "False", "PrometheusUnreachable", reason))
+        if previous_usage is not None:
+            found["usage"] = previous_usage
+    found["conditions"] = conditions
     return found
+
+
+def _usage(resource: ApiTier, usage: UsageState, now: datetime | None) -> dict[str, Any]:
+    pricing = resource.spec.pricing
+    cost = (
+        Decimal(usage.input_tokens) * decimal(pricing.input_per1k_tokens)
+        + Decimal(usage.output_tokens) * decimal(pricing.output_per1k_tokens)
+    ) / 1000
+    moment = usage.observed_at or (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    return {
+        "consumers": usage.consumers,
+        "requests": usage.requests,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost": format(cost.quantize(Decimal("0.000001")).normalize(), "f"),
+        "currency": pricing.currency,
+        "observed_at": moment,
+    }
 
 
 def _ready(gateway: GatewayState, make: Make) -> Condition:

@@ -287,6 +287,10 @@ def _tier(
         allowed=allowed,
         fail_open=spec.limits.fail_open,
         retry_after=spec.over_limit.retry_after,
+        currency=spec.pricing.currency,
+        input_price_per_1k=spec.pricing.input_per1k_tokens,
+        output_price_per_1k=spec.pricing.output_per1k_tokens,
+        usage_spike_factor=spec.alerts.usage_spike_factor,
         jwt=Jwt(
             issuer=jwt.issuer,
             jwks_uri=jwt.jwks_uri,

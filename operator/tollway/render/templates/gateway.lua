@@ -464,8 +464,9 @@ local function used_tokens(text, key)
   return most
 end
 
-local function settle_tokens(handle, state)
-  local model = T.models[state.model]
+-- The tokens the model reported: recorded for the usage counters and the access log, and, when the
+-- request reserved tokens, what they exceed the reservation by is charged too (at the end of the stream).
+local function count_tokens(handle, state, model)
   local body = handle:body()
   if body == nil then return end
   local text = body:getBytes(0, body:length())
@@ -475,6 +476,7 @@ local function settle_tokens(handle, state)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "input_tokens", tostring(input))
   metadata:set(NS, "output_tokens", tostring(output))
+  if state.reserve == nil then return end
   local reserved = tonumber(state.reserve)
   local extra = math.max(0, input + output - reserved)
   metadata:set(NS, "settle", tostring(extra))
@@ -510,7 +512,7 @@ local function on_response(handle)
     if dates.sunset_http then headers:replace("sunset", dates.sunset_http) end
     if dates.link then headers:replace("link", "<" .. dates.link .. '>; rel="deprecation"') end
   end
-  if state.reserve ~= nil and headers:get(":status") == "200" then settle_tokens(handle, state) end
+  if model and model.input ~= nil and headers:get(":status") == "200" then count_tokens(handle, state, model) end
 end
 
 function envoy_on_response(handle)
