@@ -84,7 +84,14 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
     assert "tw-alice-secret-value" in files["lds.yaml"]
     limits = cluster.get("configmap", "tollway-gateway-ratelimit", NAMESPACE)["data"]["tollway.yaml"]
     descriptors = yaml.safe_load(limits)["descriptors"]
-    assert {(entry["key"], entry["value"]) for entry in descriptors} == {("rpm", "free"), ("rpm", "pro")}
+    usage = {
+        (kind, tier) for kind in ("usage_requests", "usage_input", "usage_output") for tier in ("free", "pro")
+    }
+    assert {(entry["key"], entry["value"]) for entry in descriptors} == {
+        ("rpm", "free"),
+        ("rpm", "pro"),
+        *usage,
+    }
 
 
 def _children(cluster: Cluster) -> set[tuple[str, str]]:
