@@ -9,8 +9,9 @@ setup:            ## the venv with tollway and its dev tools
 k8s:              ## kube-apiserver and kube-controller-manager, built once from the Go module proxy
 	@hack/build-k8s.sh >/dev/null
 
-tools:            ## the envoyproxy/ratelimit service, built once from the Go module proxy
+tools:            ## envoyproxy/ratelimit and prometheus-adapter, built once from the Go module proxy
 	@hack/build-tools.sh ratelimit >/dev/null
+	@hack/build-tools.sh prometheus-adapter >/dev/null
 
 demo: setup k8s   ## the main job on the local default: control plane, operator, examples, report
 	@$(VENV)/python hack/demo.py $(ARGS)
