@@ -1,5 +1,5 @@
 # Tollway's developer commands. Every target sets up what it needs on a fresh machine.
-.PHONY: setup k8s tools demo test unit integration lint crds golden up down clean
+.PHONY: setup k8s tools demo test unit integration lint crds docs golden up down clean
 
 VENV := .venv/bin
 
@@ -30,6 +30,9 @@ lint: setup
 
 crds: setup       ## regenerate crds/ from the pydantic models
 	@$(VENV)/tollway crds --out crds
+
+docs: setup       ## regenerate docs/api-reference.md from the models
+	@$(VENV)/tollway api-reference > docs/api-reference.md
 
 golden: setup     ## rewrite tests/golden/*/out from the code; read the diff before committing
 	@$(VENV)/pytest -q tests/unit/test_golden.py --update-golden

@@ -12,6 +12,7 @@ from tollway import documents
 from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
+from tollway.api.reference import reference
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
@@ -126,6 +127,12 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         )
         _replace(target, text)
     print(out)
+    return 0
+
+
+def api_reference(_: argparse.Namespace) -> int:
+    """The API reference in Markdown, from the models (docs/api-reference.md)."""
+    sys.stdout.write(reference(RESOURCES))
     return 0
 
 
@@ -260,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
         "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
     )
     command.set_defaults(handler=gateway_config)
+
+    command = commands.add_parser("api-reference", help="print the API reference (Markdown) from the models")
+    command.set_defaults(handler=api_reference)
 
     command = commands.add_parser(
         "adapter-config", help="print prometheus-adapter's rules for the metrics Tollway's HPAs read"
