@@ -12,15 +12,8 @@ from typing import Any
 
 import kopf
 
-from tollway.api import GROUP, RESOURCES, VERSION, ApiTier, Resource
-from tollway.reconcile import (
-    Logger,
-    Resync,
-    gateway_namespace_changed,
-    reconcile,
-    reconcile_gateway,
-    reconcile_owner,
-)
+from tollway.api import GROUP, RESOURCES, VERSION, Resource
+from tollway.reconcile import Logger, Resync, reconcile_owner, resource_changed, secret_changed
 from tollway.settings import Settings
 
 #: The kinds of children Tollway renders, watched so that an edited or deleted child is restored at once,
@@ -65,21 +58,14 @@ def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], settings: Sett
     """Every watch event of `kind` runs the reconcile (the periodic resync runs it too: `Resync`)."""
 
     def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        if kind is ApiTier:
-            reconcile_gateway(body["metadata"]["namespace"], logger, settings)
-        else:
-            reconcile(kind, body, logger, settings)
-            gateway_namespace_changed(body["metadata"].get("namespace"), logger, settings)
+        resource_changed(kind, body, logger, settings)
 
     kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-event", registry=handlers)(run)
 
 
 def _watch_secrets(handlers: kopf.OperatorRegistry, settings: Settings) -> None:
     def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        if (body["metadata"].get("labels") or {}).get("tollway.dev/gateway"):
-            reconcile_owner(body, logger, settings)
-        else:
-            gateway_namespace_changed(body["metadata"].get("namespace"), logger, settings)
+        secret_changed(body, logger, settings)
 
     kopf.on.event(*SECRETS, id="secrets", registry=handlers)(run)
 

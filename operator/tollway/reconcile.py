@@ -118,6 +118,27 @@ def _reconcile_gateway_once(namespace: str, logger: Logger, settings: Settings) 
         _write_status(ApiTier, body, status, logger)
 
 
+def resource_changed(
+    kind: type[Resource], body: Mapping[str, Any], logger: Logger, settings: Settings
+) -> None:
+    """A watch event of a ModelDeployment (its reconcile, then its namespace's gateway: the routes) or of an
+    ApiTier (the gateway, which writes every tier's status)."""
+    namespace = body["metadata"].get("namespace")
+    if kind is ApiTier:
+        reconcile_gateway(namespace, logger, settings)
+        return
+    reconcile(kind, body, logger, settings)
+    gateway_namespace_changed(namespace, logger, settings)
+
+
+def secret_changed(secret: Mapping[str, Any], logger: Logger, settings: Settings) -> None:
+    """The gateway's own config Secret (restored like any child), or any other: maybe an API key."""
+    if (secret["metadata"].get("labels") or {}).get("tollway.dev/gateway"):
+        reconcile_owner(secret, logger, settings)
+    else:
+        gateway_namespace_changed(secret["metadata"].get("namespace"), logger, settings)
+
+
 def gateway_namespace_changed(namespace: str | None, logger: Logger, settings: Settings) -> None:
     """Something the gateway reads changed (a model, a Secret): reconcile it if the namespace has tiers."""
     if namespace and list_resources(ApiTier, namespace):
