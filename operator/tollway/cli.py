@@ -13,6 +13,7 @@ from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
+from tollway.ir.gateway import Runtime
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
@@ -94,10 +95,9 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         host, _, ports = address.partition(":")
         http, _, grpc = ports.partition(":")
         upstreams[model] = (host, int(http), int(grpc or TRITON_GRPC))
-    options = GatewayOptions(
+    runtime = Runtime(
         envoy_replicas=arguments.replicas,
         ratelimit_address=arguments.ratelimit,
-        upstreams=upstreams,
         jwks_ca_file=arguments.jwks_ca,
         tls=(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert else None,
         config_dir=str(out / "envoy"),
@@ -106,6 +106,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         admin_port=arguments.admin_port,
         mtls_port=arguments.tls_port,
     )
+    options = GatewayOptions(runtime=runtime, upstreams=upstreams)
     ours = [document for document in loaded if _namespace(document) == namespace]
     resources = [document for document in ours if document.get("kind") in KINDS]
     secrets = [document for document in ours if document.get("kind") == "Secret"]
@@ -165,9 +166,11 @@ def run(arguments: argparse.Namespace) -> int:
         storage_initializer_image=arguments.storage_initializer_image,
         prometheus_url=arguments.prometheus_url or None,
         gateway=GatewayOptions(
-            envoy_replicas=arguments.gateway_replicas,
-            redis_address=arguments.redis_address or None,
-            tls_secret=arguments.gateway_tls_secret or None,
+            runtime=Runtime(
+                envoy_replicas=arguments.gateway_replicas,
+                redis_address=arguments.redis_address or None,
+                tls_secret=arguments.gateway_tls_secret or None,
+            )
         ),
     )
     run_operator(settings, verbose=arguments.verbose)
@@ -209,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--gateway-replicas",
         type=int,
-        default=GatewayOptions.envoy_replicas,
+        default=Runtime.envoy_replicas,
         help="Envoy replicas per gateway",
     )
     command.add_argument(
@@ -250,19 +253,19 @@ def parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--ratelimit", default="127.0.0.1:8081", help="the ratelimit service's gRPC address")
     command.add_argument("--port", type=int, default=8080, help="Envoy's listener port")
-    command.add_argument("--admin-port", type=int, default=GatewayOptions.admin_port)
+    command.add_argument("--admin-port", type=int, default=Runtime.admin_port)
     command.add_argument(
-        "--metrics-port", type=int, default=GatewayOptions.metrics_port, help="Envoy's /stats/prometheus port"
+        "--metrics-port", type=int, default=Runtime.metrics_port, help="Envoy's /stats/prometheus port"
     )
     command.add_argument(
         "--tls-port",
         type=int,
-        default=GatewayOptions.mtls_port,
+        default=Runtime.mtls_port,
         help="the first mTLS tier's port (one per tier)",
     )
     command.add_argument("--tls-cert", help="server certificate file for the mTLS listener")
     command.add_argument("--tls-key", help="its private key file")
-    command.add_argument("--jwks-ca", default=GatewayOptions.jwks_ca_file, help="CA bundle for JWKS servers")
+    command.add_argument("--jwks-ca", default=Runtime.jwks_ca_file, help="CA bundle for JWKS servers")
     command.add_argument(
         "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
     )

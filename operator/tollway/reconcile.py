@@ -93,7 +93,9 @@ def _reconcile_gateway_once(namespace: str, logger: Logger, settings: Settings) 
     tiers = list_resources(ApiTier, namespace)
     models = list_resources(ModelDeployment, namespace)
     now = datetime.now(UTC)
-    options = replace(settings.gateway, monitoring=_monitoring_served())
+    options = replace(
+        settings.gateway, runtime=replace(settings.gateway.runtime, monitoring=_monitoring_served())
+    )
     result = translate_gateway(namespace, tiers + models, list_secrets(namespace), now, options)
     error = ""
     try:

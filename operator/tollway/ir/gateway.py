@@ -107,14 +107,14 @@ class Images:
     redis: str = "redis:7.4-alpine"
 
 
+TLS_DIR = "/etc/tollway/tls"
+"""Where Envoy's pods mount the gateway's server certificate (the `tls_secret`)."""
+
+
 @dataclass(frozen=True)
-class Gateway:
-    namespace: str
-    name: str
-    owners: tuple[Owner, ...]
-    models: tuple[Model, ...]
-    tiers: tuple[Tier, ...]
-    credentials: tuple[Credential, ...]
+class Runtime:
+    """How a gateway runs: the operator's settings or `tollway gateway-config`'s flags, not resources."""
+
     envoy_replicas: int = 2
     redis_address: str | None = None
     """host:port of an existing Redis; None renders a single-replica Redis beside the gateway."""
@@ -123,15 +123,35 @@ class Gateway:
     jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
     """The trust bundle Envoy checks JWKS servers against."""
     tls: tuple[str, str] | None = None
-    """(certificate, key) files for the mTLS listener; needed only when a tier uses mTLS."""
+    """(certificate, key) files for the mTLS listeners, outside a cluster."""
     tls_secret: str | None = None
-    """In a cluster: the Secret (tls.crt, tls.key) mounted where `tls` points."""
+    """In a cluster: the kubernetes.io/tls Secret mounted at TLS_DIR; mTLS tiers need one of the two."""
     config_dir: str = "/etc/tollway/envoy"
     listen_port: int = 8080
     metrics_port: int = 9102
     """Envoy's Prometheus endpoint (/stats/prometheus), the only admin path served off 127.0.0.1."""
     admin_port: int = 9901
     """Envoy's admin interface, on 127.0.0.1 only."""
+    mtls_port: int = 8443
+    """The first mTLS tier's port; the others (in name order) follow it."""
     monitoring: bool = True
     """Render ServiceMonitors and a PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
     images: Images = field(default_factory=Images)
+
+    @property
+    def certificate(self) -> tuple[str, str] | None:
+        """The server certificate and key files of the mTLS listeners, if the gateway has one."""
+        if self.tls:
+            return self.tls
+        return (f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key") if self.tls_secret else None
+
+
+@dataclass(frozen=True)
+class Gateway:
+    namespace: str
+    name: str
+    owners: tuple[Owner, ...]
+    models: tuple[Model, ...]
+    tiers: tuple[Tier, ...]
+    credentials: tuple[Credential, ...]
+    runtime: Runtime = field(default_factory=Runtime)

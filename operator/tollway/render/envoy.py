@@ -482,18 +482,21 @@ def _metrics_listener(gateway: Gateway) -> Config:
             ],
         },
     }
-    return _listener("metrics", gateway.metrics_port, {"filters": [manager]})
+    return _listener("metrics", gateway.runtime.metrics_port, {"filters": [manager]})
 
 
 def listeners(gateway: Gateway, now: datetime) -> Config:
     """The plain listener, one mTLS listener per mTLS tier, each trusting only that tier's CA (the Lua
     program knows the tier by the port), and the metrics listener."""
     manager = _connection_manager(gateway, now)
-    found = [_listener("http", gateway.listen_port, {"filters": [manager]}), _metrics_listener(gateway)]
+    found = [
+        _listener("http", gateway.runtime.listen_port, {"filters": [manager]}),
+        _metrics_listener(gateway),
+    ]
     for tier in gateway.tiers:
-        if tier.mtls is None or tier.mtls_port is None or gateway.tls is None:
+        if tier.mtls is None or tier.mtls_port is None or gateway.runtime.certificate is None:
             continue
-        certificate, key = gateway.tls
+        certificate, key = gateway.runtime.certificate
         context = {
             "@type": _TYPE + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": True,
@@ -555,8 +558,8 @@ def _is_ip(host: str) -> bool:
 def ratelimit_address(gateway: Gateway) -> tuple[str, int]:
     from tollway.render.gateway import names  # noqa: PLC0415 (the two renderers name each other's parts)
 
-    if gateway.ratelimit_address:
-        host, _, port = gateway.ratelimit_address.rpartition(":")
+    if gateway.runtime.ratelimit_address:
+        host, _, port = gateway.runtime.ratelimit_address.rpartition(":")
         return host, int(port)
     return f"{names(gateway.name)['ratelimit']}.{gateway.namespace}.svc.cluster.local", 8081
 
@@ -570,7 +573,9 @@ def clusters(gateway: Gateway) -> Config:
             cap = effective_quota(tier, model.name)[1]
             if cap is None:
                 continue
-            share = math.ceil(cap / gateway.envoy_replicas)  # each replica admits its share of the cap
+            share = math.ceil(
+                cap / gateway.runtime.envoy_replicas
+            )  # each replica admits its share of the cap
             found.append(
                 _static_cluster(tier_cluster(model, tier), model.host, model.http_port, max_requests=share)
             )
@@ -585,7 +590,7 @@ def clusters(gateway: Gateway) -> Config:
             )
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
-    found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.admin_port))
+    found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.runtime.admin_port))
     for tier in gateway.tiers:
         if tier.jwt is None:
             continue
@@ -599,7 +604,7 @@ def clusters(gateway: Gateway) -> Config:
                 "sni": jwks_host,
                 "common_tls_context": {
                     "validation_context": {
-                        "trusted_ca": {"filename": gateway.jwks_ca_file},
+                        "trusted_ca": {"filename": gateway.runtime.jwks_ca_file},
                         "match_typed_subject_alt_names": [
                             {"san_type": "DNS", "matcher": {"exact": jwks_host}}
                         ],
@@ -612,10 +617,12 @@ def clusters(gateway: Gateway) -> Config:
 
 
 def bootstrap(gateway: Gateway) -> Config:
-    directory = gateway.config_dir
+    directory = gateway.runtime.config_dir
     return {
         "node": {"id": gateway.name, "cluster": gateway.name},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": gateway.admin_port}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": gateway.runtime.admin_port}}
+        },
         "dynamic_resources": {
             kind: {
                 "path_config_source": {

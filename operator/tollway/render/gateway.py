@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from tollway.documents import dump
-from tollway.ir.gateway import Gateway
+from tollway.ir.gateway import TLS_DIR, Gateway
 from tollway.render.envoy import bootstrap, clusters, listeners
 from tollway.render.meta import MANAGED_BY
 from tollway.render.monitoring import MONITORING_API, gateway_rule_groups, scrape_annotations, service_monitor
@@ -21,7 +21,6 @@ Manifest = dict[str, Any]
 
 RATELIMIT_GRPC, RATELIMIT_HTTP, RATELIMIT_METRICS, REDIS_PORT = 8081, 8080, 9090, 6379
 RATELIMIT_ROOT = "/data"
-TLS_DIR = "/etc/tollway/tls"
 
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
@@ -170,18 +169,25 @@ def _budget(gateway: Gateway, component: str, name: str) -> Manifest:
 
 def _envoy(gateway: Gateway) -> list[Manifest]:
     named = names(gateway.name)
-    ports = [("http", gateway.listen_port), ("metrics", gateway.metrics_port)]
+    ports = [("http", gateway.runtime.listen_port), ("metrics", gateway.runtime.metrics_port)]
     ports += [(f"mtls-{index}", tier.mtls_port) for index, tier in enumerate(gateway.tiers) if tier.mtls_port]
-    mounts = [{"name": "config", "mountPath": gateway.config_dir, "readOnly": True}]
+    mounts = [{"name": "config", "mountPath": gateway.runtime.config_dir, "readOnly": True}]
     volumes: list[dict[str, Any]] = [{"name": "config", "secret": {"secretName": named["config"]}}]
-    if gateway.tls_secret:
+    if gateway.runtime.tls_secret and any(tier.mtls_port for tier in gateway.tiers):
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-        volumes.append({"name": "tls", "secret": {"secretName": gateway.tls_secret}})
+        volumes.append({"name": "tls", "secret": {"secretName": gateway.runtime.tls_secret}})
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5}
     container = {
         "name": "envoy",
-        "image": gateway.images.envoy,
-        "args": ["-c", f"{gateway.config_dir}/envoy.yaml", "--drain-time-s", "20", "--log-level", "warn"],
+        "image": gateway.runtime.images.envoy,
+        "args": [
+            "-c",
+            f"{gateway.runtime.config_dir}/envoy.yaml",
+            "--drain-time-s",
+            "20",
+            "--log-level",
+            "warn",
+        ],
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 6},
@@ -197,19 +203,22 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
         "containers": [container],
         "volumes": volumes,
     }
-    deployment = _deployment(gateway, "envoy", named["envoy"], gateway.envoy_replicas, pod)
+    deployment = _deployment(gateway, "envoy", named["envoy"], gateway.runtime.envoy_replicas, pod)
     deployment["spec"]["template"]["metadata"]["annotations"] = scrape_annotations(
-        gateway.metrics_port, "/stats/prometheus"
+        gateway.runtime.metrics_port, "/stats/prometheus"
     )
     found = [deployment, _service(gateway, "envoy", named["envoy"], ports)]
-    if gateway.envoy_replicas > 1:
+    if gateway.runtime.envoy_replicas > 1:
         found.append(_budget(gateway, "envoy", named["envoy"]))
     return found
 
 
 def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
     named = names(gateway.name)
-    redis = gateway.redis_address or f"{named['redis']}.{gateway.namespace}.svc.cluster.local:{REDIS_PORT}"
+    redis = (
+        gateway.runtime.redis_address
+        or f"{named['redis']}.{gateway.namespace}.svc.cluster.local:{REDIS_PORT}"
+    )
     environment = {
         "LOG_LEVEL": "warn",
         "LOG_FORMAT": "json",
@@ -225,7 +234,7 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
     }
     container = {
         "name": "ratelimit",
-        "image": gateway.images.ratelimit,
+        "image": gateway.runtime.images.ratelimit,
         "command": ["/bin/ratelimit"],
         "env": [{"name": key, "value": value} for key, value in environment.items()],
         "ports": [
@@ -262,7 +271,7 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         ),
         _budget(gateway, "ratelimit", named["ratelimit"]),
     ]
-    if gateway.redis_address is None:
+    if gateway.runtime.redis_address is None:
         found += _redis(gateway)
     return found
 
@@ -272,7 +281,7 @@ def _redis(gateway: Gateway) -> list[Manifest]:
     name = names(gateway.name)["redis"]
     container = {
         "name": "redis",
-        "image": gateway.images.redis,
+        "image": gateway.runtime.images.redis,
         "args": ["--save", "", "--appendonly", "no", "--maxmemory-policy", "volatile-ttl"],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
@@ -298,7 +307,7 @@ def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
         },
     }
     found = [config, *_ratelimit(gateway, files["ratelimit.yaml"]), *_envoy(gateway)]
-    if gateway.monitoring:
+    if gateway.runtime.monitoring:
         found += _monitoring(gateway)
     return found
 

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector, Quotas
-from tollway.ir.gateway import Credential, Gateway, Images, Jwt, Model, Mtls, Quota, Tier, Version
+from tollway.ir.gateway import Credential, Gateway, Jwt, Model, Mtls, Quota, Runtime, Tier, Version
 from tollway.ir.serving import Owner
-from tollway.render.gateway import TLS_DIR
 from tollway.render.triton import names
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, priority_levels
@@ -36,25 +35,10 @@ TRITON_HTTP, TRITON_GRPC = 8000, 8001
 class GatewayOptions:
     """How the gateway is run: from the operator's settings, or `tollway gateway-config`'s flags."""
 
-    envoy_replicas: int = 2
-    redis_address: str | None = None
-    ratelimit_address: str | None = None
+    runtime: Runtime = field(default_factory=Runtime)
     triton_host: str = "{service}.{namespace}.svc.cluster.local"
     upstreams: Mapping[str, tuple[str, int, int]] = field(default_factory=dict)
     """Model → (host, HTTP port, gRPC port), replacing the Triton Service (tests and local runs)."""
-    jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
-    tls: tuple[str, str] | None = None
-    """The mTLS listener's certificate and key files (outside a cluster)."""
-    tls_secret: str | None = None
-    """The mTLS listener's certificate and key: a kubernetes.io/tls Secret in each gateway namespace."""
-    config_dir: str = "/etc/tollway/envoy"
-    listen_port: int = 8080
-    metrics_port: int = 9102
-    admin_port: int = 9901
-    mtls_port: int = 8443
-    """The first mTLS tier's port; the others (in name order) follow it."""
-    monitoring: bool = True
-    images: Images = field(default_factory=Images)
 
 
 @dataclass(frozen=True)
@@ -131,26 +115,9 @@ def gateway(
         models=served,
         tiers=tuple(built),
         credentials=credentials,
-        envoy_replicas=options.envoy_replicas,
-        redis_address=options.redis_address,
-        ratelimit_address=options.ratelimit_address,
-        jwks_ca_file=options.jwks_ca_file,
-        tls=_server_certificate(options),
-        tls_secret=options.tls_secret if any(tier.mtls_port for tier in built) else None,
-        config_dir=options.config_dir,
-        listen_port=options.listen_port,
-        metrics_port=options.metrics_port,
-        admin_port=options.admin_port,
-        monitoring=options.monitoring,
-        images=options.images,
+        runtime=options.runtime,
     )
     return GatewayPlan(gateway=built_gateway, reports=reports)
-
-
-def _server_certificate(options: GatewayOptions) -> tuple[str, str] | None:
-    if options.tls:
-        return options.tls
-    return (f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key") if options.tls_secret else None
 
 
 def _with_mtls_ports(
@@ -158,14 +125,14 @@ def _with_mtls_ports(
 ) -> list[Tier]:
     """A port for each mTLS tier, in name order, when the gateway has a server certificate to serve them."""
     mtls = sorted(tier.name for tier in tiers if tier.mtls)
-    if mtls and _server_certificate(options) is None:
+    if mtls and options.runtime.certificate is None:
         for name in mtls:
             problems[name].append(
                 "spec.auth.mtls: the gateway has no server certificate (operator flag --gateway-tls-secret), "
                 "so no mTLS listener serves this tier"
             )
         return tiers
-    ports = {name: options.mtls_port + index for index, name in enumerate(mtls)}
+    ports = {name: options.runtime.mtls_port + index for index, name in enumerate(mtls)}
     return [replace(tier, mtls_port=ports.get(tier.name)) for tier in tiers]
 
 
