@@ -13,7 +13,7 @@ violation (the P99 latency of the last 30 s above the objective) and the replica
                 6 s panic window at 200 %).
 
 The HPA part follows the controller (pkg/controller/podautoscaler): per metric a desired count from the
-usage ratio (AverageValue: ceil(total / target); Value and Utilization: ceil(current x ratio)), no change
+usage ratio (AverageValue: ceil(total / target); Value and Utilization: ceil(ready pods x ratio)), no change
 within the 10 % tolerance, the largest desire across metrics, stabilization windows (the lowest
 recommendation of the scale-up window, the highest of the scale-down window), and the rate policies (up:
 the larger of +100 % or +4 pods per 15 s; down: Tollway's -50 % per 60 s, the default -100 % per 15 s),
@@ -167,9 +167,10 @@ class Hpa:
             if kind == "AverageValue":
                 ratio = value / (target * current)
                 proposal = current if abs(ratio - 1) <= TOLERANCE else math.ceil(value / target)
-            else:
+            else:  # Value and Utilization scale the pods that report: the ready ones
                 ratio = value / target
-                proposal = current if abs(ratio - 1) <= TOLERANCE else math.ceil(current * ratio)
+                ready = max(cluster.ready, 1)
+                proposal = current if abs(ratio - 1) <= TOLERANCE else math.ceil(ready * ratio)
             wanted = max(wanted, proposal)
         wanted = min(max(wanted, MIN_REPLICAS), MAX_REPLICAS)
         self.recommendations.append((now, wanted))
@@ -191,7 +192,7 @@ class Hpa:
         elif desired < current:
             share, period = self.down_policy
             since = current - sum(change for at, change in self.events if at >= now - period and change < 0)
-            desired = max(desired, math.floor(since * (1 - share)))
+            desired = max(desired, math.ceil(since * (1 - share)))
         if desired != current:
             self.events.append((now, desired - current))
         return desired

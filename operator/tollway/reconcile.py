@@ -303,15 +303,15 @@ def _snake(name: str) -> str:
 
 
 def _with_stale_metrics(desired: Mapping[str, Any], current: Mapping[str, Any]) -> Mapping[str, Any]:
-    """When Prometheus could not be asked, the figures stay as the cluster holds them now (not as the older
-    copy the event carried), so `observedAt` never moves back."""
+    """When Prometheus could not be asked, the figures (a model's metrics, a tier's usage) stay as the cluster
+    holds them now, not as the older copy the event carried, so `observedAt` never moves back."""
     unavailable = any(
         item.get("type") == "MetricsAvailable" and item.get("status") == "False"
         for item in desired.get("conditions", [])
     )
-    if unavailable and "metrics" in current:
-        return {**desired, "metrics": current["metrics"]}
-    return desired
+    if not unavailable:
+        return desired
+    return {**desired, **{key: current[key] for key in ("metrics", "usage") if key in current}}
 
 
 def _write_status(

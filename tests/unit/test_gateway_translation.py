@@ -19,6 +19,7 @@ from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
 from tollway.ir.gateway import Quota
 from tollway.ir.observed import GatewayState, UsageState
+from tollway.observe import prometheus
 from tollway.render.envoy import effective_quota, lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
@@ -298,3 +299,30 @@ def test_a_tiers_usage_today_is_priced_and_kept_when_prometheus_is_away() -> Non
     assert away.status["usage"] == status["usage"]
     condition = next(item for item in away.status["conditions"] if item["type"] == "MetricsAvailable")
     assert (condition["status"], condition["reason"]) == ("False", "PrometheusUnreachable")
+
+
+def test_a_tiers_usage_is_read_per_consumer_from_the_usage_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queries tier_usage sends (Prometheus itself is exercised by the integration tests)."""
+    asked: list[str] = []
+    answers = {"requests": 30.0, "input": 120000.4, "output": 40000.0}
+
+    class Prometheus:
+        def __init__(self, *_: Any, **__: Any) -> None:
+            pass
+
+        def custom_query(self, query: str) -> list[dict[str, Any]]:
+            asked.append(query)
+            if query.startswith("count("):
+                return [{"value": [0, "2"]}]
+            kind = next(kind for kind in answers if f'key1="usage_{kind}_pro"' in query)
+            return [{"value": [0, str(answers[kind])]}]
+
+    monkeypatch.setattr(prometheus, "PrometheusConnect", Prometheus)
+    usage = prometheus.tier_usage("http://prometheus", "ai", "pro", 3600)
+    assert usage == UsageState(
+        reachable=True, consumers=2, requests=30, input_tokens=120000, output_tokens=40000
+    )
+    assert asked[0] == (
+        'count(sum by (key2) (increase(ratelimit_service_rate_limit_total_hits{namespace="ai",'
+        'key1="usage_requests_pro"}[3600s])) > 0)'
+    )

@@ -42,21 +42,27 @@ def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
     return MetricsState(reachable=True, values=values)
 
 
+def usage_counter(namespace: str, tier: str, kind: str) -> str:
+    """The gateway's usage counter of one kind (requests, input, output) for a tier, as a selector."""
+    return f'ratelimit_service_rate_limit_total_hits{{namespace="{namespace}",key1="usage_{kind}_{tier}"}}'
+
+
 def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:
     """A tier's requests and tokens over the last `since_seconds` (today so far), from the gateway's usage
     counters; unreachable (with the error) instead of an exception."""
     window = f"{max(since_seconds, 60)}s"
-    counter = (
-        f'ratelimit_service_rate_limit_total_hits{{namespace="{namespace}",key1="usage_{{kind}}_{tier}"}}'
-    )
     try:
         client = PrometheusConnect(url, disable_ssl=True, timeout=TIMEOUT_SECONDS, retry=Retry(total=0))
 
         def total(kind: str) -> int:
-            result: Any = client.custom_query(f"sum(increase({counter.format(kind=kind)}[{window}]))")
+            result: Any = client.custom_query(
+                f"sum(increase({usage_counter(namespace, tier, kind)}[{window}]))"
+            )
             return round(float(result[0]["value"][1])) if result else 0
 
-        active: Any = client.custom_query(f"count(increase({counter.format(kind='requests')}[{window}]) > 0)")
+        # Per consumer (key2), not per series: each ratelimit replica exports its own.
+        requests = usage_counter(namespace, tier, "requests")
+        active: Any = client.custom_query(f"count(sum by (key2) (increase({requests}[{window}])) > 0)")
         return UsageState(
             reachable=True,
             consumers=int(float(active[0]["value"][1])) if active else 0,

@@ -232,11 +232,14 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
     )
     for tier in gateway.tiers:
         matchers = f'namespace="{namespace}",tier="{tier.name}"'
+        # A model may report only one of the two counts (an embedding: no output): the missing side is 0.
+        used_in = f"tollway:consumer_input_tokens:per_day{{{matchers}}}"
+        used_out = f"tollway:consumer_output_tokens:per_day{{{matchers}}}"
         cost = (
-            f"(tollway:consumer_input_tokens:per_day{{{matchers}}} * {tier.input_price_per_1k} "
-            f"+ tollway:consumer_output_tokens:per_day{{{matchers}}} * {tier.output_price_per_1k}) / 1000"
+            f"(({used_in} or {used_out} * 0) * {tier.input_price_per_1k} "
+            f"+ ({used_out} or {used_in} * 0) * {tier.output_price_per_1k}) / 1000"
         )
-        labels = {"currency": tier.currency}
+        labels = {"currency": tier.currency, "tier": tier.name}  # one rule per tier: distinct static labels
         rules.append({"record": "tollway:consumer_cost:per_day", "expr": cost, "labels": labels})
     scope = f'namespace="{namespace}"'
     rules.append(
@@ -246,9 +249,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             f"/ ignoring(currency) clamp_min(tollway:consumer_requests:per_day{{{scope}}}, 1)",
         }
     )
-    hourly = (
-        f"{_by_consumer('usage_input', namespace, '1h')} + {_by_consumer('usage_output', namespace, '1h')}"
-    )
+    hourly = _by_consumer("usage_(?:input|output)", namespace, "1h")  # both counts, either may be missing
     rules.append({"record": "tollway:consumer_tokens:rate1h", "expr": hourly})
     for tier in gateway.tiers:
         factor = _number(tier.usage_spike_factor)
