@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from dataplane import free_port
 
 T = TypeVar("T")
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -83,12 +84,6 @@ class Operator:
 
     def log_lines(self) -> list[str]:
         return self.log.read_text().splitlines()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ from tollway.render.model_config import config_pbtxt  # noqa: E402
 from tollway.render.triton import triton_args  # noqa: E402
 
 import triton_local  # noqa: E402  (hack/ is not a package)
+from dataplane import free_port  # noqa: E402
 
 ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
