@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,28 +23,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+#: Ports handed to servers come from below the kernel's ephemeral range (32768 and up), so that the
+#: outgoing connections other processes open meanwhile cannot take one before its server binds it; and
+#: above the local control plane's fixed ports (up to 20257).
+PORT_RANGE = (21000, 32000)
 
 
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports."""
+    """The first of `count` consecutive ports that are free on every address now."""
     while True:
-        first = free_port()
+        first = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
         sockets = []
         try:
             for port in range(first, first + count):
                 probe = socket.socket()
                 sockets.append(probe)
-                probe.bind(("127.0.0.1", port))
+                probe.bind(("0.0.0.0", port))
             return first
         except OSError:
             continue
         finally:
             for probe in sockets:
                 probe.close()
+
+
+def free_port() -> int:
+    return free_ports(1)
 
 
 def answers_http(url: str) -> Callable[[], bool]:
