@@ -30,7 +30,7 @@ from tollway.api.parse import parse
 from tollway.translate.serving import serving
 
 import dataplane
-from triton import running as running_triton
+from triton_local import running as running_triton
 
 NAMESPACE = "gw"
 ISSUER = "https://issuer.test/"

@@ -32,7 +32,7 @@ from tollway.translate.serving import serving
 
 import dataplane
 from kube import Cluster, eventually, operator
-from triton import RunningTriton, running
+from triton_local import RunningTriton, running
 
 NAMESPACE = f"scaling-test-{os.getpid()}"
 ADAPTER = "tollway-test-prometheus-adapter"

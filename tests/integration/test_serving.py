@@ -21,7 +21,7 @@ from tollway.translate.serving import serving
 
 from builders import model_deployment
 from kube import Cluster, eventually, operator
-from triton import RunningTriton, running
+from triton_local import RunningTriton, running
 
 NAMESPACE = f"serving-test-{os.getpid()}"  # fresh on every run, also against a control plane left up
 CHILDREN = (

@@ -16,7 +16,7 @@ from tollway.translate.serving import serving
 
 from builders import model_deployment
 from kube import eventually
-from triton import running
+from triton_local import running
 
 TIER_PRIORITIES = (1, 2, 3)
 
