@@ -177,6 +177,42 @@ def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: Path) -> None:
+    """Triton publishes no request summary for a model with the response cache on (seen on the real server in
+    the demo); the P99 comes from the stages instead, so the HPA target and the latency alerts still work."""
+    cached = chat()
+    cached["spec"]["cache"] = {"enabled": True, "sizeBytes": 1048576}
+    rules = rules_of(cached)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules}))
+    stages_us = {
+        "nv_inference_queue_summary_us": 1000,
+        "nv_cache_miss_summary_per_model": 100,
+        "nv_inference_compute_input_summary_us": 200,
+        "nv_inference_compute_infer_summary_us": 5000,
+        "nv_inference_compute_output_summary_us": 700,
+    }
+    inputs = [series(name, f"{value}x10", version="3", quantile="0.99") for name, value in stages_us.items()]
+    test = {
+        "interval": "1m",
+        "input_series": inputs,
+        "promql_expr_test": [
+            {
+                "expr": "tollway:request_latency_ms:p99",
+                "eval_time": "5m",
+                "exp_samples": [
+                    {"labels": f"tollway:request_latency_ms:p99{{{SELECTOR},version=\"3\"}}", "value": 7}
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def example_gateway() -> Any:
     return translate_all(documents.load([ROOT / "examples"]), NOW).gateways["ai"].plan.gateway
 
