@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +23,8 @@ from tollway.ir.serving import TritonServing
 from tollway.render.model_config import config_pbtxt
 from tollway.render.triton import triton_args
 
-from dataplane import free_port
+from dataplane import Process, answers_http, free_port
+from dataplane import start as dataplane_start
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A stand-in model for CPU-only machines: OUTPUT = INPUT x version, with token usage (see its docstring).
@@ -71,19 +70,16 @@ def install(workdir: Path) -> Installation:
     )
 
 
-def start(installation: Installation, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """Start tritonserver with Tollway's rendered `args` (the leading "tritonserver" is replaced)."""
-    command = [str(installation.binary), *args[1:], *installation.args()]
-    with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=installation.environment())
-
-
 @dataclass(frozen=True)
 class RunningTriton:
     http: str
     grpc: str
     metrics: str
-    log: Path
+    process: Process
+
+    @property
+    def log(self) -> Path:
+        return self.process.log
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
@@ -102,19 +98,22 @@ def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] =
     return root / "models"
 
 
-@contextmanager
-def running(
-    workdir: Path, serving: TritonServing, *others: TritonServing, broken: Iterable[int] = ()
-) -> Iterator[RunningTriton]:
+def start(
+    workdir: Path,
+    serving: TritonServing,
+    *others: TritonServing,
+    broken: Iterable[int] = (),
+    http_port: int | None = None,
+) -> RunningTriton:
     """Triton started with Tollway's own command line; only the repository path and ports are local.
 
     `others` are served beside the first model (one more --load-model each); `broken` versions of the
-    first model fail to load.
+    first model fail to load. Returns once Triton is live; AssertionError with its log if it never is.
     """
     repository = model_repository(workdir, serving, broken)
     for other in others:
         model_repository(workdir, other)
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = http_port or free_port(), free_port(), free_port()
     args = [arg for arg in triton_args(serving) if not arg.startswith(LOCAL_FLAGS)]
     args += [f"--load-model={other.model.name}" for other in others]
     args += [
@@ -127,27 +126,25 @@ def running(
         "--metrics-address=127.0.0.1",
         "--exit-timeout-secs=5",
     ]
-    log = workdir / "triton.log"
-    process = start(install(workdir), args, log)
+    installation = install(workdir)
+    # The rendered args begin with the container's "tritonserver"; the wheel's binary takes its place.
+    command = [str(installation.binary), *args[1:], *installation.args()]
+    live = answers_http(f"http://127.0.0.1:{http}/v2/health/live")
+    process = dataplane_start(
+        "tritonserver", command, workdir / "triton.log", live, env=installation.environment(), timeout=120
+    )
+    return RunningTriton(
+        http=f"127.0.0.1:{http}", grpc=f"127.0.0.1:{grpc}", metrics=f"127.0.0.1:{metrics}", process=process
+    )
+
+
+@contextmanager
+def running(
+    workdir: Path, serving: TritonServing, *others: TritonServing, broken: Iterable[int] = ()
+) -> Iterator[RunningTriton]:
+    """`start`, and stop when the block ends."""
+    triton = start(workdir, serving, *others, broken=broken)
     try:
-        live = f"http://127.0.0.1:{http}/v2/health/live"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"tritonserver exited {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(live, timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError(f"tritonserver not live after 120s:\n{log.read_text()[-3000:]}")
-        yield RunningTriton(
-            http=f"127.0.0.1:{http}", grpc=f"127.0.0.1:{grpc}", metrics=f"127.0.0.1:{metrics}", log=log
-        )
+        yield triton
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        triton.process.stop()
