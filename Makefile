@@ -1,5 +1,5 @@
 # Tollway's developer commands. Every target sets up what it needs on a fresh machine.
-.PHONY: setup k8s tools demo test unit integration lint crds docs golden up down clean
+.PHONY: setup k8s tools chart demo test unit integration lint crds docs golden up down clean
 
 VENV := .venv/bin
 
@@ -9,9 +9,13 @@ setup:            ## the venv with tollway and its dev tools
 k8s:              ## kube-apiserver and kube-controller-manager, built once from the Go module proxy
 	@hack/build-k8s.sh >/dev/null
 
-tools:            ## envoyproxy/ratelimit and prometheus-adapter, built once from the Go module proxy
+tools:            ## envoyproxy/ratelimit, prometheus-adapter and helm, built once from the Go module proxy
 	@hack/build-tools.sh ratelimit >/dev/null
 	@hack/build-tools.sh prometheus-adapter >/dev/null
+	@hack/build-tools.sh helm >/dev/null
+
+chart: setup      ## copy crds/ and prometheus-adapter's rules into charts/tollway (a test checks the copies)
+	@hack/sync-chart-crds
 
 demo: setup k8s   ## the main job on the local default: control plane, operator, examples, report
 	@$(VENV)/python hack/demo.py $(ARGS)

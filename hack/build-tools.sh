@@ -4,13 +4,14 @@
 #
 #   hack/build-tools.sh ratelimit            # envoyproxy/ratelimit (no releases since v1.4.0: a pinned commit)
 #   hack/build-tools.sh prometheus-adapter   # sigs.k8s.io/prometheus-adapter
+#   hack/build-tools.sh helm                 # helm.sh/helm/v3, for the chart's tests
 #
 # Prints the directory that holds the binary. Each is built inside a throw-away module (`go get` then
 # `go build`), because the proxy refuses to list some of these modules' versions, which `go install` needs.
 set -euo pipefail
 
 cache=${TOLLWAY_CACHE:-$HOME/.cache/tollway}
-case "${1:?usage: build-tools.sh ratelimit|prometheus-adapter}" in
+case "${1:?usage: build-tools.sh ratelimit|prometheus-adapter|helm}" in
   ratelimit)
     package=github.com/envoyproxy/ratelimit/src/service_cmd
     version=${RATELIMIT_VERSION:-v1.4.1-0.20260122083618-3fb702589d36}
@@ -19,6 +20,10 @@ case "${1:?usage: build-tools.sh ratelimit|prometheus-adapter}" in
     package=sigs.k8s.io/prometheus-adapter/cmd/adapter
     version=${PROMETHEUS_ADAPTER_VERSION:-v0.12.0}
     binary=prometheus-adapter ;;
+  helm)
+    package=helm.sh/helm/v3/cmd/helm
+    version=${HELM_VERSION:-v3.22.0}
+    binary=helm ;;
   *) echo "unknown tool: $1" >&2; exit 2 ;;
 esac
 

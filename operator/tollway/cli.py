@@ -20,6 +20,9 @@ from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
 from tollway.translate.gateway import TRITON_GRPC, GatewayOptions
 
+#: How clients may reach a gateway's Envoy (ExternalName would point the Service elsewhere).
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+
 
 def crds(arguments: argparse.Namespace) -> int:
     definitions = [custom_resource_definition(resource) for resource in RESOURCES]
@@ -168,6 +171,7 @@ def run(arguments: argparse.Namespace) -> int:
         gateway=GatewayOptions(
             runtime=Runtime(
                 envoy_replicas=arguments.gateway_replicas,
+                service_type=arguments.gateway_service_type,
                 redis_address=arguments.redis_address or None,
                 tls_secret=arguments.gateway_tls_secret or None,
             )
@@ -214,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=Runtime.envoy_replicas,
         help="Envoy replicas per gateway",
+    )
+    command.add_argument(
+        "--gateway-service-type",
+        choices=SERVICE_TYPES,
+        default=Runtime.service_type,
+        help="Service type of each gateway's Envoy",
     )
     command.add_argument(
         "--redis-address",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import kopf
 
@@ -19,6 +20,16 @@ class _QuietSuccess(logging.Filter):
         return not (record.levelno == logging.INFO and str(record.msg).endswith("succeeded."))
 
 
+def peering_priority() -> int:
+    """This replica's kopf peering priority: its start time in milliseconds.
+
+    kopf pauses every operator that sees a live peer of the same or a higher priority, so replicas started
+    with one priority would all pause. With the start time the newest replica serves and the others stand
+    by until its keep-alives stop (a rolling update hands over to the new pod at once).
+    """
+    return time.time_ns() // 1_000_000
+
+
 def run_operator(settings: Settings, *, verbose: bool = False) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
@@ -29,6 +40,7 @@ def run_operator(settings: Settings, *, verbose: bool = False) -> None:
             namespaces=list(settings.namespaces),
             standalone=settings.peering is None,
             peering_name=settings.peering,
+            priority=None if settings.peering is None else peering_priority(),
             liveness_endpoint=settings.liveness_endpoint,
         )
     )

@@ -90,25 +90,22 @@ class Operator:
 def operator(cluster: Cluster, namespace: str, workdir: Path, *args: str) -> Iterator[Operator]:
     """`tollway run` watching `namespace`, resyncing every second, as a subprocess of the test."""
     cluster.namespace(namespace)
+    with tollway_run(
+        cluster.kubeconfig, workdir, "--namespace", namespace, "--resync-seconds", "1", *args
+    ) as running:
+        yield running
+
+
+@contextmanager
+def tollway_run(kubeconfig: Path, workdir: Path, *args: str) -> Iterator[Operator]:
+    """`tollway run ARGS` as a subprocess of the test, acting as `kubeconfig`'s user, with its liveness
+    endpoint on a free port and its log in `workdir`."""
     log = workdir / "operator.log"
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    command = [
-        str(Path(sys.executable).parent / "tollway"),
-        "run",
-        "--namespace",
-        namespace,
-        "--resync-seconds",
-        "1",
-        "--liveness",
-        liveness,
-        *args,
-    ]
+    command = [str(Path(sys.executable).parent / "tollway"), "run", *args, "--liveness", liveness]
     with log.open("w") as out:
         process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
         )
     try:
         yield Operator(log, liveness)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tollway.cli import main
+from tollway.cli import main, parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,3 +27,11 @@ def test_crds_prints_both_definitions(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["crds"]) == 0
     names = [document["metadata"]["name"] for document in yaml.safe_load_all(capsys.readouterr().out)]
     assert names == ["modeldeployments.tollway.dev", "apitiers.tollway.dev"]
+
+
+def test_run_takes_the_gateways_service_type() -> None:
+    assert parser().parse_args(["run"]).gateway_service_type == "ClusterIP"
+    chosen = parser().parse_args(["run", "--gateway-service-type", "NodePort"])
+    assert chosen.gateway_service_type == "NodePort"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "--gateway-service-type", "ExternalName"])

@@ -17,13 +17,13 @@ from tollway import documents
 from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
-from tollway.ir.gateway import Quota
+from tollway.ir.gateway import Quota, Runtime
 from tollway.ir.observed import GatewayState, UsageState
 from tollway.observe import prometheus
 from tollway.render.envoy import effective_quota, lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
-from tollway.translate.gateway import TierReport, gateway, selects
+from tollway.translate.gateway import GatewayOptions, TierReport, gateway, selects
 
 from builders import api_tier, available_deployment, model_deployment
 
@@ -213,6 +213,21 @@ def _tier_status(report: TierReport, state: GatewayState) -> dict[str, Any]:
     return {
         item["type"]: (item["status"], item["reason"], item["message"]) for item in status["conditions"]
     } | {"consumers": status["consumers"]}
+
+
+def test_only_envoys_service_takes_the_service_type() -> None:
+    options = GatewayOptions(runtime=Runtime(service_type="LoadBalancer"))
+    result = translate_gateway("ai", [model_deployment(), api_tier()], [], NOW, options)
+    types = {
+        manifest["metadata"]["name"]: manifest["spec"].get("type")
+        for manifest in result.manifests
+        if manifest["kind"] == "Service"
+    }
+    assert types == {
+        "tollway-gateway": "LoadBalancer",
+        "tollway-gateway-ratelimit": None,
+        "tollway-gateway-redis": None,
+    }
 
 
 def test_a_tier_is_ready_when_an_envoy_replica_serves_its_rules() -> None:

@@ -200,7 +200,7 @@ def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: 
                 "expr": "tollway:request_latency_ms:p99",
                 "eval_time": "5m",
                 "exp_samples": [
-                    {"labels": f"tollway:request_latency_ms:p99{{{SELECTOR},version=\"3\"}}", "value": 7}
+                    {"labels": f'tollway:request_latency_ms:p99{{{SELECTOR},version="3"}}', "value": 7}
                 ],
             }
         ],

@@ -116,6 +116,8 @@ class Runtime:
     """How a gateway runs: the operator's settings or `tollway gateway-config`'s flags, not resources."""
 
     envoy_replicas: int = 2
+    service_type: str = "ClusterIP"
+    """The Kubernetes Service type of Envoy (ClusterIP, NodePort or LoadBalancer): how clients reach it."""
     redis_address: str | None = None
     """host:port of an existing Redis; None renders a single-replica Redis beside the gateway."""
     ratelimit_address: str | None = None

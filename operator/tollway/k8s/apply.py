@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
@@ -54,10 +55,16 @@ def stamped(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": metadata}
 
 
+#: The dynamic client's discovery cache is not thread-safe: a kind it does not find (KEDA's or prometheus-
+#: operator's, when absent) rebuilds the cache, and a lookup on another thread meanwhile fails (KeyError).
+_discovery = threading.Lock()
+
+
 def _resource(api_version: str, kind: str) -> Any:
     """The API server's resource for a kind; ApplyError when it does not serve it (a CRD not installed)."""
     try:
-        return _dynamic().resources.get(api_version=api_version, kind=kind)
+        with _discovery:
+            return _dynamic().resources.get(api_version=api_version, kind=kind)
     except ResourceNotFoundError:
         raise ApplyError(f"the cluster does not serve {api_version} {kind}: is its CRD installed?") from None
 

@@ -207,7 +207,9 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
     deployment["spec"]["template"]["metadata"]["annotations"] = scrape_annotations(
         gateway.runtime.metrics_port, "/stats/prometheus"
     )
-    found = [deployment, _service(gateway, "envoy", named["envoy"], ports)]
+    service = _service(gateway, "envoy", named["envoy"], ports)
+    service["spec"]["type"] = gateway.runtime.service_type
+    found = [deployment, service]
     if gateway.runtime.envoy_replicas > 1:
         found.append(_budget(gateway, "envoy", named["envoy"]))
     return found

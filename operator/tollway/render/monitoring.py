@@ -63,7 +63,8 @@ def _latency_ms(matchers: str, quantile: str, cached: bool) -> str:
     (of those Triton reports): an estimate for a cache miss (hits are faster), so that P99 targets and
     latency alerts still see the model."""
     if not cached:
-        return f'max by ({BY_VERSION}) (nv_inference_request_summary_us{{{matchers},quantile="{quantile}"}}) / 1000'
+        summary = f'nv_inference_request_summary_us{{{matchers},quantile="{quantile}"}}'
+        return f"max by ({BY_VERSION}) ({summary}) / 1000"
     stages = f'{{__name__=~"{"|".join(CACHED_MODEL_STAGES)}",{matchers},quantile="{quantile}"}}'
     return f"sum by ({BY_VERSION}) (max by ({BY_VERSION}, __name__) ({stages})) / 1000"
 
