@@ -9,5 +9,7 @@ COPY operator/ operator/
 RUN pip install --no-cache-dir . && rm -rf /src
 
 USER 65532:65532
+# The UID has no passwd entry; libraries that ask for the user's name read this instead.
+ENV USER=tollway
 ENTRYPOINT ["tollway"]
 CMD ["run"]

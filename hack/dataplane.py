@@ -29,16 +29,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PORT_RANGE = (21000, 32000)
 
 
+#: Ports this process handed out already: a port picked now may be bound only much later (the demo gives
+#: Prometheus's to the operator before starting it), so it is never handed out twice.
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive ports that are free on every address now."""
+    """The first of `count` consecutive ports that are free on every address now (and not handed out)."""
     while True:
         first = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
+        block = set(range(first, first + count))
+        if block & _handed_out:
+            continue
         sockets = []
         try:
-            for port in range(first, first + count):
+            for port in sorted(block):
                 probe = socket.socket()
                 sockets.append(probe)
                 probe.bind(("0.0.0.0", port))
+            _handed_out.update(block)
             return first
         except OSError:
             continue

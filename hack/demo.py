@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ import triton_local
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORK = ROOT / ".local" / "demo"
+CONTROL_PLANE_STATE = Path(os.environ.get("TOLLWAY_CONTROLPLANE_DIR", ROOT / ".local" / "controlplane"))
 NAMESPACE = "ai"
 RECONCILE_TIMEOUT = 90.0
 ENVOY_REPLICAS = 2
@@ -253,6 +255,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     seconds: float
+    minute: int  # the calendar minute it was sent in: the ratelimit service's window
 
     def usage(self) -> tuple[int, int]:
         """(input, output) tokens the model reported; (0, 0) for a refused request."""
@@ -275,14 +278,14 @@ def infer(gateway: str, consumer: str, key: str, model: str, value: float) -> Re
         data=json.dumps(body).encode(),
         headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
     )
-    began = time.perf_counter()
+    minute, began = int(time.time() // 60), time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             status, headers, data = response.status, dict(response.headers.items()), response.read()
     except urllib.error.HTTPError as error:
         status, headers, data = error.code, dict(error.headers.items()), error.read()
     elapsed = time.perf_counter() - began
-    return Reply(consumer, model, status, {k.lower(): v for k, v in headers.items()}, data, elapsed)
+    return Reply(consumer, model, status, {k.lower(): v for k, v in headers.items()}, data, elapsed, minute)
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,8 @@ def consumers(kubeconfig: Path) -> list[Consumer]:
 
 
 def send_traffic(path: DataPath, everyone: list[Consumer]) -> list[Reply]:
-    # The ratelimit service counts per calendar minute: start early in one, so a burst is not split in two.
+    # The ratelimit service counts per calendar minute: start early in one, so that a burst is seldom split
+    # in two (the report expects the limit per minute the requests were sent in, either way).
     if time.time() % 60 > 50:
         wait = 60 - time.time() % 60
         step(f"waiting {wait:.0f}s for the next minute, so each consumer's burst falls in one limit window")
@@ -382,9 +386,10 @@ def usage_table(
             tokens_in * Decimal(pricing.get("inputPer1kTokens", "0"))
             + tokens_out * Decimal(pricing.get("outputPer1kTokens", "0"))
         ) / 1000
-        # Sent one after another within one minute, well under every token limit: only RPM limits them.
+        # Sent one after another, well under every token limit: only requests per minute limit them.
         per_minute = limits.get("requestsPerMinute")
-        should = min(len(mine), per_minute) if per_minute else len(mine)
+        windows = Counter(reply.minute for reply in mine)
+        should = sum(min(count, per_minute or count) for count in windows.values())
         print(
             f"  {consumer.name:<9} {consumer.tier:<11} {len(mine):>5} {len(allowed):>8} {len(limited):>8}"
             f" {tokens_in:>7} {tokens_out:>8} {pricing.get('currency', ''):>4} {cost:>9.6f}"
@@ -420,11 +425,13 @@ def report(kubeconfig: Path, path: DataPath, everyone: list[Consumer], replies: 
     seen = usage_table(result, tiers, everyone, replies)
 
     latencies = [reply.seconds * 1000 for reply in replies if reply.status == 200]
-    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
-    print(
-        f"\nLatency through the gateway (allowed requests, as the clients saw it): P50 {p50:.1f} ms, ", end=""
-    )
-    print(f"P99 {p99:.1f} ms, n={len(latencies)}")
+    if latencies:
+        p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+        print(
+            f"\nLatency through the gateway (allowed requests, as the clients saw it): P50 {p50:.1f} ms,",
+            end="",
+        )
+        print(f" P99 {p99:.1f} ms, n={len(latencies)}")
 
     def first(match: Callable[[Reply], bool]) -> Reply | None:
         return next((reply for reply in replies if match(reply)), None)
@@ -470,11 +477,8 @@ def report(kubeconfig: Path, path: DataPath, everyone: list[Consumer], replies: 
 # --- running it all ----------------------------------------------------------------------------------
 
 
-def wait_for_interrupt() -> None:
-    """Block until Ctrl-C or SIGTERM."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    with suppress(KeyboardInterrupt):
-        signal.pause()
+def interrupted(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def print_how_to_reach(kubeconfig: Path, path: DataPath, someone: Consumer) -> None:
@@ -496,6 +500,11 @@ def demo(stack: ExitStack, keep: bool, began: float) -> list[str]:
     )
     step("starting the local control plane (the first run builds Kubernetes from source: minutes)")
     controlplane = str(ROOT / "hack" / "controlplane")
+    if (CONTROL_PLANE_STATE / "kube-apiserver.pid").exists():
+        # Reusing it would report on whatever it holds, and stopping it at the end would lose that.
+        raise Failed(
+            f"a local control plane is already up ({CONTROL_PLANE_STATE}): stop it first (make down)"
+        )
     up = subprocess.run([controlplane, "up"], check=True, stdout=subprocess.PIPE, text=True)
     stack.callback(subprocess.run, [controlplane, "down"], check=False)
     kubeconfig = Path(up.stdout.strip().split("=", 1)[1])
@@ -521,7 +530,8 @@ def demo(stack: ExitStack, keep: bool, began: float) -> list[str]:
     conclude(problems, began)
     if keep:
         print_how_to_reach(kubeconfig, path, everyone[0])
-        wait_for_interrupt()
+        with suppress(KeyboardInterrupt):
+            signal.pause()
     return problems
 
 
@@ -548,10 +558,16 @@ def main() -> int:
         "--keep", action="store_true", help="keep everything up until Ctrl-C; say how to reach it"
     )
     keep = options.parse_args().keep
+    # SIGTERM and SIGHUP stop the demo as Ctrl-C does: everything it started is stopped on the way out.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, interrupted)
     try:
         with ExitStack() as stack:
             return 1 if demo(stack, keep, time.monotonic()) else 0
-    except (Failed, AssertionError, subprocess.CalledProcessError) as error:
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything the demo started is stopped", file=sys.stderr)
+        return 130
+    except (Failed, AssertionError, subprocess.CalledProcessError, OSError) as error:
         detail = getattr(error, "stderr", None) or ""
         print(f"\nFAILED: {error}\n{detail}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import GatewayState, MetricsState, ServingState, UsageState
 from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named, served
 from tollway.k8s.events import record_event
-from tollway.k8s.resources import list_resources, list_secrets, read_resource
+from tollway.k8s.resources import list_resources, list_secrets, peering_peers, read_resource
 from tollway.k8s.serving import deployment_state, pod_problems
 from tollway.k8s.status import apply_status
 from tollway.observe.prometheus import model_metrics, tier_usage
@@ -25,6 +25,7 @@ from tollway.settings import Settings
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed, changed_conditions, event_type, settle
 from tollway.translate.gateway import GATEWAY_NAME, TierReport
+from tollway.translate.peering import outranked
 from tollway.translate.serving import PROMETHEUS_URL, tier_priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -175,8 +176,8 @@ class Resync(threading.Thread):
 
     Why not kopf timers: kopf puts a finalizer on every object with a timer, and an object with a finalizer
     cannot be deleted while the operator is away (uninstalled, or stopped in a test bed). A plain loop of
-    LIST calls needs no finalizer. With several operator replicas (kopf peering) every replica runs it;
-    the reconciles are idempotent, so that costs reads, not conflicts.
+    LIST calls needs no finalizer. With several operator replicas (kopf peering) a replica that kopf has
+    paused in favour of another skips its resyncs too, so only the serving replica writes.
     """
 
     def __init__(self, settings: Settings, logger: Logger) -> None:
@@ -186,6 +187,8 @@ class Resync(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(self.settings.resync_seconds):
             for namespace in self.settings.namespaces or (None,):
+                if self._standing_by(namespace):
+                    continue
                 try:
                     models = list_resources(ModelDeployment, namespace)
                     tiers = list_resources(ApiTier, namespace)
@@ -196,6 +199,18 @@ class Resync(threading.Thread):
                     self._reconcile(ModelDeployment, body)
                 for gateway in sorted({tier["metadata"]["namespace"] for tier in tiers}):
                     self._reconcile_gateway(gateway)
+
+    def _standing_by(self, namespace: str | None) -> bool:
+        """Whether kopf's peering object (cluster-wide, or this namespace's) names a live replica that
+        outranks this one; when it cannot be read, the pass is skipped rather than risk two writers."""
+        if self.settings.peering is None:
+            return False
+        try:
+            peers = peering_peers(self.settings.peering, namespace)
+        except Exception:
+            self.logger.exception("resync could not read the peering object; the next resync retries")
+            return True
+        return outranked(peers, self.settings.peering_priority, datetime.now(UTC))
 
     def _reconcile_gateway(self, namespace: str) -> None:
         try:

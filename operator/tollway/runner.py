@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+from dataclasses import replace
 
 import kopf
 
@@ -21,16 +23,19 @@ class _QuietSuccess(logging.Filter):
 
 
 def peering_priority() -> int:
-    """This replica's kopf peering priority: its start time in milliseconds.
+    """This replica's kopf peering priority: its start time.
 
     kopf pauses every operator that sees a live peer of the same or a higher priority, so replicas started
     with one priority would all pause. With the start time the newest replica serves and the others stand
     by until its keep-alives stop (a rolling update hands over to the new pod at once).
     """
-    return time.time_ns() // 1_000_000
+    # Three random digits after the milliseconds: replicas started in the same millisecond still differ.
+    return time.time_ns() // 1_000_000 * 1000 + secrets.randbelow(1000)
 
 
 def run_operator(settings: Settings, *, verbose: bool = False) -> None:
+    if settings.peering is not None:
+        settings = replace(settings, peering_priority=peering_priority())
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     asyncio.run(
@@ -40,7 +45,7 @@ def run_operator(settings: Settings, *, verbose: bool = False) -> None:
             namespaces=list(settings.namespaces),
             standalone=settings.peering is None,
             peering_name=settings.peering,
-            priority=None if settings.peering is None else peering_priority(),
+            priority=settings.peering_priority,
             liveness_endpoint=settings.liveness_endpoint,
         )
     )

@@ -17,6 +17,8 @@ class Settings:
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     peering: str | None = None
     """Name of a kopf peering object, for several operator replicas; None runs standalone."""
+    peering_priority: int = 0
+    """This replica's kopf priority (the highest live one serves); set by the runner when peering."""
     triton_address: str = "{service}.{namespace}.svc:8000"
     """Where the operator reaches a model's Triton HTTP port; {service} and {namespace} are filled in."""
     storage_initializer_image: str = STORAGE_INITIALIZER

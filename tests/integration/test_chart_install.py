@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -351,6 +352,14 @@ def test_a_namespaced_release_with_two_replicas_serves_from_one_and_leaves_the_c
         assert not any(
             "Possibly conflicting operators" in running.log.read_text() for running in (first, second)
         )
+        # A change is applied by the serving replica alone: the standby's resync loop pauses with kopf.
+        serving, standby = (second, first) if paused == [first] else (first, second)
+        seen = {running: len(running.log.read_text()) for running in (serving, standby)}
+        cluster.patch("md", "chat", namespace, {"spec": {"batching": {"maxQueueDelayMicroseconds": 3000}}})
+        eventually(lambda: "applied" in serving.log.read_text()[seen[serving] :])
+        time.sleep(3)  # three more resyncs of the standby
+        assert "applied" not in standby.log.read_text()[seen[standby] :]
+        assert "forbidden" not in (serving.log.read_text() + standby.log.read_text()).lower()
     release.uninstall()
     kept = cluster.kubectl("get", "crd", *CRDS, *PEERING_CRDS, "-o", "name").stdout.split()
     assert len(kept) == 4  # crds.keep: the resources stay with their definitions

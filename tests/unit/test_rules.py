@@ -16,6 +16,7 @@ import yaml
 from tollway import documents
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
+from tollway.render.autoscaling import p99_query
 from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate import translate_all
 from tollway.translate.serving import serving
@@ -177,6 +178,24 @@ def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_an_uncached_models_p99_for_the_autoscalers_is_tritons_request_summary(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules_of(chat())}))
+    request = series("nv_inference_request_summary_us", "20000x10", version="3", quantile="0.99")
+    queue = series("nv_inference_queue_summary_us", "3000x10", version="3", quantile="0.99")
+    expected = [{"labels": '{model="chat"}', "value": 20}]
+    test = {
+        "interval": "1m",
+        "input_series": [request, queue],
+        "promql_expr_test": [{"expr": p99_query("ai", "chat"), "eval_time": "5m", "exp_samples": expected}],
+    }
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: Path) -> None:
     """Triton publishes no request summary for a model with the response cache on (seen on the real server in
     the demo); the P99 comes from the stages instead, so the HPA target and the latency alerts still work."""
@@ -202,7 +221,12 @@ def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: 
                 "exp_samples": [
                     {"labels": f'tollway:request_latency_ms:p99{{{SELECTOR},version="3"}}', "value": 7}
                 ],
-            }
+            },
+            {  # what the HPA (through prometheus-adapter) and KEDA read: the same figure
+                "expr": p99_query("ai", "chat"),
+                "eval_time": "5m",
+                "exp_samples": [{"labels": '{model="chat"}', "value": 7}],
+            },
         ],
     }
     test_file = tmp_path / "test.yaml"

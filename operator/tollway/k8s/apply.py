@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from kubernetes import dynamic
@@ -33,7 +35,11 @@ class ApplyError(RuntimeError):
 
 @cache
 def _dynamic() -> dynamic.DynamicClient:
-    return dynamic.DynamicClient(api_client())
+    # Discovery into a file of this process's own: the client's default file is shared by every process
+    # that talks to the same address and outlives the cluster, so a kind served there once (a CRD since
+    # removed, or another cluster on that port) would be sent requests that can only fail.
+    private = Path(tempfile.mkdtemp(prefix="tollway-discovery-")) / "discovery.json"
+    return dynamic.DynamicClient(api_client(), cache_file=str(private))
 
 
 def contains(live: Any, desired: Any) -> bool:
@@ -106,6 +112,12 @@ def apply(manifest: Mapping[str, Any]) -> bool:
             force_conflicts=True,
         )
     except ApiException as error:
+        if error.status == 404:  # apply creates what is missing: a 404 means the kind itself is gone
+            with _discovery:
+                _dynamic().resources.invalidate_cache()
+            raise ApplyError(
+                f"the cluster no longer serves {desired['apiVersion']} {desired['kind']}"
+            ) from error
         if error.status in (400, 403, 409, 422):  # refused for good: say why; others are retried
             detail = (
                 json.loads(error.body or "{}").get("message", error.reason) if error.body else error.reason

@@ -28,6 +28,24 @@ def list_secrets(namespace: str) -> list[dict[str, Any]]:
     return [api_client().sanitize_for_serialization(item) for item in listing.items]
 
 
+def peering_peers(name: str, namespace: str | None) -> dict[str, dict[str, Any]]:
+    """The operators that keep kopf's peering object `name` alive (its status: identity → priority,
+    lastseen, lifetime): a ClusterKopfPeering, or the KopfPeering in `namespace`. Listed by name, since
+    the chart grants list and watch on it, not get."""
+    selector = f"metadata.name={name}"
+    if namespace is None:
+        listing: Any = custom_objects().list_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", field_selector=selector
+        )
+    else:
+        listing = custom_objects().list_namespaced_custom_object(
+            "kopf.dev", "v1", namespace, "kopfpeerings", field_selector=selector
+        )
+    return {
+        peer: dict(info) for item in listing["items"] for peer, info in (item.get("status") or {}).items()
+    }
+
+
 def list_resources(kind: type[Resource], namespace: str | None) -> list[dict[str, Any]]:
     """Every object of `kind` in `namespace`, or in all namespaces when it is None."""
     if namespace is None:

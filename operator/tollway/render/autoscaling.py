@@ -13,6 +13,7 @@ from typing import Any
 
 from tollway.documents import dump
 from tollway.ir.serving import Scaling, TritonServing
+from tollway.render.monitoring import CACHED_MODEL_STAGES
 
 QUEUE_METRIC = "tollway_triton_queue_depth"
 P99_METRIC = "tollway_triton_request_p99_ms"
@@ -25,10 +26,18 @@ def queue_query(namespace: str, model: str) -> str:
     return f'sum(nv_inference_pending_request_count{{namespace="{namespace}",model="{model}"}})'
 
 
+def p99_expression(matchers: str) -> str:
+    """The P99 request latency in ms of the models `matchers` select: the worst pod's (summaries do not add
+    up across pods). Triton publishes no request summary for a model with the response cache on; then the
+    sum of its stages' P99s (as in the recording rules)."""
+    request = f'max by (model) (nv_inference_request_summary_us{{{matchers},quantile="0.99"}}) / 1000'
+    stages = f'{{__name__=~"{"|".join(CACHED_MODEL_STAGES)}",{matchers},quantile="0.99"}}'
+    return f"{request} or sum by (model) (max by (model, __name__) ({stages})) / 1000"
+
+
 def p99_query(namespace: str, model: str) -> str:
-    """The model's P99 request latency in ms: the worst pod's (summaries do not add up across pods)."""
-    matchers = f'namespace="{namespace}",model="{model}",quantile="0.99"'
-    return f"max(nv_inference_request_summary_us{{{matchers}}}) / 1000"
+    """The model's P99 request latency in ms, for KEDA."""
+    return p99_expression(f'namespace="{namespace}",model="{model}"')
 
 
 def quantity(value: int) -> str:
@@ -62,10 +71,11 @@ def adapter_rules() -> dict[str, Any]:
                 "metricsQuery": "sum by (model) (<<.Series>>{<<.LabelMatchers>>})",
             },
             {
-                "seriesQuery": 'nv_inference_request_summary_us{namespace!="",model!="",quantile="0.99"}',
+                # The queue summary exists for every model, cached or not (the request summary does not).
+                "seriesQuery": 'nv_inference_queue_summary_us{namespace!="",model!="",quantile="0.99"}',
                 "resources": by_namespace,
-                "name": {"matches": "^nv_inference_request_summary_us$", "as": P99_METRIC},
-                "metricsQuery": 'max by (model) (<<.Series>>{<<.LabelMatchers>>,quantile="0.99"}) / 1000',
+                "name": {"matches": "^nv_inference_queue_summary_us$", "as": P99_METRIC},
+                "metricsQuery": p99_expression("<<.LabelMatchers>>"),
             },
         ]
     }
