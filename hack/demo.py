@@ -47,7 +47,7 @@ import yaml
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.translate.serving import serving
+from tollway.translate.serving import serving, tier_priority
 
 import dataplane
 import triton_local
@@ -150,7 +150,6 @@ def start_operator(kubeconfig: Path, prometheus_url: str, triton_http: int) -> s
 class DataPath:
     gateways: list[str]  # http://127.0.0.1:PORT per Envoy replica
     prometheus: str
-    triton_http: int
     processes: list[dataplane.Process] = field(default_factory=list)
 
 
@@ -178,10 +177,13 @@ def start_data_path(stack: ExitStack, kubeconfig: Path, triton_http: int, promet
     source = WORK / "manifests.yaml"
     source.write_text(yaml.safe_dump_all(documents))
     models = [document for document in documents if document["kind"] == "ModelDeployment"]
-    servings = [serving(parse(ModelDeployment, cpu_stand_in(model)), (1, 2, 3), "unused") for model in models]
+    priorities = [tier_priority(document) for document in documents if document["kind"] == "ApiTier"]
+    servings = [
+        serving(parse(ModelDeployment, cpu_stand_in(model)), priorities, "unused") for model in models
+    ]
     names = ", ".join(f"{item.model.name} {list(item.model.versions)}" for item in servings)
     step(f"starting Triton (PyTriton's server, CPU) with stand-ins for {names}")
-    path = DataPath(gateways=[], prometheus=f"http://127.0.0.1:{prometheus_port}", triton_http=triton_http)
+    path = DataPath(gateways=[], prometheus=f"http://127.0.0.1:{prometheus_port}")
     stack.callback(lambda: [process.stop() for process in reversed(path.processes)])
     shutil.rmtree(WORK / "triton", ignore_errors=True)
     triton = triton_local.start(WORK / "triton", *servings, http_port=triton_http)
