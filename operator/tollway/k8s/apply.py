@@ -14,6 +14,7 @@ import hashlib
 import json
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -65,14 +66,21 @@ def stamped(manifest: Mapping[str, Any]) -> dict[str, Any]:
 #: operator's, when absent) rebuilds the cache, and a lookup on another thread meanwhile fails (KeyError).
 _discovery = threading.Lock()
 
+#: A kind the client does not know makes it rediscover the whole API (a request per group), so a kind found
+#: unserved is asked about again only after this long: a CRD installed later is seen within it.
+UNSERVED_RECHECK_SECONDS = 30.0
+_unserved_until: dict[tuple[str, str], float] = {}
+
 
 def _resource(api_version: str, kind: str) -> Any:
     """The API server's resource for a kind; ApplyError when it does not serve it (a CRD not installed)."""
-    try:
-        with _discovery:
-            return _dynamic().resources.get(api_version=api_version, kind=kind)
-    except ResourceNotFoundError:
-        raise ApplyError(f"the cluster does not serve {api_version} {kind}: is its CRD installed?") from None
+    with _discovery:
+        if _unserved_until.get((api_version, kind), 0.0) <= time.monotonic():
+            try:
+                return _dynamic().resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                _unserved_until[(api_version, kind)] = time.monotonic() + UNSERVED_RECHECK_SECONDS
+    raise ApplyError(f"the cluster does not serve {api_version} {kind}: is its CRD installed?")
 
 
 def served(api_version: str, kind: str) -> bool:
