@@ -51,11 +51,11 @@ from tollway.translate.serving import serving, tier_priority
 
 import dataplane
 import triton_local
+from controlplane import STATE as CONTROL_PLANE_STATE
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORK = ROOT / ".local" / "demo"
-CONTROL_PLANE_STATE = Path(os.environ.get("TOLLWAY_CONTROLPLANE_DIR", ROOT / ".local" / "controlplane"))
 NAMESPACE = "ai"
 RECONCILE_TIMEOUT = 90.0
 ENVOY_REPLICAS = 2

@@ -77,10 +77,6 @@ class RunningTriton:
     metrics: str
     process: Process
 
-    @property
-    def log(self) -> Path:
-        return self.process.log
-
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
             return str(response.read().decode())

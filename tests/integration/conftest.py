@@ -5,13 +5,13 @@ There is no skip here: if kube-apiserver, etcd or kube-controller-manager cannot
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from controlplane import STATE
 from kube import Cluster, Operator, operator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,10 +21,7 @@ CONTROLPLANE = ROOT / "hack" / "controlplane"
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """Starts the control plane (or reuses one already up), installs the CRDs; stops it if it started it."""
-    state = Path(
-        os.environ.get("TOLLWAY_CONTROLPLANE_DIR", ROOT / ".local" / "controlplane")
-    )  # as hack/ reads it
-    already_up = (state / "kube-apiserver.pid").exists()
+    already_up = (STATE / "kube-apiserver.pid").exists()
     up = subprocess.run([str(CONTROLPLANE), "up"], capture_output=True, text=True, timeout=3600, check=False)
     assert up.returncode == 0, f"hack/controlplane up failed:\n{up.stderr}"
     kubeconfig = Path(up.stdout.strip().split("=", 1)[1])

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import K8S_VERSION
 
 from tollway import documents
 from tollway.cli import parser
 from tollway.render.autoscaling import adapter_rules
 
+from controlplane import K8S_VERSION
 from dataplane import tool_binary
 
 ROOT = Path(__file__).resolve().parents[2]

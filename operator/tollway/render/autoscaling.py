@@ -13,7 +13,7 @@ from typing import Any
 
 from tollway.documents import dump
 from tollway.ir.serving import Scaling, TritonServing
-from tollway.render.monitoring import CACHED_MODEL_STAGES
+from tollway.render.monitoring import cached_latency_ms, request_latency_ms
 
 QUEUE_METRIC = "tollway_triton_queue_depth"
 P99_METRIC = "tollway_triton_request_p99_ms"
@@ -27,12 +27,11 @@ def queue_query(namespace: str, model: str) -> str:
 
 
 def p99_expression(matchers: str) -> str:
-    """The P99 request latency in ms of the models `matchers` select: the worst pod's (summaries do not add
-    up across pods). Triton publishes no request summary for a model with the response cache on; then the
-    sum of its stages' P99s (as in the recording rules)."""
-    request = f'max by (model) (nv_inference_request_summary_us{{{matchers},quantile="0.99"}}) / 1000'
-    stages = f'{{__name__=~"{"|".join(CACHED_MODEL_STAGES)}",{matchers},quantile="0.99"}}'
-    return f"{request} or sum by (model) (max by (model, __name__) ({stages})) / 1000"
+    """The P99 request latency in ms of the models `matchers` select, as in the recording rules: Triton's
+    request summary, or for a model with the response cache on (which has none) the sum of its stages."""
+    return (
+        f"{request_latency_ms(matchers, '0.99', 'model')} or {cached_latency_ms(matchers, '0.99', 'model')}"
+    )
 
 
 def p99_query(namespace: str, model: str) -> str:

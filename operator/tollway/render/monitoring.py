@@ -58,21 +58,26 @@ CACHED_MODEL_STAGES = (
 )
 
 
-def _latency_ms(matchers: str, quantile: str, cached: bool) -> str:
-    """A latency quantile in ms, the slowest replica's. For a cached model, the sum of the stages' quantiles
-    (of those Triton reports): an estimate for a cache miss (hits are faster), so that P99 targets and
-    latency alerts still see the model."""
-    if not cached:
-        summary = f'nv_inference_request_summary_us{{{matchers},quantile="{quantile}"}}'
-        return f"max by ({BY_VERSION}) ({summary}) / 1000"
+def request_latency_ms(matchers: str, quantile: str, by: str) -> str:
+    """A latency quantile in ms from Triton's request summary, the slowest replica's (summaries do not add
+    up across pods)."""
+    summary = f'nv_inference_request_summary_us{{{matchers},quantile="{quantile}"}}'
+    return f"max by ({by}) ({summary}) / 1000"
+
+
+def cached_latency_ms(matchers: str, quantile: str, by: str) -> str:
+    """The same for a model with the response cache on: the sum of the stages' quantiles (of those Triton
+    reports), the slowest replica's each; an estimate for a cache miss (hits are faster), so that P99
+    targets and latency alerts still see the model."""
     stages = f'{{__name__=~"{"|".join(CACHED_MODEL_STAGES)}",{matchers},quantile="{quantile}"}}'
-    return f"sum by ({BY_VERSION}) (max by ({BY_VERSION}, __name__) ({stages})) / 1000"
+    return f"sum by ({by}) (max by ({by}, __name__) ({stages})) / 1000"
 
 
 def recording_rules(namespace: str, model: str, cached: bool) -> list[dict[str, str]]:
     matchers = selector(namespace, model)
+    latency = cached_latency_ms if cached else request_latency_ms
     rules = [
-        {"record": f"tollway:request_latency_ms:p{label}", "expr": _latency_ms(matchers, quantile, cached)}
+        {"record": f"tollway:request_latency_ms:p{label}", "expr": latency(matchers, quantile, BY_VERSION)}
         for label, quantile in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
     ]
     rules += [
