@@ -20,7 +20,8 @@ from tollway.api.parse import parse
 from tollway.ir.gateway import Quota, Runtime
 from tollway.ir.observed import GatewayState, UsageState
 from tollway.observe import prometheus
-from tollway.render.envoy import effective_quota, lua_literal
+from tollway.render.envoy import effective_quota
+from tollway.render.lua import lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.gateway import GatewayOptions, TierReport, gateway, selects

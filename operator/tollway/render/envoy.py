@@ -10,10 +10,10 @@ import math
 import re
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from importlib.resources import files
 from typing import Any
 
 from tollway.ir.gateway import LIMIT_KINDS, Gateway, Model, Quota, Tier, Version
+from tollway.render.lua import gateway_program, token_headers_program
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """Per connection: the gateway buffers whole infer requests and responses (to meter and rewrite them)."""
@@ -34,37 +34,6 @@ Config = dict[str, Any]
 
 _TYPE = "type.googleapis.com/envoy."
 _HCM = _TYPE + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-
-
-def _source(name: str) -> str:
-    return (files("tollway.render") / "templates" / name).read_text()
-
-
-def lua_literal(value: Any) -> str:
-    """A Lua expression for a value made of dicts, lists, strings, ints, bools and None."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        escaped = "".join(
-            char
-            if 32 <= ord(char) < 127 and char not in '"\\'
-            else "".join(f"\\{byte:03d}" for byte in char.encode())  # 3 digits: a digit may follow
-            for char in value
-        )
-        return f'"{escaped}"'
-    if isinstance(value, list | tuple):
-        return "{" + ", ".join(lua_literal(item) for item in value) + "}"
-    if isinstance(value, dict):
-        return (
-            "{"
-            + ", ".join(f"[{lua_literal(key)}] = {lua_literal(item)}" for key, item in value.items())
-            + "}"
-        )
-    raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
 def model_cluster(model: Model, protocol: str = "http") -> str:
@@ -108,7 +77,8 @@ def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]
     return scopes, override.concurrent or tier.quota.concurrent
 
 
-def _lua_data(gateway: Gateway) -> str:
+def lua_data(gateway: Gateway) -> dict[str, Any]:
+    """The table the gateway's Lua program reads as `T`: tiers, models and credentials, in its terms."""
     tiers = {}
     for tier in gateway.tiers:
         scopes, clusters, grpc_clusters, token_caps = {}, {}, {}, {}
@@ -164,7 +134,7 @@ def _lua_data(gateway: Gateway) -> str:
             for credential in gateway.credentials
         },
     }
-    return f"local T = {lua_literal(data)}\n\n"
+    return data
 
 
 def _routes(gateway: Gateway, now: datetime) -> list[Config]:
@@ -406,10 +376,10 @@ ACCESS_LOG_FIELDS = {
 
 def _connection_manager(gateway: Gateway, now: datetime) -> Config:
     filters = _jwt_filter(gateway)
-    filters.append(_lua_filter(LUA_FILTER, _lua_data(gateway) + _source("gateway.lua")))
+    filters.append(_lua_filter(LUA_FILTER, gateway_program(lua_data(gateway))))
     for mode, fail_open in (("open", True), ("closed", False)):
         filters.append(_rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, False))
-    filters.append(_lua_filter("tollway.token_headers", _source("token_headers.lua")))
+    filters.append(_lua_filter("tollway.token_headers", token_headers_program()))
     for mode, fail_open in (("open", True), ("closed", False)):
         filters.append(_rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True))
     filters.append(_usage_filter())

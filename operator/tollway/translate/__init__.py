@@ -15,12 +15,13 @@ from typing import Any
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.observed import GatewayState, ServingState, UsageState
+from tollway.ir.serving import TritonServing
 from tollway.render import gateway as gateway_render
 from tollway.render import triton
 from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
 from tollway.translate.gateway import GATEWAY_NAME, GatewayOptions, GatewayPlan, TierReport, gateway
-from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, tier_priority
+from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, serving, tier_priority
 
 DEFAULT_OPTIONS = GatewayOptions()
 
@@ -60,6 +61,8 @@ class Result:
     stale_kinds: tuple[tuple[str, str], ...] = ()
     """(apiVersion, kind) of children Tollway may have made before but renders no more: prune them.
     Empty for an invalid resource, so that a bad edit never takes a running model down."""
+    ir: TritonServing | None = None
+    """For a valid ModelDeployment: the plain-data plan its manifests are rendered from."""
 
 
 def translate(
@@ -79,18 +82,19 @@ def translate(
         status = {"observed_generation": generation, "conditions": conditions}
         return Result(status=_wire(kind, status), problems=invalid.problems)
     if isinstance(resource, ModelDeployment):
-        children = model_deployment.manifests(
+        plan = serving(
             resource,
             context.tier_priorities,
             context.storage_initializer_image,
             context.prometheus_url,
             context.monitoring,
         )
+        children = triton.render(plan)
         previous = (document.get("status") or {}).get("metrics")
         status = model_deployment.status(resource, context.serving, now, make, previous)
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
         stale = tuple(kind for kind in triton.CHILD_KINDS if kind not in rendered)
-        return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale)
+        return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale, ir=plan)
     assert isinstance(resource, ApiTier)
     previous_usage = (document.get("status") or {}).get("usage")
     status = api_tier.status(

@@ -9,8 +9,6 @@ from typing import Any
 from tollway.api import Condition, ModelDeployment
 from tollway.api.model_deployment import Endpoint, VersionStatus
 from tollway.ir.observed import MetricsState, ServingState, TritonState
-from tollway.render import triton
-from tollway.translate.serving import serving
 
 Make = Callable[..., Condition]
 TRITON_STATES = {
@@ -19,16 +17,6 @@ TRITON_STATES = {
     "UNLOADING": "Unavailable",
     "UNAVAILABLE": "Unavailable",
 }
-
-
-def manifests(
-    resource: ModelDeployment,
-    tier_priorities: tuple[int, ...],
-    storage_initializer: str,
-    prometheus_url: str,
-    monitoring: bool,
-) -> list[dict[str, Any]]:
-    return triton.render(serving(resource, tier_priorities, storage_initializer, prometheus_url, monitoring))
 
 
 def latest_version(resource: ModelDeployment) -> str:
