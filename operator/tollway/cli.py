@@ -14,11 +14,12 @@ from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
 from tollway.ir.gateway import Runtime
+from tollway.ir.names import TRITON_GRPC_PORT
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
-from tollway.translate.gateway import TRITON_GRPC, GatewayOptions
+from tollway.translate.gateway import GatewayOptions
 
 #: How clients may reach a gateway's Envoy (ExternalName would point the Service elsewhere).
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
@@ -97,7 +98,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         model, _, address = upstream.partition("=")
         host, _, ports = address.partition(":")
         http, _, grpc = ports.partition(":")
-        upstreams[model] = (host, int(http), int(grpc or TRITON_GRPC))
+        upstreams[model] = (host, int(http), int(grpc or TRITON_GRPC_PORT))
     runtime = Runtime(
         envoy_replicas=arguments.replicas,
         ratelimit_address=arguments.ratelimit,

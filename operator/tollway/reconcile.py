@@ -11,6 +11,7 @@ from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
+from tollway.ir.names import GATEWAY_NAME, triton_children
 from tollway.ir.observed import GatewayState, MetricsState, ServingState, UsageState
 from tollway.k8s.apply import ApplyError, apply_all, prune, prune_named, served
 from tollway.k8s.events import record_event
@@ -20,11 +21,10 @@ from tollway.k8s.status import apply_status
 from tollway.observe.prometheus import model_metrics, tier_usage
 from tollway.observe.triton import model_state
 from tollway.render.monitoring import MONITORING_API
-from tollway.render.triton import names
 from tollway.settings import Settings
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed, changed_conditions, event_type, settle
-from tollway.translate.gateway import GATEWAY_NAME, TierReport
+from tollway.translate.gateway import TierReport
 from tollway.translate.peering import outranked
 from tollway.translate.serving import PROMETHEUS_URL, tier_priority
 
@@ -251,7 +251,7 @@ def observe(kind: type[Resource], body: Mapping[str, Any], settings: Settings) -
         return base  # the translation reports it; there is nothing to observe for a spec not applied
     namespace = resource.metadata.namespace
     priorities = tuple(tier_priority(tier) for tier in list_resources(ApiTier, namespace))
-    service = names(resource.metadata.name)["triton"]
+    service = triton_children(resource.metadata.name)["triton"]
     deployment = deployment_state(namespace, service)
     triton = None
     if deployment is not None:

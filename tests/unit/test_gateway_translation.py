@@ -17,10 +17,9 @@ from tollway import documents
 from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
-from tollway.ir.gateway import Quota, Runtime
+from tollway.ir.gateway import Limit, ModelLimits, Runtime
 from tollway.ir.observed import GatewayState, UsageState
 from tollway.observe import prometheus
-from tollway.render.envoy import effective_quota
 from tollway.render.lua import lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
@@ -151,10 +150,29 @@ def test_overrides_get_counters_of_their_own() -> None:
             "spec.overrides": [{"model": "chat", "tokensPerMinute": 50, "concurrentRequests": 1}],
         },
     )
-    built = plan([tier]).gateway
-    scopes, cap = effective_quota(built.tiers[0], "chat")
-    assert scopes == {"rpm": "pro", "tpm": "pro/chat"} and cap == 1
-    assert effective_quota(built.tiers[0], "other") == ({"rpm": "pro", "tpm": "pro"}, 4)
+    models = [model_deployment(), model_deployment("embed", **{"spec.model.name": "embed"})]
+    built = gateway(
+        "ai",
+        tiers=[parse(ApiTier, tier)],
+        models=[parse(ModelDeployment, document) for document in models],
+        secrets=[],
+        now=NOW,
+        options=GatewayOptions(runtime=Runtime(envoy_replicas=3)),
+    ).gateway
+    assert built.tiers[0].limits_for("chat") == ModelLimits(
+        model="chat",
+        limits=(Limit("rpm", "pro", 60), Limit("tpm", "pro/chat", 50)),
+        token_cap=50,
+        concurrent=1,
+        concurrent_per_replica=1,
+    )
+    assert built.tiers[0].limits_for("embed") == ModelLimits(
+        model="embed",
+        limits=(Limit("rpm", "pro", 60), Limit("tpm", "pro", 1000)),
+        token_cap=1000,
+        concurrent=4,
+        concurrent_per_replica=2,  # each of 3 Envoy replicas admits its share, rounded up
+    )
     descriptors = ratelimit_config(built)["descriptors"]
     limits = {
         (entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"]
@@ -169,7 +187,7 @@ def test_overrides_get_counters_of_their_own() -> None:
         ("tpm", "pro"): {"unit": "minute", "requests_per_unit": 1000},
         ("tpm", "pro/chat"): {"unit": "minute", "requests_per_unit": 50},
     }
-    assert built.tiers[0].quota == Quota(rpm=60, tpm=1000, concurrent=4)
+    assert built.tiers[0].limits == (Limit("rpm", "pro", 60), Limit("tpm", "pro", 1000))
 
 
 def test_lua_literals_escape_everything_a_key_may_hold() -> None:

@@ -42,14 +42,29 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Quota:
-    """Limits per consumer, except `concurrent` (per tier and model); None is unlimited."""
+class Limit:
+    """One fixed-window counter the ratelimit service keeps per consumer."""
 
-    rpm: int | None = None
-    rpd: int | None = None
-    tpm: int | None = None
-    tpd: int | None = None
+    kind: str
+    """One of LIMIT_KINDS."""
+    scope: str
+    """Whose counter: a tier ('pro', shared by the tier's models) or a tier and model ('pro/chat', a
+    per-model override)."""
+    value: int
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one tier's requests to one model are held to (only the limits that apply; none is unlimited)."""
+
+    model: str
+    limits: tuple[Limit, ...]
+    token_cap: int | None = None
+    """The smallest token limit: a request reserving more could never be served."""
     concurrent: int | None = None
+    """Requests in flight across the gateway's replicas."""
+    concurrent_per_replica: int | None = None
+    """Each Envoy replica's share of `concurrent` (rounded up): what its circuit breaker admits."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +88,10 @@ class Tier:
     name: str
     priority_level: int
     """Triton's priority level for this tier's requests (1 is served first)."""
-    quota: Quota
-    overrides: tuple[tuple[str, Quota], ...]
-    """Model → the limits that differ for it (only the ones set)."""
+    limits: tuple[Limit, ...]
+    """The tier's own limits (scope: the tier), whether or not a model is served yet."""
+    model_limits: tuple[ModelLimits, ...]
+    """Per served model: the limits its requests count against, overrides applied."""
     allowed: tuple[tuple[str, int], ...]
     """(model, version) pairs this tier may call, however the route names them."""
     fail_open: bool = True
@@ -88,6 +104,12 @@ class Tier:
     input_price_per_1k: str = "0"
     output_price_per_1k: str = "0"
     usage_spike_factor: float = 3.0
+
+    def limits_for(self, model: str) -> ModelLimits:
+        return next(
+            (found for found in self.model_limits if found.model == model),
+            ModelLimits(model=model, limits=()),
+        )
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,19 @@ update is an atomic symlink swap), so a tier or key change needs no restart and 
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from tollway.ir.gateway import LIMIT_KINDS, Gateway, Model, Quota, Tier, Version
+from tollway.ir.gateway import Gateway, Model, Tier, Version
+from tollway.ir.names import (
+    RATELIMIT_DOMAIN,
+    RATELIMIT_GRPC_PORT,
+    USAGE_KINDS,
+    gateway_children,
+    in_cluster_host,
+)
 from tollway.render.lua import gateway_program, token_headers_program
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -20,10 +26,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
 RATELIMIT_CLUSTER = "ratelimit"
-USAGE_KINDS = ("usage_requests", "usage_input", "usage_output")
-"""Counters the ratelimit service keeps per tier and consumer at the end of each request (ratelimit.py)."""
 ADMIN_CLUSTER = "admin"
-RATELIMIT_DOMAIN = "tollway"
 RATELIMIT_TIMEOUT = "0.25s"
 UPSTREAM_TIMEOUT = "300s"
 PUBLIC_BASES = ("/v1/models", "/v2/models")
@@ -57,39 +60,17 @@ def _dates(version: Version) -> dict[str, Any]:
     return {key: value for key, value in dates.items() if value is not None}
 
 
-def limits_for(tier: Tier, model: str) -> dict[str, tuple[str, int]]:
-    """For requests of `tier` to `model`: each limit that applies, with the scope of its counter ('pro':
-    shared by the tier's models; 'pro/chat': a per-model override) and its value."""
-    override = dict(tier.overrides).get(model, Quota())
-    found = {}
-    for limit in LIMIT_KINDS:
-        if getattr(override, limit) is not None:
-            found[limit] = (f"{tier.name}/{model}", getattr(override, limit))
-        elif getattr(tier.quota, limit) is not None:
-            found[limit] = (tier.name, getattr(tier.quota, limit))
-    return found
-
-
-def effective_quota(tier: Tier, model: str) -> tuple[dict[str, str], int | None]:
-    """The counter scope of each limit that applies (see `limits_for`), and the concurrency cap."""
-    override = dict(tier.overrides).get(model, Quota())
-    scopes = {limit: scope for limit, (scope, _) in limits_for(tier, model).items()}
-    return scopes, override.concurrent or tier.quota.concurrent
-
-
 def lua_data(gateway: Gateway) -> dict[str, Any]:
     """The table the gateway's Lua program reads as `T`: tiers, models and credentials, in its terms."""
     tiers = {}
     for tier in gateway.tiers:
         scopes, clusters, grpc_clusters, token_caps = {}, {}, {}, {}
         for model in gateway.models:
-            scopes[model.name], cap = effective_quota(tier, model.name)
-            tokens = [
-                value for limit, (_, value) in limits_for(tier, model.name).items() if limit in ("tpm", "tpd")
-            ]
-            if tokens:
-                token_caps[model.name] = min(tokens)
-            if cap is not None:
+            held = tier.limits_for(model.name)
+            scopes[model.name] = {limit.kind: limit.scope for limit in held.limits}
+            if held.token_cap is not None:
+                token_caps[model.name] = held.token_cap
+            if held.concurrent is not None:
                 clusters[model.name] = tier_cluster(model, tier)
                 grpc_clusters[model.name] = tier_cluster(model, tier, "grpc")
         tiers[tier.name] = {
@@ -253,11 +234,7 @@ def _usage_filter() -> Config:
         "metadata": {"descriptor_key": "consumer", "metadata_key": _meta_key("consumer"), "source": "DYNAMIC"}
     }
     counted = []
-    for kind, hits in (
-        ("usage_requests", None),
-        ("usage_input", "input_tokens"),
-        ("usage_output", "output_tokens"),
-    ):
+    for kind, hits in zip(USAGE_KINDS, (None, "input_tokens", "output_tokens"), strict=True):
         tier = {"metadata": {"descriptor_key": kind, "metadata_key": _meta_key("tier"), "source": "DYNAMIC"}}
         entry: Config = {"actions": [tier, consumer], "apply_on_stream_done": True}
         if hits is not None:  # no count (a model that reports no tokens): Envoy drops the descriptor
@@ -374,21 +351,40 @@ ACCESS_LOG_FIELDS = {
 """What each request logs: who, what, how it went; never a credential."""
 
 
-def _connection_manager(gateway: Gateway, now: datetime) -> Config:
-    filters = _jwt_filter(gateway)
-    filters.append(_lua_filter(LUA_FILTER, gateway_program(lua_data(gateway))))
-    for mode, fail_open in (("open", True), ("closed", False)):
-        filters.append(_rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, False))
-    filters.append(_lua_filter("tollway.token_headers", token_headers_program()))
-    for mode, fail_open in (("open", True), ("closed", False)):
-        filters.append(_rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True))
-    filters.append(_usage_filter())
-    filters.append(
+def http_filters(gateway: Gateway) -> list[Config]:
+    """The gateway's HTTP filters in the order Envoy runs them on a request (responses pass them in reverse).
+    Each one relies on what the ones before it did, so the order is the design: change it here only."""
+    return [
+        # Verifies JWTs and leaves each valid token's payload in dynamic metadata (allows missing tokens:
+        # an API key or a client certificate may authenticate instead).
+        *_jwt_filter(gateway),
+        # Authenticates, authorizes, routes (sets the cluster header), rewrites the priority and reserves
+        # tokens: everything below reads the metadata it sets. On the response: settlement and headers.
+        _lua_filter(LUA_FILTER, gateway_program(lua_data(gateway))),
+        # Requests per minute and day, each counter in the filter its tier's fail-open setting selects.
+        *(
+            _rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, False)
+            for mode, fail_open in (("open", True), ("closed", False))
+        ),
+        # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
+        # that the request filters' headers keep the plain names.
+        _lua_filter("tollway.token_headers", token_headers_program()),
+        # Tokens per minute and day: the reservation before the request, the excess used at stream end.
+        *(
+            _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True)
+            for mode, fail_open in (("open", True), ("closed", False))
+        ),
+        # Usage counters at stream end; never refuses.
+        _usage_filter(),
+        # Last: sends the request to the cluster the Lua program chose.
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": _TYPE + "extensions.filters.http.router.v3.Router"},
-        }
-    )
+        },
+    ]
+
+
+def _connection_manager(gateway: Gateway, now: datetime) -> Config:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -400,7 +396,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
                 "virtual_hosts": [{"name": "api", "domains": ["*"], "routes": _routes(gateway, now)}],
                 "request_headers_to_remove": [CLUSTER_HEADER],
             },
-            "http_filters": filters,
+            "http_filters": http_filters(gateway),
             "local_reply_config": _local_reply(),
             "access_log": [
                 {
@@ -526,12 +522,11 @@ def _is_ip(host: str) -> bool:
 
 
 def ratelimit_address(gateway: Gateway) -> tuple[str, int]:
-    from tollway.render.gateway import names  # noqa: PLC0415 (the two renderers name each other's parts)
-
     if gateway.runtime.ratelimit_address:
         host, _, port = gateway.runtime.ratelimit_address.rpartition(":")
         return host, int(port)
-    return f"{names(gateway.name)['ratelimit']}.{gateway.namespace}.svc.cluster.local", 8081
+    service = gateway_children(gateway.name)["ratelimit"]
+    return in_cluster_host(service, gateway.namespace), RATELIMIT_GRPC_PORT
 
 
 def clusters(gateway: Gateway) -> Config:
@@ -540,12 +535,9 @@ def clusters(gateway: Gateway) -> Config:
         found.append(_static_cluster(model_cluster(model), model.host, model.http_port))
         found.append(_static_cluster(model_cluster(model, "grpc"), model.host, model.grpc_port, http2=True))
         for tier in gateway.tiers:
-            cap = effective_quota(tier, model.name)[1]
-            if cap is None:
+            share = tier.limits_for(model.name).concurrent_per_replica
+            if share is None:
                 continue
-            share = math.ceil(
-                cap / gateway.runtime.envoy_replicas
-            )  # each replica admits its share of the cap
             found.append(
                 _static_cluster(tier_cluster(model, tier), model.host, model.http_port, max_requests=share)
             )

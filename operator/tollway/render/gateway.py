@@ -12,6 +12,14 @@ from typing import Any
 
 from tollway.documents import dump
 from tollway.ir.gateway import TLS_DIR, Gateway
+from tollway.ir.names import (
+    RATELIMIT_GRPC_PORT,
+    RATELIMIT_HTTP_PORT,
+    RATELIMIT_METRICS_PORT,
+    REDIS_PORT,
+    gateway_children,
+    in_cluster_host,
+)
 from tollway.render.envoy import bootstrap, clusters, listeners
 from tollway.render.meta import MANAGED_BY
 from tollway.render.monitoring import MONITORING_API, gateway_rule_groups, scrape_annotations, service_monitor
@@ -19,7 +27,6 @@ from tollway.render.ratelimit import ratelimit_config
 
 Manifest = dict[str, Any]
 
-RATELIMIT_GRPC, RATELIMIT_HTTP, RATELIMIT_METRICS, REDIS_PORT = 8081, 8080, 9090, 6379
 RATELIMIT_ROOT = "/data"
 
 RESTRICTED_CONTAINER = {
@@ -29,19 +36,9 @@ RESTRICTED_CONTAINER = {
 }
 
 
-def names(gateway: str) -> dict[str, str]:
-    """The children's names, from the gateway's."""
-    return {
-        "envoy": gateway,
-        "config": f"{gateway}-envoy",
-        "ratelimit": f"{gateway}-ratelimit",
-        "redis": f"{gateway}-redis",
-    }
-
-
 def possible_children(gateway: str) -> set[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child a gateway of this name may have, whatever its settings."""
-    named = names(gateway)
+    named = gateway_children(gateway)
     workloads = ("envoy", "ratelimit", "redis")
     return (
         {("v1", "Secret", named["config"]), ("v1", "ConfigMap", named["ratelimit"])}
@@ -168,7 +165,7 @@ def _budget(gateway: Gateway, component: str, name: str) -> Manifest:
 
 
 def _envoy(gateway: Gateway) -> list[Manifest]:
-    named = names(gateway.name)
+    named = gateway_children(gateway.name)
     ports = [("http", gateway.runtime.listen_port), ("metrics", gateway.runtime.metrics_port)]
     ports += [(f"mtls-{index}", tier.mtls_port) for index, tier in enumerate(gateway.tiers) if tier.mtls_port]
     mounts = [{"name": "config", "mountPath": gateway.runtime.config_dir, "readOnly": True}]
@@ -216,10 +213,9 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
 
 
 def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
-    named = names(gateway.name)
+    named = gateway_children(gateway.name)
     redis = (
-        gateway.runtime.redis_address
-        or f"{named['redis']}.{gateway.namespace}.svc.cluster.local:{REDIS_PORT}"
+        gateway.runtime.redis_address or f"{in_cluster_host(named['redis'], gateway.namespace)}:{REDIS_PORT}"
     )
     environment = {
         "LOG_LEVEL": "warn",
@@ -228,7 +224,7 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         "REDIS_URL": redis,
         "USE_STATSD": "false",
         "USE_PROMETHEUS": "true",
-        "PROMETHEUS_ADDR": f":{RATELIMIT_METRICS}",
+        "PROMETHEUS_ADDR": f":{RATELIMIT_METRICS_PORT}",
         "RUNTIME_ROOT": RATELIMIT_ROOT,
         "RUNTIME_SUBDIRECTORY": "ratelimit",
         "RUNTIME_WATCH_ROOT": "false",
@@ -240,9 +236,9 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         "command": ["/bin/ratelimit"],
         "env": [{"name": key, "value": value} for key, value in environment.items()],
         "ports": [
-            {"name": "grpc", "containerPort": RATELIMIT_GRPC},
-            {"name": "http", "containerPort": RATELIMIT_HTTP},
-            {"name": "metrics", "containerPort": RATELIMIT_METRICS},
+            {"name": "grpc", "containerPort": RATELIMIT_GRPC_PORT},
+            {"name": "http", "containerPort": RATELIMIT_HTTP_PORT},
+            {"name": "metrics", "containerPort": RATELIMIT_METRICS_PORT},
         ],
         "readinessProbe": {"httpGet": {"path": "/healthcheck", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10},
@@ -269,7 +265,11 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
             gateway,
             "ratelimit",
             named["ratelimit"],
-            [("grpc", RATELIMIT_GRPC), ("http", RATELIMIT_HTTP), ("metrics", RATELIMIT_METRICS)],
+            [
+                ("grpc", RATELIMIT_GRPC_PORT),
+                ("http", RATELIMIT_HTTP_PORT),
+                ("metrics", RATELIMIT_METRICS_PORT),
+            ],
         ),
         _budget(gateway, "ratelimit", named["ratelimit"]),
     ]
@@ -280,7 +280,7 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
 
 def _redis(gateway: Gateway) -> list[Manifest]:
     """A single Redis for small installs: counters only (no persistence); a restart resets the windows."""
-    name = names(gateway.name)["redis"]
+    name = gateway_children(gateway.name)["redis"]
     container = {
         "name": "redis",
         "image": gateway.runtime.images.redis,
@@ -301,7 +301,7 @@ def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
     config = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(gateway, names(gateway.name)["config"], "envoy"),
+        "metadata": _metadata(gateway, gateway_children(gateway.name)["config"], "envoy"),
         "type": "Opaque",
         "data": {
             name: base64.b64encode(files[name].encode()).decode()
@@ -316,7 +316,7 @@ def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
 
 def _monitoring(gateway: Gateway) -> list[Manifest]:
     """ServiceMonitors for Envoy and the ratelimit service, and the gateway's PrometheusRule."""
-    named = names(gateway.name)
+    named = gateway_children(gateway.name)
     monitors = [
         service_monitor(_metadata(gateway, named[part], part), _selector(gateway, part), path)
         for part, path in (("envoy", "/stats/prometheus"), ("ratelimit", "/metrics"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.ir.gateway import LIMIT_KINDS, Gateway
-from tollway.render.envoy import RATELIMIT_DOMAIN, USAGE_KINDS, limits_for
+from tollway.ir.gateway import Gateway
+from tollway.ir.names import RATELIMIT_DOMAIN, USAGE_KINDS
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -16,14 +16,14 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
     SCOPE is a tier ('pro': shared by the tier's models) or a tier and model ('pro/chat': a per-model
     override). The gateway sends a descriptor only for the limits that apply, so unlimited needs no entry.
     """
-    limits: dict[tuple[str, str], int] = {}
-    for tier in gateway.tiers:
-        for model in gateway.models:
-            for limit, (scope, value) in limits_for(tier, model.name).items():
-                limits[(limit, scope)] = value
-        for limit in LIMIT_KINDS:  # the tier's own limits, also with no model in the namespace yet
-            if getattr(tier.quota, limit) is not None:
-                limits[(limit, tier.name)] = getattr(tier.quota, limit)
+    limits = {
+        (limit.kind, limit.scope): limit.value
+        for tier in gateway.tiers
+        for limit in (
+            *tier.limits,  # the tier's own, also with no model in the namespace yet
+            *(limit for held in tier.model_limits for limit in held.limits),
+        )
+    }
     limited = [
         {
             "key": limit,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollway.ir.names import TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT, triton_children
 from tollway.ir.serving import TritonServing
 from tollway.render.autoscaling import scaler
 from tollway.render.meta import MANAGED_BY, metadata
@@ -16,7 +17,6 @@ from tollway.render.monitoring import (
     service_monitor,
 )
 
-HTTP, GRPC, METRICS = 8000, 8001, 8002
 #: Every kind of child this module renders: what the operator prunes when one is no longer rendered.
 CHILD_KINDS = (
     ("v1", "ServiceAccount"),
@@ -39,22 +39,13 @@ QUANTILES = "0.5:0.05,0.95:0.01,0.99:0.001"
 STARTUP_SECONDS = 30 * 60
 
 
-def names(model_deployment: str) -> dict[str, str]:
-    """The children's names, from the ModelDeployment's (DNS label of ≤ 40 characters: room for suffixes)."""
-    return {
-        "triton": f"{model_deployment}-triton",
-        "config": f"{model_deployment}-model-config",
-        "dashboard": f"{model_deployment}-dashboard",
-    }
-
-
 def labels(serving: TritonServing) -> dict[str, str]:
     return {**selector(serving), "tollway.dev/model": serving.name, **MANAGED_BY}
 
 
 def _metadata(serving: TritonServing, child: str) -> dict[str, Any]:
-    """The metadata of the child named by `names(...)[child]`: namespace, labels, owner."""
-    return metadata(names(serving.name)[child], serving.namespace, serving.owner, labels(serving))
+    """The metadata of the child named by `triton_children(...)[child]`: namespace, labels, owner."""
+    return metadata(triton_children(serving.name)[child], serving.namespace, serving.owner, labels(serving))
 
 
 def selector(serving: TritonServing) -> dict[str, str]:
@@ -72,9 +63,9 @@ def triton_args(serving: TritonServing) -> list[str]:
         # A version that fails to load leaves Triton up (not ready) with the reason in its repository
         # index, where the operator reads it into status, instead of a crash loop that says less.
         "--exit-on-error=false",
-        f"--http-port={HTTP}",
-        f"--grpc-port={GRPC}",
-        f"--metrics-port={METRICS}",
+        f"--http-port={TRITON_HTTP_PORT}",
+        f"--grpc-port={TRITON_GRPC_PORT}",
+        f"--metrics-port={TRITON_METRICS_PORT}",
         "--metrics-config=summary_latencies=true",
         f"--metrics-config=summary_quantiles={QUANTILES}",
         "--metrics-config=histogram_latencies=true",
@@ -228,7 +219,7 @@ def _resources(serving: TritonServing) -> dict[str, Any]:
 def _volumes(serving: TritonServing) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "models", "emptyDir": {}},
-        {"name": "model-config", "configMap": {"name": names(serving.name)["config"]}},
+        {"name": "model-config", "configMap": {"name": triton_children(serving.name)["config"]}},
         # The Python backend passes tensors to its stub processes through shared memory.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
@@ -244,9 +235,9 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
         "image": serving.image,
         "args": triton_args(serving),
         "ports": [
-            {"name": "http", "containerPort": HTTP, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": METRICS, "protocol": "TCP"},
+            {"name": "http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": TRITON_GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": TRITON_METRICS_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
@@ -256,7 +247,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
         "securityContext": _container_security(),
     }
     pod: dict[str, Any] = {
-        "serviceAccountName": names(serving.name)["triton"],
+        "serviceAccountName": triton_children(serving.name)["triton"],
         "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
@@ -288,7 +279,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
                     # The scrape annotations are the fallback for a Prometheus without prometheus-operator.
                     "annotations": {
                         CHECKSUM_ANNOTATION: config_checksum,
-                        **scrape_annotations(METRICS, "/metrics"),
+                        **scrape_annotations(TRITON_METRICS_PORT, "/metrics"),
                     },
                 },
                 "spec": pod,
@@ -311,15 +302,15 @@ def service(serving: TritonServing) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector(serving),
             "ports": [
-                {"name": "http", "port": HTTP, "targetPort": "http", "protocol": "TCP"},
+                {"name": "http", "port": TRITON_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {
                     "name": "grpc",
-                    "port": GRPC,
+                    "port": TRITON_GRPC_PORT,
                     "targetPort": "grpc",
                     "protocol": "TCP",
                     "appProtocol": "grpc",
                 },
-                {"name": "metrics", "port": METRICS, "targetPort": "metrics", "protocol": "TCP"},
+                {"name": "metrics", "port": TRITON_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
     }

@@ -14,13 +14,14 @@ from typing import Any
 
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
+from tollway.ir.names import GATEWAY_NAME
 from tollway.ir.observed import GatewayState, ServingState, UsageState
 from tollway.ir.serving import TritonServing
 from tollway.render import gateway as gateway_render
 from tollway.render import triton
 from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
-from tollway.translate.gateway import GATEWAY_NAME, GatewayOptions, GatewayPlan, TierReport, gateway
+from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, gateway
 from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, serving, tier_priority
 
 DEFAULT_OPTIONS = GatewayOptions()

@@ -9,8 +9,9 @@ from typing import Any
 
 from tollway.api import ApiTier
 from tollway.api.base import Condition, decimal
+from tollway.ir.names import GATEWAY_NAME
 from tollway.ir.observed import GatewayState, UsageState
-from tollway.translate.gateway import GATEWAY_NAME, TierReport
+from tollway.translate.gateway import TierReport
 
 Make = Callable[..., Condition]
 

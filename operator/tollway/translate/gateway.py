@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -18,17 +19,27 @@ from urllib.parse import urlsplit
 
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector, Quotas
-from tollway.ir.gateway import Credential, Gateway, Jwt, Model, Mtls, Quota, Runtime, Tier, Version
+from tollway.ir.gateway import (
+    LIMIT_KINDS,
+    Credential,
+    Gateway,
+    Jwt,
+    Limit,
+    Model,
+    ModelLimits,
+    Mtls,
+    Runtime,
+    Tier,
+    Version,
+)
+from tollway.ir.names import GATEWAY_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, triton_children
 from tollway.ir.serving import Owner
-from tollway.render.triton import names
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, priority_levels
 
-GATEWAY_NAME = "tollway-gateway"
 API_KEY = "api-key"
 CONSUMER_LABEL = "tollway.dev/consumer"
 EXPIRES_ANNOTATION = "tollway.dev/expires-at"
-TRITON_HTTP, TRITON_GRPC = 8000, 8001
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,17 @@ def gateway(
     for resource in ordered:
         allowed, unknown = _allowed(resource, served)
         problems[resource.metadata.name] += unknown
-        built.append(_tier(resource, levels[resource.spec.priority], allowed, secrets, problems))
+        built.append(
+            _tier(
+                resource,
+                level=levels[resource.spec.priority],
+                allowed=allowed,
+                served=served,
+                options=options,
+                secrets=secrets,
+                problems=problems,
+            )
+        )
     built = _with_mtls_ports(built, options, problems)
     credentials, counts = _credentials(ordered, secrets, now, problems)
     ports = {tier.name: tier.mtls_port for tier in built}
@@ -138,11 +159,11 @@ def _with_mtls_ports(
 
 def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
     spec = resource.spec
-    service = names(resource.metadata.name)["triton"]
+    service = triton_children(resource.metadata.name)["triton"]
     host, http, grpc = options.upstreams.get(resource.model_name) or (
         options.triton_host.format(service=service, namespace=namespace),
-        TRITON_HTTP,
-        TRITON_GRPC,
+        TRITON_HTTP_PORT,
+        TRITON_GRPC_PORT,
     )
     versions = tuple(
         Version(
@@ -210,20 +231,49 @@ def _split(reference: str) -> tuple[str, str, int | None]:
     return name, alias or "latest", None
 
 
-def _quota(limits: Quotas) -> Quota:
-    return Quota(
-        rpm=limits.requests_per_minute,
-        rpd=limits.requests_per_day,
-        tpm=limits.tokens_per_minute,
-        tpd=limits.tokens_per_day,
-        concurrent=limits.concurrent_requests,
+def _set_limits(limits: Quotas) -> dict[str, int]:
+    """The per-consumer limits of a spec.limits or spec.overrides entry that are set, by LIMIT_KINDS name."""
+    values = {
+        "rpm": limits.requests_per_minute,
+        "rpd": limits.requests_per_day,
+        "tpm": limits.tokens_per_minute,
+        "tpd": limits.tokens_per_day,
+    }
+    return {kind: value for kind, value in values.items() if value is not None}
+
+
+def _model_limits(tier: ApiTier, model: str, replicas: int) -> ModelLimits:
+    """Each limit an override sets counts per tier and model ('pro/chat'); the others are the tier's own,
+    shared by its models ('pro'). Concurrency is capped per tier and model, each Envoy replica admitting
+    its share."""
+    name, spec = tier.metadata.name, tier.spec
+    override = next((entry for entry in spec.overrides if entry.model == model), None)
+    own, overridden = _set_limits(spec.limits), _set_limits(override) if override else {}
+    limits = tuple(
+        Limit(kind=kind, scope=f"{name}/{model}", value=overridden[kind])
+        if kind in overridden
+        else Limit(kind=kind, scope=name, value=own[kind])
+        for kind in LIMIT_KINDS
+        if kind in overridden or kind in own
+    )
+    tokens = [limit.value for limit in limits if limit.kind in ("tpm", "tpd")]
+    concurrent = (override.concurrent_requests if override else None) or spec.limits.concurrent_requests
+    return ModelLimits(
+        model=model,
+        limits=limits,
+        token_cap=min(tokens) if tokens else None,
+        concurrent=concurrent,
+        concurrent_per_replica=math.ceil(concurrent / replicas) if concurrent is not None else None,
     )
 
 
 def _tier(
     resource: ApiTier,
+    *,
     level: int,
     allowed: tuple[tuple[str, int], ...],
+    served: Sequence[Model],
+    options: GatewayOptions,
     secrets: Sequence[Mapping[str, Any]],
     problems: dict[str, list[str]],
 ) -> Tier:
@@ -249,8 +299,13 @@ def _tier(
     return Tier(
         name=resource.metadata.name,
         priority_level=level,
-        quota=_quota(spec.limits),
-        overrides=tuple((override.model, _quota(override)) for override in spec.overrides),
+        limits=tuple(
+            Limit(kind=kind, scope=resource.metadata.name, value=value)
+            for kind, value in _set_limits(spec.limits).items()
+        ),
+        model_limits=tuple(
+            _model_limits(resource, model.name, options.runtime.envoy_replicas) for model in served
+        ),
         allowed=allowed,
         fail_open=spec.limits.fail_open,
         retry_after=spec.over_limit.retry_after,
