@@ -31,7 +31,7 @@ import yaml
 
 from tollway import documents
 from tollway.ir.gateway import Gateway
-from tollway.render.envoy import LUA_FILTER, lua_data
+from tollway.render.envoy import LUA_FILTER, TOKEN_HEADERS_FILTER, lua_data
 from tollway.render.lua import gateway_program, token_headers_program
 from tollway.translate import GatewayResult, translate_all
 
@@ -40,7 +40,6 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CASES = sorted(path.parent for path in [*GOLDEN.glob("*/in.yaml"), *GOLDEN.glob("*/in")])
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
-TOKEN_HEADERS_FILTER = "tollway.token_headers"
 CONFIG_FILES = {
     ("Secret", "envoy.yaml"): "bootstrap.yaml",
     ("Secret", "lds.yaml"): "listeners.yaml",

@@ -25,6 +25,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 """Per connection: the gateway buffers whole infer requests and responses (to meter and rewrite them)."""
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
+TOKEN_HEADERS_FILTER = "tollway.token_headers"
 RATELIMIT_CLUSTER = "ratelimit"
 ADMIN_CLUSTER = "admin"
 RATELIMIT_TIMEOUT = "0.25s"
@@ -368,7 +369,7 @@ def http_filters(gateway: Gateway) -> list[Config]:
         ),
         # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
         # that the request filters' headers keep the plain names.
-        _lua_filter("tollway.token_headers", token_headers_program()),
+        _lua_filter(TOKEN_HEADERS_FILTER, token_headers_program()),
         # Tokens per minute and day: the reservation before the request, the excess used at stream end.
         *(
             _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True)
