@@ -29,7 +29,7 @@ unit: setup       ## the tests that need no cluster
 integration: setup k8s tools
 	@$(VENV)/pytest -q tests/integration
 
-lint: setup
+lint: setup       ## ruff, mypy, import-linter, luacheck and StyLua (`hack/stylua.mjs FILE` formats a Lua file)
 	@$(VENV)/pytest -q tests/unit/test_code_quality.py
 
 crds: setup       ## regenerate crds/ from the pydantic models

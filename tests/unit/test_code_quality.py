@@ -1,4 +1,5 @@
-"""ruff, mypy (strict) and the import-linter layer contracts, run as tests so that CI holds the line."""
+"""ruff, mypy (strict), the import-linter layer contracts, and luacheck and StyLua over the gateway's Lua,
+run as tests so that CI holds the line."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+LUA = sorted(
+    str(path.relative_to(ROOT)) for path in (ROOT / "operator/tollway/render/templates").glob("*.lua")
+)
 CHECKS = {
     "ruff-check": [str(BIN / "ruff"), "check", "operator", "tests", "hack"],
     "ruff-format": [str(BIN / "ruff"), "format", "--check", "operator", "tests", "hack"],
     "mypy": [str(BIN / "mypy")],
     "import-linter": [str(BIN / "lint-imports")],
+    # luacheck exits 1 on warnings too; StyLua comes from npm (hack/stylua.mjs installs it on first use).
+    "luacheck": ["luacheck", "--no-color", "--formatter=plain", *LUA],
+    "stylua": ["node", "hack/stylua.mjs", "--check", *LUA],
 }
 
 

@@ -1,7 +1,18 @@
 """The gateway's Lua programs, as Envoy's Lua filter runs them (inline source code).
 
-The request program is the constant code in templates/gateway.lua, preceded by the data table `T` that
-`render.envoy.lua_data` computes from the gateway IR.
+Envoy's Lua filter takes one inline chunk, so the request program is bundled from templates/:
+
+    local T = <the data `render.envoy.lua_data` computes from the gateway IR>
+    package.preload["tollway.access"] = function(...)
+    <access.lua>
+    end
+    ... (one for each of MODULES)
+    <gateway.lua>
+
+Each module file is a pure Lua module (it returns its table and reads neither `T` nor Envoy's handle), so
+tests load one on its own with `module_source`. The shim, gateway.lua, `require`s them: Envoy opens
+LuaJIT's standard libraries, `package` included, in each worker's Lua state. Each module runs in a function
+of its own, which keeps every chunk far below LuaJIT's 200 locals and 60 upvalues per function.
 """
 
 from __future__ import annotations
@@ -9,9 +20,16 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
+MODULES = ("access", "json", "models", "protobuf", "tokens")
+
 
 def _source(name: str) -> str:
     return (files("tollway.render") / "templates" / name).read_text()
+
+
+def module_source(name: str) -> str:
+    """The source of the pure module `tollway.<name>`: a chunk that returns the module's table."""
+    return _source(f"{name}.lua")
 
 
 def lua_literal(value: Any) -> str:
@@ -42,8 +60,11 @@ def lua_literal(value: Any) -> str:
 
 
 def gateway_program(data: dict[str, Any]) -> str:
-    """The request program: `local T = <data>` followed by the constant code."""
-    return f"local T = {lua_literal(data)}\n\n" + _source("gateway.lua")
+    """The request program: `local T = <data>`, the modules as preloaded packages, then the shim."""
+    modules = "".join(
+        f'package.preload["tollway.{name}"] = function(...)\n{module_source(name)}end\n\n' for name in MODULES
+    )
+    return f"local T = {lua_literal(data)}\n\n" + modules + _source("gateway.lua")
 
 
 def token_headers_program() -> str:

@@ -1,0 +1,40 @@
+-- The models and versions the gateway serves (`T.models`), their aliases and deprecation dates. Pure
+-- functions: the clock is the caller's `now` (Unix seconds).
+
+local M = {}
+
+-- A gRPC request's model_name: "chat" (the latest version) or "chat:stable" (an alias); model and alias.
+function M.split_name(name)
+  local model_name, alias = name:match("^(.-):(.+)$")
+  return model_name or name, alias or "latest"
+end
+
+-- The model and version a request names; nil, nil, an error status and message when it names none served.
+function M.resolve(models, model_name, alias, pinned)
+  local model = models[model_name]
+  if model == nil then return nil, nil, 404, "no model " .. model_name end
+  local version = pinned or model.aliases[alias]
+  if version == nil or model.versions[version] == nil then
+    return nil, nil, 404, "model " .. model_name .. " has no version or alias " .. tostring(pinned or alias)
+  end
+  return model, version
+end
+
+-- Why a version no longer answers at `now`, or nil while it does.
+function M.switched_off(dates, now)
+  if dates.sunset ~= nil and now >= dates.sunset then
+    return "this model version was switched off on " .. dates.sunset_date
+  end
+  return nil
+end
+
+-- The response headers that announce a version's deprecation from its announcement on: {name, value} pairs.
+function M.deprecation_headers(dates, now)
+  if dates.announced == nil or now < dates.announced then return {} end
+  local headers = { { "deprecation", "@" .. dates.announced } }
+  if dates.sunset_http then headers[#headers + 1] = { "sunset", dates.sunset_http } end
+  if dates.link then headers[#headers + 1] = { "link", "<" .. dates.link .. '>; rel="deprecation"' } end
+  return headers
+end
+
+return M

@@ -1,0 +1,50 @@
+-- Token accounting, HTTP and gRPC alike: what a request reserves before it runs, and what the response says
+-- it used. Pure functions of the request's size, the model's and tier's data (`T`), and the response text.
+
+local M = {}
+
+-- The tokens to reserve for a request of `body_length` bytes to `model_name`, for the ratelimit filters to
+-- charge before it runs: a prompt estimate (4 bytes a token) plus the output allowed (`max_tokens`, else the
+-- model's default). Nil when the tier counts no tokens for the model; false and why when the request could
+-- never fit the tier's token limit (nor would a larger reservation ever be charged).
+function M.reservation(tier, model_name, model, scopes, body_length, max_tokens)
+  if model.input == nil or not (scopes.tpm or scopes.tpd) then return nil end
+  local reserve = math.ceil(body_length / 4) + (max_tokens or model.max_tokens)
+  local cap = tier.token_caps[model_name]
+  if cap ~= nil and reserve > cap then
+    return false, "the request reserves " .. reserve .. " tokens, more than the tier's limit of " .. cap
+  end
+  return reserve
+end
+
+-- The leading whole number of a header value such as "600, 600;w=60", or nil.
+function M.first_number(value) return value and value:match("^%s*(%d+)") end
+
+-- The largest count reported under `key` (a Lua pattern) anywhere in the response: text a model generated can
+-- only make the charge larger, never smaller.
+function M.used_tokens(text, key)
+  local most = nil
+  for number in text:gmatch("[^%w_]" .. key .. '\\?"%s*:%s*(%d+)') do
+    most = math.max(most or 0, tonumber(number))
+  end
+  return most
+end
+
+-- The input and output tokens a response reports (nil when it reports neither) and, when the request
+-- reserved `reserved` tokens, what they exceed the reservation by: that much more is charged.
+function M.settlement(text, model, reserved)
+  local input, output = M.used_tokens(text, model.input), M.used_tokens(text, model.output)
+  if input == nil and output == nil then return nil end
+  input, output = input or 0, output or 0
+  if reserved == nil then return input, output end
+  return input, output, math.max(0, input + output - tonumber(reserved))
+end
+
+-- The x-ratelimit-remaining-tokens value once `extra` more tokens are charged, or nil without the header.
+function M.remaining_after(header, extra)
+  local remaining = tonumber(M.first_number(header) or "")
+  if remaining == nil then return nil end
+  return tostring(math.max(0, remaining - extra))
+end
+
+return M

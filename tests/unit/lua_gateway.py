@@ -1,0 +1,302 @@
+"""The gateway's Lua under LuaJIT (the VM Envoy embeds), from pytest: its pure modules loaded one at a time,
+and the whole program Envoy runs, driven through a fake `handle` that records what the program did to it.
+
+Lua strings are bytes; the runtime maps them to Python `str` one byte a character (latin-1), so JSON and
+protobuf bodies go in and come out unchanged: `lua_text(bytes)` and `from_lua(str)` convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lupa import luajit21
+
+from tollway.render.lua import gateway_program, module_source
+
+
+def runtime() -> Any:
+    return luajit21.LuaRuntime(encoding="latin-1", unpack_returned_tuples=True)
+
+
+class Module:
+    """The pure module `tollway.<name>`, loaded on its own in a runtime of its own. Its functions take Python
+    values (dicts and lists become Lua tables) and return what Lua returns: one value, or a tuple of several.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.lua = runtime()
+        self.table = self.lua.execute(module_source(name))
+
+    def __getattr__(self, function: str) -> Any:
+        found = self.table[function]
+        if found is None:
+            raise AttributeError(function)
+        return lambda *args: found(*(self.lua_value(arg) for arg in args))
+
+    def lua_value(self, value: Any) -> Any:
+        return self.lua.table_from(value, recursive=True) if isinstance(value, dict | list) else value
+
+
+def lua_text(data: bytes) -> str:
+    return data.decode("latin-1")
+
+
+def from_lua(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+def python(value: Any) -> Any:
+    """A Lua table as a dict (recursively); anything else as it is."""
+    if hasattr(value, "items"):
+        return {key: python(item) for key, item in value.items()}
+    return value
+
+
+class Fake:
+    """An Envoy object as Lua sees it: a table whose functions call this object's `METHODS` (Lua's
+    `object:method(...)` passes the table first; the Python method gets the rest)."""
+
+    METHODS: tuple[str, ...] = ()
+
+    def __init__(self, lua: Any) -> None:
+        self.lua = lua
+        self.table = lua.table_from({name: self._method(name) for name in self.METHODS})
+
+    def _method(self, name: str) -> Any:
+        method = getattr(self, name)
+        return lambda _table, *args: method(*args)
+
+
+class Headers(Fake):
+    METHODS = ("get", "replace", "remove")
+
+    def __init__(self, lua: Any, values: dict[str, str]) -> None:
+        super().__init__(lua)
+        self.values = dict(values)
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def replace(self, name: str, value: str) -> None:
+        self.values[name] = value
+
+    def remove(self, name: str) -> None:
+        self.values.pop(name, None)
+
+
+class Body(Fake):
+    METHODS = ("length", "getBytes", "setBytes")
+
+    def __init__(self, lua: Any, data: bytes) -> None:
+        super().__init__(lua)
+        self.data = data
+
+    def length(self) -> int:
+        return len(self.data)
+
+    def getBytes(self, start: int, length: int) -> str:  # noqa: N802 (Envoy's name)
+        return lua_text(self.data[start : start + length])
+
+    def setBytes(self, text: str) -> None:  # noqa: N802
+        self.data = from_lua(text)
+
+
+class DynamicMetadata(Fake):
+    METHODS = ("get", "set")
+
+    def __init__(self, lua: Any, namespaces: dict[str, dict[str, Any]]) -> None:
+        super().__init__(lua)
+        self.namespaces = namespaces
+
+    def get(self, namespace: str) -> Any:
+        found = self.namespaces.get(namespace)
+        return None if found is None else self.lua.table_from(found, recursive=True)
+
+    def set(self, namespace: str, key: str, value: Any) -> None:
+        self.namespaces.setdefault(namespace, {})[key] = value
+
+
+@dataclass
+class Certificate:
+    """The client certificate of an mTLS connection."""
+
+    validated: bool = True
+    uri_sans: list[str] = field(default_factory=list)
+    dns_sans: list[str] = field(default_factory=list)
+    subject: str = "CN=client"
+
+
+class Connection(Fake):
+    METHODS = (
+        "peerCertificateValidated",
+        "uriSanPeerCertificate",
+        "dnsSansPeerCertificate",
+        "subjectPeerCertificate",
+    )
+
+    def __init__(self, lua: Any, certificate: Certificate) -> None:
+        super().__init__(lua)
+        self.certificate = certificate
+
+    def peerCertificateValidated(self) -> bool:  # noqa: N802
+        return self.certificate.validated
+
+    def uriSanPeerCertificate(self) -> Any:  # noqa: N802
+        return self.lua.table_from(self.certificate.uri_sans)
+
+    def dnsSansPeerCertificate(self) -> Any:  # noqa: N802
+        return self.lua.table_from(self.certificate.dns_sans)
+
+    def subjectPeerCertificate(self) -> str:  # noqa: N802
+        return self.certificate.subject
+
+
+class StreamInfo(Fake):
+    METHODS = ("dynamicMetadata", "downstreamSslConnection", "downstreamLocalAddress")
+
+    def __init__(
+        self, lua: Any, metadata: DynamicMetadata, connection: Connection | None, local_address: str
+    ) -> None:
+        super().__init__(lua)
+        self.metadata = metadata
+        self.connection = connection
+        self.local_address = local_address
+
+    def dynamicMetadata(self) -> Any:  # noqa: N802
+        return self.metadata.table
+
+    def downstreamSslConnection(self) -> Any:  # noqa: N802
+        return None if self.connection is None else self.connection.table
+
+    def downstreamLocalAddress(self) -> str:  # noqa: N802
+        return self.local_address
+
+
+class RouteMetadata(Fake):
+    METHODS = ("get",)
+
+    def __init__(self, lua: Any, values: dict[str, Any]) -> None:
+        super().__init__(lua)
+        self.values = values
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+
+@dataclass
+class Reply:
+    """A local reply the program made with handle:respond."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+
+
+class Handle(Fake):
+    """Envoy's stream handle as the gateway uses it; afterwards it holds what the program did."""
+
+    METHODS = ("headers", "body", "streamInfo", "metadata", "respond", "logErr", "clearRouteCache")
+
+    def __init__(
+        self,
+        lua: Any,
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        route: dict[str, Any],
+        metadata: dict[str, dict[str, Any]],
+        certificate: Certificate | None,
+        local_address: str,
+    ) -> None:
+        super().__init__(lua)
+        self.request_headers = Headers(lua, headers)
+        self.request_body = None if body is None else Body(lua, body)
+        self.route = RouteMetadata(lua, route)
+        self.dynamic = DynamicMetadata(lua, metadata)
+        connection = None if certificate is None else Connection(lua, certificate)
+        self.info = StreamInfo(lua, self.dynamic, connection, local_address)
+        self.reply: Reply | None = None
+        self.errors: list[str] = []
+        self.route_cache_cleared = 0
+
+    def headers(self) -> Any:
+        return self.request_headers.table
+
+    def body(self) -> Any:
+        return None if self.request_body is None else self.request_body.table
+
+    def streamInfo(self) -> Any:  # noqa: N802
+        return self.info.table
+
+    def metadata(self) -> Any:
+        return self.route.table
+
+    def respond(self, headers: Any, body: str) -> None:
+        values = python(headers)
+        self.reply = Reply(int(values.pop(":status")), values, body)
+
+    def logErr(self, message: str) -> None:  # noqa: N802
+        self.errors.append(message)
+
+    def clearRouteCache(self) -> None:  # noqa: N802
+        self.route_cache_cleared += 1
+
+    # What the program left behind.
+    @property
+    def answer(self) -> tuple[int, str] | None:
+        """The status and message of the local reply the program made, if it made one."""
+        return None if self.reply is None else (self.reply.status, self.reply.body)
+
+    @property
+    def header_values(self) -> dict[str, str]:
+        return self.request_headers.values
+
+    @property
+    def body_bytes(self) -> bytes | None:
+        return None if self.request_body is None else self.request_body.data
+
+    @property
+    def tollway(self) -> dict[str, Any]:
+        """The dynamic metadata the program set for the ratelimit filters and the access log."""
+        return self.dynamic.namespaces.get("tollway", {})
+
+
+class Gateway:
+    """The request program Envoy runs (`gateway_program(data)`), on a clock the test sets."""
+
+    def __init__(self, data: dict[str, Any], now: int) -> None:
+        self.lua = runtime()
+        self.lua.execute(gateway_program(data))
+        self.now = now
+        self.lua.globals().os.time = lambda: self.now
+
+    def handle(
+        self,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        *,
+        route: dict[str, Any] | None = None,
+        metadata: dict[str, dict[str, Any]] | None = None,
+        certificate: Certificate | None = None,
+        local_address: str = "127.0.0.1:8080",
+    ) -> Handle:
+        return Handle(
+            self.lua,
+            headers=headers,
+            body=body,
+            route=route or {},
+            metadata=metadata or {},
+            certificate=certificate,
+            local_address=local_address,
+        )
+
+    def request(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:
+        handle = self.handle(headers, body, **context)
+        self.lua.globals().envoy_on_request(handle.table)
+        return handle
+
+    def response(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:
+        handle = self.handle(headers, body, **context)
+        self.lua.globals().envoy_on_response(handle.table)
+        return handle

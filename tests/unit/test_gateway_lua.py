@@ -1,0 +1,518 @@
+"""The gateway's Lua program under LuaJIT, driven through a fake Envoy handle: what it answers, forwards,
+charges and records for representative requests and responses. The data table is written out here in the
+shape `render.envoy.lua_data` gives it; one test renders it from resources instead."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from lua_gateway import Certificate, Gateway, Module
+from tritonclient.grpc import service_pb2
+
+from tollway.api import ApiTier, ModelDeployment
+from tollway.api.parse import parse
+from tollway.render.envoy import lua_data
+from tollway.translate.gateway import gateway as translate_gateway
+
+from builders import api_tier, model_deployment
+
+NOW = 1_790_000_000
+KEY = {"authorization": "Bearer k-pro"}
+INFER = {"kind": "infer", "model": "chat", "version": 2}
+GRPC = {"kind": "grpc"}
+GRPC_INFER = {":path": "/inference.GRPCInferenceService/ModelInfer", "x-api-key": "k-pro"}
+
+
+def tier(level: int, scopes: dict[str, str], **changes: Any) -> dict[str, Any]:
+    return {
+        "level": level,
+        "fail_open": False,
+        "retry_after": True,
+        "allowed": {"chat@2": True, "chat@1": True},
+        "scopes": {"chat": scopes},
+        "clusters": {},
+        "grpc_clusters": {},
+        "token_caps": {},
+        "jwt": None,
+        "mtls": None,
+        **changes,
+    }
+
+
+DATA: dict[str, Any] = {
+    "order": ["partners", "devices", "pro", "free"],
+    "server_cluster": "triton-grpc|chat",
+    "mtls_ports": {"8443": "devices"},
+    "tiers": {
+        "partners": tier(
+            1,
+            {"rpm": "partners"},
+            jwt={"claim": "sub", "scopes": ["infer"]},
+            clusters={"chat": "triton-http|chat|partners"},
+            grpc_clusters={"chat": "triton-grpc|chat|partners"},
+        ),
+        "devices": tier(1, {"rpm": "devices"}, mtls=["spiffe://ai/devices/*"]),
+        "pro": tier(2, {"rpm": "pro", "tpm": "pro/chat"}, token_caps={"chat": 2000}),
+        "free": tier(3, {"rpm": "free"}, fail_open=True, retry_after=False, allowed={"chat@2": True}),
+    },
+    "models": {
+        "chat": {
+            "cluster": "triton-http|chat",
+            "grpc_cluster": "triton-grpc|chat",
+            "aliases": {"latest": 2, "stable": 1, "legacy": 0},
+            "versions": {
+                2: {},
+                1: {
+                    "announced": NOW - 60,
+                    "sunset": NOW + 86_400,
+                    "sunset_date": "2026-09-23",
+                    "sunset_http": "Wed, 23 Sep 2026 00:00:00 GMT",
+                    "link": "https://docs.example.com/chat-v2",
+                },
+                0: {"sunset": NOW - 1, "sunset_date": "2026-09-21"},
+            },
+            "input": "prompt_tokens",
+            "output": "completion_tokens",
+            "max_tokens": 256,
+            "retry_after": 7,
+        }
+    },
+    "credentials": {
+        "k-pro": {"id": "ai/pro-key", "consumer": "acme", "tier": "pro"},
+        "k-free": {"id": "ai/free-key", "consumer": "hobbyist", "tier": "free"},
+        "k-old": {"id": "ai/old-key", "consumer": "acme", "tier": "pro", "expires": NOW},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Gateway:
+    return Gateway(DATA, NOW)
+
+
+def infer_body(**parameters: Any) -> bytes:
+    prompt = {"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["hi"]}
+    document: dict[str, Any] = {"inputs": [prompt]}
+    if parameters:
+        document["parameters"] = parameters
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def grpc_frame(request: service_pb2.ModelInferRequest) -> bytes:
+    message = request.SerializeToString()
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def grpc_message(frame: bytes) -> service_pb2.ModelInferRequest:
+    assert frame[0] == 0 and int.from_bytes(frame[1:5], "big") == len(frame) - 5
+    return service_pb2.ModelInferRequest.FromString(frame[5:])
+
+
+# HTTP
+
+
+def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway: Gateway) -> None:
+    body = infer_body(max_tokens=100, temperature=0.5)
+    sent = {**KEY, "content-length": str(len(body)), "accept-encoding": "gzip", "x-tollway-cluster": "evil"}
+    handle = gateway.request(sent, body, route=INFER)
+    assert handle.reply is None and handle.errors == []
+    assert json.loads(handle.body_bytes or b"")["parameters"] == {
+        "priority": 2,
+        "max_tokens": 100,
+        "temperature": 0.5,
+    }
+    assert (handle.body_bytes or b"").startswith(body[: body.index(b"{", 1) + 1])  # the rest byte for byte
+    assert handle.header_values == {
+        "content-length": str(len(handle.body_bytes or b"")),
+        "x-tollway-cluster": "triton-http|chat",
+    }
+    assert handle.tollway == {
+        "consumer": "acme",
+        "tier": "pro",
+        "model": "chat",
+        "version": "2",
+        "credential": "ai/pro-key",
+        "rpm_closed": "pro",
+        "tpm_closed": "pro/chat",
+        "reserve": str(math.ceil(len(body) / 4) + 100),
+        "settle": "0",
+    }
+    assert handle.route_cache_cleared == 2  # the client's cluster header dropped, then the gateway's
+
+
+def test_a_binary_infer_body_keeps_its_tail_and_its_json_length_header(gateway: Gateway) -> None:
+    document, tail = infer_body(), b"\x00\x01raw tensor bytes\xff"
+    headers = {**KEY, "inference-header-content-length": str(len(document))}
+    handle = gateway.request(headers, document + tail, route=INFER)
+    rewritten = handle.body_bytes or b""
+    json_length = int(handle.header_values["inference-header-content-length"])
+    assert json.loads(rewritten[:json_length])["parameters"] == {"priority": 2}
+    assert rewritten[json_length:] == tail
+    assert handle.header_values["content-length"] == str(len(rewritten))
+    assert handle.tollway["reserve"] == str(math.ceil(len(document + tail) / 4) + 256)  # the model's default
+
+
+def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway: Gateway) -> None:
+    handle = gateway.request({"x-api-key": "k-free"}, infer_body(), route=INFER)
+    assert handle.reply is None
+    assert handle.tollway == {
+        "consumer": "hobbyist",
+        "tier": "free",
+        "model": "chat",
+        "version": "2",
+        "credential": "ai/free-key",
+        "rpm_open": "free",
+    }
+
+
+def test_a_metadata_request_is_routed_without_limits_or_body(gateway: Gateway) -> None:
+    handle = gateway.request(KEY, route={"kind": "metadata", "model": "chat", "version": "1"})
+    assert handle.reply is None
+    assert handle.header_values == {"x-tollway-cluster": "triton-http|chat"}
+    assert handle.tollway == {
+        "consumer": "acme",
+        "tier": "pro",
+        "model": "chat",
+        "version": "1",
+        "credential": "ai/pro-key",
+    }
+
+
+def test_a_request_off_the_model_routes_is_left_to_envoy(gateway: Gateway) -> None:
+    handle = gateway.request({"x-tollway-cluster": "evil"})
+    assert handle.reply is None and handle.header_values == {} and handle.tollway == {}
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({}, "missing credential: send Authorization: Bearer KEY or x-api-key: KEY"),
+        ({"authorization": "Bearer nope"}, "invalid API key or token"),
+        (
+            {"authorization": "Basic k-pro"},
+            "missing credential: send Authorization: Bearer KEY or x-api-key: KEY",
+        ),
+        ({"x-api-key": "k-old"}, "API key expired"),
+    ],
+)
+def test_a_caller_without_a_valid_key_gets_401(gateway: Gateway, headers: dict[str, str], why: str) -> None:
+    handle = gateway.request(headers, infer_body(), route=INFER)
+    assert handle.reply is not None
+    assert (handle.reply.status, handle.reply.headers, handle.reply.body) == (
+        401,
+        {"www-authenticate": 'Bearer realm="tollway"'},
+        why,
+    )
+    assert "x-tollway-cluster" not in handle.header_values and handle.tollway == {}
+
+
+def test_a_tier_gets_403_for_a_version_it_may_not_use(gateway: Gateway) -> None:
+    handle = gateway.request({"x-api-key": "k-free"}, route={**INFER, "version": 1})
+    assert handle.answer == (403, "tier free may not use chat version 1")
+
+
+def test_a_switched_off_version_gets_410_before_the_caller_is_asked(gateway: Gateway) -> None:
+    handle = gateway.request({}, route={**INFER, "version": 0})
+    assert handle.answer == (410, "this model version was switched off on 2026-09-21")
+
+
+def test_a_request_that_could_never_fit_the_token_limit_gets_429(gateway: Gateway) -> None:
+    handle = gateway.request(KEY, infer_body(max_tokens=5000), route=INFER)
+    reserve = math.ceil(len(infer_body(max_tokens=5000)) / 4) + 5000
+    assert handle.answer == (
+        429,
+        f"the request reserves {reserve} tokens, more than the tier's limit of 2000",
+    )
+    assert "reserve" not in handle.tollway
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"parameters":{"max_tokens":"lots"}}', "parameters.max_tokens must be a whole number"),
+        (b'{"parameters":{"max_tokens":1.5}}', "parameters.max_tokens must be a whole number"),
+        (b'{"parameters":{"max_tok\\u0065ns":9}}', "escape sequences are not accepted in parameters"),
+    ],
+)
+def test_unreadable_parameters_get_400(gateway: Gateway, body: bytes, why: str) -> None:
+    handle = gateway.request(KEY, body, route=INFER)
+    assert handle.answer == (400, why)
+    assert handle.body_bytes == body
+
+
+def test_a_compressed_body_gets_415(gateway: Gateway) -> None:
+    handle = gateway.request({**KEY, "content-encoding": "gzip"}, b"\x1f\x8b", route=INFER)
+    assert handle.answer == (415, "send the request body uncompressed") and handle.tollway == {}
+
+
+def test_a_failure_inside_the_program_is_logged_and_answered_500(gateway: Gateway) -> None:
+    handle = gateway.request(KEY, route={**INFER, "model": "unknown"})
+    assert handle.answer == (500, "the gateway could not process this request")
+    assert len(handle.errors) == 1 and handle.errors[0].startswith("tollway gateway: ")
+
+
+# Other credentials
+
+
+def test_a_verified_jwt_with_the_scopes_names_a_prefixed_consumer(gateway: Gateway) -> None:
+    verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": "team-7", "scope": "read infer"}}}
+    handle = gateway.request({}, infer_body(), route=INFER, metadata=verified)
+    assert handle.reply is None
+    assert handle.header_values["x-tollway-cluster"] == "triton-http|chat|partners"
+    assert (handle.tollway["consumer"], handle.tollway["tier"]) == ("jwt:team-7", "partners")
+    assert "credential" not in handle.tollway
+
+
+def test_a_jwt_without_the_scopes_gets_401_even_with_a_key(gateway: Gateway) -> None:
+    verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": "team-7", "scp": ["read"]}}}
+    handle = gateway.request(KEY, infer_body(), route=INFER, metadata=verified)
+    assert handle.answer == (401, "token lacks a required scope or the consumer claim")
+
+
+def test_a_client_certificate_on_its_tiers_port_names_a_prefixed_consumer(gateway: Gateway) -> None:
+    certificate = Certificate(uri_sans=["spiffe://ai/devices/cam-1"])
+    handle = gateway.request(
+        {}, infer_body(), route=INFER, certificate=certificate, local_address="10.0.0.1:8443"
+    )
+    assert handle.reply is None
+    assert (handle.tollway["consumer"], handle.tollway["tier"]) == (
+        "cert:spiffe://ai/devices/cam-1",
+        "devices",
+    )
+
+
+@pytest.mark.parametrize(
+    ("certificate", "address", "why"),
+    [
+        (
+            Certificate(uri_sans=["spiffe://ai/devices/a"]),
+            "10.0.0.1:8080",
+            "no valid client certificate for this port",
+        ),
+        (Certificate(validated=False), "10.0.0.1:8443", "no valid client certificate for this port"),
+        (
+            Certificate(dns_sans=["evil.example"]),
+            "10.0.0.1:8443",
+            "client certificate not allowed for tier devices",
+        ),
+    ],
+)
+def test_a_client_certificate_that_does_not_fit_gets_401(
+    gateway: Gateway, certificate: Certificate, address: str, why: str
+) -> None:
+    handle = gateway.request({}, route=INFER, certificate=certificate, local_address=address)
+    assert handle.answer == (401, why)
+
+
+# gRPC
+
+
+def test_a_grpc_infer_request_is_routed_by_its_model_name_and_charged(gateway: Gateway) -> None:
+    request = service_pb2.ModelInferRequest(model_name="chat:stable", id="r1")
+    request.parameters["max_tokens"].int64_param = 300
+    request.parameters["priority"].uint64_param = 1  # the tier's level comes after it, and wins
+    request.raw_input_contents.append(b"\x00\xff")
+    frame = grpc_frame(request)
+    handle = gateway.request(GRPC_INFER, frame, route=GRPC)
+    assert handle.reply is None
+    forwarded = grpc_message(handle.body_bytes or b"")
+    assert (forwarded.model_name, forwarded.model_version, forwarded.id) == ("chat", "1", "r1")
+    assert forwarded.parameters["priority"].uint64_param == 2
+    assert forwarded.parameters["max_tokens"].int64_param == 300
+    assert list(forwarded.raw_input_contents) == [b"\x00\xff"]
+    assert handle.header_values == {
+        ":path": "/inference.GRPCInferenceService/ModelInfer",
+        "x-tollway-cluster": "triton-grpc|chat",
+    }
+    assert handle.tollway["version"] == "1"
+    assert handle.tollway["reserve"] == str(math.ceil(len(frame) / 4) + 300)
+
+
+def test_grpc_and_http_reserve_by_the_same_formula(gateway: Gateway) -> None:
+    frame = grpc_frame(service_pb2.ModelInferRequest(model_name="chat"))
+    body = infer_body()
+    over_grpc = gateway.request(GRPC_INFER, frame, route=GRPC)
+    over_http = gateway.request(KEY, body, route=INFER)
+    assert over_grpc.tollway["reserve"] == str(math.ceil(len(frame) / 4) + 256)
+    assert over_http.tollway["reserve"] == str(math.ceil(len(body) / 4) + 256)
+
+
+def test_a_grpc_model_request_other_than_infer_is_routed_unlimited(gateway: Gateway) -> None:
+    message = service_pb2.ModelInferRequest(model_name="chat", model_version="1").SerializeToString()
+    frame = b"\0" + len(message).to_bytes(4, "big") + message
+    headers = {":path": "/inference.GRPCInferenceService/ModelReady", "x-api-key": "k-pro"}
+    handle = gateway.request(headers, frame, route=GRPC)
+    assert handle.reply is None and handle.body_bytes == frame
+    assert "rpm_closed" not in handle.tollway and "reserve" not in handle.tollway
+
+
+def test_grpc_server_methods_go_to_the_server_cluster(gateway: Gateway) -> None:
+    handle = gateway.request({":path": "/inference.GRPCInferenceService/ServerLive"}, route=GRPC)
+    assert handle.reply is None and handle.header_values["x-tollway-cluster"] == "triton-grpc|chat"
+    empty = Gateway({**DATA, "server_cluster": None}, NOW)
+    handle = empty.request({":path": "/inference.GRPCInferenceService/ServerReady"}, route=GRPC)
+    assert handle.answer == (503, "no model is served here yet")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "why"),
+    [
+        (
+            "/inference.GRPCInferenceService/RepositoryIndex",
+            b"",
+            403,
+            "the gateway does not offer RepositoryIndex",
+        ),
+        ("/other.Service/ModelInfer", b"", 403, "the gateway does not offer nil"),
+        (
+            "/inference.GRPCInferenceService/ModelInfer",
+            b"\x01\0\0\0\0",
+            400,
+            "send one uncompressed gRPC message",
+        ),
+        ("/inference.GRPCInferenceService/ModelInfer", b"\0\0\0", 400, "send one uncompressed gRPC message"),
+        (
+            "/inference.GRPCInferenceService/ModelInfer",
+            b"\0\0\0\0\x02\x0a\x09",
+            400,
+            "the request is not a protobuf message",
+        ),
+        ("/inference.GRPCInferenceService/ModelInfer", b"\0\0\0\0\x04\x0a\x02no", 404, "no model no"),
+        (
+            "/inference.GRPCInferenceService/ModelInfer",
+            b"\0\0\0\0\x08\x0a\x06chat:x",
+            404,
+            "model chat has no version or alias x",
+        ),
+        (
+            "/inference.GRPCInferenceService/ModelInfer",
+            b"\0\0\0\0\x14\x0a\x04chat\x22\x0c\x0a\x0amax_tokens",
+            400,
+            "parameters.max_tokens must be a whole number",
+        ),
+    ],
+)
+def test_grpc_requests_the_gateway_cannot_serve_are_answered(
+    gateway: Gateway, path: str, body: bytes, status: int, why: str
+) -> None:
+    handle = gateway.request({":path": path, "x-api-key": "k-pro"}, body, route=GRPC)
+    assert handle.answer == (status, why)
+
+
+# Responses
+
+
+def test_a_response_settles_the_tokens_used_beyond_the_reservation(gateway: Gateway) -> None:
+    state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "100"}}
+    body = b'{"outputs":[{"data":["{\\"prompt_tokens\\": 30, \\"completion_tokens\\": 90}"]}]}'
+    headers = {
+        ":status": "200",
+        "x-ratelimit-remaining-tokens": "500, 500;w=60",
+        "x-ratelimit-limit": "60, 60;w=60",
+    }
+    handle = gateway.response(headers, body, metadata=state)
+    assert handle.tollway == {**state["tollway"], "input_tokens": "30", "output_tokens": "90", "settle": "20"}
+    assert handle.header_values == {
+        ":status": "200",
+        "x-ratelimit-remaining-tokens": "480",
+        "x-ratelimit-limit": "60",
+    }
+
+
+def test_a_response_within_the_reservation_settles_nothing_and_one_without_counts_records_none(
+    gateway: Gateway,
+) -> None:
+    state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500"}}
+    handle = gateway.response({":status": "200"}, b'{"prompt_tokens":3}', metadata=state)
+    assert handle.tollway == {**state["tollway"], "input_tokens": "3", "output_tokens": "0", "settle": "0"}
+    handle = gateway.response({":status": "200"}, b'{"outputs":[]}', metadata=state)
+    assert handle.tollway == state["tollway"]
+
+
+def test_responses_of_a_deprecated_version_announce_it(gateway: Gateway) -> None:
+    state = {"tollway": {"tier": "pro", "model": "chat", "version": "1"}}
+    handle = gateway.response({":status": "200"}, b"{}", metadata=state)
+    assert handle.header_values == {
+        ":status": "200",
+        "deprecation": f"@{NOW - 60}",
+        "sunset": "Wed, 23 Sep 2026 00:00:00 GMT",
+        "link": '<https://docs.example.com/chat-v2>; rel="deprecation"',
+    }
+
+
+@pytest.mark.parametrize(
+    ("headers", "state", "retry_after"),
+    [
+        (
+            {":status": "429", "x-ratelimit-reset": "12", "x-ratelimit-reset-tokens": "30"},
+            {"tier": "pro"},
+            "30",
+        ),
+        ({":status": "429"}, {}, "1"),  # the request limit refused it before the gateway saw it
+        ({":status": "429", "x-ratelimit-reset": "12"}, {"tier": "free"}, None),  # a tier that says none
+        ({":status": "503", "x-envoy-upstream-service-time": "3"}, {"model": "chat"}, "7"),
+        ({":status": "503"}, {"model": "chat"}, None),  # Envoy's own 503: no upstream answered
+    ],
+)
+def test_refusals_say_when_to_retry(
+    gateway: Gateway, headers: dict[str, str], state: dict[str, str], retry_after: str | None
+) -> None:
+    handle = gateway.response(headers, metadata={"tollway": state})
+    assert handle.header_values.get("retry-after") == retry_after
+
+
+def test_a_failure_in_the_response_program_is_logged_and_the_response_passes(gateway: Gateway) -> None:
+    handle = gateway.response({":status": "200"}, metadata={"tollway": {"model": "chat", "version": "x"}})
+    assert handle.errors == [] and handle.header_values == {":status": "200"}
+    state = {"tollway": {"model": "chat", "reserve": "x"}}
+    broken = gateway.response({":status": "200"}, b'{"prompt_tokens":3}', metadata=state)
+    assert len(broken.errors) == 1 and broken.errors[0].startswith("tollway gateway (response): ")
+
+
+def test_the_clock_is_read_once_per_request_and_once_per_response() -> None:
+    gateway = Gateway(DATA, NOW)
+    reads = []
+    gateway.lua.globals().os.time = lambda: reads.append(1) or NOW
+    gateway.request(KEY, infer_body(), route=INFER)
+    assert len(reads) == 1
+    gateway.response({":status": "200"}, b"{}", metadata={"tollway": {"model": "chat", "version": "1"}})
+    assert len(reads) == 2
+
+
+def test_the_reservation_is_one_function_of_size_and_max_tokens() -> None:
+    tokens = Module("tokens")
+    model = {"input": "prompt_tokens", "max_tokens": 256}
+    pro = DATA["tiers"]["pro"]
+    assert tokens.reservation(pro, "chat", model, {"tpm": "pro"}, 9, None) == 3 + 256
+    assert tokens.reservation(pro, "chat", model, {"tpd": "pro"}, 8, 10) == 2 + 10
+    assert tokens.reservation(pro, "chat", model, {"rpm": "pro"}, 8, 10) is None
+    assert tokens.reservation(pro, "chat", {"max_tokens": 256}, {"tpm": "pro"}, 8, 10) is None
+    assert tokens.reservation(pro, "chat", model, {"tpm": "pro"}, 8, 1999) == (
+        False,
+        "the request reserves 2001 tokens, more than the tier's limit of 2000",
+    )
+
+
+def test_the_program_rendered_from_resources_runs() -> None:
+    moment = datetime.fromtimestamp(NOW, UTC)
+    secret = {
+        "kind": "Secret",
+        "metadata": {"name": "pro-key", "labels": {"tollway.dev/tier": "pro"}},
+        "data": {"api-key": "ay1wcm8="},  # k-pro
+    }
+    plan = translate_gateway(
+        "ai",
+        tiers=[parse(ApiTier, api_tier())],
+        models=[parse(ModelDeployment, model_deployment())],
+        secrets=[secret],
+        now=moment,
+    )
+    assert plan.gateway is not None
+    handle = Gateway(lua_data(plan.gateway), NOW).request(KEY, infer_body(), route=INFER)
+    assert handle.errors == []
+    assert handle.reply is None
+    assert handle.tollway["consumer"] == "pro-key" and handle.tollway["tier"] == "pro"
