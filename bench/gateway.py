@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import math
-import sys
 import tempfile
 import threading
 import time
@@ -27,10 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration"), str(ROOT / "hack")]
-
-from gateway_bed import Bed, bed, echo_model, infer_body, secret, tier  # noqa: E402
+from testbed.client import percentile
+from testbed.gateway import Bed, bed, echo_model, secret, tier
+from testbed.triton import infer_body
 
 KEY, TPM_KEY = "tw-bench-key", "tw-bench-tpm-key"
 BODY = json.dumps(infer_body(8, max_tokens=8)).encode()
@@ -64,13 +62,8 @@ class Client:
         return response.status, data, time.perf_counter() - started
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)] * 1000
-
-
 def fixed_rate(port: int, path: str, key: str | None, rate: float, seconds: float) -> list[float]:
-    """Open loop: a request every 1/rate s (each on a pooled connection); latencies of the 200s."""
+    """Open loop: a request every 1/rate s (each on a pooled connection); latencies of the 200s, in ms."""
     latencies: list[float] = []
     local = threading.local()
     lock = threading.Lock()
@@ -81,7 +74,7 @@ def fixed_rate(port: int, path: str, key: str | None, rate: float, seconds: floa
         status, _, took = local.client.send()
         if status == 200:
             with lock:
-                latencies.append(took)
+                latencies.append(took * 1000)
 
     with ThreadPoolExecutor(32) as pool:
         start = time.perf_counter()
@@ -107,7 +100,7 @@ def throughput(
             status, _, took = client.send()
             with lock:
                 if status == 200:
-                    latencies.append(took)
+                    latencies.append(took * 1000)
                 else:
                     errors[0] += 1
 
@@ -152,7 +145,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir, bed(Path(workdir), manifests) as test_bed:
-        triton_port = int(test_bed.upstreams[0].split(":")[1])
+        triton_port = int(test_bed.triton.http.rsplit(":", 1)[1])
         for port, path, key in (
             (triton_port, "/v2/models/echo/versions/3/infer", None),
             (test_bed.ports[0], "/v1/models/echo/infer", KEY),

@@ -1,13 +1,6 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "hack"))  # the test-bed helpers (controlplane, triton_local, dataplane)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

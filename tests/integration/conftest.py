@@ -11,26 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import STATE
-from kube import Cluster, Operator, operator
+from testbed.controlplane import ADMIN_KUBECONFIG, STATE
+from testbed.kube import Cluster, Operator, operator
 
-ROOT = Path(__file__).resolve().parents[2]
-CONTROLPLANE = ROOT / "hack" / "controlplane"
+CONTROLPLANE = str(Path(__file__).resolve().parents[2] / "hack" / "controlplane")
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """Starts the control plane (or reuses one already up), installs the CRDs; stops it if it started it."""
     already_up = (STATE / "kube-apiserver.pid").exists()
-    up = subprocess.run([str(CONTROLPLANE), "up"], capture_output=True, text=True, timeout=3600, check=False)
+    up = subprocess.run([CONTROLPLANE, "up"], capture_output=True, text=True, timeout=3600, check=False)
     assert up.returncode == 0, f"hack/controlplane up failed:\n{up.stderr}"
-    kubeconfig = Path(up.stdout.strip().split("=", 1)[1])
-    cluster = Cluster(kubeconfig)
-    cluster.kubectl("apply", "--server-side", "--field-manager", "tollway-tests", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "-f", str(ROOT / "crds"))
+    cluster = Cluster(ADMIN_KUBECONFIG)
+    cluster.install_crds()
     yield cluster
     if not already_up:
-        subprocess.run([str(CONTROLPLANE), "down"], check=True, timeout=120)
+        subprocess.run([CONTROLPLANE, "down"], check=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

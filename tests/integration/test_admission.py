@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kube import Cluster
+from testbed.kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "invalid").glob("*.yaml"))

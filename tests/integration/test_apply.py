@@ -10,7 +10,7 @@ from kubernetes.config import kube_config
 
 from tollway.k8s import apply
 
-from kube import Cluster
+from testbed.kube import Cluster
 
 
 def test_an_unserved_kind_costs_one_rediscovery_per_recheck_interval(

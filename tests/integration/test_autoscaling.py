@@ -30,9 +30,9 @@ from tollway.api.parse import parse
 from tollway.render.monitoring import rule_groups
 from tollway.translate.serving import serving
 
-import dataplane
-from kube import Cluster, eventually, operator
-from triton_local import RunningTriton, running
+from testbed import dataplane
+from testbed.kube import Cluster, eventually, operator
+from testbed.triton import RunningTriton, running
 
 NAMESPACE = f"scaling-test-{os.getpid()}"
 ADAPTER = "tollway-test-prometheus-adapter"

@@ -24,8 +24,8 @@ import yaml
 
 from tollway import documents
 
-from dataplane import tool_binary
-from kube import Cluster, Operator, eventually, tollway_run
+from testbed.kube import Cluster, Operator, eventually, tollway_run
+from testbed.processes import tool_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tollway"

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from kube import Cluster, eventually
+from testbed.kube import Cluster, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,22 +24,20 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from gateway_bed import (
+from testbed.client import Reply
+from testbed.gateway import (
     AUDIENCE,
     ISSUER,
     NAMESPACE,
     Bed,
-    Reply,
     bed,
     echo_model,
-    infer_body,
-    outputs,
     recorder_model,
     secret,
     tier,
     tiny_model,
-    usage,
 )
+from testbed.triton import infer_body, outputs, usage
 
 CONSUMERS = (
     "alice",

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from builders import api_tier, model_deployment
-from kube import Cluster, Operator, eventually
+from testbed.kube import Cluster, Operator, eventually
 
 NAMESPACE = f"gateway-test-{os.getpid()}"
 

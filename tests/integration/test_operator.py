@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from builders import api_tier, model_deployment
-from kube import Cluster, Operator, eventually
+from testbed.kube import Cluster, Operator, eventually
 
 NAMESPACE = f"operator-test-{os.getpid()}"  # fresh on every run, also against a control plane left up
 RESYNC_SECONDS = 1  # as kube.operator() runs it

@@ -20,8 +20,8 @@ from tollway.api.parse import parse
 from tollway.translate.serving import serving
 
 from builders import model_deployment
-from kube import Cluster, eventually, operator
-from triton_local import RunningTriton, running
+from testbed.kube import Cluster, eventually, operator
+from testbed.triton import RunningTriton, running
 
 NAMESPACE = f"serving-test-{os.getpid()}"  # fresh on every run, also against a control plane left up
 CHILDREN = (

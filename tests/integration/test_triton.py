@@ -15,8 +15,8 @@ from tollway.api.parse import parse
 from tollway.translate.serving import serving
 
 from builders import model_deployment
-from kube import eventually
-from triton_local import running
+from testbed.kube import eventually
+from testbed.triton import running
 
 TIER_PRIORITIES = (1, 2, 3)
 

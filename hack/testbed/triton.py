@@ -2,7 +2,9 @@
 
 The wheel carries the `tritonserver` binary, its Python backend and one backend stub per Python version;
 PyTriton itself assembles them at run time. This does the same for a plain `tritonserver` command line,
-so tests and the demo can start Triton with exactly the arguments and model config Tollway renders.
+so tests, the demo and the benchmarks start Triton with exactly the arguments and model config Tollway
+renders. The model it serves is the echo model (tests/models/echo): `infer_body`, `outputs` and `usage` are
+what to send it and how to read its answer.
 
 Pitfall: the stub links Debian's libpython3.11, so the venv must come from /usr/bin/python3 (hack/setup
 does that); models then fail to load from other 3.11 builds.
@@ -10,6 +12,7 @@ does that); models then fail to load from other 3.11 builds.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -18,15 +21,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tollway.ir.serving import TritonServing
 from tollway.render.model_config import config_pbtxt
 from tollway.render.triton import triton_args
 
-from dataplane import Process, answers_http, free_port
-from dataplane import start as dataplane_start
+from testbed.client import Reply
+from testbed.processes import Process, answers_http, free_port
+from testbed.processes import start as start_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: A stand-in model for CPU-only machines: OUTPUT = INPUT x version, with token usage (see its docstring).
 ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
@@ -81,6 +86,10 @@ class RunningTriton:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
+    def upstream(self, model: str) -> str:
+        """`tollway gateway-config`'s --upstream for a model this Triton serves: MODEL=HOST:PORT:GRPC_PORT."""
+        return f"{model}={self.http}:{self.grpc.rsplit(':', 1)[1]}"
+
 
 def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] = ()) -> Path:
     """The echo model under Tollway's model name: a directory per listed version, and the rendered config."""
@@ -126,7 +135,7 @@ def start(
     # The rendered args begin with the container's "tritonserver"; the wheel's binary takes its place.
     command = [str(installation.binary), *args[1:], *installation.args()]
     live = answers_http(f"http://127.0.0.1:{http}/v2/health/live")
-    process = dataplane_start(
+    process = start_process(
         "tritonserver", command, workdir / "triton.log", live, env=installation.environment(), timeout=120
     )
     return RunningTriton(
@@ -144,3 +153,22 @@ def running(
         yield triton
     finally:
         triton.process.stop()
+
+
+def infer_body(values: int = 4, value: float = 1.0, **parameters: Any) -> dict[str, Any]:
+    """A KServe v2 infer request for the echo model: INPUT is `values` times `value`."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "INPUT", "shape": [1, values], "datatype": "FP32", "data": [value] * values}]
+    }
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def outputs(reply: Reply) -> dict[str, Any]:
+    return {output["name"]: output["data"] for output in reply.json()["outputs"]}
+
+
+def usage(reply: Reply) -> dict[str, int]:
+    """The tokens the echo model counted for a request (prompt_tokens, completion_tokens)."""
+    return dict(json.loads(outputs(reply)["USAGE"][0]))

@@ -1,4 +1,5 @@
-"""kubectl against the local control plane, for the integration tests."""
+"""A cluster as its user sees it through kubectl, and the operator (`tollway run`) as a subprocess: for the
+integration tests and the demo, on the local control plane (testbed.controlplane)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dataplane import free_port
+from testbed.processes import ROOT, free_port, poll
 
 T = TypeVar("T")
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
+CRDS = ROOT / "crds"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class Cluster:
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
         return dict(json.loads(self.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
+
+    def items(self, kinds: str, namespace: str) -> list[dict[str, Any]]:
+        """The objects of `kinds` (kubectl's comma-separated list) in `namespace`."""
+        listed = json.loads(self.kubectl("get", kinds, "-n", namespace, "-o", "json").stdout)
+        return list(listed["items"])
+
+    def install_crds(self) -> None:
+        """Tollway's CRDs from crds/, applied and established."""
+        self.kubectl("apply", "--server-side", "--field-manager", "tollway-tests", "-f", str(CRDS))
+        self.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "-f", str(CRDS))
 
     def apply(self, manifest: dict[str, Any] | str) -> None:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
@@ -67,14 +78,10 @@ class Cluster:
 
 def eventually(probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5) -> T:
     """The first truthy value `probe` returns, or AssertionError with the last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met after {timeout}s; last value: {last!r}")
+    found = poll(probe, timeout, interval)
+    if not found:
+        raise AssertionError(f"condition not met after {timeout}s; last value: {found!r}")
+    return found
 
 
 @dataclass(frozen=True)

