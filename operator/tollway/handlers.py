@@ -3,7 +3,8 @@
 Level-based: every watch event (any change to the resource, its status included) and a periodic resync
 (`reconcile.Resync`, started here) run the same reconcile, which writes nothing when nothing changed.
 Handlers return None, so kopf writes no handler results into status. No handler needs a finalizer, so
-resources stay deletable while the operator is away.
+resources stay deletable while the operator is away. kopf indexes the ApiTiers and ModelDeployments by
+namespace from its watch, so the reconciles find a namespace's without listing them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 import kopf
 
 from tollway.api import GROUP, RESOURCES, VERSION, Resource
-from tollway.reconcile import Logger, Resync, reconcile_owner, resource_changed, secret_changed
+from tollway.k8s.cache import WatchCache, index_id, seen_by_namespace
+from tollway.k8s.cluster import KubeCluster
+from tollway.observe.live import LiveTelemetry
+from tollway.reconcile import Clock, Logger, Reconciler, Resync
 from tollway.settings import Settings
 
 #: The kinds of children Tollway renders, watched so that an edited or deleted child is restored at once,
@@ -31,7 +35,7 @@ SECRETS = ("", "v1", "secrets")
 OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 
-def registry(settings: Settings) -> kopf.OperatorRegistry:
+def registry(settings: Settings, clock: Clock) -> kopf.OperatorRegistry:
     handlers = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=handlers)
@@ -40,48 +44,58 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=handlers)
     def start(memo: kopf.Memo, logger: Logger, **kwargs: Any) -> None:
-        _start(kwargs["settings"], memo, logger, settings)  # kopf names its own settings `settings`
+        _start(kwargs, memo, logger, settings, clock)  # kwargs: kopf's own settings, and the indexes
 
     @kopf.on.cleanup(registry=handlers)
     def stop(memo: kopf.Memo, **_: Any) -> None:
         memo.resync.stopping.set()
 
     for kind in RESOURCES:
-        _watch(handlers, kind, settings)
+        _index(handlers, kind)
+        _watch(handlers, kind)
     for group, version, plural in CHILDREN:
-        _watch_child(handlers, group, version, plural, settings)
-    _watch_secrets(handlers, settings)
+        _watch_child(handlers, group, version, plural)
+    _watch_secrets(handlers)
     return handlers
 
 
-def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource], settings: Settings) -> None:
+def _index(handlers: kopf.OperatorRegistry, kind: type[Resource]) -> None:
+    async def index(body: kopf.Body, **_: Any) -> dict[str, Any]:
+        return seen_by_namespace(body)
+
+    kopf.index(GROUP, VERSION, kind.plural, id=index_id(kind), registry=handlers)(index)
+
+
+def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource]) -> None:
     """Every watch event of `kind` runs the reconcile (the periodic resync runs it too: `Resync`)."""
 
-    def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        resource_changed(kind, body, logger, settings)
+    def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+        memo.reconciler.resource_changed(kind, body, logger)
 
     kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-event", registry=handlers)(run)
 
 
-def _watch_secrets(handlers: kopf.OperatorRegistry, settings: Settings) -> None:
-    def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        secret_changed(body, logger, settings)
+def _watch_secrets(handlers: kopf.OperatorRegistry) -> None:
+    def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+        memo.reconciler.secret_changed(body, logger)
 
     kopf.on.event(*SECRETS, id="secrets", registry=handlers)(run)
 
 
-def _watch_child(
-    handlers: kopf.OperatorRegistry, group: str, version: str, plural: str, settings: Settings
-) -> None:
-    def run(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        reconcile_owner(body, logger, settings)
+def _watch_child(handlers: kopf.OperatorRegistry, group: str, version: str, plural: str) -> None:
+    def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+        memo.reconciler.child_changed(body, logger)
 
     kopf.on.event(group, version, plural, labels=OURS, id=f"{plural}-child", registry=handlers)(run)
 
 
-def _start(operator: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, settings: Settings) -> None:
-    _configure(operator)
-    memo.resync = Resync(settings, logger)
+def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Settings, clock: Clock) -> None:
+    """The reconciler and its resync, on kopf's memo: every handler's `memo` is a copy of the one startup
+    handlers get, made after them, so each finds the same reconciler there."""
+    _configure(kwargs["settings"])  # kopf names its own settings `settings`
+    cache = WatchCache({index_id(kind): kwargs[index_id(kind)] for kind in RESOURCES})
+    memo.reconciler = Reconciler(settings, KubeCluster(cache), LiveTelemetry(), clock)
+    memo.resync = Resync(memo.reconciler, logger)
     memo.resync.start()
 
 

@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import kopf
 
@@ -20,6 +21,11 @@ class _QuietSuccess(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno == logging.INFO and str(record.msg).endswith("succeeded."))
+
+
+def utc_now() -> datetime:
+    """The operator's clock (tests hand the reconciles another)."""
+    return datetime.now(UTC)
 
 
 def peering_priority() -> int:
@@ -40,7 +46,7 @@ def run_operator(settings: Settings, *, verbose: bool = False) -> None:
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     asyncio.run(
         kopf.operator(
-            registry=registry(settings),
+            registry=registry(settings, utc_now),
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             standalone=settings.peering is None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ def status(
     *,
     usage: UsageState | None = None,
     previous_usage: dict[str, Any] | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> dict[str, Any]:
     conditions = [_ready(gateway, make), _degraded(report, make)]
     found: dict[str, Any] = {
@@ -45,13 +45,13 @@ def status(
     return found
 
 
-def _usage(resource: ApiTier, usage: UsageState, now: datetime | None) -> dict[str, Any]:
+def _usage(resource: ApiTier, usage: UsageState, now: datetime) -> dict[str, Any]:
     pricing = resource.spec.pricing
     cost = (
         Decimal(usage.input_tokens) * decimal(pricing.input_per1k_tokens)
         + Decimal(usage.output_tokens) * decimal(pricing.output_per1k_tokens)
     ) / 1000
-    moment = usage.observed_at or (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    moment = usage.observed_at or now.isoformat().replace("+00:00", "Z")
     return {
         "consumers": usage.consumers,
         "requests": usage.requests,

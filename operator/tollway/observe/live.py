@@ -1,0 +1,11 @@
+"""Triton and Prometheus as a reconcile sees them (`tollway.reconcile.Telemetry`)."""
+
+from __future__ import annotations
+
+from tollway.observe import prometheus, triton
+
+
+class LiveTelemetry:
+    model_state = staticmethod(triton.model_state)
+    model_metrics = staticmethod(prometheus.model_metrics)
+    tier_usage = staticmethod(prometheus.tier_usage)

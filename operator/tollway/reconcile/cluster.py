@@ -1,0 +1,92 @@
+"""What a reconcile needs from outside the process, as protocols, so that a unit test can hand it fakes.
+
+The real ones: `tollway.k8s.cluster.KubeCluster` (the API server, and kopf's watch cache of Tollway's own
+resources), `tollway.observe.live.LiveTelemetry` (Triton and Prometheus), and the wall clock (the runner's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from tollway.api import Resource
+from tollway.ir.observed import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
+
+Clock = Callable[[], datetime]
+"""The time now, timezone-aware."""
+
+Body = dict[str, Any]
+
+
+class Cluster(Protocol):
+    """The API server, as the reconciles use it. `apply_all` raises `tollway.k8s.apply.ApplyError` when the
+    API server refuses a child for good; every other failure is an exception the caller retries."""
+
+    def list_resources(self, kind: type[Resource], namespace: str | None) -> list[Body]:
+        """Every object of `kind` in `namespace` (all namespaces when None), asked of the API server now."""
+        ...
+
+    def cached_resources(self, kind: type[Resource], namespace: str) -> list[Body]:
+        """The namespace's objects of `kind` as the operator's watch last saw them: no request."""
+        ...
+
+    def read_resource(self, kind: type[Resource], namespace: str, name: str) -> Body | None:
+        """The object as the API server holds it now; None when it is gone."""
+        ...
+
+    def list_secrets(self, namespace: str) -> list[Body]: ...
+
+    def deployment_state(self, namespace: str, name: str) -> DeploymentState | None: ...
+
+    def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]: ...
+
+    def served(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves the kind (a CRD such as prometheus-operator's may be absent)."""
+        ...
+
+    def apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> int:
+        """Make the cluster hold every manifest, in order; the number of writes sent (0: all were current)."""
+        ...
+
+    def prune(
+        self, namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]
+    ) -> list[str]:
+        """Delete the owner's children of these (apiVersion, kind)s; "Kind/name" of each one deleted."""
+        ...
+
+    def prune_named(
+        self, namespace: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
+    ) -> list[str]:
+        """Delete these (apiVersion, kind, name)s where they carry the selector's labels."""
+        ...
+
+    def apply_status(
+        self, kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> bool:
+        """Write the status fields Tollway owns; False when the object is gone."""
+        ...
+
+    def record_event(
+        self,
+        kind: type[Resource],
+        metadata: Mapping[str, Any],
+        *,
+        type: Literal["Normal", "Warning"],
+        reason: str,
+        note: str,
+    ) -> None: ...
+
+    def peering_peers(self, name: str, namespace: str | None) -> dict[str, dict[str, Any]]:
+        """kopf's peering object's status: identity → priority, lastseen, lifetime."""
+        ...
+
+
+class Telemetry(Protocol):
+    """Triton and Prometheus: each answers with what it could not read instead of raising."""
+
+    def model_state(self, url: str, model: str, versions: Iterable[str]) -> TritonState: ...
+
+    def model_metrics(self, url: str, namespace: str, model: str) -> MetricsState: ...
+
+    def tier_usage(self, url: str, namespace: str, tier: str, since_seconds: int) -> UsageState: ...

@@ -1,0 +1,96 @@
+"""What a translation needs besides the resource: the cluster's, Triton's and Prometheus's view of it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from tollway.api import ApiTier, ModelDeployment, Resource
+from tollway.api.parse import InvalidResource, parse
+from tollway.ir.names import triton_children
+from tollway.ir.observed import MetricsState, ServingState, UsageState
+from tollway.reconcile.cluster import Clock, Cluster, Telemetry
+from tollway.render.monitoring import MONITORING_API
+from tollway.settings import Settings
+from tollway.translate import Context
+from tollway.translate.serving import PROMETHEUS_URL, tier_priority
+
+#: A tier's usage counts in status, in wire form.
+USAGE_COUNTS = ("consumers", "requests", "inputTokens", "outputTokens")
+
+
+class Observer:
+    def __init__(self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock) -> None:
+        self.settings, self.cluster, self.telemetry, self.clock = settings, cluster, telemetry, clock
+
+    def context(self, kind: type[Resource], body: Mapping[str, Any]) -> Context:
+        """Everything the translation of `body` needs from the cluster and from Triton."""
+        base = Context(storage_initializer_image=self.settings.storage_initializer_image)
+        if kind is not ModelDeployment:
+            return base
+        try:
+            resource = parse(ModelDeployment, body)
+        except InvalidResource:
+            return base  # the translation reports it; there is nothing to observe for a spec not applied
+        namespace = resource.metadata.namespace
+        tiers = self.cluster.cached_resources(ApiTier, namespace)
+        service = triton_children(resource.metadata.name)["triton"]
+        deployment = self.cluster.deployment_state(namespace, service)
+        triton = None
+        if deployment is not None:
+            address = self.settings.triton_address.format(service=service, namespace=namespace)
+            versions = [entry.version for entry in resource.spec.versions]
+            triton = self.telemetry.model_state(address, resource.model_name, versions)
+        problems = self.cluster.pod_problems(namespace, resource.metadata.name)
+        previous = (body.get("status") or {}).get("metrics")
+        metrics = self._metrics(namespace, resource.model_name, previous)
+        return Context(
+            tier_priorities=tuple(tier_priority(tier) for tier in tiers),
+            storage_initializer_image=self.settings.storage_initializer_image,
+            prometheus_url=self.settings.prometheus_url or PROMETHEUS_URL,
+            monitoring=self.monitoring_served(),
+            serving=ServingState(
+                deployment=deployment, pod_problems=problems, triton=triton, metrics=metrics
+            ),
+        )
+
+    def monitoring_served(self) -> bool:
+        """Whether the cluster serves prometheus-operator's ServiceMonitor and PrometheusRule."""
+        return all(self.cluster.served(MONITORING_API, kind) for kind in ("ServiceMonitor", "PrometheusRule"))
+
+    def usage(self, namespace: str, tier: Mapping[str, Any], now: datetime) -> UsageState | None:
+        """A tier's use today from Prometheus, at most once per resync (what status holds when younger)."""
+        if not self.settings.prometheus_url:
+            return None
+        previous = (tier.get("status") or {}).get("usage")
+        if previous is not None and self._fresh(previous):
+            counts = {_snake(key): value for key, value in previous.items() if key in USAGE_COUNTS}
+            return UsageState(reachable=True, observed_at=str(previous["observedAt"]), **counts)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        since = int((now - midnight).total_seconds())
+        return self.telemetry.tier_usage(
+            self.settings.prometheus_url, namespace, tier["metadata"]["name"], since
+        )
+
+    def _metrics(self, namespace: str, model: str, previous: Mapping[str, Any] | None) -> MetricsState | None:
+        """The model's figures from Prometheus, at most once per resync (the ones in status when younger)."""
+        if not self.settings.prometheus_url:
+            return None
+        if previous is not None and self._fresh(previous):
+            values = {_snake(key): value for key, value in previous.items() if key != "observedAt"}
+            return MetricsState(reachable=True, values=values, observed_at=str(previous["observedAt"]))
+        return self.telemetry.model_metrics(self.settings.prometheus_url, namespace, model)
+
+    def _fresh(self, previous: Mapping[str, Any]) -> bool:
+        """Whether figures in status are younger than a resync (then they are not read again, so that writing
+        them, a watch event, does not bring about the next read)."""
+        if not previous.get("observedAt"):
+            return False
+        observed = datetime.fromisoformat(str(previous["observedAt"]).replace("Z", "+00:00"))
+        return (self.clock() - observed).total_seconds() < self.settings.resync_seconds
+
+
+def _snake(name: str) -> str:
+    """'p99Ms' → 'p99_ms' (status fields in wire form → model field names)."""
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name)

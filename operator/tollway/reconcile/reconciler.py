@@ -1,0 +1,152 @@
+"""The reconciles of a ModelDeployment and of a namespace's gateway, and the watch events that start them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from tollway.api import ApiTier, ModelDeployment, Resource
+from tollway.ir.names import GATEWAY_NAME
+from tollway.ir.observed import GatewayState
+from tollway.k8s.apply import ApplyError
+from tollway.reconcile.cluster import Clock, Cluster, Telemetry
+from tollway.reconcile.coalesce import Coalescer
+from tollway.reconcile.observation import Observer
+from tollway.reconcile.status import Logger, write_status
+from tollway.settings import Settings
+from tollway.translate import Context, translate, translate_gateway
+from tollway.translate.conditions import apply_failed
+from tollway.translate.gateway import TierReport
+
+
+class Reconciler:
+    """Tollway's reconciles and the state they share; kopf's memo holds the one instance (see `handlers`)."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock) -> None:
+        self.settings, self.cluster, self.clock = settings, cluster, clock
+        self.observer = Observer(settings, cluster, telemetry, clock)
+        self.coalescer = Coalescer()
+        self.listed = threading.Event()
+        """Set by the first watch event: kopf runs handlers only once its indexes hold the initial listing
+        of every watched kind. Before that `Cluster.cached_resources` may answer with nothing, and a resync
+        would translate a namespace from nothing (pruning its gateway), so it waits for this."""
+
+    # Watch events, one method per kopf handler.
+
+    def resource_changed(self, kind: type[Resource], body: Mapping[str, Any], logger: Logger) -> None:
+        """A ModelDeployment (its reconcile, then its namespace's gateway: the routes) or an ApiTier (the
+        gateway, which writes every tier's status)."""
+        self.listed.set()
+        namespace = body["metadata"].get("namespace")
+        if kind is ApiTier:
+            self.reconcile_gateway(namespace, logger)
+            return
+        self.reconcile(kind, body, logger)
+        self.gateway_inputs_changed(namespace, logger)
+
+    def secret_changed(self, secret: Mapping[str, Any], logger: Logger) -> None:
+        """The gateway's own config Secret (restored like any child), or any other: maybe an API key."""
+        self.listed.set()
+        if (secret["metadata"].get("labels") or {}).get("tollway.dev/gateway"):
+            self.child_changed(secret, logger)
+        else:
+            self.gateway_inputs_changed(secret["metadata"].get("namespace"), logger)
+
+    def child_changed(self, child: Mapping[str, Any], logger: Logger) -> None:
+        """A child changed or went away: reconcile what it belongs to (restoring the child)."""
+        self.listed.set()
+        metadata = child.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        if labels.get("tollway.dev/gateway"):
+            self.reconcile_gateway(metadata["namespace"], logger)
+            return
+        owner = labels.get("tollway.dev/model")
+        if owner:
+            body = self.cluster.read_resource(ModelDeployment, metadata["namespace"], owner)
+            if body is not None:
+                self.reconcile(ModelDeployment, body, logger)
+
+    def gateway_inputs_changed(self, namespace: str | None, logger: Logger) -> None:
+        """Something the gateway reads changed (a model, a Secret): reconcile it where there are tiers."""
+        if namespace and self.cluster.cached_resources(ApiTier, namespace):
+            self.reconcile_gateway(namespace, logger)
+
+    # The reconciles.
+
+    def reconcile(self, kind: type[Resource], body: Mapping[str, Any], logger: Logger) -> None:
+        metadata = body.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+
+        def step(first: bool) -> bool:
+            current = body if first else self.cluster.read_resource(kind, namespace, name)
+            if current is None:
+                return False
+            self._reconcile_once(kind, current, logger)
+            return True
+
+        self.coalescer.run((kind.kind_name, namespace, name), step)
+
+    def reconcile_gateway(self, namespace: str, logger: Logger) -> None:
+        """Converge the namespace's gateway (Envoy, ratelimit, Redis, their config) and its tiers' status."""
+
+        def step(_: bool) -> bool:
+            self._reconcile_gateway_once(namespace, logger)
+            return True
+
+        self.coalescer.run(("Gateway", namespace, GATEWAY_NAME), step)
+
+    def _reconcile_once(self, kind: type[Resource], body: Mapping[str, Any], logger: Logger) -> None:
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return  # children go with their owner (garbage collector); there is nothing to converge
+        now = self.clock()
+        result = translate(kind, body, now, self.observer.context(kind, body))
+        try:
+            sent = self.cluster.apply_all(result.manifests)
+        except ApplyError as refused:
+            status = apply_failed(result.status, str(refused), now)
+            write_status(self.cluster, kind, body, status, logger)
+            return  # nothing is pruned after a failed apply; the next reconcile tries again
+        if sent:
+            logger.info("applied %d of %d children", sent, len(result.manifests))
+        metadata = body["metadata"]
+        selector = f"tollway.dev/model={metadata['name']}"
+        if result.stale_kinds:
+            removed = self.cluster.prune(metadata["namespace"], metadata["uid"], selector, result.stale_kinds)
+            if removed:
+                logger.info("removed children no longer rendered: %s", ", ".join(removed))
+        write_status(self.cluster, kind, body, result.status, logger)
+
+    def _reconcile_gateway_once(self, namespace: str, logger: Logger) -> None:
+        tiers = self.cluster.cached_resources(ApiTier, namespace)
+        models = self.cluster.cached_resources(ModelDeployment, namespace)
+        now = self.clock()
+        gateway = self.settings.gateway
+        options = replace(
+            gateway, runtime=replace(gateway.runtime, monitoring=self.observer.monitoring_served())
+        )
+        secrets = self.cluster.list_secrets(namespace)
+        result = translate_gateway(namespace, tiers + models, secrets, now, options)
+        error = ""
+        try:
+            sent = self.cluster.apply_all(result.manifests)
+        except ApplyError as refused:
+            error = str(refused)
+        else:
+            if sent:
+                logger.info(
+                    "gateway of %s: applied %d of %d children", namespace, sent, len(result.manifests)
+                )
+            removed = self.cluster.prune_named(namespace, f"tollway.dev/gateway={GATEWAY_NAME}", result.stale)
+            if removed:
+                logger.info("gateway of %s: removed %s", namespace, ", ".join(removed))
+        state = GatewayState(
+            envoy=self.cluster.deployment_state(namespace, GATEWAY_NAME),
+            applied=not error and bool(result.manifests),
+            error=error,
+        )
+        for body in tiers:
+            report = result.plan.reports.get(body["metadata"]["name"], TierReport())
+            context = Context(tier=report, gateway=state, usage=self.observer.usage(namespace, body, now))
+            write_status(self.cluster, ApiTier, body, translate(ApiTier, body, now, context).status, logger)

@@ -1,0 +1,75 @@
+"""The periodic resync: every resource reconciled again, whether or not a watch event said it changed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from tollway.api import ApiTier, ModelDeployment
+from tollway.reconcile.reconciler import Reconciler
+from tollway.reconcile.status import Logger
+from tollway.translate.peering import outranked
+
+
+class Resync(threading.Thread):
+    """Reconciles every resource every `settings.resync_seconds`.
+
+    Why not kopf timers: kopf puts a finalizer on every object with a timer, and an object with a finalizer
+    cannot be deleted while the operator is away (uninstalled, or stopped in a test bed). A plain loop of
+    LIST calls needs no finalizer. It lists from the API server rather than from the watch cache, so that
+    it converges even on what a watch missed. With several operator replicas (kopf peering) a replica that
+    kopf has paused in favour of another skips its resyncs too, so only the serving replica writes.
+    """
+
+    def __init__(self, reconciler: Reconciler, logger: Logger) -> None:
+        super().__init__(name="tollway-resync", daemon=True)
+        self.reconciler, self.logger, self.stopping = reconciler, logger, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.reconciler.settings.resync_seconds):
+            self.resync()
+
+    def resync(self) -> None:
+        """One pass over every watched namespace; no failure ends it early or escapes it."""
+        if not self.reconciler.listed.is_set():
+            return
+        for namespace in self.reconciler.settings.namespaces or (None,):
+            if self._standing_by(namespace):
+                continue
+            try:
+                models = self.reconciler.cluster.list_resources(ModelDeployment, namespace)
+                tiers = self.reconciler.cluster.list_resources(ApiTier, namespace)
+            except Exception:  # the API server away for a moment must not end the loop
+                self.logger.exception("resync could not list resources; the next resync retries")
+                continue
+            for body in models:
+                self._reconcile(body)
+            for gateway in sorted({tier["metadata"]["namespace"] for tier in tiers}):
+                self._reconcile_gateway(gateway)
+
+    def _standing_by(self, namespace: str | None) -> bool:
+        """Whether kopf's peering object (cluster-wide, or this namespace's) names a live replica that
+        outranks this one; when it cannot be read, the pass is skipped rather than risk two writers."""
+        peering = self.reconciler.settings.peering
+        if peering is None:
+            return False
+        try:
+            peers = self.reconciler.cluster.peering_peers(peering, namespace)
+        except Exception:
+            self.logger.exception("resync could not read the peering object; the next resync retries")
+            return True
+        return outranked(peers, self.reconciler.settings.peering_priority, self.reconciler.clock())
+
+    def _reconcile_gateway(self, namespace: str) -> None:
+        try:
+            self.reconciler.reconcile_gateway(namespace, self.logger)
+        except Exception:  # one namespace's failure must not stop the resync of the others
+            self.logger.exception("resync of the gateway of %s failed; the next resync retries", namespace)
+
+    def _reconcile(self, body: Mapping[str, Any]) -> None:
+        try:
+            self.reconciler.reconcile(ModelDeployment, body, self.logger)
+        except Exception:  # one object's failure must not stop the resync of the others
+            name = f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
+            self.logger.exception("resync of ModelDeployment %s failed; the next resync retries", name)

@@ -1,0 +1,510 @@
+"""The reconciles against a fake cluster, fake Triton and Prometheus and a fake clock: coalescing, the resync,
+the status write races, and the watch cache the reconciles read their namespace from."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import pytest
+
+from tollway.api import ApiTier, ModelDeployment, Resource
+from tollway.ir.observed import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
+from tollway.k8s.apply import ApplyError
+from tollway.k8s.cache import Seen, WatchCache, index_id
+from tollway.reconcile import Reconciler, Resync
+from tollway.settings import Settings
+
+from builders import api_tier, model_deployment
+
+LOG = logging.getLogger("test-reconcile")
+PROMETHEUS = "http://prometheus.test:9090"
+Body = dict[str, Any]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeCluster:
+    """An API server in a dict. `calls` counts every method called; `writes` lists what was written."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], Body] = {}
+        self.children: dict[tuple[str, str, str], str] = {}
+        self.calls: Counter[str] = Counter()
+        self.writes: list[str] = []
+        self.events: list[str] = []
+        self.pruned: list[str] = []
+        self.unlistable: set[str | None] = set()
+        self.broken_models: set[str] = set()
+        self.peers: dict[str, dict[str, Any]] | None = {}
+        self.on_apply: Callable[[list[Mapping[str, Any]]], None] = lambda manifests: None
+        self.on_status: Callable[[], None] = lambda: None
+        self._uids = itertools.count(1)
+
+    def add(self, body: Body) -> Body:
+        body = copy.deepcopy(body)
+        body["metadata"].setdefault("uid", f"uid-{next(self._uids)}")
+        self.objects[_key(body)] = body
+        return copy.deepcopy(body)
+
+    def status_of(self, kind: type[Resource], name: str, namespace: str = "ai") -> Body:
+        return dict(self.objects[(kind.kind_name, namespace, name)].get("status") or {})
+
+    def _count(self, name: str) -> None:
+        self.calls[name] += 1
+
+    def list_resources(self, kind: type[Resource], namespace: str | None) -> list[Body]:
+        self._count("list_resources")
+        if namespace in self.unlistable:
+            raise ConnectionError("the API server is away")
+        return [copy.deepcopy(body) for key, body in self.objects.items() if key[0] == kind.kind_name]
+
+    def cached_resources(self, kind: type[Resource], namespace: str) -> list[Body]:
+        self._count("cached_resources")
+        return [
+            copy.deepcopy(body)
+            for (kind_name, where, _), body in self.objects.items()
+            if (kind_name, where) == (kind.kind_name, namespace)
+        ]
+
+    def read_resource(self, kind: type[Resource], namespace: str, name: str) -> Body | None:
+        self._count("read_resource")
+        found = self.objects.get((kind.kind_name, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def list_secrets(self, namespace: str) -> list[Body]:
+        self._count("list_secrets")
+        return []
+
+    def deployment_state(self, namespace: str, name: str) -> DeploymentState | None:
+        self._count("deployment_state")
+        if name.removesuffix("-triton") in self.broken_models:
+            raise ConnectionError(f"cannot read {name}")
+        return None
+
+    def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
+        self._count("pod_problems")
+        return ()
+
+    def served(self, api_version: str, kind: str) -> bool:
+        return False
+
+    def apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> int:
+        self._count("apply_all")
+        manifests = list(manifests)
+        self.on_apply(manifests)
+        sent = 0
+        for manifest in manifests:
+            key = (manifest["kind"], manifest["metadata"].get("namespace", ""), manifest["metadata"]["name"])
+            content = json.dumps(manifest, sort_keys=True)
+            if self.children.get(key) != content:
+                self.children[key] = content
+                self.writes.append(f"{key[0]}/{key[2]}")
+                sent += 1
+        return sent
+
+    def prune(
+        self, namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]
+    ) -> list[str]:
+        self.pruned.append(label_selector)
+        return []
+
+    def prune_named(
+        self, namespace: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
+    ) -> list[str]:
+        return []
+
+    def apply_status(
+        self, kind: type[Resource], metadata: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> bool:
+        self.on_status()
+        found = self.objects.get((kind.kind_name, metadata["namespace"], metadata["name"]))
+        if found is None:
+            return False
+        found["status"] = {**(found.get("status") or {}), **copy.deepcopy(dict(status))}
+        self.writes.append(f"{kind.kind_name}/{metadata['name']}/status")
+        return True
+
+    def record_event(
+        self,
+        kind: type[Resource],
+        metadata: Mapping[str, Any],
+        *,
+        type: Literal["Normal", "Warning"],
+        reason: str,
+        note: str,
+    ) -> None:
+        self.events.append(f"{metadata['name']}: {type} {reason}")
+
+    def peering_peers(self, name: str, namespace: str | None) -> dict[str, dict[str, Any]]:
+        if self.peers is None:
+            raise ConnectionError("cannot read the peering object")
+        return self.peers
+
+
+class FakeTelemetry:
+    def __init__(self) -> None:
+        self.metrics = MetricsState(reachable=True, values={"p99_ms": 40.0})
+        self.asked: list[str] = []
+
+    def model_state(self, url: str, model: str, versions: Iterable[str]) -> TritonState:
+        self.asked.append(f"triton {model}")
+        return TritonState(reachable=False, error="no Triton in a unit test")
+
+    def model_metrics(self, url: str, namespace: str, model: str) -> MetricsState:
+        self.asked.append(f"metrics {model}")
+        return self.metrics
+
+    def tier_usage(self, url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:
+        self.asked.append(f"usage {tier}")
+        return UsageState(reachable=True, requests=3)
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+class Bed:
+    """A reconciler on fakes, and its resync (whose loop body the tests call)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.cluster, self.telemetry, self.clock = FakeCluster(), FakeTelemetry(), FakeClock()
+        self.reconciler = Reconciler(
+            Settings(**{"namespaces": ("ai",), **settings}), self.cluster, self.telemetry, self.clock
+        )
+        self.resync = Resync(self.reconciler, LOG)
+
+    def event(self, body: Body) -> None:
+        kind = ModelDeployment if body["kind"] == ModelDeployment.kind_name else ApiTier
+        self.reconciler.resource_changed(kind, body, LOG)
+
+
+@pytest.fixture
+def bed() -> Bed:
+    return Bed()
+
+
+def conditions(status: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    return {item["type"]: (item["status"], item["reason"]) for item in status.get("conditions", [])}
+
+
+class Gate:
+    """Holds the first apply until released: the test acts while that reconcile runs."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._held = False
+        cluster.on_apply = self._hold
+
+    def _hold(self, manifests: list[Mapping[str, Any]]) -> None:
+        if not self._held:
+            self._held = True
+            self.entered.set()
+            assert self.release.wait(10), "the test never released the reconcile"
+
+
+@contextmanager
+def in_thread(run: Callable[[], None]) -> Iterator[None]:
+    """Run `run` on another thread; on leaving the block, join it and raise what it raised."""
+    failures: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as error:  # handed to the test's thread
+            failures.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    yield
+    thread.join(10)
+    assert not thread.is_alive()
+    if failures:
+        raise failures[0]
+
+
+def edited(body: Body, **spec: Any) -> Body:
+    """`body` as the API server holds it after a spec edit: its generation moves on."""
+    changed = copy.deepcopy(body)
+    changed["spec"].update(spec)
+    changed["metadata"]["generation"] += 1
+    return changed
+
+
+# Coalescing
+
+
+def test_events_during_a_reconcile_collapse_into_one_rerun_on_the_latest_state(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+    gate = Gate(bed.cluster)
+    with in_thread(lambda: bed.reconciler.reconcile(ModelDeployment, body, LOG)):
+        assert gate.entered.wait(10)
+        bed.cluster.add(edited(body, aliases={"stable": "1"}))
+        for _ in range(3):  # each returns at once: the running reconcile takes them over
+            bed.reconciler.reconcile(ModelDeployment, body, LOG)
+        assert bed.cluster.calls["apply_all"] == 1
+        gate.release.set()
+    assert bed.cluster.calls["apply_all"] == 2  # one re-run for the three requests
+    assert bed.cluster.status_of(ModelDeployment, "chat")["observedGeneration"] == 2  # on the latest state
+
+
+def test_another_object_is_reconciled_while_one_is_held(bed: Bed) -> None:
+    chat = bed.cluster.add(model_deployment("chat"))
+    embed = bed.cluster.add(model_deployment("embed"))
+    gate = Gate(bed.cluster)
+    with in_thread(lambda: bed.reconciler.reconcile(ModelDeployment, chat, LOG)):
+        assert gate.entered.wait(10)
+        bed.reconciler.reconcile(ModelDeployment, embed, LOG)
+        assert "ModelDeployment/embed/status" in bed.cluster.writes
+        gate.release.set()
+
+
+def test_an_object_deleted_during_its_reconcile_is_not_run_again(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+    gate = Gate(bed.cluster)
+    with in_thread(lambda: bed.reconciler.reconcile(ModelDeployment, body, LOG)):
+        assert gate.entered.wait(10)
+        del bed.cluster.objects[_key(body)]
+        bed.reconciler.reconcile(ModelDeployment, body, LOG)
+        gate.release.set()
+    assert bed.cluster.calls["apply_all"] == 1
+    recreated = bed.cluster.add(model_deployment("chat"))
+    bed.reconciler.reconcile(ModelDeployment, recreated, LOG)  # the object is free again
+    assert bed.cluster.calls["apply_all"] == 2
+
+
+def test_a_failed_reconcile_leaves_the_object_free_for_the_next(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+
+    def fail_once(manifests: list[Mapping[str, Any]]) -> None:
+        bed.cluster.on_apply = lambda manifests: None
+        raise ConnectionError("the API server went away")
+
+    bed.cluster.on_apply = fail_once
+    with pytest.raises(ConnectionError):
+        bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    assert "ModelDeployment/chat/status" in bed.cluster.writes
+
+
+# The resync
+
+
+def settled(bed: Bed) -> None:
+    """A model and a tier, reconciled from their watch events until nothing changes."""
+    for body in (bed.cluster.add(model_deployment("chat")), bed.cluster.add(api_tier("pro"))):
+        bed.event(body)
+    for body in list(bed.cluster.objects.values()):
+        bed.event(copy.deepcopy(body))  # the watch events of the status writes
+
+
+def test_a_resync_of_settled_resources_writes_nothing(bed: Bed) -> None:
+    settled(bed)
+    written, events, applies = (
+        len(bed.cluster.writes),
+        len(bed.cluster.events),
+        bed.cluster.calls["apply_all"],
+    )
+    bed.clock.now += timedelta(seconds=30)
+    bed.resync.resync()
+    assert bed.cluster.calls["apply_all"] == applies + 2  # the model's children and the gateway's, read
+    assert bed.cluster.writes[written:] == []
+    assert bed.cluster.events[events:] == []
+
+
+def test_a_resync_waits_for_the_first_watch_event(bed: Bed) -> None:
+    """Until kopf has handed over a watch event its indexes may be empty: a resync then does nothing."""
+    bed.cluster.add(model_deployment("chat"))
+    bed.resync.resync()
+    assert bed.cluster.calls == Counter()
+    bed.event(bed.cluster.add(model_deployment("embed")))
+    bed.resync.resync()
+    assert bed.cluster.calls["list_resources"] == 2
+
+
+def test_a_failed_list_is_survived_and_the_next_resync_lists_again() -> None:
+    bed = Bed(namespaces=("down", "ai"))
+    bed.event(bed.cluster.add(model_deployment("chat")))
+    bed.cluster.writes.clear()
+    bed.cluster.unlistable = {"down"}
+    bed.resync.resync()  # no exception: the other namespace is resynced
+    assert bed.cluster.calls["list_resources"] == 3  # "down" once (failed), "ai" for models and tiers
+    bed.cluster.unlistable = set()
+    bed.resync.resync()
+    assert bed.cluster.calls["list_resources"] == 7
+
+
+def test_one_failing_reconcile_does_not_stop_the_resync_of_the_others(bed: Bed) -> None:
+    bed.event(bed.cluster.add(model_deployment("chat")))
+    bed.cluster.add(model_deployment("embed"))
+    bed.cluster.broken_models = {"chat"}
+    bed.resync.resync()
+    assert "ModelDeployment/embed/status" in bed.cluster.writes
+
+
+def test_a_replica_outranked_by_a_live_peer_does_not_resync() -> None:
+    bed = Bed(peering="tollway", peering_priority=1)
+    bed.event(bed.cluster.add(model_deployment("chat")))
+    seen = (bed.clock.now - timedelta(seconds=5)).isoformat()
+    bed.cluster.peers = {"newer": {"priority": 2, "lastseen": seen, "lifetime": 60}}
+    before = bed.cluster.calls["list_resources"]
+    bed.resync.resync()
+    assert bed.cluster.calls["list_resources"] == before
+    bed.clock.now += timedelta(seconds=120)  # the peer's keep-alives stopped
+    bed.resync.resync()
+    assert bed.cluster.calls["list_resources"] == before + 2
+    bed.cluster.peers = None  # unreadable: skip rather than risk two writers
+    bed.resync.resync()
+    assert bed.cluster.calls["list_resources"] == before + 2
+
+
+# Status writes racing other writers
+
+
+def test_a_stale_event_does_not_write_over_a_newer_status(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+    bed.reconciler.reconcile(ModelDeployment, body, LOG)  # status written; `body` is now stale
+    written, events = len(bed.cluster.writes), list(bed.cluster.events)
+    bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    assert bed.cluster.writes[written:] == []
+    assert bed.cluster.events == events  # no condition is announced twice
+
+
+def test_no_status_for_an_object_deleted_since_its_event(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+    del bed.cluster.objects[_key(body)]
+    bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    assert [write for write in bed.cluster.writes if write.endswith("/status")] == []
+    assert bed.cluster.events == []
+
+
+def test_no_events_for_an_object_deleted_during_the_status_write(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+    bed.cluster.on_status = bed.cluster.objects.clear
+    bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    assert bed.cluster.events == []
+
+
+def test_figures_prometheus_cannot_give_stay_as_the_cluster_holds_them_now() -> None:
+    bed = Bed(prometheus_url=PROMETHEUS)
+    old = {"p99Ms": 10.0, "observedAt": "2026-12-01T11:00:00Z"}
+    newer = {"p99Ms": 20.0, "observedAt": "2026-12-01T11:59:00Z"}
+    event = bed.cluster.add(model_deployment("chat", **{"status.metrics": old}))
+    bed.cluster.objects[_key(event)]["status"]["metrics"] = newer  # written by another thread since
+    bed.telemetry.metrics = MetricsState(reachable=False, error="connection refused")
+    bed.clock.now += timedelta(minutes=5)  # the event's figures are older than a resync: ask again
+    bed.reconciler.reconcile(ModelDeployment, event, LOG)
+    status = bed.cluster.status_of(ModelDeployment, "chat")
+    assert conditions(status)["MetricsAvailable"] == ("False", "PrometheusUnreachable")
+    assert status["metrics"] == newer  # observedAt never moves back
+
+
+def test_figures_younger_than_a_resync_are_not_read_again() -> None:
+    bed = Bed(prometheus_url=PROMETHEUS, resync_seconds=60)
+    bed.event(bed.cluster.add(model_deployment("chat")))
+    assert bed.telemetry.asked == ["metrics chat"]
+    observed = bed.cluster.status_of(ModelDeployment, "chat")["metrics"]["observedAt"]
+    assert observed == "2026-12-01T12:00:00Z"
+    bed.clock.now += timedelta(seconds=59)
+    bed.resync.resync()
+    assert bed.telemetry.asked == ["metrics chat"]
+    bed.clock.now += timedelta(seconds=2)
+    bed.resync.resync()
+    assert bed.telemetry.asked == ["metrics chat", "metrics chat"]
+    assert bed.cluster.status_of(ModelDeployment, "chat")["metrics"]["observedAt"] == "2026-12-01T12:01:01Z"
+
+
+def test_a_tiers_usage_is_read_at_most_once_per_resync() -> None:
+    bed = Bed(prometheus_url=PROMETHEUS, resync_seconds=60)
+    bed.event(bed.cluster.add(api_tier("pro")))
+    bed.event(bed.cluster.read_resource(ApiTier, "ai", "pro") or {})
+    assert bed.telemetry.asked == ["usage pro"]
+    assert bed.cluster.status_of(ApiTier, "pro")["usage"]["requests"] == 3
+
+
+def test_a_refused_child_is_reported_and_nothing_is_pruned(bed: Bed) -> None:
+    body = bed.cluster.add(model_deployment("chat"))
+
+    def refuse(manifests: list[Mapping[str, Any]]) -> None:
+        raise ApplyError("Deployment/chat-triton: spec.replicas: Invalid value")
+
+    bed.cluster.on_apply = refuse
+    bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    status = bed.cluster.status_of(ModelDeployment, "chat")
+    assert conditions(status)["Ready"] == ("False", "ApplyFailed")
+    assert conditions(status)["Degraded"] == ("True", "ApplyFailed")
+    assert bed.cluster.pruned == []
+    assert "chat: Warning ApplyFailed" in bed.cluster.events
+
+
+# The watch cache
+
+
+def test_watch_events_read_the_namespace_from_the_watch_cache(bed: Bed) -> None:
+    settled(bed)
+    assert bed.cluster.calls["cached_resources"] > 0
+    assert bed.cluster.calls["list_resources"] == 0
+
+
+def seen(name: str, uid: str, at: float, namespace: str = "ai") -> Seen:
+    return Seen({"metadata": {"name": name, "namespace": namespace, "uid": uid}}, at)
+
+
+def names(bodies: list[Body]) -> list[str]:
+    return sorted(body["metadata"]["name"] for body in bodies)
+
+
+def cache_of(*values: Seen) -> WatchCache:
+    tiers: dict[str, list[Seen]] = {}
+    for value in values:
+        tiers.setdefault(value.body["metadata"]["namespace"], []).append(value)
+    return WatchCache({index_id(ApiTier): tiers, index_id(ModelDeployment): {}})
+
+
+def test_the_watch_cache_answers_by_namespace() -> None:
+    cache = cache_of(seen("free", "1", 1.0), seen("pro", "2", 1.0), seen("other", "3", 1.0, namespace="b"))
+    assert names(cache.resources(ApiTier, "ai")) == ["free", "pro"]
+    assert cache.resources(ModelDeployment, "ai") == []
+
+
+def test_what_a_later_list_no_longer_holds_leaves_the_watch_cache() -> None:
+    """kopf keeps in its index an object deleted while its watch was away (paused, or re-listing)."""
+    cache = cache_of(seen("gone", "1", 1.0), seen("kept", "2", 1.0), seen("newer", "3", 5.0))
+    listed = [{"metadata": {"name": "kept", "namespace": "ai", "uid": "2"}}]
+    cache.listed(ApiTier, None, listed, started=3.0)
+    assert names(cache.resources(ApiTier, "ai")) == [
+        "kept",
+        "newer",
+    ]  # "newer" was indexed after the list began
+
+
+class Racing:
+    """A kopf store that an update on the event loop's thread changes once while it is read."""
+
+    def __init__(self, values: list[Seen]) -> None:
+        self.values, self.raced = values, False
+
+    def __iter__(self) -> Iterator[Seen]:
+        if not self.raced:
+            self.raced = True
+            raise RuntimeError("dictionary changed size during iteration")
+        return iter(self.values)
+
+
+def test_a_read_of_the_watch_cache_that_races_kopf_reads_again() -> None:
+    cache = WatchCache({index_id(ApiTier): {"ai": Racing([seen("pro", "1", 1.0)])}})
+    assert names(cache.resources(ApiTier, "ai")) == ["pro"]
