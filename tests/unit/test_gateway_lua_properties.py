@@ -78,8 +78,8 @@ def documents(draw: st.DrawFn) -> str:
 
     def encode(value: Any) -> str:
         if isinstance(value, Pairs):
-            members = [f"{escaped(key, draw(st.booleans()))}:{spacing}{encode(item)}" for key, item in value]
-            return "{" + ("," + spacing).join(members) + "}"
+            written = [f"{escaped(key, draw(st.booleans()))}:{spacing}{encode(item)}" for key, item in value]
+            return "{" + ("," + spacing).join(written) + "}"
         if isinstance(value, list):
             return "[" + ",".join(encode(item) for item in value) + "]"
         if isinstance(value, str):
