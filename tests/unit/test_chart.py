@@ -20,8 +20,8 @@ from tollway import documents
 from tollway.cli import parser
 from tollway.render.autoscaling import adapter_rules
 
-from controlplane import K8S_VERSION
-from dataplane import tool_binary
+from testbed.controlplane import K8S_VERSION
+from testbed.processes import tool_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tollway"
