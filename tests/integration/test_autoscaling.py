@@ -7,14 +7,12 @@ metrics and sets the Deployment's replicas, which is what is under test.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +165,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             register_adapter(cluster, adapter_port)
             # A trickle of traffic all along (Triton's latency summaries go blank without any), started
             # once Prometheus scrapes Triton, so that it sees every request counted.
-            eventually(lambda: query_url(url, 'up{job="triton"} == 1'))
+            eventually(lambda: dataplane.prometheus_query(url, 'up{job="triton"} == 1'))
             processes["trickle"] = trickle(triton)
             with operator(
                 cluster,
@@ -187,13 +185,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def query(stack: Stack, expression: str) -> list[dict[str, Any]]:
-    return query_url(stack.prometheus, expression)
-
-
-def query_url(prometheus: str, expression: str) -> list[dict[str, Any]]:
-    url = f"{prometheus}/api/v1/query?query={urllib.request.quote(expression)}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return list(json.load(response)["data"]["result"])
+    return dataplane.prometheus_query(stack.prometheus, expression)
 
 
 class Trickle:

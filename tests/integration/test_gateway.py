@@ -37,6 +37,7 @@ from testbed.gateway import (
     tier,
     tiny_model,
 )
+from testbed.kube import eventually
 from testbed.triton import infer_body, outputs, usage
 
 CONSUMERS = (
@@ -619,20 +620,12 @@ def test_the_ratelimit_service_counts_each_consumers_requests_and_tokens(gateway
         }
         return found if len(found) == 4 else None  # the stats reach the endpoint every few seconds
 
-    assert eventually_value(counted) == {
+    assert eventually(counted, timeout=30) == {
         "usage_requests_metered": 2,
         "usage_input_metered": 6,
         "usage_output_metered": 10,
         "tpm_metered": 2 * (math.ceil(len(_sent_bytes(values=3, max_tokens=5)) / 4) + 5),  # the reservations
     }
-
-
-def eventually_value(probe: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while (found := probe()) is None:
-        assert time.monotonic() < deadline, "no value in time"
-        time.sleep(0.5)
-    return found
 
 
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:
