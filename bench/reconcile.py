@@ -6,8 +6,15 @@
 Creates COUNT ModelDeployments at once and measures, for each, the time from the apply to all five of its
 children (ServiceAccount, ConfigMap, Deployment, Service, PDB) being present; then lets the operator resync
 every object a few times and counts the objects whose resourceVersion changed (API writes per no-op
-resync, which must be 0); and reports the operator's peak RSS (VmHWM) over the run. Prints figures;
-it is not a pass/fail test.
+resync, which must be 0); and reports the operator's peak RSS (VmHWM) over the run. Then, in a second
+namespace of 10 ModelDeployments behind a gateway of two ApiTiers, it runs the operator with a resync too
+long to happen, touches each object in turn (an annotation: a watch event that changes nothing) and counts
+the API reads (GET and LIST) the operator makes per event of a ModelDeployment and of an ApiTier, by the
+API server's own request counter (`apiserver_request_total`, less what the control plane's controllers
+read meanwhile). Prints figures; it is not a pass/fail test.
+
+The operator runs from this checkout; with PYTHONPATH naming another checkout's `operator` directory it
+runs from there (for figures before and after a change).
 """
 
 from __future__ import annotations
@@ -15,10 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +38,21 @@ from kubernetes import client, config
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "bench"
+READS_NAMESPACE = "bench-reads"
 RESYNC_SECONDS = 5
 CHILD_KINDS = ("serviceaccounts", "configmaps", "deployments", "services", "poddisruptionbudgets")
+READS_MODELS = 10  # a gateway for 100 models is more than a Secret holds (1 MiB): it is not applied
+TIER_TOUCHES = 10
+QUIET_SECONDS = 3.0
+REQUEST = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def model_deployment(index: int) -> dict[str, Any]:
+def model_deployment(index: int, namespace: str = NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": f"model-{index:03d}", "namespace": NAMESPACE},
+        "metadata": {"name": f"model-{index:03d}", "namespace": namespace},
         "spec": {
             "model": {
                 "repository": f"s3://models/model-{index:03d}",
@@ -45,6 +62,19 @@ def model_deployment(index: int) -> dict[str, Any]:
             "versions": [{"version": "2"}, {"version": "1"}],
             "aliases": {"latest": "2"},
             "autoscaling": {"minReplicas": 1, "maxReplicas": 4},
+        },
+    }
+
+
+def api_tier(name: str, models: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "ApiTier",
+        "metadata": {"name": name, "namespace": READS_NAMESPACE},
+        "spec": {
+            "models": models,
+            "auth": {"apiKeys": {"secretSelector": {"matchLabels": {"tollway.dev/tier": name}}}},
+            "limits": {"requestsPerMinute": 60},
         },
     }
 
@@ -99,6 +129,106 @@ def tollway_writes() -> dict[str, tuple[str, ...]]:
     return stamps
 
 
+def api_reads() -> Counter[str]:
+    """The GET and LIST requests the API server has answered since it started, by "VERB resource".
+
+    Watches are left out (they stay open), and so are reads of a scale subresource (the HPA controller's,
+    never Tollway's) and of non-resource paths (this function's own /metrics).
+    """
+    api = client.ApiClient()
+    method, url, headers, _, _ = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response = api.call_api(method, url, headers)
+    response.read()
+    reads: Counter[str] = Counter()
+    for line in (response.data or b"").decode().splitlines():
+        found = REQUEST.match(line)
+        if not found:
+            continue
+        labels = dict(LABEL.findall(found["labels"]))
+        if labels["verb"] in ("GET", "LIST") and labels["resource"] and labels["subresource"] != "scale":
+            reads[f"{labels['verb']} {labels['resource']}"] += int(float(found["value"]))
+    return reads
+
+
+def quiet(timeout: float = 120.0) -> Counter[str]:
+    """Wait until no read has been answered for QUIET_SECONDS (the operator is done); the counts then."""
+    last, since, deadline = api_reads(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < QUIET_SECONDS:
+        if time.monotonic() > deadline:
+            print(f"note: reads went on for {timeout:.0f}s; the figures below include them")
+            break
+        time.sleep(0.5)
+        now = api_reads()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def touch(plural: str, name: str, value: int) -> None:
+    """A change that is only an annotation: a watch event after which the operator has nothing to do."""
+    patch = {"metadata": {"annotations": {"bench": str(value)}}}
+    client.CustomObjectsApi().patch_namespaced_custom_object(
+        "tollway.dev", "v1alpha1", READS_NAMESPACE, plural, name, patch
+    )
+
+
+def reads_per_event(
+    plural: str, names: list[str], idle_per_second: Counter[str]
+) -> tuple[float, Counter[str]]:
+    """Touch each object in turn, each after the operator went quiet; reads per event, and by request."""
+    before, started = quiet(), time.monotonic()
+    for value, name in enumerate(names):
+        touch(plural, name, value)
+        quiet()
+    after, elapsed = quiet(), time.monotonic() - started
+    made = Counter(
+        {
+            key: round((after[key] - before[key] - idle_per_second[key] * elapsed) / len(names), 1)
+            for key in after
+            if after[key] > before[key]
+        }
+    )
+    return sum(made.values()), +made
+
+
+@contextmanager
+def tollway_operator(
+    kubeconfig: str, namespace: str, log_name: str, resync_seconds: float
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`tollway run` watching `namespace`, its log in .local/LOG_NAME."""
+    (ROOT / ".local").mkdir(exist_ok=True)
+    log = open(ROOT / ".local" / log_name, "w")  # noqa: SIM115 (open for the operator's lifetime)
+    operator = subprocess.Popen(
+        [
+            str(BIN / "tollway"),
+            "run",
+            "--namespace",
+            namespace,
+            "--resync-seconds",
+            str(resync_seconds),
+            "--liveness",
+            "",
+            "--triton-address",
+            "127.0.0.1:9",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+    )
+    try:
+        yield operator
+    finally:
+        operator.terminate()
+        operator.wait(timeout=30)
+        log.close()
+
+
+def print_reads(what: str, per_event: float, made: Counter[str]) -> None:
+    gets = sum(count for key, count in made.items() if key.startswith("GET "))
+    lists = ", ".join(f"{key} {count:g}" for key, count in sorted(made.items()) if key.startswith("LIST "))
+    print(f"API reads per {what} event: {per_event:.1f} (GET {gets:.1f}; {lists or 'no LIST'})")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -122,76 +252,96 @@ def main() -> int:
     subprocess.run(
         [*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds")], check=True, capture_output=True
     )
-    subprocess.run(
-        [*kubectl, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
-
-    log = open(ROOT / ".local" / "bench-operator.log", "w")  # noqa: SIM115 (open for the operator's lifetime)
-    operator = subprocess.Popen(
-        [
-            str(BIN / "tollway"),
-            "run",
-            "--namespace",
-            NAMESPACE,
-            "--resync-seconds",
-            str(RESYNC_SECONDS),
-            "--liveness",
-            "",
-            "--triton-address",
-            "127.0.0.1:9",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
-    )
-    try:
-        time.sleep(3)  # the operator lists and starts its watches
-        manifests = "\n---\n".join(json.dumps(model_deployment(index)) for index in range(count))
-        started = time.monotonic()
+    for namespace in (NAMESPACE, READS_NAMESPACE):
         subprocess.run(
-            [*kubectl, "apply", "-f", "-"], input=manifests, text=True, check=True, capture_output=True
+            [*kubectl, "delete", "namespace", namespace, "--ignore-not-found", "--wait=true"],
+            check=True,
+            capture_output=True,
         )
-        applied = time.monotonic() - started
-        done: dict[str, float] = {}
-        while len(done) < count and time.monotonic() - started < 600:
-            now = time.monotonic() - started
-            for model, kinds in children_by_model().items():
-                if model not in done and len(kinds) == len(CHILD_KINDS):
-                    done[model] = now
-            time.sleep(0.2)
-        latencies = sorted(done.values())
-        print(f"ModelDeployments: {count}, created by one kubectl apply in {applied:.2f}s")
-        print(f"children present for {len(done)}/{count}")
-        median, p99 = statistics.median(latencies), latencies[max(0, int(len(latencies) * 0.99) - 1)]
-        print(f"reconcile latency (apply → all 5 children present): median {median:.2f}s, P99 {p99:.2f}s")
+        subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
 
-        # The Deployment controller works through 100 new Deployments; their status changes are real changes
-        # that Tollway reports. Measure the no-op resync once it is done and the statuses have caught up.
+    try:
+        with tollway_operator(kubeconfig, NAMESPACE, "bench-operator.log", RESYNC_SECONDS) as operator:
+            measure_resources(kubectl, count, operator)
+        measure_reads(kubectl, kubeconfig)
+    finally:
+        for namespace in (NAMESPACE, READS_NAMESPACE):
+            subprocess.run(
+                [*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True
+            )
+    return 0
+
+
+def measure_resources(kubectl: list[str], count: int, operator: subprocess.Popen[bytes]) -> None:
+    """Reconcile latency of COUNT new ModelDeployments, writes per no-op resync, the operator's peak RSS."""
+    time.sleep(3)  # the operator lists and starts its watches
+    manifests = "\n---\n".join(json.dumps(model_deployment(index)) for index in range(count))
+    started = time.monotonic()
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"], input=manifests, text=True, check=True, capture_output=True
+    )
+    applied = time.monotonic() - started
+    done: dict[str, float] = {}
+    while len(done) < count and time.monotonic() - started < 600:
+        now = time.monotonic() - started
+        for model, kinds in children_by_model().items():
+            if model not in done and len(kinds) == len(CHILD_KINDS):
+                done[model] = now
+        time.sleep(0.2)
+    latencies = sorted(done.values())
+    print(f"ModelDeployments: {count}, created by one kubectl apply in {applied:.2f}s")
+    print(f"children present for {len(done)}/{count}")
+    median, p99 = statistics.median(latencies), latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    print(f"reconcile latency (apply → all 5 children present): median {median:.2f}s, P99 {p99:.2f}s")
+
+    # The Deployment controller works through 100 new Deployments; their status changes are real changes
+    # that Tollway reports. Measure the no-op resync once it is done and the statuses have caught up.
+    while not all(
+        (item.status.observed_generation or 0) == item.metadata.generation
+        and (item.status.updated_replicas or 0) == item.spec.replicas
+        for item in client.AppsV1Api().list_namespaced_deployment(NAMESPACE).items
+    ):
+        time.sleep(1)
+    time.sleep(2 * RESYNC_SECONDS)
+    before = tollway_writes()
+    resyncs = 3
+    time.sleep(resyncs * RESYNC_SECONDS + 1)
+    after = tollway_writes()
+    changed = sorted(key for key in before if after.get(key) != before[key])
+    print(f"objects watched for writes: {len(before)} over {resyncs} resyncs of every ModelDeployment")
+    print(f"Tollway's API writes per no-op resync: {len(changed) / resyncs:.1f} (written: {changed[:5]})")
+    print(f"operator peak RSS: {peak_rss_mib(operator.pid):.0f} MiB")
+
+
+def measure_reads(kubectl: list[str], kubeconfig: str) -> None:
+    """API reads per watch event, in a namespace of READS_MODELS models behind a gateway of two tiers."""
+    models = [model_deployment(index, READS_NAMESPACE) for index in range(READS_MODELS)]
+    names = [model["metadata"]["name"] for model in models]
+    tiers = [api_tier("free", names[:2]), api_tier("pro", names)]
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input="\n---\n".join(json.dumps(document) for document in models + tiers),
+        text=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    with tollway_operator(kubeconfig, READS_NAMESPACE, "bench-operator-reads.log", resync_seconds=3600):
+        listing: Any = client.CustomObjectsApi().list_namespaced_custom_object
         while not all(
-            (item.status.observed_generation or 0) == item.metadata.generation
-            and (item.status.updated_replicas or 0) == item.spec.replicas
-            for item in client.AppsV1Api().list_namespaced_deployment(NAMESPACE).items
+            (item.get("status") or {}).get("conditions")
+            for plural in ("modeldeployments", "apitiers")
+            for item in listing("tollway.dev", "v1alpha1", READS_NAMESPACE, plural)["items"]
         ):
             time.sleep(1)
-        time.sleep(2 * RESYNC_SECONDS)
-        before = tollway_writes()
-        resyncs = 3
-        time.sleep(resyncs * RESYNC_SECONDS + 1)
-        after = tollway_writes()
-        changed = sorted(key for key in before if after.get(key) != before[key])
-        print(f"objects watched for writes: {len(before)} over {resyncs} resyncs of every ModelDeployment")
-        print(f"Tollway's API writes per no-op resync: {len(changed) / resyncs:.1f} (written: {changed[:5]})")
-        print(f"operator peak RSS: {peak_rss_mib(operator.pid):.0f} MiB")
-    finally:
-        operator.terminate()
-        operator.wait(timeout=30)
-        subprocess.run(
-            [*kubectl, "delete", "namespace", NAMESPACE, "--wait=false"], check=False, capture_output=True
-        )
-    return 0
+        start, started = quiet(), time.monotonic()
+        time.sleep(10)
+        idle = quiet() - start  # what the control plane's controllers read meanwhile
+        elapsed = time.monotonic() - started
+        idle_per_second = Counter({key: value / elapsed for key, value in idle.items()})
+        print(f"control plane's own reads while the operator idles: {sum(idle_per_second.values()):.1f}/s")
+        print_reads("ModelDeployment", *reads_per_event("modeldeployments", names, idle_per_second))
+        touched = [tier["metadata"]["name"] for tier in tiers] * (TIER_TOUCHES // len(tiers))
+        print_reads("ApiTier", *reads_per_event("apitiers", touched, idle_per_second))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def registry(settings: Settings, clock: Clock) -> kopf.OperatorRegistry:
 
 
 def _index(handlers: kopf.OperatorRegistry, kind: type[Resource]) -> None:
+    """kopf's index of `kind` by namespace (an indexing handler returns what kopf keeps in memory)."""
+
     async def index(body: kopf.Body, **_: Any) -> dict[str, Any]:
         return seen_by_namespace(body)
 
