@@ -43,7 +43,7 @@ import yaml
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.translate.serving import serving, tier_priority
+from tollway.translate.serving import plan_serving, tier_priority
 
 from testbed import controlplane, dataplane, triton
 from testbed.client import request
@@ -146,7 +146,7 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     models = [document for document in documents if document["kind"] == "ModelDeployment"]
     priorities = [tier_priority(document) for document in documents if document["kind"] == "ApiTier"]
     servings = [
-        serving(parse(ModelDeployment, cpu_stand_in(model)), priorities, "unused") for model in models
+        plan_serving(parse(ModelDeployment, cpu_stand_in(model)), priorities, "unused") for model in models
     ]
     names = ", ".join(f"{item.model.name} {list(item.model.versions)}" for item in servings)
     step(f"starting Triton (PyTriton's server, CPU) with stand-ins for {names}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tollway.ir.observed import DeploymentState
+from tollway.ir.state import DeploymentState
 
 _MODEL_DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "tollway.dev/v1alpha1",

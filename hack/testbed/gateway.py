@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.translate.serving import serving
+from tollway.translate.serving import plan_serving
 
 from testbed import client, dataplane
 from testbed.triton import RunningTriton, running
@@ -337,7 +337,7 @@ def bed(workdir: Path, documents: Callable[[Bed], list[dict[str, Any]]]) -> Iter
         jwks_server.socket = tls.wrap_socket(jwks_server.socket, server_side=True)
         jwks_port = stack.enter_context(serving_thread(jwks_server))
         echo, tiny = (
-            serving(parse(ModelDeployment, model()), PRIORITIES, "unused")
+            plan_serving(parse(ModelDeployment, model()), PRIORITIES, "unused")
             for model in (echo_model, tiny_model)
         )
         triton = stack.enter_context(running(workdir / "triton", echo, tiny))

@@ -25,7 +25,7 @@ from typing import Any
 
 from tollway.ir.serving import TritonServing
 from tollway.render.model_config import config_pbtxt
-from tollway.render.triton import triton_args
+from tollway.render.serving import triton_args
 
 from testbed.client import Reply
 from testbed.processes import Process, answers_http, free_port

@@ -26,7 +26,7 @@ import yaml
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.render.monitoring import rule_groups
-from tollway.translate.serving import serving
+from tollway.translate.serving import plan_serving
 
 from testbed import dataplane
 from testbed.kube import Cluster, eventually, operator
@@ -144,7 +144,7 @@ class Stack:
 def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("scaling")
     resource = parse(ModelDeployment, model())
-    rendered = serving(resource, (), "unused")
+    rendered = plan_serving(resource, (), "unused")
     rules = workdir / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule_groups(rendered)}))
     adapter_rules = workdir / "adapter.yaml"

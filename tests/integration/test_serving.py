@@ -17,7 +17,7 @@ import pytest
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.translate.serving import serving
+from tollway.translate.serving import plan_serving
 
 from builders import model_deployment
 from testbed.kube import Cluster, eventually, operator
@@ -49,7 +49,7 @@ def echo(name: str, model: str, **changes: Any) -> dict[str, Any]:
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTriton]:
     """Triton serving `echo` (both versions load) and `flaky` (version 2 fails to load)."""
     flaky, good = (
-        serving(parse(ModelDeployment, echo(name, name)), (), "unused") for name in ("flaky", "echo")
+        plan_serving(parse(ModelDeployment, echo(name, name)), (), "unused") for name in ("flaky", "echo")
     )
     with running(tmp_path_factory.mktemp("triton"), flaky, good, broken=[2]) as server:
         yield server

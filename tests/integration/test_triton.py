@@ -12,7 +12,7 @@ import tritonclient.http as triton_http
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.translate.serving import serving
+from tollway.translate.serving import plan_serving
 
 from builders import model_deployment
 from testbed.kube import eventually
@@ -33,7 +33,7 @@ def echo_serving(**changes: Any) -> Any:
         "spec.cache": {"enabled": True, "sizeBytes": 1048576},
     }
     resource = parse(ModelDeployment, model_deployment("echo", **{**spec, **changes}))
-    return serving(resource, TIER_PRIORITIES, "unused")
+    return plan_serving(resource, TIER_PRIORITIES, "unused")
 
 
 @pytest.fixture(scope="module")

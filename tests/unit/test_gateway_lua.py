@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2
 from tollway.api import ApiTier, ModelDeployment
 from tollway.api.parse import parse
 from tollway.render.envoy import lua_data
-from tollway.translate.gateway import gateway as translate_gateway
+from tollway.translate.gateway import plan_gateway
 
 from builders import api_tier, model_deployment
 
@@ -504,7 +504,7 @@ def test_the_program_rendered_from_resources_runs() -> None:
         "metadata": {"name": "pro-key", "labels": {"tollway.dev/tier": "pro"}},
         "data": {"api-key": "ay1wcm8="},  # k-pro
     }
-    plan = translate_gateway(
+    plan = plan_gateway(
         "ai",
         tiers=[parse(ApiTier, api_tier())],
         models=[parse(ModelDeployment, model_deployment())],

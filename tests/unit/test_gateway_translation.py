@@ -18,12 +18,12 @@ from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
 from tollway.ir.gateway import Limit, ModelLimits, Runtime
-from tollway.ir.observed import GatewayState, UsageState
+from tollway.ir.state import GatewayState, UsageState
 from tollway.observe import prometheus
 from tollway.render.lua import lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
-from tollway.translate.gateway import GatewayOptions, TierReport, gateway, selects
+from tollway.translate.gateway import GatewayOptions, TierReport, plan_gateway, selects
 
 from builders import api_tier, available_deployment, model_deployment
 
@@ -71,7 +71,7 @@ def key_secret(name: str, tier: str, key: str | None = "k", **metadata: Any) -> 
 
 def plan(tiers: list[dict[str, Any]], secrets: list[dict[str, Any]] = (), **model: Any) -> Any:  # type: ignore[assignment]
     chat = parse(ModelDeployment, model_deployment(**model))
-    return gateway(
+    return plan_gateway(
         "ai",
         tiers=[parse(ApiTier, tier) for tier in tiers],
         models=[chat],
@@ -151,7 +151,7 @@ def test_overrides_get_counters_of_their_own() -> None:
         },
     )
     models = [model_deployment(), model_deployment("embed", **{"spec.model.name": "embed"})]
-    built = gateway(
+    built = plan_gateway(
         "ai",
         tiers=[parse(ApiTier, tier)],
         models=[parse(ModelDeployment, document) for document in models],

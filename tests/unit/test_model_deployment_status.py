@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollway.api import ModelDeployment
-from tollway.ir.observed import PodProblem, ServingState, TritonState, VersionState
+from tollway.ir.state import PodProblem, ServingState, TritonState, VersionState
 from tollway.translate import Context, translate
 
 from builders import available_deployment, model_deployment

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import pytest
 
 from tollway.api import ApiTier, ModelDeployment, Resource
-from tollway.ir.observed import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
+from tollway.ir.state import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
 from tollway.k8s.apply import ApplyError
 from tollway.k8s.cache import Seen, WatchCache, index_id
 from tollway.reconcile import Reconciler, Resync

@@ -19,7 +19,7 @@ from tollway.api.parse import parse
 from tollway.render.autoscaling import p99_query
 from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate import translate_all
-from tollway.translate.serving import serving
+from tollway.translate.serving import plan_serving
 
 from builders import model_deployment
 
@@ -35,7 +35,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def rules_of(document: dict[str, Any]) -> list[dict[str, Any]]:
-    return rule_groups(serving(parse(ModelDeployment, document), (1, 2, 3), "unused"))
+    return rule_groups(plan_serving(parse(ModelDeployment, document), (1, 2, 3), "unused"))
 
 
 def example_models() -> list[dict[str, Any]]:

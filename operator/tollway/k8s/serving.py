@@ -7,7 +7,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tollway.ir.observed import DeploymentState, PodProblem
+from tollway.ir.state import DeploymentState, PodProblem
 from tollway.k8s.client import api_client
 
 #: Container waiting reasons that mean the pod will not start without a change.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tollway.observe import prometheus, triton
+from tollway.observe import prometheus, serving
 
 
 class LiveTelemetry:
-    model_state = staticmethod(triton.model_state)
+    model_state = staticmethod(serving.model_state)
     model_metrics = staticmethod(prometheus.model_metrics)
     tier_usage = staticmethod(prometheus.tier_usage)

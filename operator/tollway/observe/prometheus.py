@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from tollway.ir.observed import MetricsState, UsageState
+from tollway.ir.state import MetricsState, UsageState
 from tollway.render.monitoring import selector
 
 TIMEOUT_SECONDS = 3

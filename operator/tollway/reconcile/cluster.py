@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from tollway.api import Resource
-from tollway.ir.observed import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
+from tollway.ir.state import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
 
 Clock = Callable[[], datetime]
 """The time now, timezone-aware."""

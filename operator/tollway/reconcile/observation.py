@@ -9,7 +9,7 @@ from typing import Any
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.names import triton_children
-from tollway.ir.observed import MetricsState, ServingState, UsageState
+from tollway.ir.state import MetricsState, ServingState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.render.monitoring import MONITORING_API
 from tollway.settings import Settings

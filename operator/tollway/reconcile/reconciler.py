@@ -9,7 +9,7 @@ from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.ir.names import GATEWAY_NAME
-from tollway.ir.observed import GatewayState
+from tollway.ir.state import GatewayState
 from tollway.k8s.apply import ApplyError
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.reconcile.coalesce import Coalescer

@@ -15,14 +15,14 @@ from typing import Any
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.names import GATEWAY_NAME
-from tollway.ir.observed import GatewayState, ServingState, UsageState
 from tollway.ir.serving import TritonServing
+from tollway.ir.state import GatewayState, ServingState, UsageState
 from tollway.render import gateway as gateway_render
-from tollway.render import triton
+from tollway.render import serving as serving_render
 from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
-from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, gateway
-from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, serving, tier_priority
+from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, plan_gateway
+from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, plan_serving, tier_priority
 
 DEFAULT_OPTIONS = GatewayOptions()
 
@@ -83,18 +83,18 @@ def translate(
         status = {"observed_generation": generation, "conditions": conditions}
         return Result(status=_wire(kind, status), problems=invalid.problems)
     if isinstance(resource, ModelDeployment):
-        plan = serving(
+        plan = plan_serving(
             resource,
             context.tier_priorities,
             context.storage_initializer_image,
             context.prometheus_url,
             context.monitoring,
         )
-        children = triton.render(plan)
+        children = serving_render.render(plan)
         previous = (document.get("status") or {}).get("metrics")
         status = model_deployment.status(resource, context.serving, now, make, previous)
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
-        stale = tuple(kind for kind in triton.CHILD_KINDS if kind not in rendered)
+        stale = tuple(kind for kind in serving_render.CHILD_KINDS if kind not in rendered)
         return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale, ir=plan)
     assert isinstance(resource, ApiTier)
     previous_usage = (document.get("status") or {}).get("usage")
@@ -147,7 +147,7 @@ def translate_gateway(
         and (wait := ((document.get("status") or {}).get("metrics") or {}).get("estimatedWaitSeconds"))
         is not None
     }
-    plan = gateway(
+    plan = plan_gateway(
         namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options, waits=waits
     )
     rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []

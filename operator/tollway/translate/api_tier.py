@@ -10,7 +10,7 @@ from typing import Any
 from tollway.api import ApiTier
 from tollway.api.base import Condition, decimal
 from tollway.ir.names import GATEWAY_NAME
-from tollway.ir.observed import GatewayState, UsageState
+from tollway.ir.state import GatewayState, UsageState
 from tollway.translate.gateway import TierReport
 
 Make = Callable[..., Condition]

@@ -79,7 +79,7 @@ def retry_after(estimated_wait_seconds: float | None) -> int:
     return next((step for step in RETRY_STEPS if step >= estimated_wait_seconds), RETRY_STEPS[-1])
 
 
-def gateway(
+def plan_gateway(
     namespace: str,
     *,
     tiers: Sequence[ApiTier],

@@ -8,7 +8,7 @@ from typing import Any
 
 from tollway.api import Condition, ModelDeployment
 from tollway.api.model_deployment import Endpoint, VersionStatus
-from tollway.ir.observed import MetricsState, ServingState, TritonState
+from tollway.ir.state import MetricsState, ServingState, TritonState
 
 Make = Callable[..., Condition]
 TRITON_STATES = {

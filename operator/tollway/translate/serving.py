@@ -110,7 +110,7 @@ def epoch(date: str) -> int:
     return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp())
 
 
-def serving(
+def plan_serving(
     resource: ModelDeployment,
     tier_priorities: Iterable[int],
     storage_initializer: str,

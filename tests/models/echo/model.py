@@ -3,7 +3,7 @@
 It reports the input's length as prompt tokens and `parameters.max_tokens` (else the input's length) as
 completion tokens; `parameters.sleep_ms` makes each batch take that long, so tests can saturate its queue.
 
-Each version directory holds a copy-free link to this file (see tests/integration/triton.py); a version whose
+Each version directory holds a copy-free link to this file (see hack/testbed/triton.py); a version whose
 directory holds `broken` fails to initialise, so tests can see how a failed version is reported.
 """
 

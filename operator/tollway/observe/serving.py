@@ -8,7 +8,7 @@ from typing import Any
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from tollway.ir.observed import TritonState, VersionState
+from tollway.ir.state import TritonState, VersionState
 
 TIMEOUT_SECONDS = 2.0
 
