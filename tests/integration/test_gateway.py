@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import numpy
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from testbed.client import Reply
@@ -278,8 +280,8 @@ def test_the_key_never_reaches_the_model_and_the_tier_priority_does(gateway: Bed
         "authorization" not in headers and "x-api-key" not in headers and "x-tollway-cluster" not in headers
     )
     assert KEYS["carol"].encode() not in body
-    # pro's priority (1, the first level) goes first, so Triton reads it before the client's own value.
-    assert body == b'{"inputs": [], "parameters": {"priority":1,"priority": 9, "x": 1}}'
+    # pro's priority (1, the first level) replaces the client's own value; the other parameters pass as sent.
+    assert body == b'{"inputs": [], "parameters": {"priority":1,"x": 1}}'
     gateway.call(
         "/v1/models/recorder/infer", key=KEYS["carol"], body={"inputs": []}, headers={"x-api-key": "spoof"}
     )
@@ -432,12 +434,72 @@ def test_max_tokens_the_gateway_cannot_read_exactly_is_refused(gateway: Bed, max
     assert gateway.call("/v1/models/echo/infer", key=KEYS["tina"], raw=escaped).status == 400
 
 
-def test_duplicate_max_tokens_reserve_the_largest(gateway: Bed) -> None:
-    fresh_window()
-    text = json.dumps(infer_body(values=4))[:-1] + ', "parameters": {"max_tokens": 1, "max_tokens": 50}}'
-    reply = gateway.call("/v1/models/echo/infer", key=KEYS["olga"], raw=text.encode())
-    assert reply.status == 200, reply.body
-    assert int(reply.headers["x-ratelimit-remaining-tokens"]) == 600 - (math.ceil(len(text) / 4) + 50)
+# Bodies that Triton and the gateway could read two ways (issue #12): each is refused before it reaches the
+# model, so no client reserves for less than it asks for or sets its own priority.
+AMBIGUOUS_BODIES = {
+    "an escaped parameters key first": (
+        b'{"p\\u0061rameters": {"priority": 1, "max_tokens": 5000}, "parameters": {}, "inputs": []}',
+        "escape sequences are not accepted in the keys of the request",
+    ),
+    "two parameters objects": (
+        b'{"inputs": [], "parameters": {}, "parameters": {"max_tokens": 5000}}',
+        "parameters appears twice in the request",
+    ),
+    "two max_tokens": (
+        b'{"inputs": [], "parameters": {"max_tokens": 1, "max_tokens": 5000}}',
+        "max_tokens appears twice in parameters",
+    ),
+    "parameters that are no object": (
+        b'{"inputs": [], "parameters": null}',
+        "parameters must be a JSON object",
+    ),
+    "a second JSON value after the first": (
+        b'{"inputs": []} {"parameters": {"max_tokens": 5000}}',
+        "the request body holds more than one JSON value",
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "why"), AMBIGUOUS_BODIES.values(), ids=list(AMBIGUOUS_BODIES))
+def test_bodies_two_readers_could_read_differently_are_refused(gateway: Bed, raw: bytes, why: str) -> None:
+    gateway.recorded.clear()
+    reply = gateway.call("/v1/models/recorder/infer", key=KEYS["carol"], raw=raw)
+    assert (reply.status, reply.json()["error"]["message"]) == (400, why)
+    assert gateway.recorded == []
+
+
+def test_a_binary_body_must_declare_a_json_length_within_it(gateway: Bed) -> None:
+    gateway.recorded.clear()
+    header = b'{"inputs": [], "parameters": {"max_tokens": 5}}'
+    for declared, status in (("x", 400), (str(len(header) + 100), 400), (str(len(header)), 200)):
+        reply = gateway.call(
+            "/v1/models/recorder/infer",
+            key=KEYS["carol"],
+            raw=header + b"\x00" * 16,
+            headers={"inference-header-content-length": declared},
+        )
+        assert reply.status == status, (declared, reply.body)
+    assert len(gateway.recorded) == 1
+    _, headers, body = gateway.recorded[0]
+    rewritten = b'{"inputs": [], "parameters": {"priority":1,"max_tokens": 5}}'
+    assert body == rewritten + b"\x00" * 16
+    assert headers["inference-header-content-length"] == str(len(rewritten))
+
+
+def test_a_grpc_max_tokens_with_several_oneof_members_is_refused(gateway: Bed) -> None:
+    """int64_param 1 then double_param 1e9: protobuf reads the double, so no reading by the gateway could be
+    the backend's; refused before it reaches Triton."""
+    parameter = service_pb2.InferParameter(int64_param=1).SerializeToString()
+    parameter += service_pb2.InferParameter(double_param=1e9).SerializeToString()
+    request = service_pb2.ModelInferRequest(model_name="echo").SerializeToString()
+    entry = b"\x0a\x0amax_tokens" + b"\x12" + bytes([len(parameter)]) + parameter
+    request += b"\x22" + bytes([len(entry)]) + entry
+    assert service_pb2.ModelInferRequest.FromString(request).parameters["max_tokens"].double_param == 1e9
+    with grpc.insecure_channel(f"localhost:{gateway.ports[0]}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(request, metadata=(("authorization", f"Bearer {KEYS['carol']}"),), timeout=10)
+    assert "parameters.max_tokens must hold exactly one value" in (refused.value.details() or "")
 
 
 def test_compressed_bodies_are_refused_and_replies_come_plain(gateway: Bed) -> None:

@@ -235,13 +235,58 @@ def test_a_request_that_could_never_fit_the_token_limit_gets_429(gateway: Gatewa
     [
         (b'{"parameters":{"max_tokens":"lots"}}', "parameters.max_tokens must be a whole number"),
         (b'{"parameters":{"max_tokens":1.5}}', "parameters.max_tokens must be a whole number"),
-        (b'{"parameters":{"max_tok\\u0065ns":9}}', "escape sequences are not accepted in parameters"),
+        (
+            b'{"parameters":{"max_tok\\u0065ns":9}}',
+            "escape sequences are not accepted in the keys of parameters",
+        ),
+        (
+            b'{"p\\u0061rameters":{"max_tokens":9}}',
+            "escape sequences are not accepted in the keys of the request",
+        ),
+        (
+            b'{"parameters":{},"parameters":{"max_tokens":9}}',
+            "parameters appears twice in the request",
+        ),
+        (
+            b'{"parameters":{"max_tokens":1,"max_tokens":9}}',
+            "max_tokens appears twice in parameters",
+        ),
+        (b'{"<\\"x":1,"<\\"x":2}', "escape sequences are not accepted in the keys of the request"),
+        (b'{"<x>":1,"<x>":2}', "a key appears twice in the request"),  # not echoed into the JSON reply
+        (b'{"parameters":null}', "parameters must be a JSON object"),
+        (b'{"parameters":{"max_tokens":9}', "the request body is not a JSON object"),
+        (b'{"inputs":[]} {"parameters":{"max_tokens":9}}', "the request body holds more than one JSON value"),
+        (b'[{"parameters":{"max_tokens":9}}]', "the request body is not a JSON object"),
     ],
 )
 def test_unreadable_parameters_get_400(gateway: Gateway, body: bytes, why: str) -> None:
     handle = gateway.request(KEY, body, route=INFER)
     assert handle.answer == (400, why)
     assert handle.body_bytes == body
+
+
+def test_the_tier_priority_replaces_the_clients_and_the_other_parameters_pass_as_sent(
+    gateway: Gateway,
+) -> None:
+    body = (
+        b'{"id": "parameters", "parameters": {"priority": 1, "x": [1, "}"], "max_tokens": 7}, "inputs": []}'
+    )
+    handle = gateway.request(KEY, body, route=INFER)
+    assert handle.reply is None
+    assert (
+        handle.body_bytes
+        == b'{"id": "parameters", "parameters": {"priority":2,"x": [1, "}"],"max_tokens": 7}, "inputs": []}'
+    )
+
+
+@pytest.mark.parametrize("declared", ["x", "-1", "99999"])
+def test_a_binary_body_with_an_unreadable_json_length_gets_400(gateway: Gateway, declared: str) -> None:
+    body = b'{"inputs":[]}' + b"\x00" * 8
+    handle = gateway.request({**KEY, "inference-header-content-length": declared}, body, route=INFER)
+    assert handle.answer == (
+        400,
+        "Inference-Header-Content-Length must be a whole number no larger than the body",
+    )
 
 
 def test_a_compressed_body_gets_415(gateway: Gateway) -> None:

@@ -97,18 +97,8 @@ def first(pairs: Pairs, key: str) -> Any:
     return next((value for name, value in pairs if name == key), None)
 
 
-def readable_max_tokens(document: Pairs) -> list[int]:
-    """Every whole max_tokens a reader of the body may act on: under any top-level "parameters" (Triton
-    reads the first of duplicate keys, Python's json the last), any of its "max_tokens" keys."""
-    found = []
-    for name, parameters in document:
-        if name == "parameters" and isinstance(parameters, Pairs):
-            found += [
-                value
-                for key, value in parameters
-                if key == "max_tokens" and isinstance(value, int) and not isinstance(value, bool)
-            ]
-    return found
+def single(pairs: Pairs, key: str) -> bool:
+    return sum(1 for name, _ in pairs if name == key) == 1
 
 
 def rewrite(text: str, level: int = 3) -> tuple[str | None, int | None, str | None]:
@@ -120,7 +110,9 @@ def rewrite(text: str, level: int = 3) -> tuple[str | None, int | None, str | No
 
 
 def check_rewrite(text: str) -> None:
-    """The property: the gateway refuses the body, or it reads it the way every reader of the JSON does."""
+    """The property: the gateway refuses the body, or it reads it exactly as every reader of the JSON does
+    (so the body has one "parameters", one "max_tokens" in it, and keys without escapes), forwards the other
+    members as sent, and puts the tier's priority in place of any the client sent."""
     rewritten, max_tokens, problem = rewrite(text)
     if problem is not None:
         assert rewritten is None
@@ -130,87 +122,76 @@ def check_rewrite(text: str) -> None:
         sent = json.loads(text, object_pairs_hook=pairs_hook)
     except ValueError:
         return  # Triton refuses it too
-    if not isinstance(sent, Pairs):
-        return
+    assert isinstance(sent, Pairs), "only an object is read"
+    assert all(single(sent, name) for name, _ in sent), "duplicate keys are refused"
     forwarded = json.loads(rewritten, object_pairs_hook=pairs_hook)
-    taken = first(forwarded, "parameters")  # Triton reads the first of duplicate keys: the tier's level
-    assert isinstance(taken, Pairs) and taken[:1] == [("priority", 3)]
-    others = [(name, value) for name, value in sent if name != "parameters"]
-    assert [(name, value) for name, value in forwarded if name != "parameters"] == others
-    for asked in readable_max_tokens(sent):
-        assert max_tokens is not None and max_tokens >= min(asked, LUA_EXACT), (asked, max_tokens)
-
-
-def misread_parameters(text: str) -> bool:
-    """Issue #12: the scanner takes the first top-level "parameters" key it finds unescaped, if its value is
-    an object; a body with several such keys, an escaped one, or a string "parameters" before the key, may
-    be misread. True when the body has several, or the object the scanner takes is not the body's one."""
-    try:
-        sent = json.loads(text, object_pairs_hook=pairs_hook)
-    except ValueError:
-        return False
-    found = [value for name, value in sent if name == "parameters"] if isinstance(sent, Pairs) else []
-    if len(found) != 1:
-        return len(found) > 1
-    span = JSON.top_level_parameters(lua_text(text.encode()))
-    if not isinstance(span, tuple):
-        return True
-    return json.loads(text.encode()[span[0] - 1 : span[1]], object_pairs_hook=pairs_hook) != found[0]
-
-
-def check_body(text: str) -> None:
-    try:
-        check_rewrite(text)
-    except AssertionError:
-        if not misread_parameters(text):
-            raise
+    assert [member for member in forwarded if member[0] != "parameters"] == [
+        member for member in sent if member[0] != "parameters"
+    ]
+    taken = first(forwarded, "parameters")
+    given = first(sent, "parameters") or Pairs()
+    assert isinstance(taken, Pairs) and isinstance(given, Pairs)
+    assert all(single(given, name) for name, _ in given), "duplicate keys are refused"
+    assert taken == [("priority", 3), *[member for member in given if member[0] != "priority"]]
+    asked = first(given, "max_tokens")
+    if asked is None:
+        assert max_tokens is None
+        return
+    assert isinstance(asked, int) and not isinstance(asked, bool), "only a whole number is read"
+    assert max_tokens == asked if asked < LUA_EXACT else max_tokens >= LUA_EXACT
 
 
 @FAST
 @given(documents())
 def test_json_bodies_are_read_as_json_reads_them_or_refused(text: str) -> None:
-    check_body(text)
+    check_rewrite(text)
 
 
 @FAST
 @given(documents(), st.data())
 def test_truncated_json_bodies_never_break_the_scanner(text: str, data: st.DataObject) -> None:
-    check_body(text[: data.draw(st.integers(min_value=0, max_value=len(text)))])
+    check_rewrite(text[: data.draw(st.integers(min_value=0, max_value=len(text)))])
+
+
+# Keys JSON writes without an escape (the gateway refuses escaped keys where it reads them).
+plain_keys = keys.filter(lambda key: json.dumps(key, ensure_ascii=False) == f'"{key}"')
 
 
 @FAST
-@given(st.dictionaries(keys, plain_values, max_size=5))
+@given(st.dictionaries(plain_keys, plain_values, max_size=5))
 def test_the_parameters_span_is_the_parameters_object(parameters: dict[str, Any]) -> None:
-    text = json.dumps({"inputs": [{"parameters": {"x": 1}}], "parameters": parameters, "id": "}"})
-    span = JSON.top_level_parameters(lua_text(text.encode()))
-    assert isinstance(span, tuple)
-    open_, close = span
-    assert json.loads(from_lua(lua_text(text.encode())[open_ - 1 : close])) == parameters
+    document = {"inputs": [{"parameters": {"x": 1}}], "parameters": parameters, "id": "}"}
+    text = json.dumps(document, ensure_ascii=False)
+    read = JSON.request(lua_text(text.encode()))
+    start, stop = read.parameters.value_start, read.parameters.value_stop
+    assert json.loads(text.encode()[start - 1 : stop - 1]) == parameters
 
 
-# Bodies the JSON property found that the gateway reads differently from JSON (issue #12): each lets a
-# client ask for more max_tokens than the gateway reserves or, with the escaped key first, set its own
-# priority (Triton reads the first of duplicate keys). These pass, and check_body's tolerance can go, once
-# the scanner is fixed.
+# Bodies the JSON property found that the gateway once read differently from JSON (issue #12): each let a
+# client ask for more max_tokens than the gateway reserved or, with the escaped key first, set its own
+# priority (Triton reads the first of duplicate keys). Each is now refused.
 MISREAD_BODIES = {
     "an escaped parameters key first": (
         '{"p\\u0061rameters":{"priority":1,"max_tokens":100000},"parameters":{}}'
     ),
     "an escaped parameters key alone": '{"p\\u0061rameters":{"max_tokens":100000}}',
     "two parameters keys": '{"parameters":{},"parameters":{"max_tokens":100000}}',
-    "a string value equal to parameters before the key": (
-        '{"id":"parameters","parameters":{"max_tokens":100000}}'
-    ),
     "a parameters key whose value is not an object, then a second one": (
         '{"parameters":null,"parameters":{"max_tokens":100000}}'
     ),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue #12: the JSON scanner misreads these parameters")
 @pytest.mark.parametrize("text", MISREAD_BODIES.values(), ids=list(MISREAD_BODIES))
-def test_known_misread_bodies(text: str) -> None:
+def test_bodies_once_misread_are_refused(text: str) -> None:
+    rewritten, _, problem = rewrite(text)
+    assert rewritten is None and problem is not None
+
+
+def test_a_string_value_equal_to_parameters_is_no_key() -> None:
+    text = '{"id":"parameters","parameters":{"max_tokens":100000}}'
     check_rewrite(text)
+    assert rewrite(text)[1] == 100000
 
 
 # Protobuf: ModelInferRequest messages from tritonclient's generated classes, and hand-made wire bytes.
@@ -280,10 +261,12 @@ def check_request(message: bytes) -> None:
     counted = PROTOBUF.grpc_max_tokens(rest)
     if isinstance(counted, tuple):
         return  # refused: "parameters.max_tokens must be a whole number"
-    if "max_tokens" in parsed.parameters:
-        asked = whole_number(parsed.parameters["max_tokens"])
-        assert asked is not None, "a max_tokens that is no whole number must be refused"
-        assert counted is not None and counted >= min(asked, LUA_EXACT), (asked, counted)
+    if "max_tokens" not in parsed.parameters:
+        assert counted is None
+        return
+    asked = whole_number(parsed.parameters["max_tokens"])
+    assert asked is not None, "a max_tokens that is no whole number must be refused"
+    assert counted == asked if asked < LUA_EXACT else counted >= LUA_EXACT, (asked, counted)
 
 
 @FAST
@@ -339,58 +322,44 @@ raw_fields = st.one_of(
 )
 
 
-def wire_fields(message: bytes) -> list[tuple[int, bytes]]:
-    """The top-level fields of a message as protobuf.lua splits them: (number, value bytes) each."""
-    found = PROTOBUF.fields(wire(message))
-    if found is None:
-        return []
-    return [(part.number, message[part.value_start - 1 : part.stop - 1]) for part in found.values()]
-
-
-def mixed_max_tokens(message: bytes) -> bool:
-    """Issue #12: protobuf takes the last member of InferParameter's oneof on the wire, and merges an entry's
-    repeated values; the reader takes a whole-number member wherever it is. True when a max_tokens entry holds
-    more than one member."""
-    for number, entry in wire_fields(message):
-        parts = wire_fields(entry) if number == 4 else []
-        if (1, b"max_tokens") in parts:
-            values = [value for part, value in parts if part == 2]
-            if len(values) > 1 or any(len(wire_fields(value)) > 1 for value in values):
-                return True
-    return False
-
-
-def check_wire(message: bytes) -> None:
-    try:
-        check_request(message)
-    except AssertionError:
-        if not mixed_max_tokens(message):
-            raise
-
-
 @FAST
 @given(st.lists(raw_fields, max_size=6).map(b"".join), st.data())
 def test_hostile_wire_bytes_are_read_as_protobuf_reads_them_or_refused(
     message: bytes, data: st.DataObject
 ) -> None:
     cut = data.draw(st.integers(min_value=0, max_value=len(message)))
-    check_wire(message[: len(message) if data.draw(st.booleans()) else cut])
+    check_request(message[: len(message) if data.draw(st.booleans()) else cut])
 
 
-# Parameters the protobuf property found that the gateway reads differently from protobuf (issue #12): a
-# whole number before a member protobuf reads instead (the last on the wire), so that the gateway reserves
-# for the small number while the backend reads the other. These pass once the reader is fixed.
+# Parameters the protobuf property found that the gateway once read differently from protobuf (issue #12): a
+# whole number before a member protobuf reads instead (the last on the wire), so that the gateway reserved
+# for the small number while the backend read the other. Each is now refused.
 MIXED_PARAMETERS = {
     "int64 then double": field(2, 0, encode(1)) + field(4, 1, struct.pack("<d", 1e9)),
     "int64 then bool": field(2, 0, encode(0)) + field(1, 0, b"\x00"),
+    "int64 twice": field(2, 0, encode(1)) + field(2, 0, encode(9)),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue #12: the protobuf reader takes the wrong member of the oneof")
 @pytest.mark.parametrize("parameter", MIXED_PARAMETERS.values(), ids=list(MIXED_PARAMETERS))
-def test_known_mixed_parameters(parameter: bytes) -> None:
+def test_parameters_with_several_members_are_refused(parameter: bytes) -> None:
     entry = field(1, 2, b"max_tokens") + field(2, 2, parameter)
-    check_request(field(1, 2, b"chat") + field(4, 2, entry))
+    assert PROTOBUF.grpc_max_tokens(wire(field(4, 2, entry))) == (
+        None,
+        lua_text(b"parameters.max_tokens must hold exactly one value"),
+    )
+
+
+def test_max_tokens_given_twice_or_in_an_entry_read_two_ways_is_refused() -> None:
+    one = field(4, 2, field(1, 2, b"max_tokens") + field(2, 2, field(2, 0, encode(5))))
+    merged = field(4, 2, field(1, 2, b"max_tokens") + field(2, 2, b"") + field(2, 2, field(2, 0, encode(5))))
+    assert PROTOBUF.grpc_max_tokens(wire(one)) == 5
+    assert PROTOBUF.grpc_max_tokens(wire(one + one))[1] == lua_text(
+        b"parameters.max_tokens is given more than once"
+    )
+    assert PROTOBUF.grpc_max_tokens(wire(merged))[1] == lua_text(
+        b"parameters: an entry repeats its key or its value"
+    )
 
 
 @FAST

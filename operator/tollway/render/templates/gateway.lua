@@ -143,7 +143,14 @@ local function prepare_http_infer(handle, level)
   if body == nil then return 0 end
   local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
   local bytes = body:getBytes(0, body:length())
-  local json_length = tonumber(headers:get("inference-header-content-length") or "") or #bytes
+  -- Triton's binary tensor extension: the JSON is the first Inference-Header-Content-Length bytes.
+  local declared, json_length = headers:get("inference-header-content-length"), #bytes
+  if declared ~= nil then
+    json_length = tonumber(declared:match("^%d+$") or "")
+    if json_length == nil or json_length > #bytes then
+      return nil, nil, "Inference-Header-Content-Length must be a whole number no larger than the body"
+    end
+  end
   local rewritten, max_tokens, problem = json.with_priority(bytes:sub(1, json_length), level)
   if rewritten == nil then return nil, nil, problem end
   local rest = bytes:sub(json_length + 1)

@@ -1,7 +1,18 @@
--- KServe v2 JSON request bodies, read only as far as the gateway needs: the top-level "parameters" object,
--- the max_tokens it asks for, and the tier's priority written into it. Pure string functions.
+-- KServe v2 JSON request bodies, read the way Triton reads them or refused: the top-level object's members,
+-- its "parameters" object, the max_tokens it asks for, and the tier's priority written into it. Pure string
+-- functions.
+--
+-- Canonical reading: where two readers of the same JSON could disagree, the body is refused. So the keys of
+-- the top-level object and of "parameters" may hold no escape sequence ("param\u0065ters" is "parameters"
+-- to Triton) and appear once (Triton reads the first of duplicate keys, Python's json the last), the body
+-- is one object with nothing after it, and "parameters" is an object. Values are skipped, not decoded:
+-- brackets inside strings never count, and a body that is not JSON is refused here or by Triton.
 
 local M = {}
+
+local NOT_JSON = "the request body is not a JSON object"
+
+local function skip_space(json, at) return json:match("^[ \t\n\r]*()", at) end
 
 -- The position of the quote that closes the string opened at `open`, or nil when the string never closes.
 local function closing_quote(json, open)
@@ -14,83 +25,119 @@ local function closing_quote(json, open)
   end
 end
 
--- The position of the brace that closes the object opened at `open`, or nil when it never closes.
-local function closing_brace(json, open)
-  local depth, at = 0, open
+-- The position after the JSON value that starts at `at`, or nil when it is cut short or is not a value.
+local function value_end(json, at)
+  local char = json:sub(at, at)
+  if char == '"' then
+    local close = closing_quote(json, at)
+    return close and close + 1
+  end
+  if char ~= "{" and char ~= "[" then return json:match("^[%w%.%+%-]+()", at) end -- number, true, false, null
+  local depth = 0
   while true do
-    at = json:find('[{}"]', at)
+    at = json:find('[%[%]{}"]', at)
     if at == nil then return nil end
-    if json:sub(at, at) == '"' then
+    char = json:sub(at, at)
+    if char == '"' then
       at = closing_quote(json, at)
       if at == nil then return nil end
+    elseif char == "{" or char == "[" then
+      depth = depth + 1
     else
-      depth = depth + (json:sub(at, at) == "{" and 1 or -1)
-      if depth == 0 then return at end
+      depth = depth - 1
+      if depth == 0 then return at + 1 end
     end
     at = at + 1
   end
 end
 
--- The span of the top-level "parameters" object ({ and } positions), or nil.
-function M.top_level_parameters(json)
-  local depth, position = 0, 1
+-- The members of the object whose brace is at `open`, each {key, start, value_start, value_stop} (stop
+-- exclusive), and the position after its closing brace; or nil and why the object is refused.
+local function members(json, open, where)
+  local found, seen = {}, {}
+  local at = skip_space(json, open + 1)
+  if json:sub(at, at) == "}" then return found, at + 1 end
   while true do
-    local at = json:find('[{}%[%]"]', position)
-    if at == nil then return nil end
+    if json:sub(at, at) ~= '"' then return nil, NOT_JSON end
+    local close = closing_quote(json, at)
+    if close == nil then return nil, NOT_JSON end
+    local key = json:sub(at + 1, close - 1)
+    if key:find("\\", 1, true) then
+      return nil, "escape sequences are not accepted in the keys of " .. where
+    end
+    if seen[key] then
+      -- named only when it is a plain word: the message goes into a JSON reply unescaped
+      return nil, (key:match("^[%w_.-]+$") or "a key") .. " appears twice in " .. where
+    end
+    seen[key] = true
+    local colon = skip_space(json, close + 1)
+    if json:sub(colon, colon) ~= ":" then return nil, NOT_JSON end
+    local value_start = skip_space(json, colon + 1)
+    local value_stop = value_end(json, value_start)
+    if value_stop == nil then return nil, NOT_JSON end
+    found[#found + 1] = { key = key, start = at, value_start = value_start, value_stop = value_stop }
+    at = skip_space(json, value_stop)
     local char = json:sub(at, at)
-    if char == '"' then
-      local close = closing_quote(json, at)
-      if close == nil then return nil end
-      if depth == 1 and json:sub(at + 1, close - 1) == "parameters" then
-        local open = json:match("^%s*:%s*(){", close + 1)
-        if open == nil then return nil end
-        local stop = closing_brace(json, open)
-        if stop == nil then return nil end
-        return open, stop
+    if char == "}" then return found, at + 1 end
+    if char ~= "," then return nil, NOT_JSON end
+    at = skip_space(json, at + 1)
+  end
+end
+
+-- The request as the gateway reads it: {open, members, parameters (the member, if any), parameter_members};
+-- or nil and why it is refused.
+function M.request(json)
+  local open = skip_space(json, 1)
+  if json:sub(open, open) ~= "{" then return nil, NOT_JSON end
+  local top, stop = members(json, open, "the request")
+  if top == nil then return nil, stop end
+  if skip_space(json, stop) <= #json then return nil, "the request body holds more than one JSON value" end
+  local request = { open = open, members = top }
+  for _, member in ipairs(top) do
+    if member.key == "parameters" then
+      if json:sub(member.value_start, member.value_start) ~= "{" then
+        return nil, "parameters must be a JSON object"
       end
-      position = close + 1
-    else
-      depth = depth + ((char == "{" or char == "[") and 1 or -1)
-      position = at + 1
+      local inner, problem = members(json, member.value_start, "parameters")
+      if inner == nil then return nil, problem end
+      request.parameters, request.parameter_members = member, inner
     end
   end
+  return request
 end
 
--- The largest max_tokens in a parameters object, or nil; an error when one cannot be read the way Triton
--- and a backend would read it (every duplicate counts, so no reading of the JSON can ask for more).
-function M.requested_max_tokens(parameters)
-  if parameters:find("\\u", 1, true) then return nil, "escape sequences are not accepted in parameters" end
-  local most, from = nil, 1
-  while true do
-    local at = parameters:find('"max_tokens"', from, true)
-    if at == nil then return most end
-    local number = parameters:match("^%s*:%s*(%d+)%s*[,}]", at + 12)
-    if number == nil then return nil, "parameters.max_tokens must be a whole number" end
-    most = math.max(most or 0, tonumber(number))
-    from = at + 12
-  end
+-- A parameters member's max_tokens, or nil and an error when it is not a whole number as JSON writes one.
+local function whole_number(text)
+  if text == "0" or text:match("^[1-9]%d*$") then return tonumber(text) end
+  return nil, "parameters.max_tokens must be a whole number"
 end
 
--- The JSON with the tier's priority as the request's first parameter (Triton reads the first of
--- duplicate keys, so a client cannot outrank its tier), the max_tokens asked for, or nil and an error.
+-- The JSON with the tier's priority as the request's first parameter (any the client sent is dropped), the
+-- max_tokens asked for, or nil, nil and why the body is refused.
 function M.with_priority(json, level)
-  local open, close = M.top_level_parameters(json)
+  local request, problem = M.request(json)
+  if request == nil then return nil, nil, problem end
   local setting = '"priority":' .. level
-  if open == nil then
-    local brace = json:find("{", 1, true)
-    if brace == nil then return json end
-    local empty = json:match("^%s*}", brace + 1) ~= nil
+  local parameters = request.parameters
+  if parameters == nil then
+    local brace = request.open
     return json:sub(1, brace)
       .. '"parameters":{'
       .. setting
       .. "}"
-      .. (empty and "" or ",")
+      .. (#request.members == 0 and "" or ",")
       .. json:sub(brace + 1)
   end
-  local max_tokens, problem = M.requested_max_tokens(json:sub(open, close))
-  if problem then return nil, nil, problem end
-  local empty = json:match("^%s*}", open + 1) ~= nil
-  return json:sub(1, open) .. setting .. (empty and "" or ",") .. json:sub(open + 1), max_tokens
+  local kept, max_tokens = { setting }, nil
+  for _, member in ipairs(request.parameter_members) do
+    if member.key == "max_tokens" then
+      max_tokens, problem = whole_number(json:sub(member.value_start, member.value_stop - 1))
+      if max_tokens == nil then return nil, nil, problem end
+    end
+    if member.key ~= "priority" then kept[#kept + 1] = json:sub(member.start, member.value_stop - 1) end
+  end
+  local object = "{" .. table.concat(kept, ",") .. "}"
+  return json:sub(1, parameters.value_start - 1) .. object .. json:sub(parameters.value_stop), max_tokens
 end
 
 return M

@@ -84,40 +84,65 @@ function M.name_and_version(message)
   return name, version, table.concat(rest)
 end
 
--- An InferParameter's whole number (int64_param 2 or uint64_param 5 as a varint, string_param 3 in
--- decimal), or nil.
+-- InferParameter's oneof members (bool 1, int64 2, string 3, double 4, uint64 5) and their wire types; a
+-- field of another wire type is an unknown field to protobuf, and to this reader too.
+local MEMBER_WIRES = { [1] = 0, [2] = 0, [3] = 2, [4] = 1, [5] = 0 }
+
+-- An InferParameter's whole number (int64_param or uint64_param, or string_param in decimal); nil and why
+-- not otherwise. Protobuf reads the last member on the wire and merges repeated messages, so anything but
+-- exactly one member is refused rather than guessed at.
 local function whole_number(parameter)
-  local number = nil
-  for _, choice in ipairs(M.fields(parameter) or {}) do
-    if choice.wire == 0 and (choice.number == 2 or choice.number == 5) then
-      number = M.varint(parameter, choice.value_start)
-    elseif choice.number == 3 then
-      number = tonumber(parameter:sub(choice.value_start, choice.stop - 1):match("^%d+$") or "")
+  local member = nil
+  for _, field in ipairs(M.fields(parameter) or {}) do
+    if MEMBER_WIRES[field.number] == field.wire then
+      if member ~= nil then return nil, "parameters.max_tokens must hold exactly one value" end
+      member = field
     end
   end
+  local number = nil
+  if member and (member.number == 2 or member.number == 5) then
+    number = M.varint(parameter, member.value_start)
+    if member.number == 2 and number and number >= 2 ^ 63 then number = nil end -- a negative int64
+  elseif member and member.number == 3 then
+    number = tonumber(parameter:sub(member.value_start, member.stop - 1):match("^%d+$") or "")
+  end
+  if number == nil then return nil, "parameters.max_tokens must be a whole number" end
   return number
 end
 
--- The largest parameters["max_tokens"] of a ModelInferRequest (field 4, a map of InferParameter), or nil;
--- an error when one is not a whole number (int64, uint64 or a decimal string).
+-- The key and value of a parameters map entry; nil and why when protobuf could read it otherwise (an entry
+-- is a message: a repeated key is read as the last, repeated values are merged).
+local function entry_parts(entry)
+  local found = M.fields(entry)
+  if found == nil then return nil, nil, "parameters: an entry is not a protobuf message" end
+  local key, value, keys, values = nil, nil, 0, 0
+  for _, part in ipairs(found) do
+    if part.wire == 2 and part.number == 1 then
+      key, keys = entry:sub(part.value_start, part.stop - 1), keys + 1
+    elseif part.wire == 2 and part.number == 2 then
+      value, values = entry:sub(part.value_start, part.stop - 1), values + 1
+    end
+  end
+  if keys > 1 or values > 1 then return nil, nil, "parameters: an entry repeats its key or its value" end
+  return key or "", value or ""
+end
+
+-- parameters["max_tokens"] of a ModelInferRequest (field 4, a map of InferParameter), or nil; an error when
+-- it is not one whole number (int64, uint64 or a decimal string) given once.
 function M.grpc_max_tokens(message)
-  local most = nil
+  local max_tokens = nil
   for _, field in ipairs(M.fields(message) or {}) do
     if field.number == 4 and field.wire == 2 then
-      local entry = message:sub(field.value_start, field.stop - 1)
-      local key, value = nil, nil
-      for _, part in ipairs(M.fields(entry) or {}) do
-        if part.number == 1 then key = entry:sub(part.value_start, part.stop - 1) end
-        if part.number == 2 then value = entry:sub(part.value_start, part.stop - 1) end
-      end
+      local key, value, problem = entry_parts(message:sub(field.value_start, field.stop - 1))
+      if key == nil then return nil, problem end
       if key == "max_tokens" then
-        local number = whole_number(value or "")
-        if number == nil then return nil, "parameters.max_tokens must be a whole number" end
-        most = math.max(most or 0, number)
+        if max_tokens ~= nil then return nil, "parameters.max_tokens is given more than once" end
+        max_tokens, problem = whole_number(value)
+        if max_tokens == nil then return nil, problem end
       end
     end
   end
-  return most
+  return max_tokens
 end
 
 -- The request for `name` and `version` with the caller's other fields (`rest`, from name_and_version) and,
