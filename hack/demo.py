@@ -160,7 +160,7 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     rules.mkdir(parents=True, exist_ok=True)
     for name, content in applied["data"].items():
         (rules / name).write_text(content)
-    gateway = dataplane.Gateway(
+    gateway = dataplane.GatewayProcesses(
         workdir=WORK,
         replicas=[dataplane.EnvoyPorts.free() for _ in range(ENVOY_REPLICAS)],
         upstreams=[served.upstream(item.model.name) for item in servings],

@@ -3,8 +3,8 @@ envoyproxy/ratelimit service (built by hack/build-tools.sh) and Envoy replicas (
 started on the files `tollway gateway-config` writes; and what watches it, Prometheus (Debian's) on the
 rules Tollway renders and prometheus-adapter (built by hack/build-tools.sh) serving them to the HPA.
 
-The gateway tests' bed, the demo and the benchmarks all start the gateway through `Gateway`. Every start
-waits until the process answers and fails loudly, with its log, when it does not.
+The gateway tests' bed, the demo and the benchmarks all start the gateway through `GatewayProcesses`.
+Every start waits until the process answers and fails loudly, with its log, when it does not.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class EnvoyPorts:
 
 
 @dataclass(kw_only=True)
-class Gateway:
+class GatewayProcesses:
     """Redis, one ratelimit service on it and Envoy replicas sharing it, each replica configured by its own
     `tollway gateway-config` run (in `workdir`/gateway-INDEX). Starting and stopping each component is a
     method, so that a test can stop one and start it again."""

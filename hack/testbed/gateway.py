@@ -273,7 +273,7 @@ def serving_thread(server: http.server.HTTPServer) -> Iterator[int]:
 
 
 @dataclass(kw_only=True)
-class Bed(dataplane.Gateway):
+class Bed(dataplane.GatewayProcesses):
     """The gateway's data path with a listener per replica for each of two mTLS tiers, in front of Triton
     (echo and tiny) and the recording upstream."""
 

@@ -2,7 +2,8 @@
 
 Level-based: every watch event (any change to the resource, its status included) and a periodic resync
 (`reconcile.Resync`, started here) run the same reconcile, which writes nothing when nothing changed.
-Handlers return None, so kopf writes no handler results into status. No handler needs a finalizer, so
+The change handlers return None, so kopf writes no handler results into status (the index handlers
+return what kopf keeps in its indexes). No handler needs a finalizer, so
 resources stay deletable while the operator is away. kopf indexes the ApiTiers and ModelDeployments by
 namespace from its watch, so the reconciles find a namespace's without listing them.
 """

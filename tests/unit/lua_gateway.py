@@ -185,7 +185,7 @@ class RouteMetadata(Fake):
 
 
 @dataclass
-class Reply:
+class ProgramReply:
     """A local reply the program made with handle:respond."""
 
     status: int
@@ -216,7 +216,7 @@ class Handle(Fake):
         self.dynamic = DynamicMetadata(lua, metadata)
         connection = None if certificate is None else Connection(lua, certificate)
         self.info = StreamInfo(lua, self.dynamic, connection, local_address)
-        self.reply: Reply | None = None
+        self.reply: ProgramReply | None = None
         self.errors: list[str] = []
         self.route_cache_cleared = 0
 
@@ -234,7 +234,7 @@ class Handle(Fake):
 
     def respond(self, headers: Any, body: str) -> None:
         values = python(headers)
-        self.reply = Reply(int(values.pop(":status")), values, body)
+        self.reply = ProgramReply(int(values.pop(":status")), values, body)
 
     def logErr(self, message: str) -> None:  # noqa: N802
         self.errors.append(message)
@@ -262,7 +262,7 @@ class Handle(Fake):
         return self.dynamic.namespaces.get("tollway", {})
 
 
-class Gateway:
+class GatewayProgram:
     """The request program Envoy runs (`gateway_program(data)`), on a clock the test sets."""
 
     def __init__(self, data: dict[str, Any], now: int) -> None:

@@ -15,8 +15,8 @@ LUA = sorted(
     str(path.relative_to(ROOT)) for path in (ROOT / "operator/tollway/render/templates").glob("*.lua")
 )
 CHECKS = {
-    "ruff-check": [str(BIN / "ruff"), "check", "operator", "tests", "hack"],
-    "ruff-format": [str(BIN / "ruff"), "format", "--check", "operator", "tests", "hack"],
+    "ruff-check": [str(BIN / "ruff"), "check", "operator", "tests", "hack", "bench"],
+    "ruff-format": [str(BIN / "ruff"), "format", "--check", "operator", "tests", "hack", "bench"],
     "mypy": [str(BIN / "mypy")],
     "import-linter": [str(BIN / "lint-imports")],
     # luacheck exits 1 on warnings too; StyLua comes from npm (hack/stylua.mjs installs it on first use).

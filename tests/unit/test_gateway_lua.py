@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from lua_gateway import Certificate, Gateway, Module
+from lua_gateway import Certificate, GatewayProgram, Module
 from tritonclient.grpc import service_pb2
 
 from tollway.api import ApiTier, ModelDeployment
@@ -90,8 +90,8 @@ DATA: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Gateway:
-    return Gateway(DATA, NOW)
+def gateway() -> GatewayProgram:
+    return GatewayProgram(DATA, NOW)
 
 
 def infer_body(**parameters: Any) -> bytes:
@@ -115,7 +115,7 @@ def grpc_message(frame: bytes) -> service_pb2.ModelInferRequest:
 # HTTP
 
 
-def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway: Gateway) -> None:
+def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway: GatewayProgram) -> None:
     body = infer_body(max_tokens=100, temperature=0.5)
     sent = {**KEY, "content-length": str(len(body)), "accept-encoding": "gzip", "x-tollway-cluster": "evil"}
     handle = gateway.request(sent, body, route=INFER)
@@ -144,7 +144,7 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
     assert handle.route_cache_cleared == 2  # the client's cluster header dropped, then the gateway's
 
 
-def test_a_binary_infer_body_keeps_its_tail_and_its_json_length_header(gateway: Gateway) -> None:
+def test_a_binary_infer_body_keeps_its_tail_and_its_json_length_header(gateway: GatewayProgram) -> None:
     document, tail = infer_body(), b"\x00\x01raw tensor bytes\xff"
     headers = {**KEY, "inference-header-content-length": str(len(document))}
     handle = gateway.request(headers, document + tail, route=INFER)
@@ -156,7 +156,7 @@ def test_a_binary_infer_body_keeps_its_tail_and_its_json_length_header(gateway: 
     assert handle.tollway["reserve"] == str(math.ceil(len(document + tail) / 4) + 256)  # the model's default
 
 
-def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway: Gateway) -> None:
+def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway: GatewayProgram) -> None:
     handle = gateway.request({"x-api-key": "k-free"}, infer_body(), route=INFER)
     assert handle.reply is None
     assert handle.tollway == {
@@ -169,7 +169,7 @@ def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway:
     }
 
 
-def test_a_metadata_request_is_routed_without_limits_or_body(gateway: Gateway) -> None:
+def test_a_metadata_request_is_routed_without_limits_or_body(gateway: GatewayProgram) -> None:
     handle = gateway.request(KEY, route={"kind": "metadata", "model": "chat", "version": "1"})
     assert handle.reply is None
     assert handle.header_values == {"x-tollway-cluster": "triton-http|chat"}
@@ -182,7 +182,7 @@ def test_a_metadata_request_is_routed_without_limits_or_body(gateway: Gateway) -
     }
 
 
-def test_a_request_off_the_model_routes_is_left_to_envoy(gateway: Gateway) -> None:
+def test_a_request_off_the_model_routes_is_left_to_envoy(gateway: GatewayProgram) -> None:
     handle = gateway.request({"x-tollway-cluster": "evil"})
     assert handle.reply is None and handle.header_values == {} and handle.tollway == {}
 
@@ -199,7 +199,9 @@ def test_a_request_off_the_model_routes_is_left_to_envoy(gateway: Gateway) -> No
         ({"x-api-key": "k-old"}, "API key expired"),
     ],
 )
-def test_a_caller_without_a_valid_key_gets_401(gateway: Gateway, headers: dict[str, str], why: str) -> None:
+def test_a_caller_without_a_valid_key_gets_401(
+    gateway: GatewayProgram, headers: dict[str, str], why: str
+) -> None:
     handle = gateway.request(headers, infer_body(), route=INFER)
     assert handle.reply is not None
     assert (handle.reply.status, handle.reply.headers, handle.reply.body) == (
@@ -210,17 +212,17 @@ def test_a_caller_without_a_valid_key_gets_401(gateway: Gateway, headers: dict[s
     assert "x-tollway-cluster" not in handle.header_values and handle.tollway == {}
 
 
-def test_a_tier_gets_403_for_a_version_it_may_not_use(gateway: Gateway) -> None:
+def test_a_tier_gets_403_for_a_version_it_may_not_use(gateway: GatewayProgram) -> None:
     handle = gateway.request({"x-api-key": "k-free"}, route={**INFER, "version": 1})
     assert handle.answer == (403, "tier free may not use chat version 1")
 
 
-def test_a_switched_off_version_gets_410_before_the_caller_is_asked(gateway: Gateway) -> None:
+def test_a_switched_off_version_gets_410_before_the_caller_is_asked(gateway: GatewayProgram) -> None:
     handle = gateway.request({}, route={**INFER, "version": 0})
     assert handle.answer == (410, "this model version was switched off on 2026-09-21")
 
 
-def test_a_request_that_could_never_fit_the_token_limit_gets_429(gateway: Gateway) -> None:
+def test_a_request_that_could_never_fit_the_token_limit_gets_429(gateway: GatewayProgram) -> None:
     handle = gateway.request(KEY, infer_body(max_tokens=5000), route=INFER)
     reserve = math.ceil(len(infer_body(max_tokens=5000)) / 4) + 5000
     assert handle.answer == (
@@ -259,14 +261,14 @@ def test_a_request_that_could_never_fit_the_token_limit_gets_429(gateway: Gatewa
         (b'[{"parameters":{"max_tokens":9}}]', "the request body is not a JSON object"),
     ],
 )
-def test_unreadable_parameters_get_400(gateway: Gateway, body: bytes, why: str) -> None:
+def test_unreadable_parameters_get_400(gateway: GatewayProgram, body: bytes, why: str) -> None:
     handle = gateway.request(KEY, body, route=INFER)
     assert handle.answer == (400, why)
     assert handle.body_bytes == body
 
 
 def test_the_tier_priority_replaces_the_clients_and_the_other_parameters_pass_as_sent(
-    gateway: Gateway,
+    gateway: GatewayProgram,
 ) -> None:
     body = (
         b'{"id": "parameters", "parameters": {"priority": 1, "x": [1, "}"], "max_tokens": 7}, "inputs": []}'
@@ -280,7 +282,9 @@ def test_the_tier_priority_replaces_the_clients_and_the_other_parameters_pass_as
 
 
 @pytest.mark.parametrize("declared", ["x", "-1", "99999"])
-def test_a_binary_body_with_an_unreadable_json_length_gets_400(gateway: Gateway, declared: str) -> None:
+def test_a_binary_body_with_an_unreadable_json_length_gets_400(
+    gateway: GatewayProgram, declared: str
+) -> None:
     body = b'{"inputs":[]}' + b"\x00" * 8
     handle = gateway.request({**KEY, "inference-header-content-length": declared}, body, route=INFER)
     assert handle.answer == (
@@ -289,12 +293,12 @@ def test_a_binary_body_with_an_unreadable_json_length_gets_400(gateway: Gateway,
     )
 
 
-def test_a_compressed_body_gets_415(gateway: Gateway) -> None:
+def test_a_compressed_body_gets_415(gateway: GatewayProgram) -> None:
     handle = gateway.request({**KEY, "content-encoding": "gzip"}, b"\x1f\x8b", route=INFER)
     assert handle.answer == (415, "send the request body uncompressed") and handle.tollway == {}
 
 
-def test_a_failure_inside_the_program_is_logged_and_answered_500(gateway: Gateway) -> None:
+def test_a_failure_inside_the_program_is_logged_and_answered_500(gateway: GatewayProgram) -> None:
     handle = gateway.request(KEY, route={**INFER, "model": "unknown"})
     assert handle.answer == (500, "the gateway could not process this request")
     assert len(handle.errors) == 1 and handle.errors[0].startswith("tollway gateway: ")
@@ -303,7 +307,7 @@ def test_a_failure_inside_the_program_is_logged_and_answered_500(gateway: Gatewa
 # Other credentials
 
 
-def test_a_verified_jwt_with_the_scopes_names_a_prefixed_consumer(gateway: Gateway) -> None:
+def test_a_verified_jwt_with_the_scopes_names_a_prefixed_consumer(gateway: GatewayProgram) -> None:
     verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": "team-7", "scope": "read infer"}}}
     handle = gateway.request({}, infer_body(), route=INFER, metadata=verified)
     assert handle.reply is None
@@ -312,13 +316,13 @@ def test_a_verified_jwt_with_the_scopes_names_a_prefixed_consumer(gateway: Gatew
     assert "credential" not in handle.tollway
 
 
-def test_a_jwt_without_the_scopes_gets_401_even_with_a_key(gateway: Gateway) -> None:
+def test_a_jwt_without_the_scopes_gets_401_even_with_a_key(gateway: GatewayProgram) -> None:
     verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": "team-7", "scp": ["read"]}}}
     handle = gateway.request(KEY, infer_body(), route=INFER, metadata=verified)
     assert handle.answer == (401, "token lacks a required scope or the consumer claim")
 
 
-def test_a_client_certificate_on_its_tiers_port_names_a_prefixed_consumer(gateway: Gateway) -> None:
+def test_a_client_certificate_on_its_tiers_port_names_a_prefixed_consumer(gateway: GatewayProgram) -> None:
     certificate = Certificate(uri_sans=["spiffe://ai/devices/cam-1"])
     handle = gateway.request(
         {}, infer_body(), route=INFER, certificate=certificate, local_address="10.0.0.1:8443"
@@ -347,7 +351,7 @@ def test_a_client_certificate_on_its_tiers_port_names_a_prefixed_consumer(gatewa
     ],
 )
 def test_a_client_certificate_that_does_not_fit_gets_401(
-    gateway: Gateway, certificate: Certificate, address: str, why: str
+    gateway: GatewayProgram, certificate: Certificate, address: str, why: str
 ) -> None:
     handle = gateway.request({}, route=INFER, certificate=certificate, local_address=address)
     assert handle.answer == (401, why)
@@ -356,7 +360,7 @@ def test_a_client_certificate_that_does_not_fit_gets_401(
 # gRPC
 
 
-def test_a_grpc_infer_request_is_routed_by_its_model_name_and_charged(gateway: Gateway) -> None:
+def test_a_grpc_infer_request_is_routed_by_its_model_name_and_charged(gateway: GatewayProgram) -> None:
     request = service_pb2.ModelInferRequest(model_name="chat:stable", id="r1")
     request.parameters["max_tokens"].int64_param = 300
     request.parameters["priority"].uint64_param = 1  # the tier's level comes after it, and wins
@@ -377,7 +381,7 @@ def test_a_grpc_infer_request_is_routed_by_its_model_name_and_charged(gateway: G
     assert handle.tollway["reserve"] == str(math.ceil(len(frame) / 4) + 300)
 
 
-def test_grpc_and_http_reserve_by_the_same_formula(gateway: Gateway) -> None:
+def test_grpc_and_http_reserve_by_the_same_formula(gateway: GatewayProgram) -> None:
     frame = grpc_frame(service_pb2.ModelInferRequest(model_name="chat"))
     body = infer_body()
     over_grpc = gateway.request(GRPC_INFER, frame, route=GRPC)
@@ -386,7 +390,7 @@ def test_grpc_and_http_reserve_by_the_same_formula(gateway: Gateway) -> None:
     assert over_http.tollway["reserve"] == str(math.ceil(len(body) / 4) + 256)
 
 
-def test_a_grpc_model_request_other_than_infer_is_routed_unlimited(gateway: Gateway) -> None:
+def test_a_grpc_model_request_other_than_infer_is_routed_unlimited(gateway: GatewayProgram) -> None:
     message = service_pb2.ModelInferRequest(model_name="chat", model_version="1").SerializeToString()
     frame = b"\0" + len(message).to_bytes(4, "big") + message
     headers = {":path": "/inference.GRPCInferenceService/ModelReady", "x-api-key": "k-pro"}
@@ -395,10 +399,10 @@ def test_a_grpc_model_request_other_than_infer_is_routed_unlimited(gateway: Gate
     assert "rpm_closed" not in handle.tollway and "reserve" not in handle.tollway
 
 
-def test_grpc_server_methods_go_to_the_server_cluster(gateway: Gateway) -> None:
+def test_grpc_server_methods_go_to_the_server_cluster(gateway: GatewayProgram) -> None:
     handle = gateway.request({":path": "/inference.GRPCInferenceService/ServerLive"}, route=GRPC)
     assert handle.reply is None and handle.header_values["x-tollway-cluster"] == "triton-grpc|chat"
-    empty = Gateway({**DATA, "server_cluster": None}, NOW)
+    empty = GatewayProgram({**DATA, "server_cluster": None}, NOW)
     handle = empty.request({":path": "/inference.GRPCInferenceService/ServerReady"}, route=GRPC)
     assert handle.answer == (503, "no model is served here yet")
 
@@ -442,7 +446,7 @@ def test_grpc_server_methods_go_to_the_server_cluster(gateway: Gateway) -> None:
     ],
 )
 def test_grpc_requests_the_gateway_cannot_serve_are_answered(
-    gateway: Gateway, path: str, body: bytes, status: int, why: str
+    gateway: GatewayProgram, path: str, body: bytes, status: int, why: str
 ) -> None:
     handle = gateway.request({":path": path, "x-api-key": "k-pro"}, body, route=GRPC)
     assert handle.answer == (status, why)
@@ -451,7 +455,7 @@ def test_grpc_requests_the_gateway_cannot_serve_are_answered(
 # Responses
 
 
-def test_a_response_settles_the_tokens_used_beyond_the_reservation(gateway: Gateway) -> None:
+def test_a_response_settles_the_tokens_used_beyond_the_reservation(gateway: GatewayProgram) -> None:
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "100"}}
     body = b'{"outputs":[{"data":["{\\"prompt_tokens\\": 30, \\"completion_tokens\\": 90}"]}]}'
     headers = {
@@ -469,7 +473,7 @@ def test_a_response_settles_the_tokens_used_beyond_the_reservation(gateway: Gate
 
 
 def test_a_response_within_the_reservation_settles_nothing_and_one_without_counts_records_none(
-    gateway: Gateway,
+    gateway: GatewayProgram,
 ) -> None:
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500"}}
     handle = gateway.response({":status": "200"}, b'{"prompt_tokens":3}', metadata=state)
@@ -478,7 +482,7 @@ def test_a_response_within_the_reservation_settles_nothing_and_one_without_count
     assert handle.tollway == state["tollway"]
 
 
-def test_responses_of_a_deprecated_version_announce_it(gateway: Gateway) -> None:
+def test_responses_of_a_deprecated_version_announce_it(gateway: GatewayProgram) -> None:
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "1"}}
     handle = gateway.response({":status": "200"}, b"{}", metadata=state)
     assert handle.header_values == {
@@ -504,13 +508,13 @@ def test_responses_of_a_deprecated_version_announce_it(gateway: Gateway) -> None
     ],
 )
 def test_refusals_say_when_to_retry(
-    gateway: Gateway, headers: dict[str, str], state: dict[str, str], retry_after: str | None
+    gateway: GatewayProgram, headers: dict[str, str], state: dict[str, str], retry_after: str | None
 ) -> None:
     handle = gateway.response(headers, metadata={"tollway": state})
     assert handle.header_values.get("retry-after") == retry_after
 
 
-def test_a_failure_in_the_response_program_is_logged_and_the_response_passes(gateway: Gateway) -> None:
+def test_a_failure_in_the_response_program_is_logged_and_the_response_passes(gateway: GatewayProgram) -> None:
     handle = gateway.response({":status": "200"}, metadata={"tollway": {"model": "chat", "version": "x"}})
     assert handle.errors == [] and handle.header_values == {":status": "200"}
     state = {"tollway": {"model": "chat", "reserve": "x"}}
@@ -519,7 +523,7 @@ def test_a_failure_in_the_response_program_is_logged_and_the_response_passes(gat
 
 
 def test_the_clock_is_read_once_per_request_and_once_per_response() -> None:
-    gateway = Gateway(DATA, NOW)
+    gateway = GatewayProgram(DATA, NOW)
     reads = []
     gateway.lua.globals().os.time = lambda: reads.append(1) or NOW
     gateway.request(KEY, infer_body(), route=INFER)
@@ -557,7 +561,7 @@ def test_the_program_rendered_from_resources_runs() -> None:
         now=moment,
     )
     assert plan.gateway is not None
-    handle = Gateway(lua_data(plan.gateway), NOW).request(KEY, infer_body(), route=INFER)
+    handle = GatewayProgram(lua_data(plan.gateway), NOW).request(KEY, infer_body(), route=INFER)
     assert handle.errors == []
     assert handle.reply is None
     assert handle.tollway["consumer"] == "pro-key" and handle.tollway["tier"] == "pro"

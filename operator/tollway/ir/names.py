@@ -18,7 +18,7 @@ USAGE_KINDS = ("usage_requests", "usage_input", "usage_output")
 keys Envoy's usage filter sends and the service's configuration declares."""
 
 
-def triton_children(model_deployment: str) -> dict[str, str]:
+def serving_children(model_deployment: str) -> dict[str, str]:
     """A ModelDeployment's children, by part (DNS label of ≤ 40 characters: room for suffixes)."""
     return {
         "triton": f"{model_deployment}-triton",

@@ -37,9 +37,8 @@ class Coalescer:
                 first = False
                 with self._guard:
                     if key not in self._again:
-                        self._busy.discard(
-                            key
-                        )  # in the same hold of the guard: no request can slip in between
+                        # in the same hold of the guard: no request can slip in between
+                        self._busy.discard(key)
                         return
                     self._again.discard(key)
         finally:

@@ -8,7 +8,7 @@ from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.names import triton_children
+from tollway.ir.names import serving_children
 from tollway.ir.state import MetricsState, ServingState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.render.monitoring import MONITORING_API
@@ -35,7 +35,7 @@ class Observer:
             return base  # the translation reports it; there is nothing to observe for a spec not applied
         namespace = resource.metadata.namespace
         tiers = self.cluster.cached_resources(ApiTier, namespace)
-        service = triton_children(resource.metadata.name)["triton"]
+        service = serving_children(resource.metadata.name)["triton"]
         deployment = self.cluster.deployment_state(namespace, service)
         triton = None
         if deployment is not None:

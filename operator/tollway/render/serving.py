@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.ir.names import TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT, triton_children
+from tollway.ir.names import TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT, serving_children
 from tollway.ir.serving import TritonServing
 from tollway.render.autoscaling import scaler
 from tollway.render.meta import MANAGED_BY, metadata
@@ -44,8 +44,8 @@ def labels(serving: TritonServing) -> dict[str, str]:
 
 
 def _metadata(serving: TritonServing, child: str) -> dict[str, Any]:
-    """The metadata of the child named by `triton_children(...)[child]`: namespace, labels, owner."""
-    return metadata(triton_children(serving.name)[child], serving.namespace, serving.owner, labels(serving))
+    """The metadata of the child named by `serving_children(...)[child]`: namespace, labels, owner."""
+    return metadata(serving_children(serving.name)[child], serving.namespace, serving.owner, labels(serving))
 
 
 def selector(serving: TritonServing) -> dict[str, str]:
@@ -219,7 +219,7 @@ def _resources(serving: TritonServing) -> dict[str, Any]:
 def _volumes(serving: TritonServing) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "models", "emptyDir": {}},
-        {"name": "model-config", "configMap": {"name": triton_children(serving.name)["config"]}},
+        {"name": "model-config", "configMap": {"name": serving_children(serving.name)["config"]}},
         # The Python backend passes tensors to its stub processes through shared memory.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
@@ -247,7 +247,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
         "securityContext": _container_security(),
     }
     pod: dict[str, Any] = {
-        "serviceAccountName": triton_children(serving.name)["triton"],
+        "serviceAccountName": serving_children(serving.name)["triton"],
         "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,

@@ -32,7 +32,7 @@ from tollway.ir.gateway import (
     Tier,
     Version,
 )
-from tollway.ir.names import GATEWAY_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, triton_children
+from tollway.ir.names import GATEWAY_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, serving_children
 from tollway.ir.serving import Owner
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, priority_levels
@@ -159,7 +159,7 @@ def _with_mtls_ports(
 
 def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
     spec = resource.spec
-    service = triton_children(resource.metadata.name)["triton"]
+    service = serving_children(resource.metadata.name)["triton"]
     host, http, grpc = options.upstreams.get(resource.model_name) or (
         options.triton_host.format(service=service, namespace=namespace),
         TRITON_HTTP_PORT,
