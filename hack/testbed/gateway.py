@@ -283,8 +283,9 @@ class Bed(dataplane.GatewayProcesses):
     recorded: list[tuple[str, dict[str, str], bytes]] = field(default_factory=lambda: _Recorder.seen)
     """What the recording upstream received: (path, headers, body)."""
 
-    def configure(self, documents: list[dict[str, Any]]) -> None:
-        """Write the manifests and run `tollway gateway-config` for each Envoy replica (a live reload)."""
+    def configure(self, documents: list[dict[str, Any]], now: dt.datetime | None = None) -> None:
+        """Write the manifests and run `tollway gateway-config` for each Envoy replica (a live reload), as of
+        `now` when given (else the clock's time)."""
         source = self.workdir / "manifests.yaml"
         source.write_text(yaml.safe_dump_all(documents))
         self.write_config(
@@ -292,6 +293,7 @@ class Bed(dataplane.GatewayProcesses):
             f"--tls-cert={self.certs.server_cert}",
             f"--tls-key={self.certs.server_key}",
             f"--jwks-ca={self.certs.ca}",
+            *([f"--now={now.isoformat()}"] if now else []),
         )
 
     def call(

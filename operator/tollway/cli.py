@@ -114,14 +114,15 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     ours = [document for document in loaded if _namespace(document) == namespace]
     resources = [document for document in ours if document.get("kind") in KINDS]
     secrets = [document for document in ours if document.get("kind") == "Secret"]
-    result = translate_gateway(namespace, resources, secrets, datetime.now(UTC), options)
+    now = arguments.now or datetime.now(UTC)
+    result = translate_gateway(namespace, resources, secrets, now, options)
     for tier, report in result.plan.reports.items():
         for problem in report.problems:
             print(f"ApiTier/{tier}: {problem}", file=sys.stderr)
     if result.plan.gateway is None:
         print(f"no valid ApiTier in namespace {namespace}: no gateway", file=sys.stderr)
         return 1
-    files = gateway_files(result.plan.gateway, datetime.now(UTC))
+    files = gateway_files(result.plan.gateway, now)
     (out / "envoy").mkdir(parents=True, exist_ok=True)
     (out / "ratelimit" / "config").mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -152,6 +153,13 @@ def _replace(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.tmp")
     partial.write_text(text)
     partial.replace(path)
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} names no time zone (end it with Z or an offset)")
+    return moment
 
 
 def _namespace(document: dict[str, Any]) -> str:
@@ -279,6 +287,12 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--jwks-ca", default=Runtime.jwks_ca_file, help="CA bundle for JWKS servers")
     command.add_argument(
         "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
+    )
+    command.add_argument(
+        "--now",
+        type=_moment,
+        help="render as of this RFC 3339 time instead of the clock's (which keys have expired, which "
+        "versions are switched off): reproducible files",
     )
     command.set_defaults(handler=gateway_config)
 

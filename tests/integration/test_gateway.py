@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -306,14 +307,16 @@ def restore(gateway: Bed) -> None:
 
 
 def test_an_expired_key_stops_working_and_its_successor_works(gateway: Bed) -> None:
-    expires = time.gmtime(time.time() + 6)
+    """The gateway refuses a key by its own clock once the key's expiry passes, while the key is still in
+    its configuration: rendered as of a minute before the expiry, so however long the reload takes."""
+    assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"]).status == 200  # until 2099, so far
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
     gateway.configure(
-        manifests(gateway, gina_old_expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", expires), free_rpm=9)
+        manifests(gateway, gina_old_expires=expires.strftime("%Y-%m-%dT%H:%M:%SZ"), free_rpm=9),
+        now=expires - timedelta(minutes=1),
     )
     reloaded(gateway, free_rpm=9)
-    assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"]).status == 200
-    assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-new"]).status == 200
-    time.sleep(max(0.0, time.mktime(expires) - time.mktime(time.gmtime()) + 1))
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds() + 1))
     expired = infer(gateway, "/v1/models/echo/infer", KEYS["gina-old"])
     assert expired.status == 401 and expired.json()["error"]["message"] == "API key expired"
     assert infer(gateway, "/v1/models/echo/infer", KEYS["gina-new"]).status == 200
