@@ -146,8 +146,10 @@ class Certificates:
         }
 
     def token(self, **claims: Any) -> str:
+        """A signed JWT with these claims over the defaults; a claim given as None is left out."""
         now = int(time.time())
-        payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc-a", "iat": now, "exp": now + 300, **claims}
+        defaults = {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc-a", "iat": now, "exp": now + 300}
+        payload = {name: value for name, value in {**defaults, **claims}.items() if value is not None}
         parts = [
             base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
             for part in ({"alg": "RS256", "typ": "JWT", "kid": "test"}, payload)

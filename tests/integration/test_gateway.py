@@ -330,6 +330,9 @@ def test_jwt_with_the_required_scope_authenticates_the_claimed_consumer(gateway:
         "scope": gateway.certs.token(scope="other"),
         "audience": gateway.certs.token(scope="inference", aud="someone-else"),
         "expired": gateway.certs.token(scope="inference", exp=int(time.time()) - 600),
+        "no expiry": gateway.certs.token(scope="inference", exp=None),  # would never expire
+        "a list for the consumer": gateway.certs.token(scope="inference", sub=["svc-a", "svc-b"]),
+        "an object for the consumer": gateway.certs.token(scope="inference", sub={"id": "svc-a"}),
         "signature": good[:-8] + ("AAAAAAAA" if not good.endswith("AAAAAAAA") else "BBBBBBBB"),
     }
     statuses = {

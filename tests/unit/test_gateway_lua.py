@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from lua_gateway import Certificate, GatewayProgram, Module
+from lua_gateway import Certificate, GatewayProgram, Module, lua_text
 from tritonclient.grpc import service_pb2
 
 from tollway.api import ApiTier, ModelDeployment
@@ -319,7 +319,23 @@ def test_a_verified_jwt_with_the_scopes_names_a_prefixed_consumer(gateway: Gatew
 def test_a_jwt_without_the_scopes_gets_401_even_with_a_key(gateway: GatewayProgram) -> None:
     verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": "team-7", "scp": ["read"]}}}
     handle = gateway.request(KEY, infer_body(), route=INFER, metadata=verified)
-    assert handle.answer == (401, "token lacks a required scope or the consumer claim")
+    assert handle.answer == (401, "token lacks a required scope")
+
+
+@pytest.mark.parametrize("claim", [["team-7", "team-8"], {"team": 7}, "", True])
+def test_a_jwt_whose_consumer_claim_is_no_string_or_number_gets_401(
+    gateway: GatewayProgram, claim: Any
+) -> None:
+    """An array or object would become a new consumer on every request, escaping per-consumer limits."""
+    verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": claim, "scope": "read infer"}}}
+    handle = gateway.request(KEY, infer_body(), route=INFER, metadata=verified)
+    assert handle.answer == (401, "the token's consumer claim must be a string or a number")
+
+
+def test_a_jwt_with_a_numeric_consumer_claim_names_that_consumer(gateway: GatewayProgram) -> None:
+    verified = {"envoy.filters.http.jwt_authn": {"partners": {"sub": 1234, "scope": "read infer"}}}
+    handle = gateway.request({}, infer_body(), route=INFER, metadata=verified)
+    assert handle.reply is None and handle.tollway["consumer"] == "jwt:1234"
 
 
 def test_a_client_certificate_on_its_tiers_port_names_a_prefixed_consumer(gateway: GatewayProgram) -> None:
@@ -332,6 +348,31 @@ def test_a_client_certificate_on_its_tiers_port_names_a_prefixed_consumer(gatewa
         "cert:spiffe://ai/devices/cam-1",
         "devices",
     )
+
+
+def test_a_certificates_consumer_is_the_san_its_tier_allowed_not_its_first(gateway: GatewayProgram) -> None:
+    certificate = Certificate(uri_sans=["spiffe://elsewhere/x", "spiffe://ai/devices/cam-2"])
+    handle = gateway.request(
+        {}, infer_body(), route=INFER, certificate=certificate, local_address="10.0.0.1:8443"
+    )
+    assert handle.tollway["consumer"] == "cert:spiffe://ai/devices/cam-2"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "san", "matches"),
+    [
+        ("spiffe://partners.test/*", "spiffe://partners.test/team-a", True),
+        ("spiffe://partners.test/*", "spiffe://partners.test.evil/team-a", False),
+        ("spiffe://partners.test/*", "spiffe://partners.test/", False),
+        ("spiffe://partners.test*", "spiffe://partners.test/team-a", True),
+        ("spiffe://partners.test*", "spiffe://partners.test", True),
+        ("spiffe://partners.test*", "spiffe://partners.test.evil/team-a", False),
+        ("spiffe://partners.test/team-a", "spiffe://partners.test/team-a", True),
+        ("spiffe://partners.test/team-a", "spiffe://partners.test/team-ab", False),
+    ],
+)
+def test_a_trailing_star_matches_whole_path_segments_only(pattern: str, san: str, matches: bool) -> None:
+    assert Module("access").san_matches(lua_text(pattern.encode()), lua_text(san.encode())) is matches
 
 
 @pytest.mark.parametrize(

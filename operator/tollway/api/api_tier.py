@@ -105,7 +105,9 @@ class MtlsAuth(TollwayModel):
     allowed_subject_alt_names: Annotated[
         list[Annotated[str, StringConstraints(min_length=1, max_length=512)]], Field(max_length=64)
     ] = Field(default_factory=list)
-    """SANs allowed in; a trailing '*' matches any suffix. Empty: any certificate the CA signed."""
+    """SANs allowed in; a trailing '*' matches the SANs below that prefix in whole path segments
+    ('spiffe://a.test/*' takes 'spiffe://a.test/x', never 'spiffe://a.test.evil/x'). The matching SAN is
+    the consumer. Empty: any certificate the CA signed (its first SAN is the consumer)."""
 
 
 class Auth(TollwayModel):

@@ -80,7 +80,8 @@ class Jwt:
 class Mtls:
     ca_pem: str
     allowed_sans: tuple[str, ...]
-    """A trailing '*' matches any suffix; empty allows any certificate that the CA signed."""
+    """A trailing '*' matches the SANs below its prefix in whole path segments; empty allows any certificate
+    that the CA signed."""
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,7 @@ def _jwt_filter(gateway: Gateway) -> list[Config]:
             "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
             "payload_in_metadata": tier.name,
             "forward": False,
+            "require_expiration": True,  # a token without exp would be a credential that never expires
         }
     if not providers:
         return []

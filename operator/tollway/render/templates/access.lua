@@ -16,19 +16,24 @@ function M.presented_key(authorization, api_key)
   return api_key
 end
 
--- Whether one of a certificate's SANs matches one of a tier's patterns (a trailing * matches any rest).
-function M.san_allowed(patterns, sans)
-  if #patterns == 0 then return true end
+-- Whether a SAN matches a tier's pattern: exactly, or, for a pattern ending in "*", as a SAN below the
+-- pattern's prefix in whole path segments ("spiffe://a.test/*" and "spiffe://a.test*" both take
+-- "spiffe://a.test/x", never "spiffe://a.test.evil/x").
+function M.san_matches(pattern, san)
+  if pattern:sub(-1) ~= "*" then return san == pattern end
+  local prefix = pattern:sub(1, -2)
+  if prefix:sub(-1) == "/" then return #san > #prefix and san:sub(1, #prefix) == prefix end
+  return san == prefix or san:sub(1, #prefix + 1) == prefix .. "/"
+end
+
+-- The first of a certificate's SANs that one of a tier's patterns allows, or nil.
+function M.allowed_san(patterns, sans)
   for _, san in ipairs(sans) do
     for _, pattern in ipairs(patterns) do
-      if pattern:sub(-1) == "*" then
-        if san:sub(1, #pattern - 1) == pattern:sub(1, -2) then return true end
-      elseif san == pattern then
-        return true
-      end
+      if M.san_matches(pattern, san) then return san end
     end
   end
-  return false
+  return nil
 end
 
 -- Whether a JWT payload grants every required scope ("scope" or "scp", a string of words or a list).
@@ -56,28 +61,34 @@ end
 function M.certificate_caller(T, local_address, validated, sans, subject)
   local tier_name = T.mtls_ports[(local_address or ""):match(":(%d+)$") or ""]
   if tier_name == nil or not validated then return nil, nil, "no valid client certificate for this port" end
-  if not M.san_allowed(T.tiers[tier_name].mtls, sans) then
-    return nil, nil, "client certificate not allowed for tier " .. tier_name
-  end
-  return "cert:" .. (sans[1] or subject), tier_name
+  local patterns = T.tiers[tier_name].mtls
+  if #patterns == 0 then return "cert:" .. (sans[1] or subject), tier_name end -- any the CA signed
+  -- the consumer is the SAN the tier allowed, so a certificate cannot pick its counters by its SAN order
+  local allowed = M.allowed_san(patterns, sans)
+  if allowed == nil then return nil, nil, "client certificate not allowed for tier " .. tier_name end
+  return "cert:" .. allowed, tier_name
 end
 
--- The payloads jwt_authn verified, by tier name: tiers are tried in priority order. Nothing at all when no
--- tier's token was verified (the caller may still present an API key).
+-- The payloads jwt_authn verified, by tier name: tiers are tried in priority order. Only a string or a
+-- number names a consumer. Nothing at all when no tier's token was verified (the caller may still present
+-- an API key).
 function M.token_caller(T, verified)
   if verified == nil then return nil end
-  local scopes_missing = false
+  local why = nil
   for _, name in ipairs(T.order) do
     local payload, jwt = verified[name], T.tiers[name].jwt
     if payload ~= nil and jwt ~= nil then
-      if M.has_scopes(payload, jwt.scopes) and payload[jwt.claim] ~= nil then
-        return "jwt:" .. tostring(payload[jwt.claim]), name
+      local claim = payload[jwt.claim]
+      if not M.has_scopes(payload, jwt.scopes) then
+        why = why or "token lacks a required scope"
+      elseif (type(claim) == "string" and claim ~= "") or type(claim) == "number" then
+        return "jwt:" .. tostring(claim), name
+      else -- an array or object would name a new consumer on every request
+        why = why or "the token's consumer claim must be a string or a number"
       end
-      scopes_missing = true
     end
   end
-  if scopes_missing then return nil, nil, "token lacks a required scope or the consumer claim" end
-  return nil
+  return nil, nil, why
 end
 
 function M.key_caller(credentials, key, now)
