@@ -293,6 +293,22 @@ def test_a_binary_body_with_an_unreadable_json_length_gets_400(
     )
 
 
+@pytest.mark.parametrize("query", ["api_key=k-pro", "x=1&API%5FKEY=k-pro", "Token=abc", "key"])
+def test_a_credential_in_the_url_gets_401(gateway: GatewayProgram, query: str) -> None:
+    handle = gateway.request({**KEY, ":path": f"/v1/models/chat/infer?{query}"}, infer_body(), route=INFER)
+    assert handle.answer == (
+        401,
+        "send credentials in the Authorization or x-api-key header, never in the URL",
+    )
+
+
+def test_an_innocent_query_and_a_clients_internal_headers_pass_without_them(gateway: GatewayProgram) -> None:
+    sent = {**KEY, ":path": "/v1/models/chat/infer?keys=3&monkey=1", "x-envoy-original-path": "/forged"}
+    handle = gateway.request(sent, infer_body(), route=INFER)
+    assert handle.reply is None
+    assert "x-envoy-original-path" not in handle.header_values
+
+
 def test_a_compressed_body_gets_415(gateway: GatewayProgram) -> None:
     handle = gateway.request({**KEY, "content-encoding": "gzip"}, b"\x1f\x8b", route=INFER)
     assert handle.answer == (415, "send the request body uncompressed") and handle.tollway == {}

@@ -29,6 +29,10 @@ REPOSITORY = "^((s3|gs|as)://[^/ ]+(/[^ ]*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?
 VersionString = Annotated[str, StringConstraints(pattern="^[1-9][0-9]{0,9}$", max_length=10)]
 
 
+#: Printable ASCII but space, '"', '<' and '>': nothing that could end the Link header's <url> or the header.
+LINK = "^https?://[!#-;=?-~]+$"
+
+
 class TokenFields(TollwayModel):
     """Where a response reports its token usage, as dotted paths into the JSON response."""
 
@@ -82,8 +86,9 @@ class Deprecation(TollwayModel):
     """From this date responses carry a Deprecation header."""
     sunset: DateString | None = None
     """From this date (00:00 UTC) the gateway answers 410 Gone."""
-    link: Annotated[str, StringConstraints(pattern="^https?://", max_length=2048)] | None = None
-    """Migration guide, sent as Link: <url>; rel="deprecation"."""
+    link: Annotated[str, StringConstraints(pattern=LINK, max_length=2048)] | None = None
+    """Migration guide, sent as Link: <url>; rel="deprecation". An http(s) URL of printable ASCII without
+    spaces, quotes or angle brackets: it goes into a response header as written."""
 
 
 class ModelVersion(TollwayModel):

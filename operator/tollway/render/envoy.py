@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 from tollway.ir.gateway import Gateway, Model, Tier, Version
 from tollway.ir.names import (
@@ -50,7 +51,9 @@ def tier_cluster(model: Model, tier: Tier, protocol: str = "http") -> str:
 
 def _dates(version: Version) -> dict[str, Any]:
     """A version's deprecation, as the Lua program reads it (Unix seconds and the header texts)."""
-    dates: dict[str, Any] = {"announced": version.announced, "link": version.link}
+    # the API admits only header-safe links; quoting them again keeps a header whole whatever reached here
+    link = quote(version.link, safe="!#$%&'()*+,-./:;=?@[]^_`{|}~") if version.link else None
+    dates: dict[str, Any] = {"announced": version.announced, "link": link}
     if version.sunset is not None:
         moment = datetime.fromtimestamp(version.sunset, UTC)
         dates.update(
@@ -337,7 +340,7 @@ def _local_reply() -> Config:
 ACCESS_LOG_FIELDS = {
     "time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",  # a query may hold what nobody should log
     "status": "%RESPONSE_CODE%",
     "flags": "%RESPONSE_FLAGS%",
     "duration_ms": "%DURATION%",
@@ -405,7 +408,18 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
                     "name": "envoy.access_loggers.stdout",
                     "typed_config": {
                         "@type": _TYPE + "extensions.access_loggers.stream.v3.StdoutAccessLog",
-                        "log_format": {"json_format": ACCESS_LOG_FIELDS},
+                        "log_format": {
+                            "json_format": ACCESS_LOG_FIELDS,
+                            "formatters": [  # %REQ_WITHOUT_QUERY(...)% is an extension
+                                {
+                                    "name": "envoy.formatter.req_without_query",
+                                    "typed_config": {
+                                        "@type": _TYPE
+                                        + "extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                                    },
+                                }
+                            ],
+                        },
                     },
                 }
             ],

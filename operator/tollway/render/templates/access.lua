@@ -16,6 +16,29 @@ function M.presented_key(authorization, api_key)
   return api_key
 end
 
+-- Query parameters that carry a credential: refused, since URLs end up in logs, histories and referrers.
+local CREDENTIAL_PARAMETERS = {
+  ["access_token"] = true,
+  ["api-key"] = true,
+  ["api_key"] = true,
+  ["apikey"] = true,
+  ["authorization"] = true,
+  ["key"] = true,
+  ["token"] = true,
+  ["x-api-key"] = true,
+}
+
+-- Whether a request path's query names a credential parameter (percent-escapes decoded, any case).
+function M.credential_in_query(path)
+  local query = (path or ""):match("%?(.*)$")
+  if query == nil then return false end
+  for name in ("&" .. query):gmatch("&([^=&]*)") do
+    local decoded = name:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
+    if CREDENTIAL_PARAMETERS[decoded:lower()] then return true end
+  end
+  return false
+end
+
 -- Whether a SAN matches a tier's pattern: exactly, or, for a pattern ending in "*", as a SAN below the
 -- pattern's prefix in whole path segments ("spiffe://a.test/*" and "spiffe://a.test*" both take
 -- "spiffe://a.test/x", never "spiffe://a.test.evil/x").

@@ -184,12 +184,22 @@ end
 local function on_request(handle, now)
   local route = handle:metadata()
   local kind = route:get("kind")
+  if kind ~= nil and access.credential_in_query(handle:headers():get(":path")) then
+    return refuse(
+      handle,
+      401,
+      "send credentials in the Authorization or x-api-key header, never in the URL",
+      { ["www-authenticate"] = 'Bearer realm="tollway"' }
+    )
+  end
   if kind == "grpc" then return grpc_request(handle, now) end
   if kind ~= nil then return http_request(handle, now, route, kind) end
 end
 
 function envoy_on_request(handle)
   handle:headers():remove("x-tollway-cluster")
+  -- Envoy sets its own on a rewrite; a client's would reach the access log as the path
+  handle:headers():remove("x-envoy-original-path")
   handle:clearRouteCache() -- so the route's cluster never comes from a header the client sent
   local ok, failure = pcall(on_request, handle, os.time())
   if not ok then -- never let a request through that this script did not finish checking
