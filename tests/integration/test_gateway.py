@@ -58,6 +58,7 @@ CONSUMERS = (
     "bigbody",
     "rita",
     "uma",
+    "vic",
 )
 KEYS = {name: f"tw-test-{name}-key" for name in CONSUMERS}
 
@@ -116,6 +117,7 @@ def manifests(
         secret("tina", "metered", KEYS["tina"]),
         secret("olga", "metered", KEYS["olga"]),
         secret("uma", "metered", KEYS["uma"]),
+        secret("vic", "metered", KEYS["vic"]),
         secret("tpm64", "metered64", KEYS["tpm64"]),
         secret("carol", "pro", KEYS["carol"]),
         secret("bulk", "bulk", KEYS["bulk"]),
@@ -673,22 +675,29 @@ def test_envoy_exports_the_statistics_the_gateway_rules_read(gateway: Bed) -> No
         )
 
 
+def counted(gateway: Bed, consumer: str, kinds: int) -> dict[str, float]:
+    """The ratelimit service's hit counters of one consumer, by descriptor (KIND_TIER), once `kinds` of
+    them have reached its metrics endpoint (the stats reach it every few seconds)."""
+    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
+
+    def found() -> dict[str, float] | None:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        counters = {
+            line.split('key1="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("ratelimit_service_rate_limit_total_hits{")
+            and f'key2="consumer_{consumer}"' in line
+        }
+        return counters if len(counters) >= kinds else None
+
+    return eventually(found, timeout=30)
+
+
 def test_the_ratelimit_service_counts_each_consumers_requests_and_tokens(gateway: Bed) -> None:
     for _ in range(2):
         assert infer(gateway, "/v1/models/echo/infer", KEYS["uma"], values=3, max_tokens=5).status == 200
-    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
-
-    def counted() -> dict[str, float] | None:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            lines = response.read().decode().splitlines()
-        found = {
-            line.split('key1="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-            for line in lines
-            if line.startswith("ratelimit_service_rate_limit_total_hits{") and 'key2="consumer_uma"' in line
-        }
-        return found if len(found) == 4 else None  # the stats reach the endpoint every few seconds
-
-    assert eventually(counted, timeout=30) == {
+    assert counted(gateway, "uma", 4) == {
         "usage_requests_metered": 2,
         "usage_input_metered": 6,
         "usage_output_metered": 10,
@@ -696,7 +705,20 @@ def test_the_ratelimit_service_counts_each_consumers_requests_and_tokens(gateway
     }
 
 
+def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported(gateway: Bed) -> None:
+    """Usage is compulsory: a request whose `outputs` leave the USAGE tensor out is answered, charged the most
+    it could have used (its reservation) as output tokens, and counted as unreported (an alert)."""
+    body = {**infer_body(values=3, max_tokens=5), "outputs": [{"name": "OUTPUT"}]}
+    reply = gateway.call("/v1/models/echo/infer", key=KEYS["vic"], body=body)
+    assert reply.status == 200 and list(outputs(reply)) == ["OUTPUT"]
+    estimate = math.ceil(len(json.dumps(body)) / 4) + 5
+    found = counted(gateway, "vic", 4)  # requests, output, unreported, tpm (an input count of 0 adds nothing)
+    assert found["usage_requests_metered"] == 1 and found["usage_unreported_metered"] == 1
+    assert found["usage_output_metered"] == estimate and found["tpm_metered"] == estimate
+
+
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:
+    assert infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).status in (200, 429)
     in_url = gateway.call(f"/v1/models/echo/infer?api_key={KEYS['alice']}", body=infer_body())
     assert in_url.status == 401
     assert in_url.json()["error"]["message"].startswith("send credentials in the Authorization")

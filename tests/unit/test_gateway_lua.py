@@ -139,6 +139,7 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
         "rpm_closed": "pro",
         "tpm_closed": "pro/chat",
         "reserve": str(math.ceil(len(body) / 4) + 100),
+        "estimate": str(math.ceil(len(body) / 4) + 100),  # what a response without usage is charged
         "settle": "0",
     }
     assert handle.route_cache_cleared == 2  # the client's cluster header dropped, then the gateway's
@@ -166,6 +167,7 @@ def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway:
         "version": "2",
         "credential": "ai/free-key",
         "rpm_open": "free",
+        "estimate": str(math.ceil(len(infer_body()) / 4) + 256),  # billed if the response hides its usage
     }
 
 
@@ -537,6 +539,31 @@ def test_a_response_within_the_reservation_settles_nothing_and_one_without_count
     assert handle.tollway == {**state["tollway"], "input_tokens": "3", "output_tokens": "0", "settle": "0"}
     handle = gateway.response({":status": "200"}, b'{"outputs":[]}', metadata=state)
     assert handle.tollway == state["tollway"]
+
+
+def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gateway: GatewayProgram) -> None:
+    state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500", "estimate": "520"}}
+    handle = gateway.response(
+        {":status": "200", "x-ratelimit-remaining-tokens": "100"}, b'{"outputs":[]}', metadata=state
+    )
+    assert handle.tollway == {
+        **state["tollway"],
+        "input_tokens": "0",
+        "output_tokens": "520",  # leaving the usage out never costs less than the request could have used
+        "unreported": "pro",  # the usage_unreported counter, and its alert
+        "settle": "20",
+    }
+    assert handle.header_values["x-ratelimit-remaining-tokens"] == "80"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"), [({":status": "200", "grpc-status": "3"}, b"\x00"), ({":status": "200"}, b"")]
+)
+def test_a_grpc_error_or_an_empty_response_is_charged_nothing_more(
+    gateway: GatewayProgram, headers: dict[str, str], body: bytes
+) -> None:
+    state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500", "estimate": "520"}}
+    assert gateway.response(headers, body, metadata=state).tollway == state["tollway"]
 
 
 def test_responses_of_a_deprecated_version_announce_it(gateway: GatewayProgram) -> None:

@@ -180,7 +180,12 @@ def test_overrides_get_counters_of_their_own() -> None:
         if not entry["key"].startswith("usage_")
     }
     usage = {(entry["key"], entry["value"]) for entry in descriptors if entry["key"].startswith("usage_")}
-    assert usage == {("usage_requests", "pro"), ("usage_input", "pro"), ("usage_output", "pro")}
+    assert usage == {
+        ("usage_requests", "pro"),
+        ("usage_input", "pro"),
+        ("usage_output", "pro"),
+        ("usage_unreported", "pro"),
+    }
     assert all(entry["descriptors"][0]["detailed_metric"] for entry in descriptors)  # per-consumer figures
     assert limits == {
         ("rpm", "pro"): {"unit": "minute", "requests_per_unit": 60},

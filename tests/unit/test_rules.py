@@ -313,5 +313,42 @@ def test_usage_and_cost_per_consumer_come_from_the_gateways_counters(tmp_path: P
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> None:
+    """The gateway counts served responses that reported no tokens (charged their estimate instead)."""
+    groups = gateway_rule_groups(example_gateway())
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    alert_rule = next(
+        rule for group in groups for rule in group["rules"] if rule.get("alert") == "TollwayUsageUnreported"
+    )
+    labels = 'namespace="ai",domain="tollway",key1="usage_unreported_pro",key2="consumer_bob"'
+    series = f"ratelimit_service_rate_limit_total_hits{{{labels}}}"
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [{"series": series, "values": "0x30 1+1x10 11x60"}],
+            "alert_rule_test": [
+                {"eval_time": "30m", "alertname": "TollwayUsageUnreported", "exp_alerts": []},
+                {
+                    "eval_time": "38m",
+                    "alertname": "TollwayUsageUnreported",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {**alert_rule["labels"], "tier": "pro", "consumer": "bob"},
+                            "exp_annotations": alert_rule["annotations"],
+                        }
+                    ],
+                },
+                {"eval_time": "100m", "alertname": "TollwayUsageUnreported", "exp_alerts": []},
+            ],
+        }
+    ]
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def _labels(name: str, **labels: str) -> str:
     return name + "{" + ",".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"

@@ -13,9 +13,10 @@ REDIS_PORT = 6379
 
 RATELIMIT_DOMAIN = "tollway"
 """The ratelimit service's domain: Envoy's ratelimit filters and the service's configuration name it."""
-USAGE_KINDS = ("usage_requests", "usage_input", "usage_output")
+USAGE_KINDS = ("usage_requests", "usage_input", "usage_output", "usage_unreported")
 """Counters the ratelimit service keeps per tier and consumer at the end of each request: the descriptor
-keys Envoy's usage filter sends and the service's configuration declares."""
+keys Envoy's usage filter sends and the service's configuration declares (usage_unreported: served
+responses that reported no token counts, charged their estimate instead)."""
 
 
 def serving_children(model_deployment: str) -> dict[str, str]:

@@ -231,6 +231,16 @@ def _rate_limit_filter(
     }
 
 
+USAGE_SOURCES = {
+    "usage_requests": ("tier", None),
+    "usage_input": ("tier", "input_tokens"),
+    "usage_output": ("tier", "output_tokens"),
+    "usage_unreported": ("unreported", None),
+}
+"""Each usage counter: the Lua program's metadata whose value (the tier) it is sent with, and the metadata
+that holds how much to count (None: one per request)."""
+
+
 def _usage_filter() -> Config:
     """Counts each served request, and its input and output tokens, per tier and consumer, when the request
     ends (never delaying or refusing it: fail open, no headers)."""
@@ -238,8 +248,12 @@ def _usage_filter() -> Config:
         "metadata": {"descriptor_key": "consumer", "metadata_key": _meta_key("consumer"), "source": "DYNAMIC"}
     }
     counted = []
-    for kind, hits in zip(USAGE_KINDS, (None, "input_tokens", "output_tokens"), strict=True):
-        tier = {"metadata": {"descriptor_key": kind, "metadata_key": _meta_key("tier"), "source": "DYNAMIC"}}
+    for kind in USAGE_KINDS:
+        # the metadata that names the tier (only an unreported response sets `unreported`), and the count
+        named_by, hits = USAGE_SOURCES[kind]
+        tier = {
+            "metadata": {"descriptor_key": kind, "metadata_key": _meta_key(named_by), "source": "DYNAMIC"}
+        }
         entry: Config = {"actions": [tier, consumer], "apply_on_stream_done": True}
         if hits is not None:  # no count (a model that reports no tokens): Envoy drops the descriptor
             entry["hits_addend"] = {"format": f"%DYNAMIC_METADATA(tollway:{hits})%"}

@@ -272,6 +272,19 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             f"/ ignoring(currency) clamp_min(tollway:consumer_requests:per_day{{{scope}}}, 1)",
         }
     )
+    unreported = _by_consumer("usage_unreported", namespace, "15m", "increase")
+    rules.append(
+        {
+            # Usage is compulsory: a model (or a request that left the usage output out) that reports no
+            # tokens is charged each request's estimate; someone should find out why.
+            "alert": "TollwayUsageUnreported",
+            "expr": f"{unreported} > 0",
+            "labels": {"namespace": namespace, "severity": "ticket"},
+            "annotations": {
+                "summary": "served responses reported no token usage: each was charged its request's estimate"
+            },
+        }
+    )
     hourly = _by_consumer("usage_(?:input|output)", namespace, "1h")  # both counts, either may be missing
     rules.append({"record": "tollway:consumer_tokens:rate1h", "expr": hourly})
     for tier in gateway.tiers:

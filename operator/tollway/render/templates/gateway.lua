@@ -93,8 +93,11 @@ local function reserve_tokens(handle, tier, model_name, model, scopes, body_leng
     refuse(handle, 429, problem)
     return false
   end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if model.input ~= nil then -- what a response that reports no usage is charged
+    metadata:set(NS, "estimate", tostring(tokens.estimate(model, body_length, max_tokens)))
+  end
   if reserve ~= nil then
-    local metadata = handle:streamInfo():dynamicMetadata()
     metadata:set(NS, "reserve", tostring(reserve))
     metadata:set(NS, "settle", "0")
   end
@@ -210,14 +213,20 @@ end
 
 -- The tokens the model reported: recorded for the usage counters and the access log, and, when the
 -- request reserved tokens, what they exceed the reservation by is charged too (at the end of the stream).
+-- A served response that reports none is charged its estimate (see tokens.settlement); an empty one or a
+-- gRPC error served nothing.
 local function count_tokens(handle, state, model)
   local body = handle:body()
-  if body == nil then return end
-  local input, output, extra = tokens.settlement(body:getBytes(0, body:length()), model, state.reserve)
+  if body == nil or body:length() == 0 then return end
+  local served = (handle:headers():get("grpc-status") or "0") == "0"
+  local text = body:getBytes(0, body:length())
+  local estimate = served and state.estimate or nil
+  local input, output, extra, unreported = tokens.settlement(text, model, state.reserve, estimate)
   if input == nil then return end
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "input_tokens", tostring(input))
   metadata:set(NS, "output_tokens", tostring(output))
+  if unreported then metadata:set(NS, "unreported", state.tier) end -- counted per tier for an alert
   if extra == nil then return end
   metadata:set(NS, "settle", tostring(extra))
   local headers = handle:headers()

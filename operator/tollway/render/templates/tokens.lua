@@ -3,13 +3,18 @@
 
 local M = {}
 
+-- The most a request of `body_length` bytes may use: a prompt estimate (4 bytes a token) plus the output
+-- allowed (`max_tokens`, else the model's default).
+function M.estimate(model, body_length, max_tokens)
+  return math.ceil(body_length / 4) + (max_tokens or model.max_tokens)
+end
+
 -- The tokens to reserve for a request of `body_length` bytes to `model_name`, for the ratelimit filters to
--- charge before it runs: a prompt estimate (4 bytes a token) plus the output allowed (`max_tokens`, else the
--- model's default). Nil when the tier counts no tokens for the model; false and why when the request could
--- never fit the tier's token limit (nor would a larger reservation ever be charged).
+-- charge before it runs: its estimate. Nil when the tier counts no tokens for the model; false and why when
+-- the request could never fit the tier's token limit (nor would a larger reservation ever be charged).
 function M.reservation(tier, model_name, model, scopes, body_length, max_tokens)
   if model.input == nil or not (scopes.tpm or scopes.tpd) then return nil end
-  local reserve = math.ceil(body_length / 4) + (max_tokens or model.max_tokens)
+  local reserve = M.estimate(model, body_length, max_tokens)
   local cap = tier.token_caps[model_name]
   if cap ~= nil and reserve > cap then
     return false, "the request reserves " .. reserve .. " tokens, more than the tier's limit of " .. cap
@@ -30,14 +35,20 @@ function M.used_tokens(text, key)
   return most
 end
 
--- The input and output tokens a response reports (nil when it reports neither) and, when the request
--- reserved `reserved` tokens, what they exceed the reservation by: that much more is charged.
-function M.settlement(text, model, reserved)
+-- The input and output tokens a response reports and, when the request reserved `reserved` tokens, what they
+-- exceed the reservation by: that much more is charged. A response that reports neither is charged its
+-- request's `estimate` as output (usage is compulsory: leaving it out never costs less), and the fourth
+-- result says so; nil when there is no estimate either.
+function M.settlement(text, model, reserved, estimate)
   local input, output = M.used_tokens(text, model.input), M.used_tokens(text, model.output)
-  if input == nil and output == nil then return nil end
+  local unreported = input == nil and output == nil
+  if unreported then
+    if estimate == nil then return nil end
+    input, output = 0, tonumber(estimate)
+  end
   input, output = input or 0, output or 0
-  if reserved == nil then return input, output end
-  return input, output, math.max(0, input + output - tonumber(reserved))
+  local extra = reserved and math.max(0, input + output - tonumber(reserved)) or nil
+  return input, output, extra, unreported
 end
 
 -- The x-ratelimit-remaining-tokens value once `extra` more tokens are charged, or nil without the header.
