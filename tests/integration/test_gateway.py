@@ -555,12 +555,16 @@ def test_token_limit_does_not_overshoot_under_64_concurrent_clients(gateway: Bed
 
 
 def test_a_full_triton_queue_answers_with_the_estimated_wait(gateway: Bed) -> None:
-    with ThreadPoolExecutor(4) as pool:
+    """tiny has room for one queued request; six that each take 1.5 s, sent at once, overflow it however the
+    machine schedules them (how many Triton refuses depends on when each arrives, so only one is asserted)."""
+    with ThreadPoolExecutor(6) as pool:
         replies = list(
-            pool.map(lambda _: infer(gateway, "/v1/models/tiny/infer", KEYS["carol"], sleep_ms=800), range(4))
+            pool.map(
+                lambda _: infer(gateway, "/v1/models/tiny/infer", KEYS["carol"], sleep_ms=1500), range(6)
+            )
         )
     refused = [reply for reply in replies if reply.status == 503]
-    assert refused and len(refused) <= 2  # one runs, one waits in the queue of size 1
+    assert refused and {reply.status for reply in replies} == {200, 503}
     assert {reply.headers["retry-after"] for reply in refused} == {"10"}  # 7.3 s estimated, rounded up
 
 

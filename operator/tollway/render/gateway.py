@@ -265,11 +265,9 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
             gateway,
             "ratelimit",
             named["ratelimit"],
-            [
-                ("grpc", RATELIMIT_GRPC_PORT),
-                ("http", RATELIMIT_HTTP_PORT),
-                ("metrics", RATELIMIT_METRICS_PORT),
-            ],
+            # no HTTP port (only the kubelet's probe uses it): its /json endpoint would let any pod
+            # spend or probe a consumer's counters
+            [("grpc", RATELIMIT_GRPC_PORT), ("metrics", RATELIMIT_METRICS_PORT)],
         ),
         _budget(gateway, "ratelimit", named["ratelimit"]),
     ]
