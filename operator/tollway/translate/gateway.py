@@ -32,7 +32,13 @@ from tollway.ir.gateway import (
     Tier,
     Version,
 )
-from tollway.ir.names import GATEWAY_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, serving_children
+from tollway.ir.names import (
+    GATEWAY_NAME,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    in_cluster_host,
+    serving_children,
+)
 from tollway.ir.serving import Owner
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, priority_levels
@@ -47,7 +53,6 @@ class GatewayOptions:
     """How the gateway is run: from the operator's settings, or `tollway gateway-config`'s flags."""
 
     runtime: Runtime = field(default_factory=Runtime)
-    triton_host: str = "{service}.{namespace}.svc.cluster.local"
     upstreams: Mapping[str, tuple[str, int, int]] = field(default_factory=dict)
     """Model → (host, HTTP port, gRPC port), replacing the Triton Service (tests and local runs)."""
 
@@ -161,7 +166,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
     spec = resource.spec
     service = serving_children(resource.metadata.name)["triton"]
     host, http, grpc = options.upstreams.get(resource.model_name) or (
-        options.triton_host.format(service=service, namespace=namespace),
+        in_cluster_host(service, namespace),
         TRITON_HTTP_PORT,
         TRITON_GRPC_PORT,
     )

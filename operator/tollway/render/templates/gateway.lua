@@ -218,7 +218,8 @@ end
 local function count_tokens(handle, state, model)
   local body = handle:body()
   if body == nil or body:length() == 0 then return end
-  local served = (handle:headers():get("grpc-status") or "0") == "0"
+  local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
+  local served = (headers:get("grpc-status") or "0") == "0"
   local text = body:getBytes(0, body:length())
   local estimate = served and state.estimate or nil
   local input, output, extra, unreported = tokens.settlement(text, model, state.reserve, estimate)
@@ -229,7 +230,6 @@ local function count_tokens(handle, state, model)
   if unreported then metadata:set(NS, "unreported", state.tier) end -- counted per tier for an alert
   if extra == nil then return end
   metadata:set(NS, "settle", tostring(extra))
-  local headers = handle:headers()
   local remaining = tokens.remaining_after(headers:get("x-ratelimit-remaining-tokens"), extra)
   if remaining ~= nil then headers:replace("x-ratelimit-remaining-tokens", remaining) end
 end
