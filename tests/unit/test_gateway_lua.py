@@ -616,6 +616,19 @@ def test_the_clock_is_read_once_per_request_and_once_per_response() -> None:
     assert len(reads) == 2
 
 
+def test_a_refusal_repeats_a_name_the_client_sent_only_when_it_is_plain() -> None:
+    models = Module("models")
+    refused = [
+        models.resolve(DATA["models"], name, alias, None)[3]
+        for name, alias in (("chat\r\nx-evil: 1", "latest"), ("nope", "latest"), ("chat", 'st"able'))
+    ]
+    assert refused == [
+        "no model (a name with other characters)",
+        "no model nope",
+        "model chat has no version or alias (a name with other characters)",
+    ]
+
+
 def test_the_reservation_is_one_function_of_size_and_max_tokens() -> None:
     tokens = Module("tokens")
     model = {"input": "prompt_tokens", "max_tokens": 256}

@@ -9,13 +9,21 @@ function M.split_name(name)
   return model_name or name, alias or "latest"
 end
 
+-- A name a client sent, as a refusal may repeat it: only plain words, since the message goes into a JSON
+-- reply (and a gRPC status message) as it is.
+local function echoed(name)
+  local plain = name:match("^[%w_.:@%-]+$")
+  return plain or "(a name with other characters)"
+end
+
 -- The model and version a request names; nil, nil, an error status and message when it names none served.
 function M.resolve(models, model_name, alias, pinned)
   local model = models[model_name]
-  if model == nil then return nil, nil, 404, "no model " .. model_name end
+  if model == nil then return nil, nil, 404, "no model " .. echoed(model_name) end
   local version = pinned or model.aliases[alias]
   if version == nil or model.versions[version] == nil then
-    return nil, nil, 404, "model " .. model_name .. " has no version or alias " .. tostring(pinned or alias)
+    local named = echoed(tostring(pinned or alias))
+    return nil, nil, 404, "model " .. model_name .. " has no version or alias " .. named
   end
   return model, version
 end
