@@ -183,13 +183,14 @@ def reasons(document: dict[str, Any]) -> tuple[str, str]:
 
 def settled(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]] | None:
     """Every ModelDeployment and ApiTier of `namespace` by "Kind/name", once each has status for its
-    current generation; else None."""
+    current generation written after its children were seen; else None. (The pass that creates a
+    ModelDeployment's Deployment says Creating; the Deployment's watch event brings the next pass.)"""
     listing = json.loads(cluster.kubectl("get", "md,tier", "-n", namespace, "-o", "json").stdout)
     found = {f"{item['kind']}/{item['metadata']['name']}": item for item in listing["items"]}
     for item in found.values():
         generation = item["metadata"]["generation"]
         ready = conditions(item).get("Ready")
-        if not ready or ready["observedGeneration"] != generation:
+        if not ready or ready["observedGeneration"] != generation or ready["reason"] == "Creating":
             return None
         if (item.get("status") or {}).get("observedGeneration") != generation:
             return None

@@ -20,7 +20,8 @@ def conditions(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def settled(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
-    """The object once its status describes its current generation, else None."""
+    """The object once its status describes its current generation and its children as seen (the pass
+    that creates a Deployment says Creating; the Deployment's watch event brings the next), else None."""
     document = cluster.get(kind, name, NAMESPACE)
     generation = document["metadata"]["generation"]
     found = conditions(document)
@@ -28,6 +29,7 @@ def settled(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
     done = (
         ready
         and ready["observedGeneration"] == generation
+        and ready["reason"] != "Creating"
         and document["status"]["observedGeneration"] == generation
     )
     return document if done else None
