@@ -121,6 +121,8 @@ class Certificates:
     server_cert: Path
     server_key: Path
     partner_ca_pem: str
+    partner_crl_pem: str
+    """Partners' CA revokes the client "revoked"."""
     gold_ca_pem: str
     clients: dict[str, tuple[Path, Path]]
     jwt_key: rsa.RSAPrivateKey
@@ -199,6 +201,22 @@ def _write(
     return cert_path, key_path
 
 
+def _revocations(issuer: tuple[x509.Certificate, rsa.RSAPrivateKey], serials: list[int]) -> str:
+    """The issuer's CRL (PEM) revoking `serials`, valid from a minute ago for a day."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer[0].subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    for serial in serials:
+        revoked = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        builder = builder.add_revoked_certificate(revoked)
+    crl = builder.sign(issuer[1], hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def certificates(directory: Path) -> Certificates:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, partner_key, gold_key = _key(), _key(), _key()
@@ -213,19 +231,23 @@ def certificates(directory: Path) -> Certificates:
     issued = (
         ("acme", "spiffe://partners.test/acme", (partner, partner_key)),
         ("stranger", "spiffe://elsewhere.test/x", (partner, partner_key)),
+        ("revoked", "spiffe://partners.test/revoked", (partner, partner_key)),
         # Gold's CA issuing a name that partners' SAN pattern allows: it must not get in as a partner.
         ("impostor", "spiffe://partners.test/impostor", (gold, gold_key)),
     )
+    serials = {}
     for name, uri, issuer in issued:
         client_key = _key()
         client = _certificate(name, client_key, issuer, [x509.UniformResourceIdentifier(uri)])
         clients[name] = _write(directory, f"client-{name}", client, client_key)
+        serials[name] = client.serial_number
     return Certificates(
         directory=directory,
         ca=ca_path,
         server_cert=server_cert,
         server_key=server_key_path,
         partner_ca_pem=partner.public_bytes(serialization.Encoding.PEM).decode(),
+        partner_crl_pem=_revocations((partner, partner_key), [serials["revoked"]]),
         gold_ca_pem=gold.public_bytes(serialization.Encoding.PEM).decode(),
         clients=clients,
         jwt_key=_key(),

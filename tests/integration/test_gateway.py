@@ -137,11 +137,14 @@ def manifests(
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "metadata": {"name": name, "namespace": NAMESPACE},
-                "stringData": {"ca.crt": pem},
+                "stringData": data,
             }
-            for name, pem in (
-                ("partner-ca", test_bed.certs.partner_ca_pem),
-                ("gold-ca", test_bed.certs.gold_ca_pem),
+            for name, data in (
+                (
+                    "partner-ca",
+                    {"ca.crt": test_bed.certs.partner_ca_pem, "ca.crl": test_bed.certs.partner_crl_pem},
+                ),
+                ("gold-ca", {"ca.crt": test_bed.certs.gold_ca_pem}),
             )
         ),
     ]
@@ -333,6 +336,7 @@ def test_jwt_with_the_required_scope_authenticates_the_claimed_consumer(gateway:
         "audience": gateway.certs.token(scope="inference", aud="someone-else"),
         "expired": gateway.certs.token(scope="inference", exp=int(time.time()) - 600),
         "no expiry": gateway.certs.token(scope="inference", exp=None),  # would never expire
+        "valid for two days": gateway.certs.token(scope="inference", exp=int(time.time()) + 2 * 86400),
         "a list for the consumer": gateway.certs.token(scope="inference", sub=["svc-a", "svc-b"]),
         "an object for the consumer": gateway.certs.token(scope="inference", sub={"id": "svc-a"}),
         "signature": good[:-8] + ("AAAAAAAA" if not good.endswith("AAAAAAAA") else "BBBBBBBB"),
@@ -361,6 +365,12 @@ def test_mtls_admits_an_allowed_san_and_refuses_another(gateway: Bed) -> None:
     refused = gateway.call("/v1/models/echo/infer", body=infer_body(), context=stranger, mtls_tier=PARTNERS)
     assert refused.status == 401
     assert refused.json()["error"]["message"] == "client certificate not allowed for tier partners"
+
+
+def test_a_certificate_the_tiers_crl_revokes_is_refused(gateway: Bed) -> None:
+    revoked = _client_context(gateway, "revoked")  # partners' CA signed it, its SAN is allowed
+    with pytest.raises(OSError):  # TLS 1.3 reports the refusal at the first read, as an alert
+        gateway.call("/v1/models/echo/infer", body=infer_body(), context=revoked, mtls_tier=PARTNERS)
 
 
 def test_a_tier_trusts_only_its_own_ca(gateway: Bed) -> None:

@@ -20,6 +20,7 @@ from tollway.api.parse import parse
 from tollway.ir.gateway import Limit, ModelLimits, Runtime
 from tollway.ir.state import GatewayState, UsageState
 from tollway.observe import prometheus
+from tollway.render.envoy import http_filters, listeners
 from tollway.render.lua import lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
@@ -307,6 +308,44 @@ def test_a_bad_jwks_uri_or_a_missing_server_certificate_is_the_tiers_problem_onl
         .startswith("spec.auth.mtls: the gateway has no server certificate")
     )
     assert all(tier.jwt is None and tier.mtls_port is None for tier in result.gateway.tiers)
+
+
+def test_a_tiers_crl_reaches_its_listener_and_jwts_get_a_maximum_lifetime() -> None:
+    jwt = {"issuer": "https://idp/", "jwksUri": "https://idp:8443/keys", "maxLifetimeSeconds": 3600}
+    tiers = [
+        api_tier("pro", **{"spec.auth.jwt": jwt}),
+        api_tier("partners", **{"spec.auth": {"mtls": {"caSecretRef": {"name": "ca"}}}}),
+        api_tier("gold", **{"spec.auth": {"mtls": {"caSecretRef": {"name": "gold-ca"}}}}),
+    ]
+    encoded = {name: base64.b64encode(name.encode()).decode() for name in ("CA", "CRL", "GOLD")}
+    secrets = [
+        {
+            "kind": "Secret",
+            "metadata": {"name": "ca"},
+            "data": {"ca.crt": encoded["CA"], "ca.crl": encoded["CRL"]},
+        },
+        {"kind": "Secret", "metadata": {"name": "gold-ca"}, "data": {"ca.crt": encoded["GOLD"]}},
+    ]
+    options = GatewayOptions(runtime=Runtime(tls_secret="gateway-tls"))
+    result = plan_gateway(
+        "ai",
+        tiers=[parse(ApiTier, tier) for tier in tiers],
+        models=[],
+        secrets=secrets,
+        now=NOW,
+        options=options,
+    )
+    rendered = {item["name"]: item for item in listeners(result.gateway, NOW)["resources"]}
+
+    def validation(tier: str) -> dict[str, Any]:
+        socket = rendered[f"mtls-{tier}"]["filter_chains"][0]["transport_socket"]
+        return socket["typed_config"]["common_tls_context"]["validation_context"]  # type: ignore[no-any-return]
+
+    assert validation("partners") == {"trusted_ca": {"inline_string": "CA"}, "crl": {"inline_string": "CRL"}}
+    assert validation("gold") == {"trusted_ca": {"inline_string": "GOLD"}}
+    (jwt_filter,) = [item for item in http_filters(result.gateway) if item["name"].endswith("jwt_authn")]
+    provider = jwt_filter["typed_config"]["providers"]["pro"]
+    assert (provider["require_expiration"], provider["max_lifetime"]) == (True, "3600s")
 
 
 def test_only_invalid_tiers_leave_the_running_gateway_alone() -> None:

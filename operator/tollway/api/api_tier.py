@@ -95,13 +95,20 @@ class JwtAuth(TollwayModel):
     jwks_uri: Annotated[str, StringConstraints(pattern="^https://", max_length=2048)]
     audiences: Names = Field(default_factory=list)
     consumer_claim: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "sub"
-    """The claim whose value names the consumer."""
+    """The claim whose value names the consumer: a string or a number (a token whose claim is anything else
+    is refused)."""
     required_scopes: Names = Field(default_factory=list)
+    max_lifetime_seconds: int = Field(default=86400, ge=60, le=31_536_000)
+    """The longest a token may still be valid (its `exp` minus now) when presented; a token with no `exp`,
+    or one valid for longer, is refused: a leaked long-lived token would be a credential nobody can
+    revoke."""
 
 
 class MtlsAuth(TollwayModel):
     ca_secret_ref: SecretReference
-    """A Secret whose `ca.crt` signs the client certificates."""
+    """A Secret whose `ca.crt` signs the client certificates; its optional `ca.crl` (PEM, that CA's
+    certificate revocation list) makes the tier's listener refuse the certificates it revokes. With a CRL
+    every CA of a client's chain needs one, or the handshake fails."""
     allowed_subject_alt_names: Annotated[
         list[Annotated[str, StringConstraints(min_length=1, max_length=512)]], Field(max_length=64)
     ] = Field(default_factory=list)

@@ -74,6 +74,7 @@ class Jwt:
     audiences: tuple[str, ...]
     consumer_claim: str
     required_scopes: tuple[str, ...]
+    max_lifetime_seconds: int
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Mtls:
     allowed_sans: tuple[str, ...]
     """A trailing '*' matches the SANs below its prefix in whole path segments; empty allows any certificate
     that the CA signed."""
+    crl_pem: str | None = None
+    """The CA's revocation list, enforced by the tier's listener; None: none given."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
 
-from tollway.ir.gateway import Gateway, Model, Tier, Version
+from tollway.ir.gateway import Gateway, Model, Mtls, Tier, Version
 from tollway.ir.names import (
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
@@ -305,7 +305,9 @@ def _jwt_filter(gateway: Gateway) -> list[Config]:
             "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
             "payload_in_metadata": tier.name,
             "forward": False,
-            "require_expiration": True,  # a token without exp would be a credential that never expires
+            # A token without exp, or valid for longer than this, would be a credential nobody can revoke.
+            "require_expiration": True,
+            "max_lifetime": f"{tier.jwt.max_lifetime_seconds}s",
         }
     if not providers:
         return []
@@ -500,7 +502,7 @@ def listeners(gateway: Gateway, now: datetime) -> Config:
                 "tls_certificates": [
                     {"certificate_chain": {"filename": certificate}, "private_key": {"filename": key}}
                 ],
-                "validation_context": {"trusted_ca": {"inline_string": tier.mtls.ca_pem}},
+                "validation_context": _client_validation(tier.mtls),
             },
         }
         chain = {
@@ -509,6 +511,14 @@ def listeners(gateway: Gateway, now: datetime) -> Config:
         }
         found.append(_listener(f"mtls-{tier.name}", tier.mtls_port, chain))
     return {"resources": found}
+
+
+def _client_validation(mtls: Mtls) -> Config:
+    """The tier's CA, and its revocation list when it gave one."""
+    found: Config = {"trusted_ca": {"inline_string": mtls.ca_pem}}
+    if mtls.crl_pem is not None:
+        found["crl"] = {"inline_string": mtls.crl_pem}
+    return found
 
 
 def _static_cluster(

@@ -300,7 +300,11 @@ def _tier(
                 "no client certificate is accepted for this tier"
             )
         else:
-            mtls = Mtls(ca_pem=ca, allowed_sans=tuple(spec.auth.mtls.allowed_subject_alt_names))
+            mtls = Mtls(
+                ca_pem=ca,
+                allowed_sans=tuple(spec.auth.mtls.allowed_subject_alt_names),
+                crl_pem=_secret_value(secrets, reference, "ca.crl"),
+            )
     return Tier(
         name=resource.metadata.name,
         priority_level=level,
@@ -324,6 +328,7 @@ def _tier(
             audiences=tuple(jwt.audiences),
             consumer_claim=jwt.consumer_claim,
             required_scopes=tuple(jwt.required_scopes),
+            max_lifetime_seconds=jwt.max_lifetime_seconds,
         )
         if jwt
         else None,
