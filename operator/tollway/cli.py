@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
 from tollway.ir.gateway import Runtime
 from tollway.ir.names import TRITON_GRPC_PORT
+from tollway.ir.network import OPERATOR, PROMETHEUS, NetworkPeers, Peer
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
@@ -58,7 +60,9 @@ def render(arguments: argparse.Namespace) -> int:
     """Everything Tollway would apply for the given resources, without a cluster."""
     rendered: list[dict[str, Any]] = []
     failed = False
-    translation = translate_all(documents.load(arguments.filename), datetime.now(UTC))
+    translation = translate_all(
+        documents.load(arguments.filename), datetime.now(UTC), fresh=secrets.token_hex(32)
+    )
     for document, result in translation.resources:
         for problem in result.problems:
             failed = True
@@ -155,6 +159,13 @@ def _replace(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def _peer(text: str) -> Peer:
+    try:
+        return Peer.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def _moment(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
@@ -185,6 +196,7 @@ def run(arguments: argparse.Namespace) -> int:
                 tls_secret=arguments.gateway_tls_secret or None,
             )
         ),
+        network=NetworkPeers(operator=arguments.operator_pods, prometheus=arguments.prometheus_pods),
     )
     run_operator(settings, verbose=arguments.verbose)
     return 0
@@ -243,6 +255,18 @@ def parser() -> argparse.ArgumentParser:
         "--gateway-tls-secret",
         default="",
         help="kubernetes.io/tls Secret for the mTLS listener (mTLS tiers need it)",
+    )
+    command.add_argument(
+        "--operator-pods",
+        type=_peer,
+        default=OPERATOR,
+        help="NAMESPACE/KEY=VALUE,...: this operator's pods, which NetworkPolicies let reach Triton",
+    )
+    command.add_argument(
+        "--prometheus-pods",
+        type=_peer,
+        default=PROMETHEUS,
+        help="NAMESPACE/KEY=VALUE,... ('*/...': any namespace): Prometheus's pods, let in to metrics ports",
     )
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tollway.ir.network import NetworkPeers
 from tollway.translate.gateway import GatewayOptions
 from tollway.translate.serving import STORAGE_INITIALIZER
 
@@ -28,3 +29,6 @@ class Settings:
     (KEDA then queries prometheus-operator's usual in-cluster Service)."""
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     """How each namespace's gateway runs: Envoy replicas, Redis address, images, TLS for mTLS tiers."""
+    network: NetworkPeers = field(default_factory=NetworkPeers)
+    """The operator's and Prometheus's pods, which the NetworkPolicies admit to Triton and the ratelimit
+    service."""

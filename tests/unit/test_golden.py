@@ -55,7 +55,7 @@ Manifest = dict[str, Any]
 def rendered(case: Path) -> dict[str, str]:
     """The case's golden files, by their path under out/."""
     source = case / "in.yaml" if (case / "in.yaml").exists() else case / "in"
-    translation = translate_all(documents.load([source]), NOW)
+    translation = translate_all(documents.load([source]), NOW, fresh="golden")
     files = {}
     for document, result in translation.resources:
         stem = f"{document['kind'].lower()}-{document['metadata']['name']}"

@@ -87,8 +87,13 @@ class FakeCluster:
         return copy.deepcopy(found) if found is not None else None
 
     def list_secrets(self, namespace: str) -> list[Body]:
+        """The Secrets applied so far (the generated ones among them: they must come back unchanged)."""
         self._count("list_secrets")
-        return []
+        return [
+            json.loads(content)
+            for (kind, where, _), content in self.children.items()
+            if (kind, where) == ("Secret", namespace)
+        ]
 
     def deployment_state(self, namespace: str, name: str) -> DeploymentState | None:
         self._count("deployment_state")
@@ -161,7 +166,7 @@ class FakeTelemetry:
         self.metrics = MetricsState(reachable=True, values={"p99_ms": 40.0})
         self.asked: list[str] = []
 
-    def model_state(self, url: str, model: str, versions: Iterable[str]) -> TritonState:
+    def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
         self.asked.append(f"triton {model}")
         return TritonState(reachable=False, error="no Triton in a unit test")
 

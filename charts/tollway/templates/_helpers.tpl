@@ -38,6 +38,15 @@ app.kubernetes.io/managed-by: {{ .context.Release.Service }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Labels as the operator's flags take them: KEY=VALUE,KEY=VALUE (sorted). Call with a map. */}}
+{{- define "tollway.labelList" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "tollway.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "tollway.fullname" .) .Values.serviceAccount.name }}
@@ -65,12 +74,13 @@ The rules the operator needs in each namespace it watches (all of them when clus
   apply on the status subresource (patch). kopf writes nothing else on them: event handlers only, no
   finalizers, no handler state.
 - the children it renders (Triton and gateway Deployments, Services, ConfigMaps, ServiceAccounts, PDBs,
-  the gateway's Secret): read before each apply (get), watched by kopf so an edited or deleted child is
-  restored (list, watch), server-side applied (patch; create too, since an apply that creates an object is
+  the Secrets of Envoy's config, Redis's password and Triton's admin key): read before each apply (get),
+  watched by kopf so an edited or deleted child is restored (list, watch), server-side applied (patch; create too, since an apply that creates an object is
   also authorised as a create) and pruned when no longer rendered (delete, after a list by label).
 - Secrets: also the API keys that tiers select (list, watch), by labels their owners choose.
 - Pods: listed for the Degraded reasons (image pulls, scheduling) and watched so they show at once.
-- HPAs, KEDA ScaledObjects, ServiceMonitors and PrometheusRules: applied and pruned, never watched.
+- HPAs, KEDA ScaledObjects, ServiceMonitors, PrometheusRules and NetworkPolicies: applied and pruned,
+  never watched (a resync restores an edited one).
   Pruning lists every such kind the cluster serves, so they are granted whichever engine the models use.
 - Events: Tollway's condition changes (events.k8s.io). Not core events: kopf posts none for event handlers.
 */}}
@@ -101,6 +111,9 @@ The rules the operator needs in each namespace it watches (all of them when clus
   verbs: [get, list, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, prometheusrules]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
   verbs: [get, list, create, patch, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]

@@ -11,6 +11,14 @@ TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 RATELIMIT_GRPC_PORT, RATELIMIT_HTTP_PORT, RATELIMIT_METRICS_PORT = 8081, 8080, 9090
 REDIS_PORT = 6379
 
+TRITON_KEY_HEADER = "tollway-admin-key"
+"""The header that opens Triton's restricted APIs (model repository, logging, trace, shared memory); over
+gRPC Triton reads it as `triton-grpc-protocol-tollway-admin-key`. Only the operator holds the value."""
+TRITON_KEY = "admin-key"
+"""The data key of a model's key Secret (`serving_children(...)["triton"]`) that holds that value."""
+REDIS_PASSWORD = "password"
+"""The data key of the gateway's Redis Secret (`gateway_children(...)["redis"]`)."""
+
 RATELIMIT_DOMAIN = "tollway"
 """The ratelimit service's domain: Envoy's ratelimit filters and the service's configuration name it."""
 USAGE_KINDS = ("usage_requests", "usage_input", "usage_output", "usage_unreported")
@@ -36,6 +44,16 @@ def gateway_children(gateway: str) -> dict[str, str]:
         "ratelimit": f"{gateway}-ratelimit",
         "redis": f"{gateway}-redis",
     }
+
+
+def serving_pod_labels(model_deployment: str) -> dict[str, str]:
+    """What selects a ModelDeployment's Triton pods (its Deployment, Service, PDB, NetworkPolicy)."""
+    return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": model_deployment}
+
+
+def gateway_pod_labels(gateway: str, component: str) -> dict[str, str]:
+    """What selects a gateway's pods of one component: envoy, ratelimit or redis."""
+    return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": gateway}
 
 
 def in_cluster_host(service: str, namespace: str) -> str:

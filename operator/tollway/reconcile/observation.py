@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.names import serving_children
+from tollway.ir.names import TRITON_KEY, serving_children
 from tollway.ir.state import MetricsState, ServingState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.render.monitoring import MONITORING_API
 from tollway.settings import Settings
-from tollway.translate import Context
+from tollway.translate import Context, kept_or_fresh
 from tollway.translate.serving import PROMETHEUS_URL, tier_priority
 
 #: A tier's usage counts in status, in wire form.
@@ -37,11 +38,13 @@ class Observer:
         tiers = self.cluster.cached_resources(ApiTier, namespace)
         service = serving_children(resource.metadata.name)["triton"]
         deployment = self.cluster.deployment_state(namespace, service)
+        # Triton's admin key: the one its Secret holds, or a new one for a Secret not made yet.
+        key = kept_or_fresh(self.cluster.list_secrets(namespace), service, TRITON_KEY, secrets.token_hex(32))
         triton = None
         if deployment is not None:
             address = self.settings.triton_address.format(service=service, namespace=namespace)
             versions = [entry.version for entry in resource.spec.versions]
-            triton = self.telemetry.model_state(address, resource.model_name, versions)
+            triton = self.telemetry.model_state(address, resource.model_name, versions, key)
         problems = self.cluster.pod_problems(namespace, resource.metadata.name)
         previous = (body.get("status") or {}).get("metrics")
         metrics = self._metrics(namespace, resource.model_name, previous)
@@ -50,6 +53,8 @@ class Observer:
             storage_initializer_image=self.settings.storage_initializer_image,
             prometheus_url=self.settings.prometheus_url or PROMETHEUS_URL,
             monitoring=self.monitoring_served(),
+            network=self.settings.network,
+            admin_key=key,
             serving=ServingState(
                 deployment=deployment, pod_problems=problems, triton=triton, metrics=metrics
             ),

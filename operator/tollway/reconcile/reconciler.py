@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -47,9 +48,11 @@ class Reconciler:
         self.gateway_inputs_changed(namespace, logger)
 
     def secret_changed(self, secret: Mapping[str, Any], logger: Logger) -> None:
-        """The gateway's own config Secret (restored like any child), or any other: maybe an API key."""
+        """A Secret of Tollway's own (restored like any child: the gateway's config and Redis password, a
+        model's Triton key), or any other: maybe an API key."""
         self.listed.set()
-        if (secret["metadata"].get("labels") or {}).get("tollway.dev/gateway"):
+        labels = secret["metadata"].get("labels") or {}
+        if labels.get("tollway.dev/gateway") or labels.get("tollway.dev/model"):
             self.child_changed(secret, logger)
         else:
             self.gateway_inputs_changed(secret["metadata"].get("namespace"), logger)
@@ -126,8 +129,11 @@ class Reconciler:
         options = replace(
             gateway, runtime=replace(gateway.runtime, monitoring=self.observer.monitoring_served())
         )
-        secrets = self.cluster.list_secrets(namespace)
-        result = translate_gateway(namespace, tiers + models, secrets, now, options)
+        held = self.cluster.list_secrets(namespace)
+        fresh = secrets.token_hex(32)  # Redis's password, used only while its Secret does not exist
+        result = translate_gateway(
+            namespace, tiers + models, held, now, options, network=self.settings.network, fresh=fresh
+        )
         error = ""
         try:
             sent = self.cluster.apply_all(result.manifests)

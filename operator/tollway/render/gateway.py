@@ -16,18 +16,27 @@ from tollway.ir.names import (
     RATELIMIT_GRPC_PORT,
     RATELIMIT_HTTP_PORT,
     RATELIMIT_METRICS_PORT,
+    REDIS_PASSWORD,
     REDIS_PORT,
     gateway_children,
+    gateway_pod_labels,
     in_cluster_host,
 )
+from tollway.ir.network import NetworkPeers
+from tollway.render.credentials import digest, from_secret, secret
 from tollway.render.envoy import bootstrap, clusters, listeners
 from tollway.render.meta import MANAGED_BY
 from tollway.render.monitoring import MONITORING_API, gateway_rule_groups, scrape_annotations, service_monitor
+from tollway.render.network import API_VERSION as NETWORK_API
+from tollway.render.network import ratelimit_policy, redis_policy
 from tollway.render.ratelimit import ratelimit_config
 
 Manifest = dict[str, Any]
 
 RATELIMIT_ROOT = "/data"
+PASSWORD_VARIABLE = "REDIS_PASSWORD"
+PASSWORD_ANNOTATION = "tollway.dev/redis-password-checksum"
+"""On the Redis and ratelimit pod templates: both read the password at start, so a new one restarts both."""
 
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
@@ -41,9 +50,11 @@ def possible_children(gateway: str) -> set[tuple[str, str, str]]:
     named = gateway_children(gateway)
     workloads = ("envoy", "ratelimit", "redis")
     return (
-        {("v1", "Secret", named["config"]), ("v1", "ConfigMap", named["ratelimit"])}
+        {("v1", "Secret", named[part]) for part in ("config", "redis")}
+        | {("v1", "ConfigMap", named["ratelimit"])}
         | {("apps/v1", "Deployment", named[part]) for part in workloads}
         | {("v1", "Service", named[part]) for part in workloads}
+        | {(NETWORK_API, "NetworkPolicy", named[part]) for part in ("ratelimit", "redis")}
         | {("policy/v1", "PodDisruptionBudget", named[part]) for part in ("envoy", "ratelimit")}
         | {(MONITORING_API, "ServiceMonitor", named[part]) for part in ("envoy", "ratelimit")}
         | {(MONITORING_API, "PrometheusRule", named["envoy"])}
@@ -94,7 +105,7 @@ def _metadata(gateway: Gateway, name: str, component: str) -> dict[str, Any]:
 
 
 def _selector(gateway: Gateway, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": gateway.name}
+    return gateway_pod_labels(gateway.name, component)
 
 
 def _pod_security(user: int) -> dict[str, Any]:
@@ -212,7 +223,7 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
     return found
 
 
-def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
+def _ratelimit(gateway: Gateway, config: str, peers: NetworkPeers, redis_password: str) -> list[Manifest]:
     named = gateway_children(gateway.name)
     redis = (
         gateway.runtime.redis_address or f"{in_cluster_host(named['redis'], gateway.namespace)}:{REDIS_PORT}"
@@ -230,11 +241,15 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         "RUNTIME_WATCH_ROOT": "false",
         "RUNTIME_IGNOREDOTFILES": "true",
     }
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in environment.items()]
+    own_redis = gateway.runtime.redis_address is None
+    if own_redis:  # the Redis rendered here asks for the password rendered here
+        env.append(from_secret("REDIS_AUTH", named["redis"], REDIS_PASSWORD))
     container = {
         "name": "ratelimit",
         "image": gateway.runtime.images.ratelimit,
         "command": ["/bin/ratelimit"],
-        "env": [{"name": key, "value": value} for key, value in environment.items()],
+        "env": env,
         "ports": [
             {"name": "grpc", "containerPort": RATELIMIT_GRPC_PORT},
             {"name": "http", "containerPort": RATELIMIT_HTTP_PORT},
@@ -253,6 +268,9 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
         "containers": [container],
         "volumes": [{"name": "config", "configMap": {"name": named["ratelimit"]}}],
     }
+    deployment = _deployment(gateway, "ratelimit", named["ratelimit"], 2, pod)
+    if own_redis:
+        _annotate(deployment, PASSWORD_ANNOTATION, digest(redis_password))
     found = [
         {
             "apiVersion": "v1",
@@ -260,7 +278,7 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
             "metadata": _metadata(gateway, named["ratelimit"], "ratelimit"),
             "data": {"tollway.yaml": config},
         },
-        _deployment(gateway, "ratelimit", named["ratelimit"], 2, pod),
+        deployment,
         _service(
             gateway,
             "ratelimit",
@@ -270,19 +288,37 @@ def _ratelimit(gateway: Gateway, config: str) -> list[Manifest]:
             [("grpc", RATELIMIT_GRPC_PORT), ("metrics", RATELIMIT_METRICS_PORT)],
         ),
         _budget(gateway, "ratelimit", named["ratelimit"]),
+        ratelimit_policy(_metadata(gateway, named["ratelimit"], "ratelimit"), gateway.name, peers),
     ]
-    if gateway.runtime.redis_address is None:
-        found += _redis(gateway)
+    if own_redis:
+        found += _redis(gateway, redis_password)
     return found
 
 
-def _redis(gateway: Gateway) -> list[Manifest]:
-    """A single Redis for small installs: counters only (no persistence); a restart resets the windows."""
+def _annotate(deployment: Manifest, key: str, value: str) -> None:
+    template = deployment["spec"]["template"]["metadata"]
+    template["annotations"] = {**template.get("annotations", {}), key: value}
+
+
+def _redis(gateway: Gateway, password: str) -> list[Manifest]:
+    """A single Redis for small installs: counters only (no persistence); a restart resets the windows.
+    It asks every client for the password in its Secret (AUTH), which only the ratelimit service reads."""
     name = gateway_children(gateway.name)["redis"]
     container = {
         "name": "redis",
         "image": gateway.runtime.images.redis,
-        "args": ["--save", "", "--appendonly", "no", "--maxmemory-policy", "volatile-ttl"],
+        # The kubelet fills in $(VAR) from the Secret: the pod's spec never holds the password.
+        "args": [
+            "--requirepass",
+            f"$({PASSWORD_VARIABLE})",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "volatile-ttl",
+        ],
+        "env": [from_secret(PASSWORD_VARIABLE, name, REDIS_PASSWORD)],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
@@ -291,10 +327,17 @@ def _redis(gateway: Gateway) -> list[Manifest]:
     pod = {"securityContext": _pod_security(999), "containers": [container]}
     deployment = _deployment(gateway, "redis", name, 1, pod)
     deployment["spec"]["strategy"] = {"type": "Recreate"}
-    return [deployment, _service(gateway, "redis", name, [("redis", REDIS_PORT)])]
+    _annotate(deployment, PASSWORD_ANNOTATION, digest(password))
+    return [
+        secret(_metadata(gateway, name, "redis"), {REDIS_PASSWORD: password}),
+        deployment,
+        _service(gateway, "redis", name, [("redis", REDIS_PORT)]),
+        redis_policy(_metadata(gateway, name, "redis"), gateway.name),
+    ]
 
 
-def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
+def manifests(gateway: Gateway, now: datetime, peers: NetworkPeers, redis_password: str) -> list[Manifest]:
+    """Every object of the gateway; `redis_password` is the one its Redis asks for (when it runs one)."""
     files = gateway_files(gateway, now)
     config = {
         "apiVersion": "v1",
@@ -306,7 +349,7 @@ def manifests(gateway: Gateway, now: datetime) -> list[Manifest]:
             for name in ("envoy.yaml", "lds.yaml", "cds.yaml")
         },
     }
-    found = [config, *_ratelimit(gateway, files["ratelimit.yaml"]), *_envoy(gateway)]
+    found = [config, *_ratelimit(gateway, files["ratelimit.yaml"], peers, redis_password), *_envoy(gateway)]
     if gateway.runtime.monitoring:
         found += _monitoring(gateway)
     return found

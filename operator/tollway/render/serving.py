@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.ir.names import TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT, serving_children
+from tollway.ir.names import (
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_KEY,
+    TRITON_KEY_HEADER,
+    TRITON_METRICS_PORT,
+    serving_children,
+    serving_pod_labels,
+)
+from tollway.ir.network import NetworkPeers
 from tollway.ir.serving import TritonServing
 from tollway.render.autoscaling import scaler
+from tollway.render.credentials import digest, from_secret, secret
 from tollway.render.meta import MANAGED_BY, metadata
 from tollway.render.model_config import checksum, config_pbtxt
 from tollway.render.monitoring import (
@@ -16,10 +26,13 @@ from tollway.render.monitoring import (
     scrape_annotations,
     service_monitor,
 )
+from tollway.render.network import API_VERSION as NETWORK_API
+from tollway.render.network import serving_policy
 
 #: Every kind of child this module renders: what the operator prunes when one is no longer rendered.
 CHILD_KINDS = (
     ("v1", "ServiceAccount"),
+    ("v1", "Secret"),
     ("v1", "ConfigMap"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -28,11 +41,17 @@ CHILD_KINDS = (
     ("keda.sh/v1alpha1", "ScaledObject"),
     (MONITORING_API, "ServiceMonitor"),
     (MONITORING_API, "PrometheusRule"),
+    (NETWORK_API, "NetworkPolicy"),
 )
 MODELS = "/models"
 SOURCE = "/source"
 CONFIG = "/etc/tollway"
 CHECKSUM_ANNOTATION = "tollway.dev/model-config-checksum"
+KEY_ANNOTATION = "tollway.dev/admin-key-checksum"
+"""On the pod template: a new key (its Secret deleted, drawn again) restarts Triton, which reads it once."""
+KEY_VARIABLE = "TOLLWAY_ADMIN_KEY"
+#: Triton's APIs that change or expose the server rather than serve a model: behind the operator's key.
+RESTRICTED_APIS = ("model-repository", "logging", "trace", "shared-memory")
 #: Triton's quantiles for the latency summaries: P50, P95, P99, each with its allowed error.
 QUANTILES = "0.5:0.05,0.95:0.01,0.99:0.001"
 #: Startup may take long: large weights are fetched and loaded before the first readiness.
@@ -49,11 +68,13 @@ def _metadata(serving: TritonServing, child: str) -> dict[str, Any]:
 
 
 def selector(serving: TritonServing) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": serving.name}
+    return serving_pod_labels(serving.name)
 
 
 def triton_args(serving: TritonServing) -> list[str]:
-    """tritonserver's command line: explicit model control, strict readiness, latency metrics."""
+    """tritonserver's command line: explicit model control, strict readiness, latency metrics, the
+    restricted APIs behind the operator's key."""
+    restricted = f"{','.join(RESTRICTED_APIS)}:{TRITON_KEY_HEADER}=$({KEY_VARIABLE})"
     args = [
         "tritonserver",
         f"--model-repository={MODELS}",
@@ -69,20 +90,26 @@ def triton_args(serving: TritonServing) -> list[str]:
         "--metrics-config=summary_latencies=true",
         f"--metrics-config=summary_quantiles={QUANTILES}",
         "--metrics-config=histogram_latencies=true",
+        # Triton reads the key from its command line only: the kubelet fills in $(VAR) from the Secret.
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
     ]
     if serving.cache_size_bytes is not None:
         args.append(f"--cache-config=local,size={serving.cache_size_bytes}")
     return args + list(serving.extra_args)
 
 
-def render(serving: TritonServing) -> list[dict[str, Any]]:
-    """ServiceAccount, ConfigMap (config.pbtxt), Deployment, Service and, with room to scale, a PDB."""
+def render(serving: TritonServing, peers: NetworkPeers, admin_key: str) -> list[dict[str, Any]]:
+    """ServiceAccount, the admin key's Secret, ConfigMap (config.pbtxt), Deployment, Service, NetworkPolicy
+    and, with room to scale, a PDB. `admin_key` opens Triton's restricted APIs (see `RESTRICTED_APIS`)."""
     config = config_pbtxt(serving.model)
     objects = [
         service_account(serving),
+        secret(_metadata(serving, "triton"), {TRITON_KEY: admin_key}),
         config_map(serving, config),
-        deployment(serving, checksum(config)),
+        deployment(serving, checksum(config), digest(admin_key)),
         service(serving),
+        serving_policy(_metadata(serving, "triton"), serving.name, peers),
     ]
     if serving.max_replicas > 1:
         objects.append(disruption_budget(serving))
@@ -229,11 +256,12 @@ def _volumes(serving: TritonServing) -> list[dict[str, Any]]:
     return volumes
 
 
-def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
+def deployment(serving: TritonServing, config_checksum: str, key_checksum: str) -> dict[str, Any]:
     triton = {
         "name": "triton",
         "image": serving.image,
         "args": triton_args(serving),
+        "env": [from_secret(KEY_VARIABLE, serving_children(serving.name)["triton"], TRITON_KEY)],
         "ports": [
             {"name": "http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": TRITON_GRPC_PORT, "protocol": "TCP"},
@@ -279,6 +307,7 @@ def deployment(serving: TritonServing, config_checksum: str) -> dict[str, Any]:
                     # The scrape annotations are the fallback for a Prometheus without prometheus-operator.
                     "annotations": {
                         CHECKSUM_ANNOTATION: config_checksum,
+                        KEY_ANNOTATION: key_checksum,
                         **scrape_annotations(TRITON_METRICS_PORT, "/metrics"),
                     },
                 },

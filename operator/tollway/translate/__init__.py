@@ -6,6 +6,9 @@ depends on arrives in its arguments, so a golden file pins it down.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +17,8 @@ from typing import Any
 
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.names import GATEWAY_NAME
+from tollway.ir.names import GATEWAY_NAME, REDIS_PASSWORD, TRITON_KEY, gateway_children, serving_children
+from tollway.ir.network import NetworkPeers
 from tollway.ir.serving import TritonServing
 from tollway.ir.state import GatewayState, ServingState, UsageState
 from tollway.render import gateway as gateway_render
@@ -25,6 +29,7 @@ from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, p
 from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, plan_serving, tier_priority
 
 DEFAULT_OPTIONS = GatewayOptions()
+DEFAULT_PEERS = NetworkPeers()
 
 Manifest = dict[str, Any]
 
@@ -47,6 +52,11 @@ class Context:
     gateway: GatewayState = field(default_factory=GatewayState)
     usage: UsageState | None = None
     """For an ApiTier: its use today, when the operator has a Prometheus to ask."""
+    network: NetworkPeers = DEFAULT_PEERS
+    """Who besides the gateway may reach Triton: the operator and Prometheus."""
+    admin_key: str = ""
+    """For a ModelDeployment: the key of Triton's restricted APIs (`kept_or_fresh`: the one its Secret holds,
+    or a fresh one the caller drew when there is no Secret yet)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ def translate(
             context.prometheus_url,
             context.monitoring,
         )
-        children = serving_render.render(plan)
+        children = serving_render.render(plan, context.network, context.admin_key)
         previous = (document.get("status") or {}).get("metrics")
         status = model_deployment.status(resource, context.serving, now, make, previous)
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
@@ -124,12 +134,16 @@ def translate_gateway(
     secrets: Iterable[Mapping[str, Any]],
     now: datetime,
     options: GatewayOptions = DEFAULT_OPTIONS,
+    *,
+    network: NetworkPeers = DEFAULT_PEERS,
+    fresh: str = "",
 ) -> GatewayResult:
     """The gateway of `namespace` from its ApiTier and ModelDeployment documents (invalid ones left out:
-    their own status says why) and its Secrets."""
+    their own status says why) and its Secrets; `fresh` is the Redis password when its Secret is not among
+    them yet (`kept_or_fresh`)."""
     tiers: list[ApiTier] = []
     models: list[ModelDeployment] = []
-    documents = list(documents)
+    documents, secrets = list(documents), list(secrets)
     tier_documents = [document for document in documents if document["kind"] == ApiTier.kind_name]
     for document in documents:
         try:
@@ -150,12 +164,29 @@ def translate_gateway(
     plan = plan_gateway(
         namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options, waits=waits
     )
-    rendered = gateway_render.manifests(plan.gateway, now) if plan.gateway else []
+    password = kept_or_fresh(secrets, gateway_children(GATEWAY_NAME)["redis"], REDIS_PASSWORD, fresh)
+    rendered = gateway_render.manifests(plan.gateway, now, network, password) if plan.gateway else []
     if plan.gateway is None and tier_documents:
         return GatewayResult(plan, (), ())  # only invalid tiers: keep what serves now until one is fixed
     kept = {(manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]) for manifest in rendered}
     stale = gateway_render.possible_children(GATEWAY_NAME) - kept
     return GatewayResult(plan, tuple(rendered), tuple(sorted(stale)))
+
+
+def kept_or_fresh(secrets: Iterable[Mapping[str, Any]], name: str, key: str, fresh: str) -> str:
+    """The value of a Secret Tollway generates: the one the cluster holds, else `fresh`.
+
+    The caller draws `fresh` (as it reads the clock), so the core stays pure; once the Secret exists every
+    reconcile renders the same one, which the apply layer then leaves alone (no write, no rotation).
+    """
+    for found in secrets:
+        if found["metadata"]["name"] == name:
+            try:
+                kept = base64.b64decode((found.get("data") or {}).get(key) or "", validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                kept = ""
+            return kept or fresh
+    return fresh
 
 
 def _wire(kind: type[Resource], status: dict[str, Any]) -> dict[str, Any]:
@@ -172,27 +203,36 @@ class Translation:
 
 
 def translate_all(
-    documents: Iterable[Mapping[str, Any]], now: datetime, options: GatewayOptions = DEFAULT_OPTIONS
+    documents: Iterable[Mapping[str, Any]],
+    now: datetime,
+    options: GatewayOptions = DEFAULT_OPTIONS,
+    *,
+    network: NetworkPeers = DEFAULT_PEERS,
+    fresh: str = "",
 ) -> Translation:
     """Translate a set of resources without a cluster, as `tollway render` and the golden tests do.
 
     The ApiTiers and Secrets among them stand for those of their namespace; nothing is observed, so
-    status reads as it would before the first apply.
+    status reads as it would before the first apply. Each generated Secret missing among them gets a value
+    of its own derived from `fresh` (the caller's random draw; the golden tests' fixed one).
     """
     loaded = list(documents)
     ours = [document for document in loaded if document.get("kind") in KINDS]
     namespaces = sorted({_namespace(document) for document in ours if document["kind"] == ApiTier.kind_name})
+    secrets = [document for document in loaded if document.get("kind") == "Secret"]
+
+    def secrets_of(namespace: str) -> list[Mapping[str, Any]]:
+        return [document for document in secrets if _namespace(document) == namespace]
+
     gateways = {
         namespace: translate_gateway(
             namespace,
             [document for document in ours if _namespace(document) == namespace],
-            [
-                document
-                for document in loaded
-                if document.get("kind") == "Secret" and _namespace(document) == namespace
-            ],
+            secrets_of(namespace),
             now,
             options,
+            network=network,
+            fresh=_derived(fresh, namespace, GATEWAY_NAME),
         )
         for namespace in namespaces
     }
@@ -205,9 +245,26 @@ def translate_all(
         namespace = _namespace(document)
         plan = gateways[namespace].plan if namespace in gateways else None
         report = plan.reports.get(str(document["metadata"].get("name"))) if plan else None
-        context = Context(tier_priorities=tuple(priorities.get(namespace, ())), tier=report or TierReport())
+        name = str(document["metadata"].get("name"))
+        key = kept_or_fresh(
+            secrets_of(namespace),
+            serving_children(name)["triton"],
+            TRITON_KEY,
+            _derived(fresh, namespace, name),
+        )
+        context = Context(
+            tier_priorities=tuple(priorities.get(namespace, ())),
+            tier=report or TierReport(),
+            network=network,
+            admin_key=key,
+        )
         resources.append((document, translate(KINDS[document["kind"]], document, now, context)))
     return Translation(resources, gateways)
+
+
+def _derived(fresh: str, namespace: str, name: str) -> str:
+    """One value per generated Secret from one draw, so no two Secrets share a password."""
+    return hashlib.sha256(f"{fresh}/{namespace}/{name}".encode()).hexdigest() if fresh else ""
 
 
 def _namespace(document: Mapping[str, Any]) -> str:
