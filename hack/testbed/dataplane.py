@@ -10,6 +10,7 @@ Every start waits until the process answers and fails loudly, with its log, when
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,25 @@ from typing import Any
 from testbed.processes import Process, answers_http, answers_tcp, free_port, free_ports, start, tool_binary
 
 
-def redis(workdir: Path, port: int) -> Process:
+def redis(workdir: Path, port: int, password: str) -> Process:
+    """Redis asking every client for `password` (AUTH), as the gateway's Redis does in a cluster; the
+    password is in a config file, never on a command line."""
+    config = workdir / f"redis-{port}.conf"
+    config.write_text(f"requirepass {password}\n")
+    config.chmod(0o600)
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command = [
+        binary,
+        str(config),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     return start("redis", command, workdir / f"redis-{port}.log", answers_tcp(port))
 
 
@@ -40,8 +57,11 @@ class RateLimitPorts:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
-def ratelimit(workdir: Path, config_root: Path, redis_port: int, ports: RateLimitPorts) -> Process:
-    """The ratelimit service on `config_root`/ratelimit/config/*.yaml (as gateway-config writes it)."""
+def ratelimit(
+    workdir: Path, config_root: Path, redis_port: int, redis_password: str, ports: RateLimitPorts
+) -> Process:
+    """The ratelimit service on `config_root`/ratelimit/config/*.yaml (as gateway-config writes it), with
+    Redis's password in REDIS_AUTH as the rendered Deployment gives it."""
     env = {
         "RUNTIME_ROOT": str(config_root),
         "RUNTIME_SUBDIRECTORY": "ratelimit",
@@ -54,6 +74,7 @@ def ratelimit(workdir: Path, config_root: Path, redis_port: int, ports: RateLimi
         "LOG_FORMAT": "json",
         "REDIS_SOCKET_TYPE": "tcp",
         "REDIS_URL": f"127.0.0.1:{redis_port}",
+        "REDIS_AUTH": redis_password,
         "HOST": "127.0.0.1",
         "GRPC_HOST": "127.0.0.1",
         "DEBUG_HOST": "127.0.0.1",
@@ -193,6 +214,7 @@ class GatewayProcesses:
     ratelimit_root: Path | None = None
     """The ratelimit service's RUNTIME_ROOT (rules in ratelimit/config/); None: replica 0's gateway-config."""
     redis_port: int = field(default_factory=free_port)
+    redis_password: str = field(default_factory=lambda: secrets.token_hex(32))
     ratelimit_ports: RateLimitPorts = field(default_factory=RateLimitPorts.free)
     processes: dict[str, Process] = field(default_factory=dict)
     """Redis and the ratelimit service, by name."""
@@ -217,11 +239,13 @@ class GatewayProcesses:
             gateway_config([source], self.replica_dir(index), *replica.options(), *shared, *extra)
 
     def start_redis(self) -> None:
-        self.processes["redis"] = redis(self.workdir, self.redis_port)
+        self.processes["redis"] = redis(self.workdir, self.redis_port, self.redis_password)
 
     def start_ratelimit(self) -> None:
         root = self.ratelimit_root or self.replica_dir(0)
-        self.processes["ratelimit"] = ratelimit(self.workdir, root, self.redis_port, self.ratelimit_ports)
+        self.processes["ratelimit"] = ratelimit(
+            self.workdir, root, self.redis_port, self.redis_password, self.ratelimit_ports
+        )
 
     def start_envoys(self) -> None:
         for index, replica in enumerate(self.replicas):

@@ -25,7 +25,7 @@ from typing import Any
 
 from tollway.ir.serving import TritonServing
 from tollway.render.model_config import config_pbtxt
-from tollway.render.serving import triton_args
+from tollway.render.serving import KEY_VARIABLE, triton_args
 
 from testbed.client import Reply
 from testbed.processes import Process, answers_http, free_port
@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: A stand-in model for CPU-only machines: OUTPUT = INPUT x version, with token usage (see its docstring).
 ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
+RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,25 @@ def start(
     *others: TritonServing,
     broken: Iterable[int] = (),
     http_port: int | None = None,
+    admin_key: str | None = None,
 ) -> RunningTriton:
     """Triton started with Tollway's own command line; only the repository path and ports are local.
 
     `others` are served beside the first model (one more --load-model each); `broken` versions of the
-    first model fail to load. Returns once Triton is live; AssertionError with its log if it never is.
+    first model fail to load. With `admin_key`, Triton's restricted APIs take that key, filled in where the
+    kubelet would fill it in from the model's Secret; without, they are left open. Returns once Triton is
+    live; AssertionError with its log if it never is.
     """
     repository = model_repository(workdir, serving, broken)
     for other in others:
         model_repository(workdir, other)
     http, grpc, metrics = http_port or free_port(), free_port(), free_port()
-    args = [arg for arg in triton_args(serving) if not arg.startswith(LOCAL_FLAGS)]
+    local = LOCAL_FLAGS if admin_key is not None else LOCAL_FLAGS + RESTRICTED_FLAGS
+    args = [
+        arg.replace(f"$({KEY_VARIABLE})", admin_key or "")
+        for arg in triton_args(serving)
+        if not arg.startswith(local)
+    ]
     args += [f"--load-model={other.model.name}" for other in others]
     args += [
         f"--model-repository={repository}",
@@ -145,10 +154,14 @@ def start(
 
 @contextmanager
 def running(
-    workdir: Path, serving: TritonServing, *others: TritonServing, broken: Iterable[int] = ()
+    workdir: Path,
+    serving: TritonServing,
+    *others: TritonServing,
+    broken: Iterable[int] = (),
+    admin_key: str | None = None,
 ) -> Iterator[RunningTriton]:
     """`start`, and stop when the block ends."""
-    triton = start(workdir, serving, *others, broken=broken)
+    triton = start(workdir, serving, *others, broken=broken, admin_key=admin_key)
     try:
         yield triton
     finally:
