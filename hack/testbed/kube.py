@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from testbed.processes import ROOT, free_port, poll
+from testbed.processes import ROOT, Process, free_port, poll
 
 T = TypeVar("T")
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -88,6 +88,8 @@ def eventually(probe: Callable[[], T | None], timeout: float = 60.0, interval: f
 class Operator:
     log: Path
     liveness: str
+    process: Process
+    """The `tollway run` subprocess (its `kill()` is a SIGKILL)."""
 
     def log_lines(self) -> list[str]:
         return self.log.read_text().splitlines()
@@ -115,7 +117,8 @@ def tollway_run(kubeconfig: Path, workdir: Path, *args: str) -> Iterator[Operato
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
         )
     try:
-        yield Operator(log, liveness)
+        yield Operator(log, liveness, Process("tollway run", process, log))
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         process.wait(timeout=30)

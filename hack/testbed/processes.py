@@ -91,6 +91,12 @@ class Process:
                 self.popen.kill()
                 self.popen.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash, an OOM kill, a node lost)."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
