@@ -7,8 +7,10 @@ consumer of its own and, where it needs room, starts at the top of a fresh minut
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 import ssl
 import threading
 import time
@@ -59,6 +61,7 @@ CONSUMERS = (
     "rita",
     "uma",
     "vic",
+    "sara",
 )
 KEYS = {name: f"tw-test-{name}-key" for name in CONSUMERS}
 
@@ -118,6 +121,7 @@ def manifests(
         secret("olga", "metered", KEYS["olga"]),
         secret("uma", "metered", KEYS["uma"]),
         secret("vic", "metered", KEYS["vic"]),
+        secret("sara", "free", KEYS["sara"]),  # stalls uploads once over her limit
         secret("tpm64", "metered64", KEYS["tpm64"]),
         secret("carol", "pro", KEYS["carol"]),
         secret("bulk", "bulk", KEYS["bulk"]),
@@ -278,13 +282,19 @@ def test_the_key_never_reaches_the_model_and_the_tier_priority_does(gateway: Bed
         "/v1/models/recorder/infer",
         key=KEYS["carol"],
         body={"inputs": [], "parameters": {"priority": 9, "x": 1}},
+        headers={"tollway-admin-key": "guess", "triton-grpc-protocol-tollway-admin-key": "guess"},
     )
     assert reply.status == 200, reply.body
     path, headers, body = gateway.recorded[-1]
     assert path == "/v2/models/recorder/versions/1/infer"
-    assert (
-        "authorization" not in headers and "x-api-key" not in headers and "x-tollway-cluster" not in headers
-    )
+    removed = {
+        "authorization",
+        "x-api-key",
+        "x-tollway-cluster",
+        "tollway-admin-key",  # only the operator sends Triton's admin key
+        "triton-grpc-protocol-tollway-admin-key",
+    }
+    assert not removed & set(headers)
     assert KEYS["carol"].encode() not in body
     # pro's priority (1, the first level) replaces the client's own value; the other parameters pass as sent.
     assert body == b'{"inputs": [], "parameters": {"priority":1,"x": 1}}'
@@ -450,6 +460,78 @@ def test_max_tokens_the_gateway_cannot_read_exactly_is_refused(gateway: Bed, max
     assert reply.json()["error"]["message"] == "parameters.max_tokens must be a whole number"
     escaped = b'{"inputs": [], "parameters": {"max_tok\\u0065ns": 4000}}'
     assert gateway.call("/v1/models/echo/infer", key=KEYS["tina"], raw=escaped).status == 400
+
+
+# Refusals before the body: a client that is unknown, over a request limit or declares too large a body is
+# answered on its headers, and the gateway never buffers what it sends after them.
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # spec.model.maxRequestBytes of the echo model (the default)
+
+
+def stalled_upload(port: int, key: str | None, length: int, sent_bytes: int) -> tuple[socket.socket, int]:
+    """An upload that declares `length` bytes, sends its headers and what of `sent_bytes` the kernel takes at
+    once, then stops; its open socket and the status it was answered with."""
+    credential = f"authorization: Bearer {key}\r\n" if key else ""
+    head = (
+        f"POST /v1/models/echo/infer HTTP/1.1\r\nhost: localhost:{port}\r\n{credential}"
+        f"content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    )
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(head.encode())
+    connection.setblocking(False)
+    with contextlib.suppress(OSError):  # the gateway may have answered and closed the connection already
+        connection.send(b" " * sent_bytes)
+    connection.settimeout(10)
+    status_line = connection.recv(4096).split(b"\r\n", 1)[0]
+    return connection, int(status_line.split()[1])
+
+
+def over_requests_per_minute(gateway: Bed, key: str) -> None:
+    """Spend what is left of `key`'s requests this minute (its tier's limit may have been reloaded: ask until
+    refused), with time to spare in the minute."""
+    fresh_window(30)
+    statuses = [infer(gateway, "/v1/models/echo/infer", key).status for _ in range(100)]
+    assert statuses[-1] == 429 and set(statuses) <= {200, 429}
+
+
+def envoy_allocated_bytes(gateway: Bed) -> int:
+    url = f"http://127.0.0.1:{gateway.replicas[0].admin}/stats?filter=^server.memory_allocated$"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.read().decode().split(":")[1])
+
+
+def test_a_caller_who_is_unknown_over_a_limit_or_too_large_is_answered_before_sending_a_body(
+    gateway: Bed,
+) -> None:
+    port = gateway.ports[0]
+    assert stalled_upload(port, None, 1000, 0)[1] == 401
+    assert stalled_upload(port, KEYS["carol"], DEFAULT_MAX_REQUEST_BYTES + 1, 0)[1] == 413
+    over_requests_per_minute(gateway, KEYS["sara"])
+    assert stalled_upload(port, KEYS["sara"], 1000, 0)[1] == 429
+
+
+def test_envoys_memory_stays_flat_under_many_stalled_uploads_it_refused(gateway: Bed) -> None:
+    over_requests_per_minute(gateway, KEYS["sara"])
+    before = envoy_allocated_bytes(gateway)
+    held = [
+        stalled_upload(gateway.ports[0], key, DEFAULT_MAX_REQUEST_BYTES, 1024 * 1024)
+        for key in [KEYS["sara"], None] * 16
+    ]
+    grown = envoy_allocated_bytes(gateway) - before
+    for connection, _ in held:
+        connection.close()
+    assert [status for _, status in held] == [429, 401] * 16
+    # Buffered, the 32 uploads would hold what the kernel passed on of their 32 MiB.
+    assert grown < 4 * 1024 * 1024, f"Envoy's heap grew by {grown} bytes"
+
+
+def test_a_client_that_never_finishes_its_headers_is_let_go(gateway: Bed) -> None:
+    connection = socket.create_connection(("127.0.0.1", gateway.ports[0]), timeout=30)
+    connection.sendall(b"POST /v1/models/echo/infer HTTP/1.1\r\nhost: localhost\r\n")  # and no more
+    started = time.monotonic()
+    answer = connection.recv(4096)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 25  # request_headers_timeout: 10 s
 
 
 # Bodies that Triton and the gateway could read two ways (issue #12): each is refused before it reaches the

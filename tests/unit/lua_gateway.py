@@ -12,7 +12,8 @@ from typing import Any
 
 from lupa import luajit21
 
-from tollway.render.lua import gateway_program, module_source
+from tollway.render.envoy import body_data
+from tollway.render.lua import body_program, gateway_program, module_source
 
 
 def runtime() -> Any:
@@ -219,11 +220,16 @@ class Handle(Fake):
         self.reply: ProgramReply | None = None
         self.errors: list[str] = []
         self.route_cache_cleared = 0
+        self.reading_headers = False
+        """True while the headers program runs: it must never ask for the body."""
+        self.after_headers: dict[str, Any] = {}
+        """The dynamic metadata the headers program left: what the request-count filters after it read."""
 
     def headers(self) -> Any:
         return self.request_headers.table
 
     def body(self) -> Any:
+        assert not self.reading_headers, "the headers program asked for the body"
         return None if self.request_body is None else self.request_body.table
 
     def streamInfo(self) -> Any:  # noqa: N802
@@ -263,13 +269,19 @@ class Handle(Fake):
 
 
 class GatewayProgram:
-    """The request program Envoy runs (`gateway_program(data)`), on a clock the test sets."""
+    """The gateway's two programs as Envoy runs them on a request, on a clock the test sets: the headers
+    program (`gateway_program(data)`), then, unless it answered, the body program (`body_program`); and the
+    headers program on a response. Both run in one Lua state here (the modules they share are pure)."""
 
     def __init__(self, data: dict[str, Any], now: int) -> None:
         self.lua = runtime()
+        found = self.lua.globals()
         self.lua.execute(gateway_program(data))
+        self.on_headers, self.on_response = found.envoy_on_request, found.envoy_on_response
+        self.lua.execute(body_program(body_data(data)))
+        self.on_body = found.envoy_on_request
         self.now = now
-        self.lua.globals().os.time = lambda: self.now
+        found.os.time = lambda: self.now
 
     def handle(
         self,
@@ -293,10 +305,15 @@ class GatewayProgram:
 
     def request(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:
         handle = self.handle(headers, body, **context)
-        self.lua.globals().envoy_on_request(handle.table)
+        handle.reading_headers = True
+        self.on_headers(handle.table)
+        handle.reading_headers = False
+        handle.after_headers = dict(handle.tollway)
+        if handle.reply is None:
+            self.on_body(handle.table)
         return handle
 
     def response(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:
         handle = self.handle(headers, body, **context)
-        self.lua.globals().envoy_on_response(handle.table)
+        self.on_response(handle.table)
         return handle

@@ -24,6 +24,8 @@ NOW = 1_790_000_000
 KEY = {"authorization": "Bearer k-pro"}
 INFER = {"kind": "infer", "model": "chat", "version": 2}
 GRPC = {"kind": "grpc"}
+MAX_BODY = 4096
+MISSING = "missing credential: send Authorization: Bearer KEY or x-api-key: KEY"
 GRPC_INFER = {":path": "/inference.GRPCInferenceService/ModelInfer", "x-api-key": "k-pro"}
 
 
@@ -78,6 +80,7 @@ DATA: dict[str, Any] = {
             "input": "prompt_tokens",
             "output": "completion_tokens",
             "max_tokens": 256,
+            "max_body": MAX_BODY,
             "retry_after": 7,
         }
     },
@@ -130,7 +133,9 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
         "content-length": str(len(handle.body_bytes or b"")),
         "x-tollway-cluster": "triton-http|chat",
     }
-    assert handle.tollway == {
+    # On the headers alone: the caller, the model and the limits' scopes, for the request-count filters.
+    admitted = {
+        "kind": "infer",
         "consumer": "acme",
         "tier": "pro",
         "model": "chat",
@@ -138,6 +143,10 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
         "credential": "ai/pro-key",
         "rpm_closed": "pro",
         "tpm_closed": "pro/chat",
+    }
+    assert handle.after_headers == admitted
+    assert handle.tollway == {
+        **admitted,
         "reserve": str(math.ceil(len(body) / 4) + 100),
         "estimate": str(math.ceil(len(body) / 4) + 100),  # what a response without usage is charged
         "settle": "0",
@@ -161,6 +170,7 @@ def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway:
     handle = gateway.request({"x-api-key": "k-free"}, infer_body(), route=INFER)
     assert handle.reply is None
     assert handle.tollway == {
+        "kind": "infer",
         "consumer": "hobbyist",
         "tier": "free",
         "model": "chat",
@@ -176,6 +186,7 @@ def test_a_metadata_request_is_routed_without_limits_or_body(gateway: GatewayPro
     assert handle.reply is None
     assert handle.header_values == {"x-tollway-cluster": "triton-http|chat"}
     assert handle.tollway == {
+        "kind": "metadata",
         "consumer": "acme",
         "tier": "pro",
         "model": "chat",
@@ -192,11 +203,11 @@ def test_a_request_off_the_model_routes_is_left_to_envoy(gateway: GatewayProgram
 @pytest.mark.parametrize(
     ("headers", "why"),
     [
-        ({}, "missing credential: send Authorization: Bearer KEY or x-api-key: KEY"),
+        ({}, MISSING),
         ({"authorization": "Bearer nope"}, "invalid API key or token"),
         (
             {"authorization": "Basic k-pro"},
-            "missing credential: send Authorization: Bearer KEY or x-api-key: KEY",
+            MISSING,
         ),
         ({"x-api-key": "k-old"}, "API key expired"),
     ],
@@ -214,14 +225,30 @@ def test_a_caller_without_a_valid_key_gets_401(
     assert "x-tollway-cluster" not in handle.header_values and handle.tollway == {}
 
 
+def test_a_body_declared_larger_than_the_models_limit_gets_413_on_its_headers(
+    gateway: GatewayProgram,
+) -> None:
+    handle = gateway.request({**KEY, "content-length": str(MAX_BODY + 1)}, b"{}", route=INFER)
+    assert handle.answer == (413, f"a request to chat may carry at most {MAX_BODY} bytes")
+    assert gateway.request({**KEY, "content-length": str(MAX_BODY)}, infer_body(), route=INFER).reply is None
+
+
+def test_a_grpc_body_larger_than_its_models_limit_gets_413(gateway: GatewayProgram) -> None:
+    request = service_pb2.ModelInferRequest(model_name="chat")
+    request.raw_input_contents.append(b"x" * MAX_BODY)
+    handle = gateway.request(GRPC_INFER, grpc_frame(request), route=GRPC)
+    assert handle.answer == (413, f"a request to chat may carry at most {MAX_BODY} bytes")
+
+
 def test_a_tier_gets_403_for_a_version_it_may_not_use(gateway: GatewayProgram) -> None:
     handle = gateway.request({"x-api-key": "k-free"}, route={**INFER, "version": 1})
     assert handle.answer == (403, "tier free may not use chat version 1")
 
 
-def test_a_switched_off_version_gets_410_before_the_caller_is_asked(gateway: GatewayProgram) -> None:
-    handle = gateway.request({}, route={**INFER, "version": 0})
+def test_a_switched_off_version_gets_410_once_the_caller_is_known(gateway: GatewayProgram) -> None:
+    handle = gateway.request(KEY, route={**INFER, "version": 0})
     assert handle.answer == (410, "this model version was switched off on 2026-09-21")
+    assert gateway.request({}, route={**INFER, "version": 0}).answer == (401, MISSING)  # says nothing of it
 
 
 def test_a_request_that_could_never_fit_the_token_limit_gets_429(gateway: GatewayProgram) -> None:
@@ -438,6 +465,24 @@ def test_a_grpc_infer_request_is_routed_by_its_model_name_and_charged(gateway: G
     }
     assert handle.tollway["version"] == "1"
     assert handle.tollway["reserve"] == str(math.ceil(len(frame) / 4) + 300)
+    # The model is inside the body: the headers give the caller only, and the request limits are counted
+    # by the filters after the body program (their metadata keys say so).
+    assert handle.after_headers == {
+        "kind": "grpc",
+        "consumer": "acme",
+        "tier": "pro",
+        "credential": "ai/pro-key",
+    }
+    assert (handle.tollway["rpm_grpc_closed"], handle.tollway["tpm_closed"]) == ("pro", "pro/chat")
+    assert "rpm_closed" not in handle.tollway
+
+
+def test_a_grpc_caller_without_a_credential_is_refused_before_its_body_is_read(
+    gateway: GatewayProgram,
+) -> None:
+    frame = grpc_frame(service_pb2.ModelInferRequest(model_name="chat"))
+    handle = gateway.request({":path": GRPC_INFER[":path"]}, frame, route=GRPC)
+    assert handle.answer == (401, MISSING)  # the harness fails any test whose headers program reads a body
 
 
 def test_grpc_and_http_reserve_by_the_same_formula(gateway: GatewayProgram) -> None:
@@ -606,14 +651,14 @@ def test_a_failure_in_the_response_program_is_logged_and_the_response_passes(gat
     assert len(broken.errors) == 1 and broken.errors[0].startswith("tollway gateway (response): ")
 
 
-def test_the_clock_is_read_once_per_request_and_once_per_response() -> None:
+def test_the_clock_is_read_once_by_each_program_on_a_request_and_once_per_response() -> None:
     gateway = GatewayProgram(DATA, NOW)
     reads = []
     gateway.lua.globals().os.time = lambda: reads.append(1) or NOW
     gateway.request(KEY, infer_body(), route=INFER)
-    assert len(reads) == 1
-    gateway.response({":status": "200"}, b"{}", metadata={"tollway": {"model": "chat", "version": "1"}})
     assert len(reads) == 2
+    gateway.response({":status": "200"}, b"{}", metadata={"tollway": {"model": "chat", "version": "1"}})
+    assert len(reads) == 3
 
 
 def test_a_refusal_repeats_a_name_the_client_sent_only_when_it_is_plain() -> None:

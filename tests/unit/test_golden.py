@@ -31,8 +31,8 @@ import yaml
 
 from tollway import documents
 from tollway.ir.gateway import Gateway
-from tollway.render.envoy import LUA_FILTER, TOKEN_HEADERS_FILTER, lua_data
-from tollway.render.lua import gateway_program, token_headers_program
+from tollway.render.envoy import BODY_FILTER, LUA_FILTER, TOKEN_HEADERS_FILTER, body_data, lua_data
+from tollway.render.lua import body_program, gateway_program, token_headers_program
 from tollway.translate import GatewayResult, translate_all
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -129,13 +129,19 @@ def config_apart(manifest: Manifest) -> tuple[Manifest, dict[str, str]]:
 def lua_programs(gateway: Gateway) -> dict[str, tuple[str, str]]:
     """Lua filter name → (the program it must run, the line that stands for it in the golden file).
 
-    The request program is its data table (in lua-data.json) and code; the line's hash pins the code, as the
-    program rendered with an empty table (wherever that table sits in it)."""
+    The gateway and body programs are their data table (in lua-data.json; the body program's is its tiers
+    and models) and code; the line's hash pins the code, as the program rendered with an empty table
+    (wherever that table sits in it)."""
     token_headers = token_headers_program()
+    data = lua_data(gateway)
     return {
         LUA_FILTER: (
-            gateway_program(lua_data(gateway)),
+            gateway_program(data),
             f"<gateway program, sha256 {digest(gateway_program({}))}…; data in {LUA_DATA}>",
+        ),
+        BODY_FILTER: (
+            body_program(body_data(data)),
+            f"<body program, sha256 {digest(body_program({}))}…; data: tiers and models of {LUA_DATA}>",
         ),
         TOKEN_HEADERS_FILTER: (token_headers, f"<token_headers program, sha256 {digest(token_headers)}…>"),
     }

@@ -68,6 +68,9 @@ class ModelSource(TollwayModel):
     """Largest batch Triton may form; 0 turns batching off."""
     tokens: TokenFields | None = None
     """How a response reports token usage, for token limits and pricing. Unset: tokens are not counted."""
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """The largest request body the gateway reads for this model (413 beyond it): the gateway holds a
+    request's whole body in memory while it checks it."""
 
 
 class Deprecation(TollwayModel):

@@ -36,6 +36,8 @@ class Model:
     None when the model reports no tokens: its requests are then not charged tokens."""
     output_tokens: str | None = None
     default_max_tokens: int = 256
+    max_request_bytes: int = 16 * 1024 * 1024
+    """The largest body the gateway buffers for this model."""
     retry_after: int = 1
     """Seconds a client told "queue full" (Triton's 503) should wait: the model's estimated wait, rounded up
     to a few steps so the configuration changes rarely."""
@@ -162,6 +164,10 @@ class Runtime:
     """Envoy's admin interface, on 127.0.0.1 only."""
     mtls_port: int = 8443
     """The first mTLS tier's port; the others (in name order) follow it."""
+    envoy_memory_bytes: int = 1024 * 1024 * 1024
+    """Each Envoy's memory limit: its overload manager sheds load before its heap reaches it."""
+    envoy_max_connections: int = 10_000
+    """Client connections each Envoy holds at most (its metrics listener is not counted)."""
     monitoring: bool = True
     """Render ServiceMonitors and a PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
     images: Images = field(default_factory=Images)

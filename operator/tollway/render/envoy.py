@@ -12,25 +12,48 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
 
-from tollway.ir.gateway import Gateway, Model, Mtls, Tier, Version
+from tollway.ir.gateway import Gateway, Model, Mtls, Runtime, Tier, Version
 from tollway.ir.names import (
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
+    TRITON_KEY_HEADER,
     USAGE_KINDS,
     gateway_children,
     in_cluster_host,
 )
-from tollway.render.lua import gateway_program, token_headers_program
+from tollway.render.lua import body_program, gateway_program, token_headers_program
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
-"""Per connection: the gateway buffers whole infer requests and responses (to meter and rewrite them)."""
+CONNECTION_BUFFER_BYTES = 1024 * 1024
+"""What Envoy reads ahead of a connection before it stops reading it: a body is buffered whole only on a
+route that raises its request's limit (the model's maxRequestBytes), and only once the request got past
+the checks made on its headers."""
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
+BODY_FILTER = "tollway.body"
 TOKEN_HEADERS_FILTER = "tollway.token_headers"
 RATELIMIT_CLUSTER = "ratelimit"
 ADMIN_CLUSTER = "admin"
 RATELIMIT_TIMEOUT = "0.25s"
 UPSTREAM_TIMEOUT = "300s"
+"""The longest a model may take to answer (a long generation sends nothing until it is done)."""
+CLIENT_TIMEOUTS = {
+    "request_headers_timeout": "10s",  # a client that never finishes its headers
+    "request_timeout": "60s",  # ... or its body: from its first byte to its last
+    "stream_idle_timeout": UPSTREAM_TIMEOUT,  # nothing either way for this long: the model is not answering
+}
+HTTP_OPTIONS = {
+    "common_http_protocol_options": {
+        "idle_timeout": "300s",  # a connection with no request in flight
+        # x_api_key and x-api-key could be read as one header by one component and two by another
+        "headers_with_underscores_action": "REJECT_REQUEST",
+    },
+    "http2_protocol_options": {
+        "max_concurrent_streams": 128,
+        # Small windows: a client cannot push much ahead of what the gateway has agreed to read.
+        "initial_stream_window_size": 65536,
+        "initial_connection_window_size": 1024 * 1024,
+    },
+}
 PUBLIC_BASES = ("/v1/models", "/v2/models")
 """The public API is versioned under /v1; the same routes under /v2 are Triton's own (KServe v2) paths, so
 that tritonclient and other KServe clients work unchanged (an alias goes in the model name: "chat:stable")."""
@@ -105,6 +128,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                 "input": re.sub(r"(\W)", r"%\1", model.input_tokens) if model.input_tokens else None,
                 "output": re.sub(r"(\W)", r"%\1", model.output_tokens) if model.output_tokens else None,
                 "max_tokens": model.default_max_tokens,
+                "max_body": model.max_request_bytes,
                 "retry_after": model.retry_after,
             }
             for model in gateway.models
@@ -120,6 +144,11 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         },
     }
     return data
+
+
+def body_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of `lua_data` the body program reads: it learns the caller from dynamic metadata."""
+    return {"tiers": data["tiers"], "models": data["models"]}
 
 
 def _routes(gateway: Gateway, now: datetime) -> list[Config]:
@@ -159,12 +188,17 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         "prefix_rewrite": upstream + suffix,
                         "timeout": UPSTREAM_TIMEOUT,
                     }
+                    route["request_body_buffer_limit"] = model.max_request_bytes
                 routes.append(route)
     routes.append(
         {
             "match": {"prefix": "/inference.GRPCInferenceService/", "grpc": {}},
             "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "grpc"}}},
             "route": {"cluster_header": CLUSTER_HEADER, "timeout": UPSTREAM_TIMEOUT},
+            # The model is named inside the body: the largest model's limit, each model's checked in Lua.
+            "request_body_buffer_limit": max(
+                (model.max_request_bytes for model in gateway.models), default=CONNECTION_BUFFER_BYTES
+            ),
         }
     )
     routes.append(
@@ -180,15 +214,16 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
 
 
 def _rate_limit_filter(
-    name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, tokens: bool
+    name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, *, tokens: bool, stage: str = ""
 ) -> Config:
+    """Counts `kind_set` for the requests whose Lua program set `<kind><stage>_<mode>` (the limit's scope)."""
     rate_limits: list[Config] = []
     for limit in kind_set:
         actions = [
             {
                 "metadata": {
                     "descriptor_key": limit,
-                    "metadata_key": _meta_key(f"{limit}_{mode}"),
+                    "metadata_key": _meta_key(f"{limit}{stage}_{mode}"),
                     "source": "DYNAMIC",
                 }
             },
@@ -375,16 +410,29 @@ ACCESS_LOG_FIELDS = {
 def http_filters(gateway: Gateway) -> list[Config]:
     """The gateway's HTTP filters in the order Envoy runs them on a request (responses pass them in reverse).
     Each one relies on what the ones before it did, so the order is the design: change it here only."""
+    data = lua_data(gateway)
     return [
         # Verifies JWTs and leaves each valid token's payload in dynamic metadata (allows missing tokens:
         # an API key or a client certificate may authenticate instead).
         *_jwt_filter(gateway),
-        # Authenticates, authorizes, routes (sets the cluster header), rewrites the priority and reserves
-        # tokens: everything below reads the metadata it sets. On the response: settlement and headers.
-        _lua_filter(LUA_FILTER, gateway_program(lua_data(gateway))),
-        # Requests per minute and day, each counter in the filter its tier's fail-open setting selects.
+        # On the request's headers alone: authenticates, and for HTTP (whose route names the model)
+        # authorizes and routes (sets the cluster header); everything below reads the metadata it sets. On
+        # the response: settlement and headers.
+        _lua_filter(LUA_FILTER, gateway_program(data)),
+        # Requests per minute and day, each counter in the filter its tier's fail-open setting selects:
+        # an over-limit request is refused here, before its body is read.
         *(
-            _rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, False)
+            _rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, tokens=False)
+            for mode, fail_open in (("open", True), ("closed", False))
+        ),
+        # Buffers the body of what got this far: reads it as Triton will, rewrites the priority, reserves
+        # tokens; for gRPC also resolves, authorizes and routes the model its body names.
+        _lua_filter(BODY_FILTER, body_program(body_data(data))),
+        # gRPC's requests per minute and day: its model (and so its limits' scopes) is known only now.
+        *(
+            _rate_limit_filter(
+                f"tollway.requests.grpc.{mode}", ("rpm", "rpd"), mode, fail_open, tokens=False, stage="_grpc"
+            )
             for mode, fail_open in (("open", True), ("closed", False))
         ),
         # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
@@ -392,7 +440,7 @@ def http_filters(gateway: Gateway) -> list[Config]:
         _lua_filter(TOKEN_HEADERS_FILTER, token_headers_program()),
         # Tokens per minute and day: the reservation before the request, the excess used at stream end.
         *(
-            _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, True)
+            _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, tokens=True)
             for mode, fail_open in (("open", True), ("closed", False))
         ),
         # Usage counters at stream end; never refuses.
@@ -412,10 +460,17 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             "@type": _HCM,
             "stat_prefix": "gateway",
             "codec_type": "AUTO",
+            **CLIENT_TIMEOUTS,
+            **HTTP_OPTIONS,
             "route_config": {
                 "name": "models",
                 "virtual_hosts": [{"name": "api", "domains": ["*"], "routes": _routes(gateway, now)}],
-                "request_headers_to_remove": [CLUSTER_HEADER],
+                # Whoever sends Triton's admin key is the operator, never a client through the gateway.
+                "request_headers_to_remove": [
+                    CLUSTER_HEADER,
+                    TRITON_KEY_HEADER,
+                    f"triton-grpc-protocol-{TRITON_KEY_HEADER}",
+                ],
             },
             "http_filters": http_filters(gateway),
             "local_reply_config": _local_reply(),
@@ -448,7 +503,7 @@ def _listener(name: str, port: int, chain: Config) -> Config:
         "@type": _TYPE + "config.listener.v3.Listener",
         "name": name,
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
-        "per_connection_buffer_limit_bytes": MAX_BODY_BYTES,
+        "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
         "filter_chains": [chain],
     }
 
@@ -480,7 +535,11 @@ def _metrics_listener(gateway: Gateway) -> Config:
             ],
         },
     }
-    return _listener("metrics", gateway.runtime.metrics_port, {"filters": [manager]})
+    # Prometheus still reads the statistics of an Envoy that holds all the client connections it may.
+    return {
+        **_listener("metrics", gateway.runtime.metrics_port, {"filters": [manager]}),
+        "ignore_global_conn_limit": True,
+    }
 
 
 def listeners(gateway: Gateway, now: datetime) -> Config:
@@ -618,10 +677,53 @@ def clusters(gateway: Gateway) -> Config:
     return {"resources": found}
 
 
+def _overload_manager(runtime: Runtime) -> Config:
+    """What Envoy does as its heap nears `envoy_memory_bytes` or its connections `envoy_max_connections`:
+    return memory to the system, then reset the streams that buffer the most, then refuse new requests."""
+    heap = "envoy.resource_monitors.fixed_heap"
+
+    def at(value: float) -> list[Config]:
+        return [{"name": heap, "threshold": {"value": value}}]
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": _TYPE + "extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": runtime.envoy_memory_bytes,
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _TYPE
+                    + "extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": runtime.envoy_max_connections,
+                },
+            },
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": at(0.9)},
+            {
+                "name": "envoy.overload_actions.reset_high_memory_stream",
+                "triggers": [
+                    {"name": heap, "scaled": {"scaling_threshold": 0.85, "saturation_threshold": 0.95}}
+                ],
+            },
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": at(0.95)},
+        ],
+        # Streams buffering 1 MiB or more are accounted, so that the reset above can pick the largest.
+        "buffer_factory_config": {"minimum_account_to_track_power_of_two": 20},
+    }
+
+
 def bootstrap(gateway: Gateway) -> Config:
     directory = gateway.runtime.config_dir
     return {
         "node": {"id": gateway.name, "cluster": gateway.name},
+        "overload_manager": _overload_manager(gateway.runtime),
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": gateway.runtime.admin_port}}
         },

@@ -1,18 +1,22 @@
-"""The gateway's Lua programs, as Envoy's Lua filter runs them (inline source code).
+"""The gateway's Lua programs, as Envoy's Lua filters run them (inline source code).
 
-Envoy's Lua filter takes one inline chunk, so the request program is bundled from templates/:
+The gateway runs two programs, one filter each, with the request-count limits between them: gateway.lua
+reads a request's headers (caller, model, route; and the response on its way back), body.lua its body
+(Triton's reading of it, the tier's priority, the token reservation). Envoy's Lua filter takes one inline
+chunk, so each program is bundled from templates/:
 
-    local T = <the data `render.envoy.lua_data` computes from the gateway IR>
+    local T = <the data `render.envoy.lua_data` computes from the gateway IR (body.lua: its tiers and models)>
     package.preload["tollway.access"] = function(...)
     <access.lua>
     end
-    ... (one for each of MODULES)
-    <gateway.lua>
+    ... (one for each module the program uses)
+    <gateway.lua or body.lua>
 
-Each module file is a pure Lua module (it returns its table and reads neither `T` nor Envoy's handle), so
-tests load one on its own with `module_source`. The shim, gateway.lua, `require`s them: Envoy opens
-LuaJIT's standard libraries, `package` included, in each worker's Lua state. Each module runs in a function
-of its own, which keeps every chunk far below LuaJIT's 200 locals and 60 upvalues per function.
+Each module file is a Lua module that reads neither `T` nor the clock (all but `stream` are pure: `stream`
+acts on the handle it is given), so tests load one on its own with `module_source`. The shims `require`
+them: Envoy opens LuaJIT's standard libraries, `package` included, in each worker's Lua state. Each module
+runs in a function of its own, which keeps every chunk far below LuaJIT's 200 locals and 60 upvalues per
+function.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-MODULES = ("access", "json", "models", "protobuf", "tokens")
+GATEWAY_MODULES = ("access", "models", "stream", "tokens")
+BODY_MODULES = ("json", "models", "protobuf", "stream", "tokens")
 
 
 def _source(name: str) -> str:
@@ -59,12 +64,22 @@ def lua_literal(value: Any) -> str:
     raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
-def gateway_program(data: dict[str, Any]) -> str:
-    """The request program: `local T = <data>`, the modules as preloaded packages, then the shim."""
-    modules = "".join(
-        f'package.preload["tollway.{name}"] = function(...)\n{module_source(name)}end\n\n' for name in MODULES
+def _program(data: dict[str, Any], modules: tuple[str, ...], shim: str) -> str:
+    """`local T = <data>`, the modules as preloaded packages, then the shim."""
+    preloads = "".join(
+        f'package.preload["tollway.{name}"] = function(...)\n{module_source(name)}end\n\n' for name in modules
     )
-    return f"local T = {lua_literal(data)}\n\n" + modules + _source("gateway.lua")
+    return f"local T = {lua_literal(data)}\n\n" + preloads + _source(shim)
+
+
+def gateway_program(data: dict[str, Any]) -> str:
+    """The program that reads a request's headers, and its response."""
+    return _program(data, GATEWAY_MODULES, "gateway.lua")
+
+
+def body_program(data: dict[str, Any]) -> str:
+    """The program that reads a request's body, once the request-count limits let it through."""
+    return _program(data, BODY_MODULES, "body.lua")
 
 
 def token_headers_program() -> str:

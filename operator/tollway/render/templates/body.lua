@@ -1,0 +1,84 @@
+-- Tollway's gateway, second of its two Lua programs: it runs after the request-count limits, so only a
+-- request whose caller is known and within those limits gets its body buffered (up to the model's
+-- maxRequestBytes, the route's buffer limit). It reads the body as Triton will, writes the tier's priority
+-- into it and reserves its tokens; for gRPC, whose model is named inside the body, it also resolves and
+-- admits the model and routes the request. `T` (above) holds the tiers and models of gateway.lua's data;
+-- the caller is what gateway.lua left in dynamic metadata.
+
+local json = require("tollway.json")
+local models = require("tollway.models")
+local protobuf = require("tollway.protobuf")
+local stream = require("tollway.stream")
+
+local refuse = stream.refuse
+
+local function grpc_request(handle, now, caller)
+  local body = handle:body()
+  local bytes = body and body:getBytes(0, body:length()) or ""
+  local message = protobuf.unframe(bytes)
+  if message == nil then return refuse(handle, 400, "send one uncompressed gRPC message") end
+  local name, pinned, rest = protobuf.name_and_version(message)
+  if name == nil then return refuse(handle, 400, "the request is not a protobuf message") end
+  local model_name, alias = models.split_name(name)
+  local model, version, status, problem = models.resolve(T.models, model_name, alias, tonumber(pinned))
+  if model == nil then return refuse(handle, status, problem) end
+  if #bytes > model.max_body then return stream.too_large(handle, model_name, model) end
+  local tier = T.tiers[caller.tier]
+  local infer = handle:headers():get(":path") == "/inference.GRPCInferenceService/ModelInfer"
+  local scopes =
+    stream.admit_model(handle, now, caller.tier, tier, model_name, model, version, infer, stream.AFTER_BODY)
+  if scopes == nil then return end
+  if infer then
+    local max_tokens, unreadable = protobuf.grpc_max_tokens(rest)
+    if unreadable then return refuse(handle, 400, unreadable) end
+    if not stream.reserve_tokens(handle, tier, model_name, model, scopes, #bytes, max_tokens) then return end
+  end
+  body:setBytes(
+    protobuf.frame(protobuf.routed_request(model_name, version, rest, infer and tier.level or nil))
+  )
+  stream.route_to(handle, tier.grpc_clusters[model_name] or model.grpc_cluster)
+end
+
+-- Rewrite an HTTP infer body with the tier's priority; the body's length and the max_tokens it asks for, or
+-- nil, nil and why the request is refused.
+local function prepare_http_infer(handle, level)
+  local body = handle:body()
+  if body == nil then return 0 end
+  local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
+  local bytes = body:getBytes(0, body:length())
+  -- Triton's binary tensor extension: the JSON is the first Inference-Header-Content-Length bytes.
+  local declared, json_length = headers:get("inference-header-content-length"), #bytes
+  if declared ~= nil then
+    json_length = tonumber(declared:match("^%d+$") or "")
+    if json_length == nil or json_length > #bytes then
+      return nil, nil, "Inference-Header-Content-Length must be a whole number no larger than the body"
+    end
+  end
+  local rewritten, max_tokens, problem = json.with_priority(bytes:sub(1, json_length), level)
+  if rewritten == nil then return nil, nil, problem end
+  local rest = bytes:sub(json_length + 1)
+  body:setBytes(rewritten .. rest)
+  headers:replace("content-length", tostring(#rewritten + #rest))
+  if headers:get("inference-header-content-length") then
+    headers:replace("inference-header-content-length", tostring(#rewritten))
+  end
+  return #bytes, max_tokens
+end
+
+local function http_infer(handle, caller)
+  local tier, model = T.tiers[caller.tier], T.models[caller.model]
+  local body_length, max_tokens, problem = prepare_http_infer(handle, tier.level)
+  if problem then return refuse(handle, 400, problem) end
+  local scopes = tier.scopes[caller.model]
+  stream.reserve_tokens(handle, tier, caller.model, model, scopes, body_length, max_tokens)
+end
+
+local function on_request(handle, now)
+  -- A request gateway.lua did not admit (no model request, or one it answered) has no caller.
+  local caller = handle:streamInfo():dynamicMetadata():get(stream.NS)
+  if caller == nil or caller.tier == nil then return end
+  if caller.kind == "grpc" then return grpc_request(handle, now, caller) end
+  if caller.kind == "infer" then return http_infer(handle, caller) end
+end
+
+function envoy_on_request(handle) stream.checked(handle, "tollway gateway (body)", on_request, os.time()) end

@@ -1,0 +1,109 @@
+-- What both of the gateway's programs do to the request's stream: refuse it, route it, and leave in dynamic
+-- metadata what the filters after them read. Each function takes Envoy's `handle` and the tables of `T` it
+-- needs as arguments; none reads `T` or the clock itself.
+
+local models = require("tollway.models")
+local tokens = require("tollway.tokens")
+
+local M = {}
+
+local NS = "tollway"
+M.NS = NS
+
+-- Limits that count requests: checked before the body is read wherever the request's model is known from its
+-- headers (HTTP); gRPC names its model inside the body, so its request limits go to filters after it.
+local REQUEST_KINDS = { rpm = true, rpd = true }
+M.AFTER_BODY = "_grpc"
+
+function M.refuse(handle, status, message, headers)
+  local all = { [":status"] = tostring(status) }
+  for name, value in pairs(headers or {}) do
+    all[name] = value
+  end
+  handle:respond(all, message)
+end
+
+-- Run `step(handle, now)`; a failure inside it is logged (as `program`'s) and answered 500: a request the
+-- program did not finish checking never passes.
+function M.checked(handle, program, step, now)
+  local ok, failure = pcall(step, handle, now)
+  if not ok then
+    handle:logErr(program .. ": " .. tostring(failure))
+    M.refuse(handle, 500, "the gateway could not process this request")
+  end
+end
+
+function M.unauthenticated(handle, why)
+  M.refuse(handle, 401, why, { ["www-authenticate"] = 'Bearer realm="tollway"' })
+end
+
+-- Record the caller for the ratelimit filters, body.lua and the access log; `kind` is the route's (infer,
+-- ready, metadata or grpc).
+function M.set_caller(handle, kind, consumer, tier_name, credential)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "kind", kind)
+  metadata:set(NS, "consumer", consumer)
+  metadata:set(NS, "tier", tier_name)
+  if credential then metadata:set(NS, "credential", credential) end
+end
+
+-- Send the request to `cluster` (the router reads x-tollway-cluster), without the caller's credential.
+function M.route_to(handle, cluster)
+  local headers = handle:headers()
+  headers:remove("authorization")
+  headers:remove("x-api-key")
+  headers:replace("x-tollway-cluster", cluster)
+  handle:clearRouteCache()
+end
+
+-- The model checks of a request whose caller is known, HTTP or gRPC: the version's sunset, the tier's access,
+-- then the metadata its limit filters read (`limited`: a request that counts; `stage`: "" for the filters
+-- before the body, M.AFTER_BODY for those after it). The tier's limit scopes for the model, or nil after
+-- refusing the request.
+function M.admit_model(handle, now, tier_name, tier, model_name, model, version, limited, stage)
+  local switched_off = models.switched_off(model.versions[version], now)
+  if switched_off then return M.refuse(handle, 410, switched_off) end
+  if not tier.allowed[model_name .. "@" .. version] then
+    return M.refuse(
+      handle,
+      403,
+      "tier " .. tier_name .. " may not use " .. model_name .. " version " .. version
+    )
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "model", model_name)
+  metadata:set(NS, "version", tostring(version))
+  local scopes = tier.scopes[model_name]
+  if limited then
+    local mode = tier.fail_open and "_open" or "_closed"
+    for limit, scope in pairs(scopes) do
+      metadata:set(NS, limit .. (REQUEST_KINDS[limit] and stage or "") .. mode, scope)
+    end
+  end
+  return scopes
+end
+
+-- Charge a request of `body_length` bytes before it runs (the token filters read the reservation); false
+-- after refusing one that could never fit the tier's token limit.
+function M.reserve_tokens(handle, tier, model_name, model, scopes, body_length, max_tokens)
+  local reserve, problem = tokens.reservation(tier, model_name, model, scopes, body_length, max_tokens)
+  if reserve == false then
+    M.refuse(handle, 429, problem)
+    return false
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if model.input ~= nil then -- what a response that reports no usage is charged
+    metadata:set(NS, "estimate", tostring(tokens.estimate(model, body_length, max_tokens)))
+  end
+  if reserve ~= nil then
+    metadata:set(NS, "reserve", tostring(reserve))
+    metadata:set(NS, "settle", "0")
+  end
+  return true
+end
+
+function M.too_large(handle, model_name, model)
+  M.refuse(handle, 413, "a request to " .. model_name .. " may carry at most " .. model.max_body .. " bytes")
+end
+
+return M
