@@ -459,6 +459,20 @@ def test_a_refused_child_is_reported_and_nothing_is_pruned(bed: Bed) -> None:
 # The watch cache
 
 
+def test_the_gateway_does_not_depend_on_the_order_of_the_watch_cache(bed: Bed) -> None:
+    """kopf indexes objects in the order it happens to process their events, which differs after a restart:
+    the gateway's configuration (routes and clusters follow its models) must not, or every restart rewrites
+    it and reloads Envoy (found by SIGKILLing the operator: tests/integration/test_operator_faults.py)."""
+    for name in ("zeta", "alpha"):
+        bed.cluster.add(model_deployment(name, **{"spec.aliases": {}}))
+    tier = bed.cluster.add(api_tier("pro", **{"spec.models": ["*"]}))
+    bed.event(tier)
+    written = len(bed.cluster.writes)
+    bed.cluster.objects = dict(reversed(bed.cluster.objects.items()))  # the same objects, indexed anew
+    bed.event(tier)
+    assert bed.cluster.writes[written:] == []
+
+
 def test_watch_events_read_the_namespace_from_the_watch_cache(bed: Bed) -> None:
     settled(bed)
     assert bed.cluster.calls["cached_resources"] > 0

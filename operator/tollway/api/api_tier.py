@@ -176,6 +176,13 @@ class ApiTierSpec(TollwayModel):
                 for override in spec.overrides
             ),
         ),
+        Rule(
+            field=".overrides",
+            message="overrides must name each model once",
+            cel="!has(self.overrides) || "
+            "self.overrides.all(o, self.overrides.exists_one(p, p.model == o.model))",
+            holds=lambda spec: len({override.model for override in spec.overrides}) == len(spec.overrides),
+        ),
     )
 
     display_name: Annotated[str, StringConstraints(max_length=128)] | None = None

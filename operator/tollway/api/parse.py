@@ -44,7 +44,9 @@ def parse(kind: type[R], document: Mapping[str, Any]) -> R:
     """
     metadata = document.get("metadata") or {}
     try:
-        return kind.model_validate({key: value for key, value in document.items() if key != "status"})
+        # Strict, as the API server is: "7" is no integer and "true" no boolean (the CRD refuses both).
+        body = {key: value for key, value in document.items() if key != "status"}
+        return kind.model_validate(body, strict=True)
     except ValidationError as error:
         problems = [describe(problem) for problem in error.errors(include_url=False)]
         raise InvalidResource(kind.kind_name, str(metadata.get("name", "")), problems) from None
