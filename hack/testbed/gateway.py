@@ -67,7 +67,7 @@ def echo_model() -> dict[str, Any]:
                 "repository": "s3://models/echo",
                 "backend": "python",
                 "maxBatchSize": 1,
-                "tokens": {"defaultMaxTokens": 4},
+                "tokens": {"defaultMaxTokens": 4, "usageOutput": "USAGE"},
             },
             "versions": [
                 {"version": "3"},
@@ -102,13 +102,14 @@ def tiny_model() -> dict[str, Any]:
 
 
 def recorder_model() -> dict[str, Any]:
-    """A 'model' whose upstream is a recording HTTP server: what the gateway forwards, headers and body."""
+    """A 'model' whose upstream is a recording HTTP server: what the gateway forwards, headers and body. It
+    counts tokens and reports none: a model that leaves its usage out."""
     return {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": "recorder", "namespace": NAMESPACE, "uid": "uid-recorder"},
         "spec": {
-            "model": {"repository": "s3://models/recorder", "backend": "python"},
+            "model": {"repository": "s3://models/recorder", "backend": "python", "tokens": {}},
             "versions": [{"version": "1"}],
         },
     }

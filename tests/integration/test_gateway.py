@@ -62,6 +62,7 @@ CONSUMERS = (
     "uma",
     "vic",
     "sara",
+    "wes",
 )
 KEYS = {name: f"tw-test-{name}-key" for name in CONSUMERS}
 
@@ -122,6 +123,7 @@ def manifests(
         secret("uma", "metered", KEYS["uma"]),
         secret("vic", "metered", KEYS["vic"]),
         secret("sara", "free", KEYS["sara"]),  # stalls uploads once over her limit
+        secret("wes", "metered", KEYS["wes"]),
         secret("tpm64", "metered64", KEYS["tpm64"]),
         secret("carol", "pro", KEYS["carol"]),
         secret("bulk", "bulk", KEYS["bulk"]),
@@ -801,12 +803,30 @@ def test_the_ratelimit_service_counts_each_consumers_requests_and_tokens(gateway
     }
 
 
-def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported(gateway: Bed) -> None:
-    """Usage is compulsory: a request whose `outputs` leave the USAGE tensor out is answered, charged the most
-    it could have used (its reservation) as output tokens, and counted as unreported (an alert)."""
+def test_outputs_that_leave_the_usage_out_get_it_back_and_are_charged_what_they_used(gateway: Bed) -> None:
+    """Usage is compulsory: a request that lists only some outputs gets the model's usage output too."""
     body = {**infer_body(values=3, max_tokens=5), "outputs": [{"name": "OUTPUT"}]}
-    reply = gateway.call("/v1/models/echo/infer", key=KEYS["vic"], body=body)
-    assert reply.status == 200 and list(outputs(reply)) == ["OUTPUT"]
+    reply = gateway.call("/v1/models/echo/infer", key=KEYS["wes"], body=body)
+    assert reply.status == 200 and sorted(outputs(reply)) == ["OUTPUT", "USAGE"]
+    assert usage(reply) == {"prompt_tokens": 3, "completion_tokens": 5}
+    client = triton_grpc.InferenceServerClient(f"localhost:{gateway.ports[0]}")
+    data = triton_grpc.InferInput("INPUT", [1, 3], "FP32")
+    data.set_data_from_numpy(numpy.ones((1, 3), dtype="float32"))
+    only = [triton_grpc.InferRequestedOutput("OUTPUT")]
+    result = client.infer("echo", [data], outputs=only, headers={"authorization": f"Bearer {KEYS['wes']}"})
+    assert json.loads(result.as_numpy("USAGE")[0][0]) == {"prompt_tokens": 3, "completion_tokens": 3}
+    # requests, input, output, tpm: the two requests' counts, and nothing unreported
+    found = eventually(lambda: (hits := counted(gateway, "wes", 4))["usage_requests_metered"] == 2 and hits)
+    assert "usage_unreported_metered" not in found
+    assert (found["usage_input_metered"], found["usage_output_metered"]) == (6, 8)
+
+
+def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported(gateway: Bed) -> None:
+    """Usage is compulsory: a model that reports none (the recorder) is answered, charged the most the request
+    could have used (its reservation) as output tokens, and counted as unreported (an alert)."""
+    body = infer_body(values=3, max_tokens=5)
+    reply = gateway.call("/v1/models/recorder/infer", key=KEYS["vic"], body=body)
+    assert reply.status == 200
     estimate = math.ceil(len(json.dumps(body)) / 4) + 5
     found = counted(gateway, "vic", 4)  # requests, output, unreported, tpm (an input count of 0 adds nothing)
     assert found["usage_requests_metered"] == 1 and found["usage_unreported_metered"] == 1

@@ -80,6 +80,7 @@ DATA: dict[str, Any] = {
             "input": "prompt_tokens",
             "output": "completion_tokens",
             "max_tokens": 256,
+            "usage_output": "USAGE",
             "max_body": MAX_BODY,
             "retry_after": 7,
         }
@@ -310,6 +311,36 @@ def test_the_tier_priority_replaces_the_clients_and_the_other_parameters_pass_as
     )
 
 
+@pytest.mark.parametrize(
+    ("outputs", "forwarded"),
+    [
+        ([{"name": "OUTPUT"}], [{"name": "OUTPUT"}, {"name": "USAGE"}]),  # the usage output comes back anyway
+        ([{"name": "USAGE"}, {"name": "OUTPUT"}], [{"name": "USAGE"}, {"name": "OUTPUT"}]),
+        ([], []),  # no list: Triton returns every output
+    ],
+)
+def test_an_outputs_list_always_asks_for_the_usage_output(
+    gateway: GatewayProgram, outputs: list[dict[str, str]], forwarded: list[dict[str, str]]
+) -> None:
+    handle = gateway.request(KEY, json.dumps({"inputs": [], "outputs": outputs}).encode(), route=INFER)
+    assert handle.reply is None
+    assert json.loads(handle.body_bytes or b"")["outputs"] == forwarded
+
+
+@pytest.mark.parametrize(
+    ("outputs", "why"),
+    [
+        ('{"name": "OUTPUT"}', "outputs must be a JSON array"),
+        ('["OUTPUT"]', "each output must be a JSON object"),
+        ('[{"name": "US\\u0041GE"}]', "an output name must be a string without escape sequences"),
+        ('[{"name": "OUTPUT", "name": "USAGE"}]', "name appears twice in an output"),
+    ],
+)
+def test_an_outputs_list_read_two_ways_gets_400(gateway: GatewayProgram, outputs: str, why: str) -> None:
+    handle = gateway.request(KEY, f'{{"inputs": [], "outputs": {outputs}}}'.encode(), route=INFER)
+    assert handle.answer == (400, why)
+
+
 @pytest.mark.parametrize("declared", ["x", "-1", "99999"])
 def test_a_binary_body_with_an_unreadable_json_length_gets_400(
     gateway: GatewayProgram, declared: str
@@ -483,6 +514,25 @@ def test_a_grpc_caller_without_a_credential_is_refused_before_its_body_is_read(
     frame = grpc_frame(service_pb2.ModelInferRequest(model_name="chat"))
     handle = gateway.request({":path": GRPC_INFER[":path"]}, frame, route=GRPC)
     assert handle.answer == (401, MISSING)  # the harness fails any test whose headers program reads a body
+
+
+@pytest.mark.parametrize(
+    ("requested", "forwarded"),
+    [
+        (["OUTPUT"], ["OUTPUT", "USAGE"]),
+        (["USAGE", "OUTPUT"], ["USAGE", "OUTPUT"]),
+        ([], []),  # none requested: Triton returns every output
+    ],
+)
+def test_a_grpc_request_for_some_outputs_always_asks_for_the_usage_output(
+    gateway: GatewayProgram, requested: list[str], forwarded: list[str]
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="chat")
+    for name in requested:
+        request.outputs.add(name=name)
+    handle = gateway.request(GRPC_INFER, grpc_frame(request), route=GRPC)
+    assert handle.reply is None
+    assert [output.name for output in grpc_message(handle.body_bytes or b"").outputs] == forwarded
 
 
 def test_grpc_and_http_reserve_by_the_same_formula(gateway: GatewayProgram) -> None:

@@ -65,9 +65,19 @@ def escaped(text: str, everything: bool) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-# KServe-like bodies: "parameters" (often more than once) holding max_tokens (often more than once).
+# KServe-like bodies: "parameters" (often more than once) holding max_tokens (often more than once), and
+# "outputs" naming the model's usage output or not.
+USAGE = "USAGE"
 parameter_objects = st.lists(st.tuples(WORDS, st.integers(0, 10**6) | values), max_size=4).map(Pairs)
-members = st.tuples(st.just("parameters"), parameter_objects | values) | st.tuples(keys, values)
+output_objects = st.lists(
+    st.tuples(st.sampled_from(["name", "parameters"]), st.sampled_from([USAGE, "OUTPUT"]) | values),
+    max_size=3,
+).map(Pairs)
+members = (
+    st.tuples(st.just("parameters"), parameter_objects | values)
+    | st.tuples(st.just("outputs"), st.lists(output_objects, max_size=3) | values)
+    | st.tuples(keys, values)
+)
 
 
 @st.composite
@@ -102,8 +112,9 @@ def single(pairs: Pairs, key: str) -> bool:
 
 
 def rewrite(text: str, level: int = 3) -> tuple[str | None, int | None, str | None]:
-    """json.with_priority's three results, on a body given as text (UTF-8 on the wire)."""
-    done = JSON.with_priority(lua_text(text.encode()), level)
+    """json.routed's three results, on a body given as text (UTF-8 on the wire), for a model whose usage
+    output is USAGE."""
+    done = JSON.routed(lua_text(text.encode()), level, USAGE)
     done = done if isinstance(done, tuple) else (done,)
     rewritten, max_tokens, problem = (*done, None, None, None)[:3]
     return (None if rewritten is None else from_lua(rewritten).decode()), max_tokens, problem
@@ -112,7 +123,8 @@ def rewrite(text: str, level: int = 3) -> tuple[str | None, int | None, str | No
 def check_rewrite(text: str) -> None:
     """The property: the gateway refuses the body, or it reads it exactly as every reader of the JSON does
     (so the body has one "parameters", one "max_tokens" in it, and keys without escapes), forwards the other
-    members as sent, and puts the tier's priority in place of any the client sent."""
+    members as sent, puts the tier's priority in place of any the client sent, and adds the usage output to
+    an outputs list that leaves it out."""
     rewritten, max_tokens, problem = rewrite(text)
     if problem is not None:
         assert rewritten is None
@@ -125,9 +137,15 @@ def check_rewrite(text: str) -> None:
     assert isinstance(sent, Pairs), "only an object is read"
     assert all(single(sent, name) for name, _ in sent), "duplicate keys are refused"
     forwarded = json.loads(rewritten, object_pairs_hook=pairs_hook)
-    assert [member for member in forwarded if member[0] != "parameters"] == [
-        member for member in sent if member[0] != "parameters"
+    assert [member for member in forwarded if member[0] not in ("parameters", "outputs")] == [
+        member for member in sent if member[0] not in ("parameters", "outputs")
     ]
+    listed = first(sent, "outputs")
+    if listed is not None:
+        assert isinstance(listed, list) and all(isinstance(output, Pairs) for output in listed)
+        names = [first(output, "name") for output in listed]
+        added = [Pairs([("name", USAGE)])] if listed and USAGE not in names else []
+        assert first(forwarded, "outputs") == [*listed, *added]
     taken = first(forwarded, "parameters")
     given = first(sent, "parameters") or Pairs()
     assert isinstance(taken, Pairs) and isinstance(given, Pairs)

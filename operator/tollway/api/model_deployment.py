@@ -23,6 +23,7 @@ from tollway.api.base import (
 )
 
 MODEL_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+TENSOR_NAME = "^[A-Za-z_][A-Za-z0-9_.-]*$"
 ALIAS_NAME = "^[a-z][a-z0-9-]{0,30}$"
 REPOSITORY = "^((s3|gs|as)://[^/ ]+(/[^ ]*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^ ]*)?)$"
 
@@ -42,6 +43,10 @@ class TokenFields(TollwayModel):
     """Path of the number of output (completion) tokens."""
     default_max_tokens: int = Field(default=256, ge=1, le=1_000_000)
     """Output tokens the gateway reserves for a request that sets no `parameters.max_tokens`."""
+    usage_output: Annotated[str, StringConstraints(pattern=TENSOR_NAME, max_length=128)] | None = None
+    """The output tensor that carries the counts (a BYTES tensor holding JSON, such as `USAGE`). A request
+    whose `outputs` list leaves it out gets it added, so the usage always comes back. Unset: the counts are
+    in the response itself, which no request can leave out."""
 
 
 class ModelSource(TollwayModel):

@@ -35,6 +35,8 @@ class Model:
     """The JSON key that reports input tokens in a response (the last part of spec.model.tokens.inputField);
     None when the model reports no tokens: its requests are then not charged tokens."""
     output_tokens: str | None = None
+    usage_output: str | None = None
+    """The output tensor that carries the token counts, added to any request's list of outputs."""
     default_max_tokens: int = 256
     max_request_bytes: int = 16 * 1024 * 1024
     """The largest body the gateway buffers for this model."""

@@ -128,6 +128,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                 "input": re.sub(r"(\W)", r"%\1", model.input_tokens) if model.input_tokens else None,
                 "output": re.sub(r"(\W)", r"%\1", model.output_tokens) if model.output_tokens else None,
                 "max_tokens": model.default_max_tokens,
+                "usage_output": model.usage_output,
                 "max_body": model.max_request_bytes,
                 "retry_after": model.retry_after,
             }

@@ -192,6 +192,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         aliases=tuple(sorted((alias, int(version)) for alias, version in aliases.items())),
         input_tokens=tokens.input_field.rsplit(".", 1)[-1] if tokens else None,
         output_tokens=tokens.output_field.rsplit(".", 1)[-1] if tokens else None,
+        usage_output=tokens.usage_output if tokens else None,
         default_max_tokens=tokens.default_max_tokens if tokens else 0,
         max_request_bytes=spec.model.max_request_bytes,
     )

@@ -32,6 +32,7 @@ local function grpc_request(handle, now, caller)
     local max_tokens, unreadable = protobuf.grpc_max_tokens(rest)
     if unreadable then return refuse(handle, 400, unreadable) end
     if not stream.reserve_tokens(handle, tier, model_name, model, scopes, #bytes, max_tokens) then return end
+    if model.usage_output then rest = protobuf.with_requested_output(rest, model.usage_output) end
   end
   body:setBytes(
     protobuf.frame(protobuf.routed_request(model_name, version, rest, infer and tier.level or nil))
@@ -39,9 +40,9 @@ local function grpc_request(handle, now, caller)
   stream.route_to(handle, tier.grpc_clusters[model_name] or model.grpc_cluster)
 end
 
--- Rewrite an HTTP infer body with the tier's priority; the body's length and the max_tokens it asks for, or
--- nil, nil and why the request is refused.
-local function prepare_http_infer(handle, level)
+-- Rewrite an HTTP infer body as json.routed does; the body's length and the max_tokens it asks for, or nil,
+-- nil and why the request is refused.
+local function prepare_http_infer(handle, level, usage_output)
   local body = handle:body()
   if body == nil then return 0 end
   local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
@@ -54,7 +55,7 @@ local function prepare_http_infer(handle, level)
       return nil, nil, "Inference-Header-Content-Length must be a whole number no larger than the body"
     end
   end
-  local rewritten, max_tokens, problem = json.with_priority(bytes:sub(1, json_length), level)
+  local rewritten, max_tokens, problem = json.routed(bytes:sub(1, json_length), level, usage_output)
   if rewritten == nil then return nil, nil, problem end
   local rest = bytes:sub(json_length + 1)
   body:setBytes(rewritten .. rest)
@@ -67,7 +68,7 @@ end
 
 local function http_infer(handle, caller)
   local tier, model = T.tiers[caller.tier], T.models[caller.model]
-  local body_length, max_tokens, problem = prepare_http_infer(handle, tier.level)
+  local body_length, max_tokens, problem = prepare_http_infer(handle, tier.level, model.usage_output)
   if problem then return refuse(handle, 400, problem) end
   local scopes = tier.scopes[caller.model]
   stream.reserve_tokens(handle, tier, caller.model, model, scopes, body_length, max_tokens)

@@ -1,6 +1,6 @@
 -- KServe v2 JSON request bodies, read the way Triton reads them or refused: the top-level object's members,
--- its "parameters" object, the max_tokens it asks for, and the tier's priority written into it. Pure string
--- functions.
+-- its "parameters" object, the max_tokens it asks for, the tier's priority written into it, and the model's
+-- usage output added to the "outputs" it lists. Pure string functions.
 --
 -- Canonical reading: where two readers of the same JSON could disagree, the body is refused. So the keys of
 -- the top-level object and of "parameters" may hold no escape sequence ("param\u0065ters" is "parameters"
@@ -84,8 +84,52 @@ local function members(json, open, where)
   end
 end
 
--- The request as the gateway reads it: {open, members, parameters (the member, if any), parameter_members};
--- or nil and why it is refused.
+-- The values of the array whose bracket is at `open`, each {start, stop} (stop exclusive); nil when it is
+-- not a JSON array.
+local function elements(json, open)
+  local found = {}
+  local at = skip_space(json, open + 1)
+  if json:sub(at, at) == "]" then return found end
+  while true do
+    local stop = value_end(json, at)
+    if stop == nil then return nil end
+    found[#found + 1] = { start = at, stop = stop }
+    at = skip_space(json, stop)
+    local char = json:sub(at, at)
+    if char == "]" then return found end
+    if char ~= "," then return nil end
+    at = skip_space(json, at + 1)
+  end
+end
+
+-- The names of the outputs a request lists (the "name" of each object in its "outputs" array); nil and why
+-- when the list or a name could be read two ways.
+local function output_names(json, outputs)
+  if json:sub(outputs.value_start, outputs.value_start) ~= "[" then
+    return nil, "outputs must be a JSON array"
+  end
+  local listed = elements(json, outputs.value_start)
+  if listed == nil then return nil, NOT_JSON end
+  local names = {}
+  for _, output in ipairs(listed) do
+    if json:sub(output.start, output.start) ~= "{" then return nil, "each output must be a JSON object" end
+    local found, problem = members(json, output.start, "an output")
+    if found == nil then return nil, problem end
+    for _, member in ipairs(found) do
+      if member.key == "name" then
+        local name = json:sub(member.value_start + 1, member.value_stop - 2)
+        if json:sub(member.value_start, member.value_start) ~= '"' or name:find("\\", 1, true) then
+          return nil, "an output name must be a string without escape sequences"
+        end
+        names[#names + 1] = name
+      end
+    end
+  end
+  return names, nil, listed
+end
+
+-- The request as the gateway reads it: {open, members, parameters (the member, if any), parameter_members,
+-- outputs (the member, if any)}; or nil and why it is refused.
 function M.request(json)
   local open = skip_space(json, 1)
   if json:sub(open, open) ~= "{" then return nil, NOT_JSON end
@@ -101,6 +145,8 @@ function M.request(json)
       local inner, problem = members(json, member.value_start, "parameters")
       if inner == nil then return nil, problem end
       request.parameters, request.parameter_members = member, inner
+    elseif member.key == "outputs" then
+      request.outputs = member
     end
   end
   return request
@@ -112,32 +158,57 @@ local function whole_number(text)
   return nil, "parameters.max_tokens must be a whole number"
 end
 
--- The JSON with the tier's priority as the request's first parameter (any the client sent is dropped), the
--- max_tokens asked for, or nil, nil and why the body is refused.
-function M.with_priority(json, level)
-  local request, problem = M.request(json)
-  if request == nil then return nil, nil, problem end
+-- The parameters object with the tier's priority first (any the client sent is dropped), and the max_tokens
+-- asked for; or nil, nil and why the body is refused.
+local function with_priority(json, request, level)
   local setting = '"priority":' .. level
-  local parameters = request.parameters
-  if parameters == nil then
-    local brace = request.open
-    return json:sub(1, brace)
-      .. '"parameters":{'
-      .. setting
-      .. "}"
-      .. (#request.members == 0 and "" or ",")
-      .. json:sub(brace + 1)
+  if request.parameters == nil then
+    return '"parameters":{' .. setting .. "}" .. (#request.members == 0 and "" or ","), nil
   end
   local kept, max_tokens = { setting }, nil
   for _, member in ipairs(request.parameter_members) do
     if member.key == "max_tokens" then
+      local problem
       max_tokens, problem = whole_number(json:sub(member.value_start, member.value_stop - 1))
       if max_tokens == nil then return nil, nil, problem end
     end
     if member.key ~= "priority" then kept[#kept + 1] = json:sub(member.start, member.value_stop - 1) end
   end
-  local object = "{" .. table.concat(kept, ",") .. "}"
-  return json:sub(1, parameters.value_start - 1) .. object .. json:sub(parameters.value_stop), max_tokens
+  return "{" .. table.concat(kept, ",") .. "}", max_tokens
+end
+
+-- The body as the gateway forwards it: the tier's priority `level` written into its parameters and, when the
+-- model reports its usage in the output `usage_output` and the request lists outputs without it (Triton then
+-- returns only those), that output added to the list. Also the max_tokens asked for; or nil, nil and why
+-- the body is refused.
+function M.routed(json, level, usage_output)
+  local request, problem = M.request(json)
+  if request == nil then return nil, nil, problem end
+  local parameters, max_tokens, refused = with_priority(json, request, level)
+  if parameters == nil then return nil, nil, refused end
+  local edits = {} -- {start, stop (exclusive), text}, applied from the last
+  if request.parameters == nil then
+    edits[1] = { request.open + 1, request.open + 1, parameters }
+  else
+    edits[1] = { request.parameters.value_start, request.parameters.value_stop, parameters }
+  end
+  if usage_output ~= nil and request.outputs ~= nil then
+    local names, unreadable, listed = output_names(json, request.outputs)
+    if names == nil then return nil, nil, unreadable end
+    local named = false
+    for _, name in ipairs(names) do
+      named = named or name == usage_output
+    end
+    if #listed > 0 and not named then
+      local after = listed[#listed].stop
+      edits[#edits + 1] = { after, after, ',{"name":"' .. usage_output .. '"}' }
+    end
+  end
+  table.sort(edits, function(a, b) return a[1] > b[1] end)
+  for _, edit in ipairs(edits) do
+    json = json:sub(1, edit[1] - 1) .. edit[3] .. json:sub(edit[2])
+  end
+  return json, max_tokens
 end
 
 return M

@@ -145,6 +145,26 @@ function M.grpc_max_tokens(message)
   return max_tokens
 end
 
+-- The fields of a ModelInferRequest (`rest`) with the output `name` added to the outputs it requests (field
+-- 6, each an InferRequestedOutputTensor named by its field 1) when it requests some but not that one (Triton
+-- then returns only those requested). Protobuf reads the last of a message's repeated name fields; so does
+-- this.
+function M.with_requested_output(rest, name)
+  local requested, named = false, false
+  for _, field in ipairs(M.fields(rest) or {}) do
+    if field.number == 6 and field.wire == 2 then
+      requested = true
+      local output, last = rest:sub(field.value_start, field.stop - 1), nil
+      for _, part in ipairs(M.fields(output) or {}) do
+        if part.number == 1 and part.wire == 2 then last = output:sub(part.value_start, part.stop - 1) end
+      end
+      named = named or last == name
+    end
+  end
+  if not requested or named then return rest end
+  return rest .. M.length_field(6, M.length_field(1, name))
+end
+
 -- The request for `name` and `version` with the caller's other fields (`rest`, from name_and_version) and,
 -- when `level` is given, parameters["priority"] = uint64 level appended: the last of duplicate map keys
 -- wins, so a client cannot outrank its tier.
