@@ -84,7 +84,7 @@ def eventually(probe: Callable[[], T | None], timeout: float = 60.0, interval: f
     return found
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one running operator is equal to itself only (tests key dicts by it)
 class Operator:
     log: Path
     liveness: str

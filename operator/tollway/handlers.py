@@ -29,6 +29,7 @@ CHILDREN = (
     ("", "v1", "configmaps"),
     ("", "v1", "serviceaccounts"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),  # restored at once: a deleted one opens the network
     ("", "v1", "pods"),
 )
 #: Secrets: Envoy's config (a child) and the API keys that tiers select, by labels of the users' choosing.

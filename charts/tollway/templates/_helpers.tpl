@@ -74,13 +74,14 @@ The rules the operator needs in each namespace it watches (all of them when clus
   apply on the status subresource (patch). kopf writes nothing else on them: event handlers only, no
   finalizers, no handler state.
 - the children it renders (Triton and gateway Deployments, Services, ConfigMaps, ServiceAccounts, PDBs,
-  the Secrets of Envoy's config, Redis's password and Triton's admin key): read before each apply (get),
+  NetworkPolicies, the Secrets of Envoy's config, Redis's password and Triton's admin key): read before
+  each apply (get),
   watched by kopf so an edited or deleted child is restored (list, watch), server-side applied (patch; create too, since an apply that creates an object is
   also authorised as a create) and pruned when no longer rendered (delete, after a list by label).
 - Secrets: also the API keys that tiers select (list, watch), by labels their owners choose.
 - Pods: listed for the Degraded reasons (image pulls, scheduling) and watched so they show at once.
-- HPAs, KEDA ScaledObjects, ServiceMonitors, PrometheusRules and NetworkPolicies: applied and pruned,
-  never watched (a resync restores an edited one).
+- HPAs, KEDA ScaledObjects, ServiceMonitors and PrometheusRules: applied and pruned, never watched (a
+  resync restores an edited one). NetworkPolicies are watched: a deleted one would open the network.
   Pruning lists every such kind the cluster serves, so they are granted whichever engine the models use.
 - Events: Tollway's condition changes (events.k8s.io). Not core events: kopf posts none for event handlers.
 */}}
@@ -114,7 +115,7 @@ The rules the operator needs in each namespace it watches (all of them when clus
   verbs: [get, list, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create]
