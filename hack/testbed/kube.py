@@ -116,9 +116,8 @@ def tollway_run(kubeconfig: Path, workdir: Path, *args: str) -> Iterator[Operato
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
         )
+    running = Process("tollway run", process, log)
     try:
-        yield Operator(log, liveness, Process("tollway run", process, log))
+        yield Operator(log, liveness, running)
     finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(timeout=30)
+        running.stop()  # SIGTERM, then SIGKILL after a grace period, as the kubelet stops a pod

@@ -93,10 +93,12 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     rendered = {path: yaml.safe_load(path.read_text()) for path in tmp_path.glob("*.yaml")}
     kinds = sorted(document["kind"].lower() for document in rendered.values())
     triton = ["configmap", "deployment", "poddisruptionbudget", "service", "serviceaccount"] * 2
+    triton += ["networkpolicy", "secret"] * 2  # who may reach Triton; its admin key
     monitoring = ["configmap", "servicemonitor", "prometheusrule"] * 2  # a dashboard ConfigMap each
     scaling = ["horizontalpodautoscaler", "scaledobject"]  # chat on the HPA, embed on KEDA
     gateway = ["secret", "configmap"] + ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
     gateway += ["servicemonitor"] * 2 + ["prometheusrule"]  # Envoy's and the ratelimit service's
+    gateway += ["networkpolicy"] * 2 + ["secret"]  # who may reach ratelimit and Redis; Redis's password
     adapter = ["configmap"]  # prometheus-adapter's rules, for the HPA
     assert kinds == sorted(triton + monitoring + scaling + gateway + adapter)
     # prometheus-operator's and KEDA's kinds need their CRDs, which this cluster does not have.

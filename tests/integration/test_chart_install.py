@@ -225,6 +225,10 @@ def children(cluster: Cluster, namespace: str, kinds: set[str]) -> set[tuple[str
 def test_the_operator_reconciles_the_examples_with_only_what_the_chart_grants(
     cluster: Cluster, cluster_wide: Release, tmp_path: Path
 ) -> None:
+    # A control plane reused from an earlier run holds its Deployments, past their progress deadline by now.
+    cluster.kubectl(
+        "delete", "-f", str(ROOT / "examples"), "--ignore-not-found", "--wait=true", "--timeout=120s"
+    )
     cluster.kubectl("apply", "-f", str(ROOT / "examples"))
     with cluster_wide.run_operator(tmp_path):
         found = eventually(lambda: settled(cluster, EXAMPLES), timeout=90)
