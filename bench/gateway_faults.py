@@ -10,7 +10,7 @@ started again, ROUNDS times. For each outage it prints the load's failed request
 limits were exact again (by tier, by outcome: "no answer" is a refused or cut connection), the time from
 the restart until a count from zero went exactly as the limit says (5 admitted, then 429, through both
 replicas), and how many requests a consumer that was over its limit before the kill got admitted again in
-the same window after the recovery (Redis has no persistence: its restart loses the window's counters).
+the same window after the recovery (0: Redis keeps its counters in an append-only file across a restart).
 Prints figures; not a pass/fail test.
 """
 

@@ -25,11 +25,14 @@ from testbed.processes import Process, answers_http, answers_tcp, free_port, fre
 
 def redis(workdir: Path, port: int, password: str) -> Process:
     """Redis asking every client for `password` (AUTH), as the gateway's Redis does in a cluster; the
-    password is in a config file, never on a command line."""
+    password is in a config file, never on a command line. Its counters go to an append-only file in
+    `workdir`, as in a cluster, so a Redis restarted on the same port has them again."""
     config = workdir / f"redis-{port}.conf"
     config.write_text(f"requirepass {password}\n")
     config.chmod(0o600)
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    data = workdir / f"redis-{port}"
+    data.mkdir(exist_ok=True)
     command = [
         binary,
         str(config),
@@ -40,7 +43,11 @@ def redis(workdir: Path, port: int, password: str) -> Process:
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--dir",
+        str(data),
     ]
     return start("redis", command, workdir / f"redis-{port}.log", answers_tcp(port))
 

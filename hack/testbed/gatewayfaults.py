@@ -3,8 +3,8 @@ replica, the ratelimit service, Redis. Shared by tests/integration/test_gateway_
 does during and after each outage) and bench/gateway_faults.py (failed requests, time until the limits
 count exactly again).
 
-Limits are the ratelimit service's fixed windows of a calendar minute, counted in Redis (no persistence:
-the gateway's Redis runs without it, as the operator renders it), so a counter lives as long as Redis does.
+Limits are the ratelimit service's fixed windows of a calendar minute, counted in Redis, which writes each
+count to its append-only file (as the operator renders it), so a counter outlives a Redis restart.
 """
 
 from __future__ import annotations

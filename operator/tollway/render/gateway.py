@@ -201,7 +201,11 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
         "livenessProbe": {**probe, "failureThreshold": 6},
         # Endpoints drop the pod before Envoy is told to stop, so no new request lands on a closing proxy.
         "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        # The overload manager keeps Envoy's heap below the limit (runtime.envoy_memory_bytes).
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": str(gateway.runtime.envoy_memory_bytes)},
+        },
         "securityContext": RESTRICTED_CONTAINER,
         "volumeMounts": mounts,
     }
@@ -301,8 +305,10 @@ def _annotate(deployment: Manifest, key: str, value: str) -> None:
 
 
 def _redis(gateway: Gateway, password: str) -> list[Manifest]:
-    """A single Redis for small installs: counters only (no persistence); a restart resets the windows.
-    It asks every client for the password in its Secret (AUTH), which only the ratelimit service reads."""
+    """A single Redis for small installs, the counters in an append-only file on the pod's disk: a Redis
+    that crashes restarts with them, so no consumer gets a window's requests twice (a pod moved to another
+    node starts empty). It asks every client for the password in its Secret (AUTH), which only the ratelimit
+    service reads."""
     name = gateway_children(gateway.name)["redis"]
     container = {
         "name": "redis",
@@ -314,7 +320,11 @@ def _redis(gateway: Gateway, password: str) -> list[Manifest]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",  # written on every command, flushed to the disk each second
+            "--dir",
+            "/data",
             "--maxmemory-policy",
             "volatile-ttl",
         ],
@@ -323,8 +333,13 @@ def _redis(gateway: Gateway, password: str) -> list[Manifest]:
         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
-    pod = {"securityContext": _pod_security(999), "containers": [container]}
+    pod = {
+        "securityContext": _pod_security(999),
+        "containers": [container],
+        "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
     deployment = _deployment(gateway, "redis", name, 1, pod)
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     _annotate(deployment, PASSWORD_ANNOTATION, digest(password))
