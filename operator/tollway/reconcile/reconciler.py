@@ -122,10 +122,8 @@ class Reconciler:
         write_status(self.cluster, kind, body, result.status, logger)
 
     def _reconcile_gateway_once(self, namespace: str, logger: Logger) -> None:
-        # By name: the watch cache holds them in the order kopf happened to index them (which differs between
-        # runs and after a restart), and the gateway's routes and clusters follow the order they are given.
-        tiers = _by_name(self.cluster.cached_resources(ApiTier, namespace))
-        models = _by_name(self.cluster.cached_resources(ModelDeployment, namespace))
+        tiers = self.cluster.cached_resources(ApiTier, namespace)
+        models = self.cluster.cached_resources(ModelDeployment, namespace)
         now = self.clock()
         gateway = self.settings.gateway
         options = replace(
@@ -158,7 +156,3 @@ class Reconciler:
             report = result.plan.reports.get(body["metadata"]["name"], TierReport())
             context = Context(tier=report, gateway=state, usage=self.observer.usage(namespace, body, now))
             write_status(self.cluster, ApiTier, body, translate(ApiTier, body, now, context).status, logger)
-
-
-def _by_name(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(bodies, key=lambda body: str(body["metadata"]["name"]))

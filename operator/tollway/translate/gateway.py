@@ -97,12 +97,14 @@ def plan_gateway(
     """The namespace's gateway from its valid tiers and models and all of its Secrets; `waits` are the
     models' estimated waits (status.metrics.estimatedWaitSeconds) by ModelDeployment name."""
     ordered = sorted(tiers, key=lambda tier: (tier.spec.priority, tier.metadata.name))
+    # By name: callers hold models in whatever order they were listed or cached (kopf's differs after every
+    # restart), and the routes and clusters follow this order.
     served = tuple(
         replace(
             _model(resource, namespace, options),
             retry_after=retry_after((waits or {}).get(resource.metadata.name)),
         )
-        for resource in models
+        for resource in sorted(models, key=lambda model: model.metadata.name)
     )
     levels = priority_levels(tier.spec.priority for tier in ordered)
     problems: dict[str, list[str]] = {tier.metadata.name: [] for tier in ordered}
