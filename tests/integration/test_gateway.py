@@ -527,6 +527,20 @@ def test_envoys_memory_stays_flat_under_many_stalled_uploads_it_refused(gateway:
     assert grown < 4 * 1024 * 1024, f"Envoy's heap grew by {grown} bytes"
 
 
+def test_requests_other_than_inference_carry_small_bodies_at_most(gateway: Bed) -> None:
+    ready = gateway.call("/v2/models/echo/ready", key=KEYS["carol"], raw=b"{}")
+    assert (ready.status, ready.json()["error"]["message"]) == (400, "this request takes no body")
+    channel = grpc.insecure_channel(f"localhost:{gateway.ports[0]}")
+    live = channel.unary_unary(
+        "/inference.GRPCInferenceService/ServerLive",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    assert live(b"") is not None  # an empty request is answered, without a credential
+    with pytest.raises(grpc.RpcError):  # unauthenticated bytes beyond the small limit never reach Triton
+        live(b"\x7a\x80\x80\x04" + b"x" * 65536)  # an unknown field of 64 KiB
+
+
 def test_a_client_that_never_finishes_its_headers_is_let_go(gateway: Bed) -> None:
     connection = socket.create_connection(("127.0.0.1", gateway.ports[0]), timeout=30)
     connection.sendall(b"POST /v1/models/echo/infer HTTP/1.1\r\nhost: localhost\r\n")  # and no more

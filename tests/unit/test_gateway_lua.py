@@ -196,6 +196,12 @@ def test_a_metadata_request_is_routed_without_limits_or_body(gateway: GatewayPro
     }
 
 
+def test_a_metadata_or_readiness_request_with_a_body_gets_400(gateway: GatewayProgram) -> None:
+    for kind in ("metadata", "ready"):
+        handle = gateway.request(KEY, b"{}", route={"kind": kind, "model": "chat", "version": "1"})
+        assert handle.answer == (400, "this request takes no body")
+
+
 def test_a_request_off_the_model_routes_is_left_to_envoy(gateway: GatewayProgram) -> None:
     handle = gateway.request({"x-tollway-cluster": "evil"})
     assert handle.reply is None and handle.header_values == {} and handle.tollway == {}
@@ -334,6 +340,7 @@ def test_an_outputs_list_always_asks_for_the_usage_output(
         ('["OUTPUT"]', "each output must be a JSON object"),
         ('[{"name": "US\\u0041GE"}]', "an output name must be a string without escape sequences"),
         ('[{"name": "OUTPUT", "name": "USAGE"}]', "name appears twice in an output"),
+        ('[{"name": "USAGE", "parameters": {"classification": 1}}]', "the output USAGE takes no parameters"),
     ],
 )
 def test_an_outputs_list_read_two_ways_gets_400(gateway: GatewayProgram, outputs: str, why: str) -> None:
@@ -554,8 +561,11 @@ def test_a_grpc_model_request_other_than_infer_is_routed_unlimited(gateway: Gate
 
 
 def test_grpc_server_methods_go_to_the_server_cluster(gateway: GatewayProgram) -> None:
-    handle = gateway.request({":path": "/inference.GRPCInferenceService/ServerLive"}, route=GRPC)
+    handle = gateway.request(
+        {":path": "/inference.GRPCInferenceService/ServerLive"}, b"\0\0\0\0\0", route=GRPC
+    )
     assert handle.reply is None and handle.header_values["x-tollway-cluster"] == "triton-grpc|chat"
+    assert handle.tollway == {"kind": "grpc"}  # no caller; the body program reads it (the route bounds it)
     empty = GatewayProgram({**DATA, "server_cluster": None}, NOW)
     handle = empty.request({":path": "/inference.GRPCInferenceService/ServerReady"}, route=GRPC)
     assert handle.answer == (503, "no model is served here yet")
@@ -596,6 +606,18 @@ def test_grpc_server_methods_go_to_the_server_cluster(gateway: GatewayProgram) -
             b"\0\0\0\0\x14\x0a\x04chat\x22\x0c\x0a\x0amax_tokens",
             400,
             "parameters.max_tokens must be a whole number",
+        ),
+        (  # field 1 + 2^32: Triton's C++ protobuf keeps a tag's low 32 bits and reads a second model_version
+            "/inference.GRPCInferenceService/ModelInfer",
+            b"\0\0\0\0\x0d\x0a\x04chat\x92\x80\x80\x80\x10\x01\x31",
+            400,
+            "the request is not a protobuf message",
+        ),
+        (  # the usage output asked for with parameters: a classification would keep its text out
+            "/inference.GRPCInferenceService/ModelInfer",
+            b"\0\0\0\0\x12\x0a\x04chat\x32\x0a\x0a\x05USAGE\x12\x01\x00",
+            400,
+            "the output USAGE takes no parameters",
         ),
     ],
 )

@@ -27,6 +27,9 @@ CONNECTION_BUFFER_BYTES = 1024 * 1024
 """What Envoy reads ahead of a connection before it stops reading it: a body is buffered whole only on a
 route that raises its request's limit (the model's maxRequestBytes), and only once the request got past
 the checks made on its headers."""
+SMALL_BODY_BYTES = 4096
+"""The most the gateway reads of a request that is not an inference (readiness, metadata, gRPC's other
+methods): the body program reads each, so that this bounds it."""
 CLUSTER_HEADER = "x-tollway-cluster"
 LUA_FILTER = "tollway.gateway"
 BODY_FILTER = "tollway.body"
@@ -189,19 +192,25 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         "prefix_rewrite": upstream + suffix,
                         "timeout": UPSTREAM_TIMEOUT,
                     }
-                    route["request_body_buffer_limit"] = model.max_request_bytes
+                    route["request_body_buffer_limit"] = (
+                        model.max_request_bytes if kind == "infer" else SMALL_BODY_BYTES
+                    )
                 routes.append(route)
-    routes.append(
-        {
-            "match": {"prefix": "/inference.GRPCInferenceService/", "grpc": {}},
-            "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "grpc"}}},
-            "route": {"cluster_header": CLUSTER_HEADER, "timeout": UPSTREAM_TIMEOUT},
-            # The model is named inside the body: the largest model's limit, each model's checked in Lua.
-            "request_body_buffer_limit": max(
-                (model.max_request_bytes for model in gateway.models), default=CONNECTION_BUFFER_BYTES
-            ),
-        }
-    )
+    largest = max((model.max_request_bytes for model in gateway.models), default=SMALL_BODY_BYTES)
+    # gRPC names the model inside the body: inference gets the largest model's limit (each model's is checked
+    # in Lua), every other method a small one.
+    for match, limit in (
+        ({"path": "/inference.GRPCInferenceService/ModelInfer", "grpc": {}}, largest),
+        ({"prefix": "/inference.GRPCInferenceService/", "grpc": {}}, SMALL_BODY_BYTES),
+    ):
+        routes.append(
+            {
+                "match": match,
+                "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "grpc"}}},
+                "route": {"cluster_header": CLUSTER_HEADER, "timeout": UPSTREAM_TIMEOUT},
+                "request_body_buffer_limit": limit,
+            }
+        )
     routes.append(
         {
             "match": {"prefix": "/"},

@@ -32,7 +32,10 @@ local function grpc_request(handle, now, caller)
     local max_tokens, unreadable = protobuf.grpc_max_tokens(rest)
     if unreadable then return refuse(handle, 400, unreadable) end
     if not stream.reserve_tokens(handle, tier, model_name, model, scopes, #bytes, max_tokens) then return end
-    if model.usage_output then rest = protobuf.with_requested_output(rest, model.usage_output) end
+    if model.usage_output then
+      rest, unreadable = protobuf.with_requested_output(rest, model.usage_output)
+      if rest == nil then return refuse(handle, 400, unreadable) end
+    end
   end
   body:setBytes(
     protobuf.frame(protobuf.routed_request(model_name, version, rest, infer and tier.level or nil))
@@ -75,11 +78,17 @@ local function http_infer(handle, caller)
 end
 
 local function on_request(handle, now)
-  -- A request gateway.lua did not admit (no model request, or one it answered) has no caller.
+  -- What gateway.lua let through says what it is; a request it answered never gets here.
   local caller = handle:streamInfo():dynamicMetadata():get(stream.NS)
-  if caller == nil or caller.tier == nil then return end
-  if caller.kind == "grpc" then return grpc_request(handle, now, caller) end
+  if caller == nil or caller.kind == nil then return end
+  if caller.kind == "grpc" and caller.tier ~= nil then return grpc_request(handle, now, caller) end
   if caller.kind == "infer" then return http_infer(handle, caller) end
+  -- Readiness, metadata and gRPC's server methods: read, so that their routes' small limit bounds what
+  -- reaches Triton (413 beyond it); over HTTP they take no body at all.
+  local body = handle:body()
+  if caller.kind ~= "grpc" and body ~= nil and body:length() > 0 then
+    return refuse(handle, 400, "this request takes no body")
+  end
 end
 
 function envoy_on_request(handle) stream.checked(handle, "tollway gateway (body)", on_request, os.time()) end

@@ -52,6 +52,7 @@ local function screen(handle, kind)
     local method = (headers:get(":path") or ""):match("^/inference%.GRPCInferenceService/(%w+)$")
     if SERVER_METHODS[method] then
       if T.server_cluster == nil then return refuse(handle, 503, "no model is served here yet") end
+      handle:streamInfo():dynamicMetadata():set(NS, "kind", kind) -- body.lua bounds what it sends
       return stream.route_to(handle, T.server_cluster)
     end
     if not MODEL_METHODS[method] then

@@ -102,9 +102,9 @@ local function elements(json, open)
   end
 end
 
--- The names of the outputs a request lists (the "name" of each object in its "outputs" array); nil and why
--- when the list or a name could be read two ways.
-local function output_names(json, outputs)
+-- The names of the outputs a request lists (the "name" of each object in its "outputs" array), and the list;
+-- nil and why when the list or a name could be read two ways, or the usage output comes with parameters.
+local function output_names(json, outputs, usage_output)
   if json:sub(outputs.value_start, outputs.value_start) ~= "[" then
     return nil, "outputs must be a JSON array"
   end
@@ -115,14 +115,20 @@ local function output_names(json, outputs)
     if json:sub(output.start, output.start) ~= "{" then return nil, "each output must be a JSON object" end
     local found, problem = members(json, output.start, "an output")
     if found == nil then return nil, problem end
+    local name, parameters = nil, false
     for _, member in ipairs(found) do
       if member.key == "name" then
-        local name = json:sub(member.value_start + 1, member.value_stop - 2)
+        name = json:sub(member.value_start + 1, member.value_stop - 2)
         if json:sub(member.value_start, member.value_start) ~= '"' or name:find("\\", 1, true) then
           return nil, "an output name must be a string without escape sequences"
         end
-        names[#names + 1] = name
       end
+      parameters = parameters or member.key == "parameters"
+    end
+    names[#names + 1] = name
+    if name == usage_output and parameters then
+      -- a classification or a shared-memory region would keep the usage text out of the reply
+      return nil, "the output " .. name .. " takes no parameters"
     end
   end
   return names, nil, listed
@@ -193,7 +199,7 @@ function M.routed(json, level, usage_output)
     edits[1] = { request.parameters.value_start, request.parameters.value_stop, parameters }
   end
   if usage_output ~= nil and request.outputs ~= nil then
-    local names, unreadable, listed = output_names(json, request.outputs)
+    local names, unreadable, listed = output_names(json, request.outputs, usage_output)
     if names == nil then return nil, nil, unreadable end
     local named = false
     for _, name in ipairs(names) do

@@ -33,19 +33,23 @@ function M.length_field(number, value)
 end
 
 -- The top-level fields of a protobuf message: {number, wire, start, value_start, stop} each (stop exclusive;
--- for wire type 0 the value is read with varint at value_start); nil when the bytes are not a message.
+-- for wire type 0 the value is read with varint at value_start); nil when the bytes are not a message, or
+-- are one that protobuf's parsers could read otherwise than this: a tag of more than 5 bytes or above 32
+-- bits (C++ protobuf, Triton's, keeps a tag's low 32 bits, so field 2^29 + 1 would be field 1 to it), field
+-- number 0, or a varint value of more than 10 bytes.
 function M.fields(message)
   local found, at = {}, 1
   while at <= #message do
     local start = at
     local key, value_start = M.varint(message, at)
-    if key == nil then return nil end
+    if key == nil or value_start - start > 5 or key >= 2 ^ 32 or key < 8 then return nil end
     local wire = key % 8
     local stop
     at = value_start
     if wire == 0 then
       local _
       _, stop = M.varint(message, at)
+      if stop ~= nil and stop - at > 10 then return nil end
     elseif wire == 1 then
       stop = at + 8
     elseif wire == 2 then
@@ -145,19 +149,25 @@ function M.grpc_max_tokens(message)
   return max_tokens
 end
 
--- The fields of a ModelInferRequest (`rest`) with the output `name` added to the outputs it requests (field
--- 6, each an InferRequestedOutputTensor named by its field 1) when it requests some but not that one (Triton
--- then returns only those requested). Protobuf reads the last of a message's repeated name fields; so does
--- this.
+-- The fields of a ModelInferRequest (`rest`) with the usage output `name` added to the outputs it requests
+-- (field 6, each an InferRequestedOutputTensor: name 1, parameters 2) when it requests some but not that one
+-- (Triton then returns only those requested); nil and why when an entry is unreadable, or asks for the usage
+-- output with parameters (a classification or a shared-memory region would keep its text from the reply).
+-- Protobuf reads the last of a message's repeated name fields; so does this.
 function M.with_requested_output(rest, name)
   local requested, named = false, false
   for _, field in ipairs(M.fields(rest) or {}) do
     if field.number == 6 and field.wire == 2 then
       requested = true
-      local output, last = rest:sub(field.value_start, field.stop - 1), nil
-      for _, part in ipairs(M.fields(output) or {}) do
+      local output = rest:sub(field.value_start, field.stop - 1)
+      local parts = M.fields(output)
+      if parts == nil then return nil, "outputs: an entry is not a protobuf message" end
+      local last, parameters = nil, false
+      for _, part in ipairs(parts) do
         if part.number == 1 and part.wire == 2 then last = output:sub(part.value_start, part.stop - 1) end
+        parameters = parameters or part.number == 2
       end
+      if last == name and parameters then return nil, "the output " .. name .. " takes no parameters" end
       named = named or last == name
     end
   end
