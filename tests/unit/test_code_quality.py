@@ -29,3 +29,10 @@ CHECKS = {
 def test_code_is_clean(check: str) -> None:
     done = subprocess.run(CHECKS[check], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_test_modules_have_names_of_their_own() -> None:
+    """pytest imports each test file by its basename (tests/ has no packages): two alike and one is not
+    collected at all when the whole suite runs."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
