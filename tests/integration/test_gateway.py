@@ -63,6 +63,8 @@ CONSUMERS = (
     "vic",
     "sara",
     "wes",
+    "svc.a",
+    "svc.b",
 )
 KEYS = {name: f"tw-test-{name}-key" for name in CONSUMERS}
 
@@ -124,6 +126,8 @@ def manifests(
         secret("vic", "metered", KEYS["vic"]),
         secret("sara", "free", KEYS["sara"]),  # stalls uploads once over her limit
         secret("wes", "metered", KEYS["wes"]),
+        secret("svc.a", "metered", KEYS["svc.a"]),  # consumers whose names hold dots
+        secret("svc.b", "metered", KEYS["svc.b"]),
         secret("tpm64", "metered64", KEYS["tpm64"]),
         secret("carol", "pro", KEYS["carol"]),
         secret("bulk", "bulk", KEYS["bulk"]),
@@ -787,6 +791,14 @@ def test_envoy_exports_the_statistics_the_gateway_rules_read(gateway: Bed) -> No
         )
 
 
+def counters_by_consumer(gateway: Bed) -> set[str]:
+    """Every consumer (key2) the ratelimit service's metrics name."""
+    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return {line.split('key2="consumer_')[1].split('"')[0] for line in lines if 'key2="consumer_' in line}
+
+
 def counted(gateway: Bed, consumer: str, kinds: int) -> dict[str, float]:
     """The ratelimit service's hit counters of one consumer, by descriptor (KIND_TIER), once `kinds` of
     them have reached its metrics endpoint (the stats reach it every few seconds)."""
@@ -833,6 +845,19 @@ def test_outputs_that_leave_the_usage_out_get_it_back_and_are_charged_what_they_
     found = eventually(lambda: (hits := counted(gateway, "wes", 4))["usage_requests_metered"] == 2 and hits)
     assert "usage_unreported_metered" not in found
     assert (found["usage_input_metered"], found["usage_output_metered"]) == (6, 8)
+
+
+def test_consumers_whose_names_hold_dots_are_counted_apart(gateway: Bed) -> None:
+    """The ratelimit service's metrics are dot-separated paths: a consumer's name is counted with its dots
+    written %2E, or svc.a and svc.b would both be billed as svc."""
+    for consumer, times in (("svc.a", 1), ("svc.b", 2)):
+        for _ in range(times):
+            assert (
+                infer(gateway, "/v1/models/echo/infer", KEYS[consumer], values=3, max_tokens=5).status == 200
+            )
+    for consumer, times in (("svc%2Ea", 1), ("svc%2Eb", 2)):
+        eventually(lambda c=consumer, n=times: counted(gateway, c, 4)["usage_requests_metered"] == n)
+    assert "svc" not in counters_by_consumer(gateway)
 
 
 def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported(gateway: Bed) -> None:

@@ -139,6 +139,8 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
         "kind": "infer",
         "consumer": "acme",
         "tier": "pro",
+        "counter_consumer": "acme",
+        "counter_tier": "pro",
         "model": "chat",
         "version": "2",
         "credential": "ai/pro-key",
@@ -174,6 +176,8 @@ def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway:
         "kind": "infer",
         "consumer": "hobbyist",
         "tier": "free",
+        "counter_consumer": "hobbyist",
+        "counter_tier": "free",
         "model": "chat",
         "version": "2",
         "credential": "ai/free-key",
@@ -190,6 +194,8 @@ def test_a_metadata_request_is_routed_without_limits_or_body(gateway: GatewayPro
         "kind": "metadata",
         "consumer": "acme",
         "tier": "pro",
+        "counter_consumer": "acme",
+        "counter_tier": "pro",
         "model": "chat",
         "version": "1",
         "credential": "ai/pro-key",
@@ -509,6 +515,8 @@ def test_a_grpc_infer_request_is_routed_by_its_model_name_and_charged(gateway: G
         "kind": "grpc",
         "consumer": "acme",
         "tier": "pro",
+        "counter_consumer": "acme",
+        "counter_tier": "pro",
         "credential": "ai/pro-key",
     }
     assert (handle.tollway["rpm_grpc_closed"], handle.tollway["tpm_closed"]) == ("pro", "pro/chat")
@@ -659,7 +667,16 @@ def test_a_response_within_the_reservation_settles_nothing_and_one_without_count
 
 
 def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gateway: GatewayProgram) -> None:
-    state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500", "estimate": "520"}}
+    state = {
+        "tollway": {
+            "tier": "pro",
+            "counter_tier": "pro",
+            "model": "chat",
+            "version": "2",
+            "reserve": "500",
+            "estimate": "520",
+        }
+    }
     handle = gateway.response(
         {":status": "200", "x-ratelimit-remaining-tokens": "100"}, b'{"outputs":[]}', metadata=state
     )
@@ -667,7 +684,7 @@ def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gat
         **state["tollway"],
         "input_tokens": "0",
         "output_tokens": "520",  # leaving the usage out never costs less than the request could have used
-        "unreported": "pro",  # the usage_unreported counter, and its alert
+        "unreported": "pro",  # the usage_unreported counter (the tier as counters name it), and its alert
         "settle": "20",
     }
     assert handle.header_values["x-ratelimit-remaining-tokens"] == "80"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lua_gateway import Module, from_lua, lua_text
 from tritonclient.grpc import service_pb2
+
+from tollway.ir.names import counter_name
 
 JSON = Module("json")
 PROTOBUF = Module("protobuf")
@@ -392,3 +395,16 @@ def test_varints_are_protobufs(value: int) -> None:
     encoded = encode(value)
     assert from_lua(PROTOBUF.encode_varint(value)) == encoded
     assert PROTOBUF.varint(wire(encoded + b"\x01"), 1) == (value, len(encoded) + 1)
+
+
+# Names in the ratelimit service's counters: the Lua and the operator write them alike, dots never remain.
+
+ACCESS = Module("access")
+
+
+@FAST
+@given(st.text(alphabet=st.sampled_from("a.%2E@:/-_"), max_size=12) | st.text(max_size=12))
+def test_names_in_counters_are_written_alike_and_without_dots(name: str) -> None:
+    written = from_lua(ACCESS.counter_name(lua_text(name.encode()))).decode()
+    assert written == counter_name(name) and "." not in written
+    assert urllib.parse.unquote(written) == name  # nothing is lost: two names are never one counter

@@ -53,7 +53,7 @@ class Limit:
     """One of LIMIT_KINDS."""
     scope: str
     """Whose counter: a tier ('pro', shared by the tier's models) or a tier and model ('pro/chat', a
-    per-model override)."""
+    per-model override), each name as the counters write it (names.counter_name)."""
     value: int
 
 

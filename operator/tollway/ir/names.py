@@ -58,3 +58,10 @@ def gateway_pod_labels(gateway: str, component: str) -> dict[str, str]:
 
 def in_cluster_host(service: str, namespace: str) -> str:
     return f"{service}.{namespace}.svc.cluster.local"
+
+
+def counter_name(name: str) -> str:
+    """A tier, model or consumer name as the ratelimit service's counters carry it, and so the usage metrics'
+    labels: its statistics are dot-separated paths (a consumer `svc.a` would be cut to `svc`), so '%' and
+    '.' are percent-encoded. The gateway's Lua (access.counter_name) writes consumers the same way."""
+    return name.replace("%", "%25").replace(".", "%2E")

@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
+from tollway.ir.names import counter_name
 from tollway.ir.state import MetricsState, UsageState
 from tollway.render.monitoring import selector
 
@@ -44,7 +45,8 @@ def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
 
 def usage_counter(namespace: str, tier: str, kind: str) -> str:
     """The gateway's usage counter of one kind (requests, input, output) for a tier, as a selector."""
-    return f'ratelimit_service_rate_limit_total_hits{{namespace="{namespace}",key1="usage_{kind}_{tier}"}}'
+    counted = f"usage_{kind}_{counter_name(tier)}"
+    return f'ratelimit_service_rate_limit_total_hits{{namespace="{namespace}",key1="{counted}"}}'
 
 
 def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:

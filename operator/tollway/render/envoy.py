@@ -240,7 +240,7 @@ def _rate_limit_filter(
             {
                 "metadata": {
                     "descriptor_key": "consumer",
-                    "metadata_key": _meta_key("consumer"),
+                    "metadata_key": _meta_key("counter_consumer"),
                     "source": "DYNAMIC",
                 }
             },
@@ -277,20 +277,25 @@ def _rate_limit_filter(
 
 
 USAGE_SOURCES = {
-    "usage_requests": ("tier", None),
-    "usage_input": ("tier", "input_tokens"),
-    "usage_output": ("tier", "output_tokens"),
+    "usage_requests": ("counter_tier", None),
+    "usage_input": ("counter_tier", "input_tokens"),
+    "usage_output": ("counter_tier", "output_tokens"),
     "usage_unreported": ("unreported", None),
 }
-"""Each usage counter: the Lua program's metadata whose value (the tier) it is sent with, and the metadata
-that holds how much to count (None: one per request)."""
+"""Each usage counter: the Lua program's metadata whose value (the tier, as counters name it) it is sent
+with, and the metadata that holds how much to count (None: one per request). Consumers too are counted as
+`counter_consumer`: names.counter_name's form."""
 
 
 def _usage_filter() -> Config:
     """Counts each served request, and its input and output tokens, per tier and consumer, when the request
     ends (never delaying or refusing it: fail open, no headers)."""
     consumer = {
-        "metadata": {"descriptor_key": "consumer", "metadata_key": _meta_key("consumer"), "source": "DYNAMIC"}
+        "metadata": {
+            "descriptor_key": "consumer",
+            "metadata_key": _meta_key("counter_consumer"),
+            "source": "DYNAMIC",
+        }
     }
     counted = []
     for kind in USAGE_KINDS:

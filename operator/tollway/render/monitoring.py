@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from tollway.ir.gateway import Gateway
+from tollway.ir.names import counter_name
 from tollway.ir.serving import Objectives, TritonServing
 
 Manifest = dict[str, Any]
@@ -224,7 +225,7 @@ USAGE_COUNTER = "ratelimit_service_rate_limit_total_hits"
 
 def _by_consumer(kind: str, namespace: str, window: str, function: str = "rate") -> str:
     """A usage counter of the ratelimit service (key1 = KIND_TIER, key2 = consumer_NAME) per tier and
-    consumer, labelled so."""
+    consumer, labelled so (each name as the counters write it: names.counter_name, '.' as '%2E')."""
     series = f'{USAGE_COUNTER}{{namespace="{namespace}",key1=~"{kind}_.*"}}'
     labelled = (
         f'label_replace(label_replace({function}({series}[{window}]), "tier", "$1", "key1", "{kind}_(.*)"), '
@@ -254,7 +255,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
         }
     )
     for tier in gateway.tiers:
-        matchers = f'namespace="{namespace}",tier="{tier.name}"'
+        matchers = f'namespace="{namespace}",tier="{counter_name(tier.name)}"'
         # A model may report only one of the two counts (an embedding: no output): the missing side is 0.
         used_in = f"tollway:consumer_input_tokens:per_day{{{matchers}}}"
         used_out = f"tollway:consumer_output_tokens:per_day{{{matchers}}}"
@@ -262,7 +263,8 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             f"(({used_in} or {used_out} * 0) * {tier.input_price_per_1k} "
             f"+ ({used_out} or {used_in} * 0) * {tier.output_price_per_1k}) / 1000"
         )
-        labels = {"currency": tier.currency, "tier": tier.name}  # one rule per tier: distinct static labels
+        # one rule per tier: distinct static labels
+        labels = {"currency": tier.currency, "tier": counter_name(tier.name)}
         rules.append({"record": "tollway:consumer_cost:per_day", "expr": cost, "labels": labels})
     scope = f'namespace="{namespace}"'
     rules.append(
@@ -289,7 +291,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
     rules.append({"record": "tollway:consumer_tokens:rate1h", "expr": hourly})
     for tier in gateway.tiers:
         factor = _number(tier.usage_spike_factor)
-        recent = f'tollway:consumer_tokens:rate1h{{namespace="{namespace}",tier="{tier.name}"}}'
+        recent = f'tollway:consumer_tokens:rate1h{{namespace="{namespace}",tier="{counter_name(tier.name)}"}}'
         rules.append(
             {
                 # The baseline is the average of the hourly rate over what Prometheus has of the last 7 days,
@@ -297,7 +299,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
                 "alert": "TollwayConsumerUsageSpike",
                 "expr": f"{recent} > {factor} * avg_over_time({recent}[7d])",
                 "for": "15m",
-                "labels": {"namespace": namespace, "tier": tier.name, "severity": "ticket"},
+                "labels": {"namespace": namespace, "tier": counter_name(tier.name), "severity": "ticket"},
                 "annotations": {
                     "summary": f"a consumer of tier {tier.name} uses tokens at over {factor}x its 7-day rate",
                 },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import RATELIMIT_DOMAIN, USAGE_KINDS
+from tollway.ir.names import RATELIMIT_DOMAIN, USAGE_KINDS, counter_name
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -49,7 +49,7 @@ def usage_descriptors(gateway: Gateway) -> list[dict[str, Any]]:
     return [
         {
             "key": kind,
-            "value": tier.name,
+            "value": counter_name(tier.name),
             "descriptors": [{"key": "consumer", "rate_limit": never, "detailed_metric": True}],
         }
         for tier in gateway.tiers

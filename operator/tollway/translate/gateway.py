@@ -36,6 +36,7 @@ from tollway.ir.names import (
     GATEWAY_NAME,
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
+    counter_name,
     in_cluster_host,
     serving_children,
 )
@@ -259,9 +260,9 @@ def _model_limits(tier: ApiTier, model: str, replicas: int) -> ModelLimits:
     override = next((entry for entry in spec.overrides if entry.model == model), None)
     own, overridden = _set_limits(spec.limits), _set_limits(override) if override else {}
     limits = tuple(
-        Limit(kind=kind, scope=f"{name}/{model}", value=overridden[kind])
+        Limit(kind=kind, scope=f"{counter_name(name)}/{counter_name(model)}", value=overridden[kind])
         if kind in overridden
-        else Limit(kind=kind, scope=name, value=own[kind])
+        else Limit(kind=kind, scope=counter_name(name), value=own[kind])
         for kind in LIMIT_KINDS
         if kind in overridden or kind in own
     )
@@ -313,7 +314,7 @@ def _tier(
         name=resource.metadata.name,
         priority_level=level,
         limits=tuple(
-            Limit(kind=kind, scope=resource.metadata.name, value=value)
+            Limit(kind=kind, scope=counter_name(resource.metadata.name), value=value)
             for kind, value in _set_limits(spec.limits).items()
         ),
         model_limits=tuple(

@@ -124,4 +124,8 @@ function M.key_caller(credentials, key, now)
   return credential.consumer, credential.tier, nil, credential.id
 end
 
+-- A consumer or tier name as the ratelimit service's counters carry it (as ir/names.py's counter_name writes
+-- it): their statistics are dot-separated paths, so '%' and '.' are percent-encoded.
+function M.counter_name(name) return (name:gsub("%%", "%%25"):gsub("%.", "%%2E")) end
+
 return M

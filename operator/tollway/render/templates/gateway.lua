@@ -41,6 +41,18 @@ local function authenticate(handle, now)
   return access.key_caller(T.credentials, key, now)
 end
 
+-- Record the caller for the ratelimit filters (in the counters' form), body.lua and the access log; `kind`
+-- is the route's (infer, ready, metadata or grpc).
+local function set_caller(handle, kind, consumer, tier_name, credential)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "kind", kind)
+  metadata:set(NS, "consumer", consumer)
+  metadata:set(NS, "tier", tier_name)
+  metadata:set(NS, "counter_consumer", access.counter_name(consumer))
+  metadata:set(NS, "counter_tier", access.counter_name(tier_name))
+  if credential then metadata:set(NS, "credential", credential) end
+end
+
 local SERVER_METHODS = { ServerLive = true, ServerReady = true, ServerMetadata = true }
 local MODEL_METHODS = { ModelInfer = true, ModelReady = true, ModelMetadata = true, ModelConfig = true }
 
@@ -94,7 +106,7 @@ local function on_request(handle, now)
   if not screen(handle, kind) then return end
   local consumer, tier_name, why, credential = authenticate(handle, now)
   if consumer == nil then return stream.unauthenticated(handle, why) end
-  stream.set_caller(handle, kind, consumer, tier_name, credential)
+  set_caller(handle, kind, consumer, tier_name, credential)
   if kind ~= "grpc" then return admit_http(handle, now, route, kind, tier_name) end
 end
 
@@ -122,7 +134,7 @@ local function count_tokens(handle, state, model)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "input_tokens", tostring(input))
   metadata:set(NS, "output_tokens", tostring(output))
-  if unreported then metadata:set(NS, "unreported", state.tier) end -- counted per tier for an alert
+  if unreported then metadata:set(NS, "unreported", state.counter_tier) end -- counted per tier for an alert
   if extra == nil then return end
   metadata:set(NS, "settle", tostring(extra))
   local remaining = tokens.remaining_after(headers:get("x-ratelimit-remaining-tokens"), extra)

@@ -37,16 +37,6 @@ function M.unauthenticated(handle, why)
   M.refuse(handle, 401, why, { ["www-authenticate"] = 'Bearer realm="tollway"' })
 end
 
--- Record the caller for the ratelimit filters, body.lua and the access log; `kind` is the route's (infer,
--- ready, metadata or grpc).
-function M.set_caller(handle, kind, consumer, tier_name, credential)
-  local metadata = handle:streamInfo():dynamicMetadata()
-  metadata:set(NS, "kind", kind)
-  metadata:set(NS, "consumer", consumer)
-  metadata:set(NS, "tier", tier_name)
-  if credential then metadata:set(NS, "credential", credential) end
-end
-
 -- Send the request to `cluster` (the router reads x-tollway-cluster), without the caller's credential.
 function M.route_to(handle, cluster)
   local headers = handle:headers()
