@@ -98,8 +98,9 @@ def ratelimit(
     )
 
 
-def envoy(workdir: Path, config_dir: Path, port: int, base_id: int) -> Process:
-    """Envoy on `config_dir`/envoy.yaml (a bootstrap; lds.yaml/cds.yaml watched), ready when /healthz is."""
+def envoy(workdir: Path, config_dir: Path, port: int, base_id: int, workers: int = 2) -> Process:
+    """Envoy on `config_dir`/envoy.yaml (a bootstrap; lds.yaml/cds.yaml watched) with `workers` worker
+    threads, ready when /healthz is."""
     command = [
         str(Path(sys.executable).parent / "envoy"),
         "-c",
@@ -111,7 +112,7 @@ def envoy(workdir: Path, config_dir: Path, port: int, base_id: int) -> Process:
         "--log-level",
         "warn",
         "--concurrency",
-        "2",
+        str(workers),
     ]
     return start(
         "envoy", command, workdir / f"envoy-{port}.log", answers_http(f"http://127.0.0.1:{port}/healthz")
@@ -226,6 +227,7 @@ class GatewayProcesses:
     processes: dict[str, Process] = field(default_factory=dict)
     """Redis and the ratelimit service, by name."""
     envoys: list[Process] = field(default_factory=list)
+    envoy_workers: int = 2
 
     @property
     def ports(self) -> list[int]:
@@ -257,7 +259,15 @@ class GatewayProcesses:
     def start_envoys(self) -> None:
         for index, replica in enumerate(self.replicas):
             config = self.replica_dir(index) / "envoy"
-            self.envoys.append(envoy(self.workdir, config, replica.listener, base_id=replica.listener))
+            self.envoys.append(
+                envoy(
+                    self.workdir,
+                    config,
+                    replica.listener,
+                    base_id=replica.listener,
+                    workers=self.envoy_workers,
+                )
+            )
 
     def stop(self) -> None:
         """Stop what runs, Envoys first."""
