@@ -58,6 +58,9 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
     cluster.apply(key_secret("bob", "pro"))
     expected = {
         ("secret", "tollway-gateway-envoy"),
+        ("secret", "tollway-gateway-redis"),  # Redis's generated password
+        ("networkpolicy", "tollway-gateway-ratelimit"),
+        ("networkpolicy", "tollway-gateway-redis"),
         ("configmap", "tollway-gateway-ratelimit"),
         *(
             ("deployment", name)
@@ -107,7 +110,7 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
 def _children(cluster: Cluster) -> set[tuple[str, str]]:
     listing = cluster.kubectl(
         "get",
-        "secret,configmap,deployment,service,poddisruptionbudget",
+        "secret,configmap,deployment,service,poddisruptionbudget,networkpolicy",
         "-n",
         NAMESPACE,
         "-l",
