@@ -223,50 +223,31 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
     return routes
 
 
-def _rate_limit_filter(
-    name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, *, tokens: bool, stage: str = ""
-) -> Config:
-    """Counts `kind_set` for the requests whose Lua program set `<kind><stage>_<mode>` (the limit's scope)."""
-    rate_limits: list[Config] = []
-    for limit in kind_set:
-        actions = [
-            {
-                "metadata": {
-                    "descriptor_key": limit,
-                    "metadata_key": _meta_key(f"{limit}{stage}_{mode}"),
-                    "source": "DYNAMIC",
-                }
-            },
-            {
-                "metadata": {
-                    "descriptor_key": "consumer",
-                    "metadata_key": _meta_key("counter_consumer"),
-                    "source": "DYNAMIC",
-                }
-            },
-        ]
-        if tokens:
-            rate_limits.append(
-                {"actions": actions, "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:reserve)%"}}
-            )
-            rate_limits.append(
-                {
-                    "actions": actions,
-                    "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:settle)%"},
-                    "apply_on_stream_done": True,
-                }
-            )
-        else:
-            rate_limits.append({"actions": actions})
+def _metadata_action(descriptor_key: str, metadata_key: str) -> Config:
+    """A descriptor entry whose value is the Lua programs' metadata `metadata_key` (dropped when unset)."""
     return {
-        "name": name,
+        "metadata": {
+            "descriptor_key": descriptor_key,
+            "metadata_key": _meta_key(metadata_key),
+            "source": "DYNAMIC",
+        }
+    }
+
+
+def _limit_actions(limit: str, scope_key: str) -> list[Config]:
+    """The descriptor of one limit: the limit's scope (from the metadata `scope_key`) and the consumer, in
+    the counters' form."""
+    return [_metadata_action(limit, scope_key), _metadata_action("consumer", "counter_consumer")]
+
+
+def _ratelimit_service(filter_name: str, rate_limits: list[Config], **options: Any) -> Config:
+    return {
+        "name": filter_name,
         "typed_config": {
             "@type": _TYPE + "extensions.filters.http.ratelimit.v3.RateLimit",
             "domain": RATELIMIT_DOMAIN,
             "timeout": RATELIMIT_TIMEOUT,
-            "failure_mode_deny": not fail_open,
-            "rate_limited_as_resource_exhausted": True,
-            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            **options,
             "rate_limit_service": {
                 "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
                 "transport_api_version": "V3",
@@ -274,6 +255,26 @@ def _rate_limit_filter(
             "rate_limits": rate_limits,
         },
     }
+
+
+def _rate_limit_filter(
+    name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, *, tokens: bool, stage: str = ""
+) -> Config:
+    """Counts `kind_set` for the requests whose Lua program set `<kind><stage>_<mode>` (the limit's scope);
+    token limits count each request's reservation."""
+    rate_limits: list[Config] = []
+    for limit in kind_set:
+        entry: Config = {"actions": _limit_actions(limit, f"{limit}{stage}_{mode}")}
+        if tokens:
+            entry["hits_addend"] = {"format": "%DYNAMIC_METADATA(tollway:reserve)%"}
+        rate_limits.append(entry)
+    return _ratelimit_service(
+        name,
+        rate_limits,
+        failure_mode_deny=not fail_open,
+        rate_limited_as_resource_exhausted=True,
+        enable_x_ratelimit_headers="DRAFT_VERSION_03",
+    )
 
 
 USAGE_SOURCES = {
@@ -287,41 +288,32 @@ with, and the metadata that holds how much to count (None: one per request). Con
 `counter_consumer`: names.counter_name's form."""
 
 
-def _usage_filter() -> Config:
-    """Counts each served request, and its input and output tokens, per tier and consumer, when the request
-    ends (never delaying or refusing it: fail open, no headers)."""
-    consumer = {
-        "metadata": {
-            "descriptor_key": "consumer",
-            "metadata_key": _meta_key("counter_consumer"),
-            "source": "DYNAMIC",
+def _stream_end_filter() -> Config:
+    """One call to the ratelimit service when a request ends, never delaying or refusing it (fail open, no
+    headers): the tokens it used beyond its reservation, charged to its token limits (either fail mode's:
+    a request has one's metadata only), and the usage counters of the request and its input and output
+    tokens, per tier and consumer."""
+    settled = [
+        {
+            "actions": _limit_actions(limit, f"{limit}_{mode}"),
+            "hits_addend": {"format": "%DYNAMIC_METADATA(tollway:settle)%"},
+            "apply_on_stream_done": True,
         }
-    }
+        for limit in ("tpm", "tpd")
+        for mode in ("open", "closed")
+    ]
     counted = []
     for kind in USAGE_KINDS:
         # the metadata that names the tier (only an unreported response sets `unreported`), and the count
         named_by, hits = USAGE_SOURCES[kind]
-        tier = {
-            "metadata": {"descriptor_key": kind, "metadata_key": _meta_key(named_by), "source": "DYNAMIC"}
+        entry: Config = {
+            "actions": [_metadata_action(kind, named_by), _metadata_action("consumer", "counter_consumer")],
+            "apply_on_stream_done": True,
         }
-        entry: Config = {"actions": [tier, consumer], "apply_on_stream_done": True}
         if hits is not None:  # no count (a model that reports no tokens): Envoy drops the descriptor
             entry["hits_addend"] = {"format": f"%DYNAMIC_METADATA(tollway:{hits})%"}
         counted.append(entry)
-    return {
-        "name": "tollway.usage",
-        "typed_config": {
-            "@type": _TYPE + "extensions.filters.http.ratelimit.v3.RateLimit",
-            "domain": RATELIMIT_DOMAIN,
-            "timeout": RATELIMIT_TIMEOUT,
-            "failure_mode_deny": False,
-            "rate_limit_service": {
-                "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
-                "transport_api_version": "V3",
-            },
-            "rate_limits": counted,
-        },
-    }
+    return _ratelimit_service("tollway.usage", settled + counted, failure_mode_deny=False)
 
 
 def _meta_key(key: str) -> Config:
@@ -453,13 +445,13 @@ def http_filters(gateway: Gateway) -> list[Config]:
         # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
         # that the request filters' headers keep the plain names.
         _lua_filter(TOKEN_HEADERS_FILTER, token_headers_program()),
-        # Tokens per minute and day: the reservation before the request, the excess used at stream end.
+        # Tokens per minute and day: each request's reservation (the excess it used is charged at its end).
         *(
             _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, tokens=True)
             for mode, fail_open in (("open", True), ("closed", False))
         ),
-        # Usage counters at stream end; never refuses.
-        _usage_filter(),
+        # At stream end, in one call: the tokens used beyond each reservation, and the usage counters.
+        _stream_end_filter(),
         # Last: sends the request to the cluster the Lua program chose.
         {
             "name": "envoy.filters.http.router",
