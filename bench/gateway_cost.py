@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The gateway's cost per request beside bare Envoy, in one run:
 
-    .venv/bin/python bench/gateway_cost.py [--seconds 10] [--connections 8] [--workers 1]
+    .venv/bin/python bench/gateway_cost.py [--seconds 10] [--connections 8] [--workers 1] [--rounds 3]
 
 Three paths to one fake model server, each driven in turn by wrk (Debian's; one thread, CONNECTIONS
 keep-alive connections, closed loop) with the same KServe v2 infer POST:
@@ -13,8 +13,10 @@ keep-alive connections, closed loop) with the same KServe v2 infer POST:
    limits (reserved on the way in, settled at the end), usage counters, headers, through its ratelimit
    service and Redis; the limits far above the load.
 
-For each: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's, and the CPU each process
-spent per request (user + system, from /proc), so the cost shows where it is. Prints figures; not a test.
+The paths take turns, ROUNDS times (so a slow spell of the shared cores falls on all of them), and each
+figure is the median of its rounds: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's,
+and the CPU each process spent per request (user + system, from /proc), so the cost shows where it is.
+Prints figures; not a test.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,6 +195,21 @@ def drive(load: Load, label: str, url: str, watched: dict[str, Process]) -> Run:
     )
 
 
+def median_run(runs: list[Run]) -> Run:
+    """One path's rounds as one: the median of each figure."""
+    return Run(
+        path=runs[0].path,
+        requests_per_second=statistics.median(run.requests_per_second for run in runs),
+        p50_ms=statistics.median(run.p50_ms for run in runs),
+        p99_ms=statistics.median(run.p99_ms for run in runs),
+        requests=sum(run.requests for run in runs),
+        cpu_ms_per_request={
+            name: statistics.median(run.cpu_ms_per_request[name] for run in runs)
+            for name in runs[0].cpu_ms_per_request
+        },
+    )
+
+
 def gateway(workdir: Path, upstream_port: int, workers: int) -> GatewayProcesses:
     huge = {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000}
     documents = [echo_model(), tier("bench", 1, huge, ["echo"]), secret("bench", "bench", KEY)]
@@ -217,6 +235,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="Envoy workers of each proxy")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the three paths; medians reported")
     options = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -233,23 +252,29 @@ def main() -> None:
         try:
             path = "/v1/models/echo/infer"
             load = Load(wrk, workdir, options.seconds, options.connections)
-            runs = [
-                drive(load, "straight to the model server", f"http://127.0.0.1:{model_port}{path}",
-                      {"model": model}),
-                drive(load, "bare Envoy (router only)", f"http://127.0.0.1:{bare_port}{path}",
-                      {"envoy": bare, "model": model}),
-                drive(load, "Tollway's gateway", f"http://127.0.0.1:{tollway.ports[0]}{path}",
-                      {"envoy": tollway.envoys[0], "ratelimit": tollway.processes["ratelimit"],
-                       "redis": tollway.processes["redis"], "model": model}),
+            paths = [
+                ("straight to the model server", model_port, {"model": model}),
+                ("bare Envoy (router only)", bare_port, {"envoy": bare, "model": model}),
+                ("Tollway's gateway", tollway.ports[0],
+                 {"envoy": tollway.envoys[0], "ratelimit": tollway.processes["ratelimit"],
+                  "redis": tollway.processes["redis"], "model": model}),
             ]  # fmt: skip
+            rounds = [
+                [
+                    drive(load, label, f"http://127.0.0.1:{port}{path}", watched)
+                    for label, port, watched in paths
+                ]
+                for _ in range(options.rounds)
+            ]
         finally:
             tollway.stop()
             bare.stop()
             model.stop()
+    runs = [median_run(list(taken)) for taken in zip(*rounds, strict=True)]
     baseline = runs[1].requests_per_second
     print(
         f"wrk -t1 -c{options.connections} -d{options.seconds}s, {options.workers} Envoy worker(s) per proxy, "
-        f"{os.cpu_count()} cores"
+        f"{os.cpu_count()} cores; medians of {options.rounds} rounds"
     )
     print(f"{'path':32} {'req/s':>9} {'x bare':>7} {'P50 ms':>7} {'P99 ms':>7}  CPU ms per request")
     for run in runs:
