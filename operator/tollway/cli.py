@@ -14,7 +14,7 @@ from tollway.api import KINDS, RESOURCES
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
-from tollway.ir.gateway import Runtime
+from tollway.ir.gateway import Endpoint, Runtime
 from tollway.ir.names import TRITON_GRPC_PORT
 from tollway.ir.network import OPERATOR, PROMETHEUS, NetworkPeers, Peer
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
@@ -99,10 +99,8 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     out = Path(arguments.out).resolve()
     upstreams = {}
     for upstream in arguments.upstream:
-        model, _, address = upstream.partition("=")
-        host, _, ports = address.partition(":")
-        http, _, grpc = ports.partition(":")
-        upstreams[model] = (host, int(http), int(grpc or TRITON_GRPC_PORT))
+        model, _, addresses = upstream.partition("=")
+        upstreams[model] = tuple(_endpoint(address) for address in addresses.split(","))
     runtime = Runtime(
         envoy_replicas=arguments.replicas,
         ratelimit_address=arguments.ratelimit,
@@ -171,6 +169,13 @@ def _moment(text: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} names no time zone (end it with Z or an offset)")
     return moment
+
+
+def _endpoint(address: str) -> Endpoint:
+    """HOST:PORT[:GRPC_PORT] (the gRPC port defaults to Triton's)."""
+    host, _, ports = address.partition(":")
+    http, _, grpc = ports.partition(":")
+    return Endpoint(host, int(http), int(grpc or TRITON_GRPC_PORT))
 
 
 def _namespace(document: dict[str, Any]) -> str:
@@ -291,8 +296,8 @@ def parser() -> argparse.ArgumentParser:
         "--upstream",
         action="append",
         default=[],
-        metavar="MODEL=HOST:PORT[:GRPC_PORT]",
-        help="where a model's Triton listens, instead of its Service (repeatable)",
+        metavar="MODEL=HOST:PORT[:GRPC_PORT][,HOST:PORT[:GRPC_PORT]...]",
+        help="where a model's Tritons listen, instead of its Service (repeatable)",
     )
     command.add_argument("--ratelimit", default="127.0.0.1:8081", help="the ratelimit service's gRPC address")
     command.add_argument("--port", type=int, default=8080, help="Envoy's listener port")

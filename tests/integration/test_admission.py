@@ -93,7 +93,7 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     rendered = {path: yaml.safe_load(path.read_text()) for path in tmp_path.glob("*.yaml")}
     kinds = sorted(document["kind"].lower() for document in rendered.values())
     triton = ["configmap", "deployment", "poddisruptionbudget", "service", "serviceaccount"] * 2
-    triton += ["networkpolicy", "secret"] * 2  # who may reach Triton; its admin key
+    triton += ["networkpolicy", "secret", "service"] * 2  # who may reach Triton; its admin key; its pods
     monitoring = ["configmap", "servicemonitor", "prometheusrule"] * 2  # a dashboard ConfigMap each
     scaling = ["horizontalpodautoscaler", "scaledobject"]  # chat on the HPA, embed on KEDA
     gateway = ["secret", "configmap"] + ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
@@ -107,5 +107,7 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
         path.unlink()
     cluster.namespace("ai")
     cluster.namespace("monitoring")
-    accepted = cluster.kubectl("apply", "--dry-run=server", "-f", str(tmp_path))
+    # Server-side, as the operator applies: a client-side apply would copy the Envoy config Secret into an
+    # annotation, which cannot hold it.
+    accepted = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(tmp_path))
     assert accepted.stdout.count("(server dry run)") == len(kinds) - len(third_party) == len(kinds) - 8

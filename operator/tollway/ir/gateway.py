@@ -21,13 +21,21 @@ class Version:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where Triton serves a model: a host, or a name that resolves to each of its pods, and two ports."""
+
+    host: str
+    http_port: int
+    grpc_port: int
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     """The public name in routes, and Triton's model name."""
-    host: str
-    """Triton's Service (or, outside a cluster, any host)."""
-    http_port: int
-    grpc_port: int
+    endpoints: tuple[Endpoint, ...]
+    """In a cluster, the model's headless Service (its DNS name resolves to every ready pod, so the gateway
+    balances over the pods themselves); outside one, the addresses given."""
     versions: tuple[Version, ...]
     aliases: tuple[tuple[str, int], ...]
     """Alias → version, `latest` included."""

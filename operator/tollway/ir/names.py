@@ -31,6 +31,7 @@ def serving_children(model_deployment: str) -> dict[str, str]:
     """A ModelDeployment's children, by part (DNS label of ≤ 40 characters: room for suffixes)."""
     return {
         "triton": f"{model_deployment}-triton",
+        "pods": f"{model_deployment}-triton-pods",  # the headless Service the gateway balances over
         "config": f"{model_deployment}-model-config",
         "dashboard": f"{model_deployment}-dashboard",
     }

@@ -67,6 +67,22 @@ _TYPE = "type.googleapis.com/envoy."
 _HCM = _TYPE + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
+TRITON_RETRIES = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",  # never sent, so safe to send again
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": _TYPE + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
+"""Which requests to Triton are tried again, on another pod: those no pod has begun to serve."""
+
+
 def model_cluster(model: Model, protocol: str = "http") -> str:
     return f"triton-{protocol}|{model.name}"
 
@@ -191,6 +207,7 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         "cluster_header": CLUSTER_HEADER,
                         "prefix_rewrite": upstream + suffix,
                         "timeout": UPSTREAM_TIMEOUT,
+                        "retry_policy": TRITON_RETRIES,
                     }
                     route["request_body_buffer_limit"] = (
                         model.max_request_bytes if kind == "infer" else SMALL_BODY_BYTES
@@ -207,7 +224,11 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
             {
                 "match": match,
                 "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "grpc"}}},
-                "route": {"cluster_header": CLUSTER_HEADER, "timeout": UPSTREAM_TIMEOUT},
+                "route": {
+                    "cluster_header": CLUSTER_HEADER,
+                    "timeout": UPSTREAM_TIMEOUT,
+                    "retry_policy": TRITON_RETRIES,
+                },
                 "request_body_buffer_limit": limit,
             }
         )
@@ -587,9 +608,16 @@ def _client_validation(mtls: Mtls) -> Config:
     return found
 
 
-def _static_cluster(
-    name: str, host: str, port: int, http2: bool = False, max_requests: int | None = None
-) -> Config:
+HTTP2_UPSTREAM = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": _TYPE + "extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+"""A cluster's protocol options for gRPC upstreams."""
+
+
+def _static_cluster(name: str, host: str, port: int, http2: bool = False) -> Config:
     cluster: Config = {
         "@type": _TYPE + "config.cluster.v3.Cluster",
         "name": name,
@@ -608,18 +636,7 @@ def _static_cluster(
         },
     }
     if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _TYPE + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    if max_requests is not None:
-        cluster["circuit_breakers"] = {
-            "thresholds": [
-                {"max_requests": max_requests, "max_pending_requests": max_requests, "max_retries": 0}
-            ]
-        }
+        cluster["typed_extension_protocol_options"] = HTTP2_UPSTREAM
     return cluster
 
 
@@ -635,27 +652,86 @@ def ratelimit_address(gateway: Gateway) -> tuple[str, int]:
     return in_cluster_host(service, gateway.namespace), RATELIMIT_GRPC_PORT
 
 
+def _triton_cluster(name: str, model: Model, protocol: str, max_requests: int | None = None) -> Config:
+    """A model's Tritons, every pod an endpoint: least outstanding requests first (the closest signal to a
+    pod's queue), a pod that fails to answer its readiness check or to take connections taken out, retries
+    within a budget. Triton's 503 for a full queue is an answer, not a failure: it ejects no pod."""
+    grpc = protocol == "grpc"
+    cluster: Config = {
+        "@type": _TYPE + "config.cluster.v3.Cluster",
+        "name": name,
+        "type": "STATIC" if all(_is_ip(endpoint.host) for endpoint in model.endpoints) else "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": endpoint.host,
+                                        "port_value": endpoint.grpc_port if grpc else endpoint.http_port,
+                                    }
+                                },
+                                "health_check_config": {"port_value": endpoint.http_port},
+                            }
+                        }
+                        for endpoint in model.endpoints
+                    ]
+                }
+            ],
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": "/v2/health/ready", "codec_client_type": "HTTP1"},
+            }
+        ],
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 3,  # refused or reset connections, timeouts
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "interval": "2s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 50,
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3},
+                    **(
+                        {"max_requests": max_requests, "max_pending_requests": max_requests}
+                        if max_requests is not None
+                        else {}
+                    ),
+                }
+            ]
+        },
+    }
+    if grpc:
+        cluster["typed_extension_protocol_options"] = HTTP2_UPSTREAM
+    return cluster
+
+
 def clusters(gateway: Gateway) -> Config:
     found = []
     for model in gateway.models:
-        found.append(_static_cluster(model_cluster(model), model.host, model.http_port))
-        found.append(_static_cluster(model_cluster(model, "grpc"), model.host, model.grpc_port, http2=True))
-        for tier in gateway.tiers:
-            share = tier.limits_for(model.name).concurrent_per_replica
-            if share is None:
-                continue
-            found.append(
-                _static_cluster(tier_cluster(model, tier), model.host, model.http_port, max_requests=share)
-            )
-            found.append(
-                _static_cluster(
-                    tier_cluster(model, tier, "grpc"),
-                    model.host,
-                    model.grpc_port,
-                    http2=True,
-                    max_requests=share,
-                )
-            )
+        for protocol in ("http", "grpc"):
+            found.append(_triton_cluster(model_cluster(model, protocol), model, protocol))
+            for tier in gateway.tiers:
+                share = tier.limits_for(model.name).concurrent_per_replica
+                if share is not None:
+                    found.append(_triton_cluster(tier_cluster(model, tier, protocol), model, protocol, share))
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.runtime.admin_port))

@@ -109,6 +109,7 @@ def render(serving: TritonServing, peers: NetworkPeers, admin_key: str) -> list[
         config_map(serving, config),
         deployment(serving, checksum(config), digest(admin_key)),
         service(serving),
+        pods_service(serving),
         serving_policy(_metadata(serving, "triton"), serving.name, peers),
     ]
     if serving.max_replicas > 1:
@@ -322,6 +323,18 @@ def _rollout(serving: TritonServing) -> dict[str, int]:
     return {"maxSurge": 0, "maxUnavailable": 1} if serving.gpus else {"maxSurge": 1, "maxUnavailable": 0}
 
 
+INFERENCE_PORTS = [
+    {"name": "http", "port": TRITON_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+    {
+        "name": "grpc",
+        "port": TRITON_GRPC_PORT,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "grpc",
+    },
+]
+
+
 def service(serving: TritonServing) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -331,16 +344,26 @@ def service(serving: TritonServing) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector(serving),
             "ports": [
-                {"name": "http", "port": TRITON_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {
-                    "name": "grpc",
-                    "port": TRITON_GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "grpc",
-                },
+                *INFERENCE_PORTS,
                 {"name": "metrics", "port": TRITON_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
+        },
+    }
+
+
+def pods_service(serving: TritonServing) -> dict[str, Any]:
+    """A headless Service: its DNS name resolves to each ready Triton pod, so that the gateway balances
+    over the pods (by their outstanding requests) and ejects a failing one; a ClusterIP would give it one
+    address, and gRPC's one connection would stick to one pod. Inference ports only (Prometheus scrapes
+    the other Service)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(serving, "pods"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector(serving),
+            "ports": INFERENCE_PORTS,
         },
     }
 

@@ -22,6 +22,7 @@ from tollway.api.api_tier import LabelSelector, Quotas
 from tollway.ir.gateway import (
     LIMIT_KINDS,
     Credential,
+    Endpoint,
     Gateway,
     Jwt,
     Limit,
@@ -54,8 +55,8 @@ class GatewayOptions:
     """How the gateway is run: from the operator's settings, or `tollway gateway-config`'s flags."""
 
     runtime: Runtime = field(default_factory=Runtime)
-    upstreams: Mapping[str, tuple[str, int, int]] = field(default_factory=dict)
-    """Model → (host, HTTP port, gRPC port), replacing the Triton Service (tests and local runs)."""
+    upstreams: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    """Model → where its Tritons listen, replacing its Services (tests and local runs)."""
 
 
 @dataclass(frozen=True)
@@ -167,11 +168,9 @@ def _with_mtls_ports(
 
 def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
     spec = resource.spec
-    service = serving_children(resource.metadata.name)["triton"]
-    host, http, grpc = options.upstreams.get(resource.model_name) or (
-        in_cluster_host(service, namespace),
-        TRITON_HTTP_PORT,
-        TRITON_GRPC_PORT,
+    pods = serving_children(resource.metadata.name)["pods"]
+    endpoints = options.upstreams.get(resource.model_name) or (
+        Endpoint(in_cluster_host(pods, namespace), TRITON_HTTP_PORT, TRITON_GRPC_PORT),
     )
     versions = tuple(
         Version(
@@ -188,9 +187,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
     tokens = spec.model.tokens
     return Model(
         name=resource.model_name,
-        host=host,
-        http_port=http,
-        grpc_port=grpc,
+        endpoints=endpoints,
         versions=versions,
         aliases=tuple(sorted((alias, int(version)) for alias, version in aliases.items())),
         input_tokens=tokens.input_field.rsplit(".", 1)[-1] if tokens else None,
