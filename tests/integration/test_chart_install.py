@@ -197,6 +197,13 @@ def settled(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]] | Non
     return found
 
 
+def quiet(log: Path, seconds: float) -> bool:
+    """Whether `log` has not grown for `seconds` (read twice, that far apart)."""
+    before = log.stat().st_size
+    time.sleep(seconds)
+    return log.stat().st_size == before
+
+
 def rendered_children() -> set[tuple[str, str]]:
     """(kind, name) of everything `tollway render` makes of examples/ in its namespace."""
     done = subprocess.run(
@@ -357,8 +364,10 @@ def test_a_namespaced_release_with_two_replicas_serves_from_one_and_leaves_the_c
         assert not any(
             "Possibly conflicting operators" in running.log.read_text() for running in (first, second)
         )
-        # A change is applied by the serving replica alone: the standby's resync loop pauses with kopf.
+        # A change is applied by the serving replica alone: the standby's resync loop pauses with kopf. What
+        # the standby had begun before it paused (its first reconciles, on a loaded machine) ends first.
         serving, standby = (second, first) if paused == [first] else (first, second)
+        eventually(lambda: quiet(standby.log, seconds=3), timeout=60)
         seen = {running: len(running.log.read_text()) for running in (serving, standby)}
         cluster.patch("md", "chat", namespace, {"spec": {"batching": {"maxQueueDelayMicroseconds": 3000}}})
         eventually(lambda: "applied" in serving.log.read_text()[seen[serving] :])
