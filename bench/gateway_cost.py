@@ -2,26 +2,35 @@
 """The gateway's cost per request beside bare Envoy, in one run:
 
     .venv/bin/python bench/gateway_cost.py [--seconds 10] [--connections 8] [--workers 1] [--rounds 3]
+                                           [--rate 1000]
 
-Three paths to one fake model server, each driven in turn by wrk (Debian's; one thread, CONNECTIONS
-keep-alive connections, closed loop) with the same KServe v2 infer POST:
+Paths to one fake model server, each driven in turn by wrk (Debian's; one thread, CONNECTIONS keep-alive
+connections, closed loop) with the same KServe v2 infer POST:
 
 1. straight to the fake model server: an Envoy that answers every request itself with a fixed infer reply
    reporting its tokens, so the upstream is never what limits the others;
 2. bare Envoy with WORKERS workers: a listener with the router only;
 3. Tollway's gateway as `tollway gateway-config` renders it, with WORKERS workers: API key, request and token
    limits (reserved on the way in, settled at the end), usage counters, headers, through its ratelimit
-   service and Redis; the limits far above the load.
+   service and Redis; the limits far above the load;
+4. and 5., where the cost goes: the same gateway for a caller whose tier has a request limit only (one
+   ratelimit call a request instead of two), and for one whose tier has no limits (no call: the Lua
+   programs, authentication, routing, usage counting and the headers alone).
 
 The paths take turns, ROUNDS times (so a slow spell of the shared cores falls on all of them), and each
 figure is the median of its rounds: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's,
 and the CPU each process spent per request (user + system, from /proc), so the cost shows where it is.
+
+Then the latency at a constant RATE requests/s (open loop: vegeta, built by hack/build-tools.sh, sends on
+schedule whether or not answers have come, so a slow answer cannot slow the load down and hide itself),
+each path for SECONDS, ROUNDS turns: P50 and P99, and what each proxy adds to the P99 of going straight.
 Prints figures; not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -30,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +48,11 @@ import yaml
 
 from testbed.dataplane import EnvoyPorts, GatewayProcesses
 from testbed.gateway import echo_model, secret, tier
-from testbed.processes import Process, answers_http, free_port, start
+from testbed.processes import Process, answers_http, free_port, start, tool_binary
 from testbed.triton import infer_body
 
-KEY = "tw-bench-cost-key"
+KEYS = {"rpm-tpm": "tw-bench-full-key", "rpm": "tw-bench-rpm-key", "none": "tw-bench-free-key"}
+"""The gateway's callers, by the limits of their tier."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
 USAGE = json.dumps({"prompt_tokens": 8, "completion_tokens": 8})
 REPLY = json.dumps(
@@ -57,7 +68,9 @@ REPLY = json.dumps(
 
 
 def static_envoy(workdir: Path, name: str, port: int, workers: int, route: dict[str, Any]) -> Process:
-    """An Envoy on a static configuration: one listener on `port` whose every request takes `route`."""
+    """An Envoy on a static configuration: one listener on `port` whose every request takes `route`. One
+    that answers itself (a direct_response) first reads the whole request: answering before the body is in
+    would make Envoy close the connection after every request, and the clients would measure reconnects."""
     admin = free_port()
     clusters = []
     if "route" in route:
@@ -75,6 +88,14 @@ def static_envoy(workdir: Path, name: str, port: int, workers: int, route: dict[
                 },
             }
         )
+    buffer = {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 65536,
+        },
+    }
+    buffered = [buffer] if "direct_response" in route else []
     manager = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -87,12 +108,13 @@ def static_envoy(workdir: Path, name: str, port: int, workers: int, route: dict[
                 ]
             },
             "http_filters": [
+                *buffered,
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                     },
-                }
+                },
             ],
         },
     }
@@ -162,10 +184,28 @@ end
 """
 
 
-def drive(load: Load, label: str, url: str, watched: dict[str, Process]) -> Run:
-    """wrk against `url`; the CPU of each `watched` process per request meanwhile."""
+@dataclass(frozen=True)
+class Target:
+    """One path: where to send, as whom, and the processes whose CPU it spends."""
+
+    label: str
+    port: int
+    watched: dict[str, Process]
+    key: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/models/echo/infer"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"content-type": "application/json", "authorization": f"Bearer {self.key}"}
+
+
+def drive(load: Load, target: Target) -> Run:
+    """wrk against the target; the CPU of each watched process per request meanwhile."""
     script = load.workdir / "post.lua"
-    headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
+    label, url, watched, headers = target.label, target.url, target.watched, target.headers
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(BODY)}\n"
@@ -195,6 +235,47 @@ def drive(load: Load, label: str, url: str, watched: dict[str, Process]) -> Run:
     )
 
 
+def attack(load: Load, rate: int, target: Target) -> Run:
+    """vegeta at a constant `rate` requests/s against the target for the load's seconds; the CPU of each
+    watched process per request meanwhile."""
+    label, watched = target.label, target.watched
+    request = {
+        "method": "POST",
+        "url": target.url,
+        "body": base64.b64encode(BODY.encode()).decode(),
+        "header": {name: [value] for name, value in target.headers.items()},
+    }
+    targets = load.workdir / "targets.json"
+    targets.write_text(json.dumps(request) + "\n")
+    vegeta = str(tool_binary("vegeta", "vegeta"))
+    before = {name: cpu_seconds(process) for name, process in watched.items()}
+    results = subprocess.run(
+        [vegeta, "attack", "-format=json", f"-targets={targets}", f"-rate={rate}/s",
+         f"-duration={load.seconds}s"],
+        capture_output=True,
+        check=True,
+    ).stdout  # fmt: skip
+    spent = {name: cpu_seconds(process) - before[name] for name, process in watched.items()}
+    report = json.loads(
+        subprocess.run(
+            [vegeta, "report", "-type=json"], input=results, capture_output=True, check=True
+        ).stdout
+    )
+    if set(report["status_codes"]) != {"200"}:
+        raise SystemExit(
+            f"{label}: not every request got 200: {report['status_codes']} {report['errors'][:5]}"
+        )
+    requests = int(report["requests"])
+    return Run(
+        path=label,
+        requests_per_second=float(report["throughput"]),
+        p50_ms=report["latencies"]["50th"] / 1e6,
+        p99_ms=report["latencies"]["99th"] / 1e6,
+        requests=requests,
+        cpu_ms_per_request={name: 1000 * seconds / requests for name, seconds in spent.items()},
+    )
+
+
 def median_run(runs: list[Run]) -> Run:
     """One path's rounds as one: the median of each figure."""
     return Run(
@@ -211,8 +292,15 @@ def median_run(runs: list[Run]) -> Run:
 
 
 def gateway(workdir: Path, upstream_port: int, workers: int) -> GatewayProcesses:
-    huge = {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000}
-    documents = [echo_model(), tier("bench", 1, huge, ["echo"]), secret("bench", "bench", KEY)]
+    """Tollway's gateway with a tier per entry of KEYS, its limits far above any load here."""
+    limits: dict[str, dict[str, int]] = {
+        "rpm-tpm": {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000},
+        "rpm": {"requestsPerMinute": 100_000_000},
+        "none": {},
+    }
+    documents: list[dict[str, Any]] = [echo_model()]
+    for name, key in KEYS.items():
+        documents += [tier(name, 1, limits[name], ["echo"]), secret(name, name, key)]
     source = workdir / "manifests.yaml"
     source.write_text(yaml.safe_dump_all(documents))
     processes = GatewayProcesses(
@@ -236,6 +324,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="Envoy workers of each proxy")
     parser.add_argument("--rounds", type=int, default=3, help="turns of the three paths; medians reported")
+    parser.add_argument("--rate", type=int, default=1000, help="requests/s of the constant-rate runs")
     options = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -249,40 +338,60 @@ def main() -> None:
             workdir, "bare", bare_port, options.workers, {"route": {"cluster": f"127.0.0.1:{model_port}"}}
         )
         tollway = gateway(workdir, model_port, options.workers)
+        gateway_processes = {
+            "envoy": tollway.envoys[0],
+            "ratelimit": tollway.processes["ratelimit"],
+            "redis": tollway.processes["redis"],
+            "model": model,
+        }
+        targets = [
+            Target("straight to the model server", model_port, {"model": model}),
+            Target("bare Envoy (router only)", bare_port, {"envoy": bare, "model": model}),
+            Target("Tollway's gateway", tollway.ports[0], gateway_processes, KEYS["rpm-tpm"]),
+            Target("  tier with RPM only (1 call)", tollway.ports[0], gateway_processes, KEYS["rpm"]),
+            Target("  tier without limits (0 calls)", tollway.ports[0], gateway_processes, KEYS["none"]),
+        ]
         try:
-            path = "/v1/models/echo/infer"
             load = Load(wrk, workdir, options.seconds, options.connections)
-            paths = [
-                ("straight to the model server", model_port, {"model": model}),
-                ("bare Envoy (router only)", bare_port, {"envoy": bare, "model": model}),
-                ("Tollway's gateway", tollway.ports[0],
-                 {"envoy": tollway.envoys[0], "ratelimit": tollway.processes["ratelimit"],
-                  "redis": tollway.processes["redis"], "model": model}),
-            ]  # fmt: skip
-            rounds = [
-                [
-                    drive(load, label, f"http://127.0.0.1:{port}{path}", watched)
-                    for label, port, watched in paths
-                ]
-                for _ in range(options.rounds)
+            closed = [[drive(load, target) for target in targets] for _ in range(options.rounds)]
+            steady = [
+                [attack(load, options.rate, target) for target in targets] for _ in range(options.rounds)
             ]
         finally:
             tollway.stop()
             bare.stop()
             model.stop()
-    runs = [median_run(list(taken)) for taken in zip(*rounds, strict=True)]
-    baseline = runs[1].requests_per_second
-    print(
-        f"wrk -t1 -c{options.connections} -d{options.seconds}s, {options.workers} Envoy worker(s) per proxy, "
-        f"{os.cpu_count()} cores; medians of {options.rounds} rounds"
-    )
-    print(f"{'path':32} {'req/s':>9} {'x bare':>7} {'P50 ms':>7} {'P99 ms':>7}  CPU ms per request")
+    runs = [median_run(list(taken)) for taken in zip(*closed, strict=True)]
+    at_rate = [median_run(list(taken)) for taken in zip(*steady, strict=True)]
+    bare_throughput, straight_p99 = runs[1].requests_per_second, at_rate[0].p99_ms
+    tables = [
+        (
+            f"Closed loop: wrk -t1 -c{options.connections} -d{options.seconds}s, {options.workers} Envoy "
+            f"worker(s) per proxy, {os.cpu_count()} cores; medians of {options.rounds} rounds",
+            runs,
+            "x bare",
+            lambda run: f"{run.requests_per_second / bare_throughput:8.2f}",
+        ),
+        (
+            f"\nConstant rate: vegeta at {options.rate} req/s for {options.seconds}s (keep-alive); medians "
+            f"of {options.rounds} rounds; +P99 = the P99 added to going straight",
+            at_rate,
+            "+P99 ms",
+            lambda run: f"{run.p99_ms - straight_p99:8.2f}",
+        ),
+    ]
+    for title, table, heading, column in tables:
+        print(title)
+        print_table(table, heading, column)
+
+
+def print_table(runs: list[Run], heading: str, column: Callable[[Run], str]) -> None:
+    """One line per run: requests/s, `column` (8 characters) under `heading`, P50, P99, CPU per request."""
+    print(f"{'path':32} {'req/s':>9} {heading:>8} {'P50 ms':>7} {'P99 ms':>7}  CPU ms per request")
     for run in runs:
         cpu = ", ".join(f"{name} {value:.3f}" for name, value in run.cpu_ms_per_request.items())
-        print(
-            f"{run.path:32} {run.requests_per_second:9.0f} {run.requests_per_second / baseline:7.2f} "
-            f"{run.p50_ms:7.2f} {run.p99_ms:7.2f}  {cpu}"
-        )
+        figures = f"{run.requests_per_second:9.0f} {column(run)} {run.p50_ms:7.2f} {run.p99_ms:7.2f}"
+        print(f"{run.path:32} {figures}  {cpu}")
 
 
 if __name__ == "__main__":

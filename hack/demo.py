@@ -193,7 +193,7 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
         dataplane.ScrapeTarget("triton", served.metrics, labels),
         dataplane.ScrapeTarget("ratelimit", f"127.0.0.1:{gateway.ratelimit_ports.metrics}", labels),
         *(
-            dataplane.ScrapeTarget(f"envoy-{replica}", f"127.0.0.1:{port}", labels)
+            dataplane.ScrapeTarget(f"envoy-{replica}", f"127.0.0.1:{port}", labels, "/stats/prometheus")
             for replica, port in enumerate(gateway.metrics_ports)
         ),
     ]
@@ -258,13 +258,13 @@ def send_traffic(path: DataPath, everyone: list[Consumer]) -> list[SentRequest]:
 
 
 def gateway_counters(prometheus_url: str) -> dict[tuple[str, str], int]:
-    """The gateway's usage counters as Prometheus scraped them: (kind, consumer) → total."""
-    expression = 'sum by (key1, key2) (ratelimit_service_rate_limit_total_hits{key1=~"usage_.*"})'
+    """The gateway's usage counters of requests and tokens as Prometheus scraped them, summed over the Envoy
+    replicas: (kind, consumer) → total."""
+    expression = 'sum by (__name__, consumer) ({__name__=~"envoy_tollway_usage_(requests|input|output)"})'
     counters = {}
     for series in dataplane.prometheus_query(prometheus_url, expression):
-        kind = series["metric"]["key1"].split("_")[1]  # usage_KIND_TIER
-        consumer = series["metric"]["key2"].removeprefix("consumer_")
-        counters[(kind, consumer)] = round(float(series["value"][1]))
+        kind = series["metric"]["__name__"].removeprefix("envoy_tollway_usage_")
+        counters[(kind, series["metric"]["consumer"])] = round(float(series["value"][1]))
     return counters
 
 
@@ -295,8 +295,8 @@ def measure(cluster: Cluster, path: DataPath, everyone: list[Consumer], sent: li
 def counters_once_equal(
     prometheus_url: str, traffic: tuple[ConsumerTraffic, ...]
 ) -> dict[tuple[str, str], int]:
-    """The gateway's counters once they equal what the clients received (Prometheus scrapes every second,
-    the ratelimit service publishes its counts every few), or as they are after 30 s."""
+    """The gateway's counters once they equal what the clients received (Prometheus scrapes every second),
+    or as they are after 30 s."""
     expected = client_usage(traffic)
 
     def equal() -> dict[tuple[str, str], int] | None:

@@ -134,6 +134,7 @@ class ScrapeTarget:
     job: str
     address: str
     labels: dict[str, str]
+    path: str = "/metrics"
 
 
 def prometheus(workdir: Path, port: int, targets: list[ScrapeTarget], rule_files: list[Path]) -> Process:
@@ -144,6 +145,7 @@ def prometheus(workdir: Path, port: int, targets: list[ScrapeTarget], rule_files
         "scrape_configs": [
             {
                 "job_name": target.job,
+                "metrics_path": target.path,
                 "static_configs": [{"targets": [target.address], "labels": target.labels}],
             }
             for target in targets

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import socket
 import ssl
 import threading
@@ -791,42 +792,64 @@ def test_envoy_exports_the_statistics_the_gateway_rules_read(gateway: Bed) -> No
         )
 
 
-def counters_by_consumer(gateway: Bed) -> set[str]:
-    """Every consumer (key2) the ratelimit service's metrics name."""
-    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return {line.split('key2="consumer_')[1].split('"')[0] for line in lines if 'key2="consumer_' in line}
+USAGE_LINE = re.compile(r"^envoy_tollway_(usage_\w+)\{(.*)\} (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def counted(gateway: Bed, consumer: str, kinds: int) -> dict[str, float]:
-    """The ratelimit service's hit counters of one consumer, by descriptor (KIND_TIER), once `kinds` of
-    them have reached its metrics endpoint (the stats reach it every few seconds)."""
-    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
+def usage_counters(gateway: Bed) -> dict[tuple[str, str, str], float]:
+    """The usage counters of every Envoy replica, summed as Prometheus rules sum them: by (kind, tier,
+    consumer), each label value unescaped."""
+    found: dict[tuple[str, str, str], float] = {}
+    for port in gateway.metrics_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/prometheus", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        for line in lines:
+            if (matched := USAGE_LINE.match(line)) is None:
+                continue
+            kind, labels, value = matched.groups()
+            named = {name: re.sub(r"\\(.)", r"\1", text) for name, text in LABEL.findall(labels)}
+            key = (kind, named["tier"], named["consumer"])
+            found[key] = found.get(key, 0.0) + float(value)
+    return found
+
+
+def usage_of(gateway: Bed, consumer: str, requests: int, tier: str = "metered") -> dict[str, float]:
+    """One consumer's usage counters in `tier` by kind, once `requests` of its requests are counted (Envoy
+    counts a request as it logs it, just after the response)."""
 
     def found() -> dict[str, float] | None:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            lines = response.read().decode().splitlines()
-        counters = {
-            line.split('key1="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-            for line in lines
-            if line.startswith("ratelimit_service_rate_limit_total_hits{")
-            and f'key2="consumer_{consumer}"' in line
-        }
-        return counters if len(counters) >= kinds else None
+        counters = {kind: value for (kind, in_tier, name), value in usage_counters(gateway).items() if
+                    (in_tier, name) == (tier, consumer)}  # fmt: skip
+        return counters if counters.get("usage_requests") == requests else None
 
     return eventually(found, timeout=30)
 
 
-def test_the_ratelimit_service_counts_each_consumers_requests_and_tokens(gateway: Bed) -> None:
+def reserved_tokens(gateway: Bed, consumer: str, tier: str = "metered") -> float | None:
+    """The tokens the ratelimit service's TPM counter of one consumer was charged so far, as its metrics
+    endpoint shows them (the service's stats reach it every few seconds); None before it names the counter."""
+    url = f"http://127.0.0.1:{gateway.ratelimit_ports.metrics}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    for line in lines:
+        if line.startswith("ratelimit_service_rate_limit_total_hits{") and all(
+            label in line for label in (f'key1="tpm_{tier}"', f'key2="consumer_{consumer}"')
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_each_consumers_requests_and_tokens_are_counted(gateway: Bed) -> None:
     for _ in range(2):
         assert infer(gateway, "/v1/models/echo/infer", KEYS["uma"], values=3, max_tokens=5).status == 200
-    assert counted(gateway, "uma", 4) == {
-        "usage_requests_metered": 2,
-        "usage_input_metered": 6,
-        "usage_output_metered": 10,
-        "tpm_metered": 2 * (math.ceil(len(_sent_bytes(values=3, max_tokens=5)) / 4) + 5),  # the reservations
+    assert usage_of(gateway, "uma", 2) == {
+        "usage_requests": 2,
+        "usage_input": 6,
+        "usage_output": 10,
+        "usage_unreported": 0,
     }
+    reservation = math.ceil(len(_sent_bytes(values=3, max_tokens=5)) / 4) + 5
+    eventually(lambda: reserved_tokens(gateway, "uma") == 2 * reservation, timeout=30)
 
 
 def test_outputs_that_leave_the_usage_out_get_it_back_and_are_charged_what_they_used(gateway: Bed) -> None:
@@ -841,23 +864,34 @@ def test_outputs_that_leave_the_usage_out_get_it_back_and_are_charged_what_they_
     only = [triton_grpc.InferRequestedOutput("OUTPUT")]
     result = client.infer("echo", [data], outputs=only, headers={"authorization": f"Bearer {KEYS['wes']}"})
     assert json.loads(result.as_numpy("USAGE")[0][0]) == {"prompt_tokens": 3, "completion_tokens": 3}
-    # requests, input, output, tpm: the two requests' counts, and nothing unreported
-    found = eventually(lambda: (hits := counted(gateway, "wes", 4))["usage_requests_metered"] == 2 and hits)
-    assert "usage_unreported_metered" not in found
-    assert (found["usage_input_metered"], found["usage_output_metered"]) == (6, 8)
+    # the two requests' counts, and nothing unreported
+    found = usage_of(gateway, "wes", 2)
+    assert (found["usage_input"], found["usage_output"], found["usage_unreported"]) == (6, 8, 0)
 
 
-def test_consumers_whose_names_hold_dots_are_counted_apart(gateway: Bed) -> None:
-    """The ratelimit service's metrics are dot-separated paths: a consumer's name is counted with its dots
-    written %2E, or svc.a and svc.b would both be billed as svc."""
+def test_consumers_whose_names_hold_dots_colons_slashes_or_at_signs_are_counted_apart(gateway: Bed) -> None:
+    """Each consumer is a label value of its own, whatever its name holds: API key consumers with dots, and
+    JWT subjects such as SPIFFE IDs and e-mail addresses, are never billed as one."""
     for consumer, times in (("svc.a", 1), ("svc.b", 2)):
         for _ in range(times):
             assert (
                 infer(gateway, "/v1/models/echo/infer", KEYS[consumer], values=3, max_tokens=5).status == 200
             )
-    for consumer, times in (("svc%2Ea", 1), ("svc%2Eb", 2)):
-        eventually(lambda c=consumer, n=times: counted(gateway, c, 4)["usage_requests_metered"] == n)
-    assert "svc" not in counters_by_consumer(gateway)
+    subjects = {
+        "spiffe://acme.example/ns/billing": 1,
+        "spiffe://acme.example/ns/search": 2,
+        "alice@acme.example": 3,
+        'svc:"quoted"\\back': 1,
+    }
+    for subject, times in subjects.items():
+        token = gateway.certs.token(scope="inference", sub=subject)
+        for _ in range(times):
+            assert gateway.call("/v1/models/echo/infer", key=token, body=infer_body()).status == 200
+    for consumer, times in (("svc.a", 1), ("svc.b", 2)):
+        assert usage_of(gateway, consumer, times)["usage_input"] == 3 * times
+    for subject, times in subjects.items():  # a JWT's consumer is its claim, marked as one
+        assert usage_of(gateway, f"jwt:{subject}", times, tier="pro")["usage_requests"] == times
+    assert not any(name in ("svc", "jwt:spiffe://acme") for _, _, name in usage_counters(gateway))
 
 
 def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported(gateway: Bed) -> None:
@@ -867,9 +901,9 @@ def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported
     reply = gateway.call("/v1/models/recorder/infer", key=KEYS["vic"], body=body)
     assert reply.status == 200
     estimate = math.ceil(len(json.dumps(body)) / 4) + 5
-    found = counted(gateway, "vic", 4)  # requests, output, unreported, tpm (an input count of 0 adds nothing)
-    assert found["usage_requests_metered"] == 1 and found["usage_unreported_metered"] == 1
-    assert found["usage_output_metered"] == estimate and found["tpm_metered"] == estimate
+    found = usage_of(gateway, "vic", 1)
+    assert (found["usage_unreported"], found["usage_input"], found["usage_output"]) == (1, 0, estimate)
+    eventually(lambda: reserved_tokens(gateway, "vic") == estimate, timeout=30)  # no more: nothing to settle
 
 
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:

@@ -152,7 +152,6 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
         **admitted,
         "reserve": str(math.ceil(len(body) / 4) + 100),
         "estimate": str(math.ceil(len(body) / 4) + 100),  # what a response without usage is charged
-        "settle": "0",
     }
     assert handle.route_cache_cleared == 2  # the client's cluster header dropped, then the gateway's
 
@@ -661,9 +660,23 @@ def test_a_response_within_the_reservation_settles_nothing_and_one_without_count
 ) -> None:
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500"}}
     handle = gateway.response({":status": "200"}, b'{"prompt_tokens":3}', metadata=state)
-    assert handle.tollway == {**state["tollway"], "input_tokens": "3", "output_tokens": "0", "settle": "0"}
+    assert handle.tollway == {**state["tollway"], "input_tokens": "3", "output_tokens": "0"}  # no settle call
     handle = gateway.response({":status": "200"}, b'{"outputs":[]}', metadata=state)
     assert handle.tollway == state["tollway"]
+
+
+def test_what_a_model_answered_a_caller_is_marked_for_the_usage_logger_and_a_refusal_is_not(
+    gateway: GatewayProgram,
+) -> None:
+    state = {"tollway": {"tier": "pro", "consumer": "acme", "model": "chat", "version": "2"}}
+    answered = {":status": "400", "x-envoy-upstream-service-time": "3"}  # Triton's own refusal is counted
+    handle = gateway.response(answered, b'{"error":"bad input"}', metadata=state)
+    counts = {"input_tokens": "0", "output_tokens": "0", "unreported": "0"}  # it reads a number for each
+    assert handle.tollway == {**state["tollway"], "from_model": "1", **counts}
+    refused = gateway.response({":status": "429"}, b"", metadata=state)  # the gateway's own answer
+    assert refused.tollway == state["tollway"]
+    anonymous = gateway.response(answered, b"", metadata={"tollway": {"model": "chat"}})  # no caller
+    assert anonymous.tollway == {"model": "chat"}
 
 
 def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gateway: GatewayProgram) -> None:
@@ -684,7 +697,7 @@ def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gat
         **state["tollway"],
         "input_tokens": "0",
         "output_tokens": "520",  # leaving the usage out never costs less than the request could have used
-        "unreported": "pro",  # the usage_unreported counter (the tier as counters name it), and its alert
+        "unreported": "1",  # counted by the usage_unreported counter, for its alert
         "settle": "20",
     }
     assert handle.header_values["x-ratelimit-remaining-tokens"] == "80"

@@ -175,18 +175,7 @@ def test_overrides_get_counters_of_their_own() -> None:
         concurrent_per_replica=2,  # each of 3 Envoy replicas admits its share, rounded up
     )
     descriptors = ratelimit_config(built)["descriptors"]
-    limits = {
-        (entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"]
-        for entry in descriptors
-        if not entry["key"].startswith("usage_")
-    }
-    usage = {(entry["key"], entry["value"]) for entry in descriptors if entry["key"].startswith("usage_")}
-    assert usage == {
-        ("usage_requests", "pro"),
-        ("usage_input", "pro"),
-        ("usage_output", "pro"),
-        ("usage_unreported", "pro"),
-    }
+    limits = {(entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"] for entry in descriptors}
     assert all(entry["descriptors"][0]["detailed_metric"] for entry in descriptors)  # per-consumer figures
     assert limits == {
         ("rpm", "pro"): {"unit": "minute", "requests_per_unit": 60},
@@ -392,7 +381,11 @@ def test_a_tiers_usage_is_read_per_consumer_from_the_usage_counters(monkeypatch:
             asked.append(query)
             if query.startswith("count("):
                 return [{"value": [0, "2"]}]
-            kind = next(kind for kind in answers if f'key1="usage_{kind}_pro"' in query)
+            kind = next(
+                kind
+                for kind in answers
+                if f'envoy_tollway_usage_{kind}{{namespace="ai",tier="pro"}}' in query
+            )
             return [{"value": [0, str(answers[kind])]}]
 
     monkeypatch.setattr(prometheus, "PrometheusConnect", Prometheus)
@@ -401,6 +394,6 @@ def test_a_tiers_usage_is_read_per_consumer_from_the_usage_counters(monkeypatch:
         reachable=True, consumers=2, requests=30, input_tokens=120000, output_tokens=40000
     )
     assert asked[0] == (
-        'count(sum by (key2) (increase(ratelimit_service_rate_limit_total_hits{namespace="ai",'
-        'key1="usage_requests_pro"}[3600s])) > 0)'
+        'count(sum by (consumer) (increase(envoy_tollway_usage_requests{namespace="ai",tier="pro"}[3600s]))'
+        " > 0)"
     )

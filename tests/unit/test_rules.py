@@ -246,9 +246,9 @@ def test_usage_and_cost_per_consumer_come_from_the_gateways_counters(tmp_path: P
     then ten times as much."""
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
 
-    def counter(kind: str, values: str) -> dict[str, str]:
-        labels = f'namespace="ai",domain="tollway",key1="usage_{kind}_pro",key2="consumer_bob"'
-        return {"series": f"ratelimit_service_rate_limit_total_hits{{{labels}}}", "values": values}
+    def counter(kind: str, values: str) -> dict[str, str]:  # as one Envoy replica exports it
+        labels = 'namespace="ai",pod="gateway-0",tier="pro",consumer="bob"'
+        return {"series": f"envoy_tollway_usage_{kind}{{{labels}}}", "values": values}
 
     steady = [
         counter("input", "0+1000x1500"),
@@ -320,12 +320,17 @@ def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> 
     alert_rule = next(
         rule for group in groups for rule in group["rules"] if rule.get("alert") == "TollwayUsageUnreported"
     )
-    labels = 'namespace="ai",domain="tollway",key1="usage_unreported_pro",key2="consumer_bob"'
-    series = f"ratelimit_service_rate_limit_total_hits{{{labels}}}"
+
+    def series(replica: str) -> str:
+        return f'envoy_tollway_usage_unreported{{namespace="ai",pod="{replica}",tier="pro",consumer="bob"}}'
+
     tests = [
         {
             "interval": "1m",
-            "input_series": [{"series": series, "values": "0x30 1+1x10 11x60"}],
+            "input_series": [  # two Envoy replicas: each counts what it served
+                {"series": series("gateway-0"), "values": "0x30 1+1x10 11x60"},
+                {"series": series("gateway-1"), "values": "0x100"},
+            ],
             "alert_rule_test": [
                 {"eval_time": "30m", "alertname": "TollwayUsageUnreported", "exp_alerts": []},
                 {

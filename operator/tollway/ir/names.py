@@ -22,9 +22,15 @@ REDIS_PASSWORD = "password"
 RATELIMIT_DOMAIN = "tollway"
 """The ratelimit service's domain: Envoy's ratelimit filters and the service's configuration name it."""
 USAGE_KINDS = ("usage_requests", "usage_input", "usage_output", "usage_unreported")
-"""Counters the ratelimit service keeps per tier and consumer at the end of each request: the descriptor
-keys Envoy's usage filter sends and the service's configuration declares (usage_unreported: served
+"""Counters each Envoy replica keeps per tier and consumer as it logs a request (usage_unreported: served
 responses that reported no token counts, charged their estimate instead)."""
+USAGE_STAT_PREFIX = "tollway"
+"""The usage counters' Envoy stat prefix: Envoy's /stats/prometheus names them envoy_tollway_<kind>."""
+
+
+def usage_metric(kind: str) -> str:
+    """A usage counter's Prometheus name (`kind` one of USAGE_KINDS), labelled tier and consumer."""
+    return f"envoy_{USAGE_STAT_PREFIX}_{kind}"
 
 
 def serving_children(model_deployment: str) -> dict[str, str]:

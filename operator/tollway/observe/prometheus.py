@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from tollway.ir.names import counter_name
+from tollway.ir.names import usage_metric
 from tollway.ir.state import MetricsState, UsageState
 from tollway.render.monitoring import selector
 
@@ -45,8 +45,7 @@ def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
 
 def usage_counter(namespace: str, tier: str, kind: str) -> str:
     """The gateway's usage counter of one kind (requests, input, output) for a tier, as a selector."""
-    counted = f"usage_{kind}_{counter_name(tier)}"
-    return f'ratelimit_service_rate_limit_total_hits{{namespace="{namespace}",key1="{counted}"}}'
+    return f'{usage_metric(f"usage_{kind}")}{{namespace="{namespace}",tier="{tier}"}}'
 
 
 def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:
@@ -62,9 +61,9 @@ def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> Usage
             )
             return round(float(result[0]["value"][1])) if result else 0
 
-        # Per consumer (key2), not per series: each ratelimit replica exports its own.
+        # Per consumer, not per series: each Envoy replica exports its own.
         requests = usage_counter(namespace, tier, "requests")
-        active: Any = client.custom_query(f"count(sum by (key2) (increase({requests}[{window}])) > 0)")
+        active: Any = client.custom_query(f"count(sum by (consumer) (increase({requests}[{window}])) > 0)")
         return UsageState(
             reachable=True,
             consumers=int(float(active[0]["value"][1])) if active else 0,

@@ -18,6 +18,7 @@ from tollway.ir.names import (
     RATELIMIT_GRPC_PORT,
     TRITON_KEY_HEADER,
     USAGE_KINDS,
+    USAGE_STAT_PREFIX,
     gateway_children,
     in_cluster_host,
 )
@@ -310,10 +311,10 @@ with, and the metadata that holds how much to count (None: one per request). Con
 
 
 def _stream_end_filter() -> Config:
-    """One call to the ratelimit service when a request ends, never delaying or refusing it (fail open, no
-    headers): the tokens it used beyond its reservation, charged to its token limits (either fail mode's:
-    a request has one's metadata only), and the usage counters of the request and its input and output
-    tokens, per tier and consumer."""
+    """At most one call to the ratelimit service when a request ends, never delaying or refusing it (fail
+    open, no headers): the tokens it used beyond its reservation, charged to its token limits (either fail
+    mode's: a request has one's metadata only). The Lua program sets `settle` only when there is something to
+    charge, and with no descriptor left Envoy makes no call."""
     settled = [
         {
             "actions": _limit_actions(limit, f"{limit}_{mode}"),
@@ -323,18 +324,55 @@ def _stream_end_filter() -> Config:
         for limit in ("tpm", "tpd")
         for mode in ("open", "closed")
     ]
-    counted = []
+    return _ratelimit_service("tollway.settle", settled, failure_mode_deny=False)
+
+
+USAGE_COUNTS = {
+    "usage_requests": None,
+    "usage_input": "input_tokens",
+    "usage_output": "output_tokens",
+    "usage_unreported": "unreported",
+}
+"""Each usage counter and the metadata that holds how much a request adds to it (None: one per request)."""
+
+
+def _usage_log() -> Config:
+    """The usage counters, per tier and consumer, as Envoy's own statistics (envoy_tollway_usage_*): counted
+    when each request is logged, so usage costs no call to the ratelimit service. Counted: what a caller
+    sent and a model answered (the Lua program marks it `from_model`), never what the gateway refused. The
+    tags come from the Lua program's metadata (names of configured tiers and consumers, never a value a
+    client writes), so their number is bounded by the configuration."""
+    tags = [
+        {"name": "tier", "value_format": "%DYNAMIC_METADATA(tollway:tier)%"},
+        {"name": "consumer", "value_format": "%DYNAMIC_METADATA(tollway:consumer)%"},
+    ]
+    counters = []
     for kind in USAGE_KINDS:
-        # the metadata that names the tier (only an unreported response sets `unreported`), and the count
-        named_by, hits = USAGE_SOURCES[kind]
-        entry: Config = {
-            "actions": [_metadata_action(kind, named_by), _metadata_action("consumer", "counter_consumer")],
-            "apply_on_stream_done": True,
-        }
-        if hits is not None:  # no count (a model that reports no tokens): Envoy drops the descriptor
-            entry["hits_addend"] = {"format": f"%DYNAMIC_METADATA(tollway:{hits})%"}
-        counted.append(entry)
-    return _ratelimit_service("tollway.usage", settled + counted, failure_mode_deny=False)
+        counter: Config = {"stat": {"name": kind, "tags": tags}}
+        metadata = USAGE_COUNTS[kind]
+        if metadata is None:
+            counter["value_fixed"] = 1
+        else:
+            counter["value_format"] = f"%DYNAMIC_METADATA(tollway:{metadata})%"
+        counters.append(counter)
+    return {
+        "name": "envoy.access_loggers.stats",
+        "filter": {
+            "metadata_filter": {
+                "matcher": {
+                    "filter": "tollway",
+                    "path": [{"key": "from_model"}],
+                    "value": {"present_match": True},
+                },
+                "match_if_key_not_found": False,
+            }
+        },
+        "typed_config": {
+            "@type": _TYPE + "extensions.access_loggers.stats.v3.Config",
+            "stat_prefix": USAGE_STAT_PREFIX,
+            "counters": counters,
+        },
+    }
 
 
 def _meta_key(key: str) -> Config:
@@ -471,7 +509,8 @@ def http_filters(gateway: Gateway) -> list[Config]:
             _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, tokens=True)
             for mode, fail_open in (("open", True), ("closed", False))
         ),
-        # At stream end, in one call: the tokens used beyond each reservation, and the usage counters.
+        # At stream end: the tokens used beyond each reservation (no call when there are none). Usage is
+        # counted by the connection manager's usage logger, with no call.
         _stream_end_filter(),
         # Last: sends the request to the cluster the Lua program chose.
         {
@@ -503,6 +542,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             "http_filters": http_filters(gateway),
             "local_reply_config": _local_reply(),
             "access_log": [
+                _usage_log(),
                 {
                     "name": "envoy.access_loggers.stdout",
                     "typed_config": {
@@ -520,7 +560,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
                             ],
                         },
                     },
-                }
+                },
             ],
         },
     }

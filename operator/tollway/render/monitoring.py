@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import counter_name
+from tollway.ir.names import usage_metric
 from tollway.ir.serving import Objectives, TritonServing
 
 Manifest = dict[str, Any]
@@ -220,18 +220,11 @@ def service_monitor(
     }
 
 
-USAGE_COUNTER = "ratelimit_service_rate_limit_total_hits"
-
-
 def _by_consumer(kind: str, namespace: str, window: str, function: str = "rate") -> str:
-    """A usage counter of the ratelimit service (key1 = KIND_TIER, key2 = consumer_NAME) per tier and
-    consumer, labelled so (each name as the counters write it: names.counter_name, '.' as '%2E')."""
-    series = f'{USAGE_COUNTER}{{namespace="{namespace}",key1=~"{kind}_.*"}}'
-    labelled = (
-        f'label_replace(label_replace({function}({series}[{window}]), "tier", "$1", "key1", "{kind}_(.*)"), '
-        f'"consumer", "$1", "key2", "consumer_(.*)")'
-    )
-    return f"sum by (namespace, tier, consumer) ({labelled})"
+    """A usage counter of the gateway (`kind` one of USAGE_KINDS) summed over the Envoy replicas, per tier
+    and consumer."""
+    series = f'{usage_metric(kind)}{{namespace="{namespace}"}}'
+    return f"sum by (namespace, tier, consumer) ({function}({series}[{window}]))"
 
 
 def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
@@ -255,7 +248,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
         }
     )
     for tier in gateway.tiers:
-        matchers = f'namespace="{namespace}",tier="{counter_name(tier.name)}"'
+        matchers = f'namespace="{namespace}",tier="{tier.name}"'
         # A model may report only one of the two counts (an embedding: no output): the missing side is 0.
         used_in = f"tollway:consumer_input_tokens:per_day{{{matchers}}}"
         used_out = f"tollway:consumer_output_tokens:per_day{{{matchers}}}"
@@ -264,7 +257,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             f"+ ({used_out} or {used_in} * 0) * {tier.output_price_per_1k}) / 1000"
         )
         # one rule per tier: distinct static labels
-        labels = {"currency": tier.currency, "tier": counter_name(tier.name)}
+        labels = {"currency": tier.currency, "tier": tier.name}
         rules.append({"record": "tollway:consumer_cost:per_day", "expr": cost, "labels": labels})
     scope = f'namespace="{namespace}"'
     rules.append(
@@ -287,11 +280,16 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             },
         }
     )
-    hourly = _by_consumer("usage_(?:input|output)", namespace, "1h")  # both counts, either may be missing
+    hourly_in, hourly_out = (
+        _by_consumer(f"usage_{direction}", namespace, "1h") for direction in ("input", "output")
+    )
+    hourly = (
+        f"({hourly_in} + {hourly_out}) or {hourly_in} or {hourly_out}"  # both counts, either may be missing
+    )
     rules.append({"record": "tollway:consumer_tokens:rate1h", "expr": hourly})
     for tier in gateway.tiers:
         factor = _number(tier.usage_spike_factor)
-        recent = f'tollway:consumer_tokens:rate1h{{namespace="{namespace}",tier="{counter_name(tier.name)}"}}'
+        recent = f'tollway:consumer_tokens:rate1h{{namespace="{namespace}",tier="{tier.name}"}}'
         rules.append(
             {
                 # The baseline is the average of the hourly rate over what Prometheus has of the last 7 days,
@@ -299,7 +297,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
                 "alert": "TollwayConsumerUsageSpike",
                 "expr": f"{recent} > {factor} * avg_over_time({recent}[7d])",
                 "for": "15m",
-                "labels": {"namespace": namespace, "tier": counter_name(tier.name), "severity": "ticket"},
+                "labels": {"namespace": namespace, "tier": tier.name, "severity": "ticket"},
                 "annotations": {
                     "summary": f"a consumer of tier {tier.name} uses tokens at over {factor}x its 7-day rate",
                 },

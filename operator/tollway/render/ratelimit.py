@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import RATELIMIT_DOMAIN, USAGE_KINDS, counter_name
+from tollway.ir.names import RATELIMIT_DOMAIN
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -38,20 +38,4 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
         }
         for (limit, scope), value in sorted(limits.items())
     ]
-    return {"domain": RATELIMIT_DOMAIN, "descriptors": limited + usage_descriptors(gateway)}
-
-
-def usage_descriptors(gateway: Gateway) -> list[dict[str, Any]]:
-    """Counters that never refuse, one per tier, usage kind and consumer: the service's per-consumer metrics
-    (detailed_metric) are where Prometheus reads requests and input and output tokens by consumer. The
-    service counts only limited descriptors (not `unlimited` ones), so the limit is the largest it takes."""
-    never = {"unit": "day", "requests_per_unit": 2**32 - 1}
-    return [
-        {
-            "key": kind,
-            "value": counter_name(tier.name),
-            "descriptors": [{"key": "consumer", "rate_limit": never, "detailed_metric": True}],
-        }
-        for tier in gateway.tiers
-        for kind in USAGE_KINDS
-    ]
+    return {"domain": RATELIMIT_DOMAIN, "descriptors": limited}

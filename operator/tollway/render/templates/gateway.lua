@@ -119,7 +119,8 @@ function envoy_on_request(handle)
 end
 
 -- The tokens the model reported: recorded for the usage counters and the access log, and, when the
--- request reserved tokens, what they exceed the reservation by is charged too (at the end of the stream).
+-- request reserved tokens, what they exceed the reservation by is charged too (at the end of the stream; a
+-- request that used no more than it reserved makes no call then).
 -- A served response that reports none is charged its estimate (see tokens.settlement); an empty one or a
 -- gRPC error served nothing.
 local function count_tokens(handle, state, model)
@@ -134,8 +135,8 @@ local function count_tokens(handle, state, model)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "input_tokens", tostring(input))
   metadata:set(NS, "output_tokens", tostring(output))
-  if unreported then metadata:set(NS, "unreported", state.counter_tier) end -- counted per tier for an alert
-  if extra == nil then return end
+  if unreported then metadata:set(NS, "unreported", "1") end -- counted for an alert
+  if extra == nil or extra == 0 then return end
   metadata:set(NS, "settle", tostring(extra))
   local remaining = tokens.remaining_after(headers:get("x-ratelimit-remaining-tokens"), extra)
   if remaining ~= nil then headers:replace("x-ratelimit-remaining-tokens", remaining) end
@@ -147,11 +148,19 @@ local function on_response(handle, now)
     local limit = tokens.first_number(headers:get(name))
     if limit then headers:replace(name, limit) end
   end
-  local state = handle:streamInfo():dynamicMetadata():get(NS) or {}
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local state = metadata:get(NS) or {}
   local tier = state.tier and T.tiers[state.tier]
   local model = state.model and T.models[state.model]
   local status = headers:get(":status")
-  if status == "503" and headers:get("x-envoy-upstream-service-time") and model then
+  local from_model = headers:get("x-envoy-upstream-service-time") ~= nil
+  if from_model and state.tier then -- the usage logger counts it, and reads a number for each count
+    metadata:set(NS, "from_model", "1")
+    for _, count in ipairs({ "input_tokens", "output_tokens", "unreported" }) do
+      metadata:set(NS, count, "0")
+    end
+  end
+  if status == "503" and from_model and model then
     headers:replace("retry-after", tostring(model.retry_after)) -- Triton's queue is full: its estimated wait
   end
   if status == "429" and (tier == nil or tier.retry_after) then

@@ -85,10 +85,7 @@ function M.reserve_tokens(handle, tier, model_name, model, scopes, body_length, 
   if model.input ~= nil then -- what a response that reports no usage is charged
     metadata:set(NS, "estimate", tostring(tokens.estimate(model, body_length, max_tokens)))
   end
-  if reserve ~= nil then
-    metadata:set(NS, "reserve", tostring(reserve))
-    metadata:set(NS, "settle", "0")
-  end
+  if reserve ~= nil then metadata:set(NS, "reserve", tostring(reserve)) end
   return true
 end
 
