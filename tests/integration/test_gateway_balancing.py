@@ -1,6 +1,6 @@
 """Every Triton behind the gateway: two Tritons (PyTriton's server) serve one model, as two pods behind the
 model's headless Service do in a cluster, and one Envoy balances over both, HTTP and gRPC alike (by least
-outstanding requests); one of them killed, the gateway stops sending to it and nothing that it had not
+outstanding requests: a Triton busy with a long request gets none of the short ones); one of them killed, the gateway stops sending to it and nothing that it had not
 begun to serve fails (connection failures are tried again on the other).
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy
 import pytest
@@ -34,10 +36,10 @@ class Balanced:
     gateway: GatewayProcesses
     tritons: list[RunningTriton]
 
-    def infer(self) -> Reply:
+    def infer(self, **parameters: Any) -> Reply:
         return request(
             f"http://127.0.0.1:{self.gateway.ports[0]}/v1/models/echo/infer",
-            data=json.dumps(infer_body()).encode(),
+            data=json.dumps(infer_body(**parameters)).encode(),
             headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
         )
 
@@ -91,6 +93,32 @@ def test_both_tritons_serve_http_and_grpc(balanced: Balanced) -> None:
     assert all(now > then for now, then in zip(after_grpc, after_http, strict=True)), (after_http, after_grpc)
 
 
+def busy_tritons(balanced: Balanced) -> list[int]:
+    """Each Triton's outstanding requests from the gateway, as Envoy counts them (its admin /clusters)."""
+    text = request(f"http://127.0.0.1:{balanced.gateway.replicas[0].admin}/clusters").body.decode()
+    return [
+        int(re.search(rf"triton-http\|echo::{re.escape(triton.http)}::rq_active::(\d+)", text).group(1))  # type: ignore[union-attr]
+        for triton in balanced.tritons
+    ]
+
+
+def test_a_triton_busy_with_a_long_request_gets_none_of_the_short_ones(balanced: Balanced) -> None:
+    """Least outstanding requests: while one Triton works through a long request (the echo model sleeps
+    3 s), every short request goes to the other one; taking turns would queue half of them behind it."""
+    before = balanced.served()
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(balanced.infer, sleep_ms=3000)
+        busy = eventually(lambda: busy_tritons(balanced) if sum(busy_tritons(balanced)) == 1 else None)
+        short = [balanced.infer() for _ in range(10)]
+        still_busy = busy_tritons(balanced)
+        assert long.result().status == 200
+    assert [reply.status for reply in short] == [200] * 10
+    after = balanced.served()
+    gained = [now - then for now, then in zip(after, before, strict=True)]
+    assert gained == [1 if held else 10 for held in busy], f"busy: {busy}, served: {gained}"
+    assert still_busy == busy, "the long request was over before the short ones were"
+
+
 def test_a_killed_triton_gets_nothing_more_and_no_request_fails(balanced: Balanced) -> None:
     survivor, killed = balanced.tritons
     killed.process.kill()
@@ -113,4 +141,5 @@ def test_the_gateway_reads_the_upstream_addresses_it_was_given(balanced: Balance
     clusters = yaml.safe_load((balanced.gateway.replica_dir(0) / "envoy" / "cds.yaml").read_text())
     echo = next(item for item in clusters["resources"] if item["name"] == "triton-http|echo")
     endpoints = echo["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    assert len(endpoints) == 2 and echo["lb_policy"] == "LEAST_REQUEST"
+    policy = echo["load_balancing_policy"]["policies"][0]["typed_extension_config"]
+    assert len(endpoints) == 2 and policy["typed_config"]["selection_method"] == "FULL_SCAN"
