@@ -2,7 +2,8 @@
 Prometheus that evaluates the rules Tollway renders; prometheus-adapter (built from the Go module proxy)
 registered as the external metrics API of the real kube-apiserver; the HPA Tollway renders, run by the
 real kube-controller-manager. There is no kubelet: the pods stay Pending, but the HPA still reads the
-metrics and sets the Deployment's replicas, which is what is under test.
+metrics and sets the Deployment's replicas, which is what is under test. The load reaches Triton as users'
+does: through Tollway's gateway (Envoy, its ratelimit service and Redis), with an API key, over tritonclient.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from tollway.render.monitoring import rule_groups
 from tollway.translate.serving import plan_serving
 
 from testbed import dataplane
+from testbed.dataplane import EnvoyPorts, GatewayProcesses
+from testbed.gateway import secret, tier
 from testbed.kube import Cluster, eventually, operator
 from testbed.triton import RunningTriton, running
 
 NAMESPACE = f"scaling-test-{os.getpid()}"
 ADAPTER = "tollway-test-prometheus-adapter"
 QUEUE_TARGET = 2
+KEY = "tw-test-scaling-key"
 
 
 def model() -> dict[str, Any]:
@@ -136,8 +140,27 @@ class Stoppable(Protocol):
 @dataclass
 class Stack:
     triton: RunningTriton
+    gateway: str
+    """Where clients send: the gateway's address (HOST:PORT)."""
     prometheus: str
     processes: dict[str, Stoppable]
+
+
+def gateway(workdir: Path, triton: RunningTriton) -> GatewayProcesses:
+    """Tollway's gateway in front of `triton`, for one tier without limits whose key is KEY."""
+    documents = [model(), tier("load", 1, {}, ["echo"]), secret("load", "load", KEY)]
+    for document in documents:
+        document["metadata"]["namespace"] = NAMESPACE
+    source = workdir / "gateway.yaml"
+    source.write_text(yaml.safe_dump_all(documents))
+    processes = GatewayProcesses(
+        workdir=workdir, replicas=[EnvoyPorts.free()], upstreams=[triton.upstream("echo")]
+    )
+    processes.write_config(source)
+    processes.start_redis()
+    processes.start_ratelimit()
+    processes.start_envoys()
+    return processes
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +178,8 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with running(workdir / "triton", rendered) as triton:
         processes: dict[str, Stoppable] = {}
         try:
+            processes["gateway"] = gateway(workdir, triton)
+            address = f"127.0.0.1:{processes['gateway'].ports[0]}"
             prometheus_port, adapter_port = dataplane.free_port(), dataplane.free_port()
             target = dataplane.ScrapeTarget("triton", triton.metrics, {"namespace": NAMESPACE})
             processes["prometheus"] = dataplane.prometheus(workdir, prometheus_port, [target], [rules])
@@ -166,7 +191,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             # A trickle of traffic all along (Triton's latency summaries go blank without any), started
             # once Prometheus scrapes Triton, so that it sees every request counted.
             eventually(lambda: dataplane.prometheus_query(url, 'up{job="triton"} == 1'))
-            processes["trickle"] = trickle(triton)
+            processes["trickle"] = Trickle(address)
             with operator(
                 cluster,
                 NAMESPACE,
@@ -177,10 +202,10 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 url,
             ):
                 cluster.apply(model())
-                yield Stack(triton=triton, prometheus=url, processes=processes)
+                yield Stack(triton=triton, gateway=address, prometheus=url, processes=processes)
         finally:
             unregister_adapter(cluster)
-            for process in processes.values():
+            for process in reversed(processes.values()):
                 process.stop()
 
 
@@ -188,38 +213,38 @@ def query(stack: Stack, expression: str) -> list[dict[str, Any]]:
     return dataplane.prometheus_query(stack.prometheus, expression)
 
 
-class Trickle:
-    """Five requests a second on a thread, until stopped."""
+def infer(client: triton_http.InferenceServerClient, sleep_ms: int = 0) -> None:
+    """One request through the gateway, taking `sleep_ms` in the model; AssertionError unless answered."""
+    data = triton_http.InferInput("INPUT", [1, 4], "FP32")
+    data.set_data_from_numpy(numpy.ones((1, 4), dtype="float32"))
+    parameters = {"sleep_ms": sleep_ms} if sleep_ms else None
+    client.infer("echo", [data], parameters=parameters, headers={"authorization": f"Bearer {KEY}"})
 
-    def __init__(self, triton: RunningTriton) -> None:
+
+class Trickle:
+    """Five requests a second through the gateway at `address`, on a thread, until stopped."""
+
+    def __init__(self, address: str) -> None:
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(triton,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(address,), daemon=True)
         self.thread.start()
 
-    def _run(self, triton: RunningTriton) -> None:
-        client = triton_http.InferenceServerClient(triton.http)
-        data = triton_http.InferInput("INPUT", [1, 4], "FP32")
-        data.set_data_from_numpy(numpy.ones((1, 4), dtype="float32"))
+    def _run(self, address: str) -> None:
+        client = triton_http.InferenceServerClient(address)
         while not self.stopping.wait(0.2):
-            client.infer("echo", [data])
+            infer(client)
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join()
 
 
-def trickle(triton: RunningTriton) -> Trickle:
-    return Trickle(triton)
-
-
 def send(stack: Stack, count: int, sleep_ms: int = 0, stop: threading.Event | None = None) -> None:
     """`count` requests (or until `stop` is set) on one connection, each taking `sleep_ms` in the model."""
-    client = triton_http.InferenceServerClient(stack.triton.http)
-    data = triton_http.InferInput("INPUT", [1, 4], "FP32")
-    data.set_data_from_numpy(numpy.ones((1, 4), dtype="float32"))
+    client = triton_http.InferenceServerClient(stack.gateway)
     sent = 0
     while sent < count and not (stop and stop.is_set()):
-        client.infer("echo", [data], parameters={"sleep_ms": sleep_ms} if sleep_ms else None)
+        infer(client, sleep_ms)
         sent += 1
     client.close()
 

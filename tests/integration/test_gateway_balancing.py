@@ -1,7 +1,8 @@
 """Every Triton behind the gateway: two Tritons (PyTriton's server) serve one model, as two pods behind the
 model's headless Service do in a cluster, and one Envoy balances over both, HTTP and gRPC alike (by least
-outstanding requests: a Triton busy with a long request gets none of the short ones); one of them killed, the gateway stops sending to it and nothing that it had not
-begun to serve fails (connection failures are tried again on the other).
+outstanding requests: a Triton busy with a long request gets none of the short ones); one of them killed,
+the gateway stops sending to it and nothing that it had not begun to serve fails (connection failures are
+tried again on the other).
 """
 
 from __future__ import annotations
