@@ -2,7 +2,7 @@
 """The gateway's cost per request beside bare Envoy, in one run:
 
     .venv/bin/python bench/gateway_cost.py [--seconds 10] [--connections 8] [--workers 1] [--rounds 3]
-                                           [--rate 1000]
+                                           [--rate 1000] [--profile]
 
 Paths to one fake model server, each driven in turn by wrk (Debian's; one thread, CONNECTIONS keep-alive
 connections, closed loop) with the same KServe v2 infer POST:
@@ -15,7 +15,9 @@ connections, closed loop) with the same KServe v2 infer POST:
    service and Redis; the limits far above the load;
 4. and 5., where the cost goes: the same gateway for a caller whose tier has a request limit only (one
    ratelimit call a request instead of two), and for one whose tier has no limits (no call: the Lua
-   programs, authentication, routing, usage counting and the headers alone).
+   programs, authentication, routing, usage counting and the headers alone);
+6. a caller flooding past its tier's limit (1 request a minute), refused with 429 before its body is read:
+   what a refusal costs (the ratelimit service answers it from its cache of over-limit keys).
 
 The paths take turns, ROUNDS times (so a slow spell of the shared cores falls on all of them), and each
 figure is the median of its rounds: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's,
@@ -24,6 +26,7 @@ and the CPU each process spent per request (user + system, from /proc), so the c
 Then the latency at a constant RATE requests/s (open loop: vegeta, built by hack/build-tools.sh, sends on
 schedule whether or not answers have come, so a slow answer cannot slow the load down and hide itself),
 each path for SECONDS, ROUNDS turns: P50 and P99, and what each proxy adds to the P99 of going straight.
+With --profile, last, the ratelimit service's CPU profile under Tollway's load: where a call's time goes.
 Prints figures; not a test.
 """
 
@@ -39,7 +42,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +57,13 @@ from testbed.gateway import echo_model, secret, tier
 from testbed.processes import Process, answers_http, free_port, start, tool_binary
 from testbed.triton import infer_body
 
-KEYS = {"rpm-tpm": "tw-bench-full-key", "rpm": "tw-bench-rpm-key", "none": "tw-bench-free-key"}
-"""The gateway's callers, by the limits of their tier."""
+KEYS = {
+    "rpm-tpm": "tw-bench-full-key",
+    "rpm": "tw-bench-rpm-key",
+    "none": "tw-bench-free-key",
+    "flood": "tw-bench-flood-key",
+}
+"""The gateway's callers, by the limits of their tier (`flood`'s is 1 request a minute: it is refused)."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
 USAGE = json.dumps({"prompt_tokens": 8, "completion_tokens": 8})
 REPLY = json.dumps(
@@ -179,7 +190,7 @@ class Load:
 
 
 CHECK_STATUS = """function response(status)
-  if status ~= 200 then io.stderr:write("status " .. status .. "\\n") end
+  if status ~= 200 and status ~= %d then io.stderr:write("status " .. status .. "\\n") end
 end
 """
 
@@ -192,6 +203,8 @@ class Target:
     port: int
     watched: dict[str, Process]
     key: str = ""
+    refused: int = 200
+    """The status it is answered with besides 200 (a caller past its limit: 429)."""
 
     @property
     def url(self) -> str:
@@ -210,7 +223,7 @@ def drive(load: Load, target: Target) -> Run:
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(BODY)}\n"
         + "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
-        + CHECK_STATUS
+        + CHECK_STATUS % target.refused
     )
     before = {name: cpu_seconds(process) for name, process in watched.items()}
     done = subprocess.run(
@@ -261,19 +274,56 @@ def attack(load: Load, rate: int, target: Target) -> Run:
             [vegeta, "report", "-type=json"], input=results, capture_output=True, check=True
         ).stdout
     )
-    if set(report["status_codes"]) != {"200"}:
-        raise SystemExit(
-            f"{label}: not every request got 200: {report['status_codes']} {report['errors'][:5]}"
-        )
+    if not set(report["status_codes"]) <= {"200", str(target.refused)}:
+        raise SystemExit(f"{label}: unexpected answers: {report['status_codes']} {report['errors'][:5]}")
     requests = int(report["requests"])
     return Run(
         path=label,
-        requests_per_second=float(report["throughput"]),
+        requests_per_second=float(report["rate"]),
         p50_ms=report["latencies"]["50th"] / 1e6,
         p99_ms=report["latencies"]["99th"] / 1e6,
         requests=requests,
         cpu_ms_per_request={name: 1000 * seconds / requests for name, seconds in spent.items()},
     )
+
+
+PROFILED = {
+    "gRPC server (the whole call)": "grpc.(*Server).handleStream",
+    "  ShouldRateLimit (the service's own work)": "service.(*service).ShouldRateLimit",
+    "    the request formatted as text (for tracing)": "(*RateLimitRequest).String",
+    "    per-descriptor statistics": "stats.(*ManagerImpl).NewStats",
+    "    Redis round trip (DoLimit)": "redis.(*fixedRateLimitCacheImpl).DoLimit",
+    "Redis client connection (reads, writes)": "radix/v4/internal/proc.(*Proc).Run.func1",
+    "garbage collection": "runtime.gcBgMarkWorker",
+}
+"""Where the ratelimit service's time goes: a label for each frame of interest (Go function names)."""
+
+
+def ratelimit_profile(load: Load, target: Target, debug_port: int) -> str:
+    """The ratelimit service's CPU profile (Go's pprof, from its debug port) while wrk drives `target`: the
+    share of its CPU time under each frame of PROFILED, as `go tool pprof -top -cum` counts it."""
+    profile = load.workdir / "ratelimit.pprof"
+    url = f"http://127.0.0.1:{debug_port}/debug/pprof/profile?seconds={max(1, load.seconds - 2)}"
+    with ThreadPoolExecutor(1) as pool:
+        driven = pool.submit(drive, load, target)
+        time.sleep(1)
+        urllib.request.urlretrieve(url, profile)
+        driven.result()
+    top = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-cum", "-nodecount=400", str(profile)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    number, unit = re.search(r"Total samples = ([\d.]+)(m?s)", top).groups()  # type: ignore[union-attr]
+    total = float(number) / (1000 if unit == "ms" else 1)
+    lines = [f"ratelimit service, {total:.2f} s of CPU sampled; share under each frame:"]
+    rows = [line.removesuffix(" (inline)").rstrip() for line in top.splitlines()]
+    for label, frame in PROFILED.items():
+        row = next((line for line in rows if line.endswith(frame)), None)
+        share = row.split()[4] if row else "0%"  # flat, flat%, sum%, cum, cum%, name
+        lines.append(f"  {label:48} {share:>7}")
+    return "\n".join(lines)
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -297,6 +347,7 @@ def gateway(workdir: Path, upstream_port: int, workers: int) -> GatewayProcesses
         "rpm-tpm": {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000},
         "rpm": {"requestsPerMinute": 100_000_000},
         "none": {},
+        "flood": {"requestsPerMinute": 1},
     }
     documents: list[dict[str, Any]] = [echo_model()]
     for name, key in KEYS.items():
@@ -325,6 +376,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Envoy workers of each proxy")
     parser.add_argument("--rounds", type=int, default=3, help="turns of the three paths; medians reported")
     parser.add_argument("--rate", type=int, default=1000, help="requests/s of the constant-rate runs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="and profile the ratelimit service under Tollway's load (needs Go)",
+    )
     options = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -350,6 +406,7 @@ def main() -> None:
             Target("Tollway's gateway", tollway.ports[0], gateway_processes, KEYS["rpm-tpm"]),
             Target("  tier with RPM only (1 call)", tollway.ports[0], gateway_processes, KEYS["rpm"]),
             Target("  tier without limits (0 calls)", tollway.ports[0], gateway_processes, KEYS["none"]),
+            Target("  a caller past its RPM (429)", tollway.ports[0], gateway_processes, KEYS["flood"], 429),
         ]
         try:
             load = Load(wrk, workdir, options.seconds, options.connections)
@@ -357,6 +414,9 @@ def main() -> None:
             steady = [
                 [attack(load, options.rate, target) for target in targets] for _ in range(options.rounds)
             ]
+            profiled = (
+                ratelimit_profile(load, targets[2], tollway.ratelimit_ports.debug) if options.profile else ""
+            )
         finally:
             tollway.stop()
             bare.stop()
@@ -383,6 +443,8 @@ def main() -> None:
     for title, table, heading, column in tables:
         print(title)
         print_table(table, heading, column)
+    if profiled:
+        print(f"\n{profiled}")
 
 
 def print_table(runs: list[Run], heading: str, column: Callable[[Run], str]) -> None:

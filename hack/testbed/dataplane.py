@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tollway.render.gateway import RATELIMIT_TUNING
+
 from testbed.processes import Process, answers_http, answers_tcp, free_port, free_ports, start, tool_binary
 
 
@@ -68,8 +70,9 @@ def ratelimit(
     workdir: Path, config_root: Path, redis_port: int, redis_password: str, ports: RateLimitPorts
 ) -> Process:
     """The ratelimit service on `config_root`/ratelimit/config/*.yaml (as gateway-config writes it), with
-    Redis's password in REDIS_AUTH as the rendered Deployment gives it."""
+    Redis's password in REDIS_AUTH and the tuning of the rendered Deployment."""
     env = {
+        **RATELIMIT_TUNING,
         "RUNTIME_ROOT": str(config_root),
         "RUNTIME_SUBDIRECTORY": "ratelimit",
         "RUNTIME_WATCH_ROOT": "false",
