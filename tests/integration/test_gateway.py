@@ -64,6 +64,7 @@ CONSUMERS = (
     "vic",
     "sara",
     "wes",
+    "xena",
     "svc.a",
     "svc.b",
 )
@@ -127,6 +128,7 @@ def manifests(
         secret("vic", "metered", KEYS["vic"]),
         secret("sara", "free", KEYS["sara"]),  # stalls uploads once over her limit
         secret("wes", "metered", KEYS["wes"]),
+        secret("xena", "metered", KEYS["xena"]),  # leaves before her answer
         secret("svc.a", "metered", KEYS["svc.a"]),  # consumers whose names hold dots
         secret("svc.b", "metered", KEYS["svc.b"]),
         secret("tpm64", "metered64", KEYS["tpm64"]),
@@ -904,6 +906,29 @@ def test_a_response_without_usage_is_charged_its_estimate_and_counted_unreported
     found = usage_of(gateway, "vic", 1)
     assert (found["usage_unreported"], found["usage_input"], found["usage_output"]) == (1, 0, estimate)
     eventually(lambda: reserved_tokens(gateway, "vic") == estimate, timeout=30)  # no more: nothing to settle
+
+
+def models_serving(gateway: Bed) -> int:
+    """The requests replica 0 has sent to the echo model's Tritons and not yet seen answered."""
+    url = f"http://127.0.0.1:{gateway.replicas[0].admin}/stats?filter=triton-http.echo.upstream_rq_active$"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.read().decode().rsplit(":", 1)[1])
+
+
+def test_a_caller_who_leaves_while_the_model_serves_is_charged_its_estimate(gateway: Bed) -> None:
+    """Leaving early never costs less: a request the model was serving when its caller closed the
+    connection is counted, charged its estimate as output tokens, and counted unreported (no answer came)."""
+    body = json.dumps(infer_body(values=3, max_tokens=5, sleep_ms=3000)).encode()
+    head = (
+        "POST /v1/models/echo/infer HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {KEYS['xena']}\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.ports[0]), timeout=10) as connection:
+        connection.sendall(head.encode() + body)
+        eventually(lambda: models_serving(gateway) == 1, timeout=30)  # Triton has it: now leave
+    estimate = math.ceil(len(body) / 4) + 5
+    found = usage_of(gateway, "xena", 1)
+    assert found == {"usage_requests": 1, "usage_output": estimate, "usage_unreported": 1}
 
 
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:

@@ -21,15 +21,15 @@ REDIS_PASSWORD = "password"
 
 RATELIMIT_DOMAIN = "tollway"
 """The ratelimit service's domain: Envoy's ratelimit filters and the service's configuration name it."""
-USAGE_KINDS = ("usage_requests", "usage_input", "usage_output", "usage_unreported")
-"""Counters each Envoy replica keeps per tier and consumer as it logs a request (usage_unreported: served
-responses that reported no token counts, charged their estimate instead)."""
 USAGE_STAT_PREFIX = "tollway"
-"""The usage counters' Envoy stat prefix: Envoy's /stats/prometheus names them envoy_tollway_<kind>."""
+"""The prefix of the usage counters each Envoy replica keeps per tier and consumer as it logs a request
+(usage_requests, usage_input, usage_output, and usage_unreported: responses that reported no token counts or
+never reached their caller, charged their estimate instead): /stats/prometheus names them
+envoy_tollway_<counter>."""
 
 
 def usage_metric(kind: str) -> str:
-    """A usage counter's Prometheus name (`kind` one of USAGE_KINDS), labelled tier and consumer."""
+    """A usage counter's Prometheus name (`kind`: usage_requests, _input, _output or _unreported)."""
     return f"envoy_{USAGE_STAT_PREFIX}_{kind}"
 
 

@@ -17,7 +17,6 @@ from tollway.ir.names import (
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
     TRITON_KEY_HEADER,
-    USAGE_KINDS,
     USAGE_STAT_PREFIX,
     gateway_children,
     in_cluster_host,
@@ -327,29 +326,70 @@ def _stream_end_filter() -> Config:
     return _ratelimit_service("tollway.settle", settled, failure_mode_deny=False)
 
 
-USAGE_COUNTS = {
+ANSWERED_COUNTS = {
     "usage_requests": None,
     "usage_input": "input_tokens",
     "usage_output": "output_tokens",
     "usage_unreported": "unreported",
 }
-"""Each usage counter and the metadata that holds how much a request adds to it (None: one per request)."""
+"""What a request a model answered adds to each usage counter: the metadata holding how much (None: one)."""
+ABANDONED_COUNTS = {"usage_requests": None, "usage_output": "estimate", "usage_unreported": None}
+"""What a request whose caller left while a model served it adds: its estimate, as for a response that
+reported no usage (leaving early never costs less than the request could have used)."""
+ABANDONED = (
+    "has(upstream.address) && has(metadata.filter_metadata.tollway.estimate)"
+    " && !has(metadata.filter_metadata.tollway.from_model)"
+)
+"""A request that reached a model (an upstream host was picked), could be charged an estimate, and whose
+answer never reached the gateway's Lua program."""
 
 
-def _usage_log() -> Config:
+def _usage_logs() -> list[Config]:
     """The usage counters, per tier and consumer, as Envoy's own statistics (envoy_tollway_usage_*): counted
     when each request is logged, so usage costs no call to the ratelimit service. Counted: what a caller
-    sent and a model answered (the Lua program marks it `from_model`), never what the gateway refused. The
-    tags come from the Lua program's metadata (names of configured tiers and consumers, never a value a
-    client writes), so their number is bounded by the configuration."""
+    sent and a model answered (the Lua program marks it `from_model`), and what a model was serving when its
+    caller left (the connection closed or the stream reset); never what the gateway refused, nor what failed
+    on the gateway's side of the model. The tags come from the Lua program's metadata (names of configured
+    tiers and consumers, never a value a client writes), so their number is bounded by the configuration."""
+    answered = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": "tollway",
+                "path": [{"key": "from_model"}],
+                "value": {"present_match": True},
+            },
+            "match_if_key_not_found": False,
+        }
+    }
+    abandoned = {
+        "and_filter": {
+            "filters": [
+                {"response_flag_filter": {"flags": ["DC", "DR"]}},  # the client's connection or stream
+                {
+                    "extension_filter": {
+                        "name": "envoy.access_loggers.extension_filters.cel",
+                        "typed_config": {
+                            "@type": _TYPE + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                            "expression": ABANDONED,
+                        },
+                    }
+                },
+            ]
+        }
+    }
+    return [_usage_log(answered, ANSWERED_COUNTS), _usage_log(abandoned, ABANDONED_COUNTS)]
+
+
+def _usage_log(when: Config, counts: dict[str, str | None]) -> Config:
+    """A stats access logger that adds `counts` (counter → metadata, None: one) to the usage counters of the
+    requests `when` selects."""
     tags = [
         {"name": "tier", "value_format": "%DYNAMIC_METADATA(tollway:tier)%"},
         {"name": "consumer", "value_format": "%DYNAMIC_METADATA(tollway:consumer)%"},
     ]
     counters = []
-    for kind in USAGE_KINDS:
+    for kind, metadata in counts.items():
         counter: Config = {"stat": {"name": kind, "tags": tags}}
-        metadata = USAGE_COUNTS[kind]
         if metadata is None:
             counter["value_fixed"] = 1
         else:
@@ -357,19 +397,10 @@ def _usage_log() -> Config:
         counters.append(counter)
     return {
         "name": "envoy.access_loggers.stats",
-        "filter": {
-            "metadata_filter": {
-                "matcher": {
-                    "filter": "tollway",
-                    "path": [{"key": "from_model"}],
-                    "value": {"present_match": True},
-                },
-                "match_if_key_not_found": False,
-            }
-        },
+        "filter": when,
         "typed_config": {
             "@type": _TYPE + "extensions.access_loggers.stats.v3.Config",
-            "stat_prefix": USAGE_STAT_PREFIX,
+            "stats_scope": {"prefix": USAGE_STAT_PREFIX},
             "counters": counters,
         },
     }
@@ -542,7 +573,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             "http_filters": http_filters(gateway),
             "local_reply_config": _local_reply(),
             "access_log": [
-                _usage_log(),
+                *_usage_logs(),
                 {
                     "name": "envoy.access_loggers.stdout",
                     "typed_config": {

@@ -221,8 +221,8 @@ def service_monitor(
 
 
 def _by_consumer(kind: str, namespace: str, window: str, function: str = "rate") -> str:
-    """A usage counter of the gateway (`kind` one of USAGE_KINDS) summed over the Envoy replicas, per tier
-    and consumer."""
+    """A usage counter of the gateway (`kind`: usage_requests, _input, _output or _unreported) summed over
+    the Envoy replicas, per tier and consumer."""
     series = f'{usage_metric(kind)}{{namespace="{namespace}"}}'
     return f"sum by (namespace, tier, consumer) ({function}({series}[{window}]))"
 
