@@ -49,6 +49,45 @@ class TokenFields(TollwayModel):
     in the response itself, which no request can leave out."""
 
 
+TensorName = Annotated[str, StringConstraints(pattern=TENSOR_NAME, max_length=128)]
+STREAMING_KINDS = ("chat", "completion")
+
+
+class OpenAIApi(TollwayModel):
+    """How the model answers the OpenAI API (`/v1/chat/completions`, `/v1/completions` or `/v1/embeddings`):
+    the Triton tensors an OpenAI request maps onto, by default those of Triton's vLLM and TensorRT-LLM
+    backends. A chat or completion model streams its answer, so Triton serves it decoupled (one response
+    per piece of text it generates)."""
+
+    rules = (
+        Rule(
+            field=".chatTemplate",
+            message="chatTemplate is for kind chat",
+            cel="!has(self.chatTemplate) || self.kind == 'chat'",
+            holds=lambda api: api.chat_template is None or api.kind == "chat",
+        ),
+    )
+
+    kind: Literal["chat", "completion", "embedding"]
+    """What the model does: answers chat messages, completes a prompt, or embeds text."""
+    text_input: TensorName = "text_input"
+    """The BYTES input that receives the prompt (for chat: the messages through the chat template), or the
+    text to embed."""
+    text_output: TensorName = "text_output"
+    """chat, completion: the BYTES output with the generated text (in a streamed answer, each new piece)."""
+    max_tokens_input: TensorName = "max_tokens"
+    """chat, completion: the INT32 input that receives the request's `max_tokens` (or
+    `max_completion_tokens`; else tokens.defaultMaxTokens)."""
+    stream_input: TensorName = "stream"
+    """chat, completion: the BOOL input that tells the model to answer in pieces."""
+    embedding_output: TensorName = "embedding"
+    """embedding: the FP32 output with the vector."""
+    chat_template: Annotated[str, StringConstraints(min_length=1, max_length=65536)] | None = None
+    """chat: the Jinja template that turns `messages` into the prompt, in the form of Hugging Face's
+    `tokenizer_config.json` (it sees `messages`, `add_generation_prompt`, `bos_token`, `eos_token`). Unset:
+    the `chat_template` of the `tokenizer_config.json` in the model's repository directory."""
+
+
 class ModelSource(TollwayModel):
     """The model itself and where Triton finds it."""
 
@@ -76,6 +115,13 @@ class ModelSource(TollwayModel):
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     """The largest request body the gateway reads for this model (413 beyond it): the gateway holds a
     request's whole body in memory while it checks it."""
+    openai: OpenAIApi | None = None
+    """How the model answers the OpenAI API. Unset: it is served over Triton's own protocol only."""
+
+    @property
+    def streams(self) -> bool:
+        """Whether Triton serves it decoupled: a chat or completion model answers in pieces."""
+        return self.openai is not None and self.openai.kind in STREAMING_KINDS
 
 
 class Deprecation(TollwayModel):
@@ -297,6 +343,14 @@ class ModelDeploymentSpec(TollwayModel):
             holds=lambda spec: (
                 spec.triton.gpus >= 1 or all(group.kind != "GPU" for group in spec.triton.instance_groups)
             ),
+        ),
+        Rule(
+            field=".cache.enabled",
+            message="a chat or completion model streams (Triton serves it decoupled), which Triton's "
+            "response cache does not support",
+            cel="!(has(self.model.openai) && self.model.openai.kind in ['chat', 'completion']) "
+            "|| !self.cache.enabled",
+            holds=lambda spec: not (spec.model.streams and spec.cache.enabled),
         ),
         Rule(
             field=".batching.preferredBatchSizes",

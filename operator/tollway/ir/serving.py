@@ -35,6 +35,8 @@ class ModelConfig:
     queue: QueuePolicy
     response_cache: bool
     tensorrt_precision: str | None = None
+    decoupled: bool = False
+    """Triton's decoupled transaction policy: any number of responses per request (a streamed answer)."""
 
 
 @dataclass(frozen=True)

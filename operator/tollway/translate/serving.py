@@ -70,6 +70,7 @@ def model_config(resource: ModelDeployment, tier_priorities: Iterable[int]) -> M
         queue=QueuePolicy(spec.queue.max_queue_size, spec.queue.timeout_microseconds),
         response_cache=spec.cache.enabled,
         tensorrt_precision=tensorrt,
+        decoupled=spec.model.streams,
     )
 
 
