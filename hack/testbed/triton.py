@@ -34,6 +34,8 @@ from testbed.processes import start as start_process
 ROOT = Path(__file__).resolve().parents[2]
 #: A stand-in model for CPU-only machines: OUTPUT = INPUT x version, with token usage (see its docstring).
 ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
+#: The stand-in for a streaming LLM (a decoupled model): text in, text out a token at a time.
+STREAMER_MODEL = ROOT / "tests" / "models" / "streamer" / "model.py"
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
 RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
@@ -93,11 +95,13 @@ class RunningTriton:
 
 
 def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] = ()) -> Path:
-    """The echo model under Tollway's model name: a directory per listed version, and the rendered config."""
+    """The echo model (the streamer for a model Triton serves decoupled) under Tollway's model name: a
+    directory per listed version, and the rendered config."""
     directory = root / "models" / serving.model.name
+    source = STREAMER_MODEL if serving.model.decoupled else ECHO_MODEL
     for version in serving.model.versions:
         (directory / str(version)).mkdir(parents=True)
-        (directory / str(version) / "model.py").symlink_to(ECHO_MODEL)
+        (directory / str(version) / "model.py").symlink_to(source)
         if version in broken:
             (directory / str(version) / "broken").touch()
     (directory / "config.pbtxt").write_text(config_pbtxt(serving.model))

@@ -1,0 +1,65 @@
+"""A tiny decoupled Triton Python-backend model that streams text like an LLM, for the OpenAI tests.
+
+Inputs follow Triton's vLLM backend: `text_input` (the prompt), optional `max_tokens` and `stream`. It
+"generates" `max_tokens` (default 16) tokens: the prompt's words again, in turn, each followed by a space.
+Streaming, it sends one response per token, `parameters.delay_ms` (default 20) apart, so that the time to
+the first token and the total differ by a known amount; not streaming, one response with all of them. The
+last response carries `num_input_tokens` (the prompt's words) and `num_output_tokens`, as the vLLM backend
+does when asked, and the final flag.
+"""
+
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "text_input", "data_type": "TYPE_STRING", "dims": [1]})
+        config.add_input({"name": "max_tokens", "data_type": "TYPE_INT32", "dims": [1], "optional": True})
+        config.add_input({"name": "stream", "data_type": "TYPE_BOOL", "dims": [1], "optional": True})
+        config.add_output({"name": "text_output", "data_type": "TYPE_STRING", "dims": [-1]})
+        config.add_output({"name": "num_input_tokens", "data_type": "TYPE_UINT32", "dims": [1]})
+        config.add_output({"name": "num_output_tokens", "data_type": "TYPE_UINT32", "dims": [1]})
+        return config
+
+    def execute(self, requests):  # decoupled: each request is answered through its sender, not returned
+        for request in requests:
+            self._generate(request)
+
+    def _generate(self, request):
+        sender = request.get_response_sender()
+        prompt = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)[0]
+        words = (prompt.decode() if isinstance(prompt, bytes) else str(prompt)).split() or ["…"]
+        count = _scalar(request, "max_tokens", 16)
+        stream = bool(_scalar(request, "stream", False))
+        delay = float(json.loads(request.parameters() or "{}").get("delay_ms", 20)) / 1000
+        tokens = [words[index % len(words)] + " " for index in range(count)]
+        if stream:
+            for token in tokens:
+                time.sleep(delay)
+                sender.send(pb_utils.InferenceResponse(output_tensors=[_text(token)]))
+            pieces = [_text("")]
+        else:
+            time.sleep(delay * count)
+            pieces = [_text("".join(tokens))]
+        counts = [
+            pb_utils.Tensor("num_input_tokens", np.array([len(words)], dtype=np.uint32)),
+            pb_utils.Tensor("num_output_tokens", np.array([count], dtype=np.uint32)),
+        ]
+        sender.send(
+            pb_utils.InferenceResponse(output_tensors=pieces + counts),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+
+
+def _scalar(request, name, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+
+
+def _text(text):
+    return pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_))
