@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tollway.api import ModelDeployment
+from tollway.api.parse import parse
 from tollway.ir.serving import TritonServing
 from tollway.render.model_config import config_pbtxt
 from tollway.render.serving import KEY_VARIABLE, triton_args
+from tollway.translate.serving import plan_serving
 
 from testbed.client import Reply
 from testbed.processes import Process, answers_http, free_port
@@ -92,6 +95,22 @@ class RunningTriton:
     def upstream(self, model: str) -> str:
         """`tollway gateway-config`'s --upstream for a model this Triton serves: MODEL=HOST:PORT:GRPC_PORT."""
         return f"{model}={self.http}:{self.grpc.rsplit(':', 1)[1]}"
+
+
+def language_model(name: str, kind: str) -> TritonServing:
+    """A streaming language model (spec.model.openai `kind` chat or completion, one version, CPU), as the
+    operator would serve it: decoupled, so the test bed gives it the streamer."""
+    resource = {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "llm", "uid": f"uid-{name}"},
+        "spec": {
+            "model": {"repository": f"s3://models/{name}", "backend": "python", "openai": {"kind": kind}},
+            "versions": [{"version": "1"}],
+            "triton": {"gpus": 0},
+        },
+    }
+    return plan_serving(parse(ModelDeployment, resource), (), "unused")
 
 
 def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] = ()) -> Path:

@@ -1,8 +1,9 @@
-"""`tollway run | render | crds | validate`: the same core behind every command."""
+"""`tollway run | render | crds | validate | openai-server …`: the same core behind every command."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 from datetime import UTC, datetime
@@ -207,6 +208,56 @@ def run(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def openai_server(arguments: argparse.Namespace) -> int:
+    """The OpenAI side of one model, beside its Triton (imported here: the operator never needs it)."""
+    from tollway.openai.protocol import ChatTemplate  # noqa: PLC0415 (only this command needs them: aiohttp,
+    from tollway.openai.server import ModelSide, serve  # noqa: PLC0415 tritonclient's gRPC are slow to import)
+
+    template = None
+    if arguments.chat_template:
+        template = ChatTemplate(Path(arguments.chat_template).read_text())
+    elif arguments.tokenizer_config:
+        template = ChatTemplate.from_tokenizer_config(
+            json.loads(Path(arguments.tokenizer_config).read_text())
+        )
+    if arguments.kind == "chat" and template is None:
+        print("a chat model needs --chat-template or --tokenizer-config", file=sys.stderr)
+        return 2
+    side = ModelSide(
+        name=arguments.model,
+        kind=arguments.kind,
+        default_max_tokens=arguments.default_max_tokens,
+        text_input=arguments.text_input,
+        text_output=arguments.text_output,
+        max_tokens_input=arguments.max_tokens_input,
+        stream_input=arguments.stream_input,
+        template=template,
+    )
+    serve(side, arguments.triton, arguments.host, arguments.port)
+    return 0
+
+
+def _add_openai_server(commands: Any) -> None:
+    command = commands.add_parser(
+        "openai-server", help="answer the OpenAI API for one model, beside its Triton (spec.model.openai)"
+    )
+    command.add_argument("--model", required=True, help="the Triton model name")
+    command.add_argument("--kind", choices=("chat", "completion"), required=True)
+    command.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address")
+    command.add_argument("--host", default="0.0.0.0")
+    command.add_argument("--port", type=int, default=9000)
+    command.add_argument("--default-max-tokens", type=int, default=256)
+    command.add_argument("--text-input", default="text_input")
+    command.add_argument("--text-output", default="text_output")
+    command.add_argument("--max-tokens-input", default="max_tokens")
+    command.add_argument("--stream-input", default="stream")
+    command.add_argument("--chat-template", help="file holding the chat template (Jinja)")
+    command.add_argument(
+        "--tokenizer-config", help="the model's tokenizer_config.json, for its chat template"
+    )
+    command.set_defaults(handler=openai_server)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tollway", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -336,6 +387,8 @@ def parser() -> argparse.ArgumentParser:
     command = commands.add_parser("crds", help="print the CustomResourceDefinitions, or write them to --out")
     command.add_argument("--out", help="folder to write one file per CRD into")
     command.set_defaults(handler=crds)
+
+    _add_openai_server(commands)
 
     command = commands.add_parser("validate", help="check resources as the API server and operator would")
     command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")

@@ -14,37 +14,15 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from tollway.api import ModelDeployment
-from tollway.api.parse import parse
-from tollway.ir.serving import TritonServing
-from tollway.translate.serving import plan_serving
-
-from builders import model_deployment
-from testbed.triton import RunningTriton, running
+from testbed.triton import RunningTriton, language_model, running
 
 DELAY_MS = 150
 TOKENS = 6
 
 
-def chat_serving() -> TritonServing:
-    resource = model_deployment(
-        "assistant",
-        **{
-            "spec.model.backend": "python",
-            "spec.model.maxBatchSize": 0,
-            "spec.model.openai": {"kind": "chat"},
-            "spec.versions": [{"version": "1"}],
-            "spec.aliases": {},
-            "spec.triton.gpus": 0,
-            "spec.cache": {"enabled": False},
-        },
-    )
-    return plan_serving(parse(ModelDeployment, resource), (), "unused")
-
-
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTriton]:
-    with running(tmp_path_factory.mktemp("streaming"), chat_serving()) as server:
+    with running(tmp_path_factory.mktemp("streaming"), language_model("assistant", "chat")) as server:
         yield server
 
 

@@ -21,6 +21,11 @@ class TritonPythonModel:
         config.add_input({"name": "text_input", "data_type": "TYPE_STRING", "dims": [1]})
         config.add_input({"name": "max_tokens", "data_type": "TYPE_INT32", "dims": [1], "optional": True})
         config.add_input({"name": "stream", "data_type": "TYPE_BOOL", "dims": [1], "optional": True})
+        for name in (
+            "return_num_input_tokens",
+            "return_num_output_tokens",
+        ):  # the vLLM backend's; counts anyway
+            config.add_input({"name": name, "data_type": "TYPE_BOOL", "dims": [1], "optional": True})
         config.add_output({"name": "text_output", "data_type": "TYPE_STRING", "dims": [-1]})
         config.add_output({"name": "num_input_tokens", "data_type": "TYPE_UINT32", "dims": [1]})
         config.add_output({"name": "num_output_tokens", "data_type": "TYPE_UINT32", "dims": [1]})

@@ -1,0 +1,1 @@
+"""The OpenAI side of a model: its wire format (`protocol`, pure) and the server beside Triton (`server`)."""

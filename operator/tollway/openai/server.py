@@ -1,0 +1,208 @@
+"""The OpenAI side of a model: an HTTP server beside Triton (in the model's pod) that answers
+/v1/chat/completions or /v1/completions by asking Triton over gRPC streaming on localhost, passing each piece
+of text on to the client as Triton produces it (Server-Sent Events; nothing is held back), or the whole
+answer when the client did not ask for a stream.
+
+Token counts come from the model: Triton's vLLM backend reports them (`num_input_tokens`,
+`num_output_tokens`) when asked (`return_num_input_tokens`, `return_num_output_tokens`); the server asks
+when the model's metadata declares those tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+from aiohttp import web
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from tollway.openai.protocol import (
+    Answer,
+    ChatTemplate,
+    Generation,
+    Kind,
+    RequestError,
+    Usage,
+    error_object,
+    event,
+    finish_reason,
+    read_request,
+)
+
+log = logging.getLogger("tollway.openai")
+
+ROUTES: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+VERSION_HEADER = "x-tollway-model-version"
+"""The version the gateway resolved the request's `model` to (an alias, `latest`, or `MODEL@N`)."""
+COUNT_INPUTS = ("return_num_input_tokens", "return_num_output_tokens")
+COUNT_OUTPUTS = ("num_input_tokens", "num_output_tokens")
+
+
+@dataclass(frozen=True)
+class ModelSide:
+    """The model this server answers for, in spec.model.openai's terms."""
+
+    name: str
+    kind: Kind
+    default_max_tokens: int
+    text_input: str = "text_input"
+    text_output: str = "text_output"
+    max_tokens_input: str = "max_tokens"
+    stream_input: str = "stream"
+    template: ChatTemplate | None = None
+
+
+@dataclass
+class Piece:
+    """What one of Triton's responses carried."""
+
+    text: str
+    version: str
+    usage: Usage | None
+
+
+class OpenAIServer:
+    """Made inside the event loop that serves it (gRPC's asyncio channel belongs to one loop)."""
+
+    def __init__(self, side: ModelSide, triton_address: str) -> None:
+        self.side = side
+        self.client = triton.InferenceServerClient(triton_address)
+        self.counted = False
+        """Whether the model reports its token counts (decided from its metadata on the first request)."""
+        self.metadata_read = False
+
+    @classmethod
+    async def application(cls, side: ModelSide, triton_address: str) -> web.Application:
+        return cls(side, triton_address).routes()
+
+    def routes(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(ROUTES[self.side.kind], self.answer)
+        app.router.add_get("/healthz", self.health)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _: web.Application) -> None:
+        await self.client.close()
+
+    async def health(self, _: web.Request) -> web.Response:
+        ready = await self.client.is_model_ready(self.side.name)
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        try:
+            generation = read_request(
+                self.side.kind, await request.read(), self.side.default_max_tokens, self.side.template
+            )
+            pieces = self._generate(generation, request.headers.get(VERSION_HEADER, ""))
+            if not generation.stream:
+                return await self._whole(generation, pieces)
+            first = await anext(pieces)  # a failure before the first piece is still an error status
+        except RequestError as error:
+            return web.json_response(error_object(str(error), error.status, error.param), status=error.status)
+        except InferenceServerException as error:
+            log.warning("Triton refused a request: %s", error.message())
+            return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
+        return await self._stream(request, generation, first, pieces)
+
+    async def _whole(self, generation: Generation, pieces: AsyncIterator[Piece]) -> web.Response:
+        text, version, usage = [], "", None
+        async for piece in pieces:
+            text.append(piece.text)
+            version, usage = piece.version or version, piece.usage or usage
+        usage = usage or Usage(0, 0)
+        answer = Answer.new(generation.kind, f"{self.side.name}@{version}")
+        body = answer.whole("".join(text), finish_reason(usage, generation.max_tokens), usage)
+        return web.json_response(body)
+
+    async def _stream(
+        self, request: web.Request, generation: Generation, first: Piece, pieces: AsyncIterator[Piece]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+        )
+        await response.prepare(request)
+        answer = Answer.new(generation.kind, f"{self.side.name}@{first.version}")
+        usage = first.usage
+        await response.write(event(answer.chunk(first.text, first=True)))
+        try:
+            async for piece in pieces:
+                usage = piece.usage or usage
+                if piece.text:
+                    await response.write(event(answer.chunk(piece.text)))
+        except InferenceServerException as error:  # the status is sent: the stream ends without [DONE]
+            log.warning("Triton failed mid-stream: %s", error.message())
+            return response
+        usage = usage or Usage(0, 0)
+        await response.write(event(answer.chunk("", finish_reason(usage, generation.max_tokens))))
+        if generation.include_usage:
+            await response.write(event(answer.usage_chunk(usage)))
+        await response.write(event("[DONE]"))
+        await response.write_eof()
+        return response
+
+    async def _generate(self, generation: Generation, version: str) -> AsyncIterator[Piece]:
+        """Triton's responses to the generation, as pieces, as they come."""
+        if not self.metadata_read:
+            metadata = await self.client.get_model_metadata(self.side.name, as_json=True)
+            declared = {tensor["name"] for tensor in metadata["inputs"] + metadata["outputs"]}
+            self.counted = set(COUNT_INPUTS + COUNT_OUTPUTS) <= declared
+            self.metadata_read = True
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": self.side.name,
+                "model_version": version,
+                "inputs": self._inputs(generation),
+                "outputs": [
+                    InferRequestedOutput(name)
+                    for name in (self.side.text_output, *(COUNT_OUTPUTS if self.counted else ()))
+                ],
+            }
+
+        async for result, error in self.client.stream_infer(one_request()):
+            if error is not None:
+                raise error
+            yield self._piece(result)
+
+    def _inputs(self, generation: Generation) -> list[InferInput]:
+        side = self.side
+        values: list[tuple[str, str, np.ndarray[Any, Any]]] = [
+            (side.text_input, "BYTES", np.array([generation.prompt.encode()], dtype=np.object_)),
+            (side.max_tokens_input, "INT32", np.array([generation.max_tokens], dtype=np.int32)),
+            (side.stream_input, "BOOL", np.array([generation.stream], dtype=bool)),
+        ]
+        if self.counted:
+            values += [(name, "BOOL", np.array([True], dtype=bool)) for name in COUNT_INPUTS]
+        inputs = []
+        for name, datatype, data in values:
+            tensor = InferInput(name, list(data.shape), datatype)
+            tensor.set_data_from_numpy(data)
+            inputs.append(tensor)
+        return inputs
+
+    def _piece(self, result: Any) -> Piece:
+        texts = result.as_numpy(self.side.text_output)
+        text = "" if texts is None else "".join(_decoded(value) for value in texts.reshape(-1))
+        counts = [result.as_numpy(name) for name in COUNT_OUTPUTS] if self.counted else [None, None]
+        usage = None
+        if all(count is not None and count.size for count in counts):
+            usage = Usage(*(int(count.reshape(-1)[0]) for count in counts if count is not None))
+        return Piece(text, result.get_response().model_version, usage)
+
+
+def _decoded(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def serve(side: ModelSide, triton_address: str, host: str, port: int) -> None:
+    """Run until stopped."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.info(json.dumps({"message": "serving the OpenAI API", "model": side.name, "port": port}))
+    web.run_app(OpenAIServer.application(side, triton_address), host=host, port=port, print=None)
