@@ -65,6 +65,7 @@ CONSUMERS = (
     "sara",
     "wes",
     "xena",
+    "fay",
     "svc.a",
     "svc.b",
 )
@@ -129,6 +130,7 @@ def manifests(
         secret("sara", "free", KEYS["sara"]),  # stalls uploads once over her limit
         secret("wes", "metered", KEYS["wes"]),
         secret("xena", "metered", KEYS["xena"]),  # leaves before her answer
+        secret("fay", "free", KEYS["fay"]),  # never over her limit: asks while the limits are down
         secret("svc.a", "metered", KEYS["svc.a"]),  # consumers whose names hold dots
         secret("svc.b", "metered", KEYS["svc.b"]),
         secret("tpm64", "metered64", KEYS["tpm64"]),
@@ -767,7 +769,7 @@ def test_a_tier_edit_takes_effect_live_without_a_restart_or_a_failed_request(gat
 def test_limits_down_fail_open_or_closed_as_each_tier_chose(gateway: Bed, component: str) -> None:
     gateway.processes[component].stop()
     try:
-        assert infer(gateway, "/v1/models/echo/infer", KEYS["alice"]).status == 200  # free: fail open
+        assert infer(gateway, "/v1/models/echo/infer", KEYS["fay"]).status == 200  # free: fail open
         closed = infer(gateway, "/v1/models/echo/infer", KEYS["dave"])  # closed: failOpen false
         assert closed.status == 500 and closed.json()["error"]["code"] == 500
         assert infer(gateway, "/v1/models/echo/infer", KEYS["carol"]).status == 200  # unlimited: no call
