@@ -27,7 +27,7 @@ from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.ir.serving import TritonServing
 from tollway.render.model_config import config_pbtxt
-from tollway.render.serving import KEY_VARIABLE, triton_args
+from tollway.render.serving import KEY_VARIABLE, openai_server_args, triton_args
 from tollway.translate.serving import plan_serving
 
 from testbed.client import Reply
@@ -97,20 +97,48 @@ class RunningTriton:
         return f"{model}={self.http}:{self.grpc.rsplit(':', 1)[1]}"
 
 
+#: The test bed's chat template: each message's text, so that the streamer's answer (the prompt's words
+#: again) is known in advance.
+CHAT_TEMPLATE = "{% for m in messages %}{{ m.content }} {% endfor %}"
+
+
 def language_model(name: str, kind: str) -> TritonServing:
-    """A streaming language model (spec.model.openai `kind` chat or completion, one version, CPU), as the
-    operator would serve it: decoupled, so the test bed gives it the streamer."""
+    """A streaming language model (spec.model.openai `kind` chat or completion, one version, CPU, at most 8
+    tokens an answer unless asked for more), as the operator would serve it: decoupled, so the test bed
+    gives it the streamer."""
+    api = {"kind": kind, **({"chatTemplate": CHAT_TEMPLATE} if kind == "chat" else {})}
+    model = {"repository": f"s3://models/{name}", "backend": "python", "openai": api}
     resource = {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": "llm", "uid": f"uid-{name}"},
         "spec": {
-            "model": {"repository": f"s3://models/{name}", "backend": "python", "openai": {"kind": kind}},
+            "model": {**model, "tokens": {"defaultMaxTokens": 8}},
             "versions": [{"version": "1"}],
             "triton": {"gpus": 0},
         },
     }
     return plan_serving(parse(ModelDeployment, resource), (), "unused")
+
+
+def start_openai_server(workdir: Path, serving: TritonServing, triton: RunningTriton) -> tuple[Process, str]:
+    """`tollway openai-server` with the command line the operator renders for `serving`, but for where
+    Triton and the chat template are here and a free port; returns it and its OpenAI base URL."""
+    port = free_port()
+    local = {"--triton=": triton.grpc, "--port=": str(port), "--host=": "127.0.0.1"}
+    if serving.openai is not None and serving.openai.chat_template is not None:
+        template = workdir / f"{serving.model.name}-chat-template.jinja"
+        template.write_text(serving.openai.chat_template)
+        local["--chat-template="] = str(template)
+    args = [arg for arg in openai_server_args(serving) if not arg.startswith(tuple(local))]
+    command = [
+        str(Path(sys.executable).parent / "tollway"),
+        *args,
+        *(flag + value for flag, value in local.items()),
+    ]
+    ready = answers_http(f"http://127.0.0.1:{port}/healthz")
+    name = f"openai-{serving.model.name}"
+    return start_process(name, command, workdir / f"{name}.log", ready), f"http://127.0.0.1:{port}/v1"
 
 
 def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] = ()) -> Path:

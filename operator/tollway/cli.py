@@ -193,6 +193,7 @@ def run(arguments: argparse.Namespace) -> int:
         peering=arguments.peering,
         triton_address=arguments.triton_address,
         storage_initializer_image=arguments.storage_initializer_image,
+        openai_image=arguments.openai_image,
         prometheus_url=arguments.prometheus_url or None,
         gateway=GatewayOptions(
             runtime=Runtime(
@@ -237,31 +238,7 @@ def openai_server(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _add_openai_server(commands: Any) -> None:
-    command = commands.add_parser(
-        "openai-server", help="answer the OpenAI API for one model, beside its Triton (spec.model.openai)"
-    )
-    command.add_argument("--model", required=True, help="the Triton model name")
-    command.add_argument("--kind", choices=("chat", "completion"), required=True)
-    command.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address")
-    command.add_argument("--host", default="0.0.0.0")
-    command.add_argument("--port", type=int, default=9000)
-    command.add_argument("--default-max-tokens", type=int, default=256)
-    command.add_argument("--text-input", default="text_input")
-    command.add_argument("--text-output", default="text_output")
-    command.add_argument("--max-tokens-input", default="max_tokens")
-    command.add_argument("--stream-input", default="stream")
-    command.add_argument("--chat-template", help="file holding the chat template (Jinja)")
-    command.add_argument(
-        "--tokenizer-config", help="the model's tokenizer_config.json, for its chat template"
-    )
-    command.set_defaults(handler=openai_server)
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="tollway", description=__doc__)
-    commands = top.add_subparsers(dest="command", required=True)
-
+def _add_run(commands: Any) -> None:
     command = commands.add_parser("run", help="run the operator")
     command.add_argument(
         "-n",
@@ -284,6 +261,11 @@ def parser() -> argparse.ArgumentParser:
         "--storage-initializer-image",
         default=Settings.storage_initializer_image,
         help="image that downloads s3://, gs:// and as:// model directories",
+    )
+    command.add_argument(
+        "--openai-image",
+        default=Settings.openai_image,
+        help="Tollway's own image, for the OpenAI server beside a language model's Triton",
     )
     command.add_argument(
         "--prometheus-url",
@@ -326,6 +308,34 @@ def parser() -> argparse.ArgumentParser:
     )
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)
+
+
+def _add_openai_server(commands: Any) -> None:
+    command = commands.add_parser(
+        "openai-server", help="answer the OpenAI API for one model, beside its Triton (spec.model.openai)"
+    )
+    command.add_argument("--model", required=True, help="the Triton model name")
+    command.add_argument("--kind", choices=("chat", "completion"), required=True)
+    command.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address")
+    command.add_argument("--host", default="0.0.0.0")
+    command.add_argument("--port", type=int, default=9000)
+    command.add_argument("--default-max-tokens", type=int, default=256)
+    command.add_argument("--text-input", default="text_input")
+    command.add_argument("--text-output", default="text_output")
+    command.add_argument("--max-tokens-input", default="max_tokens")
+    command.add_argument("--stream-input", default="stream")
+    command.add_argument("--chat-template", help="file holding the chat template (Jinja)")
+    command.add_argument(
+        "--tokenizer-config", help="the model's tokenizer_config.json, for its chat template"
+    )
+    command.set_defaults(handler=openai_server)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tollway", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    _add_run(commands)
 
     command = commands.add_parser("render", help="print (or write to --out) what Tollway would apply")
     command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")

@@ -1,25 +1,21 @@
-"""The OpenAI side of a model on real components: `tollway openai-server` beside the real Triton serving two
-streaming language models (tests/models/streamer, a token every 20 ms), and the official `openai` SDK as the
-client (sync and async, streamed and not), plus curl for the raw Server-Sent Events."""
+"""The OpenAI side of a model on real components: `tollway openai-server`, on the command line the operator
+renders beside a language model's Triton, next to the real Triton serving two streaming language models
+(tests/models/streamer, a token every 20 ms), and the official `openai` SDK as the client (sync and async,
+streamed and not), plus curl for the raw Server-Sent Events."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
 
-from testbed.processes import Process, answers_http, free_port, start
-from testbed.triton import language_model, running
+from testbed.triton import language_model, running, start_openai_server
 
-TEMPLATE = "{% for m in messages %}{{ m.content }} {% endfor %}"
-"""Each message's text: the streamer's answer repeats the prompt's words, so it is known in advance."""
 TOKEN_MS = 20
 """The streamer's pause before each token."""
 
@@ -31,28 +27,13 @@ class Servers:
     """Each model's OpenAI base URL."""
 
 
-def openai_server(workdir: Path, model: str, kind: str, triton_grpc: str) -> tuple[Process, str]:
-    port = free_port()
-    template = workdir / "template.jinja"
-    template.write_text(TEMPLATE)
-    tollway = str(Path(sys.executable).parent / "tollway")
-    command = [
-        tollway, "openai-server", f"--model={model}", f"--kind={kind}", f"--triton={triton_grpc}",
-        "--host=127.0.0.1", f"--port={port}", "--default-max-tokens=8", f"--chat-template={template}",
-    ]  # fmt: skip
-    ready = answers_http(f"http://127.0.0.1:{port}/healthz")
-    return start(
-        f"openai-{model}", command, workdir / f"openai-{model}.log", ready
-    ), f"http://127.0.0.1:{port}/v1"
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("openai")
     models = (language_model("assistant", "chat"), language_model("writer", "completion"))
     with running(workdir, *models) as triton:
-        chat, chat_url = openai_server(workdir, "assistant", "chat", triton.grpc)
-        completion, completion_url = openai_server(workdir, "writer", "completion", triton.grpc)
+        chat, chat_url = start_openai_server(workdir, models[0], triton)
+        completion, completion_url = start_openai_server(workdir, models[1], triton)
         try:
             yield Servers(chat_url, completion_url)
         finally:

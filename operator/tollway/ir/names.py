@@ -8,6 +8,8 @@ GATEWAY_NAME = "tollway-gateway"
 """The one gateway of each namespace that has an ApiTier."""
 
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
+OPENAI_PORT = 9000
+"""Where `tollway openai-server` listens in a language model's pod, beside Triton."""
 RATELIMIT_GRPC_PORT, RATELIMIT_HTTP_PORT, RATELIMIT_METRICS_PORT = 8081, 8080, 9090
 REDIS_PORT = 6379
 

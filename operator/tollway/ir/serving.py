@@ -40,6 +40,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class OpenAISide:
+    """The OpenAI side of a streaming language model (spec.model.openai): `tollway openai-server` beside
+    Triton in each pod, and how it maps a request onto the model's tensors."""
+
+    kind: Literal["chat", "completion"]
+    image: str
+    default_max_tokens: int
+    text_input: str
+    text_output: str
+    max_tokens_input: str
+    stream_input: str
+    chat_template: str | None = None
+    """None: the chat template of the tokenizer_config.json in the model's directory."""
+
+
+@dataclass(frozen=True)
 class Repository:
     """Where the model directory (its version subdirectories) lives."""
 
@@ -115,3 +131,5 @@ class TritonServing:
     objectives: Objectives | None = None
     monitoring: bool = True
     """Render ServiceMonitor and PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
+    openai: OpenAISide | None = None
+    """None: the model is served over Triton's own protocol only."""

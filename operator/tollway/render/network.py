@@ -15,7 +15,6 @@ from tollway.ir.names import (
     RATELIMIT_GRPC_PORT,
     RATELIMIT_METRICS_PORT,
     REDIS_PORT,
-    TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
     TRITON_METRICS_PORT,
     gateway_pod_labels,
@@ -51,14 +50,17 @@ def _policy(metadata: dict[str, Any], pods: dict[str, str], rules: list[dict[str
     }
 
 
-def serving_policy(metadata: dict[str, Any], model_deployment: str, peers: NetworkPeers) -> dict[str, Any]:
-    """Triton's: inference from the namespace's gateway, HTTP to the operator, metrics to Prometheus."""
+def serving_policy(
+    metadata: dict[str, Any], model_deployment: str, peers: NetworkPeers, inference_ports: list[int]
+) -> dict[str, Any]:
+    """Triton's: inference (`inference_ports`: Triton's, and the OpenAI server's beside a language model)
+    from the namespace's gateway, HTTP to the operator, metrics to Prometheus."""
     envoy = local(gateway_pod_labels(GATEWAY_NAME, "envoy"))
     return _policy(
         metadata,
         serving_pod_labels(model_deployment),
         [
-            _rule([envoy], [TRITON_HTTP_PORT, TRITON_GRPC_PORT]),
+            _rule([envoy], inference_ports),
             _rule([peer(peers.operator)], [TRITON_HTTP_PORT]),
             _rule([peer(peers.prometheus)], [TRITON_METRICS_PORT]),
         ],

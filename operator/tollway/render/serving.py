@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.names import (
+    OPENAI_PORT,
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
     TRITON_KEY,
@@ -103,14 +104,22 @@ def render(serving: TritonServing, peers: NetworkPeers, admin_key: str) -> list[
     """ServiceAccount, the admin key's Secret, ConfigMap (config.pbtxt), Deployment, Service, NetworkPolicy
     and, with room to scale, a PDB. `admin_key` opens Triton's restricted APIs (see `RESTRICTED_APIS`)."""
     config = config_pbtxt(serving.model)
+    template = serving.openai.chat_template if serving.openai is not None else None
+    # the pods restart when what they read from the ConfigMap at start changes
+    read_at_start = config if template is None else config + template
     objects = [
         service_account(serving),
         secret(_metadata(serving, "triton"), {TRITON_KEY: admin_key}),
         config_map(serving, config),
-        deployment(serving, checksum(config), digest(admin_key)),
+        deployment(serving, checksum(read_at_start), digest(admin_key)),
         service(serving),
         pods_service(serving),
-        serving_policy(_metadata(serving, "triton"), serving.name, peers),
+        serving_policy(
+            _metadata(serving, "triton"),
+            serving.name,
+            peers,
+            [port["port"] for port in inference_ports(serving)],
+        ),
     ]
     if serving.max_replicas > 1:
         objects.append(disruption_budget(serving))
@@ -132,12 +141,19 @@ def service_account(serving: TritonServing) -> dict[str, Any]:
     }
 
 
+CHAT_TEMPLATE = "chat_template.jinja"
+"""The model-config ConfigMap's key for a chat template given in the spec."""
+
+
 def config_map(serving: TritonServing, config: str) -> dict[str, Any]:
+    data = {"config.pbtxt": config}
+    if serving.openai is not None and serving.openai.chat_template is not None:
+        data[CHAT_TEMPLATE] = serving.openai.chat_template
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(serving, "config"),
-        "data": {"config.pbtxt": config},
+        "data": data,
     }
 
 
@@ -257,6 +273,56 @@ def _volumes(serving: TritonServing) -> list[dict[str, Any]]:
     return volumes
 
 
+def openai_server_args(serving: TritonServing) -> list[str]:
+    """The command line of `tollway openai-server` beside a language model's Triton (empty for any other
+    model): spec.model.openai's tensor names, Triton's gRPC port on localhost, the chat template from the
+    model-config ConfigMap or the model directory's tokenizer_config.json."""
+    side = serving.openai
+    if side is None:
+        return []
+    args = [
+        "openai-server",
+        f"--model={serving.model.name}",
+        f"--kind={side.kind}",
+        f"--triton=127.0.0.1:{TRITON_GRPC_PORT}",
+        f"--port={OPENAI_PORT}",
+        f"--default-max-tokens={side.default_max_tokens}",
+        f"--text-input={side.text_input}",
+        f"--text-output={side.text_output}",
+        f"--max-tokens-input={side.max_tokens_input}",
+        f"--stream-input={side.stream_input}",
+    ]
+    if side.kind == "chat" and side.chat_template is not None:
+        args.append(f"--chat-template={CONFIG}/{CHAT_TEMPLATE}")
+    elif side.kind == "chat":
+        args.append(f"--tokenizer-config={MODELS}/{serving.model.name}/tokenizer_config.json")
+    return args
+
+
+def _openai_server(serving: TritonServing) -> list[dict[str, Any]]:
+    """`tollway openai-server` beside Triton, for a language model: OpenAI's API in, Triton's gRPC streaming
+    on localhost out. Ready once Triton has the model."""
+    if serving.openai is None:
+        return []
+    return [
+        {
+            "name": "openai",
+            "image": serving.openai.image,
+            "args": openai_server_args(serving),
+            "ports": [{"name": "openai", "containerPort": OPENAI_PORT, "protocol": "TCP"}],
+            "readinessProbe": {
+                "httpGet": {"path": "/healthz", "port": "openai"},
+                "periodSeconds": 5,
+                "failureThreshold": 3,
+                "timeoutSeconds": 5,
+            },
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+            "volumeMounts": _mounts(serving),
+            "securityContext": _container_security(),
+        }
+    ]
+
+
 def deployment(serving: TritonServing, config_checksum: str, key_checksum: str) -> dict[str, Any]:
     triton = {
         "name": "triton",
@@ -286,7 +352,7 @@ def deployment(serving: TritonServing, config_checksum: str, key_checksum: str) 
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "initContainers": _model_directory_steps(serving),
-        "containers": [triton],
+        "containers": [triton, *_openai_server(serving)],
         "volumes": _volumes(serving),
     }
     if serving.node_selector:
@@ -333,6 +399,12 @@ INFERENCE_PORTS = [
         "appProtocol": "grpc",
     },
 ]
+OPENAI_SERVICE_PORT = {"name": "openai", "port": OPENAI_PORT, "targetPort": "openai", "protocol": "TCP"}
+
+
+def inference_ports(serving: TritonServing) -> list[dict[str, Any]]:
+    """The ports the gateway sends inference to: Triton's, and the OpenAI server's beside a language model."""
+    return [*INFERENCE_PORTS, OPENAI_SERVICE_PORT] if serving.openai is not None else INFERENCE_PORTS
 
 
 def service(serving: TritonServing) -> dict[str, Any]:
@@ -344,7 +416,7 @@ def service(serving: TritonServing) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector(serving),
             "ports": [
-                *INFERENCE_PORTS,
+                *inference_ports(serving),
                 {"name": "metrics", "port": TRITON_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
@@ -363,7 +435,7 @@ def pods_service(serving: TritonServing) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "selector": selector(serving),
-            "ports": INFERENCE_PORTS,
+            "ports": inference_ports(serving),
         },
     }
 

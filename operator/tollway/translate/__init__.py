@@ -26,7 +26,13 @@ from tollway.render import serving as serving_render
 from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
 from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, plan_gateway
-from tollway.translate.serving import PROMETHEUS_URL, STORAGE_INITIALIZER, plan_serving, tier_priority
+from tollway.translate.serving import (
+    OPENAI_IMAGE,
+    PROMETHEUS_URL,
+    STORAGE_INITIALIZER,
+    plan_serving,
+    tier_priority,
+)
 
 DEFAULT_OPTIONS = GatewayOptions()
 DEFAULT_PEERS = NetworkPeers()
@@ -41,6 +47,8 @@ class Context:
     tier_priorities: tuple[int, ...] = ()
     """The priorities of the ApiTiers in the resource's namespace (Triton's priority levels)."""
     storage_initializer_image: str = STORAGE_INITIALIZER
+    openai_image: str = OPENAI_IMAGE
+    """Tollway's own image, for the OpenAI server beside a language model's Triton."""
     prometheus_url: str = PROMETHEUS_URL
     """Where KEDA's triggers query Prometheus."""
     monitoring: bool = True
@@ -97,8 +105,9 @@ def translate(
             resource,
             context.tier_priorities,
             context.storage_initializer_image,
-            context.prometheus_url,
-            context.monitoring,
+            prometheus_url=context.prometheus_url,
+            monitoring=context.monitoring,
+            openai_image=context.openai_image,
         )
         children = serving_render.render(plan, context.network, context.admin_key)
         previous = (document.get("status") or {}).get("metrics")

@@ -6,11 +6,13 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from tollway import __version__
 from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
 from tollway.ir.serving import (
     InstanceGroup,
     ModelConfig,
     Objectives,
+    OpenAISide,
     Owner,
     QueuePolicy,
     Repository,
@@ -21,6 +23,8 @@ from tollway.ir.serving import (
 
 #: Used for s3://, gs:// and as:// repositories: downloads the model directory before Triton starts.
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
+#: Runs `tollway openai-server` beside Triton: Tollway's own image (the chart passes the operator's).
+OPENAI_IMAGE = f"tollway/operator:{__version__}"
 #: Where KEDA's triggers and the operator's status queries reach Prometheus (prometheus-operator's Service).
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
@@ -111,12 +115,32 @@ def epoch(date: str) -> int:
     return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp())
 
 
+def openai_side(resource: ModelDeployment, image: str) -> OpenAISide | None:
+    """The OpenAI server a streaming language model gets beside its Triton; None for any other model."""
+    model = resource.spec.model
+    api = model.openai
+    if api is None or api.kind not in ("chat", "completion"):
+        return None
+    return OpenAISide(
+        kind="chat" if api.kind == "chat" else "completion",
+        image=image,
+        default_max_tokens=model.tokens.default_max_tokens if model.tokens else 256,
+        text_input=api.text_input,
+        text_output=api.text_output,
+        max_tokens_input=api.max_tokens_input,
+        stream_input=api.stream_input,
+        chat_template=api.chat_template,
+    )
+
+
 def plan_serving(
     resource: ModelDeployment,
     tier_priorities: Iterable[int],
     storage_initializer: str,
+    *,
     prometheus_url: str = PROMETHEUS_URL,
     monitoring: bool = True,
+    openai_image: str = OPENAI_IMAGE,
 ) -> TritonServing:
     spec, meta = resource.spec, resource.metadata
     return TritonServing(
@@ -141,4 +165,5 @@ def plan_serving(
         scaling=scaling(resource, prometheus_url),
         objectives=objectives(resource),
         monitoring=monitoring,
+        openai=openai_side(resource, openai_image),
     )
