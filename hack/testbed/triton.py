@@ -121,11 +121,15 @@ def language_model(name: str, kind: str) -> TritonServing:
     return plan_serving(parse(ModelDeployment, resource), (), "unused")
 
 
-def start_openai_server(workdir: Path, serving: TritonServing, triton: RunningTriton) -> tuple[Process, str]:
+def start_openai_server(
+    workdir: Path, serving: TritonServing, triton: RunningTriton, tokenizer: Path | None = None
+) -> tuple[Process, str]:
     """`tollway openai-server` with the command line the operator renders for `serving`, but for where
-    Triton and the chat template are here and a free port; returns it and its OpenAI base URL."""
+    Triton, the chat template and the model's `tokenizer` (None: it has none) are here and a free port;
+    returns it and its OpenAI base URL."""
     port = free_port()
     local = {"--triton=": triton.grpc, "--port=": str(port), "--host=": "127.0.0.1"}
+    local["--tokenizer="] = str(tokenizer or workdir / "no-tokenizer.json")
     if serving.openai is not None and serving.openai.chat_template is not None:
         template = workdir / f"{serving.model.name}-chat-template.jinja"
         template.write_text(serving.openai.chat_template)

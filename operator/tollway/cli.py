@@ -213,6 +213,7 @@ def openai_server(arguments: argparse.Namespace) -> int:
     """The OpenAI side of one model, beside its Triton (imported here: the operator never needs it)."""
     from tollway.openai.protocol import ChatTemplate  # noqa: PLC0415 (only this command needs them: aiohttp,
     from tollway.openai.server import ModelSide, serve  # noqa: PLC0415 tritonclient's gRPC are slow to import)
+    from tollway.openai.tokens import TokenCounter  # noqa: PLC0415
 
     template = None
     if arguments.chat_template:
@@ -233,6 +234,7 @@ def openai_server(arguments: argparse.Namespace) -> int:
         max_tokens_input=arguments.max_tokens_input,
         stream_input=arguments.stream_input,
         template=template,
+        tokenizer=TokenCounter.from_file(Path(arguments.tokenizer)) if arguments.tokenizer else None,
     )
     serve(side, arguments.triton, arguments.host, arguments.port)
     return 0
@@ -327,6 +329,9 @@ def _add_openai_server(commands: Any) -> None:
     command.add_argument("--chat-template", help="file holding the chat template (Jinja)")
     command.add_argument(
         "--tokenizer-config", help="the model's tokenizer_config.json, for its chat template"
+    )
+    command.add_argument(
+        "--tokenizer", help="the model's tokenizer.json, if it has one: counts tokens when the model does not"
     )
     command.set_defaults(handler=openai_server)
 

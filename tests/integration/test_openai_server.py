@@ -10,9 +10,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import openai
 import pytest
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
 
 from testbed.triton import language_model, running, start_openai_server
 
@@ -24,21 +28,38 @@ TOKEN_MS = 20
 class Servers:
     chat: str
     completion: str
-    """Each model's OpenAI base URL."""
+    uncounted: str
+    """Each model's OpenAI base URL (`uncounted`: a completion model that reports no token counts, whose
+    tokenizer.json counts them)."""
+
+
+def word_tokenizer(path: Path) -> Path:
+    """A tokenizer.json that makes a token of each word: the streamer's own idea of a token."""
+    tokenizer = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    tokenizer.save(str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("openai")
-    models = (language_model("assistant", "chat"), language_model("writer", "completion"))
-    with running(workdir, *models) as triton:
-        chat, chat_url = start_openai_server(workdir, models[0], triton)
-        completion, completion_url = start_openai_server(workdir, models[1], triton)
+    chat, completion, uncounted = (
+        language_model("assistant", "chat"),
+        language_model("writer", "completion"),
+        language_model("writer-uncounted", "completion"),
+    )
+    with running(workdir, chat, completion, uncounted) as triton:
+        servers = [
+            start_openai_server(workdir, chat, triton),
+            start_openai_server(workdir, completion, triton),
+            start_openai_server(workdir, uncounted, triton, word_tokenizer(workdir / "tokenizer.json")),
+        ]
         try:
-            yield Servers(chat_url, completion_url)
+            yield Servers(*(url for _, url in servers))
         finally:
-            completion.stop()
-            chat.stop()
+            for process, _ in servers:
+                process.stop()
 
 
 def client(url: str) -> openai.OpenAI:
@@ -109,6 +130,19 @@ def test_a_completion_streamed_and_not(servers: Servers) -> None:
     assert whole.usage is not None and whole.usage.prompt_tokens == 4
     streamed = writer.completions.create(model="writer", prompt="once upon a time", max_tokens=5, stream=True)
     assert "".join(chunk.choices[0].text for chunk in streamed) == "once upon a time once "
+
+
+def test_a_model_that_reports_no_counts_is_counted_by_its_tokenizer(servers: Servers) -> None:
+    writer = client(servers.uncounted)
+    whole = writer.completions.create(model="writer-uncounted", prompt="once upon a time", max_tokens=5)
+    assert whole.choices[0].text == "once upon a time once "
+    assert whole.usage is not None and (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (4, 5)
+    streamed = writer.completions.create(
+        model="writer-uncounted", prompt="once upon a time", max_tokens=5, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    final = list(streamed)[-1]
+    assert final.usage is not None and final.usage.completion_tokens == 5
 
 
 def test_a_request_the_model_cannot_serve_gets_openais_error(servers: Servers) -> None:

@@ -1,12 +1,16 @@
 """The OpenAI wire format in isolation: requests read into what to ask the model, answers and stream chunks
-in OpenAI's shapes, errors in OpenAI's error object."""
+in OpenAI's shapes, errors in OpenAI's error object; and token counts from a model's own tokenizer."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
 
 from tollway.openai.protocol import (
     Answer,
@@ -19,6 +23,7 @@ from tollway.openai.protocol import (
     finish_reason,
     read_request,
 )
+from tollway.openai.tokens import TokenCounter
 
 TEMPLATE = ChatTemplate(
     "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -157,3 +162,20 @@ def test_events_and_errors_on_the_wire() -> None:
         "error": {"message": "no", "type": "invalid_request_error", "param": "model", "code": None}
     }
     assert error_object("down", 502)["error"]["type"] == "api_error"
+
+
+def test_a_model_that_reports_no_counts_is_counted_by_its_own_tokenizer(tmp_path: Path) -> None:
+    vocabulary = {"[UNK]": 0, "tell": 1, "me": 2, "more": 3}
+    tokenizer = Tokenizer(WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    counter = TokenCounter.from_file(tmp_path / "tokenizer.json")
+    assert counter is not None
+    # unknown, '-' and word: an [UNK] each
+    assert counter.usage("tell me more", "more more unknown-word") == Usage(3, 5)
+    assert TokenCounter.from_file(tmp_path / "absent.json") is None
+
+
+def test_an_answer_nobody_counted_carries_no_usage_rather_than_zero() -> None:
+    answer = Answer("chat", "assistant@3", "chatcmpl-1", 1).whole("hello", "stop", None)
+    assert "usage" not in answer

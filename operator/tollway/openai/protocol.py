@@ -194,15 +194,15 @@ class Answer:
             "choices": choices,
         }
 
-    def whole(self, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
-        """The answer not streamed: chat.completion or text_completion."""
+    def whole(self, text: str, finish_reason: str, usage: Usage | None) -> dict[str, Any]:
+        """The answer not streamed: chat.completion or text_completion (with no usage when nobody counted)."""
         if self.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text}}
             found = self._object("chat.completion", [{**choice, "finish_reason": finish_reason}])
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
             found = self._object("text_completion", [choice])
-        return {**found, "usage": usage.as_object()}
+        return found if usage is None else {**found, "usage": usage.as_object()}
 
     def chunk(self, text: str, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
         """One streamed piece (the first chat chunk also names the role; the last gives the reason)."""

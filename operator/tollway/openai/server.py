@@ -5,7 +5,9 @@ answer when the client did not ask for a stream.
 
 Token counts come from the model: Triton's vLLM backend reports them (`num_input_tokens`,
 `num_output_tokens`) when asked (`return_num_input_tokens`, `return_num_output_tokens`); the server asks
-when the model's metadata declares those tensors.
+when the model's metadata declares those tensors. Otherwise the model's own tokenizer counts the prompt and
+the answer (`tollway.openai.tokens`); with neither, the answer carries no usage (never a guess, never zero),
+and the gateway charges the request's estimate and counts it unreported.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tollway.openai.protocol import (
     finish_reason,
     read_request,
 )
+from tollway.openai.tokens import TokenCounter
 
 log = logging.getLogger("tollway.openai")
 
@@ -56,6 +59,8 @@ class ModelSide:
     max_tokens_input: str = "max_tokens"
     stream_input: str = "stream"
     template: ChatTemplate | None = None
+    tokenizer: TokenCounter | None = None
+    """Counts tokens for a model that does not report them."""
 
 
 @dataclass
@@ -116,10 +121,21 @@ class OpenAIServer:
         async for piece in pieces:
             text.append(piece.text)
             version, usage = piece.version or version, piece.usage or usage
-        usage = usage or Usage(0, 0)
         answer = Answer.new(generation.kind, f"{self.side.name}@{version}")
-        body = answer.whole("".join(text), finish_reason(usage, generation.max_tokens), usage)
-        return web.json_response(body)
+        usage = self._counted(generation, "".join(text), usage)
+        reason = finish_reason(usage, generation.max_tokens) if usage else "stop"
+        return web.json_response(answer.whole("".join(text), reason, usage))
+
+    def _counted(self, generation: Generation, text: str, reported: Usage | None) -> Usage | None:
+        """The model's counts, else its tokenizer's; None (and a warning) when there are neither."""
+        if reported is not None:
+            return reported
+        if self.side.tokenizer is not None:
+            return self.side.tokenizer.usage(generation.prompt, text)
+        log.warning(
+            "the model reports no token counts and has no tokenizer.json: the answer carries no usage"
+        )
+        return None
 
     async def _stream(
         self, request: web.Request, generation: Generation, first: Piece, pieces: AsyncIterator[Piece]
@@ -129,19 +145,21 @@ class OpenAIServer:
         )
         await response.prepare(request)
         answer = Answer.new(generation.kind, f"{self.side.name}@{first.version}")
-        usage = first.usage
+        usage, text = first.usage, [first.text]
         await response.write(event(answer.chunk(first.text, first=True)))
         try:
             async for piece in pieces:
                 usage = piece.usage or usage
                 if piece.text:
+                    text.append(piece.text)
                     await response.write(event(answer.chunk(piece.text)))
         except InferenceServerException as error:  # the status is sent: the stream ends without [DONE]
             log.warning("Triton failed mid-stream: %s", error.message())
             return response
-        usage = usage or Usage(0, 0)
-        await response.write(event(answer.chunk("", finish_reason(usage, generation.max_tokens))))
-        if generation.include_usage:
+        usage = self._counted(generation, "".join(text), usage)
+        reason = finish_reason(usage, generation.max_tokens) if usage else "stop"
+        await response.write(event(answer.chunk("", reason)))
+        if generation.include_usage and usage is not None:
             await response.write(event(answer.usage_chunk(usage)))
         await response.write(event("[DONE]"))
         await response.write_eof()

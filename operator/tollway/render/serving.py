@@ -276,7 +276,8 @@ def _volumes(serving: TritonServing) -> list[dict[str, Any]]:
 def openai_server_args(serving: TritonServing) -> list[str]:
     """The command line of `tollway openai-server` beside a language model's Triton (empty for any other
     model): spec.model.openai's tensor names, Triton's gRPC port on localhost, the chat template from the
-    model-config ConfigMap or the model directory's tokenizer_config.json."""
+    model-config ConfigMap or the model directory's tokenizer_config.json, and the directory's
+    tokenizer.json (used, when there is one, to count tokens for a model that does not report them)."""
     side = serving.openai
     if side is None:
         return []
@@ -291,6 +292,7 @@ def openai_server_args(serving: TritonServing) -> list[str]:
         f"--text-output={side.text_output}",
         f"--max-tokens-input={side.max_tokens_input}",
         f"--stream-input={side.stream_input}",
+        f"--tokenizer={MODELS}/{serving.model.name}/tokenizer.json",
     ]
     if side.kind == "chat" and side.chat_template is not None:
         args.append(f"--chat-template={CONFIG}/{CHAT_TEMPLATE}")

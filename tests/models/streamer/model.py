@@ -21,15 +21,16 @@ class TritonPythonModel:
         config.add_input({"name": "text_input", "data_type": "TYPE_STRING", "dims": [1]})
         config.add_input({"name": "max_tokens", "data_type": "TYPE_INT32", "dims": [1], "optional": True})
         config.add_input({"name": "stream", "data_type": "TYPE_BOOL", "dims": [1], "optional": True})
-        for name in (
-            "return_num_input_tokens",
-            "return_num_output_tokens",
-        ):  # the vLLM backend's; counts anyway
-            config.add_input({"name": name, "data_type": "TYPE_BOOL", "dims": [1], "optional": True})
         config.add_output({"name": "text_output", "data_type": "TYPE_STRING", "dims": [-1]})
-        config.add_output({"name": "num_input_tokens", "data_type": "TYPE_UINT32", "dims": [1]})
-        config.add_output({"name": "num_output_tokens", "data_type": "TYPE_UINT32", "dims": [1]})
+        if _counted(config.as_dict()["name"]):
+            for name in ("return_num_input_tokens", "return_num_output_tokens"):  # the vLLM backend's
+                config.add_input({"name": name, "data_type": "TYPE_BOOL", "dims": [1], "optional": True})
+            for name in ("num_input_tokens", "num_output_tokens"):
+                config.add_output({"name": name, "data_type": "TYPE_UINT32", "dims": [1]})
         return config
+
+    def initialize(self, args):
+        self.counted = _counted(args["model_name"])
 
     def execute(self, requests):  # decoupled: each request is answered through its sender, not returned
         for request in requests:
@@ -55,10 +56,16 @@ class TritonPythonModel:
             pb_utils.Tensor("num_input_tokens", np.array([len(words)], dtype=np.uint32)),
             pb_utils.Tensor("num_output_tokens", np.array([count], dtype=np.uint32)),
         ]
+        if not self.counted:
+            counts = []
         sender.send(
             pb_utils.InferenceResponse(output_tensors=pieces + counts),
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
+
+
+def _counted(model_name):
+    return not model_name.endswith("-uncounted")
 
 
 def _scalar(request, name, default):
