@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
 #: The stand-in for a streaming LLM (a decoupled model): text in, text out a token at a time.
 STREAMER_MODEL = ROOT / "tests" / "models" / "streamer" / "model.py"
+#: The stand-in for an embedding model: texts in, a vector each out.
+EMBEDDER_MODEL = ROOT / "tests" / "models" / "embedder" / "model.py"
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
 RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
@@ -103,9 +105,9 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m.content }} {% endfor %}"
 
 
 def language_model(name: str, kind: str) -> TritonServing:
-    """A streaming language model (spec.model.openai `kind` chat or completion, one version, CPU, at most 8
-    tokens an answer unless asked for more), as the operator would serve it: decoupled, so the test bed
-    gives it the streamer."""
+    """A model that speaks the OpenAI API (spec.model.openai `kind` chat, completion or embedding; one
+    version, CPU, at most 8 tokens an answer unless asked for more), as the operator would serve it: a chat
+    or completion model decoupled, so the test bed gives it the streamer; an embedding model the embedder."""
     api = {"kind": kind, **({"chatTemplate": CHAT_TEMPLATE} if kind == "chat" else {})}
     model = {"repository": f"s3://models/{name}", "backend": "python", "openai": api}
     resource = {
@@ -146,10 +148,14 @@ def start_openai_server(
 
 
 def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] = ()) -> Path:
-    """The echo model (the streamer for a model Triton serves decoupled) under Tollway's model name: a
-    directory per listed version, and the rendered config."""
+    """The echo model (the streamer for a model Triton serves decoupled, the embedder for an embedding
+    model) under Tollway's model name: a directory per listed version, and the rendered config."""
     directory = root / "models" / serving.model.name
-    source = STREAMER_MODEL if serving.model.decoupled else ECHO_MODEL
+    source = ECHO_MODEL
+    if serving.model.decoupled:
+        source = STREAMER_MODEL
+    elif serving.openai is not None and serving.openai.kind == "embedding":
+        source = EMBEDDER_MODEL
     for version in serving.model.versions:
         (directory / str(version)).mkdir(parents=True)
         (directory / str(version) / "model.py").symlink_to(source)

@@ -233,6 +233,7 @@ def openai_server(arguments: argparse.Namespace) -> int:
         text_output=arguments.text_output,
         max_tokens_input=arguments.max_tokens_input,
         stream_input=arguments.stream_input,
+        embedding_output=arguments.embedding_output,
         template=template,
         tokenizer=TokenCounter.from_file(Path(arguments.tokenizer)) if arguments.tokenizer else None,
     )
@@ -317,7 +318,7 @@ def _add_openai_server(commands: Any) -> None:
         "openai-server", help="answer the OpenAI API for one model, beside its Triton (spec.model.openai)"
     )
     command.add_argument("--model", required=True, help="the Triton model name")
-    command.add_argument("--kind", choices=("chat", "completion"), required=True)
+    command.add_argument("--kind", choices=("chat", "completion", "embedding"), required=True)
     command.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address")
     command.add_argument("--host", default="0.0.0.0")
     command.add_argument("--port", type=int, default=9000)
@@ -326,6 +327,7 @@ def _add_openai_server(commands: Any) -> None:
     command.add_argument("--text-output", default="text_output")
     command.add_argument("--max-tokens-input", default="max_tokens")
     command.add_argument("--stream-input", default="stream")
+    command.add_argument("--embedding-output", default="embedding")
     command.add_argument("--chat-template", help="file holding the chat template (Jinja)")
     command.add_argument(
         "--tokenizer-config", help="the model's tokenizer_config.json, for its chat template"

@@ -1,7 +1,8 @@
 """The OpenAI side of a model on real components: `tollway openai-server`, on the command line the operator
-renders beside a language model's Triton, next to the real Triton serving two streaming language models
-(tests/models/streamer, a token every 20 ms), and the official `openai` SDK as the client (sync and async,
-streamed and not), plus curl for the raw Server-Sent Events."""
+renders beside a model's Triton, next to the real Triton serving streaming language models
+(tests/models/streamer, a token every 20 ms) and an embedding model (tests/models/embedder), and the
+official `openai` SDK as the client (sync and async, streamed and not), plus curl for the raw Server-Sent
+Events."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class Servers:
     chat: str
     completion: str
     uncounted: str
+    embedding: str
     """Each model's OpenAI base URL (`uncounted`: a completion model that reports no token counts, whose
     tokenizer.json counts them)."""
 
@@ -44,16 +46,18 @@ def word_tokenizer(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("openai")
-    chat, completion, uncounted = (
+    chat, completion, uncounted, embedding = (
         language_model("assistant", "chat"),
         language_model("writer", "completion"),
         language_model("writer-uncounted", "completion"),
+        language_model("embedder", "embedding"),
     )
-    with running(workdir, chat, completion, uncounted) as triton:
+    with running(workdir, chat, completion, uncounted, embedding) as triton:
         servers = [
             start_openai_server(workdir, chat, triton),
             start_openai_server(workdir, completion, triton),
             start_openai_server(workdir, uncounted, triton, word_tokenizer(workdir / "tokenizer.json")),
+            start_openai_server(workdir, embedding, triton),
         ]
         try:
             yield Servers(*(url for _, url in servers))
@@ -143,6 +147,19 @@ def test_a_model_that_reports_no_counts_is_counted_by_its_tokenizer(servers: Ser
     )  # fmt: skip
     final = list(streamed)[-1]
     assert final.usage is not None and final.usage.completion_tokens == 5
+
+
+def test_embeddings_in_input_order_as_floats_or_the_sdks_base64(servers: Servers) -> None:
+    embedder = client(servers.embedding)
+    # the SDK asks for base64 and decodes it; the vectors are the stand-in's: words, characters, 'a's, 1
+    answer = embedder.embeddings.create(model="embedder", input=["a banana", "tell me more"])
+    assert [item.embedding for item in answer.data] == [[2.0, 8.0, 4.0, 1.0], [3.0, 12.0, 0.0, 1.0]]
+    assert [item.index for item in answer.data] == [0, 1]
+    assert answer.model == "embedder@1" and answer.usage.prompt_tokens == answer.usage.total_tokens == 5
+    floats = embedder.embeddings.create(model="embedder", input="a banana", encoding_format="float")
+    assert floats.data[0].embedding == [2.0, 8.0, 4.0, 1.0]
+    with pytest.raises(openai.BadRequestError, match="input must be"):
+        embedder.embeddings.create(model="embedder", input=[])
 
 
 def test_a_request_the_model_cannot_serve_gets_openais_error(servers: Servers) -> None:

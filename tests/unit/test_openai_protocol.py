@@ -3,7 +3,9 @@ in OpenAI's shapes, errors in OpenAI's error object; and token counts from a mod
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from tollway.openai.protocol import (
     Generation,
     RequestError,
     Usage,
+    embeddings,
     error_object,
     event,
     finish_reason,
+    read_embedding_request,
     read_request,
 )
 from tollway.openai.tokens import TokenCounter
@@ -179,3 +183,36 @@ def test_a_model_that_reports_no_counts_is_counted_by_its_own_tokenizer(tmp_path
 def test_an_answer_nobody_counted_carries_no_usage_rather_than_zero() -> None:
     answer = Answer("chat", "assistant@3", "chatcmpl-1", 1).whole("hello", "stop", None)
     assert "usage" not in answer
+
+
+def test_an_embedding_request_takes_one_text_or_several_and_an_encoding() -> None:
+    one = read_embedding_request(json.dumps({"model": "e", "input": "hi"}).encode())
+    assert (one.texts, one.base64) == (["hi"], False)
+    several = read_embedding_request(
+        json.dumps({"model": "e", "input": ["a", "b"], "encoding_format": "base64"}).encode()
+    )
+    assert (several.texts, several.base64) == (["a", "b"], True)
+    refusals = [
+        ({"input": "x"}, "model"),
+        ({"model": "e", "input": []}, "input"),
+        ({"model": "e", "input": [""]}, "input"),
+        ({"model": "e", "input": [1]}, "input"),
+        ({"model": "e", "input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ]
+    for wrong, param in refusals:
+        with pytest.raises(RequestError) as refused:
+            read_embedding_request(json.dumps(wrong).encode())
+        assert refused.value.param == param
+
+
+def test_embeddings_answer_floats_or_base64_of_little_endian_float32s() -> None:
+    answer = embeddings("e@1", [[1.0, -2.5]], Usage(3, 0), base64=False)
+    assert answer == {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [1.0, -2.5]}],
+        "model": "e@1",
+        "usage": {"prompt_tokens": 3, "total_tokens": 3},
+    }
+    encoded = embeddings("e@1", [[1.0, -2.5]], None, base64=True)
+    assert struct.unpack("<2f", base64.b64decode(encoded["data"][0]["embedding"])) == (1.0, -2.5)
+    assert "usage" not in encoded

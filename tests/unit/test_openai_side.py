@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.ir.network import NetworkPeers
@@ -62,9 +60,14 @@ def test_a_completion_model_needs_no_template() -> None:
     assert not any(arg.startswith(("--chat-template", "--tokenizer-config")) for arg in server["args"])
 
 
-@pytest.mark.parametrize("openai", [None, {"kind": "embedding"}])
-def test_any_other_model_gets_no_openai_server_and_no_openai_port(openai: dict[str, Any] | None) -> None:
-    objects = rendered(openai)
+def test_an_embedding_model_gets_the_server_for_its_vectors() -> None:
+    server = containers(rendered({"kind": "embedding", "embeddingOutput": "vector"}))["openai"]
+    assert "--kind=embedding" in server["args"] and "--embedding-output=vector" in server["args"]
+    assert not any(arg.startswith(("--default-max-tokens", "--stream-input")) for arg in server["args"])
+
+
+def test_a_model_without_the_openai_api_gets_no_openai_server_and_no_openai_port() -> None:
+    objects = rendered(None)
     assert list(containers(objects)) == ["triton"]
     assert all(port["name"] != "openai" for port in objects["Service/llm-triton"]["spec"]["ports"])
 

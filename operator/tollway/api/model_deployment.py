@@ -116,7 +116,8 @@ class ModelSource(TollwayModel):
     """The largest request body the gateway reads for this model (413 beyond it): the gateway holds a
     request's whole body in memory while it checks it."""
     openai: OpenAIApi | None = None
-    """How the model answers the OpenAI API. Unset: it is served over Triton's own protocol only."""
+    """How the model answers the OpenAI API (the operator runs `tollway openai-server` beside Triton for
+    it). Unset: it is served over Triton's own protocol only."""
 
     @property
     def streams(self) -> bool:

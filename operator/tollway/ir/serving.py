@@ -41,16 +41,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OpenAISide:
-    """The OpenAI side of a streaming language model (spec.model.openai): `tollway openai-server` beside
-    Triton in each pod, and how it maps a request onto the model's tensors."""
+    """The OpenAI side of a model (spec.model.openai): `tollway openai-server` beside Triton in each pod, and
+    how it maps a request onto the model's tensors."""
 
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "embedding"]
     image: str
     default_max_tokens: int
     text_input: str
     text_output: str
     max_tokens_input: str
     stream_input: str
+    embedding_output: str
     chat_template: str | None = None
     """None: the chat template of the tokenizer_config.json in the model's directory."""
 

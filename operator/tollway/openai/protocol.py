@@ -5,8 +5,10 @@ error objects. No I/O: the server (`tollway.openai.server`) does that."""
 from __future__ import annotations
 
 import json
+import struct
 import time
 import uuid
+from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +17,7 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Kind = Literal["chat", "completion"]
+"""What a generating model does (an embedding model has its own request and answer)."""
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -81,10 +84,8 @@ class Generation:
     """Streaming: whether the client asked for the final usage chunk (stream_options.include_usage)."""
 
 
-def read_request(
-    kind: Kind, body: bytes, default_max_tokens: int, template: ChatTemplate | None = None
-) -> Generation:
-    """A /v1/chat/completions (`kind` chat, with the model's `template`) or /v1/completions body, checked."""
+def _json_request(body: bytes) -> tuple[dict[str, Any], str]:
+    """The request's JSON object and the `model` it names."""
     try:
         request = json.loads(body)
     except ValueError:
@@ -94,6 +95,14 @@ def read_request(
     model = request.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("model is required", param="model")
+    return request, model
+
+
+def read_request(
+    kind: Kind, body: bytes, default_max_tokens: int, template: ChatTemplate | None = None
+) -> Generation:
+    """A /v1/chat/completions (`kind` chat, with the model's `template`) or /v1/completions body, checked."""
+    request, model = _json_request(body)
     if request.get("n", 1) != 1:
         raise RequestError("only n = 1 is supported", param="n")
     stream = request.get("stream", False)
@@ -230,6 +239,46 @@ def event(data: Mapping[str, Any] | str) -> bytes:
     """One Server-Sent Event carrying `data` (an object as compact JSON, or a plain string such as [DONE])."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {text}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """What a /v1/embeddings request asks for."""
+
+    model: str
+    texts: list[str]
+    base64: bool
+    """Whether to answer each vector as base64 of little-endian float32s (the official SDKs ask so)."""
+
+
+def read_embedding_request(body: bytes) -> EmbeddingRequest:
+    """A /v1/embeddings body, checked."""
+    request, model = _json_request(body)
+    texts = request.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text for text in texts):
+        raise RequestError("input must be a non-empty string or array of them", param="input")
+    encoding = request.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise RequestError("encoding_format must be float or base64", param="encoding_format")
+    return EmbeddingRequest(model, texts, encoding == "base64")
+
+
+def embeddings(model: str, vectors: list[list[float]], usage: Usage | None, base64: bool) -> dict[str, Any]:
+    """The /v1/embeddings answer: a list of embeddings in input order (with no usage when nobody counted)."""
+    data = [
+        {"object": "embedding", "index": index, "embedding": _base64(vector) if base64 else vector}
+        for index, vector in enumerate(vectors)
+    ]
+    found: dict[str, Any] = {"object": "list", "data": data, "model": model}
+    if usage is not None:
+        found["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens}
+    return found
+
+
+def _base64(vector: list[float]) -> str:
+    return b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def error_object(message: str, status: int, param: str | None = None) -> dict[str, Any]:

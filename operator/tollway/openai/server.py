@@ -1,5 +1,6 @@
 """The OpenAI side of a model: an HTTP server beside Triton (in the model's pod) that answers
-/v1/chat/completions or /v1/completions by asking Triton over gRPC streaming on localhost, passing each piece
+/v1/chat/completions or /v1/completions by asking Triton over gRPC streaming on localhost (or
+/v1/embeddings, one request for all the input texts), passing each piece
 of text on to the client as Triton produces it (Server-Sent Events; nothing is held back), or the whole
 answer when the client did not ask for a stream.
 
@@ -16,7 +17,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tritonclient.grpc.aio as triton
@@ -31,16 +32,18 @@ from tollway.openai.protocol import (
     Kind,
     RequestError,
     Usage,
+    embeddings,
     error_object,
     event,
     finish_reason,
+    read_embedding_request,
     read_request,
 )
 from tollway.openai.tokens import TokenCounter
 
 log = logging.getLogger("tollway.openai")
 
-ROUTES: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 VERSION_HEADER = "x-tollway-model-version"
 """The version the gateway resolved the request's `model` to (an alias, `latest`, or `MODEL@N`)."""
 COUNT_INPUTS = ("return_num_input_tokens", "return_num_output_tokens")
@@ -52,12 +55,13 @@ class ModelSide:
     """The model this server answers for, in spec.model.openai's terms."""
 
     name: str
-    kind: Kind
+    kind: Kind | Literal["embedding"]
     default_max_tokens: int
     text_input: str = "text_input"
     text_output: str = "text_output"
     max_tokens_input: str = "max_tokens"
     stream_input: str = "stream"
+    embedding_output: str = "embedding"
     template: ChatTemplate | None = None
     tokenizer: TokenCounter | None = None
     """Counts tokens for a model that does not report them."""
@@ -88,7 +92,9 @@ class OpenAIServer:
 
     def routes(self) -> web.Application:
         app = web.Application()
-        app.router.add_post(ROUTES[self.side.kind], self.answer)
+        app.router.add_post(
+            ROUTES[self.side.kind], self.embed if self.side.kind == "embedding" else self.answer
+        )
         app.router.add_get("/healthz", self.health)
         app.on_cleanup.append(self._close)
         return app
@@ -100,7 +106,35 @@ class OpenAIServer:
         ready = await self.client.is_model_ready(self.side.name)
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
+    async def embed(self, request: web.Request) -> web.Response:
+        """/v1/embeddings: one Triton request for every input text, vectors in input order."""
+        try:
+            asked = read_embedding_request(await request.read())
+            await self._read_metadata()
+            texts = np.array([text.encode() for text in asked.texts], dtype=np.object_)
+            tensor = InferInput(self.side.text_input, list(texts.shape), "BYTES")
+            tensor.set_data_from_numpy(texts)
+            result = await self.client.infer(
+                self.side.name,
+                [tensor, *self._count_inputs()],
+                model_version=request.headers.get(VERSION_HEADER, ""),
+                outputs=self._outputs(self.side.embedding_output),
+            )
+        except RequestError as error:
+            return web.json_response(error_object(str(error), error.status, error.param), status=error.status)
+        except InferenceServerException as error:
+            log.warning("Triton refused a request: %s", error.message())
+            return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
+        vectors = result.as_numpy(self.side.embedding_output).reshape(len(asked.texts), -1).tolist()
+        usage = self._piece(result, text_output=False).usage
+        if usage is None and self.side.tokenizer is not None:
+            usage = Usage(sum(self.side.tokenizer.count(text) for text in asked.texts), 0)
+        model = f"{self.side.name}@{result.get_response().model_version}"
+        return web.json_response(embeddings(model, vectors, usage, asked.base64))
+
     async def answer(self, request: web.Request) -> web.StreamResponse:
+        if self.side.kind == "embedding":
+            raise AssertionError("an embedding model answers /v1/embeddings only")
         try:
             generation = read_request(
                 self.side.kind, await request.read(), self.side.default_max_tokens, self.side.template
@@ -165,23 +199,37 @@ class OpenAIServer:
         await response.write_eof()
         return response
 
-    async def _generate(self, generation: Generation, version: str) -> AsyncIterator[Piece]:
-        """Triton's responses to the generation, as pieces, as they come."""
+    async def _read_metadata(self) -> None:
+        """Whether the model reports its token counts, from the tensors it declares (once)."""
         if not self.metadata_read:
             metadata = await self.client.get_model_metadata(self.side.name, as_json=True)
             declared = {tensor["name"] for tensor in metadata["inputs"] + metadata["outputs"]}
             self.counted = set(COUNT_INPUTS + COUNT_OUTPUTS) <= declared
             self.metadata_read = True
 
+    def _count_inputs(self) -> list[InferInput]:
+        """The inputs that ask the model for its counts (none when it declares none)."""
+        found = []
+        for name in COUNT_INPUTS if self.counted else ():
+            tensor = InferInput(name, [1], "BOOL")
+            tensor.set_data_from_numpy(np.array([True], dtype=bool))
+            found.append(tensor)
+        return found
+
+    def _outputs(self, answer: str) -> list[InferRequestedOutput]:
+        """The answer's output, and the counts when the model reports them."""
+        return [InferRequestedOutput(name) for name in (answer, *(COUNT_OUTPUTS if self.counted else ()))]
+
+    async def _generate(self, generation: Generation, version: str) -> AsyncIterator[Piece]:
+        """Triton's responses to the generation, as pieces, as they come."""
+        await self._read_metadata()
+
         async def one_request() -> AsyncIterator[dict[str, Any]]:
             yield {
                 "model_name": self.side.name,
                 "model_version": version,
                 "inputs": self._inputs(generation),
-                "outputs": [
-                    InferRequestedOutput(name)
-                    for name in (self.side.text_output, *(COUNT_OUTPUTS if self.counted else ()))
-                ],
+                "outputs": self._outputs(self.side.text_output),
             }
 
         async for result, error in self.client.stream_infer(one_request()):
@@ -196,17 +244,15 @@ class OpenAIServer:
             (side.max_tokens_input, "INT32", np.array([generation.max_tokens], dtype=np.int32)),
             (side.stream_input, "BOOL", np.array([generation.stream], dtype=bool)),
         ]
-        if self.counted:
-            values += [(name, "BOOL", np.array([True], dtype=bool)) for name in COUNT_INPUTS]
         inputs = []
         for name, datatype, data in values:
             tensor = InferInput(name, list(data.shape), datatype)
             tensor.set_data_from_numpy(data)
             inputs.append(tensor)
-        return inputs
+        return [*inputs, *self._count_inputs()]
 
-    def _piece(self, result: Any) -> Piece:
-        texts = result.as_numpy(self.side.text_output)
+    def _piece(self, result: Any, text_output: bool = True) -> Piece:
+        texts = result.as_numpy(self.side.text_output) if text_output else None
         text = "" if texts is None else "".join(_decoded(value) for value in texts.reshape(-1))
         counts = [result.as_numpy(name) for name in COUNT_OUTPUTS] if self.counted else [None, None]
         usage = None

@@ -287,13 +287,18 @@ def openai_server_args(serving: TritonServing) -> list[str]:
         f"--kind={side.kind}",
         f"--triton=127.0.0.1:{TRITON_GRPC_PORT}",
         f"--port={OPENAI_PORT}",
-        f"--default-max-tokens={side.default_max_tokens}",
         f"--text-input={side.text_input}",
-        f"--text-output={side.text_output}",
-        f"--max-tokens-input={side.max_tokens_input}",
-        f"--stream-input={side.stream_input}",
-        f"--tokenizer={MODELS}/{serving.model.name}/tokenizer.json",
     ]
+    if side.kind == "embedding":
+        args.append(f"--embedding-output={side.embedding_output}")
+    else:
+        args += [
+            f"--default-max-tokens={side.default_max_tokens}",
+            f"--text-output={side.text_output}",
+            f"--max-tokens-input={side.max_tokens_input}",
+            f"--stream-input={side.stream_input}",
+        ]
+    args.append(f"--tokenizer={MODELS}/{serving.model.name}/tokenizer.json")
     if side.kind == "chat" and side.chat_template is not None:
         args.append(f"--chat-template={CONFIG}/{CHAT_TEMPLATE}")
     elif side.kind == "chat":
@@ -302,8 +307,8 @@ def openai_server_args(serving: TritonServing) -> list[str]:
 
 
 def _openai_server(serving: TritonServing) -> list[dict[str, Any]]:
-    """`tollway openai-server` beside Triton, for a language model: OpenAI's API in, Triton's gRPC streaming
-    on localhost out. Ready once Triton has the model."""
+    """`tollway openai-server` beside Triton, for a model that speaks the OpenAI API: OpenAI's API in,
+    Triton's gRPC (streaming, for a language model) on localhost out. Ready once Triton has the model."""
     if serving.openai is None:
         return []
     return [

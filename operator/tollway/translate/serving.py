@@ -116,19 +116,20 @@ def epoch(date: str) -> int:
 
 
 def openai_side(resource: ModelDeployment, image: str) -> OpenAISide | None:
-    """The OpenAI server a streaming language model gets beside its Triton; None for any other model."""
+    """The OpenAI server a model that speaks the OpenAI API gets beside its Triton; None for any other."""
     model = resource.spec.model
     api = model.openai
-    if api is None or api.kind not in ("chat", "completion"):
+    if api is None:
         return None
     return OpenAISide(
-        kind="chat" if api.kind == "chat" else "completion",
+        kind=api.kind,
         image=image,
         default_max_tokens=model.tokens.default_max_tokens if model.tokens else 256,
         text_input=api.text_input,
         text_output=api.text_output,
         max_tokens_input=api.max_tokens_input,
         stream_input=api.stream_input,
+        embedding_output=api.embedding_output,
         chat_template=api.chat_template,
     )
 
