@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,9 +148,14 @@ class OpenAIServer:
         except InferenceServerException as error:
             log.warning("Triton refused a request: %s", error.message())
             return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
-        return await self._stream(request, generation, first, pieces)
+        except StopAsyncIteration:
+            return web.json_response(error_object("the model answered nothing", 502), status=502)
+        try:
+            return await self._stream(request, generation, first, pieces)
+        finally:  # the client may have left mid-stream: Triton stops generating for it
+            await pieces.aclose()
 
-    async def _whole(self, generation: Generation, pieces: AsyncIterator[Piece]) -> web.Response:
+    async def _whole(self, generation: Generation, pieces: AsyncGenerator[Piece]) -> web.Response:
         text, version, usage = [], "", None
         async for piece in pieces:
             text.append(piece.text)
@@ -172,7 +177,7 @@ class OpenAIServer:
         return None
 
     async def _stream(
-        self, request: web.Request, generation: Generation, first: Piece, pieces: AsyncIterator[Piece]
+        self, request: web.Request, generation: Generation, first: Piece, pieces: AsyncGenerator[Piece]
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -220,7 +225,7 @@ class OpenAIServer:
         """The answer's output, and the counts when the model reports them."""
         return [InferRequestedOutput(name) for name in (answer, *(COUNT_OUTPUTS if self.counted else ()))]
 
-    async def _generate(self, generation: Generation, version: str) -> AsyncIterator[Piece]:
+    async def _generate(self, generation: Generation, version: str) -> AsyncGenerator[Piece]:
         """Triton's responses to the generation, as pieces, as they come."""
         await self._read_metadata()
 
@@ -232,10 +237,14 @@ class OpenAIServer:
                 "outputs": self._outputs(self.side.text_output),
             }
 
-        async for result, error in self.client.stream_infer(one_request()):
-            if error is not None:
-                raise error
-            yield self._piece(result)
+        responses = self.client.stream_infer(one_request())
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                yield self._piece(result)
+        finally:  # ends Triton's request when the answer is not wanted any more
+            responses.cancel()
 
     def _inputs(self, generation: Generation) -> list[InferInput]:
         side = self.side
