@@ -7,6 +7,7 @@ protobuf bodies go in and come out unchanged: `lua_text(bytes)` and `from_lua(st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,21 @@ class Fake:
     def _method(self, name: str) -> Any:
         method = getattr(self, name)
         return lambda _table, *args: method(*args)
+
+    def scoped(self, valid: Callable[[], bool]) -> Any:
+        """A wrapper that, like Envoy's, fails once `valid()` is false (after the script yielded)."""
+
+        def checked(name: str) -> Any:
+            method = getattr(self, name)
+
+            def call(_table: Any, *args: Any) -> Any:
+                if not valid():
+                    raise RuntimeError(f"object used outside of proper scope ({type(self).__name__}.{name})")
+                return method(*args)
+
+            return call
+
+        return self.lua.table_from({name: checked(name) for name in self.METHODS})
 
 
 class Headers(Fake):
@@ -163,9 +179,11 @@ class StreamInfo(Fake):
         self.metadata = metadata
         self.connection = connection
         self.local_address = local_address
+        self.in_scope: Callable[[], bool] = lambda: True
+        """Whether a wrapper handed out now is still valid: set per wrapper by the handle (see scoped)."""
 
     def dynamicMetadata(self) -> Any:  # noqa: N802
-        return self.metadata.table
+        return self.metadata.scoped(self.in_scope)
 
     def downstreamSslConnection(self) -> Any:  # noqa: N802
         return None if self.connection is None else self.connection.table
@@ -222,18 +240,29 @@ class Handle(Fake):
         self.route_cache_cleared = 0
         self.reading_headers = False
         """True while the headers program runs: it must never ask for the body."""
+        self.yields = 0
+        """How many times the script waited (for the body): wrappers from before are out of scope."""
         self.after_headers: dict[str, Any] = {}
         """The dynamic metadata the headers program left: what the request-count filters after it read."""
 
+    def _still(self) -> Callable[[], bool]:
+        """Valid until the script next yields: Envoy's wrappers (headers, stream info, metadata) taken
+        before a call that waits for the body are out of scope after it."""
+        taken = self.yields
+        return lambda: self.yields == taken
+
     def headers(self) -> Any:
-        return self.request_headers.table
+        return self.request_headers.scoped(self._still())
 
     def body(self) -> Any:
         assert not self.reading_headers, "the headers program asked for the body"
+        self.yields += 1  # Envoy yields the script until the body is in
         return None if self.request_body is None else self.request_body.table
 
     def streamInfo(self) -> Any:  # noqa: N802
-        return self.info.table
+        still = self._still()
+        self.info.in_scope = still
+        return self.info.scoped(still)
 
     def metadata(self) -> Any:
         return self.route.table

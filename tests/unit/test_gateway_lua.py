@@ -26,6 +26,10 @@ INFER = {"kind": "infer", "model": "chat", "version": 2}
 GRPC = {"kind": "grpc"}
 MAX_BODY = 4096
 MISSING = "missing credential: send Authorization: Bearer KEY or x-api-key: KEY"
+ANSWERED = {":status": "200", "x-envoy-upstream-service-time": "3"}
+"""A response from the model (Envoy's router adds the header), not one of the gateway's own."""
+NOTHING_COUNTED = {"input_tokens": "0", "output_tokens": "0", "unreported": "0", "from_model": "1"}
+"""What a model's answer that reports no tokens leaves for the usage logger."""
 GRPC_INFER = {":path": "/inference.GRPCInferenceService/ModelInfer", "x-api-key": "k-pro"}
 
 
@@ -642,14 +646,15 @@ def test_a_response_settles_the_tokens_used_beyond_the_reservation(gateway: Gate
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "100"}}
     body = b'{"outputs":[{"data":["{\\"prompt_tokens\\": 30, \\"completion_tokens\\": 90}"]}]}'
     headers = {
-        ":status": "200",
+        **ANSWERED,
         "x-ratelimit-remaining-tokens": "500, 500;w=60",
         "x-ratelimit-limit": "60, 60;w=60",
     }
     handle = gateway.response(headers, body, metadata=state)
-    assert handle.tollway == {**state["tollway"], "input_tokens": "30", "output_tokens": "90", "settle": "20"}
+    counted = {"input_tokens": "30", "output_tokens": "90", "settle": "20"}
+    assert handle.tollway == {**state["tollway"], **NOTHING_COUNTED, **counted}
     assert handle.header_values == {
-        ":status": "200",
+        **ANSWERED,
         "x-ratelimit-remaining-tokens": "480",
         "x-ratelimit-limit": "60",
     }
@@ -659,10 +664,10 @@ def test_a_response_within_the_reservation_settles_nothing_and_one_without_count
     gateway: GatewayProgram,
 ) -> None:
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500"}}
-    handle = gateway.response({":status": "200"}, b'{"prompt_tokens":3}', metadata=state)
-    assert handle.tollway == {**state["tollway"], "input_tokens": "3", "output_tokens": "0"}  # no settle call
-    handle = gateway.response({":status": "200"}, b'{"outputs":[]}', metadata=state)
-    assert handle.tollway == state["tollway"]
+    handle = gateway.response(ANSWERED, b'{"prompt_tokens":3}', metadata=state)
+    assert handle.tollway == {**state["tollway"], **NOTHING_COUNTED, "input_tokens": "3"}  # no settle call
+    handle = gateway.response(ANSWERED, b'{"outputs":[]}', metadata=state)
+    assert handle.tollway == {**state["tollway"], **NOTHING_COUNTED}
 
 
 def test_what_a_model_answered_a_caller_is_marked_for_the_usage_logger_and_a_refusal_is_not(
@@ -671,8 +676,7 @@ def test_what_a_model_answered_a_caller_is_marked_for_the_usage_logger_and_a_ref
     state = {"tollway": {"tier": "pro", "consumer": "acme", "model": "chat", "version": "2"}}
     answered = {":status": "400", "x-envoy-upstream-service-time": "3"}  # Triton's own refusal is counted
     handle = gateway.response(answered, b'{"error":"bad input"}', metadata=state)
-    counts = {"input_tokens": "0", "output_tokens": "0", "unreported": "0"}  # it reads a number for each
-    assert handle.tollway == {**state["tollway"], "from_model": "1", **counts}
+    assert handle.tollway == {**state["tollway"], **NOTHING_COUNTED}  # it reads a number for each
     refused = gateway.response({":status": "429"}, b"", metadata=state)  # the gateway's own answer
     assert refused.tollway == state["tollway"]
     anonymous = gateway.response(answered, b"", metadata={"tollway": {"model": "chat"}})  # no caller
@@ -691,10 +695,11 @@ def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gat
         }
     }
     handle = gateway.response(
-        {":status": "200", "x-ratelimit-remaining-tokens": "100"}, b'{"outputs":[]}', metadata=state
+        {**ANSWERED, "x-ratelimit-remaining-tokens": "100"}, b'{"outputs":[]}', metadata=state
     )
     assert handle.tollway == {
         **state["tollway"],
+        "from_model": "1",
         "input_tokens": "0",
         "output_tokens": "520",  # leaving the usage out never costs less than the request could have used
         "unreported": "1",  # counted by the usage_unreported counter, for its alert
@@ -703,14 +708,21 @@ def test_a_served_response_without_usage_is_charged_its_estimate_and_flagged(gat
     assert handle.header_values["x-ratelimit-remaining-tokens"] == "80"
 
 
-@pytest.mark.parametrize(
-    ("headers", "body"), [({":status": "200", "grpc-status": "3"}, b"\x00"), ({":status": "200"}, b"")]
-)
+@pytest.mark.parametrize(("headers", "body"), [({**ANSWERED, "grpc-status": "3"}, b"\x00"), (ANSWERED, b"")])
 def test_a_grpc_error_or_an_empty_response_is_charged_nothing_more(
     gateway: GatewayProgram, headers: dict[str, str], body: bytes
 ) -> None:
     state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "reserve": "500", "estimate": "520"}}
-    assert gateway.response(headers, body, metadata=state).tollway == state["tollway"]
+    assert gateway.response(headers, body, metadata=state).tollway == {**state["tollway"], **NOTHING_COUNTED}
+
+
+def test_an_answer_is_marked_for_the_usage_logger_only_once_it_is_read(gateway: GatewayProgram) -> None:
+    """A caller who leaves while the answer's body is still coming is counted as one who left (its
+    estimate, by the other usage logger), not as one answered with nothing."""
+    state = {"tollway": {"tier": "pro", "model": "chat", "version": "2", "estimate": "520"}}
+    handle = gateway.response(ANSWERED, b'{"prompt_tokens":3}', metadata=state)
+    written = list(handle.tollway)  # in the order the program first set each key
+    assert written[-1] == "from_model" and handle.tollway["input_tokens"] == "3"
 
 
 def test_responses_of_a_deprecated_version_announce_it(gateway: GatewayProgram) -> None:
@@ -748,8 +760,8 @@ def test_refusals_say_when_to_retry(
 def test_a_failure_in_the_response_program_is_logged_and_the_response_passes(gateway: GatewayProgram) -> None:
     handle = gateway.response({":status": "200"}, metadata={"tollway": {"model": "chat", "version": "x"}})
     assert handle.errors == [] and handle.header_values == {":status": "200"}
-    state = {"tollway": {"model": "chat", "reserve": "x"}}
-    broken = gateway.response({":status": "200"}, b'{"prompt_tokens":3}', metadata=state)
+    state = {"tollway": {"tier": "pro", "model": "chat", "reserve": "x"}}
+    broken = gateway.response(ANSWERED, b'{"prompt_tokens":3}', metadata=state)
     assert len(broken.errors) == 1 and broken.errors[0].startswith("tollway gateway (response): ")
 
 

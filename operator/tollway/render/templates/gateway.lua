@@ -154,12 +154,6 @@ local function on_response(handle, now)
   local model = state.model and T.models[state.model]
   local status = headers:get(":status")
   local from_model = headers:get("x-envoy-upstream-service-time") ~= nil
-  if from_model and state.tier then -- the usage logger counts it, and reads a number for each count
-    metadata:set(NS, "from_model", "1")
-    for _, count in ipairs({ "input_tokens", "output_tokens", "unreported" }) do
-      metadata:set(NS, count, "0")
-    end
-  end
   if status == "503" and from_model and model then
     headers:replace("retry-after", tostring(model.retry_after)) -- Triton's queue is full: its estimated wait
   end
@@ -174,7 +168,15 @@ local function on_response(handle, now)
   for _, header in ipairs(models.deprecation_headers(dates, now)) do
     headers:replace(header[1], header[2])
   end
+  if not (from_model and state.tier) then return end
+  -- The usage logger counts what a model answered a caller, and reads a number for each count.
+  for _, count in ipairs({ "input_tokens", "output_tokens", "unreported" }) do
+    metadata:set(NS, count, "0")
+  end
   if model and model.input ~= nil and status == "200" then count_tokens(handle, state, model) end
+  -- Marked last: a caller who leaves before the answer is read is counted as one who left (its estimate).
+  -- (A wrapper taken before count_tokens read the body is out of scope now: fetched again.)
+  handle:streamInfo():dynamicMetadata():set(NS, "from_model", "1")
 end
 
 function envoy_on_response(handle)
