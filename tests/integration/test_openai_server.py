@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
+from testbed.kube import eventually
 from testbed.triton import language_model, running, start_openai_server
 
 TOKEN_MS = 20
@@ -31,6 +32,8 @@ class Servers:
     completion: str
     uncounted: str
     embedding: str
+    models: Path
+    """Triton's model repository (the streamer notes cancelled requests there)."""
     """Each model's OpenAI base URL (`uncounted`: a completion model that reports no token counts, whose
     tokenizer.json counts them)."""
 
@@ -60,7 +63,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             start_openai_server(workdir, embedding, triton),
         ]
         try:
-            yield Servers(*(url for _, url in servers))
+            yield Servers(*(url for _, url in servers), models=workdir / "models")
         finally:
             for process, _ in servers:
                 process.stop()
@@ -114,6 +117,19 @@ def test_a_stream_carries_no_usage_chunk_unless_asked(servers: Servers) -> None:
     )
     chunks = list(stream)
     assert all(chunk.usage is None and chunk.choices for chunk in chunks)
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_generation(servers: Servers) -> None:
+    """Triton's request is cancelled when its caller goes away: the model stops instead of generating for
+    nobody (the streamer notes the token it stopped at)."""
+    stream = client(servers.completion).completions.create(
+        model="writer", prompt="on and on", max_tokens=500, stream=True
+    )
+    for _, _chunk in zip(range(3), stream, strict=False):
+        pass  # three tokens in, the client leaves
+    stream.close()
+    noted = servers.models / "writer" / "cancelled"
+    eventually(lambda: noted.exists() and noted.read_text(), timeout=20)  # long before 500 x 20 ms
 
 
 def test_the_async_client_streams_too(servers: Servers) -> None:

@@ -3,13 +3,17 @@
 Inputs follow Triton's vLLM backend: `text_input` (the prompt), optional `max_tokens` and `stream`. It
 "generates" `max_tokens` (default 16) tokens: the prompt's words again, in turn, each followed by a space.
 Streaming, it sends one response per token, `parameters.delay_ms` (default 20) apart, so that the time to
-the first token and the total differ by a known amount; not streaming, one response with all of them. The
-last response carries `num_input_tokens` (the prompt's words) and `num_output_tokens`, as the vLLM backend
-does when asked, and the final flag.
+the first token and the total differ by a known amount, and stops when the request is cancelled (its caller
+left), noting the token it stopped at in the file `cancelled` of its model directory; not streaming, one
+response with all of them. The last response carries `num_input_tokens` (the prompt's words) and
+`num_output_tokens`, as the vLLM backend does when asked, and the final flag; a model whose name ends in
+`-uncounted` stands in for one that reports no counts (such as TensorRT-LLM's), and declares neither those
+outputs nor the inputs that ask for them.
 """
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -31,6 +35,8 @@ class TritonPythonModel:
 
     def initialize(self, args):
         self.counted = _counted(args["model_name"])
+        # where it notes each request whose caller went away mid-stream (so that tests can see it stopped)
+        self.cancelled = Path(args["model_repository"]) / "cancelled"
 
     def execute(self, requests):  # decoupled: each request is answered through its sender, not returned
         for request in requests:
@@ -47,6 +53,11 @@ class TritonPythonModel:
         if stream:
             for token in tokens:
                 time.sleep(delay)
+                if request.is_cancelled():  # nobody waits for the rest: stop generating
+                    with self.cancelled.open("a") as noted:
+                        noted.write(f"{token}\n")
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    return
                 sender.send(pb_utils.InferenceResponse(output_tensors=[_text(token)]))
             pieces = [_text("")]
         else:
