@@ -45,7 +45,8 @@ log = logging.getLogger("tollway.openai")
 
 ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 VERSION_HEADER = "x-tollway-model-version"
-"""The version the gateway resolved the request's `model` to (an alias, `latest`, or `MODEL@N`)."""
+"""The version the gateway resolved the request's `model` to (an alias, `latest`, or `MODEL@N`); the gateway
+drops the header from what clients send."""
 COUNT_INPUTS = ("return_num_input_tokens", "return_num_output_tokens")
 COUNT_OUTPUTS = ("num_input_tokens", "num_output_tokens")
 

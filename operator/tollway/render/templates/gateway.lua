@@ -112,6 +112,8 @@ end
 
 function envoy_on_request(handle)
   handle:headers():remove("x-tollway-cluster")
+  -- the version a model's OpenAI server answers with: only the gateway may name it
+  handle:headers():remove("x-tollway-model-version")
   -- Envoy sets its own on a rewrite; a client's would reach the access log as the path
   handle:headers():remove("x-envoy-original-path")
   handle:clearRouteCache() -- so the route's cluster never comes from a header the client sent
