@@ -83,9 +83,8 @@ class OpenAIServer:
     def __init__(self, side: ModelSide, triton_address: str) -> None:
         self.side = side
         self.client = triton.InferenceServerClient(triton_address)
-        self.counted = False
-        """Whether the model reports its token counts (decided from its metadata on the first request)."""
-        self.metadata_read = False
+        self.counted: bool | None = None
+        """Whether the model reports its token counts: read from its metadata on the first request."""
 
     @classmethod
     async def application(cls, side: ModelSide, triton_address: str) -> web.Application:
@@ -121,11 +120,8 @@ class OpenAIServer:
                 model_version=request.headers.get(VERSION_HEADER, ""),
                 outputs=self._outputs(self.side.embedding_output),
             )
-        except RequestError as error:
-            return web.json_response(error_object(str(error), error.status, error.param), status=error.status)
-        except InferenceServerException as error:
-            log.warning("Triton refused a request: %s", error.message())
-            return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
+        except (RequestError, InferenceServerException) as error:
+            return _refusal(error)
         vectors = result.as_numpy(self.side.embedding_output).reshape(len(asked.texts), -1).tolist()
         usage = self._piece(result, text_output=False).usage
         if usage is None and self.side.tokenizer is not None:
@@ -144,11 +140,8 @@ class OpenAIServer:
             if not generation.stream:
                 return await self._whole(generation, pieces)
             first = await anext(pieces)  # a failure before the first piece is still an error status
-        except RequestError as error:
-            return web.json_response(error_object(str(error), error.status, error.param), status=error.status)
-        except InferenceServerException as error:
-            log.warning("Triton refused a request: %s", error.message())
-            return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
+        except (RequestError, InferenceServerException) as error:
+            return _refusal(error)
         except StopAsyncIteration:
             return web.json_response(error_object("the model answered nothing", 502), status=502)
         try:
@@ -207,11 +200,10 @@ class OpenAIServer:
 
     async def _read_metadata(self) -> None:
         """Whether the model reports its token counts, from the tensors it declares (once)."""
-        if not self.metadata_read:
+        if self.counted is None:
             metadata = await self.client.get_model_metadata(self.side.name, as_json=True)
             declared = {tensor["name"] for tensor in metadata["inputs"] + metadata["outputs"]}
             self.counted = set(COUNT_INPUTS + COUNT_OUTPUTS) <= declared
-            self.metadata_read = True
 
     def _count_inputs(self) -> list[InferInput]:
         """The inputs that ask the model for its counts (none when it declares none)."""
@@ -269,6 +261,14 @@ class OpenAIServer:
         if all(count is not None and count.size for count in counts):
             usage = Usage(*(int(count.reshape(-1)[0]) for count in counts if count is not None))
         return Piece(text, result.get_response().model_version, usage)
+
+
+def _refusal(error: RequestError | InferenceServerException) -> web.Response:
+    """OpenAI's error object for a request refused here (its status) or by Triton (502)."""
+    if isinstance(error, RequestError):
+        return web.json_response(error_object(str(error), error.status, error.param), status=error.status)
+    log.warning("Triton refused a request: %s", error.message())
+    return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
 
 
 def _decoded(value: Any) -> str:
