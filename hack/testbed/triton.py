@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -94,9 +95,11 @@ class RunningTriton:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
-    def upstream(self, model: str) -> str:
-        """`tollway gateway-config`'s --upstream for a model this Triton serves: MODEL=HOST:PORT:GRPC_PORT."""
-        return f"{model}={self.http}:{self.grpc.rsplit(':', 1)[1]}"
+    def upstream(self, model: str, openai: str | None = None) -> str:
+        """`tollway gateway-config`'s --upstream for a model this Triton serves: MODEL=HOST:PORT:GRPC_PORT,
+        and :OPENAI_PORT when its OpenAI server's base URL (`openai`) is given."""
+        openai_port = "" if openai is None else ":" + str(urllib.parse.urlsplit(openai).port)
+        return f"{model}={self.http}:{self.grpc.rsplit(':', 1)[1]}{openai_port}"
 
 
 #: The test bed's chat template: each message's text, so that the streamer's answer (the prompt's words
@@ -104,23 +107,28 @@ class RunningTriton:
 CHAT_TEMPLATE = "{% for m in messages %}{{ m.content }} {% endfor %}"
 
 
-def language_model(name: str, kind: str) -> TritonServing:
-    """A model that speaks the OpenAI API (spec.model.openai `kind` chat, completion or embedding; one
-    version, CPU, at most 8 tokens an answer unless asked for more), as the operator would serve it: a chat
-    or completion model decoupled, so the test bed gives it the streamer; an embedding model the embedder."""
+def language_model_document(name: str, kind: str, namespace: str = "llm", **spec: Any) -> dict[str, Any]:
+    """A ModelDeployment that speaks the OpenAI API (spec.model.openai `kind` chat, completion or embedding;
+    one version unless `spec` says otherwise, CPU, at most 8 tokens an answer unless asked for more)."""
     api = {"kind": kind, **({"chatTemplate": CHAT_TEMPLATE} if kind == "chat" else {})}
     model = {"repository": f"s3://models/{name}", "backend": "python", "openai": api}
-    resource = {
+    return {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": "llm", "uid": f"uid-{name}"},
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"},
         "spec": {
             "model": {**model, "tokens": {"defaultMaxTokens": 8}},
             "versions": [{"version": "1"}],
             "triton": {"gpus": 0},
+            **spec,
         },
     }
-    return plan_serving(parse(ModelDeployment, resource), (), "unused")
+
+
+def language_model(name: str, kind: str, **spec: Any) -> TritonServing:
+    """language_model_document's model as the operator would serve it: a chat or completion model
+    decoupled, so the test bed gives it the streamer; an embedding model the embedder."""
+    return plan_serving(parse(ModelDeployment, language_model_document(name, kind, **spec)), (), "unused")
 
 
 def start_openai_server(

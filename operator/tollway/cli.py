@@ -173,10 +173,11 @@ def _moment(text: str) -> datetime:
 
 
 def _endpoint(address: str) -> Endpoint:
-    """HOST:PORT[:GRPC_PORT] (the gRPC port defaults to Triton's)."""
+    """HOST:PORT[:GRPC_PORT[:OPENAI_PORT]] (the gRPC port defaults to Triton's; no OpenAI port: none)."""
     host, _, ports = address.partition(":")
-    http, _, grpc = ports.partition(":")
-    return Endpoint(host, int(http), int(grpc or TRITON_GRPC_PORT))
+    http, _, rest = ports.partition(":")
+    grpc, _, openai = rest.partition(":")
+    return Endpoint(host, int(http), int(grpc or TRITON_GRPC_PORT), int(openai) if openai else None)
 
 
 def _namespace(document: dict[str, Any]) -> str:
@@ -364,8 +365,8 @@ def parser() -> argparse.ArgumentParser:
         "--upstream",
         action="append",
         default=[],
-        metavar="MODEL=HOST:PORT[:GRPC_PORT][,HOST:PORT[:GRPC_PORT]...]",
-        help="where a model's Tritons listen, instead of its Service (repeatable)",
+        metavar="MODEL=HOST:PORT[:GRPC_PORT[:OPENAI_PORT]][,...]",
+        help="where a model's Tritons (and OpenAI servers) listen, instead of its Service (repeatable)",
     )
     command.add_argument("--ratelimit", default="127.0.0.1:8081", help="the ratelimit service's gRPC address")
     command.add_argument("--port", type=int, default=8080, help="Envoy's listener port")

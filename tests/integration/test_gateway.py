@@ -251,7 +251,11 @@ def test_a_version_past_its_sunset_is_gone(gateway: Bed) -> None:
     assert reply.status == 410
     assert reply.headers["content-type"] == "application/json"
     assert reply.json() == {
-        "error": {"code": 410, "message": "this model version was switched off on 2026-01-01"}
+        "error": {
+            "code": 410,
+            "type": "not_found_error",
+            "message": "this model version was switched off on 2026-01-01",
+        }
     }
 
 
@@ -269,6 +273,7 @@ def test_no_credential_is_401_with_a_json_error(gateway: Bed) -> None:
     assert reply.headers["www-authenticate"] == 'Bearer realm="tollway"'
     assert reply.json()["error"] == {
         "code": 401,
+        "type": "authentication_error",  # the OpenAI API's error object, as on every error
         "message": "missing credential: send Authorization: Bearer KEY or x-api-key: KEY",
     }
     assert gateway.call("/v1/models/echo/infer", key="tw-wrong", body=infer_body()).status == 401
@@ -420,7 +425,9 @@ def test_requests_per_minute_count_exactly_across_two_envoy_replicas(gateway: Be
     assert [reply.headers["x-ratelimit-limit"] for reply in replies] == ["5"] * 8
     assert [reply.headers["x-ratelimit-remaining"] for reply in replies[:5]] == ["4", "3", "2", "1", "0"]
     limited = replies[5]
-    assert limited.json() == {"error": {"code": 429, "message": "rate limit exceeded"}}
+    assert limited.json() == {
+        "error": {"code": 429, "type": "rate_limit_error", "message": "rate limit exceeded"}
+    }
     reset = int(limited.headers["x-ratelimit-reset"])
     assert 0 < reset <= 60 and limited.headers["retry-after"] == str(reset)
 
@@ -930,7 +937,7 @@ def test_a_caller_who_leaves_while_the_model_serves_is_charged_its_estimate(gate
         eventually(lambda: models_serving(gateway) == 1, timeout=30)  # Triton has it: now leave
     estimate = math.ceil(len(body) / 4) + 5
     found = usage_of(gateway, "xena", 1)
-    assert found == {"usage_requests": 1, "usage_output": estimate, "usage_unreported": 1}
+    assert found == {"usage_requests": 1, "usage_input": 0, "usage_output": estimate, "usage_unreported": 1}
 
 
 def test_the_credentials_stay_out_of_envoys_logs(gateway: Bed) -> None:

@@ -193,6 +193,11 @@ def test_raw_server_sent_events_end_with_done(servers: Servers) -> None:
         ["curl", "-sN", "-H", "content-type: application/json", "-d", body, url],
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
-    events = [line for line in done.stdout.split("\n\n") if line]
-    assert all(event.startswith("data: ") for event in events)
+    blocks = [block for block in done.stdout.split("\n\n") if block]
+    # each piece of the answer is followed by the usage so far, as a comment that SSE clients ignore
+    events = [block for block in blocks if block.startswith("data: ")]
+    comments = [block for block in blocks if block.startswith(": usage ")]
+    assert len(events) + len(comments) == len(blocks)
     assert events[-1] == "data: [DONE]" and len(events) == 2 + 1 + 1  # two tokens, the finish, [DONE]
+    # (the model counts its prompt only at the end: until then each piece is a token and the prompt unknown)
+    assert comments == [": usage 0 1", ": usage 0 2", ": usage 1 2"]

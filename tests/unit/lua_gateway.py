@@ -215,7 +215,17 @@ class ProgramReply:
 class Handle(Fake):
     """Envoy's stream handle as the gateway uses it; afterwards it holds what the program did."""
 
-    METHODS = ("headers", "body", "streamInfo", "metadata", "respond", "logErr", "clearRouteCache")
+    METHODS = (
+        "headers",
+        "body",
+        "bodyChunks",
+        "streamInfo",
+        "metadata",
+        "respond",
+        "logErr",
+        "clearRouteCache",
+        "timestamp",
+    )
 
     def __init__(
         self,
@@ -227,8 +237,18 @@ class Handle(Fake):
         metadata: dict[str, dict[str, Any]],
         certificate: Certificate | None,
         local_address: str,
+        chunks: list[bytes] | None = None,
+        clock: list[int] | None = None,
+        leave_after: int | None = None,
     ) -> None:
         super().__init__(lua)
+        self.leave_after = leave_after
+        """The client goes after this many chunks: Envoy ends the script there (here: an error)."""
+        self.chunks = list(chunks or [])
+        """A streamed body, as the pieces bodyChunks() hands over one by one."""
+        self.clock = list(clock or [0])
+        """What timestamp() returns, call after call (the last value from then on)."""
+        self.chunks_read = 0
         self.request_headers = Headers(lua, headers)
         self.request_body = None if body is None else Body(lua, body)
         self.route = RouteMetadata(lua, route)
@@ -258,6 +278,26 @@ class Handle(Fake):
         assert not self.reading_headers, "the headers program asked for the body"
         self.yields += 1  # Envoy yields the script until the body is in
         return None if self.request_body is None else self.request_body.table
+
+    def bodyChunks(self) -> Any:  # noqa: N802
+        """Each chunk as it arrives (the script waits between them, so wrappers go out of scope), never
+        the whole body at once."""
+        assert not self.reading_headers, "the headers program asked for the body"
+
+        def next_chunk(*_: Any) -> Any:  # called as a generic for calls it: (state, control)
+            self.yields += 1
+            if self.chunks_read == self.leave_after:
+                raise ConnectionResetError("the client left")
+            if self.chunks_read == len(self.chunks):
+                return None
+            self.chunks_read += 1
+            return Body(self.lua, self.chunks[self.chunks_read - 1]).table
+
+        return next_chunk
+
+    def timestamp(self) -> int:
+        """Milliseconds, as Envoy's handle:timestamp() gives them: the clock's next reading."""
+        return self.clock.pop(0) if len(self.clock) > 1 else self.clock[0]
 
     def streamInfo(self) -> Any:  # noqa: N802
         still = self._still()
@@ -321,6 +361,9 @@ class GatewayProgram:
         metadata: dict[str, dict[str, Any]] | None = None,
         certificate: Certificate | None = None,
         local_address: str = "127.0.0.1:8080",
+        chunks: list[bytes] | None = None,
+        clock: list[int] | None = None,
+        leave_after: int | None = None,
     ) -> Handle:
         return Handle(
             self.lua,
@@ -330,6 +373,9 @@ class GatewayProgram:
             metadata=metadata or {},
             certificate=certificate,
             local_address=local_address,
+            chunks=chunks,
+            clock=clock,
+            leave_after=leave_after,
         )
 
     def request(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:

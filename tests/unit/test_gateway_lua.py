@@ -156,6 +156,8 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
         **admitted,
         "reserve": str(math.ceil(len(body) / 4) + 100),
         "estimate": str(math.ceil(len(body) / 4) + 100),  # what a response without usage is charged
+        # ... and a caller who leaves before its answer
+        **left_charge(0, math.ceil(len(body) / 4) + 100, reported=False),
     }
     assert handle.route_cache_cleared == 2  # the client's cluster header dropped, then the gateway's
 
@@ -172,6 +174,15 @@ def test_a_binary_infer_body_keeps_its_tail_and_its_json_length_header(gateway: 
     assert handle.tollway["reserve"] == str(math.ceil(len(document + tail) / 4) + 256)  # the model's default
 
 
+def left_charge(input_tokens: int, output_tokens: int, *, reported: bool) -> dict[str, str]:
+    """The metadata that says what a caller who leaves now is charged."""
+    return {
+        "left_input": str(input_tokens),
+        "left_output": str(output_tokens),
+        "left_unreported": "0" if reported else "1",
+    }
+
+
 def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway: GatewayProgram) -> None:
     handle = gateway.request({"x-api-key": "k-free"}, infer_body(), route=INFER)
     assert handle.reply is None
@@ -186,6 +197,7 @@ def test_a_tier_without_token_limits_reserves_nothing_and_may_fail_open(gateway:
         "credential": "ai/free-key",
         "rpm_open": "free",
         "estimate": str(math.ceil(len(infer_body()) / 4) + 256),  # billed if the response hides its usage
+        **left_charge(0, math.ceil(len(infer_body()) / 4) + 256, reported=False),
     }
 
 

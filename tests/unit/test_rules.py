@@ -89,6 +89,15 @@ def alert(rules: list[dict[str, Any]], name: str, **labels: str) -> dict[str, An
     }
 
 
+def fires_in_every_window(rules: list[dict[str, Any]], name: str, eval_time: str) -> dict[str, Any]:
+    """A promtool alert test: `name` fires for each burn rate's long window at `eval_time`."""
+    return {
+        "eval_time": eval_time,
+        "alertname": name,
+        "exp_alerts": [alert(rules, name, window=window) for window in ("1h", "6h", "1d", "3d")],
+    }
+
+
 def series(name: str, values: str, **labels: str) -> dict[str, str]:
     matchers = ",".join([SELECTOR, *(f'{key}="{value}"' for key, value in labels.items())])
     return {"series": f"{name}{{{matchers}}}", "values": values}
@@ -126,16 +135,7 @@ def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_
         {  # P99 of 2 s against a 1 s objective over each long and short window (70 minutes is all there is)
             "interval": "1m",
             "input_series": [ok, slow],
-            "alert_rule_test": [
-                {
-                    "eval_time": "70m",
-                    "alertname": "TollwayLatencySLOBurn",
-                    "exp_alerts": [
-                        alert(rules, "TollwayLatencySLOBurn", window=window)
-                        for window in ("1h", "6h", "1d", "3d")
-                    ],
-                }
-            ],
+            "alert_rule_test": [fires_in_every_window(rules, "TollwayLatencySLOBurn", "70m")],
         },
         {  # an hour clean, then half the requests fail: a spike against the hour before
             "interval": "1m",
@@ -168,6 +168,86 @@ def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_
                     "exp_alerts": [alert(rules, "TollwaySunsetVersionInUse", version="2")],
                 }
             ],
+        },
+    ]
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_time_to_first_token_comes_from_the_gateway_else_triton_and_its_objective_alerts(
+    tmp_path: Path,
+) -> None:
+    """The gateway's TTFT histogram (every Envoy replica's summed) gives the P99 per version and per tier;
+    where it has measured no stream, Triton's first-response histogram does; above `ttftP99Ms` over both
+    windows, TollwayTTFTSLOBurn fires."""
+    document = chat()
+    document["spec"]["slo"]["ttftP99Ms"] = 300
+    rules = rules_of(document)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules}))
+
+    def buckets(metric: str, per_minute: dict[str, int], **labels: str) -> list[dict[str, str]]:
+        """A histogram whose every observation, 60 a minute, falls in the bucket above the smallest `le`
+        listed with a count (cumulative, as Prometheus's buckets are)."""
+        return [
+            series(f"{metric}_bucket", f"0+{count}x120", le=le, **labels) for le, count in per_minute.items()
+        ]
+
+    # 60 streams a minute on each of two replicas, all between 100 and 250 ms to their first token
+    gateway = [
+        row
+        for replica in ("a", "b")
+        for row in buckets(
+            "envoy_tollway_stream_ttft_ms",
+            {"100": 0, "250": 60, "+Inf": 60},
+            version="3",
+            tier="pro",
+            pod=replica,
+        )
+    ]
+    slow_triton = buckets(
+        "nv_inference_first_response_histogram_ms", {"100": 0, "1000": 60, "+Inf": 60}, version="2"
+    )
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [*gateway, *slow_triton],
+            "promql_expr_test": [
+                {
+                    "expr": 'tollway:stream_ttft_ms_by_tier:p50{tier="pro"}',
+                    "eval_time": "30m",
+                    "exp_samples": [
+                        {
+                            "labels": "tollway:stream_ttft_ms_by_tier:p50"
+                            '{namespace="ai",model="chat",version="3",tier="pro"}',
+                            "value": 175,
+                        }
+                    ],
+                },
+                {  # version 3 from the gateway, version 2 (no streams through it) from Triton
+                    "expr": "tollway:ttft_ms:p99",
+                    "eval_time": "30m",
+                    "exp_samples": [
+                        {
+                            "labels": 'tollway:ttft_ms:p99{namespace="ai",model="chat",version="3"}',
+                            "value": 248.5,
+                        },
+                        {
+                            "labels": 'tollway:ttft_ms:p99{namespace="ai",model="chat",version="2"}',
+                            "value": 991,
+                        },
+                    ],
+                },
+            ],
+            "alert_rule_test": [fires_in_every_window(rules, "TollwayTTFTSLOBurn", "100m")],
+        },
+        {  # within the objective: quiet
+            "interval": "1m",
+            "input_series": gateway,
+            "alert_rule_test": [{"eval_time": "100m", "alertname": "TollwayTTFTSLOBurn", "exp_alerts": []}],
         },
     ]
     test_file = tmp_path / "test.yaml"

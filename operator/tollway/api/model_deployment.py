@@ -285,6 +285,10 @@ class Slo(TollwayModel):
     availability: DecimalString = "99.9"
     """Percent of requests answered without a 5xx over the window."""
     p99_latency_ms: int = Field(default=1000, ge=1)
+    ttft_p99_ms: int | None = Field(default=None, ge=1, le=600_000)
+    """Streamed answers: the P99 time to the first token, as the gateway measures it (Triton's own
+    first-response histogram where the gateway has measured none); alerts like `p99LatencyMs`. Unset: no
+    TTFT alert."""
     window_days: int = Field(default=30, ge=1, le=90)
 
 

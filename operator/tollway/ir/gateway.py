@@ -27,6 +27,8 @@ class Endpoint:
     host: str
     http_port: int
     grpc_port: int
+    openai_port: int | None = None
+    """Where the model's OpenAI server (`tollway openai-server`, beside Triton) listens, if it has one."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,18 @@ class Model:
     retry_after: int = 1
     """Seconds a client told "queue full" (Triton's 503) should wait: the model's estimated wait, rounded up
     to a few steps so the configuration changes rarely."""
+    openai: OpenAIRoute | None = None
+    """How the model answers on the OpenAI routes; None: it speaks KServe v2 only."""
+
+
+@dataclass(frozen=True)
+class OpenAIRoute:
+    """A model's OpenAI side as the gateway sees it: which route it answers and how a request is charged."""
+
+    kind: str
+    """chat, completion or embedding (spec.model.openai.kind)."""
+    default_max_tokens: int
+    """What a request that asks for no max_tokens reserves for its answer (0 for embeddings)."""
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ class Objectives:
     p99_latency_ms: int
     window_days: int
     sunsets: tuple[Sunset, ...] = ()
+    ttft_p99_ms: int | None = None
+    """Streamed answers' P99 time to the first token; None: not an objective."""
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,13 @@ def event(data: Mapping[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+def usage_comment(usage: Usage) -> bytes:
+    """The usage so far as a Server-Sent Events comment, which SSE clients ignore: the gateway meters a stream
+    by the last one it has seen (see the gateway's tokens.stream_usage), whether or not the client asked
+    for a usage chunk, and charges a caller who leaves mid-stream what the last one said."""
+    return f": usage {usage.prompt_tokens} {usage.completion_tokens}\n\n".encode()
+
+
 @dataclass(frozen=True)
 class EmbeddingRequest:
     """What a /v1/embeddings request asks for."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from tollway.openai.protocol import (
     finish_reason,
     read_embedding_request,
     read_request,
+    usage_comment,
 )
 from tollway.openai.tokens import TokenCounter
 
@@ -47,6 +48,9 @@ ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embe
 VERSION_HEADER = "x-tollway-model-version"
 """The version the gateway resolved the request's `model` to (an alias, `latest`, or `MODEL@N`); the gateway
 drops the header from what clients send."""
+PRIORITY_HEADER = "x-tollway-priority"
+"""The caller's tier's Triton priority level, from the gateway (which drops the header from what clients
+send)."""
 COUNT_INPUTS = ("return_num_input_tokens", "return_num_output_tokens")
 COUNT_OUTPUTS = ("num_input_tokens", "num_output_tokens")
 
@@ -66,6 +70,23 @@ class ModelSide:
     template: ChatTemplate | None = None
     tokenizer: TokenCounter | None = None
     """Counts tokens for a model that does not report them."""
+
+
+@dataclass
+class RunningCount:
+    """A stream's usage so far: `add` counts a piece of the answer and returns the usage comment to send after
+    it (nothing when not `enabled`)."""
+
+    prompt_tokens: int
+    count: Callable[[str], int]
+    enabled: bool = True
+    completion_tokens: int = 0
+
+    def add(self, text: str) -> bytes:
+        if not self.enabled:
+            return b""
+        self.completion_tokens += self.count(text) if text else 0
+        return usage_comment(Usage(self.prompt_tokens, self.completion_tokens))
 
 
 @dataclass
@@ -136,7 +157,9 @@ class OpenAIServer:
             generation = read_request(
                 self.side.kind, await request.read(), self.side.default_max_tokens, self.side.template
             )
-            pieces = self._generate(generation, request.headers.get(VERSION_HEADER, ""))
+            pieces = self._generate(
+                generation, request.headers.get(VERSION_HEADER, ""), _priority(request.headers)
+            )
             if not generation.stream:
                 return await self._whole(generation, pieces)
             first = await anext(pieces)  # a failure before the first piece is still an error status
@@ -159,6 +182,15 @@ class OpenAIServer:
         reason = finish_reason(usage, generation.max_tokens) if usage else "stop"
         return web.json_response(answer.whole("".join(text), reason, usage))
 
+    def _running(self, generation: Generation) -> RunningCount:
+        """What a stream has produced so far, for its usage comments: counted by the model's tokenizer, or,
+        when the model reports its counts only at the end, one token per piece (a streaming LLM backend
+        sends each decoding step's token as it comes) and no prompt yet; nothing when nobody counts."""
+        counter = self.side.tokenizer
+        if counter is not None:
+            return RunningCount(counter.count(generation.prompt), counter.count)
+        return RunningCount(0, lambda _: 1, enabled=bool(self.counted))
+
     def _counted(self, generation: Generation, text: str, reported: Usage | None) -> Usage | None:
         """The model's counts, else its tokenizer's; None (and a warning) when there are neither."""
         if reported is not None:
@@ -179,19 +211,21 @@ class OpenAIServer:
         await response.prepare(request)
         answer = Answer.new(generation.kind, f"{self.side.name}@{first.version}")
         usage, text = first.usage, [first.text]
-        await response.write(event(answer.chunk(first.text, first=True)))
+        so_far = self._running(generation)
+        await response.write(event(answer.chunk(first.text, first=True)) + so_far.add(first.text))
         try:
             async for piece in pieces:
                 usage = piece.usage or usage
                 if piece.text:
                     text.append(piece.text)
-                    await response.write(event(answer.chunk(piece.text)))
+                    await response.write(event(answer.chunk(piece.text)) + so_far.add(piece.text))
         except InferenceServerException as error:  # the status is sent: the stream ends without [DONE]
             log.warning("Triton failed mid-stream: %s", error.message())
             return response
         usage = self._counted(generation, "".join(text), usage)
         reason = finish_reason(usage, generation.max_tokens) if usage else "stop"
-        await response.write(event(answer.chunk("", reason)))
+        final = usage_comment(usage) if usage is not None else b""
+        await response.write(event(answer.chunk("", reason)) + final)
         if generation.include_usage and usage is not None:
             await response.write(event(answer.usage_chunk(usage)))
         await response.write(event("[DONE]"))
@@ -218,7 +252,7 @@ class OpenAIServer:
         """The answer's output, and the counts when the model reports them."""
         return [InferRequestedOutput(name) for name in (answer, *(COUNT_OUTPUTS if self.counted else ()))]
 
-    async def _generate(self, generation: Generation, version: str) -> AsyncGenerator[Piece]:
+    async def _generate(self, generation: Generation, version: str, priority: int) -> AsyncGenerator[Piece]:
         """Triton's responses to the generation, as pieces, as they come."""
         await self._read_metadata()
 
@@ -228,6 +262,7 @@ class OpenAIServer:
                 "model_version": version,
                 "inputs": self._inputs(generation),
                 "outputs": self._outputs(self.side.text_output),
+                "priority": priority,
             }
 
         responses = self.client.stream_infer(one_request())
@@ -261,6 +296,12 @@ class OpenAIServer:
         if all(count is not None and count.size for count in counts):
             usage = Usage(*(int(count.reshape(-1)[0]) for count in counts if count is not None))
         return Piece(text, result.get_response().model_version, usage)
+
+
+def _priority(headers: Mapping[str, str]) -> int:
+    """The tier's Triton priority level the gateway sent; 0 (the model's default) without one."""
+    value = headers.get(PRIORITY_HEADER, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _refusal(error: RequestError | InferenceServerException) -> web.Response:

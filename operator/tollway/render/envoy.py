@@ -6,7 +6,9 @@ update is an atomic symlink swap), so a tier or key change needs no restart and 
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -57,9 +59,11 @@ HTTP_OPTIONS = {
         "initial_connection_window_size": 1024 * 1024,
     },
 }
-PUBLIC_BASES = ("/v1/models", "/v2/models")
+OPENAI_BASE = "/v1/models"
+PUBLIC_BASES = (OPENAI_BASE, "/v2/models")
 """The public API is versioned under /v1; the same routes under /v2 are Triton's own (KServe v2) paths, so
-that tritonclient and other KServe clients work unchanged (an alias goes in the model name: "chat:stable")."""
+that tritonclient and other KServe clients work unchanged (an alias goes in the model name: "chat:stable").
+A model's metadata is under /v2 only: /v1/models/ID is the OpenAI API's model object."""
 
 Config = dict[str, Any]
 
@@ -81,6 +85,16 @@ TRITON_RETRIES = {
     "host_selection_retry_max_attempts": 3,
 }
 """Which requests to Triton are tried again, on another pod: those no pod has begun to serve."""
+
+
+OPENAI_ROUTES = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+}
+"""The OpenAI API's routes, by the kind of model that answers each (the model is named in the body)."""
+OPENAI_COUNTS = {"input": "prompt_tokens", "output": "completion_tokens"}
+"""Where an OpenAI response (or the usage comment of a stream, see tollway.openai.server) reports tokens."""
 
 
 def model_cluster(model: Model, protocol: str = "http") -> str:
@@ -110,7 +124,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
     """The table the gateway's Lua program reads as `T`: tiers, models and credentials, in its terms."""
     tiers = {}
     for tier in gateway.tiers:
-        scopes, clusters, grpc_clusters, token_caps = {}, {}, {}, {}
+        scopes, clusters, grpc_clusters, openai_clusters, token_caps = {}, {}, {}, {}, {}
         for model in gateway.models:
             held = tier.limits_for(model.name)
             scopes[model.name] = {limit.kind: limit.scope for limit in held.limits}
@@ -119,6 +133,8 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             if held.concurrent is not None:
                 clusters[model.name] = tier_cluster(model, tier)
                 grpc_clusters[model.name] = tier_cluster(model, tier, "grpc")
+                if model.openai:
+                    openai_clusters[model.name] = tier_cluster(model, tier, "openai")
         tiers[tier.name] = {
             "level": tier.priority_level,
             "fail_open": tier.fail_open,
@@ -127,7 +143,9 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "scopes": scopes,
             "clusters": clusters,
             "grpc_clusters": grpc_clusters,
+            "openai_clusters": openai_clusters,
             "token_caps": token_caps,
+            "listing": model_listing(gateway, tier),
             "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)}
             if tier.jwt
             else None,
@@ -150,6 +168,15 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                 "usage_output": model.usage_output,
                 "max_body": model.max_request_bytes,
                 "retry_after": model.retry_after,
+                "openai": {
+                    "kind": model.openai.kind,
+                    "path": OPENAI_ROUTES[model.openai.kind],
+                    "cluster": model_cluster(model, "openai"),
+                    "max_tokens": model.openai.default_max_tokens,
+                    **OPENAI_COUNTS,
+                }
+                if model.openai
+                else None,
             }
             for model in gateway.models
         },
@@ -166,13 +193,62 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
     return data
 
 
+def _day(seconds: int | None) -> str | None:
+    return datetime.fromtimestamp(seconds, UTC).date().isoformat() if seconds is not None else None
+
+
+def model_listing(gateway: Gateway, tier: Tier) -> list[dict[str, Any]]:
+    """GET /v1/models for one tier: every name its consumers may put in a request's `model` (each model,
+    alias and pinned version it may use), as OpenAI's model objects (JSON text, joined by the Lua program)
+    with Tollway's facts under "tollway"; each with its version's sunset, after which the program leaves it
+    out. `created` is 0: Tollway does not know when a model was made."""
+    allowed = set(tier.allowed)
+    found = []
+    for model in gateway.models:
+        dates = {version.number: version for version in model.versions}
+        names: list[tuple[str, str | None, int]] = [(model.name, "latest", dict(model.aliases)["latest"])]
+        names += [
+            (f"{model.name}:{alias}", alias, number) for alias, number in model.aliases if alias != "latest"
+        ]
+        names += [(f"{model.name}@{version.number}", None, version.number) for version in model.versions]
+        for name, alias, number in names:
+            if (model.name, number) not in allowed:
+                continue
+            version = dates[number]
+            facts = {
+                "model": model.name,
+                "version": number,
+                "alias": alias,
+                "api": model.openai.kind if model.openai else "kserve",
+                "deprecated": _day(version.announced),
+                "sunset": _day(version.sunset),
+            }
+            entry = {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": gateway.namespace,
+                "tollway": facts,
+            }
+            item: dict[str, Any] = {"id": name, "json": json.dumps(entry, separators=(",", ":"))}
+            if version.sunset is not None:
+                item["sunset"] = version.sunset
+            found.append(item)
+    return found
+
+
 def body_data(data: dict[str, Any]) -> dict[str, Any]:
-    """The part of `lua_data` the body program reads: it learns the caller from dynamic metadata."""
-    return {"tiers": data["tiers"], "models": data["models"]}
+    """The part of `lua_data` the body program reads: it learns the caller from dynamic metadata, and
+    answers no listing."""
+    tiers = {
+        name: {key: value for key, value in tier.items() if key != "listing"}
+        for name, tier in data["tiers"].items()
+    }
+    return {"tiers": tiers, "models": data["models"]}
 
 
 def _routes(gateway: Gateway, now: datetime) -> list[Config]:
-    healthy = {"status": 200, "body": {"inline_string": "ok"}}
+    healthy = {"status": 200, "body": {"inline_string": '{"status":"ok"}'}}
     routes: list[Config] = [
         {"match": {"path": path}, "direct_response": healthy}
         for path in ("/healthz", "/v2/health/ready", "/v2/health/live")
@@ -194,6 +270,8 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
             upstream = f"/v2/models/{model.name}/versions/{version}"
             dates = _dates(next(item for item in model.versions if item.number == version))
             for suffix, kind in (("/infer", "infer"), ("/ready", "ready"), ("", "metadata")):
+                if kind == "metadata" and path.count("/") == 3 and path.startswith(OPENAI_BASE):
+                    continue  # /v1/models/ID is the OpenAI model object
                 meta = {"kind": kind, "model": model.name, "version": version}
                 route: Config = {
                     "match": {"path": path + suffix},
@@ -213,6 +291,7 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         model.max_request_bytes if kind == "infer" else SMALL_BODY_BYTES
                     )
                 routes.append(route)
+    routes += _openai_routes(gateway)
     largest = max((model.max_request_bytes for model in gateway.models), default=SMALL_BODY_BYTES)
     # gRPC names the model inside the body: inference gets the largest model's limit (each model's is checked
     # in Lua), every other method a small one.
@@ -241,6 +320,42 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
             },
         }
     )
+    return routes
+
+
+def _openai_routes(gateway: Gateway) -> list[Config]:
+    """The OpenAI API: POST routes whose body names the model (each takes the largest body of the models that
+    answer it; the Lua program checks each model's own limit), and the model list and objects, which the
+    Lua program answers itself (the 404 behind them answers only if it did not)."""
+    routes: list[Config] = []
+    for kind, path in OPENAI_ROUTES.items():
+        sizes = [
+            model.max_request_bytes for model in gateway.models if model.openai and model.openai.kind == kind
+        ]
+        routes.append(
+            {
+                "match": {"path": path},
+                "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "openai"}}},
+                "route": {
+                    "cluster_header": CLUSTER_HEADER,
+                    "timeout": UPSTREAM_TIMEOUT,
+                    "retry_policy": TRITON_RETRIES,
+                },
+                "request_body_buffer_limit": max(sizes, default=SMALL_BODY_BYTES),
+            }
+        )
+    unanswered = {"status": 404, "body": {"inline_string": "no such model"}}
+    for match, kind in (
+        ({"path": OPENAI_BASE}, "models"),
+        ({"safe_regex": {"regex": f"{OPENAI_BASE}/[^/]+"}}, "model"),
+    ):
+        routes.append(
+            {
+                "match": match,
+                "metadata": {"filter_metadata": {LUA_FILTER: {"kind": kind}}},
+                "direct_response": unanswered,
+            }
+        )
     return routes
 
 
@@ -333,15 +448,27 @@ ANSWERED_COUNTS = {
     "usage_unreported": "unreported",
 }
 """What a request a model answered adds to each usage counter: the metadata holding how much (None: one)."""
-ABANDONED_COUNTS = {"usage_requests": None, "usage_output": "estimate", "usage_unreported": None}
-"""What a request whose caller left while a model served it adds: its estimate, as for a response that
-reported no usage (leaving early never costs less than the request could have used)."""
+ABANDONED_COUNTS = {
+    "usage_requests": None,
+    "usage_input": "left_input",
+    "usage_output": "left_output",
+    "usage_unreported": "left_unreported",
+}
+"""What a request whose caller left while a model served it adds: what the model had produced by then, as a
+stream's usage comments reported it (stream.lua), or else its estimate as output, unreported (leaving early
+never costs less than the request could have used)."""
 ABANDONED = (
-    "has(upstream.address) && has(metadata.filter_metadata.tollway.estimate)"
+    "has(upstream.address) && has(metadata.filter_metadata.tollway.left_output)"
     " && !has(metadata.filter_metadata.tollway.from_model)"
 )
-"""A request that reached a model (an upstream host was picked), could be charged an estimate, and whose
-answer never reached the gateway's Lua program."""
+"""A request that reached a model (an upstream host was picked), could be charged, and whose answer never
+reached the end of the gateway's Lua program."""
+
+
+def _present(key: str) -> Config:
+    """An access log filter: the Lua programs set `key`."""
+    matcher = {"filter": "tollway", "path": [{"key": key}], "value": {"present_match": True}}
+    return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": False}}
 
 
 def _usage_logs() -> list[Config]:
@@ -350,17 +477,9 @@ def _usage_logs() -> list[Config]:
     sent and a model answered (the Lua program marks it `from_model`), and what a model was serving when its
     caller left (the connection closed or the stream reset); never what the gateway refused, nor what failed
     on the gateway's side of the model. The tags come from the Lua program's metadata (names of configured
-    tiers and consumers, never a value a client writes), so their number is bounded by the configuration."""
-    answered = {
-        "metadata_filter": {
-            "matcher": {
-                "filter": "tollway",
-                "path": [{"key": "from_model"}],
-                "value": {"present_match": True},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
+    tiers and consumers, never a value a client writes), so their number is bounded by the configuration.
+    Also the streams' time to first token and per output token (envoy_tollway_stream_*_ms), by model,
+    version and tier."""
     abandoned = {
         "and_filter": {
             "filters": [
@@ -377,33 +496,55 @@ def _usage_logs() -> list[Config]:
             ]
         }
     }
-    return [_usage_log(answered, ANSWERED_COUNTS), _usage_log(abandoned, ABANDONED_COUNTS)]
-
-
-def _usage_log(when: Config, counts: dict[str, str | None]) -> Config:
-    """A stats access logger that adds `counts` (counter → metadata, None: one) to the usage counters of the
-    requests `when` selects."""
-    tags = [
-        {"name": "tier", "value_format": "%DYNAMIC_METADATA(tollway:tier)%"},
-        {"name": "consumer", "value_format": "%DYNAMIC_METADATA(tollway:consumer)%"},
+    tags = _tags("tier", "consumer")
+    return [
+        _stats_log(_present("from_model"), counters=_counters(ANSWERED_COUNTS, tags)),
+        _stats_log(abandoned, counters=_counters(ABANDONED_COUNTS, tags)),
+        *(_stats_log(_present(key), histograms=[_histogram(key)]) for key in STREAM_TIMES),
     ]
-    counters = []
+
+
+STREAM_TIMES = {"ttft_ms": "stream_ttft_ms", "tpot_ms": "stream_tpot_ms"}
+"""The Lua program's per-stream times (metadata) → their histograms: the time from the request to its first
+token, and the mean time per output token after it."""
+
+
+def _tags(*keys: str) -> list[Config]:
+    return [{"name": key, "value_format": f"%DYNAMIC_METADATA(tollway:{key})%"} for key in keys]
+
+
+def _counters(counts: dict[str, str | None], tags: list[Config]) -> list[Config]:
+    """Counters (counter → metadata holding how much, None: one) with `tags`."""
+    found = []
     for kind, metadata in counts.items():
         counter: Config = {"stat": {"name": kind, "tags": tags}}
         if metadata is None:
             counter["value_fixed"] = 1
         else:
             counter["value_format"] = f"%DYNAMIC_METADATA(tollway:{metadata})%"
-        counters.append(counter)
+        found.append(counter)
+    return found
+
+
+def _histogram(key: str) -> Config:
     return {
-        "name": "envoy.access_loggers.stats",
-        "filter": when,
-        "typed_config": {
-            "@type": _TYPE + "extensions.access_loggers.stats.v3.Config",
-            "stats_scope": {"prefix": USAGE_STAT_PREFIX},
-            "counters": counters,
-        },
+        "stat": {"name": STREAM_TIMES[key], "tags": _tags("model", "version", "tier")},
+        "unit": "Milliseconds",
+        "value_format": f"%DYNAMIC_METADATA(tollway:{key})%",
     }
+
+
+def _stats_log(when: Config, counters: Sequence[Config] = (), histograms: Sequence[Config] = ()) -> Config:
+    """A stats access logger that adds to `counters` and `histograms` for the requests `when` selects."""
+    config: Config = {
+        "@type": _TYPE + "extensions.access_loggers.stats.v3.Config",
+        "stats_scope": {"prefix": USAGE_STAT_PREFIX},
+    }
+    if counters:
+        config["counters"] = list(counters)
+    if histograms:
+        config["histograms"] = list(histograms)
+    return {"name": "envoy.access_loggers.stats", "filter": when, "typed_config": config}
 
 
 def _meta_key(key: str) -> Config:
@@ -461,28 +602,61 @@ def _jwt_filter(gateway: Gateway) -> list[Config]:
     ]
 
 
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    410: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+"""The `type` of an error object, as the OpenAI API words it, by status (any other 4xx: invalid_request_error,
+5xx: server_error)."""
+
+
+def _error_format(error_type: str) -> Config:
+    message = (
+        '{"error":{"code":%RESPONSE_CODE%,"type":"' + error_type + '","message":"%LOCAL_REPLY_BODY%"}}\n'
+    )
+    return {"text_format_source": {"inline_string": message}, "content_type": "application/json"}
+
+
+def _status_is(op: str, status: int) -> Config:
+    value = {"default_value": status, "runtime_key": f"tollway.local_reply.{op.lower()}_{status}"}
+    return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
+
+
 def _local_reply() -> Config:
-    """Every reply Envoy makes itself (401, 403, 404, 410, 429, 503) as {"error": {"code", "message"}}."""
-    overloaded = {"response_flag_filter": {"flags": ["UO"]}}
-    return {
-        "mappers": [
-            {
-                "filter": overloaded,
-                "status_code": 429,
-                "body": {"inline_string": "concurrent request limit of the tier reached"},
-            },
-            {
-                "filter": {"response_flag_filter": {"flags": ["RL"]}},  # the ratelimit filters' 429s
-                "body": {"inline_string": "rate limit exceeded"},
-            },
-        ],
-        "body_format": {
-            "text_format_source": {
-                "inline_string": '{"error":{"code":%RESPONSE_CODE%,"message":"%LOCAL_REPLY_BODY%"}}\n'
-            },
-            "content_type": "application/json",
-        },
+    """Every reply Envoy makes itself (401, 403, 404, 410, 429, 503) as an error object in the OpenAI API's
+    form, {"error": {"code", "type", "message"}} (the first mapper that matches a reply applies)."""
+    limited = _error_format(ERROR_TYPES[429])
+    as_written = {
+        "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+        "content_type": "application/json",
     }
+    mappers: list[Config] = [
+        # what is no error goes as written: health checks, and the model lists the Lua program answers
+        {"filter": _status_is("LE", 399), "body_format_override": as_written},
+        {
+            "filter": {"response_flag_filter": {"flags": ["UO"]}},
+            "status_code": 429,
+            "body": {"inline_string": "concurrent request limit of the tier reached"},
+            "body_format_override": limited,
+        },
+        {
+            "filter": {"response_flag_filter": {"flags": ["RL"]}},  # the ratelimit filters' 429s
+            "body": {"inline_string": "rate limit exceeded"},
+            "body_format_override": limited,
+        },
+    ]
+    mappers += [
+        {"filter": _status_is("EQ", status), "body_format_override": _error_format(error_type)}
+        for status, error_type in ERROR_TYPES.items()
+    ]
+    mappers.append({"filter": _status_is("GE", 500), "body_format_override": _error_format("server_error")})
+    return {"mappers": mappers, "body_format": _error_format("invalid_request_error")}
 
 
 ACCESS_LOG_FIELDS = {
@@ -744,8 +918,15 @@ requests to the busier of two pods."""
 def _triton_cluster(name: str, model: Model, protocol: str, max_requests: int | None = None) -> Config:
     """A model's Tritons, every pod an endpoint: least outstanding requests first (the closest signal to a
     pod's queue), a pod that fails to answer its readiness check or to take connections taken out, retries
-    within a budget. Triton's 503 for a full queue is an answer, not a failure: it ejects no pod."""
+    within a budget. Triton's 503 for a full queue is an answer, not a failure: it ejects no pod. The
+    "openai" protocol is the model's OpenAI server beside each Triton (Triton's readiness is its health)."""
     grpc = protocol == "grpc"
+    ports = {
+        endpoint: {"grpc": endpoint.grpc_port, "openai": endpoint.openai_port}.get(
+            protocol, endpoint.http_port
+        )
+        for endpoint in model.endpoints
+    }
     cluster: Config = {
         "@type": _TYPE + "config.cluster.v3.Cluster",
         "name": name,
@@ -763,13 +944,14 @@ def _triton_cluster(name: str, model: Model, protocol: str, max_requests: int | 
                                 "address": {
                                     "socket_address": {
                                         "address": endpoint.host,
-                                        "port_value": endpoint.grpc_port if grpc else endpoint.http_port,
+                                        "port_value": port,
                                     }
                                 },
                                 "health_check_config": {"port_value": endpoint.http_port},
                             }
                         }
-                        for endpoint in model.endpoints
+                        for endpoint, port in ports.items()
+                        if port is not None  # an OpenAI server outside a cluster may not be given
                     ]
                 }
             ],
@@ -815,7 +997,7 @@ def _triton_cluster(name: str, model: Model, protocol: str, max_requests: int | 
 def clusters(gateway: Gateway) -> Config:
     found = []
     for model in gateway.models:
-        for protocol in ("http", "grpc"):
+        for protocol in ("http", "grpc", "openai") if model.openai else ("http", "grpc"):
             found.append(_triton_cluster(model_cluster(model, protocol), model, protocol))
             for tier in gateway.tiers:
                 share = tier.limits_for(model.name).concurrent_per_replica

@@ -22,6 +22,7 @@ MONITORING_API = "monitoring.coreos.com/v1"
 DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 BY_VERSION = "namespace, model, version"
 BY_MODEL = "namespace, model"
+QUANTILES = (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
 ERROR_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 #: Multi-window, multi-burn-rate alerts (the SRE workbook's): (long window, short window, rate, severity).
 BURN_RATES = (
@@ -79,7 +80,7 @@ def recording_rules(namespace: str, model: str, cached: bool) -> list[dict[str, 
     latency = cached_latency_ms if cached else request_latency_ms
     rules = [
         {"record": f"tollway:request_latency_ms:p{label}", "expr": latency(matchers, quantile, BY_VERSION)}
-        for label, quantile in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
+        for label, quantile in QUANTILES
     ]
     rules += [
         {
@@ -89,6 +90,7 @@ def recording_rules(namespace: str, model: str, cached: bool) -> list[dict[str, 
         }
         for label, quantile in (("50", "0.5"), ("99", "0.99"))
     ]
+    rules += stream_time_rules(matchers)
     failures, total = _errors_and_total(matchers, "1m", BY_VERSION)
     rules += [
         {
@@ -113,6 +115,32 @@ def recording_rules(namespace: str, model: str, cached: bool) -> list[dict[str, 
     return rules
 
 
+def stream_time_rules(matchers: str) -> list[dict[str, str]]:
+    """Streamed answers' time to the first token and per output token after it, as the gateway measures
+    them (its histograms envoy_tollway_stream_{ttft,tpot}_ms, every replica's summed): P50/P95/P99 per
+    version, and per version and tier. `tollway:ttft_ms:p99` is what the TTFT objective watches: the
+    gateway's where it has measured streams, else Triton's own first-response histogram."""
+    rules = []
+    for name, metric in (("ttft", "envoy_tollway_stream_ttft_ms"), ("tpot", "envoy_tollway_stream_tpot_ms")):
+        for by, suffix in ((BY_VERSION, ""), (f"{BY_VERSION}, tier", "_by_tier")):
+            rules += [
+                {
+                    "record": f"tollway:stream_{name}_ms{suffix}:p{label}",
+                    "expr": f"histogram_quantile({quantile}, sum by ({by}, le) "
+                    f"(rate({metric}_bucket{{{matchers}}}[5m])))",
+                }
+                for label, quantile in QUANTILES
+            ]
+    rules.append(
+        {
+            "record": "tollway:ttft_ms:p99",
+            "expr": f"tollway:stream_ttft_ms:p99{{{matchers}}} "
+            f"or tollway:time_to_first_response_ms:p99{{{matchers}}}",
+        }
+    )
+    return rules
+
+
 def _number(value: Decimal | float) -> str:
     return format(Decimal(str(value)).normalize(), "f")
 
@@ -122,6 +150,13 @@ def alerting_rules(namespace: str, model: str, objectives: Objectives) -> list[d
     budget = 1 - Decimal(objectives.availability) / 100
     labels = {"namespace": namespace, "model": model}
     alerts: list[dict[str, Any]] = []
+    latency_objectives = [
+        ("tollway:request_latency_ms:p99", objectives.p99_latency_ms, "TollwayLatencySLOBurn", "latency")
+    ]
+    if objectives.ttft_p99_ms is not None:
+        latency_objectives.append(
+            ("tollway:ttft_ms:p99", objectives.ttft_p99_ms, "TollwayTTFTSLOBurn", "time to first token")
+        )
     for long, short, rate, severity in BURN_RATES:
         threshold = _number(budget * Decimal(str(rate)))
         alerts.append(
@@ -139,20 +174,18 @@ def alerting_rules(namespace: str, model: str, objectives: Objectives) -> list[d
                 },
             }
         )
-        latency = f"avg_over_time(tollway:request_latency_ms:p99{{{matchers}}}"
-        alerts.append(
-            {
-                "alert": "TollwayLatencySLOBurn",
-                "expr": f"max by ({BY_MODEL}) ({latency}[{long}])) > {objectives.p99_latency_ms} "
-                f"and max by ({BY_MODEL}) ({latency}[{short}])) > {objectives.p99_latency_ms}",
-                "for": "2m" if severity == "page" else "15m",
-                "labels": {**labels, "severity": severity, "window": long},
-                "annotations": {
-                    "summary": f"{model} P99 latency above its {objectives.p99_latency_ms} ms objective "
-                    f"over {long} and {short}",
-                },
-            }
-        )
+        for recorded, target, name, what in latency_objectives:
+            alerts.append(
+                _slow_burn(
+                    recorded,
+                    target,
+                    alert=name,
+                    what=what,
+                    model=model,
+                    labels=labels,
+                    window=(long, short, severity),
+                )
+            )
     alerts.append(
         {
             "alert": "TollwayErrorSpike",
@@ -180,6 +213,33 @@ def alerting_rules(namespace: str, model: str, objectives: Objectives) -> list[d
             }
         )
     return alerts
+
+
+def _slow_burn(
+    recorded: str,
+    target: int,
+    *,
+    alert: str,
+    what: str,
+    model: str,
+    labels: dict[str, str],
+    window: tuple[str, ...],
+) -> dict[str, Any]:
+    """A latency objective's burn alert: the model's `recorded` P99 (ms) above `target` over both of the burn
+    rate's windows (long, short, severity)."""
+    long, short, severity = window
+    matchers = f'namespace="{labels["namespace"]}",model="{model}"'
+    averaged = f"avg_over_time({recorded}{{{matchers}}}"
+    return {
+        "alert": alert,
+        "expr": f"max by ({BY_MODEL}) ({averaged}[{long}])) > {target} "
+        f"and max by ({BY_MODEL}) ({averaged}[{short}])) > {target}",
+        "for": "2m" if severity == "page" else "15m",
+        "labels": {**labels, "severity": severity, "window": long},
+        "annotations": {
+            "summary": f"{model} P99 {what} above its {target} ms objective over {long} and {short}"
+        },
+    }
 
 
 def rule_groups(serving: TritonServing) -> list[dict[str, Any]]:

@@ -29,12 +29,14 @@ from tollway.ir.gateway import (
     Model,
     ModelLimits,
     Mtls,
+    OpenAIRoute,
     Runtime,
     Tier,
     Version,
 )
 from tollway.ir.names import (
     GATEWAY_NAME,
+    OPENAI_PORT,
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
     counter_name,
@@ -43,7 +45,7 @@ from tollway.ir.names import (
 )
 from tollway.ir.serving import Owner
 from tollway.translate.model_deployment import latest_version
-from tollway.translate.serving import epoch, priority_levels
+from tollway.translate.serving import epoch, openai_max_tokens, priority_levels
 
 API_KEY = "api-key"
 CONSUMER_LABEL = "tollway.dev/consumer"
@@ -169,8 +171,14 @@ def _with_mtls_ports(
 def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -> Model:
     spec = resource.spec
     pods = serving_children(resource.metadata.name)["pods"]
+    api = spec.model.openai
     endpoints = options.upstreams.get(resource.model_name) or (
-        Endpoint(in_cluster_host(pods, namespace), TRITON_HTTP_PORT, TRITON_GRPC_PORT),
+        Endpoint(
+            in_cluster_host(pods, namespace),
+            TRITON_HTTP_PORT,
+            TRITON_GRPC_PORT,
+            OPENAI_PORT if api else None,
+        ),
     )
     versions = tuple(
         Version(
@@ -195,6 +203,12 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         usage_output=tokens.usage_output if tokens else None,
         default_max_tokens=tokens.default_max_tokens if tokens else 0,
         max_request_bytes=spec.model.max_request_bytes,
+        openai=OpenAIRoute(
+            kind=api.kind,
+            default_max_tokens=0 if api.kind == "embedding" else openai_max_tokens(resource),
+        )
+        if api
+        else None,
     )
 
 

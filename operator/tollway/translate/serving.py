@@ -8,6 +8,7 @@ from typing import Any
 
 from tollway import __version__
 from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
+from tollway.api.model_deployment import TokenFields
 from tollway.ir.serving import (
     InstanceGroup,
     ModelConfig,
@@ -25,6 +26,7 @@ from tollway.ir.serving import (
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
 #: Runs `tollway openai-server` beside Triton: Tollway's own image (the chart passes the operator's).
 OPENAI_IMAGE = f"tollway/operator:{__version__}"
+DEFAULT_MAX_TOKENS = TokenFields.model_fields["default_max_tokens"].default
 #: Where KEDA's triggers and the operator's status queries reach Prometheus (prometheus-operator's Service).
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
@@ -107,12 +109,18 @@ def objectives(resource: ModelDeployment) -> Objectives | None:
         for entry in resource.spec.versions
         if entry.deprecation and entry.deprecation.sunset
     )
-    return Objectives(slo.availability, slo.p99_latency_ms, slo.window_days, sunsets)
+    return Objectives(slo.availability, slo.p99_latency_ms, slo.window_days, sunsets, slo.ttft_p99_ms)
 
 
 def epoch(date: str) -> int:
     """'2027-01-15' → the Unix seconds of its start, UTC."""
     return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp())
+
+
+def openai_max_tokens(resource: ModelDeployment) -> int:
+    """What an OpenAI request that names no max_tokens may generate: the model's token default."""
+    tokens = resource.spec.model.tokens
+    return tokens.default_max_tokens if tokens else DEFAULT_MAX_TOKENS
 
 
 def openai_side(resource: ModelDeployment, image: str) -> OpenAISide | None:
@@ -124,7 +132,7 @@ def openai_side(resource: ModelDeployment, image: str) -> OpenAISide | None:
     return OpenAISide(
         kind=api.kind,
         image=image,
-        default_max_tokens=model.tokens.default_max_tokens if model.tokens else 256,
+        default_max_tokens=openai_max_tokens(resource),
         text_input=api.text_input,
         text_output=api.text_output,
         max_tokens_input=api.max_tokens_input,

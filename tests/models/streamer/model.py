@@ -4,7 +4,7 @@ Inputs follow Triton's vLLM backend: `text_input` (the prompt), optional `max_to
 "generates" `max_tokens` (default 16) tokens: the prompt's words again, in turn, each followed by a space.
 Streaming, it sends one response per token, `parameters.delay_ms` (default 20) apart, so that the time to
 the first token and the total differ by a known amount, and stops when the request is cancelled (its caller
-left), noting the token it stopped at in the file `cancelled` of its model directory; not streaming, one
+left), noting how many tokens it had sent in the file `cancelled` of its model directory; not streaming, one
 response with all of them. The last response carries `num_input_tokens` (the prompt's words) and
 `num_output_tokens`, as the vLLM backend does when asked, and the final flag; a model whose name ends in
 `-uncounted` stands in for one that reports no counts (such as TensorRT-LLM's), and declares neither those
@@ -51,11 +51,11 @@ class TritonPythonModel:
         delay = float(json.loads(request.parameters() or "{}").get("delay_ms", 20)) / 1000
         tokens = [words[index % len(words)] + " " for index in range(count)]
         if stream:
-            for token in tokens:
+            for sent, token in enumerate(tokens):
                 time.sleep(delay)
                 if request.is_cancelled():  # nobody waits for the rest: stop generating
                     with self.cancelled.open("a") as noted:
-                        noted.write(f"{token}\n")
+                        noted.write(f"{sent}\n")
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     return
                 sender.send(pb_utils.InferenceResponse(output_tensors=[_text(token)]))

@@ -77,12 +77,48 @@ local function http_infer(handle, caller)
   stream.reserve_tokens(handle, tier, caller.model, model, scopes, body_length, max_tokens)
 end
 
+-- An OpenAI API request names its model in the body: resolved, admitted, limited and routed here, to the
+-- model's OpenAI server, which is told the version and the tier's priority in headers (gateway.lua drops
+-- any a client sent).
+local function openai_request(handle, now, caller)
+  local body = handle:body()
+  local bytes = body and body:getBytes(0, body:length()) or ""
+  local asked, unreadable = json.openai(bytes)
+  if asked == nil then return refuse(handle, 400, unreadable) end
+  local model_name, alias, pinned = models.reference(asked.model)
+  local model, version, status, problem = models.resolve(T.models, model_name, alias, pinned)
+  if model == nil then return refuse(handle, status, problem) end
+  local api = model.openai
+  if api == nil then
+    return refuse(
+      handle,
+      404,
+      "model " .. model_name .. " is served on /v1/models/" .. model_name .. "/infer only"
+    )
+  end
+  local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
+  if headers:get(":path") ~= api.path then
+    return refuse(handle, 400, "model " .. model_name .. " answers " .. api.path)
+  end
+  if #bytes > model.max_body then return stream.too_large(handle, model_name, model) end
+  local tier = T.tiers[caller.tier]
+  local scopes =
+    stream.admit_model(handle, now, caller.tier, tier, model_name, model, version, true, stream.AFTER_BODY)
+  if scopes == nil then return end
+  local max_tokens = api.kind ~= "embedding" and asked.max_tokens or nil
+  if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens) then return end
+  headers:replace("x-tollway-model-version", tostring(version))
+  headers:replace("x-tollway-priority", tostring(tier.level))
+  stream.route_to(handle, tier.openai_clusters[model_name] or api.cluster)
+end
+
 local function on_request(handle, now)
   -- What gateway.lua let through says what it is; a request it answered never gets here.
   local caller = handle:streamInfo():dynamicMetadata():get(stream.NS)
   if caller == nil or caller.kind == nil then return end
   if caller.kind == "grpc" and caller.tier ~= nil then return grpc_request(handle, now, caller) end
   if caller.kind == "infer" then return http_infer(handle, caller) end
+  if caller.kind == "openai" then return openai_request(handle, now, caller) end
   -- Readiness, metadata and gRPC's server methods: read, so that their routes' small limit bounds what
   -- reaches Triton (413 beyond it); over HTTP they take no body at all.
   local body = handle:body()

@@ -21,6 +21,9 @@ local tokens = require("tollway.tokens")
 local NS = stream.NS
 local refuse = stream.refuse
 
+-- What a stream's chunk keeps of the one before it: enough for a usage comment cut in two.
+local STREAM_TAIL = 64
+
 -- The caller's consumer, tier name, nil and API key Secret; or nil, nil and why not (see access.lua).
 local function authenticate(handle, now)
   local info = handle:streamInfo()
@@ -93,6 +96,18 @@ local function admit_http(handle, now, route, kind, tier_name)
   stream.route_to(handle, tier.clusters[model_name] or model.cluster)
 end
 
+-- GET /v1/models and /v1/models/ID: what the caller's tier may name in an OpenAI request, answered here.
+local function list_models(handle, now, kind, tier_name)
+  local entries = T.tiers[tier_name].listing
+  local text = models.listing(entries, now)
+  if kind == "model" then
+    local id = handle:headers():get(":path"):match("^/v1/models/([^/?]+)")
+    text = models.listed(entries, id or "", now)
+    if text == nil then return refuse(handle, 404, "no model of that name for tier " .. tier_name) end
+  end
+  handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, text)
+end
+
 local function on_request(handle, now)
   local route = handle:metadata()
   local kind = route:get("kind")
@@ -106,14 +121,20 @@ local function on_request(handle, now)
   if not screen(handle, kind) then return end
   local consumer, tier_name, why, credential = authenticate(handle, now)
   if consumer == nil then return stream.unauthenticated(handle, why) end
+  if kind == "models" or kind == "model" then return list_models(handle, now, kind, tier_name) end
   set_caller(handle, kind, consumer, tier_name, credential)
+  if kind == "openai" then -- its model is in the body: body.lua admits it
+    handle:streamInfo():dynamicMetadata():set(NS, "start_ms", tostring(handle:timestamp()))
+    return
+  end
   if kind ~= "grpc" then return admit_http(handle, now, route, kind, tier_name) end
 end
 
 function envoy_on_request(handle)
   handle:headers():remove("x-tollway-cluster")
-  -- the version a model's OpenAI server answers with: only the gateway may name it
+  -- what a model's OpenAI server is told of the request: only the gateway may say it
   handle:headers():remove("x-tollway-model-version")
+  handle:headers():remove("x-tollway-priority")
   -- Envoy sets its own on a rewrite; a client's would reach the access log as the path
   handle:headers():remove("x-envoy-original-path")
   handle:clearRouteCache() -- so the route's cluster never comes from a header the client sent
@@ -142,6 +163,43 @@ local function count_tokens(handle, state, model)
   metadata:set(NS, "settle", tostring(extra))
   local remaining = tokens.remaining_after(headers:get("x-ratelimit-remaining-tokens"), extra)
   if remaining ~= nil then headers:replace("x-ratelimit-remaining-tokens", remaining) end
+end
+
+-- An OpenAI event stream, passed on chunk by chunk as the model's OpenAI server writes it (nothing is held
+-- back): its usage comments (tokens.stream_usage) say what a caller who leaves now is charged, and the last
+-- one what the request used; the clock gives the time to the first token and per token after it. A stream
+-- with no usage comment is charged its estimate, unreported.
+local function follow_stream(handle, state)
+  local first, last, tail, input, output = nil, nil, "", nil, nil
+  for chunk in handle:bodyChunks() do
+    local at = handle:timestamp()
+    local text = tail .. chunk:getBytes(0, chunk:length())
+    local metadata = handle:streamInfo():dynamicMetadata() -- each resumption's own wrapper
+    if first == nil and text:find("data:", 1, true) then
+      first = at
+      metadata:set(NS, "ttft_ms", tostring(math.max(0, at - tonumber(state.start_ms or at))))
+    end
+    last = at
+    local found_input, found_output = tokens.stream_usage(text)
+    if found_input ~= nil and (found_input ~= input or found_output ~= output) then
+      input, output = found_input, found_output
+      stream.charge_if_left(metadata, input, output, "0")
+    end
+    tail = text:sub(-STREAM_TAIL)
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local unreported = input == nil
+  if unreported then
+    input, output = 0, tonumber(state.estimate)
+    metadata:set(NS, "unreported", "1")
+  end
+  metadata:set(NS, "input_tokens", tostring(input))
+  metadata:set(NS, "output_tokens", tostring(output))
+  if output > 1 and first ~= nil and not unreported then
+    metadata:set(NS, "tpot_ms", string.format("%.3f", (last - first) / (output - 1)))
+  end
+  local extra = state.reserve and math.max(0, input + output - tonumber(state.reserve)) or 0
+  if extra > 0 then metadata:set(NS, "settle", tostring(extra)) end
 end
 
 local function on_response(handle, now)
@@ -175,7 +233,14 @@ local function on_response(handle, now)
   for _, count in ipairs({ "input_tokens", "output_tokens", "unreported" }) do
     metadata:set(NS, count, "0")
   end
-  if model and model.input ~= nil and status == "200" then count_tokens(handle, state, model) end
+  local counts = model and (state.kind == "openai" and model.openai or model)
+  if counts and counts.input ~= nil and status == "200" then
+    if state.kind == "openai" and (headers:get("content-type") or ""):find("^text/event%-stream") then
+      follow_stream(handle, state)
+    else
+      count_tokens(handle, state, counts)
+    end
+  end
   -- Marked last: a caller who leaves before the answer is read is counted as one who left (its estimate).
   -- (A wrapper taken before count_tokens read the body is out of scope now: fetched again.)
   handle:streamInfo():dynamicMetadata():set(NS, "from_model", "1")

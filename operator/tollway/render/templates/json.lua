@@ -217,4 +217,32 @@ function M.routed(json, level, usage_output)
   return json, max_tokens
 end
 
+-- What the gateway reads of an OpenAI API request body (chat, completion or embedding): the `model` it names,
+-- whether it asks for a stream, and the most tokens it may generate (max_completion_tokens when the key is
+-- there, else max_tokens; nil when neither sets one), read as the model's OpenAI server (Python's json)
+-- reads them; or nil and why the body is refused. Its top level is read as M.request reads a KServe body
+-- (no duplicate or escaped keys), and `model` must be a plain string: the gateway routes on it.
+function M.openai(json)
+  local request, problem = M.request(json)
+  if request == nil then return nil, problem end
+  local values = {}
+  for _, member in ipairs(request.members) do
+    values[member.key] = json:sub(member.value_start, member.value_stop - 1)
+  end
+  local model = (values.model or ""):match('^"([^"\\]+)"$')
+  if model == nil then return nil, "model must be a model's name: a string without escape sequences" end
+  local stream = values.stream
+  if stream ~= nil and stream ~= "true" and stream ~= "false" and stream ~= "null" then
+    return nil, "stream must be true or false"
+  end
+  local limit = values.max_completion_tokens
+  if limit == nil then limit = values.max_tokens end
+  local max_tokens = nil
+  if limit ~= nil and limit ~= "null" then
+    max_tokens = limit:match("^[1-9]%d*$") and tonumber(limit)
+    if not max_tokens then return nil, "max_tokens must be a positive whole number" end
+  end
+  return { model = model, stream = stream == "true", max_tokens = max_tokens }
+end
+
 return M

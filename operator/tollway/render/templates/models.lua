@@ -9,6 +9,34 @@ function M.split_name(name)
   return model_name or name, alias or "latest"
 end
 
+-- An OpenAI request's `model`: "chat" (the latest version), "chat:stable" (an alias) or "chat@2" (a pinned
+-- version); model, alias and pinned version.
+function M.reference(name)
+  local model_name, pinned = name:match("^(.-)@(%d+)$")
+  if model_name ~= nil then return model_name, nil, tonumber(pinned) end
+  local split, alias = M.split_name(name)
+  return split, alias, nil
+end
+
+-- GET /v1/models: the model objects of a tier's listing (render/envoy.py's model_listing) whose version is
+-- not past its sunset at `now`, as OpenAI's list object.
+function M.listing(entries, now)
+  local found = {}
+  for _, entry in ipairs(entries) do
+    if entry.sunset == nil or now < entry.sunset then found[#found + 1] = entry.json end
+  end
+  return '{"object":"list","data":[' .. table.concat(found, ",") .. "]}"
+end
+
+-- GET /v1/models/ID: the model object named `id` (percent-escapes decoded) in a tier's listing, or nil.
+function M.listed(entries, id, now)
+  local decoded = id:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
+  for _, entry in ipairs(entries) do
+    if entry.id == decoded and (entry.sunset == nil or now < entry.sunset) then return entry.json end
+  end
+  return nil
+end
+
 -- A name a client sent, as a refusal may repeat it: only plain words, since the message goes into a JSON
 -- reply (and a gRPC status message) as it is.
 local function echoed(name)

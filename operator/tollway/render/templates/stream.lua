@@ -82,11 +82,21 @@ function M.reserve_tokens(handle, tier, model_name, model, scopes, body_length, 
     return false
   end
   local metadata = handle:streamInfo():dynamicMetadata()
-  if model.input ~= nil then -- what a response that reports no usage is charged
-    metadata:set(NS, "estimate", tostring(tokens.estimate(model, body_length, max_tokens)))
+  if model.input ~= nil then -- what a response that reports no usage, or a caller who leaves, is charged
+    local estimate = tostring(tokens.estimate(model, body_length, max_tokens))
+    metadata:set(NS, "estimate", estimate)
+    M.charge_if_left(metadata, 0, estimate, "1")
   end
   if reserve ~= nil then metadata:set(NS, "reserve", tostring(reserve)) end
   return true
+end
+
+-- What a caller who leaves before the answer ends is charged (the usage logger of abandoned requests reads
+-- it): `unreported` "1" while it is an estimate, "0" once the model's counts are known.
+function M.charge_if_left(metadata, input, output, unreported)
+  metadata:set(NS, "left_input", tostring(input))
+  metadata:set(NS, "left_output", tostring(output))
+  metadata:set(NS, "left_unreported", unreported)
 end
 
 function M.too_large(handle, model_name, model)

@@ -51,6 +51,18 @@ function M.settlement(text, model, reserved, estimate)
   return input, output, extra, unreported
 end
 
+-- The last usage comment in a piece of an OpenAI event stream: the model's OpenAI server writes
+-- ": usage PROMPT COMPLETION" after each event it sends, counting what the model produced so far (SSE
+-- clients ignore comments; the model's text, inside JSON strings, holds no line break: it cannot write one).
+-- The input and output tokens, or nil when the text holds no whole comment.
+function M.stream_usage(text)
+  local input, output = nil, nil
+  for found_input, found_output in text:gmatch("\n: usage (%d+) (%d+)\r?\n") do
+    input, output = found_input, found_output
+  end
+  return tonumber(input), tonumber(output)
+end
+
 -- The x-ratelimit-remaining-tokens value once `extra` more tokens are charged, or nil without the header.
 function M.remaining_after(header, extra)
   local remaining = tonumber(M.first_number(header) or "")

@@ -1,0 +1,343 @@
+"""The OpenAI API through the gateway, on real components: Triton (PyTriton's server) serving a decoupled
+streaming chat model (tests/models/streamer: a token every 20 ms), a completion model and an embedding
+model, each with its `tollway openai-server`; Redis, the ratelimit service and two Envoy replicas configured
+by `tollway gateway-config`; the official `openai` SDK as the client (sync and async, streamed and not),
+curl -N for the raw Server-Sent Events, and raw sockets for a client that leaves mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from testbed import dataplane
+from testbed.gateway import secret, tier
+from testbed.kube import eventually
+from testbed.triton import (
+    RunningTriton,
+    language_model,
+    language_model_document,
+    running,
+    start_openai_server,
+)
+
+NAMESPACE = "gw"
+TOKEN_MS = 20
+"""The streamer's pause before each token."""
+KEYS = {"pro": "k-pro-0123456789", "free": "k-free-0123456789", "single": "k-single-0123456789"}
+CHAT_VERSIONS = {
+    "versions": [
+        {"version": "3"},
+        {"version": "2", "deprecation": {"announced": "2026-01-01", "sunset": "2099-01-01"}},
+        {"version": "1", "deprecation": {"announced": "2025-01-01", "sunset": "2026-02-01"}},
+    ],
+    "aliases": {"stable": "2"},
+}
+ASKED = [{"role": "user", "content": "tell me more"}]
+
+
+def documents() -> list[dict[str, Any]]:
+    models = [
+        language_model_document("assistant", "chat", NAMESPACE, **CHAT_VERSIONS),
+        language_model_document("writer", "completion", NAMESPACE),
+        language_model_document("embedder", "embedding", NAMESPACE),
+    ]
+    tiers = [
+        tier("pro", 2, {"requestsPerMinute": 10_000, "tokensPerMinute": 1_000_000}, ["*"]),
+        tier("free", 5, {"requestsPerMinute": 10_000}, ["assistant"]),
+        tier("single", 3, {"concurrentRequests": 1}, ["writer"]),
+    ]
+    secrets = [secret(f"{name}-key", name, key) for name, key in KEYS.items()]
+    return [*models, *tiers, *secrets]
+
+
+@dataclass
+class Bed:
+    gateway: dataplane.GatewayProcesses
+    triton: RunningTriton
+    models: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.ports[0]}/v1"
+
+    def client(self, tier_name: str = "pro", retries: int = 0) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=KEYS[tier_name], max_retries=retries)
+
+    def stats(self) -> str:
+        """Both replicas' statistics, as Prometheus reads them."""
+        texts = []
+        for port in self.gateway.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/prometheus", timeout=5) as answer:
+                texts.append(answer.read().decode())
+        return "\n".join(texts)
+
+    def usage(self, kind: str, tier_name: str) -> float:
+        """A usage counter of a tier's consumer, summed over the replicas."""
+        consumer = f"{tier_name}-key"
+        return _summed(self.stats(), f"envoy_tollway_usage_{kind}", tier=tier_name, consumer=consumer)
+
+
+def _summed(text: str, metric: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name != metric:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest.rsplit("}", 1)[0]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    workdir = tmp_path_factory.mktemp("gateway-openai")
+    chat = language_model("assistant", "chat", **CHAT_VERSIONS)
+    completion, embedding = language_model("writer", "completion"), language_model("embedder", "embedding")
+    with running(workdir / "triton", chat, completion, embedding) as triton:
+        servers = {
+            serving.model.name: start_openai_server(workdir, serving, triton)
+            for serving in (chat, completion, embedding)
+        }
+        gateway = dataplane.GatewayProcesses(
+            workdir=workdir,
+            replicas=[dataplane.EnvoyPorts.free() for _ in range(2)],
+            upstreams=[triton.upstream(name, url) for name, (_, url) in servers.items()],
+        )
+        source = workdir / "manifests.yaml"
+        source.write_text("\n---\n".join(json.dumps(document) for document in documents()))
+        try:
+            gateway.write_config(source)
+            gateway.start_redis()
+            gateway.start_ratelimit()
+            gateway.start_envoys()
+            yield Bed(gateway, triton, workdir / "triton" / "models")
+        finally:
+            gateway.stop()
+            for process, _ in servers.values():
+                process.stop()
+
+
+def test_a_chat_answer_through_the_gateway_names_the_version_that_served_it(bed: Bed) -> None:
+    answer = bed.client().chat.completions.create(model="assistant", messages=ASKED, max_tokens=5)
+    assert answer.model == "assistant@3"
+    assert answer.choices[0].message.content == "tell me more tell me "
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (3, 5)
+
+
+def test_a_stream_reaches_the_client_token_by_token_as_the_model_makes_it(bed: Bed) -> None:
+    started = time.monotonic()
+    arrivals, text = [], []
+    stream = bed.client().chat.completions.create(
+        model="assistant", messages=ASKED, max_tokens=30, stream=True, stream_options={"include_usage": True}
+    )
+    usage = None
+    for chunk in stream:
+        arrivals.append(time.monotonic() - started)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+        assert chunk.model == "assistant@3"
+    assert "".join(text) == " ".join(["tell", "me", "more"] * 10) + " "
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (3, 30)
+    # The model takes 30 x 20 ms: the first token is in the client's hands long before the last is made.
+    assert arrivals[-1] - arrivals[0] >= 25 * TOKEN_MS / 1000
+    assert arrivals[0] < arrivals[-1] / 3
+
+
+def test_without_include_usage_a_stream_carries_no_usage_chunk_but_is_still_metered(bed: Bed) -> None:
+    before = (bed.usage("input", "free"), bed.usage("output", "free"))
+    stream = bed.client("free").chat.completions.create(
+        model="assistant", messages=ASKED, max_tokens=7, stream=True
+    )
+    chunks = list(stream)
+    assert all(chunk.usage is None for chunk in chunks)
+    assert (
+        "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices).split()
+        == (["tell", "me", "more"] * 3)[:7]
+    )
+    eventually(
+        lambda: (bed.usage("input", "free"), bed.usage("output", "free")) == (before[0] + 3, before[1] + 7)
+    )
+
+
+def test_the_raw_event_stream_is_server_sent_events_ending_in_done(bed: Bed) -> None:
+    body = json.dumps({"model": "writer", "prompt": "one two", "max_tokens": 4, "stream": True})
+    done = subprocess.run(
+        ["curl", "-sN", f"{bed.url}/completions", "-H", f"authorization: Bearer {KEYS['pro']}",
+         "-H", "content-type: application/json", "-d", body],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    events = [line for line in done.stdout.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    pieces = [json.loads(line[6:]) for line in events[:-1]]
+    assert "".join(piece["choices"][0]["text"] for piece in pieces) == "one two one two "
+    assert all(piece["model"] == "writer@1" for piece in pieces)
+
+
+def test_the_model_field_picks_aliases_and_pinned_versions_and_says_when_they_are_deprecated(
+    bed: Bed,
+) -> None:
+    client = bed.client()
+    stable = client.chat.completions.with_raw_response.create(model="assistant:stable", messages=ASKED)
+    assert stable.parse().model == "assistant@2"
+    assert stable.headers["deprecation"] == "@" + str(_epoch("2026-01-01"))
+    assert stable.headers["sunset"] == "Thu, 01 Jan 2099 00:00:00 GMT"
+    pinned = client.chat.completions.with_raw_response.create(model="assistant@3", messages=ASKED)
+    assert pinned.parse().model == "assistant@3" and "deprecation" not in pinned.headers
+    with pytest.raises(openai.APIStatusError) as gone:
+        client.chat.completions.create(model="assistant@1", messages=ASKED)
+    assert gone.value.status_code == 410
+    assert gone.value.body == {
+        "code": 410,
+        "type": "not_found_error",
+        "message": "this model version was switched off on 2026-02-01",
+    }
+
+
+def _epoch(day: str) -> int:
+    return int(time.mktime(time.strptime(day, "%Y-%m-%d")) - time.timezone)
+
+
+def test_unknown_and_forbidden_models_are_openai_errors(bed: Bed) -> None:
+    with pytest.raises(openai.NotFoundError) as unknown:
+        bed.client().chat.completions.create(model="nope", messages=ASKED)
+    assert unknown.value.body == {"code": 404, "type": "not_found_error", "message": "no model nope"}
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        bed.client("free").completions.create(model="writer", prompt="hi")
+    assert forbidden.value.body == {
+        "code": 403,
+        "type": "permission_error",
+        "message": "tier free may not use writer version 1",
+    }
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=bed.url, api_key="wrong", max_retries=0).models.list()
+
+
+def test_the_model_list_is_what_the_callers_tier_may_use(bed: Bed) -> None:
+    free = {model.id for model in bed.client("free").models.list()}
+    assert free == {"assistant", "assistant@3"}  # "assistant" is its latest version only
+    pro = {model.id: model for model in bed.client().models.list()}
+    assert set(pro) == {
+        "assistant",
+        "assistant:stable",
+        "assistant@3",
+        "assistant@2",
+        "embedder",
+        "embedder@1",
+        "writer",
+        "writer@1",
+    }  # version 1 of assistant is past its sunset
+    stable = bed.client().models.retrieve("assistant:stable")
+    assert stable.owned_by == NAMESPACE
+    assert stable.model_extra is not None
+    assert stable.model_extra["tollway"] == {
+        "model": "assistant",
+        "version": 2,
+        "alias": "stable",
+        "api": "chat",
+        "deprecated": "2026-01-01",
+        "sunset": "2099-01-01",
+    }
+    with pytest.raises(openai.NotFoundError):
+        bed.client("free").models.retrieve("writer")
+
+
+def test_embeddings_through_the_gateway(bed: Bed) -> None:
+    answer = bed.client().embeddings.create(model="embedder", input=["one", "two words"])
+    assert [item.index for item in answer.data] == [0, 1] and answer.model == "embedder@1"
+
+
+def test_the_async_client_streams_many_answers_at_once(bed: Bed) -> None:
+    async def one(client: openai.AsyncOpenAI, tokens: int) -> str:
+        stream = await client.completions.create(model="writer", prompt="a b", max_tokens=tokens, stream=True)
+        return "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+
+    async def many() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=bed.url, api_key=KEYS["pro"], max_retries=0) as client:
+            return await asyncio.gather(*(one(client, tokens) for tokens in range(1, 9)))
+
+    answers = asyncio.run(many())
+    assert answers == [("a b " * 4)[: 2 * tokens] for tokens in range(1, 9)]
+
+
+def test_a_caller_who_leaves_mid_stream_is_charged_what_the_model_produced(bed: Bed) -> None:
+    before = bed.usage("output", "pro"), bed.usage("requests", "pro")
+    body = json.dumps({"model": "writer", "prompt": "on and on", "max_tokens": 300, "stream": True})
+    connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[1], timeout=10)
+    headers = {"authorization": f"Bearer {KEYS['pro']}", "content-type": "application/json"}
+    connection.request("POST", "/v1/completions", body=body, headers=headers)
+    response = connection.getresponse()
+    read = [response.readline() for _ in range(8)]  # two events: data, blank, usage comment, blank
+    assert read[0].startswith(b"data: ")
+    connection.sock.close()  # leaves
+    connection.close()
+    cancelled = bed.models / "writer" / "cancelled"
+    produced = int(eventually(lambda: cancelled.exists() and cancelled.read_text(), timeout=20).split()[0])
+    charged = eventually(lambda: bed.usage("output", "pro") - before[0], timeout=20)
+    assert bed.usage("requests", "pro") == before[1] + 1
+    # What had reached the gateway when the client left: at least the two tokens the client read, at most
+    # what the model had sent when Triton stopped it (far fewer than the 300 asked for).
+    assert 2 <= charged <= produced < 300
+
+
+def test_the_gateways_time_to_first_token_is_what_the_client_saw(bed: Bed) -> None:
+    labels = {"model": "writer", "version": "1", "tier": "pro"}
+
+    def ttft() -> tuple[float, float]:
+        """The histogram's count and sum: it is merged into /stats/prometheus every few seconds."""
+        text = bed.stats()
+        found = (_summed(text, f"envoy_tollway_stream_ttft_ms_{part}", **labels) for part in ("count", "sum"))
+        return next(found), next(found)
+
+    time.sleep(6)  # every earlier stream is in the histogram
+    count, total = ttft()
+    # A client on an open connection, so that its clock starts as it sends (an SDK's own set-up is not the
+    # model's time to first token).
+    connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[0], timeout=10)
+    connection.connect()
+    body = json.dumps({"model": "writer", "prompt": "a", "max_tokens": 12, "stream": True})
+    headers = {"authorization": f"Bearer {KEYS['pro']}", "content-type": "application/json"}
+    started = time.monotonic()
+    connection.request("POST", "/v1/completions", body=body, headers=headers)
+    response = connection.getresponse()
+    while not response.readline().startswith(b"data: "):
+        pass
+    first = (time.monotonic() - started) * 1000
+    response.read()
+    connection.close()
+    now_count, now_total = eventually(lambda: (found := ttft())[0] > count and found, timeout=20)
+    assert now_count == count + 1
+    assert abs((now_total - total) - first) < 5
+
+
+def test_a_429_is_an_openai_error_with_retry_after_and_the_sdk_backs_off_and_succeeds(bed: Bed) -> None:
+    """The tier takes one request at a time: a second one while a stream runs is refused (429, Retry-After:
+    1); the SDK, with its retries on, waits as told and is served once the first is done."""
+    first = bed.client("single").completions.create(model="writer", prompt="x", max_tokens=40, stream=True)
+    next(iter(first))  # the first is being served for the next ~800 ms
+    with pytest.raises(openai.RateLimitError) as refused:
+        bed.client("single").completions.create(model="writer", prompt="y", max_tokens=1)
+    assert refused.value.response.headers["retry-after"] == "1"
+    assert refused.value.body == {
+        "code": 429,
+        "type": "rate_limit_error",
+        "message": "concurrent request limit of the tier reached",
+    }
+    started = time.monotonic()
+    answer = bed.client("single", retries=3).completions.create(model="writer", prompt="y", max_tokens=1)
+    assert answer.choices[0].text == "y " and time.monotonic() - started >= 0.5
+    list(first)

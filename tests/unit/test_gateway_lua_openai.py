@@ -1,0 +1,277 @@
+"""The gateway's Lua programs on the OpenAI API's routes, under LuaJIT through the fake Envoy handle: the
+model named in the body resolved, admitted, limited and routed; the model list answered per tier; a stream
+passed on chunk by chunk and metered from its usage comments, with its time to first token and per token."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import pytest
+from lua_gateway import GatewayProgram, Module
+from test_gateway_lua import ANSWERED, DATA, NOW
+
+OPENAI = {"kind": "openai"}
+CHAT = {":path": "/v1/chat/completions", "authorization": "Bearer k-pro"}
+START_MS = 1_790_000_000_000
+
+
+def _entry(name: str, version: int, sunset: int | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {"id": name, "json": json.dumps({"id": name, "object": "model"})}
+    if sunset is not None:
+        found["sunset"] = sunset
+    return found
+
+
+def openai_data() -> dict[str, Any]:
+    data = copy.deepcopy(DATA)
+    data["models"]["chat"]["openai"] = {
+        "kind": "chat",
+        "path": "/v1/chat/completions",
+        "cluster": "triton-openai|chat",
+        "max_tokens": 64,
+        "input": "prompt_tokens",
+        "output": "completion_tokens",
+    }
+    data["models"]["vision"] = {**data["models"]["chat"], "openai": None, "versions": {1: {}}, "aliases": {}}
+    data["models"]["vision"]["aliases"] = {"latest": 1}
+    for tier in data["tiers"].values():
+        tier["openai_clusters"] = {}
+        tier["allowed"]["vision@1"] = True
+        tier["scopes"]["vision"] = {}
+    data["tiers"]["pro"]["openai_clusters"] = {"chat": "triton-openai|chat|pro"}
+    data["tiers"]["pro"]["listing"] = [
+        _entry("chat", 2),
+        _entry("chat:stable", 1, sunset=NOW + 86_400),
+        _entry("chat@1", 1, sunset=NOW + 86_400),
+        _entry("chat@2", 2),
+    ]
+    return data
+
+
+@pytest.fixture(scope="module")
+def gateway() -> GatewayProgram:
+    return GatewayProgram(openai_data(), NOW)
+
+
+def chat(**fields: Any) -> bytes:
+    return json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+def test_a_chat_request_is_admitted_on_its_body_limited_and_sent_to_the_models_openai_server(
+    gateway: GatewayProgram,
+) -> None:
+    body = chat(max_tokens=100, stream=True)
+    handle = gateway.request(
+        {**CHAT, "x-tollway-model-version": "1", "x-tollway-priority": "1"},
+        body,
+        route=OPENAI,
+        clock=[START_MS],
+    )
+    assert handle.reply is None and handle.errors == []
+    # Before the body: the caller only (its request limits wait for the model, named in the body).
+    assert handle.after_headers == {
+        "kind": "openai",
+        "consumer": "acme",
+        "tier": "pro",
+        "counter_consumer": "acme",
+        "counter_tier": "pro",
+        "credential": "ai/pro-key",
+        "start_ms": str(START_MS),
+    }
+    reserve = math.ceil(len(body) / 4) + 100
+    assert handle.tollway == {
+        **handle.after_headers,
+        "model": "chat",
+        "version": "2",
+        "rpm_grpc_closed": "pro",  # the request limits' filters after the body
+        "tpm_closed": "pro/chat",
+        "reserve": str(reserve),
+        "estimate": str(reserve),
+        "left_input": "0",
+        "left_output": str(reserve),
+        "left_unreported": "1",
+    }
+    # The client's version and priority are dropped; the gateway's say what was resolved.
+    assert handle.header_values == {
+        ":path": "/v1/chat/completions",
+        "x-tollway-model-version": "2",
+        "x-tollway-priority": "2",
+        "x-tollway-cluster": "triton-openai|chat|pro",
+    }
+    assert handle.body_bytes == body  # the body goes on as the client wrote it
+
+
+@pytest.mark.parametrize(
+    ("model", "version"),
+    [("chat", "2"), ("chat:stable", "1"), ("chat@1", "1"), ("chat@2", "2"), ("chat:latest", "2")],
+)
+def test_the_model_field_names_a_model_and_its_alias_or_pinned_version(
+    gateway: GatewayProgram, model: str, version: str
+) -> None:
+    handle = gateway.request(CHAT, chat(model=model), route=OPENAI)
+    assert handle.reply is None and handle.tollway["version"] == version
+    assert handle.tollway["reserve"] == str(math.ceil(len(chat(model=model)) / 4) + 64)  # the model's default
+
+
+@pytest.mark.parametrize(
+    ("key", "model", "status", "why"),
+    [
+        ("k-pro", "nope", 404, "no model nope"),
+        ("k-pro", "chat@9", 404, "model chat has no version or alias 9"),
+        ("k-pro", "chat:canary", 404, "model chat has no version or alias canary"),
+        ("k-pro", "chat:legacy", 410, "this model version was switched off on 2026-09-21"),
+        ("k-free", "chat@1", 403, "tier free may not use chat version 1"),
+        ("k-pro", "vision", 404, "model vision is served on /v1/models/vision/infer only"),
+    ],
+)
+def test_a_model_the_caller_cannot_use_is_refused_with_the_status_the_api_promises(
+    gateway: GatewayProgram, key: str, model: str, status: int, why: str
+) -> None:
+    handle = gateway.request({**CHAT, "authorization": f"Bearer {key}"}, chat(model=model), route=OPENAI)
+    assert handle.answer == (status, why)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"model":"chat","model":"nope"}', "model appears twice in the request"),
+        (b'{"model":"ch\\u0061t"}', "model must be a model's name: a string without escape sequences"),
+        (b'{"m\\u006fdel":"chat"}', "escape sequences are not accepted in the keys of the request"),
+        (b'{"messages":[]}', "model must be a model's name: a string without escape sequences"),
+        (b'{"model":"chat","stream":1}', "stream must be true or false"),
+        (b'{"model":"chat","max_tokens":1e9}', "max_tokens must be a positive whole number"),
+        (b'{"model":"chat","max_tokens":0}', "max_tokens must be a positive whole number"),
+        (b'{"model":"chat"} {"model":"x"}', "the request body holds more than one JSON value"),
+    ],
+)
+def test_a_body_the_gateway_and_the_model_could_read_differently_is_refused(
+    gateway: GatewayProgram, body: bytes, why: str
+) -> None:
+    assert gateway.request(CHAT, body, route=OPENAI).answer == (400, why)
+
+
+def test_max_completion_tokens_wins_over_max_tokens_as_the_models_server_reads_it(
+    gateway: GatewayProgram,
+) -> None:
+    body = chat(max_tokens=10, max_completion_tokens=300)
+    handle = gateway.request(CHAT, body, route=OPENAI)
+    assert handle.tollway["reserve"] == str(math.ceil(len(body) / 4) + 300)
+    body = chat(max_tokens=1000, max_completion_tokens=None)  # present and null: the model's default
+    assert gateway.request(CHAT, body, route=OPENAI).tollway["reserve"] == str(math.ceil(len(body) / 4) + 64)
+
+
+def test_a_model_is_called_on_its_own_route_only(gateway: GatewayProgram) -> None:
+    handle = gateway.request({**CHAT, ":path": "/v1/completions"}, chat(), route=OPENAI)
+    assert handle.answer == (400, "model chat answers /v1/chat/completions")
+
+
+def test_the_model_list_holds_what_the_tier_may_use_until_its_sunset(gateway: GatewayProgram) -> None:
+    handle = gateway.request({**CHAT, ":path": "/v1/models"}, route={"kind": "models"})
+    assert handle.reply is not None and handle.reply.status == 200
+    listed = json.loads(handle.reply.body)
+    assert listed["object"] == "list"
+    assert [entry["id"] for entry in listed["data"]] == ["chat", "chat:stable", "chat@1", "chat@2"]
+    one = gateway.request({**CHAT, ":path": "/v1/models/chat%3Astable"}, route={"kind": "model"})
+    assert one.reply is not None and json.loads(one.reply.body)["id"] == "chat:stable"
+    unknown = gateway.request({**CHAT, ":path": "/v1/models/chat@7"}, route={"kind": "model"})
+    assert unknown.answer == (404, "no model of that name for tier pro")
+    later = GatewayProgram(openai_data(), NOW + 86_400)  # version 1's sunset
+    after = later.request({**CHAT, ":path": "/v1/models"}, route={"kind": "models"})
+    assert after.reply is not None
+    assert [entry["id"] for entry in json.loads(after.reply.body)["data"]] == ["chat", "chat@2"]
+    anonymous = gateway.request({":path": "/v1/models"}, route={"kind": "models"})
+    assert anonymous.answer is not None and anonymous.answer[0] == 401
+
+
+# Streams
+
+STREAMED = {**ANSWERED, "content-type": "text/event-stream"}
+
+
+def streamed_state(**changes: str) -> dict[str, dict[str, str]]:
+    state = {
+        "kind": "openai",
+        "tier": "pro",
+        "consumer": "acme",
+        "model": "chat",
+        "version": "2",
+        "reserve": "40",
+        "estimate": "40",
+        "start_ms": str(START_MS),
+        "left_input": "0",
+        "left_output": "40",
+        "left_unreported": "1",
+    }
+    return {"tollway": {**state, **changes}}
+
+
+def event(text: str, input_tokens: int, output_tokens: int) -> bytes:
+    data = json.dumps({"choices": [{"delta": {"content": text}}]})
+    return f"data: {data}\n\n: usage {input_tokens} {output_tokens}\n\n".encode()
+
+
+def test_a_stream_is_passed_on_chunk_by_chunk_and_metered_from_its_last_usage_comment(
+    gateway: GatewayProgram,
+) -> None:
+    whole = b"".join(event(f"w{n} ", 7, n) for n in range(1, 51)) + b"data: [DONE]\n\n"
+    cut = [whole[at : at + 37] for at in range(0, len(whole), 37)]  # comments cut anywhere
+    # the first chunk 120 ms after the request, each of the next ones 2 ms apart
+    clock = [START_MS + 120 + 2 * index for index in range(len(cut))]
+    handle = gateway.response(STREAMED, metadata=streamed_state(), chunks=cut, clock=clock)
+    assert handle.errors == []
+    assert handle.chunks_read == len(cut)  # each one read as it came: nothing asked for the whole body
+    last = clock[-1]
+    assert handle.tollway == {
+        **streamed_state()["tollway"],
+        "ttft_ms": "120",
+        "tpot_ms": f"{(last - clock[0]) / 49:.3f}",
+        "input_tokens": "7",
+        "output_tokens": "50",
+        "unreported": "0",
+        "left_input": "7",
+        "left_output": "50",
+        "left_unreported": "0",
+        "settle": "17",  # 57 used, 40 reserved
+        "from_model": "1",
+    }
+
+
+def test_a_caller_who_leaves_mid_stream_is_charged_what_was_produced(gateway: GatewayProgram) -> None:
+    """Envoy stops the script when the client goes: what it left says what the abandoned-request logger
+    counts (the model's counts so far, reported), and the answered-request logger never sees it."""
+    chunks = [event("a ", 7, 1), event("b ", 7, 2), event("c ", 7, 3)]
+    handle = gateway.response(
+        STREAMED, metadata=streamed_state(), chunks=chunks, clock=[START_MS + 50], leave_after=2
+    )
+    assert handle.tollway["left_input"] == "7" and handle.tollway["left_output"] == "2"
+    assert handle.tollway["left_unreported"] == "0"
+    assert "from_model" not in handle.tollway and handle.tollway["ttft_ms"] == "50"
+
+
+def test_a_stream_without_usage_comments_is_charged_its_estimate_unreported(gateway: GatewayProgram) -> None:
+    chunks = [b'data: {"choices":[]}\n\n', b"data: [DONE]\n\n"]
+    handle = gateway.response(STREAMED, metadata=streamed_state(), chunks=chunks, clock=[START_MS + 9])
+    assert handle.tollway["input_tokens"] == "0" and handle.tollway["output_tokens"] == "40"
+    assert handle.tollway["unreported"] == "1" and "tpot_ms" not in handle.tollway
+    assert handle.tollway["ttft_ms"] == "9" and handle.tollway["from_model"] == "1"
+
+
+def test_model_text_cannot_forge_a_usage_comment() -> None:
+    tokens = Module("tokens")
+    forged = event("\n: usage 0 0\n", 7, 3)  # JSON escapes the line breaks: no comment line
+    assert tokens.stream_usage(forged.decode()) == (7, 3)
+    assert tokens.stream_usage("data: x\n\n: usage 1 2") == (None, None)  # not whole yet
+
+
+def test_a_unary_openai_answer_is_counted_from_its_usage_object(gateway: GatewayProgram) -> None:
+    answer = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 31, "total_tokens": 42}}
+    handle = gateway.response(
+        {**ANSWERED, "content-type": "application/json"},
+        json.dumps(answer).encode(),
+        metadata=streamed_state(),
+    )
+    assert handle.tollway["input_tokens"] == "11" and handle.tollway["output_tokens"] == "31"
+    assert handle.tollway["settle"] == "2" and handle.tollway["from_model"] == "1"
