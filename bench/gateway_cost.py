@@ -17,7 +17,10 @@ connections, closed loop) with the same KServe v2 infer POST:
    ratelimit call a request instead of two), and for one whose tier has no limits (no call: the Lua
    programs, authentication, routing, usage counting and the headers alone);
 6. a caller flooding past its tier's limit (1 request a minute), refused with 429 before its body is read:
-   what a refusal costs (the ratelimit service answers it from its cache of over-limit keys).
+   what a refusal costs (the ratelimit service answers it from its cache of over-limit keys);
+7. the OpenAI API's unary chat completion through the same gateway for the RPM + TPM caller (the model named
+   in the body, resolved and limited after it is read), to a second fake server that answers with a fixed
+   chat completion and its usage: beside path 3, what the OpenAI route costs over the KServe one.
 
 The paths take turns, ROUNDS times (so a slow spell of the shared cores falls on all of them), and each
 figure is the median of its rounds: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's,
@@ -53,9 +56,9 @@ from typing import Any
 import yaml
 
 from testbed.dataplane import EnvoyPorts, GatewayProcesses
-from testbed.gateway import echo_model, secret, tier
+from testbed.gateway import NAMESPACE, echo_model, secret, tier
 from testbed.processes import Process, answers_http, free_port, start, tool_binary
-from testbed.triton import infer_body
+from testbed.triton import infer_body, language_model_document
 
 KEYS = {
     "rpm-tpm": "tw-bench-full-key",
@@ -65,6 +68,21 @@ KEYS = {
 }
 """The gateway's callers, by the limits of their tier (`flood`'s is 1 request a minute: it is refused)."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
+CHAT_BODY = json.dumps(
+    {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 8}
+)
+CHAT_REPLY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "chat@1",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi " * 8}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 8, "total_tokens": 16},
+    }
+)
 USAGE = json.dumps({"prompt_tokens": 8, "completion_tokens": 8})
 REPLY = json.dumps(
     {
@@ -205,10 +223,12 @@ class Target:
     key: str = ""
     refused: int = 200
     """The status it is answered with besides 200 (a caller past its limit: 429)."""
+    path: str = "/v1/models/echo/infer"
+    body: str = BODY
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/models/echo/infer"
+        return f"http://127.0.0.1:{self.port}{self.path}"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -221,7 +241,7 @@ def drive(load: Load, target: Target) -> Run:
     label, url, watched, headers = target.label, target.url, target.watched, target.headers
     script.write_text(
         'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(BODY)}\n"
+        f"wrk.body = {json.dumps(target.body)}\n"
         + "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
         + CHECK_STATUS % target.refused
     )
@@ -255,7 +275,7 @@ def attack(load: Load, rate: int, target: Target) -> Run:
     request = {
         "method": "POST",
         "url": target.url,
-        "body": base64.b64encode(BODY.encode()).decode(),
+        "body": base64.b64encode(target.body.encode()).decode(),
         "header": {name: [value] for name, value in target.headers.items()},
     }
     targets = load.workdir / "targets.json"
@@ -341,23 +361,27 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def gateway(workdir: Path, upstream_port: int, workers: int) -> GatewayProcesses:
-    """Tollway's gateway with a tier per entry of KEYS, its limits far above any load here."""
+def gateway(workdir: Path, upstream_port: int, openai_port: int, workers: int) -> GatewayProcesses:
+    """Tollway's gateway with a tier per entry of KEYS, its limits far above any load here: the echo model
+    (KServe v2) and a chat model whose OpenAI server is the fake at `openai_port`."""
     limits: dict[str, dict[str, int]] = {
         "rpm-tpm": {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000},
         "rpm": {"requestsPerMinute": 100_000_000},
         "none": {},
         "flood": {"requestsPerMinute": 1},
     }
-    documents: list[dict[str, Any]] = [echo_model()]
+    documents: list[dict[str, Any]] = [echo_model(), language_model_document("chat", "chat", NAMESPACE)]
     for name, key in KEYS.items():
-        documents += [tier(name, 1, limits[name], ["echo"]), secret(name, name, key)]
+        documents += [tier(name, 1, limits[name], ["echo", "chat"]), secret(name, name, key)]
     source = workdir / "manifests.yaml"
     source.write_text(yaml.safe_dump_all(documents))
     processes = GatewayProcesses(
         workdir=workdir,
         replicas=[EnvoyPorts.free()],
-        upstreams=[f"echo=127.0.0.1:{upstream_port}:{upstream_port}"],
+        upstreams=[
+            f"echo=127.0.0.1:{upstream_port}:{upstream_port}",
+            f"chat=127.0.0.1:{upstream_port}:{upstream_port}:{openai_port}",
+        ],
         envoy_workers=workers,
     )
     processes.write_config(source)
@@ -387,13 +411,15 @@ def main() -> None:
         raise SystemExit("wrk is missing: hack/setup installs it (Debian's package)")
     with tempfile.TemporaryDirectory(prefix="tollway-cost-") as directory:
         workdir = Path(directory)
-        model_port, bare_port = free_port(), free_port()
+        model_port, openai_port, bare_port = free_port(), free_port(), free_port()
         reply = {"direct_response": {"status": 200, "body": {"inline_string": REPLY}}}
         model = static_envoy(workdir, "model", model_port, 2, reply)
+        chat_reply = {"direct_response": {"status": 200, "body": {"inline_string": CHAT_REPLY}}}
+        openai_model = static_envoy(workdir, "openai-model", openai_port, 1, chat_reply)
         bare = static_envoy(
             workdir, "bare", bare_port, options.workers, {"route": {"cluster": f"127.0.0.1:{model_port}"}}
         )
-        tollway = gateway(workdir, model_port, options.workers)
+        tollway = gateway(workdir, model_port, openai_port, options.workers)
         gateway_processes = {
             "envoy": tollway.envoys[0],
             "ratelimit": tollway.processes["ratelimit"],
@@ -407,6 +433,14 @@ def main() -> None:
             Target("  tier with RPM only (1 call)", tollway.ports[0], gateway_processes, KEYS["rpm"]),
             Target("  tier without limits (0 calls)", tollway.ports[0], gateway_processes, KEYS["none"]),
             Target("  a caller past its RPM (429)", tollway.ports[0], gateway_processes, KEYS["flood"], 429),
+            Target(
+                "Tollway, OpenAI chat (unary)",
+                tollway.ports[0],
+                {**gateway_processes, "model": openai_model},
+                KEYS["rpm-tpm"],
+                path="/v1/chat/completions",
+                body=CHAT_BODY,
+            ),
         ]
         try:
             load = Load(wrk, workdir, options.seconds, options.connections)
@@ -421,6 +455,7 @@ def main() -> None:
             tollway.stop()
             bare.stop()
             model.stop()
+            openai_model.stop()
     runs = [median_run(list(taken)) for taken in zip(*closed, strict=True)]
     at_rate = [median_run(list(taken)) for taken in zip(*steady, strict=True)]
     bare_throughput, straight_p99 = runs[1].requests_per_second, at_rate[0].p99_ms

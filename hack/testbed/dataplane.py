@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -278,3 +279,11 @@ class GatewayProcesses:
         """Stop what runs, Envoys first."""
         for process in [*reversed(self.envoys), *reversed(self.processes.values())]:
             process.stop()
+
+
+def fresh_window(needed_seconds: float = 20) -> None:
+    """Wait for the next calendar minute (the ratelimit service's windows) when fewer than `needed_seconds`
+    are left in this one."""
+    left = 60 - time.time() % 60
+    if left < needed_seconds:
+        time.sleep(left + 0.2)

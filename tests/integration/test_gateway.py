@@ -31,6 +31,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from testbed.client import Reply
+from testbed.dataplane import fresh_window
 from testbed.gateway import (
     AUDIENCE,
     ISSUER,
@@ -169,13 +170,6 @@ def manifests(
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     with bed(tmp_path_factory.mktemp("gateway"), manifests) as test_bed:
         yield test_bed
-
-
-def fresh_window(needed_seconds: float = 20) -> None:
-    """Wait for the next calendar minute when fewer than `needed_seconds` are left in this one."""
-    left = 60 - time.time() % 60
-    if left < needed_seconds:
-        time.sleep(left + 0.2)
 
 
 def infer(gateway: Bed, path: str, key: str, replica: int = 0, **parameters: Any) -> Reply:

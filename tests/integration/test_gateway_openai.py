@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import openai
 import pytest
 
 from testbed import dataplane
+from testbed.dataplane import fresh_window
 from testbed.gateway import secret, tier
 from testbed.kube import eventually
 from testbed.triton import (
@@ -35,7 +37,12 @@ from testbed.triton import (
 NAMESPACE = "gw"
 TOKEN_MS = 20
 """The streamer's pause before each token."""
-KEYS = {"pro": "k-pro-0123456789", "free": "k-free-0123456789", "single": "k-single-0123456789"}
+KEYS = {
+    "pro": "k-pro-0123456789",
+    "free": "k-free-0123456789",
+    "single": "k-single-0123456789",
+    "metered": "k-metered-0123456789",
+}
 CHAT_VERSIONS = {
     "versions": [
         {"version": "3"},
@@ -45,6 +52,7 @@ CHAT_VERSIONS = {
     "aliases": {"stable": "2"},
 }
 ASKED = [{"role": "user", "content": "tell me more"}]
+METERED_TPM = 400
 
 
 def documents() -> list[dict[str, Any]]:
@@ -57,6 +65,7 @@ def documents() -> list[dict[str, Any]]:
         tier("pro", 2, {"requestsPerMinute": 10_000, "tokensPerMinute": 1_000_000}, ["*"]),
         tier("free", 5, {"requestsPerMinute": 10_000}, ["assistant"]),
         tier("single", 3, {"concurrentRequests": 1}, ["writer"]),
+        tier("metered", 3, {"tokensPerMinute": METERED_TPM}, ["writer"]),
     ]
     secrets = [secret(f"{name}-key", name, key) for name, key in KEYS.items()]
     return [*models, *tiers, *secrets]
@@ -341,3 +350,29 @@ def test_a_429_is_an_openai_error_with_retry_after_and_the_sdk_backs_off_and_suc
     answer = bed.client("single", retries=3).completions.create(model="writer", prompt="y", max_tokens=1)
     assert answer.choices[0].text == "y " and time.monotonic() - started >= 0.5
     list(first)
+
+
+def test_streamed_requests_never_overshoot_the_token_limit_under_64_concurrent_clients(bed: Bed) -> None:
+    """Each stream reserves its prompt estimate and max_tokens before it runs: of 64 sent at once (across
+    both replicas) only as many start as the limit holds, and what they used fits it."""
+    fresh_window(40)
+    body = json.dumps({"model": "writer", "prompt": "a b c", "max_tokens": 6, "stream": True})
+    headers = {"authorization": f"Bearer {KEYS['metered']}", "content-type": "application/json"}
+
+    def one(index: int) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[index % 2], timeout=60)
+        connection.request("POST", "/v1/completions", body=body, headers=headers)
+        response = connection.getresponse()
+        found = response.status, response.read()
+        connection.close()
+        return found
+
+    with ThreadPoolExecutor(64) as pool:
+        replies = list(pool.map(one, range(64)))
+    reservation = -(-len(body) // 4) + 6
+    served = [text for status, text in replies if status == 200]
+    assert {status for status, _ in replies} == {200, 429}
+    assert len(served) == METERED_TPM // reservation  # the limit's worth of reservations, not one more
+    assert all(text.endswith(b"data: [DONE]\n\n") for text in served)
+    used = eventually(lambda: bed.usage("input", "metered") + bed.usage("output", "metered"))
+    assert used == len(served) * (3 + 6) <= METERED_TPM
