@@ -11,9 +11,12 @@ path, traffic, and a report.
    Tollway), Redis, the ratelimit service on the rules the operator applied (its ConfigMap, verbatim), two
    Envoy replicas configured by `tollway gateway-config` from the same resources and Secrets, and
    Prometheus scraping all of them and evaluating the rules `tollway render` makes for them.
-3. Sends traffic as the three example consumers (one per tier), each request to either Envoy replica, and
-   prints per consumer what was allowed and limited, tokens and cost, latency through the gateway, a sample
-   of the rate-limit and deprecation headers, and `kubectl get md,tier`.
+3. Sends traffic as the three example consumers (one per tier), each request to either Envoy replica, then
+   asks the streaming LLM (the `assistant` example, its stand-in a decoupled model streaming a token every
+   20 ms, behind its `tollway openai-server`) a question through the official OpenAI SDK, streamed; prints
+   per consumer what was allowed and limited, tokens and cost, latency through the gateway, the streamed
+   answer with its time to first token, a sample of the rate-limit and deprecation headers, and `kubectl
+   get md,tier`.
 
 Exits 0 when everything behaved as the resources say, 1 with the reasons otherwise. Leaves nothing running;
 with --keep it stays in the foreground with everything up, says how to reach it, and stops it all on Ctrl-C
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import yaml
 
 from tollway.api import ModelDeployment
@@ -50,9 +54,9 @@ from testbed.client import request
 from testbed.kube import Cluster, tollway_run
 from testbed.processes import ROOT, free_port, poll
 from testbed.report import (
-    ConsumerTraffic,
     Report,
     SentRequest,
+    StreamedAnswer,
     client_usage,
     consumer_traffic,
     judge,
@@ -148,11 +152,20 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     servings = [
         plan_serving(parse(ModelDeployment, cpu_stand_in(model)), priorities, "unused") for model in models
     ]
+    # One Triton serves them all, started with the first one's flags: a model with the response cache first,
+    # so that its --cache-config is among them.
+    servings.sort(key=lambda serving: serving.cache_size_bytes is None)
     names = ", ".join(f"{item.model.name} {list(item.model.versions)}" for item in servings)
     step(f"starting Triton (PyTriton's server, CPU) with stand-ins for {names}")
     shutil.rmtree(WORK / "triton", ignore_errors=True)
     served = triton.start(WORK / "triton", *servings, http_port=triton_http)
     stack.callback(served.process.stop)
+    openai_urls = {}
+    for item in servings:
+        if item.openai is not None:
+            step(f"starting {item.model.name}'s OpenAI server (tollway openai-server), as its pod runs it")
+            process, openai_urls[item.model.name] = triton.start_openai_server(WORK, item, served)
+            stack.callback(process.stop)
 
     step("starting Redis and the ratelimit service on the rules the operator applied")
     applied = cluster.get("configmap", "tollway-gateway-ratelimit", NAMESPACE)
@@ -163,7 +176,7 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     gateway = dataplane.GatewayProcesses(
         workdir=WORK,
         replicas=[dataplane.EnvoyPorts.free() for _ in range(ENVOY_REPLICAS)],
-        upstreams=[served.upstream(item.model.name) for item in servings],
+        upstreams=[served.upstream(item.model.name, openai_urls.get(item.model.name)) for item in servings],
         ratelimit_root=WORK / "ratelimit-root",
     )
     stack.callback(gateway.stop)
@@ -254,6 +267,47 @@ def send_traffic(path: DataPath, everyone: list[Consumer]) -> list[SentRequest]:
     return sent
 
 
+STREAMED_MODEL = "assistant"
+STREAMED_BY = "pro"
+"""The example streaming LLM, and the tier whose consumer asks it a question through the OpenAI SDK."""
+
+
+def stream_chat(path: DataPath, everyone: list[Consumer]) -> StreamedAnswer:
+    """One chat answer, streamed through the gateway with the official OpenAI SDK: timed as the client sees
+    it (from the call to the first piece of text, and to the last)."""
+    consumer = next(each for each in everyone if each.tier == STREAMED_BY)
+    client = openai.OpenAI(base_url=f"{path.gateways[0]}/v1", api_key=consumer.key, max_retries=0)
+    asked = [{"role": "user", "content": "what does a gateway in front of a model do"}]
+    started = time.perf_counter()
+    first, last, pieces, served, usage = None, 0.0, [], "", None
+    stream = client.chat.completions.create(
+        model=STREAMED_MODEL,
+        messages=asked,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        served, usage = chunk.model, chunk.usage or usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = (time.perf_counter() - started) * 1000
+            first = first if first is not None else last
+            pieces.append(chunk.choices[0].delta.content)
+    if first is None or usage is None:
+        raise Failed(f"the streamed answer from {STREAMED_MODEL} carried no text or no usage")
+    return StreamedAnswer(
+        consumer=consumer.name,
+        asked=STREAMED_MODEL,
+        served=served,
+        text="".join(pieces),
+        ttft_ms=first,
+        total_ms=last,
+        chunks=len(pieces),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+    )
+
+
 # --- what came of it ---------------------------------------------------------------------------------------
 
 
@@ -277,7 +331,13 @@ def models_with_p99(cluster: Cluster) -> list[str] | None:
     return with_p99 if len(with_p99) == len(models) else None
 
 
-def measure(cluster: Cluster, path: DataPath, everyone: list[Consumer], sent: list[SentRequest]) -> Report:
+def measure(
+    cluster: Cluster,
+    path: DataPath,
+    everyone: list[Consumer],
+    sent: list[SentRequest],
+    streamed: StreamedAnswer,
+) -> Report:
     tiers = {item["metadata"]["name"]: item["spec"] for item in cluster.items("tier", NAMESPACE)}
     traffic = tuple(consumer_traffic(each.name, each.tier, tiers[each.tier], sent) for each in everyone)
     return Report(
@@ -285,19 +345,19 @@ def measure(cluster: Cluster, path: DataPath, everyone: list[Consumer], sent: li
         traffic=traffic,
         latency=latency(sent),
         samples=samples(sent),
-        gateway_counters=counters_once_equal(path.prometheus, traffic),
+        gateway_counters=counters_once_equal(path.prometheus, client_usage(traffic, streamed)),
         every_model_has_p99=bool(poll(lambda: models_with_p99(cluster), 30, interval=1.0)),
         resource_table=cluster.kubectl("get", "md,tier", "-n", NAMESPACE).stdout,
         conditions=unwelcome_conditions(cluster.items("md,tier", NAMESPACE)),
+        streamed=streamed,
     )
 
 
 def counters_once_equal(
-    prometheus_url: str, traffic: tuple[ConsumerTraffic, ...]
+    prometheus_url: str, expected: dict[tuple[str, str], int]
 ) -> dict[tuple[str, str], int]:
-    """The gateway's counters once they equal what the clients received (Prometheus scrapes every second),
-    or as they are after 30 s."""
-    expected = client_usage(traffic)
+    """The gateway's counters once they equal what the clients received (`expected`; Prometheus scrapes
+    every second), or as they are after 30 s."""
 
     def equal() -> dict[tuple[str, str], int] | None:
         counters = gateway_counters(prometheus_url)
@@ -353,8 +413,12 @@ def demo(stack: ExitStack, keep: bool, began: float) -> int:
     everyone = consumers(cluster)
     step(f"sending traffic as {', '.join(f'{c.name} ({c.tier})' for c in everyone)}")
     sent = send_traffic(path, everyone)
+    step(
+        f"asking {STREAMED_MODEL} a question through the OpenAI SDK, streamed, as the {STREAMED_BY} consumer"
+    )
+    streamed = stream_chat(path, everyone)
     step("reading what Prometheus and the operator made of it")
-    report = measure(cluster, path, everyone, sent)
+    report = measure(cluster, path, everyone, sent, streamed)
     verdict = judge(report)
     print(text(report))
     print(verdict.text(time.monotonic() - began), flush=True)

@@ -179,6 +179,30 @@ def unwelcome_conditions(resources: Iterable[Mapping[str, Any]]) -> tuple[Condit
 
 
 @dataclass(frozen=True)
+class StreamedAnswer:
+    """One chat answer streamed through the gateway to the official OpenAI SDK, as the client saw it."""
+
+    consumer: str
+    asked: str
+    """The `model` the client asked for."""
+    served: str
+    """The response's `model`: what served it."""
+    text: str
+    ttft_ms: float
+    total_ms: float
+    chunks: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        return {
+            ("requests", self.consumer): 1,
+            ("input", self.consumer): self.prompt_tokens,
+            ("output", self.consumer): self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True)
 class Report:
     envoy_replicas: int
     traffic: tuple[ConsumerTraffic, ...]
@@ -191,11 +215,29 @@ class Report:
     resource_table: str
     """`kubectl get md,tier` as it printed."""
     conditions: tuple[Condition, ...]
+    streamed: StreamedAnswer | None = None
 
 
-def client_usage(traffic: Iterable[ConsumerTraffic]) -> dict[tuple[str, str], int]:
+def client_usage(
+    traffic: Iterable[ConsumerTraffic], streamed: StreamedAnswer | None = None
+) -> dict[tuple[str, str], int]:
     """What the gateway should have counted, by what the clients received: (kind, consumer) → total."""
-    return {key: total for consumer in traffic for key, total in consumer.usage().items()}
+    found = {key: total for consumer in traffic for key, total in consumer.usage().items()}
+    for key, total in (streamed.usage() if streamed else {}).items():
+        found[key] = found.get(key, 0) + total
+    return found
+
+
+def _streamed_lines(answer: StreamedAnswer) -> list[str]:
+    return [
+        "",
+        f"Streamed through the OpenAI SDK (chat.completions, stream=True) as {answer.consumer}: "
+        f'model "{answer.asked}" served by {answer.served}',
+        f"  first token after {answer.ttft_ms:.1f} ms, the last after {answer.total_ms:.1f} ms, "
+        f"{answer.chunks} chunks; usage {answer.prompt_tokens} prompt + {answer.completion_tokens} "
+        "completion tokens",
+        f"  {answer.text.strip()[:100]!r}",
+    ]
 
 
 def text(report: Report) -> str:
@@ -226,7 +268,9 @@ def text(report: Report) -> str:
         lines += [f"  {name}: {value}" for name, value in sample.shown().items()]
         if sample.reply.status != 200:
             lines.append(f"  body: {sample.reply.body.decode(errors='replace')[:200]}")
-    agree = report.gateway_counters == client_usage(report.traffic)
+    if report.streamed is not None:
+        lines += _streamed_lines(report.streamed)
+    agree = report.gateway_counters == client_usage(report.traffic, report.streamed)
     lines += [
         "",
         "The gateway's usage counters in Prometheus (read by the cost and usage-spike rules): "
@@ -282,7 +326,10 @@ def judge(report: Report) -> Verdict:
             reasons.append(f"no reply for: {sample.title}")
         elif not sample.shown():
             reasons.append(f"{sample.title}: none of the headers {', '.join(sample.prefixes)}")
-    seen = client_usage(report.traffic)
+    answer = report.streamed
+    if answer is not None and not (answer.text and answer.chunks > 1 and answer.ttft_ms < answer.total_ms):
+        reasons.append(f"the streamed answer came whole or empty: {answer}")
+    seen = client_usage(report.traffic, answer)
     if report.gateway_counters != seen:
         reasons.append(f"usage counters {report.gateway_counters} != what clients saw {seen}")
     if not report.every_model_has_p99:

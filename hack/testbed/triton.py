@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tollway import cli
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.ir.serving import TritonServing
@@ -107,6 +108,9 @@ class RunningTriton:
 CHAT_TEMPLATE = "{% for m in messages %}{{ m.content }} {% endfor %}"
 
 
+VLLM_COUNTS = {"inputField": "num_input_tokens", "outputField": "num_output_tokens"}
+
+
 def language_model_document(name: str, kind: str, namespace: str = "llm", **spec: Any) -> dict[str, Any]:
     """A ModelDeployment that speaks the OpenAI API (spec.model.openai `kind` chat, completion or embedding;
     one version unless `spec` says otherwise, CPU, at most 8 tokens an answer unless asked for more)."""
@@ -117,7 +121,8 @@ def language_model_document(name: str, kind: str, namespace: str = "llm", **spec
         "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"},
         "spec": {
-            "model": {**model, "tokens": {"defaultMaxTokens": 8}},
+            # the streamer's counts, named as Triton's vLLM backend names them (Triton's generate routes)
+            "model": {**model, "tokens": {"defaultMaxTokens": 8, **VLLM_COUNTS}},
             "versions": [{"version": "1"}],
             "triton": {"gpus": 0},
             **spec,
@@ -155,9 +160,13 @@ def start_openai_server(
     return start_process(name, command, workdir / f"{name}.log", ready), f"http://127.0.0.1:{port}/v1"
 
 
-def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] = ()) -> Path:
+def model_repository(
+    root: Path, serving: TritonServing, broken: Iterable[int] = (), own_config: str | None = None
+) -> Path:
     """The echo model (the streamer for a model Triton serves decoupled, the embedder for an embedding
-    model) under Tollway's model name: a directory per listed version, and the rendered config."""
+    model) under Tollway's model name: a directory per listed version, and config.pbtxt as the pod's
+    init container writes it (`tollway model-config`: the rendered config merged into the repository's own,
+    `own_config`, when it has one)."""
     directory = root / "models" / serving.model.name
     source = ECHO_MODEL
     if serving.model.decoupled:
@@ -169,7 +178,12 @@ def model_repository(root: Path, serving: TritonServing, broken: Iterable[int] =
         (directory / str(version) / "model.py").symlink_to(source)
         if version in broken:
             (directory / str(version) / "broken").touch()
-    (directory / "config.pbtxt").write_text(config_pbtxt(serving.model))
+    rendered = root / f"{serving.model.name}.rendered.pbtxt"
+    rendered.write_text(config_pbtxt(serving.model))
+    if own_config is not None:
+        (directory / "config.pbtxt").write_text(own_config)
+    if cli.main(["model-config", f"--rendered={rendered}", f"--model-dir={directory}"]) != 0:
+        raise AssertionError(f"tollway model-config refused {serving.model.name}'s repository config")
     return root / "models"
 
 
@@ -180,15 +194,16 @@ def start(
     broken: Iterable[int] = (),
     http_port: int | None = None,
     admin_key: str | None = None,
+    own_config: str | None = None,
 ) -> RunningTriton:
     """Triton started with Tollway's own command line; only the repository path and ports are local.
 
     `others` are served beside the first model (one more --load-model each); `broken` versions of the
-    first model fail to load. With `admin_key`, Triton's restricted APIs take that key, filled in where the
-    kubelet would fill it in from the model's Secret; without, they are left open. Returns once Triton is
-    live; AssertionError with its log if it never is.
+    first model fail to load; `own_config` is its repository's own config.pbtxt. With `admin_key`, Triton's
+    restricted APIs take that key, filled in where the kubelet would fill it in from the model's Secret;
+    without, they are left open. Returns once Triton is live; AssertionError with its log if it never is.
     """
-    repository = model_repository(workdir, serving, broken)
+    repository = model_repository(workdir, serving, broken, own_config)
     for other in others:
         model_repository(workdir, other)
     http, grpc, metrics = http_port or free_port(), free_port(), free_port()
@@ -228,9 +243,10 @@ def running(
     *others: TritonServing,
     broken: Iterable[int] = (),
     admin_key: str | None = None,
+    own_config: str | None = None,
 ) -> Iterator[RunningTriton]:
     """`start`, and stop when the block ends."""
-    triton = start(workdir, serving, *others, broken=broken, admin_key=admin_key)
+    triton = start(workdir, serving, *others, broken=broken, admin_key=admin_key, own_config=own_config)
     try:
         yield triton
     finally:

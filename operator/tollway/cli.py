@@ -194,7 +194,7 @@ def run(arguments: argparse.Namespace) -> int:
         peering=arguments.peering,
         triton_address=arguments.triton_address,
         storage_initializer_image=arguments.storage_initializer_image,
-        openai_image=arguments.openai_image,
+        tollway_image=arguments.tollway_image,
         prometheus_url=arguments.prometheus_url or None,
         gateway=GatewayOptions(
             runtime=Runtime(
@@ -242,6 +242,45 @@ def openai_server(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def model_config(arguments: argparse.Namespace) -> int:
+    """The model directory Triton reads, before it starts: config.pbtxt merged (the repository's, with the
+    fields Tollway owns from the rendered one), and, from a read-only claim, each version linked."""
+    from google.protobuf.text_format import ParseError  # noqa: PLC0415 (protobuf: this command only)
+
+    from tollway.render.model_config import merge_config  # noqa: PLC0415
+
+    target = Path(arguments.model_dir)
+    source = Path(arguments.source) if arguments.source else target
+    rendered = Path(arguments.rendered).read_text()
+    found = source / "config.pbtxt"
+    try:
+        config = merge_config(found.read_text(), rendered) if found.is_file() else rendered
+    except ParseError as error:
+        print(f"{found} is not a Triton model config: {error}", file=sys.stderr)
+        return 1
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.pbtxt").write_text(config)
+    for version in arguments.versions if arguments.source else ():
+        link = target / version
+        link.unlink(missing_ok=True)
+        link.symlink_to(source / version)
+    return 0
+
+
+def _add_model_config(commands: Any) -> None:
+    command = commands.add_parser(
+        "model-config",
+        help="write a model directory's config.pbtxt: the repository's merged with Tollway's rendered one",
+    )
+    command.add_argument("--rendered", required=True, help="the config.pbtxt Tollway rendered")
+    command.add_argument("--model-dir", required=True, help="the model directory Triton reads")
+    command.add_argument(
+        "--source", help="the model's directory on a read-only claim: its config.pbtxt, its versions linked"
+    )
+    command.add_argument("versions", nargs="*", help="with --source: the version directories to link")
+    command.set_defaults(handler=model_config)
+
+
 def _add_run(commands: Any) -> None:
     command = commands.add_parser("run", help="run the operator")
     command.add_argument(
@@ -267,8 +306,8 @@ def _add_run(commands: Any) -> None:
         help="image that downloads s3://, gs:// and as:// model directories",
     )
     command.add_argument(
-        "--openai-image",
-        default=Settings.openai_image,
+        "--tollway-image",
+        default=Settings.tollway_image,
         help="Tollway's own image, for the OpenAI server beside a language model's Triton",
     )
     command.add_argument(
@@ -344,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     _add_run(commands)
+    _add_model_config(commands)
 
     command = commands.add_parser("render", help="print (or write to --out) what Tollway would apply")
     command.add_argument("-f", "--filename", action="append", required=True, help="file or folder")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from tollway.ir.network import NetworkPeers
 from tollway.translate.gateway import GatewayOptions
-from tollway.translate.serving import OPENAI_IMAGE, STORAGE_INITIALIZER
+from tollway.translate.serving import STORAGE_INITIALIZER, TOLLWAY_IMAGE
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Settings:
     """Where the operator reaches a model's Triton HTTP port; {service} and {namespace} are filled in."""
     storage_initializer_image: str = STORAGE_INITIALIZER
     """Image of the init container that downloads s3://, gs:// and as:// model directories."""
-    openai_image: str = OPENAI_IMAGE
+    tollway_image: str = TOLLWAY_IMAGE
     """Tollway's own image: runs `tollway openai-server` beside a language model's Triton."""
     prometheus_url: str | None = None
     """Prometheus to read live figures from (status.metrics) and for KEDA's triggers; None reads none

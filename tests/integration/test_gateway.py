@@ -427,7 +427,8 @@ def test_requests_per_minute_count_exactly_across_two_envoy_replicas(gateway: Be
 
 
 def test_token_headers_count_reservations_and_what_the_model_used(gateway: Bed) -> None:
-    fresh_window()
+    fresh_window(30)
+    charged_before = reserved_tokens(gateway, "bob") or 0
     first = infer(gateway, "/v1/models/echo/infer", KEYS["bob"], values=4, max_tokens=5)
     assert first.status == 200
     assert first.headers["x-ratelimit-limit-tokens"] == "600"
@@ -447,6 +448,10 @@ def test_token_headers_count_reservations_and_what_the_model_used(gateway: Bed) 
     assert int(second.headers["x-ratelimit-remaining-tokens"]) == max(
         0, 600 - reserved - second_reserved - extra
     )
+    # The excess is charged when the second request's stream ends, after its answer reached the client:
+    # once the ratelimit service shows it, the third request must find the limit spent.
+    charged = charged_before + reserved + second_reserved + extra
+    eventually(lambda: reserved_tokens(gateway, "bob") == charged, timeout=30)
     third = infer(gateway, "/v1/models/echo/infer", KEYS["bob"], values=4, max_tokens=5)
     assert third.status == 429
     assert "retry-after" in third.headers

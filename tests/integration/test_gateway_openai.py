@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
 
 from testbed import dataplane
 from testbed.dataplane import fresh_window
@@ -376,3 +378,66 @@ def test_streamed_requests_never_overshoot_the_token_limit_under_64_concurrent_c
     assert all(text.endswith(b"data: [DONE]\n\n") for text in served)
     used = eventually(lambda: bed.usage("input", "metered") + bed.usage("output", "metered"))
     assert used == len(served) * (3 + 6) <= METERED_TPM
+
+
+def test_tritons_generate_and_generate_stream_are_served_limited_and_metered(bed: Bed) -> None:
+    """The KServe routes gain Triton's generate extension: a text in, the text out (generate_stream: as
+    Server-Sent Events, passed on as they come), metered from the model's own counts."""
+    headers = {"authorization": f"Bearer {KEYS['pro']}", "content-type": "application/json"}
+    before = bed.usage("output", "pro")
+    connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[0], timeout=30)
+    body = json.dumps({"text_input": "one two", "max_tokens": 3})
+    connection.request("POST", "/v2/models/writer/generate", body=body, headers=headers)
+    answer = connection.getresponse()
+    assert answer.status == 200 and json.loads(answer.read())["text_output"] == "one two one "
+    body = json.dumps({"text_input": "one two", "max_tokens": 20, "stream": True})
+    started = time.monotonic()
+    connection.request("POST", "/v1/models/writer/generate_stream", body=body, headers=headers)
+    streamed = connection.getresponse()
+    assert streamed.status == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    arrivals, pieces = [], []
+    while line := streamed.readline():
+        if line.startswith(b"data: "):
+            arrivals.append(time.monotonic() - started)
+            pieces.append(json.loads(line[6:])["text_output"])
+    connection.close()
+    assert "".join(pieces) == "one two " * 10
+    assert arrivals[-1] - arrivals[0] >= 15 * TOKEN_MS / 1000  # the first piece came long before the last
+    eventually(lambda: bed.usage("output", "pro") == before + 3 + 20)
+
+
+def test_tritonclient_grpc_streaming_through_the_gateway(bed: Bed) -> None:
+    """ModelStreamInfer, one request a stream (tritonclient's start_stream, async_stream_infer, stop_stream):
+    each of the decoupled model's responses reaches the client as Triton sends it, metered from the
+    model's count outputs."""
+    before = bed.usage("input", "pro"), bed.usage("output", "pro")
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{bed.gateway.ports[1]}")
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    failures: list[Any] = []
+
+    def received(result: Any, error: Any) -> None:
+        if error is not None:
+            failures.append(error)
+            return
+        arrivals.append(time.monotonic())
+        pieces.extend(value.decode() for value in result.as_numpy("text_output").reshape(-1))
+
+    inputs = []
+    for name, datatype, value in (
+        ("text_input", "BYTES", np.array([b"one two"], dtype=np.object_)),
+        ("max_tokens", "INT32", np.array([20], dtype=np.int32)),
+        ("stream", "BOOL", np.array([True], dtype=bool)),
+    ):
+        tensor = grpcclient.InferInput(name, [1], datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    client.start_stream(callback=received, headers={"authorization": f"Bearer {KEYS['pro']}"})
+    client.async_stream_infer("writer", inputs)
+    client.stop_stream()  # ends the request stream, then waits for every response
+    client.close()
+    assert failures == []
+    assert "".join(pieces) == "one two " * 10
+    assert arrivals[-1] - arrivals[0] >= 15 * TOKEN_MS / 1000  # streamed, not gathered at the end
+    expected = (before[0] + 2, before[1] + 20)
+    eventually(lambda: (bed.usage("input", "pro"), bed.usage("output", "pro")) == expected)

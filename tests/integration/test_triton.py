@@ -105,3 +105,27 @@ def test_a_version_that_fails_to_load_is_reported_with_its_reason(tmp_path: Path
         # Triton loads a model's versions together: one failure leaves none of them serving.
         assert index["1"]["state"] == "UNAVAILABLE"
         assert not client.is_server_ready()  # strict readiness: the pod would not take traffic
+
+
+REPOSITORY_CONFIG = """
+name: "whatever-the-repository-calls-it"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+parameters { key: "note" value { string_value: "kept from the repository" } }
+dynamic_batching { max_queue_delay_microseconds: 99 }
+"""
+
+
+def test_the_repositorys_own_config_is_merged_with_the_fields_tollway_owns(tmp_path: Path) -> None:
+    """vLLM and TensorRT-LLM models need their repository's config.pbtxt (backend parameters, tensors):
+    `tollway model-config`, as the pod's init container runs it, keeps what Tollway does not own and
+    replaces what it does, and the real Triton loads the result."""
+    with running(tmp_path, echo_serving(), own_config=REPOSITORY_CONFIG) as server:
+        client = triton_http.InferenceServerClient(server.http)
+        eventually(lambda: client.is_model_ready("echo", "2"), timeout=60)
+        config = client.get_model_config("echo")
+    assert config["parameters"] == {"note": {"string_value": "kept from the repository"}}
+    assert config["name"] == "echo" and config["backend"] == "python" and config["platform"] == ""
+    assert config["max_batch_size"] == 8  # the spec's, not the repository's
+    batching = config["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == 1000 and batching["priority_levels"] == 3

@@ -33,6 +33,7 @@ def test_examples_are_valid() -> None:
         parse(KINDS[doc["kind"]], doc) for doc in documents.load([ROOT / "examples"]) if doc["kind"] in KINDS
     ]
     assert sorted(resource.metadata.name for resource in resources) == [
+        "assistant",
         "chat",
         "embed",
         "enterprise",

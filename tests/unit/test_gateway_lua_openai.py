@@ -10,11 +10,13 @@ import math
 from typing import Any
 
 import pytest
-from lua_gateway import GatewayProgram, Module
+from lua_gateway import GatewayProgram, Module, lua_text
 from test_gateway_lua import ANSWERED, DATA, NOW
+from tritonclient.grpc import service_pb2
 
 OPENAI = {"kind": "openai"}
 CHAT = {":path": "/v1/chat/completions", "authorization": "Bearer k-pro"}
+KEY_HEADERS = {"authorization": "Bearer k-pro"}
 START_MS = 1_790_000_000_000
 
 
@@ -275,3 +277,96 @@ def test_a_unary_openai_answer_is_counted_from_its_usage_object(gateway: Gateway
     )
     assert handle.tollway["input_tokens"] == "11" and handle.tollway["output_tokens"] == "31"
     assert handle.tollway["settle"] == "2" and handle.tollway["from_model"] == "1"
+
+
+# Triton's generate extension (KServe routes)
+
+GENERATE = {"kind": "generate", "model": "chat", "version": 2}
+
+
+def test_a_generate_request_reserves_the_larger_of_its_two_max_tokens(gateway: GatewayProgram) -> None:
+    """Triton reads both the top level and the parameters as inputs: the reservation covers either."""
+    body = json.dumps({"text_input": "hi", "max_tokens": 30, "parameters": {"max_tokens": 20}}).encode()
+    handle = gateway.request(KEY_HEADERS, body, route=GENERATE, clock=[START_MS])
+    assert handle.reply is None
+    assert handle.tollway["reserve"] == str(math.ceil(len(body) / 4) + 30)
+    assert handle.tollway["start_ms"] == str(START_MS)  # generate_stream's time to first token
+    assert json.loads(handle.body_bytes or b"")["parameters"] == {"priority": 2, "max_tokens": 20}
+
+
+def test_a_generate_request_takes_no_binary_tensor_data(gateway: GatewayProgram) -> None:
+    body = b'{"text_input": "hi"}'
+    handle = gateway.request({**KEY_HEADERS, "inference-header-content-length": "5"}, body, route=GENERATE)
+    assert handle.answer == (400, "generate takes JSON only: no Inference-Header-Content-Length")
+
+
+def test_generate_stream_is_metered_from_the_models_own_counts(gateway: GatewayProgram) -> None:
+    chunks = [
+        b'data: {"model_name":"chat","text_output":"a "}\n\n',
+        b'data: {"model_name":"chat","text_output":"b "}\n\ndata: {"model_name":"chat","prompt_',
+        b'tokens":4,"completion_tokens":2,"text_output":""}\n\n',
+    ]
+    state = streamed_state(kind="generate")
+    handle = gateway.response(STREAMED, metadata=state, chunks=chunks, clock=[START_MS + 30, START_MS + 50])
+    assert handle.tollway["input_tokens"] == "4" and handle.tollway["output_tokens"] == "2"
+    assert handle.tollway["ttft_ms"] == "30" and handle.tollway["tpot_ms"] == "20.000"
+    assert handle.tollway["unreported"] == "0" and handle.tollway["from_model"] == "1"
+
+
+# gRPC ModelStreamInfer
+
+
+def stream_response(text: str, counts: tuple[int, int] | None = None) -> bytes:
+    """One framed ModelStreamInferResponse as Triton sends it: a text piece and, last, the counts."""
+    response = service_pb2.ModelInferResponse(model_name="chat", model_version="2")
+    outputs = [("text_output", "BYTES", len(text.encode()).to_bytes(4, "little") + text.encode())]
+    if counts is not None:
+        outputs += [
+            ("num_input_tokens", "UINT32", counts[0].to_bytes(4, "little")),
+            ("num_output_tokens", "UINT32", counts[1].to_bytes(4, "little")),
+        ]
+    for name, datatype, raw in outputs:
+        response.outputs.add(name=name, datatype=datatype, shape=[1])
+        response.raw_output_contents.append(raw)
+    message = service_pb2.ModelStreamInferResponse(infer_response=response).SerializeToString()
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def test_a_model_stream_infer_stream_is_metered_from_the_count_outputs_however_it_is_cut() -> None:
+    protobuf = Module("protobuf")
+    whole = b"".join([stream_response("a "), stream_response("b "), stream_response("", (5, 2))])
+    for size in (1, 3, 7, 64, len(whole)):
+        read = protobuf.stream_counts("num_input_tokens", "num_output_tokens")
+        found = [read(lua_text(whole[at : at + size])) for at in range(0, len(whole), size)]
+        assert found[-1] == (5, 2)
+        assert found[0] == (None, None) or size == len(whole)
+
+
+def test_a_model_stream_infer_request_carries_one_message_only(gateway: GatewayProgram) -> None:
+    request = service_pb2.ModelInferRequest(model_name="chat")
+    message = request.SerializeToString()
+    frame = b"\0" + len(message).to_bytes(4, "big") + message
+    path = {":path": "/inference.GRPCInferenceService/ModelStreamInfer", "x-api-key": "k-pro"}
+    assert gateway.request(path, frame + frame, route={"kind": "grpc"}).answer == (
+        400,
+        "send one uncompressed gRPC message",
+    )
+    one = gateway.request(path, frame, route={"kind": "grpc"}, clock=[START_MS])
+    assert one.reply is None and one.tollway["start_ms"] == str(START_MS)
+    assert one.tollway["rpm_grpc_closed"] == "pro" and "reserve" in one.tollway
+
+
+def test_a_model_stream_infer_response_is_passed_on_and_metered(gateway: GatewayProgram) -> None:
+    data = openai_data()
+    data["models"]["chat"]["input"], data["models"]["chat"]["output"] = (
+        "num_input_tokens",
+        "num_output_tokens",
+    )
+    program = GatewayProgram(data, NOW)
+    whole = stream_response("a ") + stream_response("", (5, 1))
+    chunks = [whole[:9], whole[9:40], whole[40:]]
+    state = streamed_state(kind="grpc")
+    handle = program.response({**ANSWERED, "content-type": "application/grpc"}, metadata=state, chunks=chunks)
+    assert handle.chunks_read == 3 and handle.errors == []
+    assert handle.tollway["input_tokens"] == "5" and handle.tollway["output_tokens"] == "1"
+    assert handle.tollway["from_model"] == "1"

@@ -23,7 +23,7 @@ def rendered(openai: dict[str, Any] | None, **changes: Any) -> dict[str, dict[st
     if openai is None:
         del document["spec"]["model"]["openai"]
     plan = plan_serving(
-        parse(ModelDeployment, document), (), "unused", openai_image="registry.test/tollway:1"
+        parse(ModelDeployment, document), (), "unused", tollway_image="registry.test/tollway:1"
     )
     objects = render_serving.render(plan, NetworkPeers(), "key")
     return {f"{item['kind']}/{item['metadata']['name']}": item for item in objects}

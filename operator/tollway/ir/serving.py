@@ -45,7 +45,6 @@ class OpenAISide:
     how it maps a request onto the model's tensors."""
 
     kind: Literal["chat", "completion", "embedding"]
-    image: str
     default_max_tokens: int
     text_input: str
     text_output: str
@@ -120,6 +119,9 @@ class TritonServing:
     repository: Repository
     image: str
     storage_initializer_image: str
+    tollway_image: str
+    """Tollway's own image: it merges the repository's config.pbtxt with the rendered one before Triton
+    starts, and runs a model's OpenAI server."""
     gpus: int
     requests: dict[str, str | int] = field(default_factory=dict)
     limits: dict[str, str | int] = field(default_factory=dict)

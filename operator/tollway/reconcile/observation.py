@@ -51,7 +51,7 @@ class Observer:
         return Context(
             tier_priorities=tuple(tier_priority(tier) for tier in tiers),
             storage_initializer_image=self.settings.storage_initializer_image,
-            openai_image=self.settings.openai_image,
+            tollway_image=self.settings.tollway_image,
             prometheus_url=self.settings.prometheus_url or PROMETHEUS_URL,
             monitoring=self.monitoring_served(),
             network=self.settings.network,

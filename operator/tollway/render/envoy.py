@@ -247,6 +247,17 @@ def body_data(data: dict[str, Any]) -> dict[str, Any]:
     return {"tiers": tiers, "models": data["models"]}
 
 
+ROUTE_KINDS = (
+    ("/infer", "infer"),
+    ("/generate", "generate"),
+    ("/generate_stream", "generate"),
+    ("/ready", "ready"),
+    ("", "metadata"),
+)
+"""Each path below a model version's base, and what the Lua programs make of it: inference (KServe v2's
+infer, Triton's generate extension: a text in, a text out, streamed by generate_stream) or not."""
+
+
 def _routes(gateway: Gateway, now: datetime) -> list[Config]:
     healthy = {"status": 200, "body": {"inline_string": '{"status":"ok"}'}}
     routes: list[Config] = [
@@ -269,7 +280,7 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
         for path, version in paths:
             upstream = f"/v2/models/{model.name}/versions/{version}"
             dates = _dates(next(item for item in model.versions if item.number == version))
-            for suffix, kind in (("/infer", "infer"), ("/ready", "ready"), ("", "metadata")):
+            for suffix, kind in ROUTE_KINDS:
                 if kind == "metadata" and path.count("/") == 3 and path.startswith(OPENAI_BASE):
                     continue  # /v1/models/ID is the OpenAI model object
                 meta = {"kind": kind, "model": model.name, "version": version}
@@ -288,7 +299,7 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         "retry_policy": TRITON_RETRIES,
                     }
                     route["request_body_buffer_limit"] = (
-                        model.max_request_bytes if kind == "infer" else SMALL_BODY_BYTES
+                        model.max_request_bytes if kind in {"infer", "generate"} else SMALL_BODY_BYTES
                     )
                 routes.append(route)
     routes += _openai_routes(gateway)
@@ -297,6 +308,7 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
     # in Lua), every other method a small one.
     for match, limit in (
         ({"path": "/inference.GRPCInferenceService/ModelInfer", "grpc": {}}, largest),
+        ({"path": "/inference.GRPCInferenceService/ModelStreamInfer", "grpc": {}}, largest),
         ({"prefix": "/inference.GRPCInferenceService/", "grpc": {}}, SMALL_BODY_BYTES),
     ):
         routes.append(

@@ -24,7 +24,7 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-GATEWAY_MODULES = ("access", "models", "stream", "tokens")
+GATEWAY_MODULES = ("access", "models", "protobuf", "stream", "tokens")
 BODY_MODULES = ("json", "models", "protobuf", "stream", "tokens")
 
 

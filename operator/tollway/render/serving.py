@@ -157,12 +157,6 @@ def config_map(serving: TritonServing, config: str) -> dict[str, Any]:
     }
 
 
-#: sh -c scripts of the model-config init container: $1 the model directory, $2 the rendered config,
-#: then (claims only) $3 the model directory on the claim and the versions to link from it.
-COPY_CONFIG = 'target="$1"; mkdir -p "$target" && cp "$2" "$target/config.pbtxt"'
-LINK_VERSIONS = ' && source="$3" && shift 3 && for v in "$@"; do ln -sfn "$source/$v" "$target/$v"; done'
-
-
 def _downloadable(uri: str) -> str:
     """The storage initializer's form of a repository URI: it reads Azure blobs by their https address."""
     if uri.startswith("as://"):
@@ -175,30 +169,26 @@ def _model_directory_steps(serving: TritonServing) -> list[dict[str, Any]]:
     """Init containers that build the local model repository Triton reads.
 
     Why a local repository assembled at start, rather than pointing Triton at s3:// directly: Triton must run
-    with exactly the config.pbtxt Tollway rendered, whatever the repository holds, and it reads the config
-    from the model directory. So the version directories come from the repository (downloaded by the
-    storage initializer, or symlinked from the read-only claim, never copied) and config.pbtxt from the
-    ConfigMap. The load API with `parameters.config` would also do, but would load every model twice
-    (once at start, once with the override) and forget the override whenever Triton restarts.
+    with the fields Tollway owns as rendered (render.model_config.OWNED_FIELDS), whatever the repository
+    holds, and it reads the config from the model directory. So the version directories come from the
+    repository (downloaded by the storage initializer, or symlinked from the read-only claim, never copied)
+    and config.pbtxt is the repository's merged with the ConfigMap's by `tollway model-config` (Tollway's
+    image), which keeps what Tollway does not own: inputs, outputs, backend parameters. The load API with
+    `parameters.config` would also do, but would load every model twice (once at start, once with the
+    override) and forget the override whenever Triton restarts.
     """
     target = f"{MODELS}/{serving.model.name}"
     steps: list[dict[str, Any]] = []
-    # Paths reach the shell as positional arguments, never pasted into the script.
-    script, arguments = COPY_CONFIG, [target, f"{CONFIG}/config.pbtxt"]
+    merge = ["tollway", "model-config", f"--rendered={CONFIG}/config.pbtxt", f"--model-dir={target}"]
     if serving.repository.claim is None:
         download = [_downloadable(serving.repository.uri), target]
         steps.append(
             _init_container(serving, "fetch-model", serving.storage_initializer_image, args=download)
         )
     else:
-        script += LINK_VERSIONS
         source = f"{SOURCE}/{serving.repository.path}".rstrip("/")
-        arguments += [source, *(str(version) for version in serving.model.versions)]
-    steps.append(
-        _init_container(
-            serving, "model-config", serving.image, command=["sh", "-c", script, "sh", *arguments]
-        )
-    )
+        merge += [f"--source={source}", *(str(version) for version in serving.model.versions)]
+    steps.append(_init_container(serving, "model-config", serving.tollway_image, command=merge))
     return steps
 
 
@@ -314,7 +304,7 @@ def _openai_server(serving: TritonServing) -> list[dict[str, Any]]:
     return [
         {
             "name": "openai",
-            "image": serving.openai.image,
+            "image": serving.tollway_image,
             "args": openai_server_args(serving),
             "ports": [{"name": "openai", "containerPort": OPENAI_PORT, "protocol": "TCP"}],
             "readinessProbe": {

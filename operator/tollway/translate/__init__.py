@@ -27,9 +27,9 @@ from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
 from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, plan_gateway
 from tollway.translate.serving import (
-    OPENAI_IMAGE,
     PROMETHEUS_URL,
     STORAGE_INITIALIZER,
+    TOLLWAY_IMAGE,
     plan_serving,
     tier_priority,
 )
@@ -47,7 +47,7 @@ class Context:
     tier_priorities: tuple[int, ...] = ()
     """The priorities of the ApiTiers in the resource's namespace (Triton's priority levels)."""
     storage_initializer_image: str = STORAGE_INITIALIZER
-    openai_image: str = OPENAI_IMAGE
+    tollway_image: str = TOLLWAY_IMAGE
     """Tollway's own image, for the OpenAI server beside a language model's Triton."""
     prometheus_url: str = PROMETHEUS_URL
     """Where KEDA's triggers query Prometheus."""
@@ -107,7 +107,7 @@ def translate(
             context.storage_initializer_image,
             prometheus_url=context.prometheus_url,
             monitoring=context.monitoring,
-            openai_image=context.openai_image,
+            tollway_image=context.tollway_image,
         )
         children = serving_render.render(plan, context.network, context.admin_key)
         previous = (document.get("status") or {}).get("metrics")

@@ -25,7 +25,7 @@ from tollway.ir.serving import (
 #: Used for s3://, gs:// and as:// repositories: downloads the model directory before Triton starts.
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
 #: Runs `tollway openai-server` beside Triton: Tollway's own image (the chart passes the operator's).
-OPENAI_IMAGE = f"tollway/operator:{__version__}"
+TOLLWAY_IMAGE = f"tollway/operator:{__version__}"
 DEFAULT_MAX_TOKENS = TokenFields.model_fields["default_max_tokens"].default
 #: Where KEDA's triggers and the operator's status queries reach Prometheus (prometheus-operator's Service).
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
@@ -123,7 +123,7 @@ def openai_max_tokens(resource: ModelDeployment) -> int:
     return tokens.default_max_tokens if tokens else DEFAULT_MAX_TOKENS
 
 
-def openai_side(resource: ModelDeployment, image: str) -> OpenAISide | None:
+def openai_side(resource: ModelDeployment) -> OpenAISide | None:
     """The OpenAI server a model that speaks the OpenAI API gets beside its Triton; None for any other."""
     model = resource.spec.model
     api = model.openai
@@ -131,7 +131,6 @@ def openai_side(resource: ModelDeployment, image: str) -> OpenAISide | None:
         return None
     return OpenAISide(
         kind=api.kind,
-        image=image,
         default_max_tokens=openai_max_tokens(resource),
         text_input=api.text_input,
         text_output=api.text_output,
@@ -149,7 +148,7 @@ def plan_serving(
     *,
     prometheus_url: str = PROMETHEUS_URL,
     monitoring: bool = True,
-    openai_image: str = OPENAI_IMAGE,
+    tollway_image: str = TOLLWAY_IMAGE,
 ) -> TritonServing:
     spec, meta = resource.spec, resource.metadata
     return TritonServing(
@@ -159,6 +158,7 @@ def plan_serving(
         model=model_config(resource, tier_priorities),
         repository=repository(spec.model.repository),
         image=spec.triton.image,
+        tollway_image=tollway_image,
         storage_initializer_image=storage_initializer,
         gpus=spec.triton.gpus,
         requests=dict(spec.triton.resources.requests),
@@ -174,5 +174,5 @@ def plan_serving(
         scaling=scaling(resource, prometheus_url),
         objectives=objectives(resource),
         monitoring=monitoring,
-        openai=openai_side(resource, openai_image),
+        openai=openai_side(resource),
     )

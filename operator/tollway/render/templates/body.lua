@@ -24,7 +24,12 @@ local function grpc_request(handle, now, caller)
   if model == nil then return refuse(handle, status, problem) end
   if #bytes > model.max_body then return stream.too_large(handle, model_name, model) end
   local tier = T.tiers[caller.tier]
-  local infer = handle:headers():get(":path") == "/inference.GRPCInferenceService/ModelInfer"
+  local method = handle:headers():get(":path")
+  local streamed = method == "/inference.GRPCInferenceService/ModelStreamInfer"
+  local infer = streamed or method == "/inference.GRPCInferenceService/ModelInfer"
+  if streamed then -- its responses are passed on as they come: their time to the first
+    handle:streamInfo():dynamicMetadata():set(stream.NS, "start_ms", tostring(handle:timestamp()))
+  end
   local scopes =
     stream.admit_model(handle, now, caller.tier, tier, model_name, model, version, infer, stream.AFTER_BODY)
   if scopes == nil then return end
@@ -45,20 +50,22 @@ end
 
 -- Rewrite an HTTP infer body as json.routed does; the body's length and the max_tokens it asks for, or nil,
 -- nil and why the request is refused.
-local function prepare_http_infer(handle, level, usage_output)
+local function prepare_http_infer(handle, level, usage_output, generate)
   local body = handle:body()
   if body == nil then return 0 end
   local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
   local bytes = body:getBytes(0, body:length())
   -- Triton's binary tensor extension: the JSON is the first Inference-Header-Content-Length bytes.
   local declared, json_length = headers:get("inference-header-content-length"), #bytes
-  if declared ~= nil then
+  if declared ~= nil and generate then
+    return nil, nil, "generate takes JSON only: no Inference-Header-Content-Length"
+  elseif declared ~= nil then
     json_length = tonumber(declared:match("^%d+$") or "")
     if json_length == nil or json_length > #bytes then
       return nil, nil, "Inference-Header-Content-Length must be a whole number no larger than the body"
     end
   end
-  local rewritten, max_tokens, problem = json.routed(bytes:sub(1, json_length), level, usage_output)
+  local rewritten, max_tokens, problem = json.routed(bytes:sub(1, json_length), level, usage_output, generate)
   if rewritten == nil then return nil, nil, problem end
   local rest = bytes:sub(json_length + 1)
   body:setBytes(rewritten .. rest)
@@ -71,7 +78,8 @@ end
 
 local function http_infer(handle, caller)
   local tier, model = T.tiers[caller.tier], T.models[caller.model]
-  local body_length, max_tokens, problem = prepare_http_infer(handle, tier.level, model.usage_output)
+  local body_length, max_tokens, problem =
+    prepare_http_infer(handle, tier.level, model.usage_output, caller.kind == "generate")
   if problem then return refuse(handle, 400, problem) end
   local scopes = tier.scopes[caller.model]
   stream.reserve_tokens(handle, tier, caller.model, model, scopes, body_length, max_tokens)
@@ -117,7 +125,7 @@ local function on_request(handle, now)
   local caller = handle:streamInfo():dynamicMetadata():get(stream.NS)
   if caller == nil or caller.kind == nil then return end
   if caller.kind == "grpc" and caller.tier ~= nil then return grpc_request(handle, now, caller) end
-  if caller.kind == "infer" then return http_infer(handle, caller) end
+  if caller.kind == "infer" or caller.kind == "generate" then return http_infer(handle, caller) end
   if caller.kind == "openai" then return openai_request(handle, now, caller) end
   -- Readiness, metadata and gRPC's server methods: read, so that their routes' small limit bounds what
   -- reaches Triton (413 beyond it); over HTTP they take no body at all.

@@ -15,6 +15,7 @@
 
 local access = require("tollway.access")
 local models = require("tollway.models")
+local protobuf = require("tollway.protobuf")
 local stream = require("tollway.stream")
 local tokens = require("tollway.tokens")
 
@@ -57,7 +58,13 @@ local function set_caller(handle, kind, consumer, tier_name, credential)
 end
 
 local SERVER_METHODS = { ServerLive = true, ServerReady = true, ServerMetadata = true }
-local MODEL_METHODS = { ModelInfer = true, ModelReady = true, ModelMetadata = true, ModelConfig = true }
+local MODEL_METHODS = {
+  ModelInfer = true,
+  ModelStreamInfer = true, -- one request a stream (body.lua), for decoupled models' streamed answers
+  ModelReady = true,
+  ModelMetadata = true,
+  ModelConfig = true,
+}
 
 -- What a request is, from its headers: true for a model request whose caller is still to be asked; nil after
 -- answering it or routing it without one.
@@ -90,9 +97,12 @@ local function admit_http(handle, now, route, kind, tier_name)
   local model, tier = T.models[model_name], T.tiers[tier_name]
   local declared = tonumber(handle:headers():get("content-length") or "")
   if declared ~= nil and declared > model.max_body then return stream.too_large(handle, model_name, model) end
-  local scopes =
-    stream.admit_model(handle, now, tier_name, tier, model_name, model, version, kind == "infer", "")
+  local inference = kind == "infer" or kind == "generate"
+  local scopes = stream.admit_model(handle, now, tier_name, tier, model_name, model, version, inference, "")
   if scopes == nil then return end
+  if kind == "generate" then -- generate_stream's time to first token
+    handle:streamInfo():dynamicMetadata():set(NS, "start_ms", tostring(handle:timestamp()))
+  end
   stream.route_to(handle, tier.clusters[model_name] or model.cluster)
 end
 
@@ -165,22 +175,45 @@ local function count_tokens(handle, state, model)
   if remaining ~= nil then headers:replace("x-ratelimit-remaining-tokens", remaining) end
 end
 
--- An OpenAI event stream, passed on chunk by chunk as the model's OpenAI server writes it (nothing is held
--- back): its usage comments (tokens.stream_usage) say what a caller who leaves now is charged, and the last
--- one what the request used; the clock gives the time to the first token and per token after it. A stream
--- with no usage comment is charged its estimate, unreported.
-local function follow_stream(handle, state)
+-- How a stream reports its tokens: an OpenAI stream in its server's usage comments (the last one counts);
+-- Triton's generate_stream in the model's own count fields (`counts.input`, `.output`), the largest seen so
+-- far (its last response carries them); ModelStreamInfer in the model's count outputs. A function of each
+-- piece of the stream (with the end of the one before, and without): the counts so far, or nil.
+local function usage_reader(state, counts)
+  if state.kind == "openai" then return tokens.stream_usage end
+  if state.kind == "grpc" then -- a count output's name, as the pattern names it (render/envoy.py)
+    local function name(pattern) return pattern and (pattern:gsub("%%(%W)", "%1")) end
+    local read = protobuf.stream_counts(name(counts.input), name(counts.output))
+    return function(_, bytes) return read(bytes) end
+  end
+  local input, output = nil, nil
+  return function(text)
+    local found_input, found_output =
+      tokens.used_tokens(text, counts.input), tokens.used_tokens(text, counts.output)
+    if found_input == nil and found_output == nil then return nil end
+    input, output = math.max(input or 0, found_input or 0), math.max(output or 0, found_output or 0)
+    return input, output
+  end
+end
+
+-- An event stream (OpenAI's, or Triton's generate_stream), passed on chunk by chunk as it comes (nothing is
+-- held back): the counts it reports so far say what a caller who leaves now is charged, and the last ones
+-- what the request used; the clock gives the time to the first token and per token after it. A stream that
+-- reports no counts is charged its estimate, unreported.
+local function follow_stream(handle, state, counts)
+  local read_usage = usage_reader(state, counts)
   local first, last, tail, input, output = nil, nil, "", nil, nil
   for chunk in handle:bodyChunks() do
     local at = handle:timestamp()
-    local text = tail .. chunk:getBytes(0, chunk:length())
+    local bytes = chunk:getBytes(0, chunk:length())
+    local text = tail .. bytes
     local metadata = handle:streamInfo():dynamicMetadata() -- each resumption's own wrapper
-    if first == nil and text:find("data:", 1, true) then
+    if first == nil and (state.kind == "grpc" or text:find("data:", 1, true)) then
       first = at
       metadata:set(NS, "ttft_ms", tostring(math.max(0, at - tonumber(state.start_ms or at))))
     end
     last = at
-    local found_input, found_output = tokens.stream_usage(text)
+    local found_input, found_output = read_usage(text, bytes)
     if found_input ~= nil and (found_input ~= input or found_output ~= output) then
       input, output = found_input, found_output
       stream.charge_if_left(metadata, input, output, "0")
@@ -235,8 +268,9 @@ local function on_response(handle, now)
   end
   local counts = model and (state.kind == "openai" and model.openai or model)
   if counts and counts.input ~= nil and status == "200" then
-    if state.kind == "openai" and (headers:get("content-type") or ""):find("^text/event%-stream") then
-      follow_stream(handle, state)
+    local event_stream = (headers:get("content-type") or ""):find("^text/event%-stream")
+    if state.start_ms and (event_stream or state.kind == "grpc") then -- a stream: ModelStreamInfer's too
+      follow_stream(handle, state, counts)
     else
       count_tokens(handle, state, counts)
     end

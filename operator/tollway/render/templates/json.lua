@@ -183,15 +183,33 @@ local function with_priority(json, request, level)
   return "{" .. table.concat(kept, ",") .. "}", max_tokens
 end
 
+-- The larger of a generate request's top-level max_tokens and `asked` (its parameters'): Triton takes the
+-- inputs of both, so the reservation covers either reading; or nil and why it is refused.
+local function top_level_max_tokens(json, request, asked)
+  for _, member in ipairs(request.members) do
+    if member.key == "max_tokens" then
+      local found, problem = whole_number(json:sub(member.value_start, member.value_stop - 1))
+      if found == nil then return nil, problem end
+      return math.max(found, asked or 0)
+    end
+  end
+  return asked
+end
+
 -- The body as the gateway forwards it: the tier's priority `level` written into its parameters and, when the
 -- model reports its usage in the output `usage_output` and the request lists outputs without it (Triton then
--- returns only those), that output added to the list. Also the max_tokens asked for; or nil, nil and why
--- the body is refused.
-function M.routed(json, level, usage_output)
+-- returns only those), that output added to the list. Also the max_tokens asked for (for Triton's generate
+-- extension, `generate`, also at the top level); or nil, nil and why the body is refused.
+function M.routed(json, level, usage_output, generate)
   local request, problem = M.request(json)
   if request == nil then return nil, nil, problem end
   local parameters, max_tokens, refused = with_priority(json, request, level)
   if parameters == nil then return nil, nil, refused end
+  if generate then
+    -- Triton's generate extension reads the top level's members as inputs too: "max_tokens" may be there
+    max_tokens, refused = top_level_max_tokens(json, request, max_tokens)
+    if refused then return nil, nil, refused end
+  end
   local edits = {} -- {start, stop (exclusive), text}, applied from the last
   if request.parameters == nil then
     edits[1] = { request.open + 1, request.open + 1, parameters }

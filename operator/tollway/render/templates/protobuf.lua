@@ -185,9 +185,93 @@ function M.routed_request(name, version, rest, level)
   return message .. M.length_field(4, M.length_field(1, "priority") .. M.length_field(2, priority))
 end
 
--- The one message of an uncompressed gRPC frame, or nil.
+-- The first element of a tensor's raw contents as a whole number: little-endian (U)INT32 or (U)INT64 (a
+-- count never needs the top bytes, which a double cannot hold anyway); nil for other types.
+local WIDTHS = { UINT32 = 4, INT32 = 4, UINT64 = 6, INT64 = 6 }
+
+local function first_number(raw, datatype)
+  local width = WIDTHS[datatype]
+  if width == nil or #raw < width then return nil end
+  local value = 0
+  for index = width, 1, -1 do
+    value = value * 256 + raw:byte(index)
+  end
+  return value
+end
+
+-- The outputs named in `names` (a set) of a ModelInferResponse, as numbers by name: its outputs (field 5,
+-- each InferOutputTensor's name 1 and datatype 2) pair in order with its raw_output_contents (field 6).
+local function named_outputs(response, names)
+  local tensors, raws, found = {}, {}, {}
+  for _, field in ipairs(M.fields(response) or {}) do
+    local value = response:sub(field.value_start, field.stop - 1)
+    if field.number == 5 and field.wire == 2 then
+      local tensor = {}
+      for _, part in ipairs(M.fields(value) or {}) do
+        if part.wire == 2 and (part.number == 1 or part.number == 2) then
+          tensor[part.number] = value:sub(part.value_start, part.stop - 1)
+        end
+      end
+      tensors[#tensors + 1] = tensor
+    elseif field.number == 6 and field.wire == 2 then
+      raws[#raws + 1] = value
+    end
+  end
+  for index, tensor in ipairs(tensors) do
+    if names[tensor[1]] and raws[index] then found[tensor[1]] = first_number(raws[index], tensor[2]) end
+  end
+  return found
+end
+
+-- Largest frame the counts reader parses: a larger one (a big tensor) is passed over, not copied.
+local LARGEST_COUNTED_FRAME = 1024 * 1024
+
+-- A reader of a ModelStreamInfer response stream, fed its chunks as they come (frames cut anywhere): the
+-- input and output token counts the model's responses have reported so far (outputs `input_name` and
+-- `output_name`, the largest seen), or nil before any. Each ModelStreamInferResponse's infer_response is
+-- field 2.
+function M.stream_counts(input_name, output_name)
+  local pending, skip, input, output = "", 0, nil, nil
+  local names = { [input_name] = true, [output_name or ""] = true }
+  return function(chunk)
+    if skip >= #chunk then
+      skip = skip - #chunk
+      return input, output
+    end
+    pending = pending .. chunk:sub(skip + 1)
+    skip = 0
+    while #pending >= 5 do
+      local _, b1, b2, b3, b4 = pending:byte(1, 5)
+      local length = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+      if length > LARGEST_COUNTED_FRAME then
+        skip, pending = math.max(0, length - (#pending - 5)), pending:sub(6 + length)
+      elseif #pending < 5 + length then
+        break
+      else
+        local message = pending:sub(6, 5 + length)
+        pending = pending:sub(6 + length)
+        for _, field in ipairs(M.fields(message) or {}) do
+          if field.number == 2 and field.wire == 2 then
+            local found = named_outputs(message:sub(field.value_start, field.stop - 1), names)
+            local found_input, found_output = found[input_name], found[output_name or ""]
+            if found_input ~= nil or found_output ~= nil then
+              input = math.max(input or 0, found_input or 0)
+              output = math.max(output or 0, found_output or 0)
+            end
+          end
+        end
+      end
+    end
+    return input, output
+  end
+end
+
+-- The message of a body that is one uncompressed gRPC frame, or nil (a compressed frame, a frame cut short,
+-- or more than one: a stream of ModelStreamInfer may carry one request through the gateway, never more).
 function M.unframe(bytes)
   if #bytes < 5 or bytes:byte(1) ~= 0 then return nil end
+  local _, b1, b2, b3, b4 = bytes:byte(1, 5)
+  if ((b1 * 256 + b2) * 256 + b3) * 256 + b4 ~= #bytes - 5 then return nil end
   return bytes:sub(6)
 end
 
