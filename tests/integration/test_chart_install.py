@@ -244,6 +244,7 @@ def test_the_operator_reconciles_the_examples_with_only_what_the_chart_grants(
     # No kubelet: nothing runs, so nothing is Ready; nothing else is wrong but the enterprise tier's mTLS,
     # which needs a gateway certificate (the chart's gateway.tlsSecret, unset by default).
     assert {name: reasons(item) for name, item in found.items()} == {
+        "ModelDeployment/assistant": ("DeploymentUnavailable", "AsExpected"),
         "ModelDeployment/chat": ("DeploymentUnavailable", "AsExpected"),
         "ModelDeployment/embed": ("DeploymentUnavailable", "AsExpected"),
         "ApiTier/free": ("GatewayUnavailable", "AsExpected"),
