@@ -350,7 +350,16 @@ def measure(
         resource_table=cluster.kubectl("get", "md,tier", "-n", NAMESPACE).stdout,
         conditions=unwelcome_conditions(cluster.items("md,tier", NAMESPACE)),
         streamed=streamed,
+        ttft_p99_ms=poll(lambda: stream_ttft_p99(path.prometheus), 30, interval=1.0),
     )
+
+
+def stream_ttft_p99(prometheus_url: str) -> float | None:
+    """The streamed model's P99 time to first token by the recording rule on the gateway's histogram (Envoy
+    merges histograms every few seconds), once there is one."""
+    query = f'max(tollway:stream_ttft_ms:p99{{namespace="{NAMESPACE}",model="{STREAMED_MODEL}"}})'
+    found = [float(series["value"][1]) for series in dataplane.prometheus_query(prometheus_url, query)]
+    return found[0] if found and found[0] == found[0] else None  # NaN until a stream is in the window
 
 
 def counters_once_equal(

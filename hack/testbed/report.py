@@ -216,6 +216,8 @@ class Report:
     """`kubectl get md,tier` as it printed."""
     conditions: tuple[Condition, ...]
     streamed: StreamedAnswer | None = None
+    ttft_p99_ms: float | None = None
+    """The recording rule tollway:stream_ttft_ms:p99 of the streamed model, from the gateway's histogram."""
 
 
 def client_usage(
@@ -270,6 +272,8 @@ def text(report: Report) -> str:
             lines.append(f"  body: {sample.reply.body.decode(errors='replace')[:200]}")
     if report.streamed is not None:
         lines += _streamed_lines(report.streamed)
+        ttft = "none yet" if report.ttft_p99_ms is None else f"{report.ttft_p99_ms:.1f} ms"
+        lines.append(f"  the gateway's TTFT histogram in Prometheus, tollway:stream_ttft_ms:p99: {ttft}")
     agree = report.gateway_counters == client_usage(report.traffic, report.streamed)
     lines += [
         "",
@@ -329,6 +333,8 @@ def judge(report: Report) -> Verdict:
     answer = report.streamed
     if answer is not None and not (answer.text and answer.chunks > 1 and answer.ttft_ms < answer.total_ms):
         reasons.append(f"the streamed answer came whole or empty: {answer}")
+    if answer is not None and report.ttft_p99_ms is None:
+        reasons.append("no tollway:stream_ttft_ms:p99 in Prometheus for the streamed model")
     seen = client_usage(report.traffic, answer)
     if report.gateway_counters != seen:
         reasons.append(f"usage counters {report.gateway_counters} != what clients saw {seen}")

@@ -1085,10 +1085,43 @@ def _overload_manager(runtime: Runtime) -> Config:
     }
 
 
+STREAM_TIME_BUCKETS = {
+    "stream_ttft_ms": [
+        5,
+        10,
+        20,
+        30,
+        50,
+        75,
+        100,
+        150,
+        200,
+        300,
+        500,
+        750,
+        1000,
+        1500,
+        2000,
+        3000,
+        5000,
+        10000,
+    ],
+    "stream_tpot_ms": [1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500, 1000],
+}
+"""The buckets (ms) of the streams' time histograms: finer than Envoy's defaults where a TTFT or a token's
+time falls, so the recording rules' quantiles mean something."""
+
+
 def bootstrap(gateway: Gateway) -> Config:
     directory = gateway.runtime.config_dir
     return {
         "node": {"id": gateway.name, "cluster": gateway.name},
+        "stats_config": {
+            "histogram_bucket_settings": [
+                {"match": {"prefix": f"{USAGE_STAT_PREFIX}.{name}"}, "buckets": buckets}
+                for name, buckets in STREAM_TIME_BUCKETS.items()
+            ]
+        },
         "overload_manager": _overload_manager(gateway.runtime),
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": gateway.runtime.admin_port}}
