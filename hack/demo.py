@@ -54,6 +54,7 @@ from testbed.client import request
 from testbed.kube import Cluster, tollway_run
 from testbed.processes import ROOT, free_port, poll
 from testbed.report import (
+    EmbeddingAnswer,
     Report,
     SentRequest,
     StreamedAnswer,
@@ -308,6 +309,26 @@ def stream_chat(path: DataPath, everyone: list[Consumer]) -> StreamedAnswer:
     )
 
 
+EMBEDDING_MODEL = "text-search"
+EMBEDDED_BY = "enterprise"
+
+
+def embed_texts(path: DataPath, everyone: list[Consumer]) -> EmbeddingAnswer:
+    """Embeddings of a few texts through the gateway's /v1/embeddings with the official OpenAI SDK."""
+    consumer = next(each for each in everyone if each.tier == EMBEDDED_BY)
+    client = openai.OpenAI(base_url=f"{path.gateways[1]}/v1", api_key=consumer.key, max_retries=0)
+    texts = ["a gateway meters every call", "and limits each tier", "exactly"]
+    answer = client.embeddings.create(model=EMBEDDING_MODEL, input=texts)
+    return EmbeddingAnswer(
+        consumer=consumer.name,
+        asked=EMBEDDING_MODEL,
+        served=answer.model,
+        vectors=len(answer.data),
+        dimensions=len(answer.data[0].embedding),
+        prompt_tokens=answer.usage.prompt_tokens,
+    )
+
+
 # --- what came of it ---------------------------------------------------------------------------------------
 
 
@@ -336,7 +357,9 @@ def measure(
     path: DataPath,
     everyone: list[Consumer],
     sent: list[SentRequest],
+    *,
     streamed: StreamedAnswer,
+    embedded: EmbeddingAnswer,
 ) -> Report:
     tiers = {item["metadata"]["name"]: item["spec"] for item in cluster.items("tier", NAMESPACE)}
     traffic = tuple(consumer_traffic(each.name, each.tier, tiers[each.tier], sent) for each in everyone)
@@ -345,21 +368,24 @@ def measure(
         traffic=traffic,
         latency=latency(sent),
         samples=samples(sent),
-        gateway_counters=counters_once_equal(path.prometheus, client_usage(traffic, streamed)),
+        gateway_counters=counters_once_equal(path.prometheus, client_usage(traffic, streamed, embedded)),
         every_model_has_p99=bool(poll(lambda: models_with_p99(cluster), 30, interval=1.0)),
         resource_table=cluster.kubectl("get", "md,tier", "-n", NAMESPACE).stdout,
         conditions=unwelcome_conditions(cluster.items("md,tier", NAMESPACE)),
         streamed=streamed,
-        ttft_p99_ms=poll(lambda: stream_ttft_p99(path.prometheus), 30, interval=1.0),
+        embedded=embedded,
+        gateway_ttft_ms=poll(lambda: gateway_ttft_ms(path.prometheus), 30, interval=1.0),
     )
 
 
-def stream_ttft_p99(prometheus_url: str) -> float | None:
-    """The streamed model's P99 time to first token by the recording rule on the gateway's histogram (Envoy
-    merges histograms every few seconds), once there is one."""
-    query = f'max(tollway:stream_ttft_ms:p99{{namespace="{NAMESPACE}",model="{STREAMED_MODEL}"}})'
+def gateway_ttft_ms(prometheus_url: str) -> float | None:
+    """The streamed model's mean time to first token by the gateway's histogram (its sum over its count, as
+    Prometheus scraped it from the Envoy replicas; Envoy merges histograms every few seconds), once there."""
+    matchers = f'namespace="{NAMESPACE}",model="{STREAMED_MODEL}"'
+    total, count = (f"sum(envoy_tollway_stream_ttft_ms_{part}{{{matchers}}})" for part in ("sum", "count"))
+    query = f"{total} / {count}"
     found = [float(series["value"][1]) for series in dataplane.prometheus_query(prometheus_url, query)]
-    return found[0] if found and found[0] == found[0] else None  # NaN until a stream is in the window
+    return found[0] if found and found[0] == found[0] else None  # NaN (0/0) before the first merge
 
 
 def counters_once_equal(
@@ -426,8 +452,10 @@ def demo(stack: ExitStack, keep: bool, began: float) -> int:
         f"asking {STREAMED_MODEL} a question through the OpenAI SDK, streamed, as the {STREAMED_BY} consumer"
     )
     streamed = stream_chat(path, everyone)
+    step(f"embedding texts with {EMBEDDING_MODEL} through the OpenAI SDK, as the {EMBEDDED_BY} consumer")
+    embedded = embed_texts(path, everyone)
     step("reading what Prometheus and the operator made of it")
-    report = measure(cluster, path, everyone, sent, streamed)
+    report = measure(cluster, path, everyone, sent, streamed=streamed, embedded=embedded)
     verdict = judge(report)
     print(text(report))
     print(verdict.text(time.monotonic() - began), flush=True)

@@ -203,6 +203,21 @@ class StreamedAnswer:
 
 
 @dataclass(frozen=True)
+class EmbeddingAnswer:
+    """Embeddings asked for through the gateway with the official OpenAI SDK."""
+
+    consumer: str
+    asked: str
+    served: str
+    vectors: int
+    dimensions: int
+    prompt_tokens: int
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        return {("requests", self.consumer): 1, ("input", self.consumer): self.prompt_tokens}
+
+
+@dataclass(frozen=True)
 class Report:
     envoy_replicas: int
     traffic: tuple[ConsumerTraffic, ...]
@@ -216,17 +231,20 @@ class Report:
     """`kubectl get md,tier` as it printed."""
     conditions: tuple[Condition, ...]
     streamed: StreamedAnswer | None = None
-    ttft_p99_ms: float | None = None
-    """The recording rule tollway:stream_ttft_ms:p99 of the streamed model, from the gateway's histogram."""
+    embedded: EmbeddingAnswer | None = None
+    gateway_ttft_ms: float | None = None
+    """The streamed answer's time to first token as the gateway measured it (its histogram in Prometheus)."""
 
 
 def client_usage(
-    traffic: Iterable[ConsumerTraffic], streamed: StreamedAnswer | None = None
+    traffic: Iterable[ConsumerTraffic], *answers: StreamedAnswer | EmbeddingAnswer | None
 ) -> dict[tuple[str, str], int]:
-    """What the gateway should have counted, by what the clients received: (kind, consumer) → total."""
+    """What the gateway should have counted, by what the clients received (the KServe traffic and the OpenAI
+    SDK's `answers`): (kind, consumer) → total."""
     found = {key: total for consumer in traffic for key, total in consumer.usage().items()}
-    for key, total in (streamed.usage() if streamed else {}).items():
-        found[key] = found.get(key, 0) + total
+    for answer in answers:
+        for key, total in (answer.usage() if answer else {}).items():
+            found[key] = found.get(key, 0) + total
     return found
 
 
@@ -272,9 +290,16 @@ def text(report: Report) -> str:
             lines.append(f"  body: {sample.reply.body.decode(errors='replace')[:200]}")
     if report.streamed is not None:
         lines += _streamed_lines(report.streamed)
-        ttft = "none yet" if report.ttft_p99_ms is None else f"{report.ttft_p99_ms:.1f} ms"
-        lines.append(f"  the gateway's TTFT histogram in Prometheus, tollway:stream_ttft_ms:p99: {ttft}")
-    agree = report.gateway_counters == client_usage(report.traffic, report.streamed)
+        ttft = "none" if report.gateway_ttft_ms is None else f"{report.gateway_ttft_ms:.1f} ms"
+        lines.append(f"  its time to first token by the gateway's histogram in Prometheus: {ttft}")
+    if (embedded := report.embedded) is not None:
+        lines += [
+            "",
+            f'Embeddings through the OpenAI SDK as {embedded.consumer}: model "{embedded.asked}" served by '
+            f"{embedded.served}, {embedded.vectors} vectors of {embedded.dimensions}, "
+            f"usage {embedded.prompt_tokens} prompt tokens",
+        ]
+    agree = report.gateway_counters == client_usage(report.traffic, report.streamed, report.embedded)
     lines += [
         "",
         "The gateway's usage counters in Prometheus (read by the cost and usage-spike rules): "
@@ -333,9 +358,9 @@ def judge(report: Report) -> Verdict:
     answer = report.streamed
     if answer is not None and not (answer.text and answer.chunks > 1 and answer.ttft_ms < answer.total_ms):
         reasons.append(f"the streamed answer came whole or empty: {answer}")
-    if answer is not None and report.ttft_p99_ms is None:
-        reasons.append("no tollway:stream_ttft_ms:p99 in Prometheus for the streamed model")
-    seen = client_usage(report.traffic, answer)
+    if answer is not None and report.gateway_ttft_ms is None:
+        reasons.append("the gateway's TTFT histogram of the streamed model never reached Prometheus")
+    seen = client_usage(report.traffic, answer, report.embedded)
     if report.gateway_counters != seen:
         reasons.append(f"usage counters {report.gateway_counters} != what clients saw {seen}")
     if not report.every_model_has_p99:

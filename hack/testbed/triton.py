@@ -111,11 +111,14 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m.content }} {% endfor %}"
 VLLM_COUNTS = {"inputField": "num_input_tokens", "outputField": "num_output_tokens"}
 
 
-def language_model_document(name: str, kind: str, namespace: str = "llm", **spec: Any) -> dict[str, Any]:
+def language_model_document(
+    name: str, kind: str, namespace: str = "llm", max_batch_size: int = 0, **spec: Any
+) -> dict[str, Any]:
     """A ModelDeployment that speaks the OpenAI API (spec.model.openai `kind` chat, completion or embedding;
     one version unless `spec` says otherwise, CPU, at most 8 tokens an answer unless asked for more)."""
     api = {"kind": kind, **({"chatTemplate": CHAT_TEMPLATE} if kind == "chat" else {})}
-    model = {"repository": f"s3://models/{name}", "backend": "python", "openai": api}
+    model: dict[str, Any] = {"repository": f"s3://models/{name}", "backend": "python", "openai": api}
+    model["maxBatchSize"] = max_batch_size
     return {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ModelDeployment",

@@ -247,6 +247,7 @@ def test_the_operator_reconciles_the_examples_with_only_what_the_chart_grants(
         "ModelDeployment/assistant": ("DeploymentUnavailable", "AsExpected"),
         "ModelDeployment/chat": ("DeploymentUnavailable", "AsExpected"),
         "ModelDeployment/embed": ("DeploymentUnavailable", "AsExpected"),
+        "ModelDeployment/search": ("DeploymentUnavailable", "AsExpected"),
         "ApiTier/free": ("GatewayUnavailable", "AsExpected"),
         "ApiTier/pro": ("GatewayUnavailable", "AsExpected"),
         "ApiTier/enterprise": ("GatewayUnavailable", "CredentialProblem"),

@@ -167,6 +167,11 @@ def test_a_stream_reaches_the_client_token_by_token_as_the_model_makes_it(bed: B
     # The model takes 30 x 20 ms: the first token is in the client's hands long before the last is made.
     assert arrivals[-1] - arrivals[0] >= 25 * TOKEN_MS / 1000
     assert arrivals[0] < arrivals[-1] / 3
+    # A stream carries the tier's request and token headers too (its reservation already counted).
+    headers = stream.response.headers
+    assert (headers["x-ratelimit-limit"], headers["x-ratelimit-limit-tokens"]) == ("10000", "1000000")
+    assert int(headers["x-ratelimit-remaining"]) < 10_000
+    assert int(headers["x-ratelimit-remaining-tokens"]) <= 1_000_000 - 30
 
 
 def test_without_include_usage_a_stream_carries_no_usage_chunk_but_is_still_metered(bed: Bed) -> None:

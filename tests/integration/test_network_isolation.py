@@ -55,6 +55,7 @@ def test_the_rendered_network_policies_are_valid_and_a_second_apply_sends_nothin
         "assistant-triton",
         "chat-triton",
         "embed-triton",
+        "search-triton",
         "tollway-gateway-ratelimit",
         "tollway-gateway-redis",
     }

@@ -32,10 +32,11 @@ class Servers:
     completion: str
     uncounted: str
     embedding: str
+    batched_embedding: str
     models: Path
     """Triton's model repository (the streamer notes cancelled requests there)."""
     """Each model's OpenAI base URL (`uncounted`: a completion model that reports no token counts, whose
-    tokenizer.json counts them)."""
+    tokenizer.json counts them; `batched_embedding`: an embedding model that batches, a row a text)."""
 
 
 def word_tokenizer(path: Path) -> Path:
@@ -49,18 +50,20 @@ def word_tokenizer(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("openai")
-    chat, completion, uncounted, embedding = (
+    chat, completion, uncounted, embedding, batched = (
         language_model("assistant", "chat"),
         language_model("writer", "completion"),
         language_model("writer-uncounted", "completion"),
         language_model("embedder", "embedding"),
+        language_model("batched-embedder", "embedding", max_batch_size=8),
     )
-    with running(workdir, chat, completion, uncounted, embedding) as triton:
+    with running(workdir, chat, completion, uncounted, embedding, batched) as triton:
         servers = [
             start_openai_server(workdir, chat, triton),
             start_openai_server(workdir, completion, triton),
             start_openai_server(workdir, uncounted, triton, word_tokenizer(workdir / "tokenizer.json")),
             start_openai_server(workdir, embedding, triton),
+            start_openai_server(workdir, batched, triton),
         ]
         try:
             yield Servers(*(url for _, url in servers), models=workdir / "models")
@@ -176,6 +179,20 @@ def test_embeddings_in_input_order_as_floats_or_the_sdks_base64(servers: Servers
     assert floats.data[0].embedding == [2.0, 8.0, 4.0, 1.0]
     with pytest.raises(openai.BadRequestError, match="input must be"):
         embedder.embeddings.create(model="embedder", input=[])
+
+
+def test_a_batching_embedding_model_gets_a_row_a_text(servers: Servers) -> None:
+    """An embedding model with max_batch_size above 0 (as an ONNX one has) takes its texts as rows of a
+    batch, and reports its counts a row a text: summed."""
+    answer = client(servers.batched_embedding).embeddings.create(
+        model="batched-embedder", input=["a banana", "tell me more", "x"], encoding_format="float"
+    )
+    assert [item.embedding for item in answer.data] == [
+        [2.0, 8.0, 4.0, 1.0],
+        [3.0, 12.0, 0.0, 1.0],
+        [1.0, 1.0, 0.0, 1.0],
+    ]
+    assert answer.usage.prompt_tokens == 6
 
 
 def test_a_request_the_model_cannot_serve_gets_openais_error(servers: Servers) -> None:

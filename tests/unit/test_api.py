@@ -39,6 +39,7 @@ def test_examples_are_valid() -> None:
         "enterprise",
         "free",
         "pro",
+        "search",
     ]
 
 

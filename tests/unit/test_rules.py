@@ -16,7 +16,7 @@ import yaml
 from tollway import documents
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.render.autoscaling import p99_query
+from tollway.render.autoscaling import p99_query, ttft_query
 from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate import translate_all
 from tollway.translate.serving import plan_serving
@@ -249,6 +249,46 @@ def test_time_to_first_token_comes_from_the_gateway_else_triton_and_its_objectiv
             "input_series": gateway,
             "alert_rule_test": [{"eval_time": "100m", "alertname": "TollwayTTFTSLOBurn", "exp_alerts": []}],
         },
+    ]
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_autoscalers_ttft_is_the_gateways_and_else_tritons(tmp_path: Path) -> None:
+    """What the HPA (through prometheus-adapter) and KEDA scale on for `targets.ttftP99Ms`: the P99 of the
+    gateway's TTFT histogram, summed over the Envoy replicas; where no stream went through the gateway,
+    Triton's first-response histogram."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules_of(chat())}))
+
+    def histogram(name: str, per_minute: dict[str, int], **labels: str) -> list[dict[str, str]]:
+        return [
+            series(f"{name}_bucket", f"0+{count}x10", le=le, **labels) for le, count in per_minute.items()
+        ]
+
+    gateway = [
+        row
+        for pod in ("a", "b")
+        for row in histogram("envoy_tollway_stream_ttft_ms", {"200": 0, "300": 60, "+Inf": 60}, pod=pod)
+    ]
+    triton = histogram("nv_inference_first_response_histogram_ms", {"1000": 0, "2000": 60, "+Inf": 60})
+    expected = {"gateway": 299, "triton": 1990}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": rows,
+            "promql_expr_test": [
+                {
+                    "expr": ttft_query("ai", "chat"),
+                    "eval_time": "5m",
+                    "exp_samples": [{"labels": '{model="chat"}', "value": expected[source]}],
+                }
+            ],
+        }
+        for source, rows in (("gateway", gateway + triton), ("triton", triton))
     ]
     test_file = tmp_path / "test.yaml"
     test_file.write_text(

@@ -242,6 +242,9 @@ class ScalingTargets(TollwayModel):
     """Average Triton pending requests per replica."""
     p99_latency_ms: int | None = Field(default=None, ge=1)
     """Scale out when the P99 request latency exceeds this."""
+    ttft_p99_ms: int | None = Field(default=None, ge=1)
+    """Streamed answers: scale out when the P99 time to the first token exceeds this (the gateway's
+    measure, else Triton's first-response histogram)."""
 
 
 class Autoscaling(TollwayModel):

@@ -86,6 +86,7 @@ class Scaling:
     scale_down_seconds: int
     prometheus_url: str
     """Where KEDA's triggers query (the HPA goes through prometheus-adapter instead)."""
+    ttft_p99_ms: int | None = None
 
 
 @dataclass(frozen=True)

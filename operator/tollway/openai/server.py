@@ -106,6 +106,9 @@ class OpenAIServer:
         self.client = triton.InferenceServerClient(triton_address)
         self.counted: bool | None = None
         """Whether the model reports its token counts: read from its metadata on the first request."""
+        self.batched = False
+        """Whether the model batches (max_batch_size > 0): each tensor then has a leading batch dimension,
+        one row per request (per text, for embeddings)."""
 
     @classmethod
     async def application(cls, side: ModelSide, triton_address: str) -> web.Application:
@@ -133,18 +136,17 @@ class OpenAIServer:
             asked = read_embedding_request(await request.read())
             await self._read_metadata()
             texts = np.array([text.encode() for text in asked.texts], dtype=np.object_)
-            tensor = InferInput(self.side.text_input, list(texts.shape), "BYTES")
-            tensor.set_data_from_numpy(texts)
+            rows = len(asked.texts)
             result = await self.client.infer(
                 self.side.name,
-                [tensor, *self._count_inputs()],
+                [*self._tensors([(self.side.text_input, "BYTES", texts)], rows), *self._count_inputs(rows)],
                 model_version=request.headers.get(VERSION_HEADER, ""),
                 outputs=self._outputs(self.side.embedding_output),
             )
         except (RequestError, InferenceServerException) as error:
             return _refusal(error)
         vectors = result.as_numpy(self.side.embedding_output).reshape(len(asked.texts), -1).tolist()
-        usage = self._piece(result, text_output=False).usage
+        usage = self._piece(result, text_output=False).usage  # a batching model's counts: a row a text
         if usage is None and self.side.tokenizer is not None:
             usage = Usage(sum(self.side.tokenizer.count(text) for text in asked.texts), 0)
         model = f"{self.side.name}@{result.get_response().model_version}"
@@ -233,20 +235,31 @@ class OpenAIServer:
         return response
 
     async def _read_metadata(self) -> None:
-        """Whether the model reports its token counts, from the tensors it declares (once)."""
+        """Whether the model reports its token counts, from the tensors it declares, and whether it batches,
+        from its config (once)."""
         if self.counted is None:
             metadata = await self.client.get_model_metadata(self.side.name, as_json=True)
             declared = {tensor["name"] for tensor in metadata["inputs"] + metadata["outputs"]}
+            config = await self.client.get_model_config(self.side.name, as_json=True)
+            self.batched = int(config["config"].get("max_batch_size", 0)) > 0
             self.counted = set(COUNT_INPUTS + COUNT_OUTPUTS) <= declared
 
-    def _count_inputs(self) -> list[InferInput]:
-        """The inputs that ask the model for its counts (none when it declares none)."""
+    def _tensors(
+        self, values: list[tuple[str, str, np.ndarray[Any, Any]]], rows: int = 1
+    ) -> list[InferInput]:
+        """Inputs of (name, datatype, data); for a batching model, `rows` rows of each (one per text)."""
         found = []
-        for name in COUNT_INPUTS if self.counted else ():
-            tensor = InferInput(name, [1], "BOOL")
-            tensor.set_data_from_numpy(np.array([True], dtype=bool))
+        for name, datatype, data in values:
+            shaped = data.reshape(rows, -1) if self.batched else data
+            tensor = InferInput(name, list(shaped.shape), datatype)
+            tensor.set_data_from_numpy(shaped)
             found.append(tensor)
         return found
+
+    def _count_inputs(self, rows: int = 1) -> list[InferInput]:
+        """The inputs that ask the model for its counts (none when it declares none)."""
+        asked = np.array([True] * (rows if self.batched else 1), dtype=bool)
+        return self._tensors([(name, "BOOL", asked) for name in COUNT_INPUTS if self.counted], rows)
 
     def _outputs(self, answer: str) -> list[InferRequestedOutput]:
         """The answer's output, and the counts when the model reports them."""
@@ -281,12 +294,7 @@ class OpenAIServer:
             (side.max_tokens_input, "INT32", np.array([generation.max_tokens], dtype=np.int32)),
             (side.stream_input, "BOOL", np.array([generation.stream], dtype=bool)),
         ]
-        inputs = []
-        for name, datatype, data in values:
-            tensor = InferInput(name, list(data.shape), datatype)
-            tensor.set_data_from_numpy(data)
-            inputs.append(tensor)
-        return [*inputs, *self._count_inputs()]
+        return [*self._tensors(values), *self._count_inputs()]
 
     def _piece(self, result: Any, text_output: bool = True) -> Piece:
         texts = result.as_numpy(self.side.text_output) if text_output else None
@@ -294,7 +302,7 @@ class OpenAIServer:
         counts = [result.as_numpy(name) for name in COUNT_OUTPUTS] if self.counted else [None, None]
         usage = None
         if all(count is not None and count.size for count in counts):
-            usage = Usage(*(int(count.reshape(-1)[0]) for count in counts if count is not None))
+            usage = Usage(*(int(count.sum()) for count in counts if count is not None))
         return Piece(text, result.get_response().model_version, usage)
 
 

@@ -1,4 +1,5 @@
-"""Scaling on the signals that matter for inference: Triton's queue depth and P99 latency, not CPU.
+"""Scaling on the signals that matter for inference: Triton's queue depth, P99 latency and, for streamed
+answers, the P99 time to first token; not CPU.
 
 `engine: hpa` renders an autoscaling/v2 HorizontalPodAutoscaler with two External metrics, which
 prometheus-adapter serves from Prometheus with the rules in `adapter_rules()`; `engine: keda` renders a
@@ -17,6 +18,7 @@ from tollway.render.monitoring import cached_latency_ms, request_latency_ms
 
 QUEUE_METRIC = "tollway_triton_queue_depth"
 P99_METRIC = "tollway_triton_request_p99_ms"
+TTFT_METRIC = "tollway_ttft_p99_ms"
 
 Manifest = dict[str, Any]
 
@@ -32,6 +34,21 @@ def p99_expression(matchers: str) -> str:
     return (
         f"{request_latency_ms(matchers, '0.99', 'model')} or {cached_latency_ms(matchers, '0.99', 'model')}"
     )
+
+
+def ttft_expression(matchers: str) -> str:
+    """The P99 time to first token in ms of the models `matchers` select: the gateway's histogram of streams
+    (every Envoy replica's), else Triton's own first-response histogram, over the last two minutes."""
+    quantiles = (
+        f"histogram_quantile(0.99, sum by (model, le) (rate({histogram}_bucket{{{matchers}}}[2m])))"
+        for histogram in ("envoy_tollway_stream_ttft_ms", "nv_inference_first_response_histogram_ms")
+    )
+    return " or ".join(quantiles)
+
+
+def ttft_query(namespace: str, model: str) -> str:
+    """The model's P99 time to first token in ms, for KEDA."""
+    return ttft_expression(f'namespace="{namespace}",model="{model}"')
 
 
 def p99_query(namespace: str, model: str) -> str:
@@ -75,6 +92,13 @@ def adapter_rules() -> dict[str, Any]:
                 "resources": by_namespace,
                 "name": {"matches": "^nv_inference_queue_summary_us$", "as": P99_METRIC},
                 "metricsQuery": p99_expression("<<.LabelMatchers>>"),
+            },
+            {
+                # Found once a stream has gone through the gateway (Triton's histogram is the fallback).
+                "seriesQuery": 'envoy_tollway_stream_ttft_ms_bucket{namespace!="",model!=""}',
+                "resources": by_namespace,
+                "name": {"matches": "^envoy_tollway_stream_ttft_ms_bucket$", "as": TTFT_METRIC},
+                "metricsQuery": ttft_expression("<<.LabelMatchers>>"),
             },
         ]
     }
@@ -133,16 +157,17 @@ def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata
                 },
             }
         )
-    if scaling.p99_latency_ms is not None:
-        metrics.append(
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": P99_METRIC, "selector": selector},
-                    "target": {"type": "Value", "value": quantity(scaling.p99_latency_ms)},
-                },
-            }
-        )
+    for metric, target in ((P99_METRIC, scaling.p99_latency_ms), (TTFT_METRIC, scaling.ttft_p99_ms)):
+        if target is not None:
+            metrics.append(
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {"name": metric, "selector": selector},
+                        "target": {"type": "Value", "value": quantity(target)},
+                    },
+                }
+            )
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -173,18 +198,22 @@ def scaled_object(serving: TritonServing, scaling: Scaling, metadata: dict[str, 
                 },
             }
         )
-    if scaling.p99_latency_ms is not None:
-        triggers.append(
-            {
-                "type": "prometheus",
-                "metricType": "Value",
-                "metadata": {
-                    "serverAddress": scaling.prometheus_url,
-                    "query": p99_query(namespace, model),
-                    "threshold": str(scaling.p99_latency_ms),
-                },
-            }
-        )
+    for query, target in (
+        (p99_query(namespace, model), scaling.p99_latency_ms),
+        (ttft_query(namespace, model), scaling.ttft_p99_ms),
+    ):
+        if target is not None:
+            triggers.append(
+                {
+                    "type": "prometheus",
+                    "metricType": "Value",
+                    "metadata": {
+                        "serverAddress": scaling.prometheus_url,
+                        "query": query,
+                        "threshold": str(target),
+                    },
+                }
+            )
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

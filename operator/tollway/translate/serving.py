@@ -97,6 +97,7 @@ def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
         scale_up_seconds=autoscaling.scale_up.stabilization_seconds,
         scale_down_seconds=autoscaling.scale_down.stabilization_seconds,
         prometheus_url=prometheus_url,
+        ttft_p99_ms=targets.ttft_p99_ms,
     )
 
 
