@@ -89,6 +89,16 @@ def alert(rules: list[dict[str, Any]], name: str, **labels: str) -> dict[str, An
     }
 
 
+def passes_promtool(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
+    """`promtool test rules` of `tests` against tmp_path/rules.yaml (written by the test)."""
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    tested = promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def fires_in_every_window(rules: list[dict[str, Any]], name: str, eval_time: str) -> dict[str, Any]:
     """A promtool alert test: `name` fires for each burn rate's long window at `eval_time`."""
     return {
@@ -170,12 +180,7 @@ def test_each_alert_fires_when_it_should_and_stays_quiet_when_it_should_not(tmp_
             ],
         },
     ]
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, tests)
 
 
 def test_time_to_first_token_comes_from_the_gateway_else_triton_and_its_objective_alerts(
@@ -250,12 +255,7 @@ def test_time_to_first_token_comes_from_the_gateway_else_triton_and_its_objectiv
             "alert_rule_test": [{"eval_time": "100m", "alertname": "TollwayTTFTSLOBurn", "exp_alerts": []}],
         },
     ]
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, tests)
 
 
 def test_the_autoscalers_ttft_is_the_gateways_and_else_tritons(tmp_path: Path) -> None:
@@ -290,12 +290,7 @@ def test_the_autoscalers_ttft_is_the_gateways_and_else_tritons(tmp_path: Path) -
         }
         for source, rows in (("gateway", gateway + triton), ("triton", triton))
     ]
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, tests)
 
 
 def test_an_uncached_models_p99_for_the_autoscalers_is_tritons_request_summary(tmp_path: Path) -> None:
@@ -308,12 +303,7 @@ def test_an_uncached_models_p99_for_the_autoscalers_is_tritons_request_summary(t
         "input_series": [request, queue],
         "promql_expr_test": [{"expr": p99_query("ai", "chat"), "eval_time": "5m", "exp_samples": expected}],
     }
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, [test])
 
 
 def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: Path) -> None:
@@ -349,12 +339,7 @@ def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: 
             },
         ],
     }
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, [test])
 
 
 def example_gateway() -> Any:
@@ -425,12 +410,7 @@ def test_usage_and_cost_per_consumer_come_from_the_gateways_counters(tmp_path: P
             ],
         },
     ]
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, tests)
 
 
 def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> None:
@@ -467,12 +447,7 @@ def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> 
             ],
         }
     ]
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
-    )
-    tested = promtool("test", "rules", str(test_file))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    passes_promtool(tmp_path, tests)
 
 
 def _labels(name: str, **labels: str) -> str:
