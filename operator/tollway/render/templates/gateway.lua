@@ -220,19 +220,17 @@ local function follow_stream(handle, state, counts)
     end
     tail = text:sub(-STREAM_TAIL)
   end
+  local extra, unreported
+  input, output, extra, unreported = tokens.charged(input, output, state.reserve, state.estimate)
+  if input == nil then return end
   local metadata = handle:streamInfo():dynamicMetadata()
-  local unreported = input == nil
-  if unreported then
-    input, output = 0, tonumber(state.estimate)
-    metadata:set(NS, "unreported", "1")
-  end
+  if unreported then metadata:set(NS, "unreported", "1") end
   metadata:set(NS, "input_tokens", tostring(input))
   metadata:set(NS, "output_tokens", tostring(output))
   if output > 1 and first ~= nil and not unreported then
     metadata:set(NS, "tpot_ms", string.format("%.3f", (last - first) / (output - 1)))
   end
-  local extra = state.reserve and math.max(0, input + output - tonumber(state.reserve)) or 0
-  if extra > 0 then metadata:set(NS, "settle", tostring(extra)) end
+  if extra ~= nil and extra > 0 then metadata:set(NS, "settle", tostring(extra)) end
 end
 
 local function on_response(handle, now)

@@ -40,7 +40,11 @@ end
 -- request's `estimate` as output (usage is compulsory: leaving it out never costs less), and the fourth
 -- result says so; nil when there is no estimate either.
 function M.settlement(text, model, reserved, estimate)
-  local input, output = M.used_tokens(text, model.input), M.used_tokens(text, model.output)
+  return M.charged(M.used_tokens(text, model.input), M.used_tokens(text, model.output), reserved, estimate)
+end
+
+-- The same from the counts a response reported (nil for a count it left out): what settlement returns.
+function M.charged(input, output, reserved, estimate)
   local unreported = input == nil and output == nil
   if unreported then
     if estimate == nil then return nil end
