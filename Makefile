@@ -9,10 +9,11 @@ setup:            ## the venv with tollway and its dev tools
 k8s:              ## kube-apiserver and kube-controller-manager, built once from the Go module proxy
 	@hack/build-k8s.sh >/dev/null
 
-tools:            ## envoyproxy/ratelimit, prometheus-adapter and helm, built once from the Go module proxy
+tools:            ## envoyproxy/ratelimit, prometheus-adapter, helm and otelcol, built once from the Go module proxy
 	@hack/build-tools.sh ratelimit >/dev/null
 	@hack/build-tools.sh prometheus-adapter >/dev/null
 	@hack/build-tools.sh helm >/dev/null
+	@hack/build-tools.sh otelcol >/dev/null
 
 chart: setup      ## copy crds/ and prometheus-adapter's rules into charts/tollway (a test checks the copies)
 	@hack/sync-chart-crds
