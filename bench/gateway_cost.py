@@ -20,7 +20,10 @@ connections, closed loop) with the same KServe v2 infer POST:
    what a refusal costs (the ratelimit service answers it from its cache of over-limit keys);
 7. the OpenAI API's unary chat completion through the same gateway for the RPM + TPM caller (the model named
    in the body, resolved and limited after it is read), to a second fake server that answers with a fixed
-   chat completion and its usage: beside path 3, what the OpenAI route costs over the KServe one.
+   chat completion and its usage: beside path 3, what the OpenAI route costs over the KServe one;
+8. path 3 for a caller whose tier samples every request (ApiTier spec.sampling.sampleRate "1"): the body and
+   answer kept, masked and sent as an OTLP log to a real OpenTelemetry Collector (testbed.otel), whose CPU
+   is counted too: what quality sampling costs at its most.
 
 The paths take turns, ROUNDS times (so a slow spell of the shared cores falls on all of them), and each
 figure is the median of its rounds: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's,
@@ -57,6 +60,7 @@ import yaml
 
 from testbed.dataplane import EnvoyPorts, GatewayProcesses
 from testbed.gateway import NAMESPACE, echo_model, secret, tier
+from testbed.otel import Collector
 from testbed.processes import Process, answers_http, free_port, start, tool_binary
 from testbed.triton import infer_body, language_model_document
 
@@ -65,6 +69,7 @@ KEYS = {
     "rpm": "tw-bench-rpm-key",
     "none": "tw-bench-free-key",
     "flood": "tw-bench-flood-key",
+    "sampled": "tw-bench-sampled-key",
 }
 """The gateway's callers, by the limits of their tier (`flood`'s is 1 request a minute: it is refused)."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
@@ -361,18 +366,24 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def gateway(workdir: Path, upstream_port: int, openai_port: int, workers: int) -> GatewayProcesses:
+def gateway(
+    workdir: Path, upstream_port: int, openai_port: int, workers: int, sample_sink: str
+) -> GatewayProcesses:
     """Tollway's gateway with a tier per entry of KEYS, its limits far above any load here: the echo model
-    (KServe v2) and a chat model whose OpenAI server is the fake at `openai_port`."""
+    (KServe v2) and a chat model whose OpenAI server is the fake at `openai_port`; samples go to
+    `sample_sink`."""
+    full = {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000}
     limits: dict[str, dict[str, int]] = {
-        "rpm-tpm": {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000},
+        "rpm-tpm": full,
         "rpm": {"requestsPerMinute": 100_000_000},
         "none": {},
         "flood": {"requestsPerMinute": 1},
+        "sampled": full,
     }
     documents: list[dict[str, Any]] = [echo_model(), language_model_document("chat", "chat", NAMESPACE)]
     for name, key in KEYS.items():
-        documents += [tier(name, 1, limits[name], ["echo", "chat"]), secret(name, name, key)]
+        sampling = {"sampling": {"sampleRate": "1"}} if name == "sampled" else {}
+        documents += [tier(name, 1, limits[name], ["echo", "chat"], **sampling), secret(name, name, key)]
     source = workdir / "manifests.yaml"
     source.write_text(yaml.safe_dump_all(documents))
     processes = GatewayProcesses(
@@ -384,7 +395,7 @@ def gateway(workdir: Path, upstream_port: int, openai_port: int, workers: int) -
         ],
         envoy_workers=workers,
     )
-    processes.write_config(source)
+    processes.write_config(source, f"--sample-sink={sample_sink}")
     processes.start_redis()
     processes.start_ratelimit()
     processes.start_envoys()
@@ -419,7 +430,9 @@ def main() -> None:
         bare = static_envoy(
             workdir, "bare", bare_port, options.workers, {"route": {"cluster": f"127.0.0.1:{model_port}"}}
         )
-        tollway = gateway(workdir, model_port, openai_port, options.workers)
+        samples = Collector(workdir).start()
+        assert samples.process is not None
+        tollway = gateway(workdir, model_port, openai_port, options.workers, samples.grpc_address)
         gateway_processes = {
             "envoy": tollway.envoys[0],
             "ratelimit": tollway.processes["ratelimit"],
@@ -441,6 +454,12 @@ def main() -> None:
                 path="/v1/chat/completions",
                 body=CHAT_BODY,
             ),
+            Target(
+                "  tier sampling every request",
+                tollway.ports[0],
+                {**gateway_processes, "otelcol": samples.process},
+                KEYS["sampled"],
+            ),
         ]
         try:
             load = Load(wrk, workdir, options.seconds, options.connections)
@@ -456,6 +475,7 @@ def main() -> None:
             bare.stop()
             model.stop()
             openai_model.stop()
+            samples.stop()
     runs = [median_run(list(taken)) for taken in zip(*closed, strict=True)]
     at_rate = [median_run(list(taken)) for taken in zip(*steady, strict=True)]
     bare_throughput, straight_p99 = runs[1].requests_per_second, at_rate[0].p99_ms

@@ -141,8 +141,11 @@ class ScrapeTarget:
     path: str = "/metrics"
 
 
-def prometheus(workdir: Path, port: int, targets: list[ScrapeTarget], rule_files: list[Path]) -> Process:
-    """Debian's Prometheus scraping `targets` every second and evaluating `rule_files` every second."""
+def prometheus(
+    workdir: Path, port: int, targets: list[ScrapeTarget], rule_files: list[Path], *, tsdb: Path | None = None
+) -> Process:
+    """Debian's Prometheus scraping `targets` every second and evaluating `rule_files` every second; on the
+    TSDB folder `tsdb` (backfilled history, all of it kept) when given."""
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in rule_files],
@@ -161,7 +164,8 @@ def prometheus(workdir: Path, port: int, targets: list[ScrapeTarget], rule_files
     command = [
         shutil.which("prometheus") or "/usr/bin/prometheus",
         f"--config.file={directory / 'prometheus.yml'}",
-        f"--storage.tsdb.path={directory / 'data'}",
+        f"--storage.tsdb.path={tsdb or directory / 'data'}",
+        *(["--storage.tsdb.retention.time=100y"] if tsdb else []),
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tollway import documents
-from tollway.api import KINDS, RESOURCES
+from tollway.api import KINDS, RESOURCES, ApiTier, Resource
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
-from tollway.ir.gateway import Endpoint, Runtime
+from tollway.ir.gateway import CAPACITY_FILE, Endpoint, Runtime
 from tollway.ir.names import TRITON_GRPC_PORT
 from tollway.ir.network import OPERATOR, PROMETHEUS, NetworkPeers, Peer
+from tollway.observe import prometheus
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
 from tollway.translate.gateway import GatewayOptions
+from tollway.translate.sla import excluded_minutes, period_bounds, period_of, plan_sla, report_rows
+
+ResourceKind = TypeVar("ResourceKind", bound=Resource)
 
 #: How clients may reach a gateway's Envoy (ExternalName would point the Service elsewhere).
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
@@ -108,10 +113,12 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         jwks_ca_file=arguments.jwks_ca,
         tls=(arguments.tls_cert, arguments.tls_key) if arguments.tls_cert else None,
         config_dir=str(out / "envoy"),
+        capacity_file=str(out / "capacity" / CAPACITY_FILE),
         listen_port=arguments.port,
         metrics_port=arguments.metrics_port,
         admin_port=arguments.admin_port,
         mtls_port=arguments.tls_port,
+        sample_sink=arguments.sample_sink,
     )
     options = GatewayOptions(runtime=runtime, upstreams=upstreams)
     ours = [document for document in loaded if _namespace(document) == namespace]
@@ -128,15 +135,61 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     files = gateway_files(result.plan.gateway, now)
     (out / "envoy").mkdir(parents=True, exist_ok=True)
     (out / "ratelimit" / "config").mkdir(parents=True, exist_ok=True)
+    (out / "capacity").mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        target = (
-            out / "ratelimit" / "config" / "tollway.yaml"
-            if name == "ratelimit.yaml"
-            else out / "envoy" / name
-        )
+        target = {
+            "ratelimit.yaml": out / "ratelimit" / "config" / "tollway.yaml",
+            CAPACITY_FILE: out / "capacity" / CAPACITY_FILE,  # not in Envoy's watched directory: no reload
+        }.get(name, out / "envoy" / name)
         _replace(target, text)
     print(out)
     return 0
+
+
+def sla_report(arguments: argparse.Namespace) -> int:
+    """Each SLA tier's (and consumer's) figures of a calendar month, from the gateway's series in
+    Prometheus."""
+    now = datetime.now(UTC)
+    period = arguments.period or period_of(now)
+    start, end = period_bounds(period)
+    end = min(end, now)
+    rows: list[dict[str, str]] = []
+    for tier in _parsed(arguments.filename, ApiTier):
+        if tier.spec.sla is None:
+            continue
+        sla = plan_sla(tier.spec.sla)
+        namespace, name = tier.metadata.namespace, tier.metadata.name
+        bounds = (int(start.timestamp()), int(end.timestamp()))
+        counts = {
+            **prometheus.sla_counts(arguments.prometheus, namespace, name, *bounds),
+            **prometheus.sla_counts(arguments.prometheus, namespace, name, *bounds, by="consumer"),
+        }
+        rows += report_rows(tier, sla, period, counts, excluded_minutes(sla, start, end))
+    _write_rows(rows, arguments.format)
+    return 0
+
+
+def _parsed(filenames: list[str], kind: type[ResourceKind]) -> list[ResourceKind]:
+    """The resources of `kind` in the files (kubectl's `-o yaml` lists included), each validated."""
+    loaded = documents.load(filenames)
+    items = [item for document in loaded for item in document.get("items") or [document]]
+    return [parse(kind, item) for item in items if item.get("kind") == kind.kind_name]
+
+
+def _write_rows(rows: list[dict[str, str]], form: str) -> None:
+    """Rows as an aligned table, CSV or JSON, on standard output."""
+    if form == "json":
+        print(json.dumps(rows, indent=1))
+        return
+    columns = list(rows[0]) if rows else []
+    if form == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in columns}
+    for line in [dict(zip(columns, columns, strict=True)), *rows]:
+        print("  ".join(line[column].ljust(widths[column]) for column in columns).rstrip())
 
 
 def api_reference(_: argparse.Namespace) -> int:
@@ -184,6 +237,11 @@ def _namespace(document: dict[str, Any]) -> str:
     return str((document.get("metadata") or {}).get("namespace", "default"))
 
 
+SAMPLE_SINK_HELP = (
+    "HOST:PORT of an OTLP/gRPC logs receiver (an OpenTelemetry Collector): quality samples, feedback"
+)
+
+
 def run(arguments: argparse.Namespace) -> int:
     from tollway.runner import run_operator  # noqa: PLC0415 (kopf is slow to import; only `run` needs it)
 
@@ -202,6 +260,7 @@ def run(arguments: argparse.Namespace) -> int:
                 service_type=arguments.gateway_service_type,
                 redis_address=arguments.redis_address or None,
                 tls_secret=arguments.gateway_tls_secret or None,
+                sample_sink=arguments.sample_sink or None,
             )
         ),
         network=NetworkPeers(operator=arguments.operator_pods, prometheus=arguments.prometheus_pods),
@@ -349,6 +408,11 @@ def _add_run(commands: Any) -> None:
         default=PROMETHEUS,
         help="NAMESPACE/KEY=VALUE,... ('*/...': any namespace): Prometheus's pods, let in to metrics ports",
     )
+    command.add_argument(
+        "--sample-sink",
+        default="",
+        help=SAMPLE_SINK_HELP,
+    )
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)
 
@@ -376,6 +440,30 @@ def _add_openai_server(commands: Any) -> None:
         "--tokenizer", help="the model's tokenizer.json, if it has one: counts tokens when the model does not"
     )
     command.set_defaults(handler=openai_server)
+
+
+def _add_sla_report(commands: Any) -> None:
+    command = commands.add_parser(
+        "sla-report", help="each SLA tier's and consumer's attainment and credit over a calendar month"
+    )
+    command.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="ApiTiers: file or folder (or kubectl -o yaml)",
+    )
+    command.add_argument(
+        "--prometheus", required=True, help="the URL of the Prometheus holding the gateway's series"
+    )
+    command.add_argument("--period", type=_period, help="YYYY-MM (default: this month, so far)")
+    command.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    command.set_defaults(handler=sla_report)
+
+
+def _period(text: str) -> str:
+    period_bounds(text)  # ValueError: argparse reports the period as invalid
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -423,6 +511,7 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--tls-cert", help="server certificate file for the mTLS listener")
     command.add_argument("--tls-key", help="its private key file")
     command.add_argument("--jwks-ca", default=Runtime.jwks_ca_file, help="CA bundle for JWKS servers")
+    command.add_argument("--sample-sink", help=SAMPLE_SINK_HELP)
     command.add_argument(
         "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
     )
@@ -433,6 +522,8 @@ def parser() -> argparse.ArgumentParser:
         "versions are switched off): reproducible files",
     )
     command.set_defaults(handler=gateway_config)
+
+    _add_sla_report(commands)
 
     command = commands.add_parser("api-reference", help="print the API reference (Markdown) from the models")
     command.set_defaults(handler=api_reference)

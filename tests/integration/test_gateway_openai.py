@@ -2,7 +2,9 @@
 streaming chat model (tests/models/streamer: a token every 20 ms), a completion model and an embedding
 model, each with its `tollway openai-server`; Redis, the ratelimit service and two Envoy replicas configured
 by `tollway gateway-config`; the official `openai` SDK as the client (sync and async, streamed and not),
-curl -N for the raw Server-Sent Events, and raw sockets for a client that leaves mid-stream."""
+curl -N for the raw Server-Sent Events, and raw sockets for a client that leaves mid-stream. The gateway
+ships its quality samples and feedback to a real OpenTelemetry Collector (testbed.otel), whose file the
+tests read."""
 
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 
-from testbed import dataplane
+from testbed import client, dataplane
 from testbed.dataplane import fresh_window
 from testbed.gateway import secret, tier
 from testbed.kube import eventually
+from testbed.otel import Collector, LogRecord
 from testbed.triton import (
     RunningTriton,
     language_model,
@@ -54,6 +57,8 @@ CHAT_VERSIONS = {
     "aliases": {"stable": "2"},
 }
 ASKED = [{"role": "user", "content": "tell me more"}]
+SECRET_PATTERN = r"sk-[A-Za-z0-9]{8,}"
+MASK = "[REDACTED]"
 METERED_TPM = 400
 
 
@@ -63,8 +68,10 @@ def documents() -> list[dict[str, Any]]:
         language_model_document("writer", "completion", NAMESPACE),
         language_model_document("embedder", "embedding", NAMESPACE),
     ]
+    # pro's requests are all sampled, with a pattern of its own masked; the others' never (the models' rate)
+    sampling = {"sampleRate": "1", "redact": {"patterns": [SECRET_PATTERN]}}
     tiers = [
-        tier("pro", 2, {"requestsPerMinute": 10_000, "tokensPerMinute": 1_000_000}, ["*"]),
+        tier("pro", 2, {"requestsPerMinute": 10_000, "tokensPerMinute": 1_000_000}, ["*"], sampling=sampling),
         tier("free", 5, {"requestsPerMinute": 10_000}, ["assistant"]),
         tier("single", 3, {"concurrentRequests": 1}, ["writer"]),
         tier("metered", 3, {"tokensPerMinute": METERED_TPM}, ["writer"]),
@@ -78,6 +85,7 @@ class Bed:
     gateway: dataplane.GatewayProcesses
     triton: RunningTriton
     models: Path
+    samples: Collector
 
     @property
     def url(self) -> str:
@@ -129,14 +137,17 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         )
         source = workdir / "manifests.yaml"
         source.write_text("\n---\n".join(json.dumps(document) for document in documents()))
+        samples = Collector(workdir)
         try:
-            gateway.write_config(source)
+            samples.start()
+            gateway.write_config(source, f"--sample-sink={samples.grpc_address}")
             gateway.start_redis()
             gateway.start_ratelimit()
             gateway.start_envoys()
-            yield Bed(gateway, triton, workdir / "triton" / "models")
+            yield Bed(gateway, triton, workdir / "triton" / "models", samples)
         finally:
             gateway.stop()
+            samples.stop()
             for process, _ in servers.values():
                 process.stop()
 
@@ -446,3 +457,210 @@ def test_tritonclient_grpc_streaming_through_the_gateway(bed: Bed) -> None:
     assert arrivals[-1] - arrivals[0] >= 15 * TOKEN_MS / 1000  # streamed, not gathered at the end
     expected = (before[0] + 2, before[1] + 20)
     eventually(lambda: (bed.usage("input", "pro"), bed.usage("output", "pro")) == expected)
+
+
+# Quality samples, feedback and the SLA's counts
+
+
+def _post(bed: Bed, path: str, body: bytes, key: str = KEYS["pro"], **headers: str) -> client.Reply:
+    sent = {"authorization": f"Bearer {key}", "content-type": "application/json", **headers}
+    return client.request(f"{bed.url.removesuffix('/v1')}{path}", data=body, headers=sent)
+
+
+def _records(bed: Bed, kind: str, request_id: str) -> list[LogRecord]:
+    def wanted(record: LogRecord) -> bool:
+        found = record["attributes"]
+        return found.get("tollway.record") == kind and found.get("request_id") == request_id
+
+    return bed.samples.records(wanted, timeout=20)
+
+
+def test_a_sampled_stream_reaches_the_sink_masked_and_put_back_together(bed: Bed) -> None:
+    asked = [
+        {"role": "user", "content": "mail ana.ruiz@corp.example with sk-A1b2C3d4E5 and 4111 1111 1111 1111"}
+    ]
+    stream = bed.client().chat.completions.create(
+        model="assistant", messages=asked, max_tokens=6, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    usage = chunks[-1].usage
+    assert usage is not None
+    request_id = stream.response.headers["x-request-id"]
+    [record] = _records(bed, "sample", request_id)
+    sent = json.loads(record["body"]["request"])
+    assert sent["messages"][0]["content"] == f"mail {MASK} with {MASK} and {MASK}"
+    # the events' text put back together, masked too (the stand-in model repeats what it was asked)
+    assert text.startswith("mail ana.ruiz@corp.example with sk-A1b2C3d4E5")
+    assert record["body"]["response"] == text.replace("ana.ruiz@corp.example", MASK).replace(
+        "sk-A1b2C3d4E5", MASK
+    )
+    attributes = record["attributes"]
+    assert {key: attributes[key] for key in ("model", "version", "tier", "consumer", "status", "path")} == {
+        "model": "assistant",
+        "version": "3",
+        "tier": "pro",
+        "consumer": "pro-key",
+        "status": "200",
+        "path": "/v1/chat/completions",
+    }
+    assert (attributes["input_tokens"], attributes["output_tokens"]) == (str(usage.prompt_tokens), "6")
+    assert float(attributes["ttft_ms"]) >= 0 and attributes["response_cut"] == "-"
+    assert "authorization" not in json.dumps(record) and KEYS["pro"] not in json.dumps(record)
+
+
+def test_a_tier_that_samples_nothing_sends_nothing(bed: Bed) -> None:
+    """On one connection (one Envoy worker, whose records go out in order): once pro's later request is in
+    the sink, free's would be too, had it been sampled."""
+    connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[0], timeout=10)
+    ids = []
+    for key in (KEYS["free"], KEYS["pro"]):
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        connection.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps({"model": "assistant", "messages": ASKED}),
+            headers=headers,
+        )
+        response = connection.getresponse()
+        assert response.status == 200 and response.read()
+        ids.append(response.headers["x-request-id"])
+    connection.close()
+    assert _records(bed, "sample", ids[1])
+    assert not [
+        record for record in bed.samples.all_records() if record["attributes"]["request_id"] == ids[0]
+    ]
+
+
+def test_a_body_that_is_no_valid_utf8_is_sampled_valid(bed: Bed) -> None:
+    """An OTLP string must be UTF-8: one bad byte would make the collector refuse the whole batch."""
+    body = b'{"model": "writer", "prompt": "caf\xe9 \xff", "max_tokens": 1}'
+    reply = _post(bed, "/v1/completions", body)
+    [record] = _records(bed, "sample", reply.headers["x-request-id"])
+    assert record["body"]["request"] == '{"model": "writer", "prompt": "caf? ?", "max_tokens": 1}'
+
+
+def test_every_answer_carries_a_request_id_the_gateway_made(bed: Bed) -> None:
+    forged = "11111111-2222-3333-4444-555555555555"
+    answers = [
+        _post(
+            bed,
+            "/v1/completions",
+            json.dumps({"model": "writer", "prompt": "x"}).encode(),
+            **{"x-request-id": forged},
+        ),
+        _post(bed, "/v1/completions", b"{}", key="wrong"),  # 401, made by the gateway
+        _post(bed, "/v1/nothing-here", b"{}"),  # 404
+    ]
+    assert [answer.status for answer in answers] == [200, 401, 404]
+    ids = [answer.headers["x-request-id"] for answer in answers]
+    assert all(re.fullmatch(r"[0-9a-f-]{36}", found) for found in ids) and forged not in ids
+    assert len(set(ids)) == 3
+
+
+def test_feedback_on_an_answer_is_counted_per_version_and_joins_its_sample(bed: Bed) -> None:
+    answer = bed.client().chat.completions.with_raw_response.create(
+        model="assistant", messages=ASKED, max_tokens=2
+    )
+    rated = answer.headers["x-request-id"]
+    labels = {"model": "assistant", "version": "3", "tier": "pro", "rating": "2"}
+    before = _summed(bed.stats(), "envoy_tollway_feedback", **labels)
+    said = {
+        "request_id": rated,
+        "model": answer.parse().model,
+        "rating": 2,
+        "comment": "wrong, ask ana@corp.example",
+    }
+    reply = _post(bed, "/v1/feedback", json.dumps(said).encode())
+    assert (reply.status, reply.json()) == (202, {"status": "recorded"})
+    [record] = _records(bed, "feedback", rated)
+    assert record["body"] == f"wrong, ask {MASK}"
+    assert record["attributes"]["rating"] == "2" and record["attributes"]["consumer"] == "pro-key"
+    assert _records(bed, "sample", rated)  # the rated answer's sample: the two join on request_id
+    assert eventually(
+        lambda: _summed(bed.stats(), "envoy_tollway_feedback", **labels) == before + 1, timeout=20
+    )
+
+
+def test_feedback_read_two_ways_or_on_a_model_the_tier_may_not_use_is_refused(bed: Bed) -> None:
+    twice = b'{"request_id": "r1", "model": "assistant", "rating": 1, "rating": 5}'
+    assert _post(bed, "/v1/feedback", twice).json()["error"] == {
+        "code": 400,
+        "type": "invalid_request_error",
+        "message": "rating appears twice in the request",
+    }
+    other = json.dumps({"request_id": "r1", "model": "writer", "rating": 5}).encode()
+    assert _post(bed, "/v1/feedback", other, key=KEYS["free"]).status == 403
+    assert _post(bed, "/v1/feedback", other, key="wrong").status == 401
+
+
+def test_the_same_prompt_again_is_counted_as_a_regeneration(bed: Bed) -> None:
+    """Each Envoy worker remembers its own recent prompts: one connection keeps both on one worker."""
+    labels = {"model": "assistant", "version": "3", "tier": "free"}
+    before = _summed(bed.stats(), "envoy_tollway_regenerations", **labels)
+    connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[0], timeout=10)
+    headers = {"authorization": f"Bearer {KEYS['free']}", "content-type": "application/json"}
+    body = json.dumps(
+        {"model": "assistant", "messages": [{"role": "user", "content": f"again {time.time()}"}]}
+    )
+    for _ in range(3):
+        connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200 and response.read()
+    connection.close()
+    assert eventually(
+        lambda: _summed(bed.stats(), "envoy_tollway_regenerations", **labels) == before + 2, timeout=20
+    )
+
+
+def test_the_sla_counts_answers_and_errors_but_not_the_callers_own_429s(bed: Bed) -> None:
+    def counted(tier_name: str) -> tuple[float, float]:
+        text = bed.stats()
+        return tuple(
+            _summed(text, f"envoy_tollway_sla_{kind}", tier=tier_name) for kind in ("requests", "errors")
+        )
+
+    before = counted("single")
+    first = bed.client("single").completions.create(model="writer", prompt="x", max_tokens=20, stream=True)
+    next(iter(first))
+    with pytest.raises(openai.RateLimitError):  # over its own concurrency: not the SLA's business
+        bed.client("single").completions.create(model="writer", prompt="y", max_tokens=1)
+    list(first)
+    assert eventually(lambda: counted("single") == (before[0] + 1, before[1]), timeout=20)
+    latency = _summed(bed.stats(), "envoy_tollway_sla_latency_ms_bucket", tier="single", le="5000")
+    assert latency >= 1
+
+
+def test_consumers_read_each_models_capacity_which_changes_without_reloading_envoy(bed: Bed) -> None:
+    def capacity(key: str = KEYS["free"]) -> list[dict[str, Any]]:
+        reply = client.request(f"{bed.url}/capacity", headers={"authorization": f"Bearer {key}"})
+        assert reply.status == 200
+        return list(reply.json()["data"])
+
+    def reloads() -> float:
+        text = bed.stats()
+        return _summed(text, "envoy_listener_manager_lds_update_success") + _summed(
+            text, "envoy_cluster_manager_cds_update_success"
+        )
+
+    # gateway-config wrote what the operator would: nothing observed yet
+    assert capacity() == [
+        {
+            "model": "assistant",
+            "state": "unknown",
+            "at_capacity": False,
+            "estimated_wait_seconds": None,
+            "ready_replicas": 0,
+            "max_replicas": 1,
+            "observed_at": None,
+        }
+    ]
+    assert {entry["model"] for entry in capacity(KEYS["pro"])} == {"assistant", "embedder", "writer"}
+    before = reloads()
+    busy = {"model": "assistant", "state": "at_capacity", "at_capacity": True, "estimated_wait_seconds": 4.5}
+    for index in range(len(bed.gateway.replicas)):  # as the kubelet swaps a ConfigMap's files: a rename
+        document = bed.gateway.replica_dir(index) / "capacity" / "capacity.jsonl"
+        document.with_suffix(".new").write_text(json.dumps(busy, separators=(",", ":")) + "\n")
+        document.with_suffix(".new").rename(document)
+    assert eventually(lambda: capacity() == [busy], timeout=20)
+    assert reloads() == before

@@ -64,6 +64,7 @@ def test_crd_names_kinds_columns_and_subresource() -> None:
         "TPM",
         "Concurrency",
         "Consumers",
+        "SLA",
         "Ready",
         "Age",
     ]

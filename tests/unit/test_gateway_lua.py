@@ -33,6 +33,10 @@ NOTHING_COUNTED = {"input_tokens": "0", "output_tokens": "0", "unreported": "0",
 GRPC_INFER = {":path": "/inference.GRPCInferenceService/ModelInfer", "x-api-key": "k-pro"}
 
 
+UNSAMPLED = {"ppm": None, "most": 16384, "redact": {"emails": True, "cards": True, "patterns": []}}
+"""A tier that samples at its models' rate (0 here)."""
+
+
 def tier(level: int, scopes: dict[str, str], **changes: Any) -> dict[str, Any]:
     return {
         "level": level,
@@ -45,6 +49,7 @@ def tier(level: int, scopes: dict[str, str], **changes: Any) -> dict[str, Any]:
         "token_caps": {},
         "jwt": None,
         "mtls": None,
+        "sampling": UNSAMPLED,
         **changes,
     }
 
@@ -87,6 +92,7 @@ DATA: dict[str, Any] = {
             "usage_output": "USAGE",
             "max_body": MAX_BODY,
             "retry_after": 7,
+            "sample_ppm": 0,
         }
     },
     "credentials": {

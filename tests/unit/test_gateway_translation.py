@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import subprocess
 import sys
 from dataclasses import replace
@@ -24,7 +25,7 @@ from tollway.render.envoy import http_filters, listeners
 from tollway.render.lua import lua_literal
 from tollway.render.ratelimit import ratelimit_config
 from tollway.translate import Context, translate, translate_gateway
-from tollway.translate.gateway import GatewayOptions, TierReport, plan_gateway, selects
+from tollway.translate.gateway import GatewayOptions, TierReport, model_capacity, plan_gateway, selects
 
 from builders import api_tier, available_deployment, model_deployment
 
@@ -193,16 +194,29 @@ def test_lua_literals_escape_everything_a_key_may_hold() -> None:
     )
 
 
+def test_a_redaction_pattern_the_gateway_cannot_run_is_the_tiers_problem_and_masks_nothing() -> None:
+    patterns = ["sk-[A-Za-z0-9]{20,}", "(a|b)c", r"\d{3}-\d{4}"]
+    tier = api_tier("pro", **{"spec.sampling": {"sampleRate": "0.5", "redact": {"patterns": patterns}}})
+    result = plan([tier])
+    assert result.reports["pro"].problems == (
+        "spec.sampling.redact.patterns[1]: '(' at 0: no groups or alternation (write one pattern each); "
+        "it masks nothing",
+    )
+    sampling = result.gateway.tiers[0].sampling
+    assert sampling.rate == "0.5" and sampling.redaction.patterns == (patterns[0], patterns[2])
+
+
 def test_there_are_gateway_cases() -> None:
     assert len(GATEWAY_CASES) >= 3
 
 
+@pytest.mark.parametrize("sink", [[], ["--sample-sink=127.0.0.1:4317"]], ids=["", "sampled"])
 @pytest.mark.parametrize("case", GATEWAY_CASES, ids=[case.name for case in GATEWAY_CASES])
-def test_envoy_validates_every_golden_gateway(case: Path, tmp_path: Path) -> None:
+def test_envoy_validates_every_golden_gateway(case: Path, sink: list[str], tmp_path: Path) -> None:
     source = _source(case)
     tollway = Path(sys.executable).parent / "tollway"
     written = subprocess.run(
-        [str(tollway), "gateway-config", "-f", str(source), "--out", str(tmp_path)],
+        [str(tollway), "gateway-config", "-f", str(source), "--out", str(tmp_path), *sink],
         capture_output=True,
         text=True,
         check=False,
@@ -397,3 +411,45 @@ def test_a_tiers_usage_is_read_per_consumer_from_the_usage_counters(monkeypatch:
         'count(sum by (consumer) (increase(envoy_tollway_usage_requests{namespace="ai",tier="pro"}[3600s]))'
         " > 0)"
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ({}, "unknown"),
+        ({"readyReplicas": 0, "replicas": 1}, "unavailable"),
+        (
+            {"readyReplicas": 2, "metrics": {"queueDepth": 0, "observedAt": "2026-11-30T10:00:00Z"}},
+            "available",
+        ),
+        ({"readyReplicas": 2, "metrics": {"queueDepth": 3, "observedAt": "2026-11-30T10:00:00Z"}}, "busy"),
+        (
+            {"readyReplicas": 4, "metrics": {"queueDepth": 3, "observedAt": "2026-11-30T10:00:00Z"}},
+            "at_capacity",
+        ),
+    ],
+)
+def test_a_models_capacity_comes_from_its_status_and_never_reaches_envoys_config(
+    status: dict[str, Any], state: str
+) -> None:
+    document = model_deployment(
+        "chat", **{"spec.autoscaling": {"maxReplicas": 4, "targets": {"queueDepthPerReplica": 2}}}
+    )
+    document["status"] = (
+        {**status, "metrics": {**status.get("metrics", {}), "estimatedWaitSeconds": 1.26}} if status else {}
+    )
+    capacity = model_capacity(document)
+    assert capacity.state == state and capacity.max_replicas == 4
+    assert capacity.estimated_wait_seconds == (1.3 if status else None)
+    # The Retry-After steps follow the estimated wait; the room's state never changes Envoy's config.
+    quiet = copy.deepcopy(document)
+    quiet["status"].pop("readyReplicas", None)
+    tier = api_tier("pro")
+
+    def envoy_config(model: dict[str, Any]) -> list[dict[str, Any]]:
+        found = translate_gateway("ai", [tier, model], [], NOW).manifests
+        return [
+            item for item in found if item["kind"] == "Secret" and item["metadata"]["name"].endswith("-envoy")
+        ]
+
+    assert envoy_config(quiet) == envoy_config(document)

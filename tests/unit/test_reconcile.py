@@ -17,7 +17,15 @@ from typing import Any, Literal
 import pytest
 
 from tollway.api import ApiTier, ModelDeployment, Resource
-from tollway.ir.state import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
+from tollway.ir.state import (
+    DeploymentState,
+    MetricsState,
+    PodProblem,
+    SlaCounts,
+    SlaState,
+    TritonState,
+    UsageState,
+)
 from tollway.k8s.apply import ApplyError
 from tollway.k8s.cache import Seen, WatchCache, index_id
 from tollway.reconcile import Reconciler, Resync
@@ -164,6 +172,7 @@ class FakeCluster:
 class FakeTelemetry:
     def __init__(self) -> None:
         self.metrics = MetricsState(reachable=True, values={"p99_ms": 40.0})
+        self.sla = SlaState(reachable=True, counts=SlaCounts(requests=2000, errors=30, input_tokens=10**6))
         self.asked: list[str] = []
 
     def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
@@ -177,6 +186,10 @@ class FakeTelemetry:
     def tier_usage(self, url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:
         self.asked.append(f"usage {tier}")
         return UsageState(reachable=True, requests=3)
+
+    def tier_sla(self, url: str, namespace: str, tier: str, start: int, end: int) -> SlaState:
+        self.asked.append(f"sla {tier} {datetime.fromtimestamp(start, UTC):%Y-%m-%d}")
+        return self.sla
 
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -439,6 +452,27 @@ def test_a_tiers_usage_is_read_at_most_once_per_resync() -> None:
     bed.event(bed.cluster.read_resource(ApiTier, "ai", "pro") or {})
     assert bed.telemetry.asked == ["usage pro"]
     assert bed.cluster.status_of(ApiTier, "pro")["usage"]["requests"] == 3
+
+
+def test_a_tiers_sla_is_read_for_the_month_so_far_and_kept_when_prometheus_fails() -> None:
+    """1.5 % of this month's requests failed: below 99 %, so 25 % of the month's cost is owed so far; when
+    Prometheus stops answering, the last figures stay."""
+    bed = Bed(prometheus_url=PROMETHEUS, resync_seconds=60)
+    credits = [{"below": "99.9", "creditPercent": "10"}, {"below": "99", "creditPercent": "25"}]
+    sla = {"availability": "99.9", "credits": credits}
+    bed.event(bed.cluster.add(api_tier("pro", **{"spec.sla": sla, "spec.pricing.inputPer1kTokens": "0.002"})))
+    assert bed.telemetry.asked == ["usage pro", "sla pro 2026-12-01"]
+    figures = bed.cluster.status_of(ApiTier, "pro")["sla"]
+    assert (figures["period"], figures["availability"], figures["errorBudgetRemaining"]) == (
+        "2026-12",
+        "98.5",
+        "0",
+    )
+    assert (figures["creditPercent"], figures["credit"], figures["requests"]) == ("25", "0.5", 2000)
+    bed.telemetry.sla = SlaState(reachable=False, error="ConnectionError")
+    bed.clock.now += timedelta(seconds=61)
+    bed.resync.resync()
+    assert bed.cluster.status_of(ApiTier, "pro")["sla"] == figures
 
 
 def test_a_refused_child_is_reported_and_nothing_is_pruned(bed: Bed) -> None:

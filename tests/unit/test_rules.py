@@ -21,7 +21,7 @@ from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate import translate_all
 from tollway.translate.serving import plan_serving
 
-from builders import model_deployment
+from builders import api_tier, model_deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 SELECTOR = 'namespace="ai",model="chat"'
@@ -74,8 +74,11 @@ def chat() -> dict[str, Any]:
     )
 
 
-def alert(rules: list[dict[str, Any]], name: str, **labels: str) -> dict[str, Any]:
-    """The alert as promtool expects it: the rule's labels and annotations, and the series' labels."""
+def alert(
+    rules: list[dict[str, Any]], name: str, *, series: dict[str, str] | None = None, **labels: str
+) -> dict[str, Any]:
+    """The alert as promtool expects it: the rule's labels and annotations, and the series' labels (`series`;
+    by default the model's)."""
     rule = next(
         rule
         for group in rules
@@ -84,7 +87,11 @@ def alert(rules: list[dict[str, Any]], name: str, **labels: str) -> dict[str, An
         and all(rule["labels"].get(key, value) == value for key, value in labels.items())
     )
     return {
-        "exp_labels": {"namespace": "ai", "model": "chat", **rule["labels"], **labels},
+        "exp_labels": {
+            **({"namespace": "ai", "model": "chat"} if series is None else series),
+            **rule["labels"],
+            **labels,
+        },
         "exp_annotations": rule["annotations"],
     }
 
@@ -452,3 +459,160 @@ def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> 
 
 def _labels(name: str, **labels: str) -> str:
     return name + "{" + ",".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"
+
+
+def sla_gateway(**sla: Any) -> Any:
+    """The gateway of one tier, `gold`, whose SLA is 99.9 % available (and `sla`'s changes); promtool's
+    clock starts at 1970-01-01 00:00 UTC, a Thursday."""
+    tier = api_tier("gold", **{"spec.sla": {"availability": "99.9", **sla}})
+    return translate_all([tier, model_deployment("chat")], NOW).gateways["ai"].plan.gateway
+
+
+def gold(name: str, values: str, **labels: str) -> dict[str, str]:
+    """A counter of the gateway's, as one Envoy replica exports it."""
+    matchers = ",".join(
+        f'{key}="{value}"' for key, value in {"namespace": "ai", "tier": "gold", **labels}.items()
+    )
+    return {"series": f"{name}{{{matchers}}}", "values": values}
+
+
+#: 60 counted requests a minute on each of two Envoy replicas, for 5 hours.
+STEADY = [gold("envoy_tollway_sla_requests", "0+60x300", consumer="bob", pod=pod) for pod in ("a", "b")]
+
+
+def test_an_outage_inside_a_maintenance_window_spends_no_budget_and_one_outside_burns_it(
+    tmp_path: Path,
+) -> None:
+    """Thursdays 01:00-02:00 are maintenance: every request failing then counts neither way (the minutes
+    are not recorded at all), while the same outage from 02:30 burns the budget in every window."""
+    groups = gateway_rule_groups(
+        sla_gateway(maintenance={"weekly": [{"day": "Thursday", "start": "01:00", "durationMinutes": 60}]})
+    )
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    inside = gold("envoy_tollway_sla_errors", "0x60 60+60x59 3600x180", consumer="bob", pod="a")
+    outside = gold("envoy_tollway_sla_errors", "0x150 60+60x69 4200x80", consumer="bob", pod="a")
+    burn = "TollwayTierSlaBudgetBurn"
+    gold_labels = 'namespace="ai",tier="gold"'
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [*STEADY, inside],
+            "promql_expr_test": [
+                {
+                    "expr": "tollway:tier_in_maintenance",
+                    "eval_time": eval_time,
+                    "exp_samples": [
+                        {"labels": f"tollway:tier_in_maintenance{{{gold_labels}}}", "value": value}
+                    ],
+                }
+                for eval_time, value in (("60m", 0), ("61m", 1), ("120m", 1), ("121m", 0))
+            ]
+            + [
+                {  # the 90th minute is not recorded; the 125th is, with no error in it
+                    "expr": 'tollway:tier_sla_requests:increase1m{consumer="bob"}',
+                    "eval_time": "90m",
+                    "exp_samples": [],
+                },
+                {
+                    "expr": "tollway:tier_sla_error_ratio:rate3d",
+                    "eval_time": "180m",
+                    "exp_samples": [
+                        {"labels": f"tollway:tier_sla_error_ratio:rate3d{{{gold_labels}}}", "value": 0}
+                    ],
+                },
+            ],
+            "alert_rule_test": [
+                {"eval_time": eval_time, "alertname": name, "exp_alerts": []}
+                for eval_time in ("100m", "180m")
+                for name in (burn, "TollwayTierSlaBudgetLow")
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [*STEADY, outside],
+            "alert_rule_test": [
+                {
+                    "eval_time": "220m",
+                    "alertname": burn,
+                    "exp_alerts": [
+                        alert(groups, burn, series={}, window=window) for window in ("1h", "6h", "1d", "3d")
+                    ],
+                },
+                {
+                    "eval_time": "220m",
+                    "alertname": "TollwayTierSlaBudgetLow",
+                    "exp_alerts": [alert(groups, "TollwayTierSlaBudgetLow", series={})],
+                },
+            ],
+        },
+    ]
+    passes_promtool(tmp_path, tests)
+
+
+def test_minutes_without_traffic_and_one_off_windows_breach_nothing(tmp_path: Path) -> None:
+    """A tier nobody calls (its counters flat, or not exported at all) has no error ratio, so no alert; a
+    one-off window (02:00-03:00 on the first day) hides the outage inside it."""
+    groups = gateway_rule_groups(
+        sla_gateway(
+            maintenance={"oneOff": [{"start": "1970-01-01T02:00:00Z", "end": "1970-01-01T03:00:00Z"}]}
+        )
+    )
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    idle = [
+        gold(f"envoy_tollway_sla_{count}", "0x300", consumer="bob", pod="a")
+        for count in ("requests", "errors")
+    ]
+    outage = gold("envoy_tollway_sla_errors", "0x120 60+60x59 3600x120", consumer="bob", pod="a")
+    quiet = [
+        {"eval_time": eval_time, "alertname": name, "exp_alerts": []}
+        for eval_time in ("100m", "170m", "240m")
+        for name in ("TollwayTierSlaBudgetBurn", "TollwayTierSlaBudgetLow")
+    ]
+    tests = [
+        {"interval": "1m", "input_series": idle, "alert_rule_test": quiet},
+        {"interval": "1m", "input_series": [], "alert_rule_test": quiet},
+        {"interval": "1m", "input_series": [*STEADY, outage], "alert_rule_test": quiet},
+    ]
+    passes_promtool(tmp_path, tests)
+
+
+def test_the_latency_objective_burns_when_too_few_requests_answer_within_its_threshold(
+    tmp_path: Path,
+) -> None:
+    """P99 under 5 s: the gateway's histogram has a bucket at exactly 5000 ms (summed over replicas); 95 %
+    within it burns the 1 % allowed 5 times over: the alerts of the 1-day (3x) and 3-day (1x) windows;
+    all within: quiet."""
+    groups = gateway_rule_groups(sla_gateway(latency={"thresholdMs": 5000, "percent": "99"}))
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+
+    def histogram(within: int) -> list[dict[str, str]]:
+        return [
+            row
+            for pod in ("a", "b")
+            for row in (
+                gold("envoy_tollway_sla_latency_ms_bucket", f"0+{within}x300", le="5000", pod=pod),
+                gold("envoy_tollway_sla_latency_ms_bucket", "0+100x300", le="+Inf", pod=pod),
+                gold("envoy_tollway_sla_latency_ms_count", "0+100x300", pod=pod),
+            )
+        ]
+
+    burn = "TollwayTierSlaLatencyBurn"
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": histogram(95),
+            "alert_rule_test": [
+                {
+                    "eval_time": "100m",
+                    "alertname": burn,
+                    "exp_alerts": [alert(groups, burn, series={}, window=window) for window in ("1d", "3d")],
+                }
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": histogram(100),
+            "alert_rule_test": [{"eval_time": "100m", "alertname": burn, "exp_alerts": []}],
+        },
+    ]
+    passes_promtool(tmp_path, tests)

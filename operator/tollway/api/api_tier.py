@@ -14,10 +14,12 @@ from tollway.api.base import (
     Rule,
     TollwayModel,
     age_column,
+    decimal,
     matches,
     ready_column,
 )
 from tollway.api.model_deployment import MODEL_NAME
+from tollway.api.sla import Sla, SlaStatus
 
 _MODEL = MODEL_NAME.strip("^$")
 #: "MODEL" (its latest alias), "MODEL:ALIAS", "MODEL@VERSION", or "*" (every model in the namespace).
@@ -152,6 +154,43 @@ class UsageAlerts(TollwayModel):
     """Alert when a consumer's rate exceeds this many times its 7-day baseline."""
 
 
+class Redaction(TollwayModel):
+    """What the gateway masks (as `[REDACTED]`) in sampled bodies before a record leaves it. Credentials
+    are never part of a record: headers are not sampled."""
+
+    emails: bool = True
+    card_numbers: bool = True
+    """Runs of 13 to 19 digits, spaces or dashes between them allowed (payment card numbers)."""
+    patterns: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=256)]], Field(max_length=32)
+    ] = Field(default_factory=list)
+    """More to mask, each a regular expression of a bounded kind that the gateway can run on every sampled
+    body in linear time: literals, `.`, character classes (`[a-z0-9_]`, `[^,]`), escapes (`\\d \\w \\s`, their
+    negations and escaped punctuation), the quantifiers `* + ?` and `{n}`, `{n,m}` (m ≤ 64) on a single
+    character or class, and the anchors `^ $`; no groups or alternation (a pattern per alternative
+    instead). A pattern outside that is reported in the tier's conditions and masks nothing."""
+
+
+class Sampling(TollwayModel):
+    """Quality sampling of this tier's requests (records go to the gateway's sample sink, over OTLP)."""
+
+    rules = (
+        Rule(
+            field=".sampleRate",
+            message="sampleRate must be between 0 and 1",
+            cel="!has(self.sampleRate) || double(self.sampleRate) <= 1.0",
+            holds=lambda sampling: sampling.sample_rate is None or decimal(sampling.sample_rate) <= 1,
+        ),
+    )
+
+    sample_rate: DecimalString | None = None
+    """Replaces each model's `spec.monitoring.sampleRate` for this tier's requests ("0": never sample them,
+    e.g. a tier whose data must not be kept). Unset: the model's rate."""
+    max_body_bytes: int = Field(default=16384, ge=256, le=262144)
+    """The most of each body (request and response) a record keeps; the record says when it was cut."""
+    redact: Redaction = Redaction()
+
+
 class ApiTierSpec(TollwayModel):
     rules = (
         Rule(
@@ -200,6 +239,9 @@ class ApiTierSpec(TollwayModel):
     pricing: Pricing = Pricing()
     over_limit: OverLimit = OverLimit()
     alerts: UsageAlerts = UsageAlerts()
+    sampling: Sampling = Sampling()
+    sla: Sla | None = None
+    """The service level promised to each customer of this tier, and the credits owed when it is missed."""
 
 
 class Usage(TollwayModel):
@@ -224,6 +266,7 @@ class ApiTierStatus(TollwayModel):
     mtls_port: int | None = None
     """The gateway port of this tier's mTLS clients (one listener per mTLS tier, trusting only its CA)."""
     usage: Usage | None = None
+    sla: SlaStatus | None = None
 
 
 class ApiTier(Resource):
@@ -237,6 +280,12 @@ class ApiTier(Resource):
         PrinterColumn(name="TPM", type="integer", json_path=".spec.limits.tokensPerMinute"),
         PrinterColumn(name="Concurrency", type="integer", json_path=".spec.limits.concurrentRequests"),
         PrinterColumn(name="Consumers", type="integer", json_path=".status.consumers"),
+        PrinterColumn(
+            name="SLA",
+            type="string",
+            json_path=".status.sla.availability",
+            description="availability this month, %",
+        ),
         ready_column(),
         age_column(),
     )

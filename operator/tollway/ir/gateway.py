@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tollway.ir.serving import Owner
+from tollway.ir.sla import Sla
 
 LIMIT_KINDS = ("rpm", "rpd", "tpm", "tpd")
 """Requests per minute and per day, tokens per minute and per day: one ratelimit descriptor key each."""
@@ -32,6 +33,20 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Capacity:
+    """What consumers are told of a model's room (GET /v1/capacity), from its status as last observed."""
+
+    state: str = "unknown"
+    """available (its replicas take requests without a queue), busy (requests wait, and it can scale out),
+    at_capacity (requests wait and it runs its most replicas), unavailable (no ready replica) or unknown
+    (no figures yet)."""
+    estimated_wait_seconds: float | None = None
+    ready_replicas: int = 0
+    max_replicas: int = 1
+    observed_at: str | None = None
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     """The public name in routes, and Triton's model name."""
@@ -55,6 +70,11 @@ class Model:
     to a few steps so the configuration changes rarely."""
     openai: OpenAIRoute | None = None
     """How the model answers on the OpenAI routes; None: it speaks KServe v2 only."""
+    sample_rate: str = "0"
+    """The share of its requests recorded for quality review (spec.monitoring.sampleRate), unless the
+    caller's tier sets its own."""
+    capacity: Capacity = field(default_factory=Capacity)
+    """Published in a document of its own, which Envoy reads without a reload (never in its config)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,26 @@ class OpenAIRoute:
     """chat, completion or embedding (spec.model.openai.kind)."""
     default_max_tokens: int
     """What a request that asks for no max_tokens reserves for its answer (0 for embeddings)."""
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What sampled bodies have masked before a record leaves the gateway."""
+
+    emails: bool = True
+    cards: bool = True
+    patterns: tuple[str, ...] = ()
+    """Regular expressions of the kind render.redaction translates (translate keeps only those it can)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A tier's quality sampling: its own rate (None: each model's), how much of a body a record keeps,
+    and what is masked in it."""
+
+    rate: str | None = None
+    max_body_bytes: int = 16384
+    redaction: Redaction = field(default_factory=Redaction)
 
 
 @dataclass(frozen=True)
@@ -134,6 +174,10 @@ class Tier:
     input_price_per_1k: str = "0"
     output_price_per_1k: str = "0"
     usage_spike_factor: float = 3.0
+    sampling: Sampling = field(default_factory=Sampling)
+    sla: Sla | None = None
+    sla_latency_ms: int | None = None
+    """The SLA's latency threshold: a bound of the gateway's envoy_tollway_sla_latency_ms histogram."""
 
     def limits_for(self, model: str) -> ModelLimits:
         return next(
@@ -160,6 +204,8 @@ class Images:
 
 
 TLS_DIR = "/etc/tollway/tls"
+CAPACITY_DIR = "/etc/tollway/capacity"
+CAPACITY_FILE = "capacity.jsonl"
 """Where Envoy's pods mount the gateway's server certificate (the `tls_secret`)."""
 
 
@@ -194,6 +240,12 @@ class Runtime:
     """Client connections each Envoy holds at most (its metrics listener is not counted)."""
     monitoring: bool = True
     """Render ServiceMonitors and a PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
+    capacity_file: str = f"{CAPACITY_DIR}/{CAPACITY_FILE}"
+    """Where Envoy reads the capacity document (a ConfigMap's file in a cluster: the kubelet swaps it in
+    place, and the Lua program reads it again every few seconds)."""
+    sample_sink: str | None = None
+    """host:port of an OTLP/gRPC logs receiver (an OpenTelemetry Collector) that takes the quality samples
+    and feedback; None: nothing is sampled, and feedback is only counted."""
     images: Images = field(default_factory=Images)
 
     @property

@@ -52,6 +52,7 @@ def gateway_children(gateway: str) -> dict[str, str]:
         "config": f"{gateway}-envoy",
         "ratelimit": f"{gateway}-ratelimit",
         "redis": f"{gateway}-redis",
+        "capacity": f"{gateway}-capacity",
     }
 
 

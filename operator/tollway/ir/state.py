@@ -83,3 +83,30 @@ class ServingState:
     triton: TritonState | None = None
     metrics: MetricsState | None = None
     """None when the operator has no Prometheus to ask."""
+
+
+@dataclass(frozen=True)
+class SlaCounts:
+    """What the gateway counted for a tier (or one of its consumers) over a period, outside maintenance: the
+    requests that count for availability, those that failed, and (per tier only) those answered within the
+    latency threshold out of those measured; and the tokens used (maintenance included: they are billed)."""
+
+    requests: float = 0
+    errors: float = 0
+    latency_within: float = 0
+    latency_measured: float = 0
+    input_tokens: float = 0
+    output_tokens: float = 0
+
+
+@dataclass(frozen=True)
+class SlaState:
+    """A tier's SLA counts of the current calendar month so far, from Prometheus; or why it could not."""
+
+    reachable: bool
+    error: str = ""
+    period: str = ""
+    """YYYY-MM."""
+    counts: SlaCounts = SlaCounts()
+    observed_at: str | None = None
+    """When read; None: now (see MetricsState)."""

@@ -9,3 +9,4 @@ class LiveTelemetry:
     model_state = staticmethod(serving.model_state)
     model_metrics = staticmethod(prometheus.model_metrics)
     tier_usage = staticmethod(prometheus.tier_usage)
+    tier_sla = staticmethod(prometheus.tier_sla)

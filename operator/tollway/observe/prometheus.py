@@ -9,7 +9,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from tollway.ir.names import usage_metric
-from tollway.ir.state import MetricsState, UsageState
+from tollway.ir.state import MetricsState, SlaCounts, SlaState, UsageState
 from tollway.render.monitoring import selector
 
 TIMEOUT_SECONDS = 3
@@ -26,11 +26,15 @@ QUERIES = {
 }
 
 
+def _client(url: str) -> PrometheusConnect:
+    return PrometheusConnect(url, disable_ssl=True, timeout=TIMEOUT_SECONDS, retry=Retry(total=0))
+
+
 def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
     """The model's figures now; unreachable (with the error) instead of an exception. A figure Prometheus
     has no series for yet (no traffic) is left out."""
     try:
-        client = PrometheusConnect(url, disable_ssl=True, timeout=TIMEOUT_SECONDS, retry=Retry(total=0))
+        client = _client(url)
         values: dict[str, float] = {}
         for field, query in QUERIES.items():
             result: Any = client.custom_query(query.format(s=selector(namespace, model)))
@@ -39,7 +43,7 @@ def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
                 if not math.isnan(value):  # NaN (0/0 before any request) is no figure
                     values[field] = round(value, 3)
     except Exception as error:
-        return MetricsState(reachable=False, error=f"{type(error).__name__}: {str(error)[:200]}")
+        return MetricsState(reachable=False, error=_failure(error))
     return MetricsState(reachable=True, values=values)
 
 
@@ -53,7 +57,7 @@ def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> Usage
     counters; unreachable (with the error) instead of an exception."""
     window = f"{max(since_seconds, 60)}s"
     try:
-        client = PrometheusConnect(url, disable_ssl=True, timeout=TIMEOUT_SECONDS, retry=Retry(total=0))
+        client = _client(url)
 
         def total(kind: str) -> int:
             result: Any = client.custom_query(
@@ -72,4 +76,56 @@ def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> Usage
             output_tokens=total("output"),
         )
     except Exception as error:
-        return UsageState(reachable=False, error=f"{type(error).__name__}: {str(error)[:200]}")
+        return UsageState(reachable=False, error=_failure(error))
+
+
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def sla_counts(
+    url: str, namespace: str, tier: str, start: int, end: int, *, by: str = ""
+) -> dict[str, SlaCounts]:
+    """A tier's SLA counts between the unix seconds `start` and `end`, per value of the label `by`
+    ("consumer"; "" for the whole tier, under the key ""). The SLA counts add up the recorded per-minute
+    series (maintenance already left out) over exactly the period: a range of its length ending at its end,
+    one second short so that the minute before the period, recorded at its first instant, stays out
+    whether the range's start is closed (Prometheus 2) or open (3). Raises when Prometheus cannot answer."""
+    client = _client(url)
+    scope = f'namespace="{namespace}",tier="{tier}"'
+    span = f"{max(end - start - 1, 1)}s"
+
+    def per_group(expression: str) -> dict[str, float]:
+        result: Any = client.custom_query(f"sum by ({by}) ({expression})")
+        return {item["metric"].get(by, ""): float(item["value"][1]) for item in result}
+
+    def recorded(name: str) -> dict[str, float]:
+        return per_group(f"sum_over_time(tollway:tier_sla_{name}:increase1m{{{scope}}}[{span}] @ {end})")
+
+    def used(kind: str) -> dict[str, float]:
+        return per_group(f"increase({usage_counter(namespace, tier, kind)}[{span}] @ {end})")
+
+    figures = {
+        "requests": recorded("requests"),
+        "errors": recorded("errors"),
+        "input_tokens": used("input"),
+        "output_tokens": used("output"),
+    }
+    if not by:  # the latency histogram is the tier's, not each consumer's
+        figures["latency_within"] = recorded("latency_within")
+        figures["latency_measured"] = recorded("latency_measured")
+    groups = sorted({group for values in figures.values() for group in values} | ({""} if not by else set()))
+    return {
+        group: SlaCounts(**{field: values.get(group, 0.0) for field, values in figures.items()})
+        for group in groups
+    }
+
+
+def tier_sla(url: str, namespace: str, tier: str, start: int, end: int) -> SlaState:
+    """The tier's SLA counts of the period so far (see `sla_counts`); unreachable (with the error) instead of
+    an exception."""
+    try:
+        counts = sla_counts(url, namespace, tier, start, end)[""]
+    except Exception as error:
+        return SlaState(reachable=False, error=_failure(error))
+    return SlaState(reachable=True, counts=counts)

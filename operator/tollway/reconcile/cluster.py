@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from tollway.api import Resource
-from tollway.ir.state import DeploymentState, MetricsState, PodProblem, TritonState, UsageState
+from tollway.ir.state import DeploymentState, MetricsState, PodProblem, SlaState, TritonState, UsageState
 
 Clock = Callable[[], datetime]
 """The time now, timezone-aware."""
@@ -90,3 +90,7 @@ class Telemetry(Protocol):
     def model_metrics(self, url: str, namespace: str, model: str) -> MetricsState: ...
 
     def tier_usage(self, url: str, namespace: str, tier: str, since_seconds: int) -> UsageState: ...
+
+    def tier_sla(self, url: str, namespace: str, tier: str, start: int, end: int) -> SlaState:
+        """The tier's SLA counts between the unix seconds `start` and `end`."""
+        ...

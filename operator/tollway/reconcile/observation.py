@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.names import TRITON_KEY, serving_children
-from tollway.ir.state import MetricsState, ServingState, UsageState
+from tollway.ir.state import MetricsState, ServingState, SlaCounts, SlaState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.render.monitoring import MONITORING_API
 from tollway.settings import Settings
 from tollway.translate import Context, kept_or_fresh
 from tollway.translate.serving import PROMETHEUS_URL, tier_priority
+from tollway.translate.sla import period_bounds, period_of
 
 #: A tier's usage counts in status, in wire form.
 USAGE_COUNTS = ("consumers", "requests", "inputTokens", "outputTokens")
@@ -79,6 +81,30 @@ class Observer:
             self.settings.prometheus_url, namespace, tier["metadata"]["name"], since
         )
 
+    def sla(self, namespace: str, tier: Mapping[str, Any], now: datetime) -> SlaState | None:
+        """A tier's SLA counts this month from Prometheus, at most once per resync (what status holds when
+        younger); None without an SLA or a Prometheus."""
+        if not self.settings.prometheus_url or not (tier.get("spec") or {}).get("sla"):
+            return None
+        period = period_of(now)
+        previous = (tier.get("status") or {}).get("sla")
+        if previous is not None and previous.get("period") == period and self._fresh(previous):
+            counts = SlaCounts(
+                **{field.name: previous.get(_camel(field.name), 0) for field in fields(SlaCounts)}
+            )
+            return SlaState(
+                reachable=True, period=period, counts=counts, observed_at=str(previous["observedAt"])
+            )
+        start, _ = period_bounds(period)
+        state = self.telemetry.tier_sla(
+            self.settings.prometheus_url,
+            namespace,
+            tier["metadata"]["name"],
+            int(start.timestamp()),
+            int(now.timestamp()),
+        )
+        return replace(state, period=period)
+
     def _metrics(self, namespace: str, model: str, previous: Mapping[str, Any] | None) -> MetricsState | None:
         """The model's figures from Prometheus, at most once per resync (the ones in status when younger)."""
         if not self.settings.prometheus_url:
@@ -95,6 +121,12 @@ class Observer:
             return False
         observed = datetime.fromisoformat(str(previous["observedAt"]).replace("Z", "+00:00"))
         return (self.clock() - observed).total_seconds() < self.settings.resync_seconds
+
+
+def _camel(name: str) -> str:
+    """'input_tokens' → 'inputTokens' (model field names → status fields in wire form)."""
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
 
 
 def _snake(name: str) -> str:

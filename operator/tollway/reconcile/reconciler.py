@@ -154,5 +154,10 @@ class Reconciler:
         )
         for body in tiers:
             report = result.plan.reports.get(body["metadata"]["name"], TierReport())
-            context = Context(tier=report, gateway=state, usage=self.observer.usage(namespace, body, now))
+            context = Context(
+                tier=report,
+                gateway=state,
+                usage=self.observer.usage(namespace, body, now),
+                sla=self.observer.sla(namespace, body, now),
+            )
             write_status(self.cluster, ApiTier, body, translate(ApiTier, body, now, context).status, logger)

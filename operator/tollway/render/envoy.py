@@ -10,10 +10,12 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
 
+from tollway.api.sla import SLA_LATENCY_BUCKETS_MS
 from tollway.ir.gateway import Gateway, Model, Mtls, Runtime, Tier, Version
 from tollway.ir.names import (
     RATELIMIT_DOMAIN,
@@ -24,6 +26,7 @@ from tollway.ir.names import (
     in_cluster_host,
 )
 from tollway.render.lua import body_program, gateway_program, token_headers_program
+from tollway.render.redaction import lua_pattern
 
 CONNECTION_BUFFER_BYTES = 1024 * 1024
 """What Envoy reads ahead of a connection before it stops reading it: a body is buffered whole only on a
@@ -60,6 +63,9 @@ HTTP_OPTIONS = {
     },
 }
 OPENAI_BASE = "/v1/models"
+FEEDBACK_PATH = "/v1/feedback"
+CAPACITY_PATH = "/v1/capacity"
+FEEDBACK_BYTES = 16384
 PUBLIC_BASES = (OPENAI_BASE, "/v2/models")
 """The public API is versioned under /v1; the same routes under /v2 are Triton's own (KServe v2) paths, so
 that tritonclient and other KServe clients work unchanged (an alias goes in the model name: "chat:stable").
@@ -146,12 +152,15 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "openai_clusters": openai_clusters,
             "token_caps": token_caps,
             "listing": model_listing(gateway, tier),
+            "served": sorted({model for model, _ in tier.allowed}),
             "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)}
             if tier.jwt
             else None,
             "mtls": list(tier.mtls.allowed_sans) if tier.mtls else None,
+            "sampling": _sampling(gateway, tier),
         }
     data = {
+        "capacity_file": gateway.runtime.capacity_file,
         "order": [tier.name for tier in gateway.tiers],
         "server_cluster": model_cluster(gateway.models[0], "grpc") if gateway.models else None,
         "mtls_ports": {str(tier.mtls_port): tier.name for tier in gateway.tiers if tier.mtls_port},
@@ -168,6 +177,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                 "usage_output": model.usage_output,
                 "max_body": model.max_request_bytes,
                 "retry_after": model.retry_after,
+                "sample_ppm": _per_million(model.sample_rate) if gateway.runtime.sample_sink else 0,
                 "openai": {
                     "kind": model.openai.kind,
                     "path": OPENAI_ROUTES[model.openai.kind],
@@ -191,6 +201,27 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         },
     }
     return data
+
+
+def _per_million(rate: str) -> int:
+    return int(Decimal(rate) * 1_000_000)
+
+
+def _sampling(gateway: Gateway, tier: Tier) -> dict[str, Any]:
+    """A tier's sampling as the Lua programs read it: its rate in parts per million (None: each model's; 0
+    when the gateway has no sample sink), how much of a body a record keeps, and what is masked in it."""
+    sampling = tier.sampling
+    rate = None if sampling.rate is None else _per_million(sampling.rate)
+    redaction = sampling.redaction
+    return {
+        "ppm": rate if gateway.runtime.sample_sink else 0,
+        "most": sampling.max_body_bytes,
+        "redact": {
+            "emails": redaction.emails,
+            "cards": redaction.cards,
+            "patterns": [lua_pattern(pattern) for pattern in redaction.patterns],
+        },
+    }
 
 
 def _day(seconds: int | None) -> str | None:
@@ -241,7 +272,7 @@ def body_data(data: dict[str, Any]) -> dict[str, Any]:
     """The part of `lua_data` the body program reads: it learns the caller from dynamic metadata, and
     answers no listing."""
     tiers = {
-        name: {key: value for key, value in tier.items() if key != "listing"}
+        name: {key: value for key, value in tier.items() if key not in ("listing", "served")}
         for name, tier in data["tiers"].items()
     }
     return {"tiers": tiers, "models": data["models"]}
@@ -356,10 +387,25 @@ def _openai_routes(gateway: Gateway) -> list[Config]:
                 "request_body_buffer_limit": max(sizes, default=SMALL_BODY_BYTES),
             }
         )
+    # Feedback is read and checked by the Lua programs (400, 403, 404 or 429 there); what gets through was
+    # recorded, and this answers it.
+    recorded = {"status": 202, "body": {"inline_string": '{"status":"recorded"}'}}
+    routes.append(
+        {
+            "match": {
+                "path": FEEDBACK_PATH,
+                "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+            },
+            "metadata": {"filter_metadata": {LUA_FILTER: {"kind": "feedback"}}},
+            "direct_response": recorded,
+            "request_body_buffer_limit": FEEDBACK_BYTES,
+        }
+    )
     unanswered = {"status": 404, "body": {"inline_string": "no such model"}}
     for match, kind in (
         ({"path": OPENAI_BASE}, "models"),
         ({"safe_regex": {"regex": f"{OPENAI_BASE}/[^/]+"}}, "model"),
+        ({"path": CAPACITY_PATH}, "capacity"),
     ):
         routes.append(
             {
@@ -516,13 +562,177 @@ def _usage_logs() -> list[Config]:
     ]
 
 
+SLA_COUNTED = "has(metadata.filter_metadata.tollway.tier) && response.code != 429 && response.code != 0"
+"""A request that counts for its tier's availability: its caller was authenticated (so it has a tier), it
+was not refused by its own limits (429: requests, tokens, concurrency), and it was answered (0: the client
+left before any answer)."""
+SLA_LATENCY = "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:ms)%"
+"""From the request's first byte to its answer's first byte: the whole answer of a unary request (a model
+sends its headers with its answer), the first token of a stream, the refusal the gateway makes itself."""
+
+
+def _cel(expression: str) -> Config:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _TYPE + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
+        }
+    }
+
+
+def _sla_logs() -> list[Config]:
+    """What a tier's SLA is measured on, where its consumers stand: its counted requests, those answered with
+    a 5xx (by a model or by the gateway itself), and the time to the first byte of their answers
+    (envoy_tollway_sla_*); see SLA_COUNTED."""
+    tags = _tags("tier", "consumer")
+    latency = {
+        "stat": {"name": "sla_latency_ms", "tags": _tags("tier")},
+        "unit": "Milliseconds",
+        "value_format": SLA_LATENCY,
+    }
+    return [
+        _stats_log(
+            _cel(SLA_COUNTED),
+            counters=[{"stat": {"name": "sla_requests", "tags": tags}, "value_fixed": 1}],
+            histograms=[latency],
+        ),
+        _stats_log(
+            _cel(SLA_COUNTED + " && response.code >= 500"),
+            counters=[{"stat": {"name": "sla_errors", "tags": tags}, "value_fixed": 1}],
+        ),
+    ]
+
+
+QUALITY_COUNTS = {
+    "regenerations": "regeneration",
+    "content_filtered": "content_filtered",
+    "sampled": "sample",
+}
+"""Per model version and tier, a request the Lua programs marked (counter → metadata): the same prompt from
+the same consumer to the same version within minutes, an answer that says its content was filtered, a
+request recorded for quality review."""
+
+
+def _quality_logs() -> list[Config]:
+    """The quality signals per model version (envoy_tollway_*): the counts above, and the consumers' ratings
+    (feedback, by rating) that the gateway accepted (its route answers 202)."""
+    tags = _tags("model", "version", "tier")
+    accepted = {"and_filter": {"filters": [_present("feedback_rating"), _status_is("EQ", 202)]}}
+    rated = {
+        "stat": {"name": "feedback", "tags": [*tags, *_tags_named(rating="feedback_rating")]},
+        "value_fixed": 1,
+    }
+    return [
+        *(
+            _stats_log(_present(key), counters=[{"stat": {"name": name, "tags": tags}, "value_fixed": 1}])
+            for name, key in QUALITY_COUNTS.items()
+        ),
+        _stats_log(accepted, counters=[rated]),
+    ]
+
+
+SAMPLE_LOG_NAME = "tollway.samples"
+SAMPLE_CLUSTER = "samples"
+SAMPLE_ATTRIBUTES = {
+    "tollway.record": None,
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "namespace": None,
+    "model": "%DYNAMIC_METADATA(tollway:model)%",
+    "version": "%DYNAMIC_METADATA(tollway:version)%",
+    "tier": "%DYNAMIC_METADATA(tollway:tier)%",
+    "consumer": "%DYNAMIC_METADATA(tollway:consumer)%",
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "duration_ms": "%DURATION%",
+    "ttft_ms": "%DYNAMIC_METADATA(tollway:ttft_ms)%",
+    "input_tokens": "%DYNAMIC_METADATA(tollway:input_tokens)%",
+    "output_tokens": "%DYNAMIC_METADATA(tollway:output_tokens)%",
+    "regeneration": "%DYNAMIC_METADATA(tollway:regeneration)%",
+    "content_filtered": "%DYNAMIC_METADATA(tollway:content_filtered)%",
+    "request_cut": "%DYNAMIC_METADATA(tollway:sample_request_cut)%",
+    "response_cut": "%DYNAMIC_METADATA(tollway:sample_response_cut)%",
+}
+"""What a sample record says besides the bodies (None: filled in per record kind and gateway). Envoy writes
+"-" for what a request has not (a ttft_ms of a unary answer)."""
+FEEDBACK_ATTRIBUTES = {
+    "tollway.record": None,
+    "request_id": "%DYNAMIC_METADATA(tollway:feedback_for)%",
+    "feedback_request_id": "%REQ(X-REQUEST-ID)%",
+    "namespace": None,
+    "model": "%DYNAMIC_METADATA(tollway:model)%",
+    "version": "%DYNAMIC_METADATA(tollway:version)%",
+    "tier": "%DYNAMIC_METADATA(tollway:tier)%",
+    "consumer": "%DYNAMIC_METADATA(tollway:consumer)%",
+    "rating": "%DYNAMIC_METADATA(tollway:feedback_rating)%",
+}
+"""What a feedback record says: `request_id` is the rated answer's, so that it joins that answer's sample."""
+
+
+def _otlp_log(
+    gateway: Gateway, kind: str, when: Config, attributes: dict[str, str | None], body: Config
+) -> Config:
+    fixed = {"tollway.record": kind, "namespace": gateway.namespace}
+    values = [
+        {"key": key, "value": {"string_value": fixed[key] if value is None else value}}
+        for key, value in attributes.items()
+    ]
+    return {
+        "name": "envoy.access_loggers.open_telemetry",
+        "filter": when,
+        "typed_config": {
+            "@type": _TYPE + "extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            "common_config": {
+                "log_name": SAMPLE_LOG_NAME,
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": SAMPLE_CLUSTER}},
+            },
+            "body": body,
+            "attributes": {"values": values},
+            "formatters": [REQ_WITHOUT_QUERY],
+        },
+    }
+
+
+def _sample_logs(gateway: Gateway) -> list[Config]:
+    """The quality samples and the feedback, as OpenTelemetry log records to the sample sink (over OTLP/gRPC,
+    batched and sent apart from the requests: a sink that is down loses records, never delays a request).
+    A sample's body holds the request and the answer as the Lua programs kept them (cut, masked); headers,
+    and with them credentials, are never part of it."""
+    if gateway.runtime.sample_sink is None:
+        return []
+    bodies = {
+        "kvlist_value": {
+            "values": [
+                {"key": "request", "value": {"string_value": "%DYNAMIC_METADATA(tollway:sample_request)%"}},
+                {"key": "response", "value": {"string_value": "%DYNAMIC_METADATA(tollway:sample_response)%"}},
+            ]
+        }
+    }
+    comment = {"string_value": "%DYNAMIC_METADATA(tollway:feedback_comment)%"}
+    accepted = {"and_filter": {"filters": [_present("feedback_rating"), _status_is("EQ", 202)]}}
+    return [
+        _otlp_log(gateway, "sample", _present("sample"), SAMPLE_ATTRIBUTES, bodies),
+        _otlp_log(gateway, "feedback", accepted, FEEDBACK_ATTRIBUTES, comment),
+    ]
+
+
 STREAM_TIMES = {"ttft_ms": "stream_ttft_ms", "tpot_ms": "stream_tpot_ms"}
 """The Lua program's per-stream times (metadata) → their histograms: the time from the request to its first
 token, and the mean time per output token after it."""
 
 
 def _tags(*keys: str) -> list[Config]:
-    return [{"name": key, "value_format": f"%DYNAMIC_METADATA(tollway:{key})%"} for key in keys]
+    return _tags_named(**{key: key for key in keys})
+
+
+def _tags_named(**keys: str) -> list[Config]:
+    """Tags (tag name → the metadata key that holds its value)."""
+    return [
+        {"name": name, "value_format": f"%DYNAMIC_METADATA(tollway:{key})%"} for name, key in keys.items()
+    ]
 
 
 def _counters(counts: dict[str, str | None], tags: list[Config]) -> list[Config]:
@@ -671,6 +881,15 @@ def _local_reply() -> Config:
     return {"mappers": mappers, "body_format": _error_format("invalid_request_error")}
 
 
+NO_CLIENT = {"address_prefix": "0.0.0.0", "prefix_len": 32}
+"""An address range no client connects from."""
+
+REQ_WITHOUT_QUERY = {
+    "name": "envoy.formatter.req_without_query",
+    "typed_config": {"@type": _TYPE + "extensions.formatter.req_without_query.v3.ReqWithoutQuery"},
+}
+"""The formatter extension behind %REQ_WITHOUT_QUERY(...)%."""
+
 ACCESS_LOG_FIELDS = {
     "time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
@@ -686,6 +905,7 @@ ACCESS_LOG_FIELDS = {
     "version": "%DYNAMIC_METADATA(tollway:version)%",
     "input_tokens": "%DYNAMIC_METADATA(tollway:input_tokens)%",
     "output_tokens": "%DYNAMIC_METADATA(tollway:output_tokens)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
 }
 """What each request logs: who, what, how it went; never a credential."""
 
@@ -758,24 +978,24 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             },
             "http_filters": http_filters(gateway),
             "local_reply_config": _local_reply(),
+            # Every answer says which request it was (x-request-id): what feedback names and samples are
+            # joined on. Envoy makes the id itself; one a client sends is replaced, never trusted: every
+            # client is external, which also strips the x-envoy-* headers that would steer Envoy (timeouts,
+            # retries) from what clients send. The internal range is one no client comes from: an empty
+            # list would be Envoy's default, the private and loopback ranges.
+            "always_set_request_id_in_response": True,
+            "use_remote_address": True,
+            "internal_address_config": {"cidr_ranges": [NO_CLIENT]},
             "access_log": [
                 *_usage_logs(),
+                *_sla_logs(),
+                *_quality_logs(),
+                *_sample_logs(gateway),
                 {
                     "name": "envoy.access_loggers.stdout",
                     "typed_config": {
                         "@type": _TYPE + "extensions.access_loggers.stream.v3.StdoutAccessLog",
-                        "log_format": {
-                            "json_format": ACCESS_LOG_FIELDS,
-                            "formatters": [  # %REQ_WITHOUT_QUERY(...)% is an extension
-                                {
-                                    "name": "envoy.formatter.req_without_query",
-                                    "typed_config": {
-                                        "@type": _TYPE
-                                        + "extensions.formatter.req_without_query.v3.ReqWithoutQuery"
-                                    },
-                                }
-                            ],
-                        },
+                        "log_format": {"json_format": ACCESS_LOG_FIELDS, "formatters": [REQ_WITHOUT_QUERY]},
                     },
                 },
             ],
@@ -1018,6 +1238,9 @@ def clusters(gateway: Gateway) -> Config:
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.runtime.admin_port))
+    if gateway.runtime.sample_sink:
+        sink_host, _, sink_port = gateway.runtime.sample_sink.rpartition(":")
+        found.append(_static_cluster(SAMPLE_CLUSTER, sink_host, int(sink_port), http2=True))
     for tier in gateway.tiers:
         if tier.jwt is None:
             continue
@@ -1119,7 +1342,10 @@ def bootstrap(gateway: Gateway) -> Config:
         "stats_config": {
             "histogram_bucket_settings": [
                 {"match": {"prefix": f"{USAGE_STAT_PREFIX}.{name}"}, "buckets": buckets}
-                for name, buckets in STREAM_TIME_BUCKETS.items()
+                for name, buckets in {
+                    **STREAM_TIME_BUCKETS,
+                    "sla_latency_ms": list(SLA_LATENCY_BUCKETS_MS),
+                }.items()
             ]
         },
         "overload_manager": _overload_manager(gateway.runtime),

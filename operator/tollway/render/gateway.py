@@ -7,11 +7,12 @@ on a config change: both watch their mounted files, so pods carry no config chec
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime
 from typing import Any
 
 from tollway.documents import dump
-from tollway.ir.gateway import TLS_DIR, Gateway
+from tollway.ir.gateway import CAPACITY_DIR, CAPACITY_FILE, TLS_DIR, Gateway
 from tollway.ir.names import (
     RATELIMIT_GRPC_PORT,
     RATELIMIT_HTTP_PORT,
@@ -51,7 +52,7 @@ def possible_children(gateway: str) -> set[tuple[str, str, str]]:
     workloads = ("envoy", "ratelimit", "redis")
     return (
         {("v1", "Secret", named[part]) for part in ("config", "redis")}
-        | {("v1", "ConfigMap", named["ratelimit"])}
+        | {("v1", "ConfigMap", named[part]) for part in ("ratelimit", "capacity")}
         | {("apps/v1", "Deployment", named[part]) for part in workloads}
         | {("v1", "Service", named[part]) for part in workloads}
         | {(NETWORK_API, "NetworkPolicy", named[part]) for part in ("ratelimit", "redis")}
@@ -69,7 +70,27 @@ def gateway_files(gateway: Gateway, now: datetime) -> dict[str, str]:
         "cds.yaml": dump(clusters(gateway)),
         "lds.yaml": dump(listeners(gateway, now)),
         "ratelimit.yaml": dump(ratelimit_config(gateway)),
+        CAPACITY_FILE: capacity_document(gateway),
     }
+
+
+def capacity_document(gateway: Gateway) -> str:
+    """What consumers may read of each model's room (GET /v1/capacity): a JSON object a line, each starting
+    with its model's name (the Lua program finds a line by it, and passes it on as it is)."""
+    lines = []
+    for model in gateway.models:
+        capacity = model.capacity
+        entry = {
+            "model": model.name,
+            "state": capacity.state,
+            "at_capacity": capacity.state == "at_capacity",
+            "estimated_wait_seconds": capacity.estimated_wait_seconds,
+            "ready_replicas": capacity.ready_replicas,
+            "max_replicas": capacity.max_replicas,
+            "observed_at": capacity.observed_at,
+        }
+        lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+    return "".join(lines)
 
 
 def static_bootstrap(gateway: Gateway, now: datetime) -> dict[str, Any]:
@@ -179,8 +200,14 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
     named = gateway_children(gateway.name)
     ports = [("http", gateway.runtime.listen_port), ("metrics", gateway.runtime.metrics_port)]
     ports += [(f"mtls-{index}", tier.mtls_port) for index, tier in enumerate(gateway.tiers) if tier.mtls_port]
-    mounts = [{"name": "config", "mountPath": gateway.runtime.config_dir, "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "config", "secret": {"secretName": named["config"]}}]
+    mounts = [
+        {"name": "config", "mountPath": gateway.runtime.config_dir, "readOnly": True},
+        {"name": "capacity", "mountPath": CAPACITY_DIR, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "secret": {"secretName": named["config"]}},
+        {"name": "capacity", "configMap": {"name": named["capacity"]}},
+    ]
     if gateway.runtime.tls_secret and any(tier.mtls_port for tier in gateway.tiers):
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": gateway.runtime.tls_secret}})
@@ -372,7 +399,19 @@ def manifests(gateway: Gateway, now: datetime, peers: NetworkPeers, redis_passwo
             for name in ("envoy.yaml", "lds.yaml", "cds.yaml")
         },
     }
-    found = [config, *_ratelimit(gateway, files["ratelimit.yaml"], peers, redis_password), *_envoy(gateway)]
+    # Its own ConfigMap: a model's figures change it often, and Envoy reads it without reloading its config.
+    capacity = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(gateway, gateway_children(gateway.name)["capacity"], "envoy"),
+        "data": {CAPACITY_FILE: files[CAPACITY_FILE]},
+    }
+    found = [
+        config,
+        capacity,
+        *_ratelimit(gateway, files["ratelimit.yaml"], peers, redis_password),
+        *_envoy(gateway),
+    ]
     if gateway.runtime.monitoring:
         found += _monitoring(gateway)
     return found

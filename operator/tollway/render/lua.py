@@ -24,8 +24,8 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-GATEWAY_MODULES = ("access", "models", "protobuf", "stream", "tokens")
-BODY_MODULES = ("json", "models", "protobuf", "stream", "tokens")
+GATEWAY_MODULES = ("access", "models", "protobuf", "sample", "stream", "tokens")
+BODY_MODULES = ("json", "models", "protobuf", "sample", "stream", "tokens")
 
 
 def _source(name: str) -> str:

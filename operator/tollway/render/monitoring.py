@@ -9,12 +9,15 @@ scrape annotations, and `rule_groups()` is a plain Prometheus rule file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from tollway.ir.gateway import Gateway
+from tollway.api.sla import MINUTES_PER_WEEK
+from tollway.ir.gateway import Gateway, Tier
 from tollway.ir.names import usage_metric
 from tollway.ir.serving import Objectives, TritonServing
+from tollway.ir.sla import Sla
 
 Manifest = dict[str, Any]
 
@@ -160,19 +163,19 @@ def alerting_rules(namespace: str, model: str, objectives: Objectives) -> list[d
     for long, short, rate, severity in BURN_RATES:
         threshold = _number(budget * Decimal(str(rate)))
         alerts.append(
-            {
-                "alert": "TollwayAvailabilityBudgetBurn",
-                "expr": f"tollway:error_ratio:rate{long}{{{matchers}}} > {threshold} "
-                f"and tollway:error_ratio:rate{short}{{{matchers}}} > {threshold}",
-                "for": "2m" if severity == "page" else "15m",
-                "labels": {**labels, "severity": severity, "window": long},
-                "annotations": {
+            burn_alert(
+                "TollwayAvailabilityBudgetBurn",
+                _per_window("tollway:error_ratio", matchers),
+                threshold,
+                (long, short, severity),
+                labels=labels,
+                annotations={
                     "summary": f"{model} burns its {objectives.availability}% availability budget "
                     f"{rate}x too fast",
                     "description": f"Error ratio over {long} and {short} above {threshold} "
                     f"({rate} x the {objectives.window_days}-day budget).",
                 },
-            }
+            )
         )
         for recorded, target, name, what in latency_objectives:
             alerts.append(
@@ -230,15 +233,41 @@ def _slow_burn(
     long, short, severity = window
     matchers = f'namespace="{labels["namespace"]}",model="{model}"'
     averaged = f"avg_over_time({recorded}{{{matchers}}}"
-    return {
-        "alert": alert,
-        "expr": f"max by ({BY_MODEL}) ({averaged}[{long}])) > {target} "
-        f"and max by ({BY_MODEL}) ({averaged}[{short}])) > {target}",
-        "for": "2m" if severity == "page" else "15m",
-        "labels": {**labels, "severity": severity, "window": long},
-        "annotations": {
+    return burn_alert(
+        alert,
+        lambda span: f"max by ({BY_MODEL}) ({averaged}[{span}]))",
+        str(target),
+        (long, short, severity),
+        labels=labels,
+        annotations={
             "summary": f"{model} P99 {what} above its {target} ms objective over {long} and {short}"
         },
+    )
+
+
+def _per_window(ratio: str, matchers: str) -> Callable[[str], str]:
+    """A ratio recorded per window (`ratio`:rate<window>), as a function of the window."""
+    return lambda window: f"{ratio}:rate{window}{{{matchers}}}"
+
+
+def burn_alert(
+    alert: str,
+    over: Callable[[str], str],
+    threshold: str,
+    window: tuple[str, str, str],
+    *,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+) -> dict[str, Any]:
+    """A burn-rate alert: the figure `over` a window above `threshold` over both the long and the short
+    window of (long, short, severity); a page waits 2 minutes, a ticket 15."""
+    long, short, severity = window
+    return {
+        "alert": alert,
+        "expr": f"{over(long)} > {threshold} and {over(short)} > {threshold}",
+        "for": "2m" if severity == "page" else "15m",
+        "labels": {**labels, "severity": severity, "window": long},
+        "annotations": annotations,
     }
 
 
@@ -366,6 +395,132 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
     return rules
 
 
+#: The SLA's rolling windows: the burn rates' and the 30 days of the budget (the calendar month itself is
+#: computed by the status and `tollway sla-report` from the per-minute series, which PromQL cannot range over
+#: from the month's start).
+SLA_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d")
+SLA_COUNTS = (("requests", "envoy_tollway_sla_requests"), ("errors", "envoy_tollway_sla_errors"))
+
+
+def maintenance_expression(sla: Sla) -> str:
+    """1 while a maintenance window is open, else 0, asked of the middle of the minute that ends at the
+    evaluation (`time() - 30`), so each per-minute increase is excluded or kept whole."""
+    moment = "vector(time() - 30)"
+    minute_of_week = f"(day_of_week({moment}) * 1440 + hour({moment}) * 60 + minute({moment}))"
+    windows = [
+        f"(({minute_of_week} - {window.start_minute} + {MINUTES_PER_WEEK}) % {MINUTES_PER_WEEK} "
+        f"< bool {window.minutes})"
+        for window in sla.weekly
+    ]
+    windows += [
+        f"vector((time() - 30 >= bool {window.start}) * (time() - 30 < bool {window.end}))"
+        for window in sla.one_off
+    ]
+    return f"clamp_max({' + '.join(windows)}, 1)" if windows else "vector(0)"
+
+
+def _over(recorded: str, scope: str, window: str) -> str:
+    return f"sum by (namespace, tier) (sum_over_time({recorded}{{{scope}}}[{window}]))"
+
+
+def sla_rules(namespace: str, tier: Tier, sla: Sla) -> list[dict[str, Any]]:
+    """A tier's SLA as the gateway measures it: per minute, the counted requests, their errors and (with a
+    latency objective) those answered within its threshold, outside maintenance; their ratios over the
+    rolling windows; the 30-day error budget left; and burn-rate alerts on both objectives."""
+    scope = f'namespace="{namespace}",tier="{tier.name}"'
+    labels = {"namespace": namespace, "tier": tier.name}
+    # The window is asked again rather than read from tollway:tier_in_maintenance, so each per-minute rule
+    # stands alone: `promtool tsdb create-blocks-from rules` cannot backfill rules that read other rules.
+    outside = f" unless on () ({maintenance_expression(sla)} == 1)" if sla.weekly or sla.one_off else ""
+    rules: list[dict[str, Any]] = [
+        {"record": "tollway:tier_in_maintenance", "expr": maintenance_expression(sla), "labels": labels}
+    ]
+    rules += [
+        {
+            "record": f"tollway:tier_sla_{count}:increase1m",
+            "expr": f"sum by (namespace, tier, consumer) (increase({metric}{{{scope}}}[1m])){outside}",
+        }
+        for count, metric in SLA_COUNTS
+    ]
+    requests, errors = (f"tollway:tier_sla_{count}:increase1m" for count, _ in SLA_COUNTS)
+    objectives = [("error", Decimal(sla.availability), "TollwayTierSlaBudgetBurn", "availability")]
+    for window in SLA_WINDOWS:
+        failed = f"({_over(errors, scope, window)} or {_over(requests, scope, window)} * 0)"
+        rules.append(
+            {
+                "record": f"tollway:tier_sla_error_ratio:rate{window}",
+                "expr": f"{failed} / {_over(requests, scope, window)}",
+            }
+        )
+    if sla.latency_ms is not None:
+        bucket = f'envoy_tollway_sla_latency_ms_bucket{{{scope},le="{sla.latency_ms}"}}'
+        latency = [("within", bucket), ("measured", f"envoy_tollway_sla_latency_ms_count{{{scope}}}")]
+        rules += [
+            {
+                "record": f"tollway:tier_sla_latency_{count}:increase1m",
+                "expr": f"sum by (namespace, tier) (increase({series}[1m])){outside}",
+            }
+            for count, series in latency
+        ]
+        for window in SLA_WINDOWS:
+            within, measured = (
+                f"sum_over_time(tollway:tier_sla_latency_{count}:increase1m{{{scope}}}[{window}])"
+                for count in ("within", "measured")
+            )
+            rules.append(
+                {
+                    "record": f"tollway:tier_sla_latency_miss_ratio:rate{window}",
+                    "expr": f"1 - {within} / {measured}",
+                }
+            )
+        objectives.append(
+            (
+                "latency_miss",
+                Decimal(sla.latency_percent),
+                "TollwayTierSlaLatencyBurn",
+                f"latency ({sla.latency_ms} ms)",
+            )
+        )
+    budget = 1 - Decimal(sla.availability) / 100
+    rules.append(
+        {
+            "record": "tollway:tier_sla_error_budget_remaining:30d",
+            "expr": f"1 - tollway:tier_sla_error_ratio:rate30d{{{scope}}} / {_number(budget)}"
+            if budget
+            else f"1 - (tollway:tier_sla_error_ratio:rate30d{{{scope}}} > bool 0)",
+        }
+    )
+    for ratio, target, alert, what in objectives:
+        allowed = 1 - target / 100
+        for long, short, rate, severity in BURN_RATES:
+            threshold = _number(allowed * Decimal(str(rate)))
+            rules.append(
+                burn_alert(
+                    alert,
+                    _per_window(f"tollway:tier_sla_{ratio}_ratio", scope),
+                    threshold,
+                    (long, short, severity),
+                    labels=labels,
+                    annotations={
+                        "summary": f"tier {tier.name} burns its SLA's {what} budget ({_number(target)} %) "
+                        f"{rate}x too fast"
+                    },
+                )
+            )
+    rules.append(
+        {
+            "alert": "TollwayTierSlaBudgetLow",
+            "expr": f"tollway:tier_sla_error_budget_remaining:30d{{{scope}}} < 0.25",
+            "for": "15m",
+            "labels": {**labels, "severity": "ticket"},
+            "annotations": {
+                "summary": f"tier {tier.name} has less than 25 % of its 30-day error budget left"
+            },
+        }
+    )
+    return rules
+
+
 def gateway_rule_groups(gateway: Gateway) -> list[dict[str, Any]]:
     """The gateway's rules: from Envoy's own statistics, replies by class (2xx-5xx, the gateway's own 401,
     403, 429 included), the share of 4xx and of 5xx and an alert when 5xx passes 5 %; and the usage rules."""
@@ -391,9 +546,19 @@ def gateway_rule_groups(gateway: Gateway) -> list[dict[str, Any]]:
             },
         }
     )
-    return [
+    groups = [
         {"name": f"tollway.{namespace}.gateway", "rules": rules},
         {"name": f"tollway.{namespace}.usage", "rules": usage_rules(gateway)},
+    ]
+    # Each tier's own group, evaluated every minute: the per-minute series are what the month adds up.
+    return groups + [
+        {
+            "name": f"tollway.{namespace}.sla.{tier.name}",
+            "interval": "1m",
+            "rules": sla_rules(namespace, tier, tier.sla),
+        }
+        for tier in gateway.tiers
+        if tier.sla is not None
     ]
 
 

@@ -20,12 +20,12 @@ from tollway.api.parse import InvalidResource, parse
 from tollway.ir.names import GATEWAY_NAME, REDIS_PASSWORD, TRITON_KEY, gateway_children, serving_children
 from tollway.ir.network import NetworkPeers
 from tollway.ir.serving import TritonServing
-from tollway.ir.state import GatewayState, ServingState, UsageState
+from tollway.ir.state import GatewayState, ServingState, SlaState, UsageState
 from tollway.render import gateway as gateway_render
 from tollway.render import serving as serving_render
 from tollway.translate import api_tier, model_deployment
 from tollway.translate.conditions import condition
-from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, plan_gateway
+from tollway.translate.gateway import GatewayOptions, GatewayPlan, TierReport, model_capacity, plan_gateway
 from tollway.translate.serving import (
     PROMETHEUS_URL,
     STORAGE_INITIALIZER,
@@ -60,6 +60,8 @@ class Context:
     gateway: GatewayState = field(default_factory=GatewayState)
     usage: UsageState | None = None
     """For an ApiTier: its use today, when the operator has a Prometheus to ask."""
+    sla: SlaState | None = None
+    """For an ApiTier with an SLA: its counts this month, when the operator has a Prometheus to ask."""
     network: NetworkPeers = DEFAULT_PEERS
     """Who besides the gateway may reach Triton: the operator and Prometheus."""
     admin_key: str = ""
@@ -124,6 +126,8 @@ def translate(
         make,
         usage=context.usage,
         previous_usage=previous_usage,
+        sla=context.sla,
+        previous_sla=(document.get("status") or {}).get("sla"),
         now=now,
     )
     return Result(status=_wire(kind, status))  # its children are the namespace's gateway: `translate_gateway`
@@ -170,8 +174,20 @@ def translate_gateway(
         and (wait := ((document.get("status") or {}).get("metrics") or {}).get("estimatedWaitSeconds"))
         is not None
     }
+    capacities = {
+        str(document["metadata"]["name"]): model_capacity(document)
+        for document in documents
+        if document["kind"] == ModelDeployment.kind_name
+    }
     plan = plan_gateway(
-        namespace, tiers=tiers, models=models, secrets=list(secrets), now=now, options=options, waits=waits
+        namespace,
+        tiers=tiers,
+        models=models,
+        secrets=list(secrets),
+        now=now,
+        options=options,
+        waits=waits,
+        capacities=capacities,
     )
     password = kept_or_fresh(secrets, gateway_children(GATEWAY_NAME)["redis"], REDIS_PASSWORD, fresh)
     rendered = gateway_render.manifests(plan.gateway, now, network, password) if plan.gateway else []

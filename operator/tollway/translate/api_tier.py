@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from tollway.api import ApiTier
-from tollway.api.base import Condition, decimal
+from tollway.api.base import Condition
+from tollway.api.sla import Sla as SlaSpec
 from tollway.ir.names import GATEWAY_NAME
-from tollway.ir.state import GatewayState, UsageState
+from tollway.ir.state import GatewayState, SlaState, UsageState
 from tollway.translate.gateway import TierReport
+from tollway.translate.sla import decimal_text, plan_sla, settle, usage_cost
 
 Make = Callable[..., Condition]
 
@@ -24,6 +27,8 @@ def status(
     *,
     usage: UsageState | None = None,
     previous_usage: dict[str, Any] | None = None,
+    sla: SlaState | None = None,
+    previous_sla: dict[str, Any] | None = None,
     now: datetime,
 ) -> dict[str, Any]:
     conditions = [_ready(gateway, make), _degraded(report, make)]
@@ -41,16 +46,37 @@ def status(
         conditions.append(make("MetricsAvailable", "False", "PrometheusUnreachable", reason))
         if previous_usage is not None:
             found["usage"] = previous_usage
+    if sla is not None and sla.reachable and resource.spec.sla is not None:
+        found["sla"] = _sla(resource, resource.spec.sla, sla, now)
+    elif sla is not None and previous_sla is not None:
+        found["sla"] = previous_sla  # Prometheus did not answer: the last figures stay
     found["conditions"] = conditions
     return found
 
 
+def _sla(resource: ApiTier, spec: SlaSpec, state: SlaState, now: datetime) -> dict[str, Any]:
+    counts, pricing = state.counts, resource.spec.pricing
+    settled = settle(plan_sla(spec), counts, usage_cost(pricing, counts.input_tokens, counts.output_tokens))
+    figures = {
+        "availability": settled.availability,
+        "latency_attainment": settled.latency_attainment,
+        "error_budget_remaining": settled.error_budget_remaining,
+        "credit_percent": settled.credit_percent,
+        "credit": settled.credit,
+    }
+    totals = {field.name: round(getattr(counts, field.name)) for field in fields(counts)}
+    return {
+        "period": state.period,
+        **{name: decimal_text(value) for name, value in figures.items() if value is not None},
+        "currency": pricing.currency,
+        **totals,
+        "observed_at": state.observed_at or now.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def _usage(resource: ApiTier, usage: UsageState, now: datetime) -> dict[str, Any]:
     pricing = resource.spec.pricing
-    cost = (
-        Decimal(usage.input_tokens) * decimal(pricing.input_per1k_tokens)
-        + Decimal(usage.output_tokens) * decimal(pricing.output_per1k_tokens)
-    ) / 1000
+    cost = usage_cost(pricing, usage.input_tokens, usage.output_tokens)
     moment = usage.observed_at or now.isoformat().replace("+00:00", "Z")
     return {
         "consumers": usage.consumers,

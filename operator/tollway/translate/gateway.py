@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector, Quotas
+from tollway.api.api_tier import Sampling as SamplingSpec
 from tollway.ir.gateway import (
     LIMIT_KINDS,
+    Capacity,
     Credential,
     Endpoint,
     Gateway,
@@ -30,7 +32,9 @@ from tollway.ir.gateway import (
     ModelLimits,
     Mtls,
     OpenAIRoute,
+    Redaction,
     Runtime,
+    Sampling,
     Tier,
     Version,
 )
@@ -44,8 +48,10 @@ from tollway.ir.names import (
     serving_children,
 )
 from tollway.ir.serving import Owner
+from tollway.render.redaction import UnsupportedPattern, lua_pattern
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, openai_max_tokens, priority_levels
+from tollway.translate.sla import plan_sla
 
 API_KEY = "api-key"
 CONSUMER_LABEL = "tollway.dev/consumer"
@@ -88,6 +94,30 @@ def retry_after(estimated_wait_seconds: float | None) -> int:
     return next((step for step in RETRY_STEPS if step >= estimated_wait_seconds), RETRY_STEPS[-1])
 
 
+def model_capacity(document: Mapping[str, Any]) -> Capacity:
+    """A ModelDeployment's room, from its status: its ready replicas against its most, and its queue."""
+    status = document.get("status") or {}
+    metrics = status.get("metrics") or {}
+    autoscaling = (document.get("spec") or {}).get("autoscaling") or {}
+    ready, most = int(status.get("readyReplicas") or 0), int(autoscaling.get("maxReplicas") or 1)
+    wait, queue = metrics.get("estimatedWaitSeconds"), metrics.get("queueDepth")
+    if not metrics.get("observedAt"):
+        state = "unavailable" if status and ready == 0 else "unknown"
+    elif ready == 0:
+        state = "unavailable"
+    elif not queue:
+        state = "available"
+    else:
+        state = "at_capacity" if ready >= most else "busy"
+    return Capacity(
+        state=state,
+        estimated_wait_seconds=round(float(wait), 1) if wait is not None else None,
+        ready_replicas=ready,
+        max_replicas=most,
+        observed_at=metrics.get("observedAt"),
+    )
+
+
 def plan_gateway(
     namespace: str,
     *,
@@ -97,9 +127,11 @@ def plan_gateway(
     now: datetime,
     options: GatewayOptions = GatewayOptions(),
     waits: Mapping[str, float] | None = None,
+    capacities: Mapping[str, Capacity] | None = None,
 ) -> GatewayPlan:
     """The namespace's gateway from its valid tiers and models and all of its Secrets; `waits` are the
-    models' estimated waits (status.metrics.estimatedWaitSeconds) by ModelDeployment name."""
+    models' estimated waits (status.metrics.estimatedWaitSeconds) and `capacities` what consumers are told
+    of their room (model_capacity), by ModelDeployment name."""
     ordered = sorted(tiers, key=lambda tier: (tier.spec.priority, tier.metadata.name))
     # By name: callers hold models in whatever order they were listed or cached (kopf's differs after every
     # restart), and the routes and clusters follow this order.
@@ -107,6 +139,7 @@ def plan_gateway(
         replace(
             _model(resource, namespace, options),
             retry_after=retry_after((waits or {}).get(resource.metadata.name)),
+            capacity=(capacities or {}).get(resource.metadata.name, Capacity()),
         )
         for resource in sorted(models, key=lambda model: model.metadata.name)
     )
@@ -209,6 +242,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         )
         if api
         else None,
+        sample_rate=spec.monitoring.sample_rate,
     )
 
 
@@ -288,6 +322,20 @@ def _model_limits(tier: ApiTier, model: str, replicas: int) -> ModelLimits:
     )
 
 
+def _sampling(spec: SamplingSpec, problems: list[str]) -> Sampling:
+    """The tier's sampling, with only the redaction patterns the gateway can run (one problem each other)."""
+    patterns = []
+    for index, pattern in enumerate(spec.redact.patterns):
+        try:
+            lua_pattern(pattern)
+        except UnsupportedPattern as why:
+            problems.append(f"spec.sampling.redact.patterns[{index}]: {why}; it masks nothing")
+            continue
+        patterns.append(pattern)
+    redaction = Redaction(emails=spec.redact.emails, cards=spec.redact.card_numbers, patterns=tuple(patterns))
+    return Sampling(rate=spec.sample_rate, max_body_bytes=spec.max_body_bytes, redaction=redaction)
+
+
 def _tier(
     resource: ApiTier,
     *,
@@ -321,8 +369,10 @@ def _tier(
                 allowed_sans=tuple(spec.auth.mtls.allowed_subject_alt_names),
                 crl_pem=_secret_value(secrets, reference, "ca.crl"),
             )
+    sla = None if spec.sla is None else plan_sla(spec.sla)
     return Tier(
         name=resource.metadata.name,
+        sampling=_sampling(spec.sampling, problems[resource.metadata.name]),
         priority_level=level,
         limits=tuple(
             Limit(kind=kind, scope=counter_name(resource.metadata.name), value=value)
@@ -338,6 +388,8 @@ def _tier(
         input_price_per_1k=spec.pricing.input_per1k_tokens,
         output_price_per_1k=spec.pricing.output_per1k_tokens,
         usage_spike_factor=spec.alerts.usage_spike_factor,
+        sla=sla,
+        sla_latency_ms=sla.latency_ms if sla else None,
         jwt=Jwt(
             issuer=jwt.issuer,
             jwks_uri=jwt.jwks_uri,

@@ -8,9 +8,37 @@
 local json = require("tollway.json")
 local models = require("tollway.models")
 local protobuf = require("tollway.protobuf")
+local sample = require("tollway.sample")
 local stream = require("tollway.stream")
 
+local NS = stream.NS
 local refuse = stream.refuse
+
+-- How long (seconds) a prompt is remembered to tell a regeneration, and how many each worker remembers.
+local REGENERATION_WINDOW, REMEMBERED_PROMPTS = 600, 2048
+local remembered = sample.recent(REGENERATION_WINDOW, REMEMBERED_PROMPTS)
+math.randomseed(os.time() + math.floor(os.clock() * 1000000)) -- each worker samples its own requests
+
+-- The quality signals of an admitted inference: whether its caller sent the same prompt to the same model
+-- version a moment ago (a regeneration), and whether it is sampled (at its tier's rate, else its model's,
+-- in parts per million; 0 without a sample sink), with what its record keeps of the body. `binary`: a gRPC
+-- message, which a record describes only.
+local function observe(handle, now, caller, model_name, version, bytes, binary)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if remembered(sample.prompt_key(caller.consumer, model_name, version, bytes), now) then
+    metadata:set(NS, "regeneration", "1")
+  end
+  local sampling = T.tiers[caller.tier].sampling
+  local ppm = sampling.ppm or T.models[model_name].sample_ppm
+  if ppm == 0 or math.random(1000000) > ppm then return end
+  metadata:set(NS, "sample", "1")
+  if binary then
+    return metadata:set(NS, "sample_request", "(a gRPC message of " .. #bytes .. " bytes, not kept)")
+  end
+  local kept, cut = sample.kept(bytes, sampling.redact, sampling.most)
+  metadata:set(NS, "sample_request", kept)
+  if cut then metadata:set(NS, "sample_request_cut", "1") end
+end
 
 local function grpc_request(handle, now, caller)
   local body = handle:body()
@@ -28,7 +56,7 @@ local function grpc_request(handle, now, caller)
   local streamed = method == "/inference.GRPCInferenceService/ModelStreamInfer"
   local infer = streamed or method == "/inference.GRPCInferenceService/ModelInfer"
   if streamed then -- its responses are passed on as they come: their time to the first
-    handle:streamInfo():dynamicMetadata():set(stream.NS, "start_ms", tostring(handle:timestamp()))
+    handle:streamInfo():dynamicMetadata():set(NS, "start_ms", tostring(handle:timestamp()))
   end
   local scopes =
     stream.admit_model(handle, now, caller.tier, tier, model_name, model, version, infer, stream.AFTER_BODY)
@@ -37,6 +65,7 @@ local function grpc_request(handle, now, caller)
     local max_tokens, unreadable = protobuf.grpc_max_tokens(rest)
     if unreadable then return refuse(handle, 400, unreadable) end
     if not stream.reserve_tokens(handle, tier, model_name, model, scopes, #bytes, max_tokens) then return end
+    observe(handle, now, caller, model_name, version, rest, true)
     if model.usage_output then
       rest, unreadable = protobuf.with_requested_output(rest, model.usage_output)
       if rest == nil then return refuse(handle, 400, unreadable) end
@@ -52,7 +81,7 @@ end
 -- nil and why the request is refused.
 local function prepare_http_infer(handle, level, usage_output, generate)
   local body = handle:body()
-  if body == nil then return 0 end
+  if body == nil then return "" end
   local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
   local bytes = body:getBytes(0, body:length())
   -- Triton's binary tensor extension: the JSON is the first Inference-Header-Content-Length bytes.
@@ -73,16 +102,18 @@ local function prepare_http_infer(handle, level, usage_output, generate)
   if headers:get("inference-header-content-length") then
     headers:replace("inference-header-content-length", tostring(#rewritten))
   end
-  return #bytes, max_tokens
+  return bytes, max_tokens
 end
 
-local function http_infer(handle, caller)
+local function http_infer(handle, now, caller)
   local tier, model = T.tiers[caller.tier], T.models[caller.model]
-  local body_length, max_tokens, problem =
+  local bytes, max_tokens, problem =
     prepare_http_infer(handle, tier.level, model.usage_output, caller.kind == "generate")
   if problem then return refuse(handle, 400, problem) end
   local scopes = tier.scopes[caller.model]
-  stream.reserve_tokens(handle, tier, caller.model, model, scopes, body_length, max_tokens)
+  if stream.reserve_tokens(handle, tier, caller.model, model, scopes, #bytes, max_tokens) and #bytes > 0 then
+    observe(handle, now, caller, caller.model, caller.version, bytes, false)
+  end
 end
 
 -- An OpenAI API request names its model in the body: resolved, admitted, limited and routed here, to the
@@ -115,18 +146,44 @@ local function openai_request(handle, now, caller)
   if scopes == nil then return end
   local max_tokens = api.kind ~= "embedding" and asked.max_tokens or nil
   if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens) then return end
+  observe(handle, now, caller, model_name, version, bytes, false)
   headers:replace("x-tollway-model-version", tostring(version))
   headers:replace("x-tollway-priority", tostring(tier.level))
   stream.route_to(handle, tier.openai_clusters[model_name] or api.cluster)
 end
 
+-- POST /v1/feedback: a consumer's rating of an answer, for a model version its tier may use; counted
+-- against the tier's request limits, then answered by its route (202) and recorded by the access loggers.
+local function feedback(handle, caller)
+  local body = handle:body()
+  local said, unreadable = json.feedback(body and body:getBytes(0, body:length()) or "")
+  if said == nil then return refuse(handle, 400, unreadable) end
+  local model_name, alias, pinned = models.reference(said.model)
+  local model, version, status, problem = models.resolve(T.models, model_name, alias, pinned)
+  if model == nil then return refuse(handle, status, problem) end
+  local tier = T.tiers[caller.tier]
+  if not stream.may_use(handle, caller.tier, tier, model_name, version) then return end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "feedback_rating", said.rating)
+  metadata:set(NS, "feedback_for", said.request_id)
+  if said.comment then
+    metadata:set(
+      NS,
+      "feedback_comment",
+      (sample.kept(said.comment, tier.sampling.redact, tier.sampling.most))
+    )
+  end
+  stream.count_request(handle, tier, tier.scopes[model_name])
+end
+
 local function on_request(handle, now)
   -- What gateway.lua let through says what it is; a request it answered never gets here.
-  local caller = handle:streamInfo():dynamicMetadata():get(stream.NS)
+  local caller = handle:streamInfo():dynamicMetadata():get(NS)
   if caller == nil or caller.kind == nil then return end
   if caller.kind == "grpc" and caller.tier ~= nil then return grpc_request(handle, now, caller) end
-  if caller.kind == "infer" or caller.kind == "generate" then return http_infer(handle, caller) end
+  if caller.kind == "infer" or caller.kind == "generate" then return http_infer(handle, now, caller) end
   if caller.kind == "openai" then return openai_request(handle, now, caller) end
+  if caller.kind == "feedback" then return feedback(handle, caller) end
   -- Readiness, metadata and gRPC's server methods: read, so that their routes' small limit bounds what
   -- reaches Triton (413 beyond it); over HTTP they take no body at all.
   local body = handle:body()

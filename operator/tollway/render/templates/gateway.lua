@@ -16,6 +16,7 @@
 local access = require("tollway.access")
 local models = require("tollway.models")
 local protobuf = require("tollway.protobuf")
+local sample = require("tollway.sample")
 local stream = require("tollway.stream")
 local tokens = require("tollway.tokens")
 
@@ -24,6 +25,9 @@ local refuse = stream.refuse
 
 -- What a stream's chunk keeps of the one before it: enough for a usage comment cut in two.
 local STREAM_TAIL = 64
+-- How much of a sampled stream is kept to put its text back together, per byte its record keeps: events
+-- wrap each token in JSON.
+local STREAM_OVERHEAD = 8
 
 -- The caller's consumer, tier name, nil and API key Secret; or nil, nil and why not (see access.lua).
 local function authenticate(handle, now)
@@ -118,6 +122,20 @@ local function list_models(handle, now, kind, tier_name)
   handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, text)
 end
 
+-- The capacity document (its path in T), read again at most every few seconds by each worker: the operator
+-- rewrites it as models' figures change, without a reload of Envoy's config. Unreadable: nothing known.
+local CAPACITY_SECONDS = 5
+local capacity = { lines = {}, read_at = nil }
+local function capacity_lines(now)
+  if capacity.read_at == nil or now - capacity.read_at >= CAPACITY_SECONDS then
+    local file = io.open(T.capacity_file, "r")
+    capacity.lines = file and models.capacity_lines(file:read("*a")) or {}
+    if file then file:close() end
+    capacity.read_at = now
+  end
+  return capacity.lines
+end
+
 local function on_request(handle, now)
   local route = handle:metadata()
   local kind = route:get("kind")
@@ -132,7 +150,12 @@ local function on_request(handle, now)
   local consumer, tier_name, why, credential = authenticate(handle, now)
   if consumer == nil then return stream.unauthenticated(handle, why) end
   if kind == "models" or kind == "model" then return list_models(handle, now, kind, tier_name) end
+  if kind == "capacity" then
+    local text = models.capacity(T.tiers[tier_name].served, capacity_lines(now))
+    return handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, text)
+  end
   set_caller(handle, kind, consumer, tier_name, credential)
+  if kind == "feedback" then return end -- the model it rates is in the body: body.lua reads it
   if kind == "openai" then -- its model is in the body: body.lua admits it
     handle:streamInfo():dynamicMetadata():set(NS, "start_ms", tostring(handle:timestamp()))
     return
@@ -151,6 +174,20 @@ function envoy_on_request(handle)
   stream.checked(handle, "tollway gateway", on_request, os.time())
 end
 
+-- What the quality signals take of an answer: whether it says its content was filtered, and for a sampled
+-- request what its record keeps of it (`text`: the answer, or a stream's text put back together; nil for a
+-- gRPC answer, which the record only describes; `cut`: only the start of the stream was kept).
+local function observe_answer(handle, state, text, filtered, cut)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if filtered then metadata:set(NS, "content_filtered", "1") end
+  if not state.sample then return end
+  if text == nil then return metadata:set(NS, "sample_response", "(a gRPC answer, not kept)") end
+  local sampling = T.tiers[state.tier].sampling
+  local kept, shortened = sample.kept(text, sampling.redact, sampling.most)
+  metadata:set(NS, "sample_response", kept)
+  if cut or shortened then metadata:set(NS, "sample_response_cut", "1") end
+end
+
 -- The tokens the model reported: recorded for the usage counters and the access log, and, when the
 -- request reserved tokens, what they exceed the reservation by is charged too (at the end of the stream; a
 -- request that used no more than it reserved makes no call then).
@@ -162,6 +199,7 @@ local function count_tokens(handle, state, model)
   local headers = handle:headers() -- fetched after body(): a wrapper taken before it is out of scope
   local served = (headers:get("grpc-status") or "0") == "0"
   local text = body:getBytes(0, body:length())
+  observe_answer(handle, state, state.kind ~= "grpc" and text or nil, sample.filtered(text))
   local estimate = served and state.estimate or nil
   local input, output, extra, unreported = tokens.settlement(text, model, state.reserve, estimate)
   if input == nil then return end
@@ -203,10 +241,19 @@ end
 local function follow_stream(handle, state, counts)
   local read_usage = usage_reader(state, counts)
   local first, last, tail, input, output = nil, nil, "", nil, nil
+  local filtered, kept, kept_bytes, dropped = false, {}, 0, false
+  local keep = state.sample and state.kind ~= "grpc" and T.tiers[state.tier].sampling.most * STREAM_OVERHEAD
+    or 0
   for chunk in handle:bodyChunks() do
     local at = handle:timestamp()
     local bytes = chunk:getBytes(0, chunk:length())
     local text = tail .. bytes
+    filtered = filtered or sample.filtered(text)
+    if kept_bytes < keep then
+      kept[#kept + 1], kept_bytes = bytes, kept_bytes + #bytes
+    else
+      dropped = true
+    end
     local metadata = handle:streamInfo():dynamicMetadata() -- each resumption's own wrapper
     if first == nil and (state.kind == "grpc" or text:find("data:", 1, true)) then
       first = at
@@ -220,6 +267,8 @@ local function follow_stream(handle, state, counts)
     end
     tail = text:sub(-STREAM_TAIL)
   end
+  local text = keep > 0 and sample.stream_text(table.concat(kept)) or nil
+  observe_answer(handle, state, text, filtered, dropped and keep > 0)
   local extra, unreported
   input, output, extra, unreported = tokens.charged(input, output, state.reserve, state.estimate)
   if input == nil then return end

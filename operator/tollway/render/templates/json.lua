@@ -235,19 +235,30 @@ function M.routed(json, level, usage_output, generate)
   return json, max_tokens
 end
 
--- What the gateway reads of an OpenAI API request body (chat, completion or embedding): the `model` it names,
--- whether it asks for a stream, and the most tokens it may generate (max_completion_tokens when the key is
--- there, else max_tokens; nil when neither sets one), read as the model's OpenAI server (Python's json)
--- reads them; or nil and why the body is refused. Its top level is read as M.request reads a KServe body
--- (no duplicate or escaped keys), and `model` must be a plain string: the gateway routes on it.
-function M.openai(json)
+-- The top-level members' values of a body read as M.request reads one (no duplicate or escaped keys), as
+-- JSON text by key; or nil and why it is refused.
+local function top_values(json)
   local request, problem = M.request(json)
   if request == nil then return nil, problem end
   local values = {}
   for _, member in ipairs(request.members) do
     values[member.key] = json:sub(member.value_start, member.value_stop - 1)
   end
-  local model = (values.model or ""):match('^"([^"\\]+)"$')
+  return values
+end
+
+-- A JSON value that is a string without escape sequences, as its text; else nil.
+local function plain_string(value) return (value or ""):match('^"([^"\\]+)"$') end
+
+-- What the gateway reads of an OpenAI API request body (chat, completion or embedding): the `model` it names,
+-- whether it asks for a stream, and the most tokens it may generate (max_completion_tokens when the key is
+-- there, else max_tokens; nil when neither sets one), read as the model's OpenAI server (Python's json)
+-- reads them; or nil and why the body is refused. Its top level is read as M.request reads a KServe body
+-- (no duplicate or escaped keys), and `model` must be a plain string: the gateway routes on it.
+function M.openai(json)
+  local values, problem = top_values(json)
+  if values == nil then return nil, problem end
+  local model = plain_string(values.model)
   if model == nil then return nil, "model must be a model's name: a string without escape sequences" end
   local stream = values.stream
   if stream ~= nil and stream ~= "true" and stream ~= "false" and stream ~= "null" then
@@ -261,6 +272,31 @@ function M.openai(json)
     if not max_tokens then return nil, "max_tokens must be a positive whole number" end
   end
   return { model = model, stream = stream == "true", max_tokens = max_tokens }
+end
+
+local MOST_REQUEST_ID = 128
+
+-- What a consumer says of an answer (POST /v1/feedback): {"request_id": the answer's x-request-id,
+-- "model": the model that answered, as the answer named it, "rating": 1 to 5, "comment": a string or
+-- null}, read as M.openai reads a request. The fields (the comment as JSON-escaped text), or nil and why.
+function M.feedback(json)
+  local values, problem = top_values(json)
+  if values == nil then return nil, problem end
+  local request_id = (values.request_id or ""):match('^"([%w_%-]+)"$')
+  if request_id == nil or #request_id > MOST_REQUEST_ID then
+    return nil, "request_id must be the x-request-id of the answer rated"
+  end
+  local model = plain_string(values.model)
+  if model == nil then return nil, "model must name the model that answered, as its answer did" end
+  local rating = (values.rating or ""):match("^[1-5]$")
+  if rating == nil then return nil, "rating must be a whole number from 1 to 5" end
+  local comment = values.comment
+  if comment == "null" then
+    comment = nil
+  elseif comment ~= nil and comment:sub(1, 1) ~= '"' then
+    return nil, "comment must be a string"
+  end
+  return { request_id = request_id, model = model, rating = rating, comment = comment and comment:sub(2, -2) }
 end
 
 return M

@@ -73,4 +73,24 @@ function M.deprecation_headers(dates, now)
   return headers
 end
 
+-- GET /v1/capacity: each model of `names` (those a tier may use) as the capacity document's line for it says
+-- (`lines`: each model's JSON object by name), or as unknown when the document has none.
+function M.capacity(names, lines)
+  local entries = {}
+  for _, name in ipairs(names) do
+    entries[#entries + 1] = lines[name] or ('{"model":"' .. name .. '","state":"unknown"}')
+  end
+  return '{"object":"list","data":[' .. table.concat(entries, ",") .. "]}"
+end
+
+-- The capacity document's lines by model (each line is a JSON object that starts with its model's name).
+function M.capacity_lines(text)
+  local lines = {}
+  for line in text:gmatch("[^\n]+") do
+    local name = line:match('^{"model":"([^"\\]+)"')
+    if name then lines[name] = line end
+  end
+  return lines
+end
+
 return M

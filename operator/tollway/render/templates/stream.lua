@@ -53,24 +53,37 @@ end
 function M.admit_model(handle, now, tier_name, tier, model_name, model, version, limited, stage)
   local switched_off = models.switched_off(model.versions[version], now)
   if switched_off then return M.refuse(handle, 410, switched_off) end
-  if not tier.allowed[model_name .. "@" .. version] then
-    return M.refuse(
-      handle,
-      403,
-      "tier " .. tier_name .. " may not use " .. model_name .. " version " .. version
-    )
-  end
-  local metadata = handle:streamInfo():dynamicMetadata()
-  metadata:set(NS, "model", model_name)
-  metadata:set(NS, "version", tostring(version))
+  if not M.may_use(handle, tier_name, tier, model_name, version) then return end
   local scopes = tier.scopes[model_name]
   if limited then
     local mode = tier.fail_open and "_open" or "_closed"
+    local metadata = handle:streamInfo():dynamicMetadata()
     for limit, scope in pairs(scopes) do
       metadata:set(NS, limit .. (REQUEST_KINDS[limit] and stage or "") .. mode, scope)
     end
   end
   return scopes
+end
+
+-- Whether the tier may use the model's version (the model and version are recorded either way); false after
+-- refusing the request.
+function M.may_use(handle, tier_name, tier, model_name, version)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "model", model_name)
+  metadata:set(NS, "version", tostring(version))
+  if tier.allowed[model_name .. "@" .. version] then return true end
+  M.refuse(handle, 403, "tier " .. tier_name .. " may not use " .. model_name .. " version " .. version)
+  return false
+end
+
+-- Count a request that is no inference (feedback) against the tier's request limits only, in the filters
+-- after the body.
+function M.count_request(handle, tier, scopes)
+  local mode = tier.fail_open and "_open" or "_closed"
+  local metadata = handle:streamInfo():dynamicMetadata()
+  for limit in pairs(REQUEST_KINDS) do
+    if scopes[limit] then metadata:set(NS, limit .. M.AFTER_BODY .. mode, scopes[limit]) end
+  end
 end
 
 -- Charge a request of `body_length` bytes before it runs (the token filters read the reservation); false

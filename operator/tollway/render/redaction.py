@@ -1,0 +1,144 @@
+"""A tier's redaction patterns (regular expressions of a bounded kind) as the Lua patterns the gateway runs.
+
+Lua's patterns have no alternation or groups, and Envoy's Lua has no other regex engine; what they do have
+(classes, `* + ? -`, anchors) covers the patterns that find secrets and identifiers: a prefix, then runs of
+a class. So a tier writes ordinary regular-expression syntax for that kind, and anything outside it is
+refused with a reason (the tier's conditions show it) rather than read differently than meant.
+"""
+
+from __future__ import annotations
+
+ESCAPED_CLASSES = {"d": "%d", "D": "%D", "w": "[%w_]", "W": "[^%w_]", "s": "%s", "S": "%S"}
+"""Regex escapes → Lua classes (`\\w` takes the underscore, Lua's `%w` does not)."""
+IN_CLASS = {"d": "%d", "w": "%w_", "s": "%s"}
+"""The same inside brackets (`[\\w.]`), where only the positive classes fit."""
+LUA_MAGIC = set("^$()%.[]*+-?")
+MOST_REPEATS = 64
+MOST_OPTIONAL = 8
+"""`?` each double what a failing match may try: a bounded number of them per pattern."""
+
+
+class UnsupportedPattern(ValueError):
+    """A pattern the gateway cannot run as written; the message says what to change."""
+
+
+def lua_pattern(regex: str) -> str:
+    """The Lua pattern that matches what `regex` matches, for the syntax redaction accepts (Redaction.patterns
+    in api/api_tier.py documents it); UnsupportedPattern otherwise."""
+    pieces: list[str] = []
+    at = 0
+    if regex.startswith("^"):
+        pieces.append("^")
+        at = 1
+    while at < len(regex):
+        char = regex[at]
+        if char in "|()":
+            raise UnsupportedPattern(f"{char!r} at {at}: no groups or alternation (write one pattern each)")
+        if char == "$" and at == len(regex) - 1:
+            pieces.append("$")
+            at += 1
+            continue
+        if char in "*+?{":
+            raise UnsupportedPattern(f"{char!r} at {at} repeats nothing")
+        atom, at = _atom(regex, at)
+        at = _quantified(regex, at, atom, pieces)
+    if not pieces or pieces == ["^"]:
+        raise UnsupportedPattern("the pattern matches nothing")
+    pattern = "".join(pieces)
+    unbounded = sum(piece.endswith(("*", "+")) for piece in pieces)
+    if unbounded > 1:  # each one multiplies the positions a failing match tries by the text's length
+        raise UnsupportedPattern("at most one of * + {n,} {n,m} per pattern (write one pattern each)")
+    if sum(piece.endswith("?") for piece in pieces) > MOST_OPTIONAL:
+        raise UnsupportedPattern(f"at most {MOST_OPTIONAL} ? per pattern")
+    return pattern
+
+
+def _atom(regex: str, at: int) -> tuple[str, int]:
+    """The Lua form of the single character or class at `at`, and the position after it."""
+    char = regex[at]
+    if char == ".":
+        return ".", at + 1
+    if char == "[":
+        return _bracket(regex, at)
+    if char == "\\":
+        if at + 1 >= len(regex):
+            raise UnsupportedPattern("a trailing backslash")
+        escaped = regex[at + 1]
+        if escaped in ESCAPED_CLASSES:
+            return ESCAPED_CLASSES[escaped], at + 2
+        if escaped.isalnum():
+            raise UnsupportedPattern(
+                f"\\{escaped} at {at} is not supported (\\d \\w \\s and their negations are)"
+            )
+        return _literal(escaped), at + 2
+    if char == "$":
+        raise UnsupportedPattern(f"'$' at {at}: only at the end")
+    return _literal(char), at + 1
+
+
+def _literal(char: str) -> str:
+    return "%" + char if char in LUA_MAGIC else char
+
+
+def _bracket(regex: str, open_at: int) -> tuple[str, int]:
+    at = open_at + 1
+    pieces = ["["]
+    if regex[at : at + 1] == "^":
+        pieces.append("^")
+        at += 1
+    first = True
+    while at < len(regex) and (regex[at] != "]" or first):
+        char = regex[at]
+        first = False
+        if char == "\\" and at + 1 < len(regex):
+            escaped = regex[at + 1]
+            if escaped in IN_CLASS:
+                pieces.append(IN_CLASS[escaped])
+            elif escaped.isalnum():
+                raise UnsupportedPattern(f"\\{escaped} inside brackets at {at} is not supported")
+            else:
+                pieces.append("%" + escaped)
+            at += 2
+            continue
+        if char == "[":
+            raise UnsupportedPattern(f"'[' inside brackets at {at}: escape it")
+        # a range (a-z) passes as it is; Lua's magic characters are escaped
+        pieces.append("%" + char if char in "%]^" or (char == "-" and _edge_dash(regex, at)) else char)
+        at += 1
+    if at >= len(regex):
+        raise UnsupportedPattern(f"the bracket at {open_at} never closes")
+    pieces.append("]")
+    return "".join(pieces), at + 1
+
+
+def _edge_dash(regex: str, at: int) -> bool:
+    """A dash that is a character of the class, not a range: first or last inside the brackets."""
+    return regex[at - 1] in "[^" or regex[at + 1] == "]"
+
+
+def _quantified(regex: str, at: int, atom: str, pieces: list[str]) -> int:
+    """Append `atom` with the quantifier at `at` (if any) to `pieces`; the position after both."""
+    quantifier = regex[at : at + 1]
+    if quantifier in ("*", "+", "?"):
+        pieces.append(atom + quantifier)
+        return at + 1
+    if quantifier != "{":
+        pieces.append(atom)
+        return at
+    close = regex.find("}", at)
+    bounds = regex[at + 1 : close].split(",") if close != -1 else []
+    if (
+        not bounds
+        or len(bounds) > 2
+        or not bounds[0].isdigit()
+        or not all(b.isdigit() for b in bounds[1:] if b)
+    ):
+        raise UnsupportedPattern(f"the repetition at {at} must be {{n}}, {{n,}} or {{n,m}}")
+    least = int(bounds[0])
+    if least > MOST_REPEATS or (len(bounds) == 2 and bounds[1] and int(bounds[1]) < max(least, 1)):
+        raise UnsupportedPattern(f"the repetition at {at} must have n ≤ m, m ≥ 1, n ≤ {MOST_REPEATS}")
+    # {n,m} masks runs of n or more, m or not: a Lua pattern has no bounded repetition, and masking more of
+    # a run is the safe side
+    tail = "" if len(bounds) == 1 else atom + "*"
+    pieces.extend([atom] * least + ([tail] if tail else []))
+    return close + 1
