@@ -616,3 +616,79 @@ def test_the_latency_objective_burns_when_too_few_requests_answer_within_its_thr
         },
     ]
     passes_promtool(tmp_path, tests)
+
+
+def test_each_versions_ratings_regenerations_and_filtered_answers_set_it_beside_the_others(
+    tmp_path: Path,
+) -> None:
+    """Version 3 rated half 5s and half 1s, version 2 only 4s (two Envoy replicas each); version 3 answered 60
+    requests a minute, of which 6 were regenerations and 3 filtered."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules_of(chat())}))
+    ratings = [
+        series(
+            "envoy_tollway_feedback",
+            f"0+{per_minute}x1500",
+            version=version,
+            rating=rating,
+            tier="pro",
+            pod=pod,
+        )
+        for version, rating, per_minute in (("3", "5", 1), ("3", "1", 1), ("2", "4", 1))
+        for pod in ("a", "b")
+    ]
+    day = [
+        {
+            "expr": "tollway:feedback_positive:ratio1d",
+            "eval_time": "1450m",
+            "exp_samples": [
+                {"labels": _labels("tollway:feedback_positive:ratio1d", **labels), "value": value}
+                for labels, value in (
+                    ({"namespace": "ai", "model": "chat", "version": "3"}, 0.5),
+                    ({"namespace": "ai", "model": "chat", "version": "2"}, 1),
+                )
+            ],
+        },
+        {
+            "expr": 'tollway:feedback:increase1d{version="3"}',
+            "eval_time": "1450m",
+            "exp_samples": [
+                {
+                    "labels": _labels(
+                        "tollway:feedback:increase1d",
+                        namespace="ai",
+                        model="chat",
+                        version="3",
+                        rating=rating,
+                    ),
+                    "value": 2 * 1440,
+                }
+                for rating in ("1", "5")
+            ],
+        },
+    ]
+    served = [
+        series("nv_inference_request_success", "0+60x120", version="3"),
+        series("envoy_tollway_regenerations", "0+3x120", version="3", tier="pro", pod="a"),
+        series("envoy_tollway_regenerations", "0+3x120", version="3", tier="free", pod="b"),
+        series("envoy_tollway_content_filtered", "0+3x120", version="3", tier="pro", pod="a"),
+    ]
+    hour = [
+        {
+            "expr": f"tollway:{name}:ratio1h",
+            "eval_time": "90m",
+            "exp_samples": [
+                {
+                    "labels": _labels(f"tollway:{name}:ratio1h", namespace="ai", model="chat", version="3"),
+                    "value": share,
+                }
+            ],
+        }
+        for name, share in (("regenerations", 0.1), ("content_filtered", 0.05))
+    ]
+    passes_promtool(
+        tmp_path,
+        [
+            {"interval": "1m", "input_series": ratings, "promql_expr_test": day},
+            {"interval": "1m", "input_series": served, "promql_expr_test": hour},
+        ],
+    )

@@ -980,9 +980,8 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             "local_reply_config": _local_reply(),
             # Every answer says which request it was (x-request-id): what feedback names and samples are
             # joined on. Envoy makes the id itself; one a client sends is replaced, never trusted: every
-            # client is external, which also strips the x-envoy-* headers that would steer Envoy (timeouts,
-            # retries) from what clients send. The internal range is one no client comes from: an empty
-            # list would be Envoy's default, the private and loopback ranges.
+            # client is external. The internal range is one no client comes from: an empty list would be
+            # Envoy's default, the private and loopback ranges, and keep their clients' ids.
             "always_set_request_id_in_response": True,
             "use_remote_address": True,
             "internal_address_config": {"cidr_ranges": [NO_CLIENT]},

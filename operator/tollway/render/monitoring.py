@@ -37,6 +37,39 @@ BURN_RATES = (
 SUNSET_NOTICE_SECONDS = 90 * 86400
 
 
+QUALITY_SHARES = {
+    "regenerations": "envoy_tollway_regenerations",
+    "content_filtered": "envoy_tollway_content_filtered",
+}
+"""The gateway's per-version quality counters that are read as a share of the version's requests."""
+
+
+def quality_rules(matchers: str) -> list[dict[str, str]]:
+    """What consumers make of each version, from the gateway's counters (every replica's summed), so that a
+    new version can be set beside the one it replaces: the ratings (POST /v1/feedback) per day by rating,
+    the share of 4 and 5 of 5 among them, and the share of requests that were regenerations of the one before
+    or whose answer was filtered (over Triton's requests of that version)."""
+    feedback = f"increase(envoy_tollway_feedback{{{matchers}}}[1d])"
+    positive = f'increase(envoy_tollway_feedback{{{matchers},rating=~"4|5"}}[1d])'
+    rules = [
+        {"record": "tollway:feedback:increase1d", "expr": f"sum by ({BY_VERSION}, rating) ({feedback})"},
+        {
+            "record": "tollway:feedback_positive:ratio1d",
+            "expr": f"(sum by ({BY_VERSION}) ({positive}) or sum by ({BY_VERSION}) ({feedback}) * 0) "
+            f"/ sum by ({BY_VERSION}) ({feedback})",
+        },
+    ]
+    _, requests = _errors_and_total(matchers, "1h", BY_VERSION)
+    rules += [
+        {
+            "record": f"tollway:{name}:ratio1h",
+            "expr": f"{_rate(metric, matchers, '1h', BY_VERSION)} / {requests}",
+        }
+        for name, metric in QUALITY_SHARES.items()
+    ]
+    return rules
+
+
 def selector(namespace: str, model: str) -> str:
     return f'namespace="{namespace}",model="{model}"'
 
@@ -94,6 +127,7 @@ def recording_rules(namespace: str, model: str, cached: bool) -> list[dict[str, 
         for label, quantile in (("50", "0.5"), ("99", "0.99"))
     ]
     rules += stream_time_rules(matchers)
+    rules += quality_rules(matchers)
     failures, total = _errors_and_total(matchers, "1m", BY_VERSION)
     rules += [
         {
@@ -612,6 +646,25 @@ def dashboard(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
         ),
         ("Queue depth", "short", [(f"tollway:queue_depth{{{matchers}}}", "waiting")]),
         ("Estimated wait", "s", [(f"tollway:estimated_wait_seconds{{{matchers}}}", "wait")]),
+        # Quality, by version: a new one beside the one it replaces
+        (
+            "Ratings of 4-5 (feedback, 1 day)",
+            "percentunit",
+            [(f"tollway:feedback_positive:ratio1d{{{matchers}}}", "v{{version}}")],
+        ),
+        (
+            "Ratings per day",
+            "short",
+            [(f"tollway:feedback:increase1d{{{matchers}}}", "v{{version}} rated {{rating}}")],
+        ),
+        (
+            "Regenerations and filtered answers (1 h)",
+            "percentunit",
+            [
+                (f"tollway:{name}:ratio1h{{{matchers}}}", f"{name.replace('_', ' ')} v{{{{version}}}}")
+                for name in QUALITY_SHARES
+            ],
+        ),
     ]
     document = {
         "title": f"Tollway: {serving.namespace}/{serving.name}",
