@@ -47,14 +47,17 @@ import yaml
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
+from tollway.ir.gateway import CAPACITY_FILE, CAPACITY_REREAD_SECONDS
 from tollway.translate.serving import plan_serving, tier_priority
 
 from testbed import controlplane, dataplane, triton
 from testbed.client import request
 from testbed.kube import Cluster, tollway_run
+from testbed.otel import Collector
 from testbed.processes import ROOT, free_port, poll
 from testbed.report import (
     EmbeddingAnswer,
+    Quality,
     Report,
     SentRequest,
     StreamedAnswer,
@@ -123,6 +126,8 @@ def unsettled(cluster: Cluster) -> list[str]:
 class DataPath:
     gateways: list[str]  # http://127.0.0.1:PORT per Envoy replica
     prometheus: str
+    samples: Collector
+    capacity_files: list[Path]  # what each Envoy replica reads GET /v1/capacity from
 
 
 def cpu_stand_in(document: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +189,13 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     gateway.start_redis()
     gateway.start_ratelimit()
 
+    step("starting an OpenTelemetry Collector: the gateway's sample sink")
+    sink = Collector(WORK)
+    stack.callback(sink.stop)
+    sink.start()
+
     step(f"starting {ENVOY_REPLICAS} Envoy replicas configured by `tollway gateway-config`")
-    gateway.write_config(source)
+    gateway.write_config(source, f"--sample-sink={sink.grpc_address}")
     gateway.start_envoys()
 
     step("starting Prometheus with the recording and alerting rules Tollway renders for these resources")
@@ -215,6 +225,10 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     return DataPath(
         gateways=[f"http://127.0.0.1:{port}" for port in gateway.ports],
         prometheus=f"http://127.0.0.1:{prometheus_port}",
+        samples=sink,
+        capacity_files=[
+            gateway.replica_dir(index) / "capacity" / CAPACITY_FILE for index in range(ENVOY_REPLICAS)
+        ],
     )
 
 
@@ -306,6 +320,46 @@ def stream_chat(path: DataPath, everyone: list[Consumer]) -> StreamedAnswer:
         chunks=len(pieces),
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
+        request_id=stream.response.headers["x-request-id"],
+    )
+
+
+def rate_and_read_capacity(
+    cluster: Cluster, path: DataPath, everyone: list[Consumer], answer: StreamedAnswer
+) -> Quality:
+    """The streaming consumer rates its answer (POST /v1/feedback, naming its request id), and reads its
+    models' capacity (GET /v1/capacity) from the document the operator published (its ConfigMap, copied to
+    where each Envoy replica reads it, as the kubelet would)."""
+    consumer = next(each for each in everyone if each.name == answer.consumer)
+    headers = {"authorization": f"Bearer {consumer.key}", "content-type": "application/json"}
+    said = {
+        "request_id": answer.request_id,
+        "model": answer.served,
+        "rating": 5,
+        "comment": "clear and quick",
+    }
+    rated = request(f"{path.gateways[0]}/v1/feedback", data=json.dumps(said).encode(), headers=headers)
+    recorded = path.samples.records(
+        lambda record: (
+            record["attributes"].get("tollway.record") == "feedback"
+            and record["attributes"].get("request_id") == answer.request_id
+        ),
+        timeout=20,
+    )
+    published = cluster.get("configmap", "tollway-gateway-capacity", NAMESPACE)["data"][CAPACITY_FILE]
+    for document in path.capacity_files:
+        document.with_suffix(".new").write_text(published)
+        document.with_suffix(".new").rename(document)
+    time.sleep(CAPACITY_REREAD_SECONDS + 1)  # each Envoy worker reads the document again after this long
+    capacity = request(f"{path.gateways[0]}/v1/capacity", headers=headers).json()["data"]
+    return Quality(
+        rated=answer.request_id,
+        feedback_status=rated.status,
+        feedback_recorded=bool(recorded),
+        samples=sum(
+            record["attributes"].get("tollway.record") == "sample" for record in path.samples.all_records()
+        ),
+        capacity=tuple(f"{entry['model']}: {entry['state']}" for entry in capacity),
     )
 
 
@@ -360,6 +414,7 @@ def measure(
     *,
     streamed: StreamedAnswer,
     embedded: EmbeddingAnswer,
+    quality: Quality,
 ) -> Report:
     tiers = {item["metadata"]["name"]: item["spec"] for item in cluster.items("tier", NAMESPACE)}
     traffic = tuple(consumer_traffic(each.name, each.tier, tiers[each.tier], sent) for each in everyone)
@@ -375,6 +430,7 @@ def measure(
         streamed=streamed,
         embedded=embedded,
         gateway_ttft_ms=poll(lambda: gateway_ttft_ms(path.prometheus), 30, interval=1.0),
+        quality=quality,
     )
 
 
@@ -454,8 +510,10 @@ def demo(stack: ExitStack, keep: bool, began: float) -> int:
     streamed = stream_chat(path, everyone)
     step(f"embedding texts with {EMBEDDING_MODEL} through the OpenAI SDK, as the {EMBEDDED_BY} consumer")
     embedded = embed_texts(path, everyone)
+    step("rating the streamed answer (POST /v1/feedback) and reading capacity (GET /v1/capacity)")
+    quality = rate_and_read_capacity(cluster, path, everyone, streamed)
     step("reading what Prometheus and the operator made of it")
-    report = measure(cluster, path, everyone, sent, streamed=streamed, embedded=embedded)
+    report = measure(cluster, path, everyone, sent, streamed=streamed, embedded=embedded, quality=quality)
     verdict = judge(report)
     print(text(report))
     print(verdict.text(time.monotonic() - began), flush=True)

@@ -193,6 +193,8 @@ class StreamedAnswer:
     chunks: int
     prompt_tokens: int
     completion_tokens: int
+    request_id: str = ""
+    """The answer's x-request-id, which the gateway made: what feedback on it names."""
 
     def usage(self) -> dict[tuple[str, str], int]:
         return {
@@ -218,6 +220,22 @@ class EmbeddingAnswer:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """The streaming consumer's rating of its answer (POST /v1/feedback) and what the gateway did with it,
+    and the capacity of each model its tier may use (GET /v1/capacity)."""
+
+    rated: str
+    """The request id the rating names."""
+    feedback_status: int
+    feedback_recorded: bool
+    """The rating reached the sample sink (the OpenTelemetry Collector) naming that request."""
+    samples: int
+    """Quality samples the sink holds (each model's spec.monitoring.sampleRate of its requests)."""
+    capacity: tuple[str, ...]
+    """'MODEL: STATE' per model, as the gateway answered from the document the operator published."""
+
+
+@dataclass(frozen=True)
 class Report:
     envoy_replicas: int
     traffic: tuple[ConsumerTraffic, ...]
@@ -234,6 +252,7 @@ class Report:
     embedded: EmbeddingAnswer | None = None
     gateway_ttft_ms: float | None = None
     """The streamed answer's time to first token as the gateway measured it (its histogram in Prometheus)."""
+    quality: Quality | None = None
 
 
 def client_usage(
@@ -299,6 +318,14 @@ def text(report: Report) -> str:
             f"{embedded.served}, {embedded.vectors} vectors of {embedded.dimensions}, "
             f"usage {embedded.prompt_tokens} prompt tokens",
         ]
+    if (quality := report.quality) is not None:
+        recorded = "reached the sample sink" if quality.feedback_recorded else "never reached the sample sink"
+        lines += [
+            "",
+            f"Feedback on the streamed answer (request {quality.rated}): HTTP {quality.feedback_status}, "
+            f"{recorded}; quality samples recorded: {quality.samples}",
+            f"Capacity, as its tier may read it (GET /v1/capacity): {'; '.join(quality.capacity)}",
+        ]
     agree = report.gateway_counters == client_usage(report.traffic, report.streamed, report.embedded)
     lines += [
         "",
@@ -360,6 +387,11 @@ def judge(report: Report) -> Verdict:
         reasons.append(f"the streamed answer came whole or empty: {answer}")
     if answer is not None and report.gateway_ttft_ms is None:
         reasons.append("the gateway's TTFT histogram of the streamed model never reached Prometheus")
+    quality = report.quality
+    if quality is not None and (quality.feedback_status, quality.feedback_recorded) != (202, True):
+        reasons.append(f"the rating of the streamed answer was not recorded: {quality}")
+    if quality is not None and not quality.capacity:
+        reasons.append("the gateway said nothing of any model's capacity")
     seen = client_usage(report.traffic, answer, report.embedded)
     if report.gateway_counters != seen:
         reasons.append(f"usage counters {report.gateway_counters} != what clients saw {seen}")

@@ -12,6 +12,7 @@ import yaml
 
 from testbed.client import Reply, percentile
 from testbed.report import (
+    Quality,
     Report,
     SentRequest,
     consumer_traffic,
@@ -197,3 +198,26 @@ def test_no_allowed_request_prints_no_latency() -> None:
 def test_percentile_is_the_nearest_rank(count: int, share: float, expected: float) -> None:
     values = [float(value) for value in range(count, 0, -1)]  # order does not matter
     assert percentile(values, share) == expected
+
+
+def test_a_rating_that_never_reached_the_sink_is_a_reason_and_capacity_is_printed() -> None:
+    recorded = Quality(
+        rated="6f1c",
+        feedback_status=202,
+        feedback_recorded=True,
+        samples=1,
+        capacity=("chat: unavailable", "text-embed: unavailable"),
+    )
+    report = report_of(the_demos_traffic(), quality=recorded)
+    assert judge(report).reasons == ()
+    printed = text(report)
+    assert (
+        "\nFeedback on the streamed answer (request 6f1c): HTTP 202, reached the sample sink; "
+        "quality samples recorded: 1\n"
+        "Capacity, as its tier may read it (GET /v1/capacity): chat: unavailable; text-embed: unavailable\n"
+    ) in printed
+    unrecorded = replace(recorded, feedback_recorded=False, capacity=())
+    assert judge(report_of(the_demos_traffic(), quality=unrecorded)).reasons == (
+        f"the rating of the streamed answer was not recorded: {unrecorded}",
+        "the gateway said nothing of any model's capacity",
+    )

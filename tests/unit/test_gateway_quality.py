@@ -265,7 +265,7 @@ def test_the_capacity_document_is_read_again_every_few_seconds_and_filtered_to_t
 ) -> None:
     document = tmp_path / "capacity.jsonl"
     data = copy.deepcopy(openai_data())
-    data["capacity_file"] = str(document)
+    data["capacity_file"], data["capacity_seconds"] = str(document), 5
     for name, tier in data["tiers"].items():
         tier["served"] = ["chat", "vision"] if name == "pro" else ["chat"]
     gateway = GatewayProgram(data, NOW)

@@ -204,9 +204,12 @@ class Images:
 
 
 TLS_DIR = "/etc/tollway/tls"
-CAPACITY_DIR = "/etc/tollway/capacity"
-CAPACITY_FILE = "capacity.jsonl"
 """Where Envoy's pods mount the gateway's server certificate (the `tls_secret`)."""
+CAPACITY_DIR = "/etc/tollway/capacity"
+"""Where Envoy's pods mount the capacity document (its ConfigMap)."""
+CAPACITY_FILE = "capacity.jsonl"
+CAPACITY_REREAD_SECONDS = 5
+"""How long each Envoy worker keeps what it read of the capacity document."""
 
 
 @dataclass(frozen=True)

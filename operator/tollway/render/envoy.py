@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tollway.api.sla import SLA_LATENCY_BUCKETS_MS
-from tollway.ir.gateway import Gateway, Model, Mtls, Runtime, Tier, Version
+from tollway.ir.gateway import CAPACITY_REREAD_SECONDS, Gateway, Model, Mtls, Runtime, Tier, Version
 from tollway.ir.names import (
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
@@ -161,6 +161,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         }
     data = {
         "capacity_file": gateway.runtime.capacity_file,
+        "capacity_seconds": CAPACITY_REREAD_SECONDS,
         "order": [tier.name for tier in gateway.tiers],
         "server_cluster": model_cluster(gateway.models[0], "grpc") if gateway.models else None,
         "mtls_ports": {str(tier.mtls_port): tier.name for tier in gateway.tiers if tier.mtls_port},

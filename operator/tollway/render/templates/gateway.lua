@@ -122,12 +122,12 @@ local function list_models(handle, now, kind, tier_name)
   handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, text)
 end
 
--- The capacity document (its path in T), read again at most every few seconds by each worker: the operator
--- rewrites it as models' figures change, without a reload of Envoy's config. Unreadable: nothing known.
-local CAPACITY_SECONDS = 5
+-- The capacity document (its path in T), read again every few seconds (T.capacity_seconds) by each worker:
+-- the operator rewrites it as models' figures change, without a reload of Envoy's config. Unreadable:
+-- nothing known.
 local capacity = { lines = {}, read_at = nil }
 local function capacity_lines(now)
-  if capacity.read_at == nil or now - capacity.read_at >= CAPACITY_SECONDS then
+  if capacity.read_at == nil or now - capacity.read_at >= T.capacity_seconds then
     local file = io.open(T.capacity_file, "r")
     capacity.lines = file and models.capacity_lines(file:read("*a")) or {}
     if file then file:close() end
