@@ -7,12 +7,13 @@ import csv
 import json
 import secrets
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tollway import documents
-from tollway.api import KINDS, RESOURCES, ApiTier, Resource
+from tollway.api import KINDS, RESOURCES, ApiTier, ModelDeployment, Resource
 from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
@@ -24,6 +25,8 @@ from tollway.render.autoscaling import adapter_config_map, adapter_rules
 from tollway.render.gateway import gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
+from tollway.translate.cost import plan_cost
+from tollway.translate.cost import report_rows as cost_report_rows
 from tollway.translate.gateway import GatewayOptions
 from tollway.translate.sla import excluded_minutes, period_bounds, period_of, plan_sla, report_rows
 
@@ -149,10 +152,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
 def sla_report(arguments: argparse.Namespace) -> int:
     """Each SLA tier's (and consumer's) figures of a calendar month, from the gateway's series in
     Prometheus."""
-    now = datetime.now(UTC)
-    period = arguments.period or period_of(now)
-    start, end = period_bounds(period)
-    end = min(end, now)
+    period, start, end = _reported_period(arguments.period)
     rows: list[dict[str, str]] = []
     for tier in _parsed(arguments.filename, ApiTier):
         if tier.spec.sla is None:
@@ -167,6 +167,34 @@ def sla_report(arguments: argparse.Namespace) -> int:
         rows += report_rows(tier, sla, period, counts, excluded_minutes(sla, start, end))
     _write_rows(rows, arguments.format)
     return 0
+
+
+def cost_report(arguments: argparse.Namespace) -> int:
+    """Each costed model's serving cost over a calendar month, and each tier's share of it, revenue and
+    margin, from Triton's and the gateway's series in Prometheus."""
+    period, start, end = _reported_period(arguments.period)
+    tiers = _parsed(arguments.filename, ApiTier)
+    rows: list[dict[str, str]] = []
+    for model in _parsed(arguments.filename, ModelDeployment):
+        cost = plan_cost(model)
+        if cost is None:
+            continue
+        namespace = model.metadata.namespace
+        counts = prometheus.cost_counts(
+            arguments.prometheus, namespace, model.model_name, int(start.timestamp()), int(end.timestamp())
+        )
+        priced = {tier.metadata.name: tier for tier in tiers if tier.metadata.namespace == namespace}
+        rows += cost_report_rows(model, cost, priced, period, counts)
+    _write_rows(rows, arguments.format)
+    return 0
+
+
+def _reported_period(period: str | None) -> tuple[str, datetime, datetime]:
+    """A report's period (this month without one) and its bounds, the end no later than now."""
+    now = datetime.now(UTC)
+    period = period or period_of(now)
+    start, end = period_bounds(period)
+    return period, start, min(end, now)
 
 
 def _parsed(filenames: list[str], kind: type[ResourceKind]) -> list[ResourceKind]:
@@ -442,23 +470,22 @@ def _add_openai_server(commands: Any) -> None:
     command.set_defaults(handler=openai_server)
 
 
-def _add_sla_report(commands: Any) -> None:
-    command = commands.add_parser(
-        "sla-report", help="each SLA tier's and consumer's attainment and credit over a calendar month"
-    )
+def _add_report(
+    commands: Any, name: str, handler: Callable[[argparse.Namespace], int], *, about: str, reads: str
+) -> None:
+    """A monthly report's command: its resources from files, its series from Prometheus."""
+    command = commands.add_parser(name, help=about)
     command.add_argument(
         "-f",
         "--filename",
         action="append",
         required=True,
-        help="ApiTiers: file or folder (or kubectl -o yaml)",
+        help=f"{reads}: file or folder (or kubectl -o yaml)",
     )
-    command.add_argument(
-        "--prometheus", required=True, help="the URL of the Prometheus holding the gateway's series"
-    )
+    command.add_argument("--prometheus", required=True, help="the URL of the Prometheus holding the series")
     command.add_argument("--period", type=_period, help="YYYY-MM (default: this month, so far)")
     command.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    command.set_defaults(handler=sla_report)
+    command.set_defaults(handler=handler)
 
 
 def _period(text: str) -> str:
@@ -523,7 +550,21 @@ def parser() -> argparse.ArgumentParser:
     )
     command.set_defaults(handler=gateway_config)
 
-    _add_sla_report(commands)
+    _add_report(
+        commands,
+        "sla-report",
+        sla_report,
+        about="each SLA tier's and consumer's attainment and credit over a calendar month",
+        reads="ApiTiers",
+    )
+    _add_report(
+        commands,
+        "cost-report",
+        cost_report,
+        about="each costed model's GPU-hours, serving cost, and each tier's tokens, revenue and margin over "
+        "a calendar month",
+        reads="ModelDeployments and ApiTiers",
+    )
 
     command = commands.add_parser("api-reference", help="print the API reference (Markdown) from the models")
     command.set_defaults(handler=api_reference)

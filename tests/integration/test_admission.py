@@ -20,9 +20,9 @@ def test_examples_apply_and_print_their_columns(cluster: Cluster) -> None:
     table = cluster.kubectl("get", "md,tier", "-n", "ai").stdout
     lines = table.splitlines()
     model_header = next(line for line in lines if line.startswith("NAME") and "P99" in line)
-    assert model_header.split() == ["NAME", "READY", "REPLICAS", "P99", "QUEUE", "AGE"]
+    assert model_header.split() == ["NAME", "READY", "REPLICAS", "P99", "QUEUE", "COST/H", "AGE"]
     tier_header = next(line for line in lines if line.startswith("NAME") and "RPM" in line)
-    assert tier_header.split() == ["NAME", "RPM", "TPM", "CONCURRENCY", "CONSUMERS", "READY", "AGE"]
+    assert tier_header.split() == ["NAME", "RPM", "TPM", "CONCURRENCY", "CONSUMERS", "SLA", "READY", "AGE"]
     pro = next(line.split() for line in lines if line.startswith("apitier.tollway.dev/pro"))
     assert pro[1:4] == ["600", "200000", "20"]
     assert "modeldeployment.tollway.dev/chat" in table
@@ -97,7 +97,8 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     triton += ["networkpolicy", "secret", "service"] * 4  # who may reach Triton; its admin key; its pods
     monitoring = ["configmap", "servicemonitor", "prometheusrule"] * 4  # a dashboard ConfigMap each
     scaling = ["horizontalpodautoscaler"] * 2 + ["scaledobject"]  # chat, assistant on the HPA; embed on KEDA
-    gateway = ["secret", "configmap"] + ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
+    gateway = ["secret", "configmap", "configmap"]  # Envoy's config, ratelimit rules, capacity document
+    gateway += ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
     gateway += ["servicemonitor"] * 2 + ["prometheusrule"]  # Envoy's and the ratelimit service's
     gateway += ["networkpolicy"] * 2 + ["secret"]  # who may reach ratelimit and Redis; Redis's password
     adapter = ["configmap"]  # prometheus-adapter's rules, for the HPA

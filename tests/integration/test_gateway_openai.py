@@ -664,3 +664,23 @@ def test_consumers_read_each_models_capacity_which_changes_without_reloading_env
         document.with_suffix(".new").rename(document)
     assert eventually(lambda: capacity() == [busy], timeout=20)
     assert reloads() == before
+
+
+def test_tokens_are_counted_per_model_version_as_they_are_per_consumer(bed: Bed) -> None:
+    """The cost rules set a model's tokens against its cost: the same numbers the tier is charged."""
+    labels = {"model": "writer", "version": "1", "tier": "pro"}
+
+    def counted() -> tuple[float, float, float]:
+        text = bed.stats()
+        per_model = (
+            _summed(text, f"envoy_tollway_model_{kind}_tokens", **labels) for kind in ("input", "output")
+        )
+        return (*per_model, _summed(text, "envoy_tollway_usage_output", tier="pro", consumer="pro-key"))
+
+    before = counted()
+    answer = bed.client().completions.create(model="writer", prompt="count me", max_tokens=4)
+    assert answer.usage is not None
+    used = (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    after = eventually(lambda: (found := counted())[1] > before[1] and found, timeout=20)
+    assert (after[0] - before[0], after[1] - before[1]) == used
+    assert after[2] - before[2] == used[1]

@@ -60,6 +60,7 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
         ("networkpolicy", "tollway-gateway-ratelimit"),
         ("networkpolicy", "tollway-gateway-redis"),
         ("configmap", "tollway-gateway-ratelimit"),
+        ("configmap", "tollway-gateway-capacity"),  # what consumers read of each model's room
         *(
             ("deployment", name)
             for name in ("tollway-gateway", "tollway-gateway-ratelimit", "tollway-gateway-redis")

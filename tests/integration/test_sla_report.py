@@ -11,22 +11,17 @@ edges of an outage or a traffic day may be off by a fraction of a minute's, henc
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tollway.cli import main
 from tollway.render.monitoring import gateway_rule_groups
 from tollway.translate import translate_all
 
-from testbed.dataplane import prometheus
-from testbed.processes import free_port
+from testbed import backfill
 
 MONTH = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 TRAFFIC_DAYS = (1, 8, 20, 30)
@@ -82,15 +77,15 @@ def per_half_minute(consumer: str, moment: datetime) -> dict[str, int]:
 
 
 def openmetrics() -> str:
-    """The month as OpenMetrics text, one series after another; a sample holds what was counted before it."""
+    """The month as OpenMetrics text."""
     moments = [
         datetime(2026, 11, day, tzinfo=UTC) + timedelta(seconds=SAMPLE_SECONDS * index)
         for day in TRAFFIC_DAYS
         for index in range(86400 // SAMPLE_SECONDS + 1)
     ]
-    increments: dict[str, list[int]] = {}
+    samples: dict[str, list[tuple[datetime, int]]] = {}
     for consumer in ("acme", "globex"):
-        counts = [per_half_minute(consumer, moment) for moment in moments]
+        counts = [(moment, per_half_minute(consumer, moment)) for moment in moments]
         labels = f'namespace="ai",tier="gold",consumer="{consumer}",pod="gateway-0"'
         for name, metric in (
             ("requests", "envoy_tollway_sla_requests"),
@@ -98,84 +93,33 @@ def openmetrics() -> str:
             ("input", "envoy_tollway_usage_input"),
             ("output", "envoy_tollway_usage_output"),
         ):
-            increments[f"{metric}{{{labels}}}"] = [count[name] for count in counts]
+            samples[f"{metric}{{{labels}}}"] = [(moment, count[name]) for moment, count in counts]
     histogram = 'namespace="ai",tier="gold",pod="gateway-0"'
     # 200 counted requests each 30 s on the tier's histogram, 199 of them within the 5 s threshold
-    increments[f'envoy_tollway_sla_latency_ms_bucket{{{histogram},le="5000"}}'] = [199] * len(moments)
-    increments[f"envoy_tollway_sla_latency_ms_count{{{histogram}}}"] = [200] * len(moments)
-    lines = []
-    for name, steps in sorted(increments.items()):
-        total = 0
-        for moment, step in zip(moments, steps, strict=True):
-            lines.append(f"{name} {total} {int(moment.timestamp())}")
-            total += step
-    return "\n".join([*lines, "# EOF", ""])
-
-
-def promtool(*args: str) -> None:
-    binary = shutil.which("promtool")
-    assert binary, "promtool is missing: hack/setup installs Debian's prometheus"
-    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    samples[f'envoy_tollway_sla_latency_ms_bucket{{{histogram},le="5000"}}'] = [
+        (moment, 199) for moment in moments
+    ]
+    samples[f"envoy_tollway_sla_latency_ms_count{{{histogram}}}"] = [(moment, 200) for moment in moments]
+    return backfill.openmetrics(samples)
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Prometheus on the backfilled month: raw counters, then the per-minute SLA rules evaluated over
-    them (by promtool, against this Prometheus), then Prometheus again with both."""
-    workdir = tmp_path_factory.mktemp("sla-report")
-    tsdb = workdir / "tsdb"
-    (workdir / "history.om").write_text(openmetrics())
-    promtool("tsdb", "create-blocks-from", "openmetrics", str(workdir / "history.om"), str(tsdb))
+    """A Prometheus on the backfilled month: raw counters and the per-minute SLA rules over them."""
     gateway = translate_all([GOLD, CHAT], MONTH[0]).gateways["ai"].plan.gateway
     assert gateway is not None
-    per_minute_rules = [
-        {
-            **group,
-            "rules": [rule for rule in group["rules"] if rule.get("record", "").endswith(":increase1m")],
-        }
-        for group in gateway_rule_groups(gateway)
-        if ".sla." in group["name"]
-    ]
-    (workdir / "rules.yaml").write_text(yaml.safe_dump({"groups": per_minute_rules}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    raw = prometheus(workdir, port, [], [], tsdb=tsdb)
-    try:
-        promtool(
-            "tsdb",
-            "create-blocks-from",
-            "rules",
-            f"--url={url}",
-            f"--start={int(MONTH[0].timestamp())}",
-            f"--end={int(MONTH[1].timestamp())}",
-            f"--output-dir={workdir / 'recorded'}",
-            str(workdir / "rules.yaml"),
-        )
-    finally:
-        raw.stop()
-    for block in (workdir / "recorded").iterdir():
-        block.rename(tsdb / block.name)
-    served = prometheus(workdir, port, [], [], tsdb=tsdb)
-    yield url
-    served.stop()
+    sla_groups = [group for group in gateway_rule_groups(gateway) if ".sla." in group["name"]]
+    workdir = tmp_path_factory.mktemp("sla-report")
+    with backfill.backfilled_prometheus(workdir, openmetrics(), sla_groups, MONTH) as url:
+        yield url
 
 
-@pytest.fixture
-def tiers_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiers.yaml"
-    path.write_text(yaml.safe_dump(GOLD))
-    return path
-
-
-def sla_report(url: str, tiers: Path, capsys: pytest.CaptureFixture[str], *options: str) -> str:
-    capsys.readouterr()
-    assert main(["sla-report", "--prometheus", url, "-f", str(tiers), "--period", "2026-11", *options]) == 0
-    return capsys.readouterr().out
+def sla_report(url: str, workdir: Path, *options: str) -> str:
+    return backfill.report("sla-report", url, [GOLD], workdir, *options)
 
 
 def test_the_month_settles_per_tier_and_consumer_with_maintenance_excluded(
-    prometheus_url: str, tiers_file: Path, capsys: pytest.CaptureFixture[str]
+    prometheus_url: str, tmp_path: Path
 ) -> None:
     """Maintenance: five Sundays of two hours and a four-hour one-off window, 840 minutes. acme calls on
     three days, 100 requests a minute, 3 x 1440 minutes less two Sunday windows outside maintenance, where
@@ -183,7 +127,7 @@ def test_the_month_settles_per_tier_and_consumer_with_maintenance_excluded(
     552,000 requests, 6,000 failed in the hour no window covers: 98.913 %, below 99, so 25 % of its month's
     cost (5,760 minutes of 1,000 input and 500 output tokens at 0.002 and 0.004 per 1k: 23.04 USD) is owed:
     5.76 USD. The tier as a whole: 6,000 of 960,000 failed, 99.375 %; 199 of 200 within 5 s: 99.5 %."""
-    report = sla_report(prometheus_url, tiers_file, capsys, "--format", "json")
+    report = sla_report(prometheus_url, tmp_path, "--format", "json")
     rows = {row["consumer"]: row for row in json.loads(report)}
     assert set(rows) == {"*", "acme", "globex"}
     assert {row["excluded_minutes"] for row in rows.values()} == {"840"}
@@ -207,12 +151,10 @@ def test_the_month_settles_per_tier_and_consumer_with_maintenance_excluded(
     assert float(tier["latency_attainment"]) == pytest.approx(99.5, abs=0.01)
 
 
-def test_the_report_prints_a_table_and_csv(
-    prometheus_url: str, tiers_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    table = sla_report(prometheus_url, tiers_file, capsys).splitlines()
+def test_the_report_prints_a_table_and_csv(prometheus_url: str, tmp_path: Path) -> None:
+    table = sla_report(prometheus_url, tmp_path).splitlines()
     assert table[0].split()[:4] == ["period", "namespace", "tier", "consumer"]
     assert [line.split()[3] for line in table[1:]] == ["*", "acme", "globex"]
-    csv = sla_report(prometheus_url, tiers_file, capsys, "--format", "csv").splitlines()
+    csv = sla_report(prometheus_url, tmp_path, "--format", "csv").splitlines()
     assert csv[0].startswith("period,namespace,tier,consumer,requests,errors,availability")
     assert csv[3].startswith("2026-11,ai,gold,globex,")

@@ -56,6 +56,7 @@ def test_crd_names_kinds_columns_and_subresource() -> None:
         "Replicas",
         "P99",
         "Queue",
+        "Cost/h",
         "Age",
     ]
     tier = custom_resource_definition(RESOURCES[1])["spec"]["versions"][0]

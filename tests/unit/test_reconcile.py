@@ -561,3 +561,20 @@ class Racing:
 def test_a_read_of_the_watch_cache_that_races_kopf_reads_again() -> None:
     cache = WatchCache({index_id(ApiTier): {"ai": Racing([seen("pro", "1", 1.0)])}})
     assert names(cache.resources(ApiTier, "ai")) == ["pro"]
+
+
+def test_the_serving_cost_is_read_with_the_metrics_and_stays_when_prometheus_fails() -> None:
+    bed = Bed(prometheus_url=PROMETHEUS, resync_seconds=60)
+    bed.telemetry.metrics = MetricsState(reachable=True, values={"p99_ms": 40.0}, cost={"cost_per_hour": 5.8})
+    bed.event(bed.cluster.add(model_deployment("chat", **{"spec.cost": {"gpuHourPrice": "5.40"}})))
+    read = bed.cluster.status_of(ModelDeployment, "chat")["cost"]
+    assert read == {"costPerHour": "5.8", "currency": "USD", "observedAt": "2026-12-01T12:00:00Z"}
+    bed.clock.now += timedelta(seconds=30)  # younger than a resync: kept as read, not asked again
+    bed.resync.resync()
+    assert bed.cluster.status_of(ModelDeployment, "chat")["cost"] == read
+    bed.telemetry.metrics = MetricsState(reachable=False, error="connection refused")
+    bed.clock.now += timedelta(minutes=5)
+    bed.resync.resync()
+    status = bed.cluster.status_of(ModelDeployment, "chat")
+    assert conditions(status)["MetricsAvailable"] == ("False", "PrometheusUnreachable")
+    assert status["cost"] == read

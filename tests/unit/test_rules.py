@@ -692,3 +692,113 @@ def test_each_versions_ratings_regenerations_and_filtered_answers_set_it_beside_
             {"interval": "1m", "input_series": served, "promql_expr_test": hour},
         ],
     )
+
+
+def costed_rules(tmp_path: Path, pricing: dict[str, str]) -> None:
+    """chat's rules with a cost (one GPU at 3.00 and its node at 0.60: 3.60 a replica-hour) and the gateway's
+    of tier `pro`, priced `pricing`, into tmp_path/rules.yaml."""
+    chat = model_deployment(
+        "chat", **{"spec.cost": {"gpuHourPrice": "3.00", "nodeHourPrice": "0.60", "outputTokenWeight": "4"}}
+    )
+    pro = api_tier("pro", **{"spec.models": ["chat"], "spec.pricing": pricing})
+    groups = rules_of(chat) + gateway_rule_groups(translate_all([chat, pro], NOW).gateways["ai"].plan.gateway)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+
+
+#: Two Triton pods serving two versions each (four series, two replicas: 7.20 an hour); tier pro sends 600
+#: input and 150 output tokens a minute through two Envoy replicas: 20 weighted tokens a second, so an input
+#: token costs 0.002 / 20 a second: 0.1 per 1k, an output token 4 times that.
+SERVED = [
+    series("nv_inference_request_success", "0+60x1500", version=version, instance=pod)
+    for version in ("1", "2")
+    for pod in ("a", "b")
+] + [
+    series(f"envoy_tollway_model_{side}_tokens", f"0+{per_minute}x1500", version="1", tier="pro", pod=pod)
+    for side, per_minute in (("input", 300), ("output", 75))
+    for pod in ("gateway-0", "gateway-1")
+]
+
+
+def rounded(expr: str, value: float, eval_time: str = "1500m", **labels: str) -> dict[str, Any]:
+    return {
+        "expr": f"round({expr}, 0.0001)",
+        "eval_time": eval_time,
+        "exp_samples": [{"labels": _labels("", **labels), "value": value}],
+    }
+
+
+def test_the_cost_per_1k_tokens_comes_from_the_replicas_and_the_token_throughput(tmp_path: Path) -> None:
+    costed_rules(tmp_path, {"inputPer1kTokens": "0.2", "outputPer1kTokens": "0.8"})
+    model = {"namespace": "ai", "model": "chat"}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": SERVED,
+            "promql_expr_test": [
+                rounded(f"tollway:model_replicas{{{SELECTOR}}}", 2, **model),
+                rounded(f"tollway:model_cost_per_hour{{{SELECTOR}}}", 7.2, currency="USD", **model),
+                rounded(f"tollway:model_replica_hours:increase1m{{{SELECTOR}}}", 0.0333, **model),
+                rounded(
+                    f"tollway:model_cost_per_1k_input_tokens:1h{{{SELECTOR}}}", 0.1, currency="USD", **model
+                ),
+                rounded(
+                    f"tollway:model_cost_per_1k_output_tokens:1h{{{SELECTOR}}}", 0.4, currency="USD", **model
+                ),
+                # a day of 864,000 input and 216,000 output tokens: 172.80 of serving, 345.60 of revenue
+                rounded(
+                    'tollway:tier_model_margin:1d{tier="pro"}', 172.8, currency="USD", tier="pro", **model
+                ),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1500m", "alertname": "TollwayTierBelowCost", "exp_alerts": []}
+            ],
+        }
+    ]
+    passes_promtool(tmp_path, tests)
+
+
+def test_a_tier_selling_below_cost_over_a_day_raises_an_alert_and_a_quiet_day_does_not(
+    tmp_path: Path,
+) -> None:
+    """pro charges half the cost per 1k tokens: 86.40 of revenue on 172.80 of serving."""
+    costed_rules(tmp_path, {"inputPer1kTokens": "0.05", "outputPer1kTokens": "0.2"})
+    pro = {"namespace": "ai", "model": "chat", "tier": "pro"}
+    rule = next(
+        rule
+        for group in yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "TollwayTierBelowCost"
+    )
+    idle = [
+        series("nv_inference_request_success", "0x1500", version="1", instance="a"),
+        series("envoy_tollway_model_input_tokens", "0x1500", version="1", tier="pro", pod="gateway-0"),
+    ]
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": SERVED,
+            "promql_expr_test": [
+                rounded('tollway:tier_model_margin:1d{tier="pro"}', -86.4, currency="USD", **pro)
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "1500m",
+                    "alertname": "TollwayTierBelowCost",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {**rule["labels"], "currency": "USD"},
+                            "exp_annotations": rule["annotations"],
+                        }
+                    ],
+                }
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": idle,
+            "alert_rule_test": [
+                {"eval_time": "1500m", "alertname": "TollwayTierBelowCost", "exp_alerts": []}
+            ],
+        },
+    ]
+    passes_promtool(tmp_path, tests)

@@ -21,6 +21,7 @@ from tollway.api.base import (
     pattern_rule,
     ready_column,
 )
+from tollway.api.cost import Cost, CostStatus
 
 MODEL_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 TENSOR_NAME = "^[A-Za-z_][A-Za-z0-9_.-]*$"
@@ -385,6 +386,9 @@ class ModelDeploymentSpec(TollwayModel):
     autoscaling: Autoscaling = Autoscaling()
     slo: Slo | None = None
     monitoring: Monitoring = Monitoring()
+    cost: Cost | None = None
+    """What serving the model costs, for its cost per token and the tiers' margins on it. Unset: no cost
+    figures."""
 
 
 class VersionStatus(TollwayModel):
@@ -424,6 +428,7 @@ class ModelDeploymentStatus(TollwayModel):
     endpoints: list[Endpoint] = Field(default_factory=list)
     versions: list[VersionStatus] = Field(default_factory=list)
     metrics: LiveMetrics | None = None
+    cost: CostStatus | None = None
 
 
 class ModelDeployment(Resource):
@@ -437,6 +442,12 @@ class ModelDeployment(Resource):
         PrinterColumn(name="Replicas", type="integer", json_path=".status.readyReplicas"),
         PrinterColumn(name="P99", type="number", json_path=".status.metrics.p99Ms", description="P99 ms"),
         PrinterColumn(name="Queue", type="number", json_path=".status.metrics.queueDepth"),
+        PrinterColumn(
+            name="Cost/h",
+            type="string",
+            json_path=".status.cost.costPerHour",
+            description="serving cost per hour",
+        ),
         age_column(),
     )
     status_model = ModelDeploymentStatus

@@ -75,6 +75,8 @@ class Model:
     caller's tier sets its own."""
     capacity: Capacity = field(default_factory=Capacity)
     """Published in a document of its own, which Envoy reads without a reload (never in its config)."""
+    cost_currency: str | None = None
+    """The currency of spec.cost, which the tiers' margins on the model are computed in; None: no cost."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class Tier:
     sla: Sla | None = None
     sla_latency_ms: int | None = None
     """The SLA's latency threshold: a bound of the gateway's envoy_tollway_sla_latency_ms histogram."""
+    margin_models: tuple[str, ...] = ()
+    """The models this tier's margin is computed on: those it may call whose cost is in its currency."""
 
     def limits_for(self, model: str) -> ModelLimits:
         return next(

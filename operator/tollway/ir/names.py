@@ -31,7 +31,8 @@ envoy_tollway_<counter>."""
 
 
 def usage_metric(kind: str) -> str:
-    """A usage counter's Prometheus name (`kind`: usage_requests, _input, _output or _unreported)."""
+    """A usage counter's Prometheus name (`kind`: usage_requests, _input, _output or _unreported; per model,
+    version and tier: model_input_tokens, model_output_tokens)."""
     return f"envoy_{USAGE_STAT_PREFIX}_{kind}"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tollway.ir.cost import ServingCost
+
 
 @dataclass(frozen=True)
 class InstanceGroup:
@@ -139,3 +141,5 @@ class TritonServing:
     """Render ServiceMonitor and PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
     openai: OpenAISide | None = None
     """None: the model is served over Triton's own protocol only."""
+    cost: ServingCost | None = None
+    """None: no cost rules (spec.cost unset)."""

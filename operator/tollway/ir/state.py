@@ -46,6 +46,8 @@ class MetricsState:
     reachable: bool
     error: str = ""
     values: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+    """The serving cost's figures (status.cost), by field name; none without spec.cost or traffic."""
     observed_at: str | None = None
     """When the figures were read; None: now. Figures younger than a resync are not read again, so that
     writing them (an event) does not bring about the next read."""
@@ -110,3 +112,13 @@ class SlaState:
     counts: SlaCounts = SlaCounts()
     observed_at: str | None = None
     """When read; None: now (see MetricsState)."""
+
+
+@dataclass(frozen=True)
+class CostCounts:
+    """What a model ran and served over a period: its replica-hours (from Triton's own metrics) and, per tier,
+    the input and output tokens the gateway counted for it."""
+
+    replica_hours: float = 0
+    input_tokens: dict[str, float] = field(default_factory=dict)
+    output_tokens: dict[str, float] = field(default_factory=dict)

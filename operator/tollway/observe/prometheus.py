@@ -9,7 +9,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from tollway.ir.names import usage_metric
-from tollway.ir.state import MetricsState, SlaCounts, SlaState, UsageState
+from tollway.ir.state import CostCounts, MetricsState, SlaCounts, SlaState, UsageState
 from tollway.render.monitoring import selector
 
 TIMEOUT_SECONDS = 3
@@ -24,6 +24,13 @@ QUERIES = {
     "error_rate": "max(tollway:error_ratio:rate5m{{{s}}})",
     "estimated_wait_seconds": "max(tollway:estimated_wait_seconds{{{s}}})",
 }
+#: status.cost field → its query (the cost rules' figures: none without spec.cost; per token, none without
+#: traffic).
+COST_QUERIES = {
+    "cost_per_hour": "sum(tollway:model_cost_per_hour{{{s}}})",
+    "input_per1k_tokens": "sum(tollway:model_cost_per_1k_input_tokens:1h{{{s}}})",
+    "output_per1k_tokens": "sum(tollway:model_cost_per_1k_output_tokens:1h{{{s}}})",
+}
 
 
 def _client(url: str) -> PrometheusConnect:
@@ -35,16 +42,21 @@ def model_metrics(url: str, namespace: str, model: str) -> MetricsState:
     has no series for yet (no traffic) is left out."""
     try:
         client = _client(url)
-        values: dict[str, float] = {}
-        for field, query in QUERIES.items():
-            result: Any = client.custom_query(query.format(s=selector(namespace, model)))
-            if result:
-                value = float(result[0]["value"][1])
-                if not math.isnan(value):  # NaN (0/0 before any request) is no figure
-                    values[field] = round(value, 3)
+
+        def figures(queries: dict[str, str], digits: int) -> dict[str, float]:
+            values: dict[str, float] = {}
+            for field, query in queries.items():
+                result: Any = client.custom_query(query.format(s=selector(namespace, model)))
+                if result:
+                    value = float(result[0]["value"][1])
+                    if not math.isnan(value):  # NaN (0/0 before any request) is no figure
+                        values[field] = round(value, digits)
+            return values
+
+        # Money to a millionth: a cost per 1k tokens is often below a thousandth.
+        return MetricsState(reachable=True, values=figures(QUERIES, 3), cost=figures(COST_QUERIES, 6))
     except Exception as error:
         return MetricsState(reachable=False, error=_failure(error))
-    return MetricsState(reachable=True, values=values)
 
 
 def usage_counter(namespace: str, tier: str, kind: str) -> str:
@@ -83,6 +95,12 @@ def _failure(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error)[:200]}"
 
 
+def period_range(start: int, end: int) -> str:
+    """The range that, ending at `end` (`[range] @ end`), holds exactly the per-minute samples recorded in the
+    period from `start`: one second short, so that the minute before it, recorded at `start`, stays out."""
+    return f"{max(end - start - 1, 1)}s"
+
+
 def sla_counts(
     url: str, namespace: str, tier: str, start: int, end: int, *, by: str = ""
 ) -> dict[str, SlaCounts]:
@@ -90,10 +108,11 @@ def sla_counts(
     ("consumer"; "" for the whole tier, under the key ""). The SLA counts add up the recorded per-minute
     series (maintenance already left out) over exactly the period: a range of its length ending at its end,
     one second short so that the minute before the period, recorded at its first instant, stays out
-    whether the range's start is closed (Prometheus 2) or open (3). Raises when Prometheus cannot answer."""
+    whether the range's start is closed (Prometheus 2) or open (3) (`period_range`). Raises when Prometheus
+    cannot answer."""
     client = _client(url)
     scope = f'namespace="{namespace}",tier="{tier}"'
-    span = f"{max(end - start - 1, 1)}s"
+    span = period_range(start, end)
 
     def per_group(expression: str) -> dict[str, float]:
         result: Any = client.custom_query(f"sum by ({by}) ({expression})")
@@ -129,3 +148,26 @@ def tier_sla(url: str, namespace: str, tier: str, start: int, end: int) -> SlaSt
     except Exception as error:
         return SlaState(reachable=False, error=_failure(error))
     return SlaState(reachable=True, counts=counts)
+
+
+def cost_counts(url: str, namespace: str, model: str, start: int, end: int) -> CostCounts:
+    """A model's replica-hours between the unix seconds `start` and `end` (its per-minute recorded series
+    added up over `period_range`) and the tokens the gateway counted for it, per tier. Raises when Prometheus
+    cannot answer."""
+    client = _client(url)
+    matchers = selector(namespace, model)
+    span = period_range(start, end)
+    hours: Any = client.custom_query(
+        f"sum(sum_over_time(tollway:model_replica_hours:increase1m{{{matchers}}}[{span}] @ {end}))"
+    )
+
+    def per_tier(side: str) -> dict[str, float]:
+        metric = usage_metric(f"model_{side}_tokens")
+        result: Any = client.custom_query(f"sum by (tier) (increase({metric}{{{matchers}}}[{span}] @ {end}))")
+        return {item["metric"]["tier"]: float(item["value"][1]) for item in result}
+
+    return CostCounts(
+        replica_hours=float(hours[0]["value"][1]) if hours else 0.0,
+        input_tokens=per_tier("input"),
+        output_tokens=per_tier("output"),
+    )

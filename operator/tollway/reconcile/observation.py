@@ -48,8 +48,7 @@ class Observer:
             versions = [entry.version for entry in resource.spec.versions]
             triton = self.telemetry.model_state(address, resource.model_name, versions, key)
         problems = self.cluster.pod_problems(namespace, resource.metadata.name)
-        previous = (body.get("status") or {}).get("metrics")
-        metrics = self._metrics(namespace, resource.model_name, previous)
+        metrics = self._metrics(namespace, resource.model_name, body.get("status") or {})
         return Context(
             tier_priorities=tuple(tier_priority(tier) for tier in tiers),
             storage_initializer_image=self.settings.storage_initializer_image,
@@ -105,13 +104,22 @@ class Observer:
         )
         return replace(state, period=period)
 
-    def _metrics(self, namespace: str, model: str, previous: Mapping[str, Any] | None) -> MetricsState | None:
-        """The model's figures from Prometheus, at most once per resync (the ones in status when younger)."""
+    def _metrics(self, namespace: str, model: str, status: Mapping[str, Any]) -> MetricsState | None:
+        """The model's figures (and cost's) from Prometheus, at most once per resync (the ones in status when
+        younger)."""
         if not self.settings.prometheus_url:
             return None
+        previous = status.get("metrics")
         if previous is not None and self._fresh(previous):
             values = {_snake(key): value for key, value in previous.items() if key != "observedAt"}
-            return MetricsState(reachable=True, values=values, observed_at=str(previous["observedAt"]))
+            cost = {
+                _snake(key): float(value)
+                for key, value in (status.get("cost") or {}).items()
+                if key not in ("currency", "observedAt")
+            }
+            return MetricsState(
+                reachable=True, values=values, cost=cost, observed_at=str(previous["observedAt"])
+            )
         return self.telemetry.model_metrics(self.settings.prometheus_url, namespace, model)
 
     def _fresh(self, previous: Mapping[str, Any]) -> bool:

@@ -41,12 +41,13 @@ def write_status(
 
 
 def _with_stale_metrics(desired: Mapping[str, Any], current: Mapping[str, Any]) -> Mapping[str, Any]:
-    """When Prometheus could not be asked, the figures (a model's metrics, a tier's usage and SLA) stay as the
-    cluster holds them now, not as the older copy the event carried, so `observedAt` never moves back."""
+    """When Prometheus could not be asked, the figures (a model's metrics and cost, a tier's usage and SLA)
+    stay as the cluster holds them now, not as the older copy the event carried, so `observedAt` never moves
+    back."""
     unavailable = any(
         item.get("type") == "MetricsAvailable" and item.get("status") == "False"
         for item in desired.get("conditions", [])
     )
     if not unavailable:
         return desired
-    return {**desired, **{key: current[key] for key in ("metrics", "usage", "sla") if key in current}}
+    return {**desired, **{key: current[key] for key in ("metrics", "cost", "usage", "sla") if key in current}}

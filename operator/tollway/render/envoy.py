@@ -555,12 +555,20 @@ def _usage_logs() -> list[Config]:
             ]
         }
     }
-    tags = _tags("tier", "consumer")
+    tags, by_model = _tags("tier", "consumer"), _tags("model", "version", "tier")
     return [
-        _stats_log(_present("from_model"), counters=_counters(ANSWERED_COUNTS, tags)),
-        _stats_log(abandoned, counters=_counters(ABANDONED_COUNTS, tags)),
+        *(
+            _stats_log(when, counters=[*_counters(counts, tags), *_counters(_per_model(counts), by_model)])
+            for when, counts in ((_present("from_model"), ANSWERED_COUNTS), (abandoned, ABANDONED_COUNTS))
+        ),
         *(_stats_log(_present(key), histograms=[_histogram(key)]) for key in STREAM_TIMES),
     ]
+
+
+def _per_model(counts: dict[str, str | None]) -> dict[str, str | None]:
+    """The token counts of `counts` again, as the per-model counters (envoy_tollway_model_*_tokens, by model,
+    version and tier) the cost rules read: the same numbers a tier is charged, set against a model's cost."""
+    return {f"model_{kind}_tokens": counts[f"usage_{kind}"] for kind in ("input", "output")}
 
 
 SLA_COUNTED = "has(metadata.filter_metadata.tollway.tier) && response.code != 429 && response.code != 0"

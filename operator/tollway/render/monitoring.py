@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from tollway.api.sla import MINUTES_PER_WEEK
+from tollway.ir.cost import ServingCost
 from tollway.ir.gateway import Gateway, Tier
 from tollway.ir.names import usage_metric
 from tollway.ir.serving import Objectives, TritonServing
@@ -321,7 +322,97 @@ def rule_groups(serving: TritonServing) -> list[dict[str, Any]]:
                 "rules": alerting_rules(namespace, model, serving.objectives),
             }
         )
+    if serving.cost is not None:  # every minute: the report adds up the per-minute replica-hours
+        groups.append(
+            {
+                "name": f"tollway.{namespace}.{serving.name}.cost",
+                "interval": "1m",
+                "rules": cost_rules(namespace, model, serving.cost),
+            }
+        )
     return groups
+
+
+def _model_tokens(matchers: str, window: str, by: str) -> tuple[str, str]:
+    """The input and output tokens the gateway counted for a model over `window`, its replicas summed. A
+    model may report only one of the two (an embedding: no output): the missing side is 0."""
+    used_in, used_out = (
+        f"sum by ({by}) (increase({usage_metric(f'model_{side}_tokens')}{{{matchers}}}[{window}]))"
+        for side in ("input", "output")
+    )
+    return f"({used_in} or {used_out} * 0)", f"({used_out} or {used_in} * 0)"
+
+
+#: The windows the cost per 1k tokens is recorded over: the last hour (status, dashboard) and the last day
+#: (the tiers' margins), with their seconds.
+COST_WINDOWS = (("1h", 3600), ("1d", 86400))
+COST_PER_1K = ("tollway:model_cost_per_1k_input_tokens", "tollway:model_cost_per_1k_output_tokens")
+
+
+def cost_rules(namespace: str, model: str, cost: ServingCost) -> list[dict[str, Any]]:
+    """What serving the model costs: its replicas (its distinct Triton scrape targets: each exports a series
+    per version), their cost per hour, replica-hours per minute (from Triton's series alone, so that `promtool
+    tsdb create-blocks-from rules` can backfill them for `tollway cost-report`), and the cost per 1k input and
+    output tokens over each window: the average cost per second over the tokens per second, an output token
+    weighing `output_token_weight` input tokens. Without tokens in a window there is no cost per token."""
+    matchers = selector(namespace, model)
+    pods = f"count by ({BY_MODEL}, instance) (nv_inference_request_success{{{matchers}}})"
+    replicas = f"count by ({BY_MODEL}) ({pods})"
+    price, labels = cost.replica_hour_price, {"currency": cost.currency}
+    rules: list[dict[str, Any]] = [
+        {"record": "tollway:model_replicas", "expr": replicas},
+        {"record": "tollway:model_cost_per_hour", "expr": f"{replicas} * {price}", "labels": labels},
+        {"record": "tollway:model_replica_hours:increase1m", "expr": f"{replicas} / 60"},
+    ]
+    weight = cost.output_token_weight
+    for window, seconds in COST_WINDOWS:
+        used_in, used_out = _model_tokens(matchers, window, BY_MODEL)
+        per_second = f"avg_over_time(tollway:model_cost_per_hour{{{matchers}}}[{window}]) / 3600"
+        weighted = f"({used_in} + {weight} * {used_out}) / {seconds}"
+        per_input, per_output = (f"{name}:{window}" for name in COST_PER_1K)
+        rules += [
+            {
+                "record": per_input,
+                "expr": f"1000 * {per_second} / ignoring (currency) ({weighted} > 0)",
+                "labels": labels,  # a one-to-one match drops the label it ignores
+            },
+            {"record": per_output, "expr": f"{weight} * {per_input}{{{matchers}}}"},
+        ]
+    return rules
+
+
+def margin_rules(namespace: str, tier: Tier) -> list[dict[str, Any]]:
+    """A tier's margin on each model it may call whose cost is in its currency, over the last day: its
+    revenue (its tokens on the model at its prices) less its share of the serving cost (its tokens at the
+    model's cost per 1k over the day); and an alert when the revenue is below the cost. A day without the
+    tier's traffic has no margin to miss."""
+    rules: list[dict[str, Any]] = []
+    for model in tier.margin_models:
+        matchers = f'namespace="{namespace}",tier="{tier.name}",model="{model}"'
+        used_in, used_out = _model_tokens(matchers, "1d", "namespace, tier, model")
+        scope = f'{selector(namespace, model)},currency="{tier.currency}"'
+        spent = " + ".join(
+            f"{used} * on (namespace, model) group_left () {per_1k}:1d{{{scope}}}"
+            for used, per_1k in zip((used_in, used_out), COST_PER_1K, strict=True)
+        )
+        revenue = f"{used_in} * {tier.input_price_per_1k} + {used_out} * {tier.output_price_per_1k}"
+        labels = {"currency": tier.currency, "tier": tier.name, "model": model}  # distinct static labels
+        margin = f"tollway:tier_model_revenue:1d{{{matchers}}} - tollway:tier_model_cost:1d{{{matchers}}}"
+        rules += [
+            {"record": "tollway:tier_model_revenue:1d", "expr": f"({revenue}) / 1000", "labels": labels},
+            {"record": "tollway:tier_model_cost:1d", "expr": f"({spent}) / 1000", "labels": labels},
+            {"record": "tollway:tier_model_margin:1d", "expr": margin, "labels": labels},
+            {
+                "alert": "TollwayTierBelowCost",
+                "expr": f"tollway:tier_model_margin:1d{{{matchers}}} < 0",
+                "for": "30m",
+                "labels": {"namespace": namespace, "tier": tier.name, "model": model, "severity": "ticket"},
+                "annotations": {
+                    "summary": f"tier {tier.name} sold {model} below its serving cost over the last day",
+                },
+            },
+        ]
+    return rules
 
 
 def scrape_annotations(port: int, path: str) -> dict[str, str]:
@@ -583,6 +674,10 @@ def gateway_rule_groups(gateway: Gateway) -> list[dict[str, Any]]:
     groups = [
         {"name": f"tollway.{namespace}.gateway", "rules": rules},
         {"name": f"tollway.{namespace}.usage", "rules": usage_rules(gateway)},
+        {
+            "name": f"tollway.{namespace}.margins",
+            "rules": [rule for tier in gateway.tiers for rule in margin_rules(namespace, tier)],
+        },
     ]
     # Each tier's own group, evaluated every minute: the per-minute series are what the month adds up.
     return groups + [
@@ -666,6 +761,7 @@ def dashboard(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
             ],
         ),
     ]
+    panels += cost_panels(matchers) if serving.cost is not None else []
     document = {
         "title": f"Tollway: {serving.namespace}/{serving.name}",
         "uid": f"tollway-{serving.namespace}-{serving.name}"[:40],
@@ -683,3 +779,24 @@ def dashboard(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
             f"tollway-{serving.namespace}-{serving.name}.json": json.dumps(document, indent=1, sort_keys=True)
         },
     }
+
+
+def cost_panels(matchers: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The dashboard's cost row: what the replicas cost per hour, the cost per 1k tokens over the last hour,
+    and each tier's margin on the model over the last day."""
+    return [
+        ("Serving cost per hour", "short", [(f"tollway:model_cost_per_hour{{{matchers}}}", "{{currency}}")]),
+        (
+            "Cost per 1k tokens (1 h)",
+            "short",
+            [
+                (f"tollway:model_cost_per_1k_{side}_tokens:1h{{{matchers}}}", f"{side} {{{{currency}}}}")
+                for side in ("input", "output")
+            ],
+        ),
+        (
+            "Margin per tier (1 day)",
+            "short",
+            [(f"tollway:tier_model_margin:1d{{{matchers}}}", "{{tier}} {{currency}}")],
+        ),
+    ]

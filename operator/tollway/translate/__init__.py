@@ -112,8 +112,7 @@ def translate(
             tollway_image=context.tollway_image,
         )
         children = serving_render.render(plan, context.network, context.admin_key)
-        previous = (document.get("status") or {}).get("metrics")
-        status = model_deployment.status(resource, context.serving, now, make, previous)
+        status = model_deployment.status(resource, context.serving, now, make, document.get("status"))
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
         stale = tuple(kind for kind in serving_render.CHILD_KINDS if kind not in rendered)
         return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale, ir=plan)

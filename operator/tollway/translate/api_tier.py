@@ -17,6 +17,8 @@ from tollway.translate.gateway import TierReport
 from tollway.translate.sla import decimal_text, plan_sla, settle, usage_cost
 
 Make = Callable[..., Condition]
+#: The Degraded reason of a tier's first problem, by the field it names (else a credential's).
+PROBLEM_REASONS = (("spec.models", "UnknownModel"), ("spec.pricing.currency", "CurrencyMismatch"))
 
 
 def status(
@@ -116,6 +118,9 @@ def _ready(gateway: GatewayState, make: Make) -> Condition:
 
 def _degraded(report: TierReport, make: Make) -> Condition:
     if report.problems:
-        reason = "UnknownModel" if report.problems[0].startswith("spec.models") else "CredentialProblem"
+        first = report.problems[0]
+        reason = next(
+            (reason for field, reason in PROBLEM_REASONS if first.startswith(field)), "CredentialProblem"
+        )
         return make("Degraded", "True", reason, "; ".join(report.problems))
     return make("Degraded", "False", "AsExpected")

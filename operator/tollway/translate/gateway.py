@@ -49,6 +49,7 @@ from tollway.ir.names import (
 )
 from tollway.ir.serving import Owner
 from tollway.render.redaction import UnsupportedPattern, lua_pattern
+from tollway.translate.cost import margin_models
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, openai_max_tokens, priority_levels
 from tollway.translate.sla import plan_sla
@@ -243,6 +244,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         if api
         else None,
         sample_rate=spec.monitoring.sample_rate,
+        cost_currency=spec.cost.currency if spec.cost else None,
     )
 
 
@@ -347,6 +349,8 @@ def _tier(
     problems: dict[str, list[str]],
 ) -> Tier:
     spec = resource.spec
+    costed, mismatched = margin_models(resource, [name for name, _ in allowed], served)
+    problems[resource.metadata.name] += mismatched
     jwt = spec.auth.jwt
     if jwt is not None and not _authority(jwt.jwks_uri):
         problems[resource.metadata.name].append(
@@ -390,6 +394,7 @@ def _tier(
         usage_spike_factor=spec.alerts.usage_spike_factor,
         sla=sla,
         sla_latency_ms=sla.latency_ms if sla else None,
+        margin_models=costed,
         jwt=Jwt(
             issuer=jwt.issuer,
             jwks_uri=jwt.jwks_uri,

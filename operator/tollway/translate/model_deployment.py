@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from tollway.api import Condition, ModelDeployment
 from tollway.api.model_deployment import Endpoint, VersionStatus
 from tollway.ir.state import MetricsState, ServingState, TritonState
+from tollway.translate.sla import decimal_text
 
 Make = Callable[..., Condition]
 TRITON_STATES = {
@@ -159,16 +161,36 @@ def live_metrics(
     return figures, [make("MetricsAvailable", "True", "Current", "figures read from Prometheus")]
 
 
+def live_cost(
+    resource: ModelDeployment, observed: MetricsState | None, previous: dict[str, Any] | None, now: datetime
+) -> dict[str, Any] | None:
+    """status.cost: the serving cost's figures, in spec.cost's currency; nothing without spec.cost. When
+    Prometheus cannot be asked the last figures stay (the MetricsAvailable condition says why)."""
+    cost = resource.spec.cost
+    if cost is None:
+        return None
+    if observed is None or not observed.reachable:
+        return previous
+    return {
+        **{field: decimal_text(Decimal(str(value))) for field, value in observed.cost.items()},
+        "currency": cost.currency,
+        "observed_at": observed.observed_at or now.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def status(
     resource: ModelDeployment,
     observed: ServingState,
     now: datetime,
     make: Make,
-    previous_metrics: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`previous`: the status the resource holds, whose figures stay when Prometheus cannot be asked."""
+    previous = previous or {}
     versions = version_statuses(resource, observed.triton, now)
     deployment = observed.deployment
-    metrics, metrics_condition = live_metrics(observed.metrics, previous_metrics, now, make)
+    metrics, metrics_condition = live_metrics(observed.metrics, previous.get("metrics"), now, make)
+    cost = live_cost(resource, observed.metrics, previous.get("cost"), now)
     found = {
         "observed_generation": resource.metadata.generation,
         "conditions": conditions(observed, versions, make) + metrics_condition,
@@ -179,4 +201,6 @@ def status(
     }
     if metrics is not None:
         found["metrics"] = metrics
+    if cost is not None:
+        found["cost"] = cost
     return found

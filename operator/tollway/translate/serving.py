@@ -21,6 +21,7 @@ from tollway.ir.serving import (
     Sunset,
     TritonServing,
 )
+from tollway.translate.cost import plan_cost
 
 #: Used for s3://, gs:// and as:// repositories: downloads the model directory before Triton starts.
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.14.1"
@@ -176,4 +177,5 @@ def plan_serving(
         objectives=objectives(resource),
         monitoring=monitoring,
         openai=openai_side(resource),
+        cost=plan_cost(resource),
     )
