@@ -8,6 +8,7 @@ from pydantic import Field, StringConstraints
 
 from tollway.api.base import (
     Conditions,
+    Currency,
     DecimalString,
     PrinterColumn,
     Resource,
@@ -139,7 +140,7 @@ class Auth(TollwayModel):
 class Pricing(TollwayModel):
     """Prices per 1,000 tokens, for the usage and cost figures."""
 
-    currency: Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")] = "USD"
+    currency: Currency = "USD"
     input_per1k_tokens: DecimalString = Field(default="0", alias="inputPer1kTokens")
     output_per1k_tokens: DecimalString = Field(default="0", alias="outputPer1kTokens")
 
@@ -254,7 +255,7 @@ class Usage(TollwayModel):
     output_tokens: int = 0
     cost: DecimalString = "0"
     """Input and output tokens at the tier's prices."""
-    currency: Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")] = "USD"
+    currency: Currency = "USD"
     observed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
 

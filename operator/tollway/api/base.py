@@ -32,6 +32,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: A non-negative decimal written as a string ("0.0005"), as Kubernetes APIs write money and ratios.
 DecimalString = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?$", max_length=32)]
+#: An ISO 4217 currency code.
+Currency = Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")]
 
 
 def _calendar_date(value: str) -> str:

@@ -3,14 +3,9 @@ cost per 1,000 input and output tokens and each tier's margin on it."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field
 
-from pydantic import Field, StringConstraints
-
-from tollway.api.base import DecimalString, Rule, TollwayModel, decimal
-
-#: An ISO 4217 currency code.
-Currency = Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")]
+from tollway.api.base import Currency, DecimalString, Rule, TollwayModel, decimal
 
 
 class Cost(TollwayModel):

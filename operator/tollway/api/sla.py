@@ -8,7 +8,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, StringConstraints
 
-from tollway.api.base import DecimalString, Rule, TollwayModel, decimal
+from tollway.api.base import Currency, DecimalString, Rule, TollwayModel, decimal
 
 Weekday = Literal["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
 WEEKDAYS: tuple[str, ...] = get_args(Weekday)
@@ -153,7 +153,7 @@ class SlaStatus(TollwayModel):
     sla-report`)."""
     credit: DecimalString = "0"
     """credit_percent of the tier's usage cost this month."""
-    currency: Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")] = "USD"
+    currency: Currency = "USD"
     requests: int = 0
     """Requests counted for availability (outside maintenance)."""
     errors: int = 0
