@@ -18,11 +18,14 @@ import shutil
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from openai import Stream
+from openai.types.chat import ChatCompletionChunk
 
 from tollway import cli
 from tollway.api import ModelDeployment
@@ -254,6 +257,46 @@ def running(
         yield triton
     finally:
         triton.process.stop()
+
+
+@contextmanager
+def holding(models: Path, name: str) -> Iterator[Callable[[], None]]:
+    """Holds the streamer `name`'s streams after their first token until the returned `release` is called
+    (or the block ends). A test that releases on receiving the first token proves it was passed on alone:
+    had anything between gathered the stream, the token would have come only when the hold gave out, and the
+    answer would be short."""
+    held = models / name / "held"
+    held.touch()
+
+    def release() -> None:
+        held.unlink(missing_ok=True)
+
+    try:
+        yield release
+    finally:
+        release()
+
+
+def held_chat_stream(
+    models: Path, name: str, create: Callable[[], Stream[ChatCompletionChunk]]
+) -> tuple[Stream[ChatCompletionChunk], list[ChatCompletionChunk]]:
+    """Opens a chat stream with `create` while the model `name` is held (see `holding`), releases it when
+    the first content arrives, and returns the stream (for its headers) with every chunk it carried."""
+    chunks = []
+    with holding(models, name) as release:
+        stream = create()
+        for chunk in stream:
+            chunks.append(chunk)
+            if chunk.choices and chunk.choices[0].delta.content:
+                release()  # the model makes its second token only now: the first came through alone
+    return stream, chunks
+
+
+def contents(chunks: Iterable[ChatCompletionChunk]) -> list[str]:
+    """The pieces of text a chat stream's chunks carried, in order."""
+    return [
+        chunk.choices[0].delta.content for chunk in chunks if chunk.choices and chunk.choices[0].delta.content
+    ]
 
 
 def infer_body(values: int = 4, value: float = 1.0, **parameters: Any) -> dict[str, Any]:

@@ -5,10 +5,12 @@ Inputs follow Triton's vLLM backend: `text_input` (the prompt), optional `max_to
 Streaming, it sends one response per token, `parameters.delay_ms` (default 20) apart, so that the time to
 the first token and the total differ by a known amount, and stops when the request is cancelled (its caller
 left), noting how many tokens it had sent in the file `cancelled` of its model directory; not streaming, one
-response with all of them. The last response carries `num_input_tokens` (the prompt's words) and
-`num_output_tokens`, as the vLLM backend does when asked, and the final flag; a model whose name ends in
-`-uncounted` stands in for one that reports no counts (such as TensorRT-LLM's), and declares neither those
-outputs nor the inputs that ask for them.
+response with all of them. While the file `held` exists in its model directory, a stream pauses after its
+first token, so that a test can see that token reach the client while the rest is still to come; a hold
+longer than HOLD_LIMIT_S ends the answer there, which the test sees as a short answer. The last response
+carries `num_input_tokens` (the prompt's words) and `num_output_tokens`, as the vLLM backend does when
+asked, and the final flag; a model whose name ends in `-uncounted` stands in for one that reports no counts
+(such as TensorRT-LLM's), and declares neither those outputs nor the inputs that ask for them.
 """
 
 import json
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+HOLD_LIMIT_S = 30
 
 
 class TritonPythonModel:
@@ -37,6 +41,7 @@ class TritonPythonModel:
         self.counted = _counted(args["model_name"])
         # where it notes each request whose caller went away mid-stream (so that tests can see it stopped)
         self.cancelled = Path(args["model_repository"]) / "cancelled"
+        self.held = Path(args["model_repository"]) / "held"
 
     def execute(self, requests):  # decoupled: each request is answered through its sender, not returned
         for request in requests:
@@ -52,6 +57,8 @@ class TritonPythonModel:
         tokens = [words[index % len(words)] + " " for index in range(count)]
         if stream:
             for sent, token in enumerate(tokens):
+                if sent == 1 and not self._released():
+                    break
                 time.sleep(delay)
                 if request.is_cancelled():  # nobody waits for the rest: stop generating
                     with self.cancelled.open("a") as noted:
@@ -73,6 +80,15 @@ class TritonPythonModel:
             pb_utils.InferenceResponse(output_tensors=pieces + counts),
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
+
+    def _released(self):
+        """Waits while the test holds the stream; False when the hold outlasted HOLD_LIMIT_S."""
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while self.held.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
 
 def _counted(model_name):
