@@ -2,7 +2,7 @@
 """The gateway's cost per request beside bare Envoy, in one run:
 
     .venv/bin/python bench/gateway_cost.py [--seconds 10] [--connections 8] [--workers 1] [--rounds 3]
-                                           [--rate 1000] [--profile]
+                                           [--rate 1000] [--deny-list 0] [--profile]
 
 Paths to one fake model server, each driven in turn by wrk (Debian's; one thread, CONNECTIONS keep-alive
 connections, closed loop) with the same KServe v2 infer POST:
@@ -23,7 +23,12 @@ connections, closed loop) with the same KServe v2 infer POST:
    chat completion and its usage: beside path 3, what the OpenAI route costs over the KServe one;
 8. path 3 for a caller whose tier samples every request (ApiTier spec.sampling.sampleRate "1"): the body and
    answer kept, masked and sent as an OTLP log to a real OpenTelemetry Collector (testbed.otel), whose CPU
-   is counted too: what quality sampling costs at its most.
+   is counted too: what quality sampling costs at its most;
+9. path 3 for a caller whose tier allows only some networks (Envoy's RBAC filter) and limits requests per
+   client address (a third descriptor in the request limits' call): what those defences add.
+
+With --deny-list N, the namespace's deny list holds N addresses (none of them the load's), which every
+request through Tollway is checked against first: what a reputation feed of that size costs.
 
 The paths take turns, ROUNDS times (so a slow spell of the shared cores falls on all of them), and each
 figure is the median of its rounds: requests/s, P50 and P99 latency, throughput as a share of bare Envoy's,
@@ -70,6 +75,7 @@ KEYS = {
     "none": "tw-bench-free-key",
     "flood": "tw-bench-flood-key",
     "sampled": "tw-bench-sampled-key",
+    "guarded": "tw-bench-guarded-key",
 }
 """The gateway's callers, by the limits of their tier (`flood`'s is 1 request a minute: it is refused)."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
@@ -367,11 +373,11 @@ def median_run(runs: list[Run]) -> Run:
 
 
 def gateway(
-    workdir: Path, upstream_port: int, openai_port: int, workers: int, sample_sink: str
+    workdir: Path, upstream_port: int, openai_port: int, workers: int, sample_sink: str, *, denied: int
 ) -> GatewayProcesses:
     """Tollway's gateway with a tier per entry of KEYS, its limits far above any load here: the echo model
     (KServe v2) and a chat model whose OpenAI server is the fake at `openai_port`; samples go to
-    `sample_sink`."""
+    `sample_sink`; `denied` addresses in the namespace's deny list."""
     full = {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000}
     limits: dict[str, dict[str, int]] = {
         "rpm-tpm": full,
@@ -379,11 +385,35 @@ def gateway(
         "none": {},
         "flood": {"requestsPerMinute": 1},
         "sampled": full,
+        "guarded": full,
+    }
+    extra: dict[str, dict[str, Any]] = {
+        "sampled": {"sampling": {"sampleRate": "1"}},
+        "guarded": {"network": {"allowedCidrs": ["127.0.0.0/8"], "requestsPerMinutePerIp": 100_000_000}},
     }
     documents: list[dict[str, Any]] = [echo_model(), language_model_document("chat", "chat", NAMESPACE)]
     for name, key in KEYS.items():
-        sampling = {"sampling": {"sampleRate": "1"}} if name == "sampled" else {}
-        documents += [tier(name, 1, limits[name], ["echo", "chat"], **sampling), secret(name, name, key)]
+        documents += [
+            tier(name, 1, limits[name], ["echo", "chat"], **extra.get(name, {})),
+            secret(name, name, key),
+        ]
+    if denied:
+        # a reputation feed's size: networks no request here comes from, each checked on every request
+        networks = "".join(
+            f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}\n" for index in range(denied)
+        )
+        documents.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": "feed",
+                    "namespace": NAMESPACE,
+                    "labels": {"tollway.dev/deny-list": "true"},
+                },
+                "stringData": {"cidrs": networks},
+            }
+        )
     source = workdir / "manifests.yaml"
     source.write_text(yaml.safe_dump_all(documents))
     processes = GatewayProcesses(
@@ -412,6 +442,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns of the three paths; medians reported")
     parser.add_argument("--rate", type=int, default=1000, help="requests/s of the constant-rate runs")
     parser.add_argument(
+        "--deny-list",
+        type=int,
+        default=0,
+        help="addresses in the namespace's deny list (checked every request)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="and profile the ratelimit service under Tollway's load (needs Go)",
@@ -432,7 +468,9 @@ def main() -> None:
         )
         samples = Collector(workdir).start()
         assert samples.process is not None
-        tollway = gateway(workdir, model_port, openai_port, options.workers, samples.grpc_address)
+        tollway = gateway(
+            workdir, model_port, openai_port, options.workers, samples.grpc_address, denied=options.deny_list
+        )
         gateway_processes = {
             "envoy": tollway.envoys[0],
             "ratelimit": tollway.processes["ratelimit"],
@@ -459,6 +497,12 @@ def main() -> None:
                 tollway.ports[0],
                 {**gateway_processes, "otelcol": samples.process},
                 KEYS["sampled"],
+            ),
+            Target(
+                "  + allowed networks, per-address limit",
+                tollway.ports[0],
+                gateway_processes,
+                KEYS["guarded"],
             ),
         ]
         try:

@@ -307,6 +307,8 @@ class Bed(dataplane.GatewayProcesses):
     jwks_uri: str
     recorded: list[tuple[str, dict[str, str], bytes]] = field(default_factory=lambda: _Recorder.seen)
     """What the recording upstream received: (path, headers, body)."""
+    flags: tuple[str, ...] = ()
+    """More of `tollway gateway-config`'s options (how it tells clients apart, for instance)."""
 
     def configure(self, documents: list[dict[str, Any]], now: dt.datetime | None = None) -> None:
         """Write the manifests and run `tollway gateway-config` for each Envoy replica (a live reload), as of
@@ -318,6 +320,7 @@ class Bed(dataplane.GatewayProcesses):
             f"--tls-cert={self.certs.server_cert}",
             f"--tls-key={self.certs.server_key}",
             f"--jwks-ca={self.certs.ca}",
+            *self.flags,
             *([f"--now={now.isoformat()}"] if now else []),
         )
 
@@ -350,8 +353,11 @@ class Bed(dataplane.GatewayProcesses):
 
 
 @contextmanager
-def bed(workdir: Path, documents: Callable[[Bed], list[dict[str, Any]]]) -> Iterator[Bed]:
-    """Everything started; `documents(bed)` gives the manifests (it may use the bed's certificates)."""
+def bed(
+    workdir: Path, documents: Callable[[Bed], list[dict[str, Any]]], flags: tuple[str, ...] = ()
+) -> Iterator[Bed]:
+    """Everything started; `documents(bed)` gives the manifests (it may use the bed's certificates), `flags`
+    go to every `tollway gateway-config`."""
     with ExitStack() as stack:
         certs = certificates(workdir / "certs")
         recorder_port = stack.enter_context(
@@ -379,6 +385,7 @@ def bed(workdir: Path, documents: Callable[[Bed], list[dict[str, Any]]]) -> Iter
             triton=triton,
             certs=certs,
             jwks_uri=f"https://localhost:{jwks_port}/jwks.json",
+            flags=flags,
         )
         test_bed.configure(documents(test_bed))
         stack.callback(test_bed.stop)

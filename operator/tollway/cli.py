@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ipaddress
 import json
 import secrets
 import sys
@@ -122,6 +123,7 @@ def gateway_config(arguments: argparse.Namespace) -> int:
         admin_port=arguments.admin_port,
         mtls_port=arguments.tls_port,
         sample_sink=arguments.sample_sink,
+        **_client_options(arguments),
     )
     options = GatewayOptions(runtime=runtime, upstreams=upstreams)
     ours = [document for document in loaded if _namespace(document) == namespace]
@@ -270,6 +272,48 @@ SAMPLE_SINK_HELP = (
 )
 
 
+def _add_client_flags(command: argparse.ArgumentParser) -> None:
+    """How the gateway tells who its clients are and what those without a credential may do."""
+    trusted = command.add_mutually_exclusive_group()
+    trusted.add_argument(
+        "--trusted-proxy-hops",
+        type=int,
+        default=Runtime.trusted_proxy_hops,
+        help="proxies in front of Envoy that append to X-Forwarded-For: the client is the address that many "
+        "entries from its right end (0: the connection's peer)",
+    )
+    trusted.add_argument(
+        "--trusted-proxy-cidr",
+        action="append",
+        default=[],
+        type=_network,
+        help="a network of the proxy in front of Envoy (repeatable): a request from it comes from the last "
+        "X-Forwarded-For address",
+    )
+    command.add_argument(
+        "--unauthenticated-rpm-per-ip",
+        type=int,
+        default=Runtime.unauthenticated_rpm_per_ip,
+        help="requests per minute from one client address without a valid credential (0: unlimited)",
+    )
+
+
+def _client_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Runtime's fields of _add_client_flags."""
+    return {
+        "trusted_proxy_hops": arguments.trusted_proxy_hops,
+        "trusted_proxy_cidrs": tuple(arguments.trusted_proxy_cidr),
+        "unauthenticated_rpm_per_ip": arguments.unauthenticated_rpm_per_ip or None,
+    }
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is no CIDR range") from error
+
+
 def run(arguments: argparse.Namespace) -> int:
     from tollway.runner import run_operator  # noqa: PLC0415 (kopf is slow to import; only `run` needs it)
 
@@ -289,6 +333,7 @@ def run(arguments: argparse.Namespace) -> int:
                 redis_address=arguments.redis_address or None,
                 tls_secret=arguments.gateway_tls_secret or None,
                 sample_sink=arguments.sample_sink or None,
+                **_client_options(arguments),
             )
         ),
         network=NetworkPeers(operator=arguments.operator_pods, prometheus=arguments.prometheus_pods),
@@ -441,6 +486,7 @@ def _add_run(commands: Any) -> None:
         default="",
         help=SAMPLE_SINK_HELP,
     )
+    _add_client_flags(command)
     command.add_argument("-v", "--verbose", action="store_true")
     command.set_defaults(handler=run)
 
@@ -539,6 +585,7 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--tls-key", help="its private key file")
     command.add_argument("--jwks-ca", default=Runtime.jwks_ca_file, help="CA bundle for JWKS servers")
     command.add_argument("--sample-sink", help=SAMPLE_SINK_HELP)
+    _add_client_flags(command)
     command.add_argument(
         "--replicas", type=int, default=1, help="Envoy replicas sharing concurrency caps (default 1)"
     )

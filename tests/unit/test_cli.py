@@ -35,3 +35,31 @@ def test_run_takes_the_gateways_service_type() -> None:
     assert chosen.gateway_service_type == "NodePort"
     with pytest.raises(SystemExit):
         parser().parse_args(["run", "--gateway-service-type", "ExternalName"])
+
+
+@pytest.mark.parametrize("command", ["run", "gateway-config"])
+def test_the_gateway_trusts_a_count_of_proxies_or_their_networks_never_both(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    required = ["-f", "x", "--out", "y"] if command == "gateway-config" else []
+    defaults = parser().parse_args([command, *required])
+    assert (
+        defaults.trusted_proxy_hops,
+        defaults.trusted_proxy_cidr,
+        defaults.unauthenticated_rpm_per_ip,
+    ) == (
+        0,
+        [],
+        60,
+    )
+    chosen = parser().parse_args(
+        [command, *required, "--trusted-proxy-cidr", "10.1.2.3/8", "--trusted-proxy-cidr", "fd00::/8"]
+    )
+    assert chosen.trusted_proxy_cidr == ["10.0.0.0/8", "fd00::/8"]
+    for wrong in (
+        ["--trusted-proxy-hops", "1", "--trusted-proxy-cidr", "10.0.0.0/8"],
+        ["--trusted-proxy-cidr", "ten"],
+    ):
+        with pytest.raises(SystemExit):
+            parser().parse_args([command, *required, *wrong])
+    assert "not allowed with argument" in capsys.readouterr().err

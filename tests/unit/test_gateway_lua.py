@@ -56,6 +56,9 @@ def tier(level: int, scopes: dict[str, str], **changes: Any) -> dict[str, Any]:
 
 DATA: dict[str, Any] = {
     "order": ["partners", "devices", "pro", "free"],
+    "unauthenticated_scope": None,
+    "refused_cluster": "refused",
+    "unverified": {"ai/unverified-key": "pro"},
     "server_cluster": "triton-grpc|chat",
     "mtls_ports": {"8443": "devices"},
     "tiers": {
@@ -99,6 +102,7 @@ DATA: dict[str, Any] = {
         "k-pro": {"id": "ai/pro-key", "consumer": "acme", "tier": "pro"},
         "k-free": {"id": "ai/free-key", "consumer": "hobbyist", "tier": "free"},
         "k-old": {"id": "ai/old-key", "consumer": "acme", "tier": "pro", "expires": NOW},
+        "k-unverified": {"id": "ai/unverified-key", "consumer": "newco", "tier": "pro"},
     },
 }
 
@@ -258,6 +262,56 @@ def test_a_caller_without_a_valid_key_gets_401(
         why,
     )
     assert "x-tollway-cluster" not in handle.header_values and handle.tollway == {}
+
+
+@pytest.fixture(scope="module")
+def limited_gateway() -> GatewayProgram:
+    """The gateway where callers without a valid credential are limited per client address, and so are
+    pro's."""
+    tiers = {**DATA["tiers"], "pro": {**DATA["tiers"]["pro"], "per_address": "pro"}}
+    return GatewayProgram({**DATA, "unauthenticated_scope": "_unauthenticated", "tiers": tiers}, NOW)
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({"authorization": "Bearer nope"}, "invalid API key or token"),
+        (
+            {**KEY, ":path": "/v1/models/chat/infer?api_key=k-pro"},
+            "send credentials in the Authorization or x-api-key header, never in the URL",
+        ),
+    ],
+)
+def test_a_caller_without_a_valid_credential_is_counted_per_address_before_its_401(
+    limited_gateway: GatewayProgram, headers: dict[str, str], why: str
+) -> None:
+    handle = limited_gateway.request(headers, infer_body(), route=INFER)
+    # The headers program leaves the answer to the body program: the address filter between them counts it.
+    assert handle.after_headers == {"address_open": "_unauthenticated", "refused": why}
+    assert handle.reply is not None
+    assert (handle.reply.status, handle.reply.headers, handle.reply.body) == (
+        401,
+        {"www-authenticate": 'Bearer realm="tollway"'},
+        why,
+    )
+    # routed nowhere (a cluster without endpoints), for the ratelimit filters' sake: answered before it
+    assert handle.header_values["x-tollway-cluster"] == "refused"
+
+
+def test_a_tier_limited_per_address_gives_its_requests_that_scope(limited_gateway: GatewayProgram) -> None:
+    handle = limited_gateway.request(KEY, infer_body(), route=INFER)
+    assert handle.reply is None and handle.tollway["address_closed"] == "pro"  # pro fails closed
+    free = limited_gateway.request({"x-api-key": "k-free"}, infer_body(), route=INFER)
+    assert free.reply is None and not {"address_open", "address_closed"} & set(free.tollway)
+
+
+def test_a_key_of_a_customer_not_yet_verified_gets_403_saying_so(gateway: GatewayProgram) -> None:
+    handle = gateway.request({"x-api-key": "k-unverified"}, infer_body(), route=INFER)
+    assert handle.answer == (
+        403,
+        "this API key's account is not verified yet: tier pro serves verified customers only",
+    )
+    assert "x-tollway-cluster" not in handle.header_values
 
 
 def test_a_body_declared_larger_than_the_models_limit_gets_413_on_its_headers(

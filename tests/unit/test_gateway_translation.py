@@ -144,6 +144,118 @@ def test_keys_expire_rotate_and_belong_to_one_tier() -> None:
     )
 
 
+def test_a_verified_only_tier_marks_the_keys_whose_secret_does_not_say_verified() -> None:
+    tier = api_tier("pro", **{"spec.auth.apiKeys.requireVerified": True})
+    secrets = [
+        key_secret("paid", "pro", labels={"tollway.dev/verified": "true"}),
+        key_secret("trial", "pro"),
+        key_secret("claimed", "pro", labels={"tollway.dev/verified": "yes"}),  # only "true" says it
+    ]
+    credentials = {
+        credential.id: credential.unverified for credential in plan([tier], secrets).gateway.credentials
+    }
+    assert credentials == {"claimed": True, "paid": False, "trial": True}
+    ordinary = plan([api_tier("pro")], secrets).gateway.credentials
+    assert not any(credential.unverified for credential in ordinary)
+
+
+def deny_list(name: str, text: str | None) -> dict[str, Any]:
+    data = {} if text is None else {"cidrs": base64.b64encode(text.encode()).decode()}
+    return {
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"tollway.dev/deny-list": "true"}},
+        "data": data,
+    }
+
+
+def test_the_deny_lists_are_merged_normalised_and_their_unreadable_lines_named() -> None:
+    secrets = [
+        deny_list("feed-b", "192.0.2.77/24  # host bits set\n2001:db8::1\n"),
+        deny_list("feed-a", "# comment only\n\n198.51.100.7\n192.0.2.0/24\n10.0.0.300\n"),
+        deny_list("empty", None),
+        {**deny_list("ignored", "203.0.113.0/24"), "metadata": {"name": "ignored", "labels": {}}},
+    ]
+    result = plan([api_tier("pro"), api_tier("free", **{"spec.priority": 3})], secrets)
+    assert result.gateway.denied_cidrs == ("192.0.2.0/24", "198.51.100.7/32", "2001:db8::1/128")
+    problems = (
+        'deny list Secret "empty": no data key "cidrs"; it denies nothing',
+        "deny list Secret \"feed-a\", line 5: '10.0.0.300' is no address or CIDR",
+    )
+    assert result.reports["pro"].problems == problems and result.reports["free"].problems == problems
+
+
+def test_a_tiers_networks_are_normalised_and_its_per_address_limit_counted_per_address() -> None:
+    tier = api_tier(
+        "pro",
+        **{
+            "spec.network": {"allowedCidrs": ["203.0.113.7/24", "2001:DB8::/32"], "requestsPerMinutePerIp": 9}
+        },
+    )
+    gateway = plan([tier]).gateway
+    assert gateway.tiers[0].allowed_cidrs == ("203.0.113.0/24", "2001:db8::/32")
+    per_address = [entry for entry in ratelimit_config(gateway)["descriptors"] if entry["key"] == "ip"]
+    assert [
+        (entry["value"], entry["descriptors"][0]["rate_limit"]["requests_per_unit"]) for entry in per_address
+    ] == [
+        ("_unauthenticated", 60),
+        ("pro", 9),
+    ]
+
+
+def _filter_names(gateway: Any) -> list[str]:
+    return [entry["name"] for entry in http_filters(gateway)]
+
+
+def test_network_rules_are_rendered_only_where_something_needs_them() -> None:
+    bare = replace(plan([api_tier("pro")]).gateway, runtime=Runtime(unauthenticated_rpm_per_ip=None))
+    assert not {"tollway.denied_networks", "tollway.tier_networks"} & set(_filter_names(bare))
+    assert not [entry for entry in ratelimit_config(bare)["descriptors"] if entry["key"] == "ip"]
+    tier = api_tier("pro", **{"spec.network.allowedCidrs": ["203.0.113.0/24"]})
+    guarded = replace(plan([tier], [deny_list("feed", "192.0.2.1")]).gateway, runtime=Runtime())
+    filters = http_filters(guarded)
+    names = [entry["name"] for entry in filters]
+    # The deny list first of all; the tier's networks once the headers program has named the tier, and
+    # before the request limits, which count a refused guess per address (in the same call as the others).
+    assert names.index("tollway.denied_networks") == 0
+    assert (
+        names.index("tollway.gateway")
+        < names.index("tollway.tier_networks")
+        < names.index("tollway.requests.open")
+    )
+    for mode in ("open", "closed"):
+        limits = filters[names.index(f"tollway.requests.{mode}")]["typed_config"]["rate_limits"]
+        assert limits[-1]["actions"] == [
+            {
+                "metadata": {
+                    "descriptor_key": "ip",
+                    "metadata_key": {"key": "tollway", "path": [{"key": f"address_{mode}"}]},
+                    "source": "DYNAMIC",
+                }
+            },
+            {"remote_address": {}},
+        ]
+
+
+def _connection_manager(runtime: Runtime) -> dict[str, Any]:
+    gateway = replace(plan([api_tier("pro")]).gateway, runtime=runtime)
+    listener = listeners(gateway, NOW)["resources"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_the_client_address_is_the_peer_unless_proxies_in_front_are_trusted() -> None:
+    direct = _connection_manager(Runtime())
+    assert (direct["use_remote_address"], direct["xff_num_trusted_hops"]) == (True, 0)
+    assert "original_ip_detection_extensions" not in direct
+    behind_two = _connection_manager(Runtime(trusted_proxy_hops=2))
+    assert (behind_two["use_remote_address"], behind_two["xff_num_trusted_hops"]) == (True, 2)
+    by_network = _connection_manager(Runtime(trusted_proxy_cidrs=("10.0.0.0/8",)))
+    assert by_network["use_remote_address"] is False and "xff_num_trusted_hops" not in by_network
+    (detection,) = by_network["original_ip_detection_extensions"]
+    assert detection["typed_config"]["xff_trusted_cidrs"] == {
+        "cidrs": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]
+    }
+
+
 def test_overrides_get_counters_of_their_own() -> None:
     tier = api_tier(
         "pro",
@@ -175,7 +287,7 @@ def test_overrides_get_counters_of_their_own() -> None:
         concurrent=4,
         concurrent_per_replica=2,  # each of 3 Envoy replicas admits its share, rounded up
     )
-    descriptors = ratelimit_config(built)["descriptors"]
+    descriptors = [entry for entry in ratelimit_config(built)["descriptors"] if entry["key"] != "ip"]
     limits = {(entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"] for entry in descriptors}
     assert all(entry["descriptors"][0]["detailed_metric"] for entry in descriptors)  # per-consumer figures
     assert limits == {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
@@ -27,6 +28,7 @@ _MODEL = MODEL_NAME.strip("^$")
 MODEL_REFERENCE = f"^([*]|{_MODEL}(:[a-z][a-z0-9-]{{0,30}}|@[1-9][0-9]{{0,9}})?)$"
 
 Positive = Annotated[int, Field(ge=1, json_schema_extra={"format": "int64"})]
+Cidr = Annotated[str, StringConstraints(min_length=3, max_length=49)]
 Names = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=253)]], Field(max_length=64)]
 
 
@@ -91,6 +93,10 @@ class ApiKeyAuth(TollwayModel):
     """Secrets with the data key `api-key`. The consumer is the Secret's name, or its label
     `tollway.dev/consumer` (two Secrets of one consumer: key rotation with overlap). The annotation
     `tollway.dev/expires-at` (RFC 3339) makes a key stop working at that time."""
+    require_verified: bool = False
+    """Serve only keys whose Secret carries the label `tollway.dev/verified: "true"`, which a billing
+    system sets once the customer's payment is verified; any other key of this tier is answered 403 with
+    a message that says its account is not verified yet."""
 
 
 class JwtAuth(TollwayModel):
@@ -172,6 +178,37 @@ class Redaction(TollwayModel):
     instead). A pattern outside that is reported in the tier's conditions and masks nothing."""
 
 
+def is_cidr(value: str) -> bool:
+    """CEL's isCIDR: an IPv4 or IPv6 address, '/', a prefix length (host bits may be set)."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return "/" in value
+
+
+class Network(TollwayModel):
+    """Where this tier's requests may come from, and how many one client address may send. The client
+    address is the one the gateway trusts (see the operator's --trusted-proxy-hops), never one a client
+    wrote into X-Forwarded-For."""
+
+    rules = (
+        Rule(
+            field=".allowedCidrs",
+            message="allowedCidrs entries must be CIDR ranges, such as 203.0.113.0/24 or 2001:db8::/32",
+            cel="!has(self.allowedCidrs) || self.allowedCidrs.all(c, isCIDR(c))",
+            holds=lambda network: all(is_cidr(cidr) for cidr in network.allowed_cidrs),
+        ),
+    )
+
+    allowed_cidrs: list[Cidr] = Field(default_factory=list, max_length=256)
+    """The networks this tier's consumers must call from (e.g. an enterprise customer's egress); a request
+    of the tier from anywhere else is answered 403. Empty: anywhere."""
+    requests_per_minute_per_ip: Positive | None = None
+    """Requests per minute from one client address, across all of the tier's consumers and the gateway's
+    replicas (answered 429 beyond it): a bound on what one network can do with many keys."""
+
+
 class Sampling(TollwayModel):
     """Quality sampling of this tier's requests (records go to the gateway's sample sink, over OTLP)."""
 
@@ -241,6 +278,7 @@ class ApiTierSpec(TollwayModel):
     over_limit: OverLimit = OverLimit()
     alerts: UsageAlerts = UsageAlerts()
     sampling: Sampling = Sampling()
+    network: Network = Network()
     sla: Sla | None = None
     """The service level promised to each customer of this tier, and the credits owed when it is missed."""
 

@@ -182,6 +182,10 @@ class Tier:
     """The SLA's latency threshold: a bound of the gateway's envoy_tollway_sla_latency_ms histogram."""
     margin_models: tuple[str, ...] = ()
     """The models this tier's margin is computed on: those it may call whose cost is in its currency."""
+    allowed_cidrs: tuple[str, ...] = ()
+    """The networks its consumers must call from (normalised CIDRs); empty: anywhere."""
+    per_ip_rpm: int | None = None
+    """Requests per minute from one client address, across the tier's consumers."""
 
     def limits_for(self, model: str) -> ModelLimits:
         return next(
@@ -198,6 +202,8 @@ class Credential:
     tier: str
     key: str
     expires_at: int | None = None
+    unverified: bool = False
+    """Its tier serves verified keys only, and this one's Secret does not say it is verified."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,16 @@ class Runtime:
     capacity_file: str = f"{CAPACITY_DIR}/{CAPACITY_FILE}"
     """Where Envoy reads the capacity document (a ConfigMap's file in a cluster: the kubelet swaps it in
     place, and the Lua program reads it again every few seconds)."""
+    trusted_proxy_hops: int = 0
+    """Proxies in front of Envoy (load balancers) that each append the address they saw to
+    X-Forwarded-For: the client is the address that many entries from the header's right end. 0: the
+    connection's peer is the client, whatever the header says."""
+    trusted_proxy_cidrs: tuple[str, ...] = ()
+    """Instead of a count: the networks of the proxy in front of Envoy. A request from one of them comes from
+    the header's last address (what that proxy saw); from anywhere else, from the peer itself."""
+    unauthenticated_rpm_per_ip: int | None = 60
+    """Requests per minute from one client address that carry no valid credential (answered 429 beyond
+    it, across the replicas): what credential stuffing and 401 floods get. None: no such limit."""
     sample_sink: str | None = None
     """host:port of an OTLP/gRPC logs receiver (an OpenTelemetry Collector) that takes the quality samples
     and feedback; None: nothing is sampled, and feedback is only counted."""
@@ -272,3 +288,5 @@ class Gateway:
     tiers: tuple[Tier, ...]
     credentials: tuple[Credential, ...]
     runtime: Runtime = field(default_factory=Runtime)
+    denied_cidrs: tuple[str, ...] = ()
+    """Networks refused outright (the namespace's deny-list Secrets), before anything else is read."""

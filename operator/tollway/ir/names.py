@@ -23,6 +23,12 @@ REDIS_PASSWORD = "password"
 
 RATELIMIT_DOMAIN = "tollway"
 """The ratelimit service's domain: Envoy's ratelimit filters and the service's configuration name it."""
+ADDRESS_DESCRIPTOR = "ip"
+"""The ratelimit descriptor of the per-address limits: its value is the scope (a tier's counter name, or
+UNAUTHENTICATED_SCOPE), the client address follows it as `remote_address`."""
+UNAUTHENTICATED_SCOPE = "_unauthenticated"
+"""The per-address scope of requests without a valid credential ('_' is in no Kubernetes name, so no
+tier's)."""
 USAGE_STAT_PREFIX = "tollway"
 """The prefix of the usage counters each Envoy replica keeps per tier and consumer as it logs a request
 (usage_requests, usage_input, usage_output, and usage_unreported: responses that reported no token counts or

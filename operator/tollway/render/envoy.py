@@ -6,6 +6,7 @@ update is an atomic symlink swap), so a tier or key change needs no restart and 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Sequence
@@ -18,10 +19,13 @@ from urllib.parse import quote
 from tollway.api.sla import SLA_LATENCY_BUCKETS_MS
 from tollway.ir.gateway import CAPACITY_REREAD_SECONDS, Gateway, Model, Mtls, Runtime, Tier, Version
 from tollway.ir.names import (
+    ADDRESS_DESCRIPTOR,
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
     TRITON_KEY_HEADER,
+    UNAUTHENTICATED_SCOPE,
     USAGE_STAT_PREFIX,
+    counter_name,
     gateway_children,
     in_cluster_host,
 )
@@ -40,6 +44,10 @@ LUA_FILTER = "tollway.gateway"
 BODY_FILTER = "tollway.body"
 TOKEN_HEADERS_FILTER = "tollway.token_headers"
 RATELIMIT_CLUSTER = "ratelimit"
+REFUSED_CLUSTER = "refused"
+"""A cluster with no endpoints: where a request whose answer is already decided (401) is routed, because
+Envoy's ratelimit filters count only requests that have a cluster. It never gets there (body.lua answers it
+first); if it somehow did, the router would answer 503."""
 ADMIN_CLUSTER = "admin"
 RATELIMIT_TIMEOUT = "0.25s"
 UPSTREAM_TIMEOUT = "300s"
@@ -158,6 +166,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             else None,
             "mtls": list(tier.mtls.allowed_sans) if tier.mtls else None,
             "sampling": _sampling(gateway, tier),
+            "per_address": counter_name(tier.name) if tier.per_ip_rpm else None,
         }
     data = {
         "capacity_file": gateway.runtime.capacity_file,
@@ -165,6 +174,16 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         "order": [tier.name for tier in gateway.tiers],
         "server_cluster": model_cluster(gateway.models[0], "grpc") if gateway.models else None,
         "mtls_ports": {str(tier.mtls_port): tier.name for tier in gateway.tiers if tier.mtls_port},
+        # the per-address scope of requests without a valid credential (nil: no such limit), and where they
+        # are routed so that the request filters count them (they never get there: see REFUSED_CLUSTER)
+        "unauthenticated_scope": UNAUTHENTICATED_SCOPE
+        if gateway.runtime.unauthenticated_rpm_per_ip
+        else None,
+        "refused_cluster": REFUSED_CLUSTER,
+        # the keys (Secret names) of verified-only tiers whose customers are not verified, with their tier
+        "unverified": {
+            credential.id: credential.tier for credential in gateway.credentials if credential.unverified
+        },
         "tiers": tiers,
         "models": {
             model.name: {
@@ -453,16 +472,27 @@ def _ratelimit_service(filter_name: str, rate_limits: list[Config], **options: A
 
 
 def _rate_limit_filter(
-    name: str, kind_set: tuple[str, ...], mode: str, fail_open: bool, *, tokens: bool, stage: str = ""
+    name: str,
+    kind_set: tuple[str, ...],
+    mode: str,
+    fail_open: bool,
+    *,
+    tokens: bool,
+    stage: str = "",
+    per_address: bool = False,
 ) -> Config:
     """Counts `kind_set` for the requests whose Lua program set `<kind><stage>_<mode>` (the limit's scope);
-    token limits count each request's reservation."""
+    token limits count each request's reservation. `per_address`: also the request's client address, for
+    those whose Lua program set `address_<mode>` (its scope), in the same call."""
     rate_limits: list[Config] = []
     for limit in kind_set:
         entry: Config = {"actions": _limit_actions(limit, f"{limit}{stage}_{mode}")}
         if tokens:
             entry["hits_addend"] = {"format": "%DYNAMIC_METADATA(tollway:reserve)%"}
         rate_limits.append(entry)
+    if per_address:
+        address = [_metadata_action(ADDRESS_DESCRIPTOR, f"address_{mode}"), {"remote_address": {}}]
+        rate_limits.append({"actions": address})
     return _ratelimit_service(
         name,
         rate_limits,
@@ -653,6 +683,7 @@ SAMPLE_ATTRIBUTES = {
     "version": "%DYNAMIC_METADATA(tollway:version)%",
     "tier": "%DYNAMIC_METADATA(tollway:tier)%",
     "consumer": "%DYNAMIC_METADATA(tollway:consumer)%",
+    "client_ip": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "status": "%RESPONSE_CODE%",
     "duration_ms": "%DURATION%",
@@ -876,6 +907,14 @@ def _local_reply() -> Config:
             "body": {"inline_string": "concurrent request limit of the tier reached"},
             "body_format_override": limited,
         },
+        *(
+            {
+                "filter": _cel(f"response.code_details == 'rbac_access_denied_matched_policy[{policy}]'"),
+                "body": {"inline_string": message},
+                "body_format_override": _error_format(ERROR_TYPES[403]),
+            }
+            for policy, message in NETWORK_REFUSALS.items()
+        ),
         {
             "filter": {"response_flag_filter": {"flags": ["RL"]}},  # the ratelimit filters' 429s
             "body": {"inline_string": "rate limit exceeded"},
@@ -901,6 +940,7 @@ REQ_WITHOUT_QUERY = {
 
 ACCESS_LOG_FIELDS = {
     "time": "%START_TIME%",
+    "client_ip": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",  # as trusted: see _client_address
     "method": "%REQ(:METHOD)%",
     "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",  # a query may hold what nobody should log
     "status": "%RESPONSE_CODE%",
@@ -919,11 +959,79 @@ ACCESS_LOG_FIELDS = {
 """What each request logs: who, what, how it went; never a credential."""
 
 
+DENIED_NETWORKS = "tollway.denied_networks"
+TIER_NETWORKS = "tollway.tier_networks"
+NETWORK_REFUSALS = {
+    DENIED_NETWORKS: "requests from this network are refused",
+    TIER_NETWORKS: "your tier does not accept requests from this network",
+}
+"""What a caller refused by each network filter is told (the filter's name is its one policy's name)."""
+
+
+def _cidr(network: str) -> Config:
+    parsed = ipaddress.ip_network(network)
+    return {"address_prefix": str(parsed.network_address), "prefix_len": parsed.prefixlen}
+
+
+def _from_any(networks: Sequence[str]) -> Config:
+    """An RBAC principal: the client address (as the gateway trusts it, see _client_address) is in one of
+    `networks`."""
+    return {"or_ids": {"ids": [{"remote_ip": _cidr(network)} for network in networks]}}
+
+
+def _denied_networks(gateway: Gateway) -> list[Config]:
+    return [_from_any(gateway.denied_cidrs)] if gateway.denied_cidrs else []
+
+
+def _tier_networks(gateway: Gateway) -> list[Config]:
+    """Per tier with allowed networks: a caller of that tier (the headers program's metadata) from outside."""
+    return [
+        {
+            "and_ids": {
+                "ids": [
+                    {
+                        "metadata": {
+                            "filter": "tollway",
+                            "path": [{"key": "tier"}],
+                            "value": _exactly(tier.name),
+                        }
+                    },
+                    {"not_id": _from_any(tier.allowed_cidrs)},
+                ]
+            }
+        }
+        for tier in gateway.tiers
+        if tier.allowed_cidrs
+    ]
+
+
+def _exactly(text: str) -> Config:
+    return {"string_match": {"exact": text}}
+
+
+def _network_rules(name: str, principals: list[Config]) -> list[Config]:
+    """An RBAC filter that answers 403 to the requests any of `principals` matches; none without any."""
+    if not principals:
+        return []
+    policy = {"permissions": [{"any": True}], "principals": principals}
+    return [
+        {
+            "name": name,
+            "typed_config": {
+                "@type": _TYPE + "extensions.filters.http.rbac.v3.RBAC",
+                "rules": {"action": "DENY", "policies": {name: policy}},
+            },
+        }
+    ]
+
+
 def http_filters(gateway: Gateway) -> list[Config]:
     """The gateway's HTTP filters in the order Envoy runs them on a request (responses pass them in reverse).
     Each one relies on what the ones before it did, so the order is the design: change it here only."""
     data = lua_data(gateway)
     return [
+        # Refuses the namespace's denied networks (its deny-list Secrets) before anything else is read.
+        *_network_rules(DENIED_NETWORKS, _denied_networks(gateway)),
         # Verifies JWTs and leaves each valid token's payload in dynamic metadata (allows missing tokens:
         # an API key or a client certificate may authenticate instead).
         *_jwt_filter(gateway),
@@ -931,10 +1039,16 @@ def http_filters(gateway: Gateway) -> list[Config]:
         # authorizes and routes (sets the cluster header); everything below reads the metadata it sets. On
         # the response: settlement and headers.
         _lua_filter(LUA_FILTER, gateway_program(data)),
-        # Requests per minute and day, each counter in the filter its tier's fail-open setting selects:
-        # an over-limit request is refused here, before its body is read.
+        # The tiers' allowed networks: a caller of such a tier (known now) from anywhere else is refused.
+        *_network_rules(TIER_NETWORKS, _tier_networks(gateway)),
+        # Requests per minute and day, and per minute per client address (a tier's, and callers' without a
+        # valid credential: the headers program left their 401 to body.lua, so that this counts them first),
+        # each counter in the filter its tier's fail-open setting selects (failed credentials: open). An
+        # over-limit request is refused here, before its body is read.
         *(
-            _rate_limit_filter(f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, tokens=False)
+            _rate_limit_filter(
+                f"tollway.requests.{mode}", ("rpm", "rpd"), mode, fail_open, tokens=False, per_address=True
+            )
             for mode, fail_open in (("open", True), ("closed", False))
         ),
         # Buffers the body of what got this far: reads it as Triton will, rewrites the priority, reserves
@@ -966,6 +1080,26 @@ def http_filters(gateway: Gateway) -> list[Config]:
     ]
 
 
+def _client_address(runtime: Runtime) -> Config:
+    """Which address is the client's (what the access log, the per-address limits and the network rules
+    use): the connection's peer; behind N trusted proxies, the Nth address from X-Forwarded-For's right end
+    (what the outermost proxy saw); behind a proxy of a trusted network, the header's last address (what that
+    proxy saw), and the peer itself for a connection from anywhere else. Whatever a client writes into the
+    header further left is never believed."""
+    if runtime.trusted_proxy_cidrs:
+        detection = {
+            "@type": _TYPE + "extensions.http.original_ip_detection.xff.v3.XffConfig",
+            "xff_trusted_cidrs": {"cidrs": [_cidr(cidr) for cidr in runtime.trusted_proxy_cidrs]},
+        }
+        return {
+            "use_remote_address": False,
+            "original_ip_detection_extensions": [
+                {"name": "envoy.http.original_ip_detection.xff", "typed_config": detection}
+            ],
+        }
+    return {"use_remote_address": True, "xff_num_trusted_hops": runtime.trusted_proxy_hops}
+
+
 def _connection_manager(gateway: Gateway, now: datetime) -> Config:
     return {
         "name": "envoy.filters.network.http_connection_manager",
@@ -992,7 +1126,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             # client is external. The internal range is one no client comes from: an empty list would be
             # Envoy's default, the private and loopback ranges, and keep their clients' ids.
             "always_set_request_id_in_response": True,
-            "use_remote_address": True,
+            **_client_address(gateway.runtime),
             "internal_address_config": {"cidr_ranges": [NO_CLIENT]},
             "access_log": [
                 *_usage_logs(),
@@ -1246,6 +1380,15 @@ def clusters(gateway: Gateway) -> Config:
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.runtime.admin_port))
+    found.append(
+        {
+            "@type": _TYPE + "config.cluster.v3.Cluster",
+            "name": REFUSED_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": REFUSED_CLUSTER, "endpoints": []},
+        }
+    )
     if gateway.runtime.sample_sink:
         sink_host, _, sink_port = gateway.runtime.sample_sink.rpartition(":")
         found.append(_static_cluster(SAMPLE_CLUSTER, sink_host, int(sink_port), http2=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import RATELIMIT_DOMAIN
+from tollway.ir.names import ADDRESS_DESCRIPTOR, RATELIMIT_DOMAIN, UNAUTHENTICATED_SCOPE, counter_name
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -38,4 +38,23 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
         }
         for (limit, scope), value in sorted(limits.items())
     ]
-    return {"domain": RATELIMIT_DOMAIN, "descriptors": limited}
+    return {"domain": RATELIMIT_DOMAIN, "descriptors": limited + _per_address(gateway)}
+
+
+def _per_address(gateway: Gateway) -> list[dict[str, Any]]:
+    """(ip=SCOPE, remote_address) → a requests-per-minute counter per client address: SCOPE is a tier with
+    a per-address limit, or UNAUTHENTICATED_SCOPE (requests without a valid credential). No detailed
+    metric: one per address would be unbounded."""
+    scopes = {counter_name(tier.name): tier.per_ip_rpm for tier in gateway.tiers if tier.per_ip_rpm}
+    if gateway.runtime.unauthenticated_rpm_per_ip:
+        scopes[UNAUTHENTICATED_SCOPE] = gateway.runtime.unauthenticated_rpm_per_ip
+    return [
+        {
+            "key": ADDRESS_DESCRIPTOR,
+            "value": scope,
+            "descriptors": [
+                {"key": "remote_address", "rate_limit": {"unit": "minute", "requests_per_unit": value}}
+            ],
+        }
+        for scope, value in sorted(scopes.items())
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,6 +58,11 @@ from tollway.translate.sla import plan_sla
 API_KEY = "api-key"
 CONSUMER_LABEL = "tollway.dev/consumer"
 EXPIRES_ANNOTATION = "tollway.dev/expires-at"
+VERIFIED_LABEL = "tollway.dev/verified"
+"""On an API key's Secret, "true": the customer is verified (what a tier with requireVerified serves)."""
+DENY_LIST_LABEL = "tollway.dev/deny-list"
+"""On a Secret of the namespace, "true": its data key DENY_LIST_KEY lists networks the gateway refuses."""
+DENY_LIST_KEY = "cidrs"
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,9 @@ def plan_gateway(
         )
     built = _with_mtls_ports(built, options, problems)
     credentials, counts = _credentials(ordered, secrets, now, problems)
+    denied, unreadable = denied_networks(secrets)
+    for found in problems.values():
+        found.extend(unreadable)  # the namespace's deny list is every tier's concern
     ports = {tier.name: tier.mtls_port for tier in built}
     reports = {
         name: TierReport(consumers=counts.get(name, 0), problems=tuple(found), mtls_port=ports.get(name))
@@ -182,8 +191,35 @@ def plan_gateway(
         tiers=tuple(built),
         credentials=credentials,
         runtime=options.runtime,
+        denied_cidrs=denied,
     )
     return GatewayPlan(gateway=built_gateway, reports=reports)
+
+
+def denied_networks(secrets: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, ...], list[str]]:
+    """The networks of the namespace's deny-list Secrets (one address or CIDR range a line, '#' starts a
+    comment), normalised and merged, and one problem per line that is neither. A reputation feed rewrites
+    such a Secret; the gateway applies the change without a restart."""
+    networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+    problems = []
+    for secret in sorted(secrets, key=lambda secret: str(secret["metadata"]["name"])):
+        if (secret["metadata"].get("labels") or {}).get(DENY_LIST_LABEL) != "true":
+            continue
+        name = secret["metadata"]["name"]
+        text = _decoded(secret, DENY_LIST_KEY)
+        if text is None:
+            problems.append(f'deny list Secret "{name}": no data key "{DENY_LIST_KEY}"; it denies nothing')
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            try:
+                networks.add(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                problems.append(f'deny list Secret "{name}", line {number}: {entry!r} is no address or CIDR')
+    ordered = sorted(networks, key=lambda network: (network.version, network))
+    return tuple(str(network) for network in ordered), problems
 
 
 def _with_mtls_ports(
@@ -395,6 +431,10 @@ def _tier(
         sla=sla,
         sla_latency_ms=sla.latency_ms if sla else None,
         margin_models=costed,
+        allowed_cidrs=tuple(
+            str(ipaddress.ip_network(cidr, strict=False)) for cidr in spec.network.allowed_cidrs
+        ),
+        per_ip_rpm=spec.network.requests_per_minute_per_ip,
         jwt=Jwt(
             issuer=jwt.issuer,
             jwks_uri=jwt.jwks_uri,
@@ -495,7 +535,15 @@ def _credentials(
             continue
         seen_keys[key] = name
         consumer = labels.get(CONSUMER_LABEL) or name
-        credentials.append(Credential(id=name, consumer=consumer, tier=owner, key=key, expires_at=expires_at))
+        api_keys = claimants[0].spec.auth.api_keys
+        unverified = (
+            api_keys is not None and api_keys.require_verified and labels.get(VERIFIED_LABEL) != "true"
+        )
+        credentials.append(
+            Credential(
+                id=name, consumer=consumer, tier=owner, key=key, expires_at=expires_at, unverified=unverified
+            )
+        )
         consumers.setdefault(owner, set()).add(consumer)
     return tuple(credentials), {tier: len(names) for tier, names in consumers.items()}
 

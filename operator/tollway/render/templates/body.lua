@@ -179,7 +179,10 @@ end
 local function on_request(handle, now)
   -- What gateway.lua let through says what it is; a request it answered never gets here.
   local caller = handle:streamInfo():dynamicMetadata():get(NS)
-  if caller == nil or caller.kind == nil then return end
+  if caller == nil then return end
+  -- a caller without a valid credential, within its address's limit: gateway.lua left its answer here
+  if caller.refused then return stream.unauthenticated(handle, caller.refused) end
+  if caller.kind == nil then return end
   if caller.kind == "grpc" and caller.tier ~= nil then return grpc_request(handle, now, caller) end
   if caller.kind == "infer" or caller.kind == "generate" then return http_infer(handle, now, caller) end
   if caller.kind == "openai" then return openai_request(handle, now, caller) end

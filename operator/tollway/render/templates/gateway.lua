@@ -49,8 +49,8 @@ local function authenticate(handle, now)
   return access.key_caller(T.credentials, key, now)
 end
 
--- Record the caller for the ratelimit filters (in the counters' form), body.lua and the access log; `kind`
--- is the route's (infer, ready, metadata or grpc).
+-- Record the caller for the ratelimit filters (in the counters' form, with its tier's per-address scope),
+-- the network rules, body.lua and the access log; `kind` is the route's (infer, ready, metadata or grpc).
 local function set_caller(handle, kind, consumer, tier_name, credential)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "kind", kind)
@@ -59,6 +59,21 @@ local function set_caller(handle, kind, consumer, tier_name, credential)
   metadata:set(NS, "counter_consumer", access.counter_name(consumer))
   metadata:set(NS, "counter_tier", access.counter_name(tier_name))
   if credential then metadata:set(NS, "credential", credential) end
+  local tier = T.tiers[tier_name]
+  if tier.per_address then
+    metadata:set(NS, tier.fail_open and "address_open" or "address_closed", tier.per_address)
+  end
+end
+
+-- A caller without a valid credential. Where such callers are limited per client address, its 401 is left
+-- to body.lua, so that the request filters between the two count it first (a flood of guesses is answered
+-- 429; such counts fail open); otherwise answered now.
+local function unauthenticated(handle, why)
+  if T.unauthenticated_scope == nil then return stream.unauthenticated(handle, why) end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "address_open", T.unauthenticated_scope)
+  metadata:set(NS, "refused", why)
+  stream.route_to(handle, T.refused_cluster) -- Envoy's ratelimit filters skip a request with no cluster
 end
 
 local SERVER_METHODS = { ServerLive = true, ServerReady = true, ServerMetadata = true }
@@ -141,14 +156,22 @@ local function on_request(handle, now)
   local kind = route:get("kind")
   if kind == nil then return end -- health checks and unknown paths: Envoy answers them itself
   if access.credential_in_query(handle:headers():get(":path")) then
-    return stream.unauthenticated(
+    return unauthenticated(
       handle,
       "send credentials in the Authorization or x-api-key header, never in the URL"
     )
   end
   if not screen(handle, kind) then return end
   local consumer, tier_name, why, credential = authenticate(handle, now)
-  if consumer == nil then return stream.unauthenticated(handle, why) end
+  if consumer == nil then return unauthenticated(handle, why) end
+  local unverified = credential and T.unverified[credential]
+  if unverified then
+    return refuse(
+      handle,
+      403,
+      "this API key's account is not verified yet: tier " .. unverified .. " serves verified customers only"
+    )
+  end
   if kind == "models" or kind == "model" then return list_models(handle, now, kind, tier_name) end
   if kind == "capacity" then
     local text = models.capacity(T.tiers[tier_name].served, capacity_lines(now))

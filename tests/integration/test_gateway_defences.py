@@ -1,0 +1,147 @@
+"""The gateway's network defences on the real data path (Envoy, the ratelimit service, Redis, Triton), as
+`tollway gateway-config` renders them: which address is the client's, the namespace's deny list and a
+tier's allowed networks (Envoy's RBAC filter), limits per client address (for callers without a valid
+credential, and per tier), and tiers that serve verified customers only.
+
+The bed runs as if behind one load balancer (--trusted-proxy-hops=1): a request's client is the last
+X-Forwarded-For address, which the balancer would have appended, so each test picks its client's address
+by that header. Whatever stands left of it is what a client wrote, and never counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from testbed.client import Reply
+from testbed.dataplane import fresh_window
+from testbed.gateway import Bed, bed, echo_model, secret, tier, tiny_model
+from testbed.kube import eventually
+from testbed.triton import infer_body
+
+BEHIND_ONE_PROXY = ("--trusted-proxy-hops=1", "--unauthenticated-rpm-per-ip=4")
+KEYS = {"verified": "k-ent-verified-0123", "new": "k-ent-new-0123456", "metered": "k-metered-0123456"}
+CUSTOMER_NETWORK = "203.0.113.0/24"
+DENIED = "198.51.100.66"
+
+
+def manifests(_: Bed, denied: str = DENIED) -> list[dict[str, Any]]:
+    deny_list: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "reputation", "namespace": "gw", "labels": {"tollway.dev/deny-list": "true"}},
+        "stringData": {"cidrs": f"# the feed\n{denied}\n"},
+    }
+    enterprise_keys = {
+        "secretSelector": {"matchLabels": {"tollway.dev/tier": "enterprise"}},
+        "requireVerified": True,
+    }
+    return [
+        echo_model(),
+        tiny_model(),
+        tier(
+            "enterprise",
+            1,
+            {},
+            ["echo"],
+            auth={"apiKeys": enterprise_keys},
+            network={"allowedCidrs": [CUSTOMER_NETWORK]},
+        ),
+        tier("metered", 2, {}, ["echo"], network={"requestsPerMinutePerIp": 3}),
+        secret("ent-verified", "enterprise", KEYS["verified"], labels={"tollway.dev/verified": "true"}),
+        secret("ent-new", "enterprise", KEYS["new"]),
+        secret("metered-key", "metered", KEYS["metered"]),
+        deny_list,
+    ]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    with bed(tmp_path_factory.mktemp("defences"), manifests, flags=BEHIND_ONE_PROXY) as test_bed:
+        yield test_bed
+
+
+def call(gateway: Bed, key: str | None, forwarded: str | None, replica: int = 0) -> Reply:
+    headers = {} if forwarded is None else {"x-forwarded-for": forwarded}
+    return gateway.call("/v1/models/echo/infer", key=key, body=infer_body(), headers=headers, replica=replica)
+
+
+def message(reply: Reply) -> tuple[int, str]:
+    return reply.status, reply.json()["error"]["message"]
+
+
+NOT_FROM_HERE = (403, "your tier does not accept requests from this network")
+
+
+def test_the_client_is_the_address_the_trusted_proxy_saw(gateway: Bed) -> None:
+    assert call(gateway, KEYS["verified"], "203.0.113.9").status == 200
+    # A client that writes its own entry gets it kept left of the one the balancer appends: not believed.
+    assert message(call(gateway, KEYS["verified"], "203.0.113.9, 192.0.2.1")) == NOT_FROM_HERE
+    # No header at all: fewer entries than trusted hops, so the connection's peer (loopback) is the client.
+    assert message(call(gateway, KEYS["verified"], None)) == NOT_FROM_HERE
+
+    def logged() -> str:
+        return "".join(envoy.log.read_text(errors="replace") for envoy in gateway.envoys)
+
+    eventually(lambda: '"client_ip":"203.0.113.9"' in logged().replace(" ", ""), timeout=30)
+    assert '"client_ip":"192.0.2.1"' in logged().replace(" ", "")
+
+
+def test_without_a_trusted_proxy_a_forwarded_header_is_not_believed(gateway: Bed) -> None:
+    gateway.flags = ()
+    gateway.configure(manifests(gateway))
+    try:
+        eventually(lambda: call(gateway, KEYS["verified"], "203.0.113.9").status == 403, timeout=20)
+        assert message(call(gateway, KEYS["verified"], "203.0.113.9")) == NOT_FROM_HERE
+    finally:
+        gateway.flags = BEHIND_ONE_PROXY
+        gateway.configure(manifests(gateway))
+        eventually(lambda: call(gateway, KEYS["verified"], "203.0.113.9").status == 200, timeout=20)
+        time.sleep(0.5)  # replica 1 reads the same files within a moment
+
+
+def test_a_denied_network_is_refused_before_anything_else_and_lifted_live(gateway: Bed) -> None:
+    refused = (403, "requests from this network are refused")
+    assert message(call(gateway, KEYS["metered"], DENIED)) == refused
+    assert message(call(gateway, None, DENIED)) == refused  # not even asked for a credential
+    assert message(call(gateway, KEYS["metered"], DENIED, replica=1)) == refused
+    gateway.configure(manifests(gateway, denied="198.51.100.67"))  # the feed dropped it
+    try:
+        eventually(lambda: call(gateway, KEYS["metered"], DENIED).status == 200, timeout=20)
+        assert message(call(gateway, KEYS["metered"], "198.51.100.67")) == refused
+    finally:
+        gateway.configure(manifests(gateway))
+        eventually(lambda: call(gateway, KEYS["metered"], DENIED).status == 403, timeout=20)
+        time.sleep(0.5)
+
+
+def test_guesses_without_a_valid_key_are_limited_per_address_across_replicas(gateway: Bed) -> None:
+    fresh_window()
+    guesses = [call(gateway, f"k-guess-{index:012}", "192.0.2.10", replica=index % 2) for index in range(4)]
+    assert [message(reply) for reply in guesses] == [(401, "invalid API key or token")] * 4
+    assert message(call(gateway, "k-guess-more-0000", "192.0.2.10", replica=1)) == (
+        429,
+        "rate limit exceeded",
+    )
+    assert call(gateway, None, "192.0.2.10").status == 429  # no credential at all counts the same
+    assert call(gateway, "k-guess-elsewhere", "192.0.2.11").status == 401  # another address: its own count
+    # The limit is on guesses only: a valid key from that address is served.
+    assert call(gateway, KEYS["metered"], "192.0.2.10").status == 200
+
+
+def test_a_tier_limited_per_address_counts_each_address_across_replicas(gateway: Bed) -> None:
+    fresh_window()
+    statuses = [call(gateway, KEYS["metered"], "192.0.2.20", replica=index % 2).status for index in range(3)]
+    assert statuses == [200, 200, 200]
+    assert message(call(gateway, KEYS["metered"], "192.0.2.20")) == (429, "rate limit exceeded")
+    assert call(gateway, KEYS["metered"], "192.0.2.21").status == 200
+
+
+def test_a_tier_for_verified_customers_refuses_a_key_not_yet_verified(gateway: Bed) -> None:
+    assert message(call(gateway, KEYS["new"], "203.0.113.9")) == (
+        403,
+        "this API key's account is not verified yet: tier enterprise serves verified customers only",
+    )
+    assert call(gateway, KEYS["verified"], "203.0.113.10").status == 200
