@@ -25,7 +25,9 @@ connections, closed loop) with the same KServe v2 infer POST:
    answer kept, masked and sent as an OTLP log to a real OpenTelemetry Collector (testbed.otel), whose CPU
    is counted too: what quality sampling costs at its most;
 9. path 3 for a caller whose tier allows only some networks (Envoy's RBAC filter) and limits requests per
-   client address (a third descriptor in the request limits' call): what those defences add.
+   client address (a third descriptor in the request limits' call): what those defences add;
+10. path 3 for a caller whose tier checks its prompts against eight patterns (none matching): what prompt
+   checks add.
 
 With --deny-list N, the namespace's deny list holds N addresses (none of them the load's), which every
 request through Tollway is checked against first: what a reputation feed of that size costs.
@@ -76,9 +78,24 @@ KEYS = {
     "flood": "tw-bench-flood-key",
     "sampled": "tw-bench-sampled-key",
     "guarded": "tw-bench-guarded-key",
+    "checked": "tw-bench-checked-key",
 }
 """The gateway's callers, by the limits of their tier (`flood`'s is 1 request a minute: it is refused)."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
+PROMPT_CHECKS = [
+    {"name": name, "pattern": pattern, "refuse": True}
+    for name, pattern in (
+        ("ignore", r"ignore\s+previous instructions"),
+        ("disregard", r"disregard\s+all previous"),
+        ("system", "system prompt"),
+        ("developer", "developer mode"),
+        ("dan", "do anything now"),
+        ("jailbreak", "jail ?break"),
+        ("pretend", r"pretend\s+you are"),
+        ("reveal", r"reveal\s+your instructions"),
+    )
+]
+"""Eight checks of the kind a tier would write, none of which the bench's prompts match."""
 CHAT_BODY = json.dumps(
     {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 8}
 )
@@ -386,10 +403,12 @@ def gateway(
         "flood": {"requestsPerMinute": 1},
         "sampled": full,
         "guarded": full,
+        "checked": full,
     }
     extra: dict[str, dict[str, Any]] = {
         "sampled": {"sampling": {"sampleRate": "1"}},
         "guarded": {"network": {"allowedCidrs": ["127.0.0.0/8"], "requestsPerMinutePerIp": 100_000_000}},
+        "checked": {"promptChecks": PROMPT_CHECKS},
     }
     documents: list[dict[str, Any]] = [echo_model(), language_model_document("chat", "chat", NAMESPACE)]
     for name, key in KEYS.items():

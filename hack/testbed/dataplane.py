@@ -10,6 +10,7 @@ Every start waits until the process answers and fails loudly, with its log, when
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -250,6 +251,14 @@ class GatewayProcesses:
     def replica_dir(self, index: int) -> Path:
         return self.workdir / f"gateway-{index}"
 
+    def stats(self) -> str:
+        """Every replica's statistics, as Prometheus reads them (read them with `summed`)."""
+        texts = []
+        for port in self.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/prometheus", timeout=5) as answer:
+                texts.append(answer.read().decode())
+        return "\n".join(texts)
+
     def write_config(self, source: Path, *extra: str) -> None:
         """`tollway gateway-config` on `source` for every replica (a running Envoy reloads it live)."""
         shared = [f"--ratelimit=127.0.0.1:{self.ratelimit_ports.grpc}", f"--replicas={len(self.replicas)}"]
@@ -283,6 +292,19 @@ class GatewayProcesses:
         """Stop what runs, Envoys first."""
         for process in [*reversed(self.envoys), *reversed(self.processes.values())]:
             process.stop()
+
+
+def summed(text: str, metric: str, **labels: str) -> float:
+    """The sum of the samples of `metric` in a Prometheus text whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name != metric:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest.rsplit("}", 1)[0]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def fresh_window(needed_seconds: float = 20) -> None:

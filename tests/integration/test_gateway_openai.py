@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from testbed import client, dataplane
-from testbed.dataplane import fresh_window
+from testbed.dataplane import fresh_window, summed
 from testbed.gateway import secret, tier
 from testbed.kube import eventually
 from testbed.otel import Collector, LogRecord
@@ -95,30 +94,10 @@ class Bed:
     def client(self, tier_name: str = "pro", retries: int = 0) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=KEYS[tier_name], max_retries=retries)
 
-    def stats(self) -> str:
-        """Both replicas' statistics, as Prometheus reads them."""
-        texts = []
-        for port in self.gateway.metrics_ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/prometheus", timeout=5) as answer:
-                texts.append(answer.read().decode())
-        return "\n".join(texts)
-
     def usage(self, kind: str, tier_name: str) -> float:
         """A usage counter of a tier's consumer, summed over the replicas."""
         consumer = f"{tier_name}-key"
-        return _summed(self.stats(), f"envoy_tollway_usage_{kind}", tier=tier_name, consumer=consumer)
-
-
-def _summed(text: str, metric: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name != metric:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', rest.rsplit("}", 1)[0]))
-        if all(found.get(key) == value for key, value in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        return summed(self.gateway.stats(), f"envoy_tollway_usage_{kind}", tier=tier_name, consumer=consumer)
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +304,8 @@ def test_the_gateways_time_to_first_token_is_what_the_client_saw(bed: Bed) -> No
 
     def ttft() -> tuple[float, float]:
         """The histogram's count and sum: it is merged into /stats/prometheus every few seconds."""
-        text = bed.stats()
-        found = (_summed(text, f"envoy_tollway_stream_ttft_ms_{part}", **labels) for part in ("count", "sum"))
+        text = bed.gateway.stats()
+        found = (summed(text, f"envoy_tollway_stream_ttft_ms_{part}", **labels) for part in ("count", "sum"))
         return next(found), next(found)
 
     time.sleep(6)  # every earlier stream is in the histogram
@@ -561,7 +540,7 @@ def test_feedback_on_an_answer_is_counted_per_version_and_joins_its_sample(bed: 
     )
     rated = answer.headers["x-request-id"]
     labels = {"model": "assistant", "version": "3", "tier": "pro", "rating": "2"}
-    before = _summed(bed.stats(), "envoy_tollway_feedback", **labels)
+    before = summed(bed.gateway.stats(), "envoy_tollway_feedback", **labels)
     said = {
         "request_id": rated,
         "model": answer.parse().model,
@@ -575,7 +554,7 @@ def test_feedback_on_an_answer_is_counted_per_version_and_joins_its_sample(bed: 
     assert record["attributes"]["rating"] == "2" and record["attributes"]["consumer"] == "pro-key"
     assert _records(bed, "sample", rated)  # the rated answer's sample: the two join on request_id
     assert eventually(
-        lambda: _summed(bed.stats(), "envoy_tollway_feedback", **labels) == before + 1, timeout=20
+        lambda: summed(bed.gateway.stats(), "envoy_tollway_feedback", **labels) == before + 1, timeout=20
     )
 
 
@@ -594,7 +573,7 @@ def test_feedback_read_two_ways_or_on_a_model_the_tier_may_not_use_is_refused(be
 def test_the_same_prompt_again_is_counted_as_a_regeneration(bed: Bed) -> None:
     """Each Envoy worker remembers its own recent prompts: one connection keeps both on one worker."""
     labels = {"model": "assistant", "version": "3", "tier": "free"}
-    before = _summed(bed.stats(), "envoy_tollway_regenerations", **labels)
+    before = summed(bed.gateway.stats(), "envoy_tollway_regenerations", **labels)
     connection = http.client.HTTPConnection("127.0.0.1", bed.gateway.ports[0], timeout=10)
     headers = {"authorization": f"Bearer {KEYS['free']}", "content-type": "application/json"}
     body = json.dumps(
@@ -606,15 +585,15 @@ def test_the_same_prompt_again_is_counted_as_a_regeneration(bed: Bed) -> None:
         assert response.status == 200 and response.read()
     connection.close()
     assert eventually(
-        lambda: _summed(bed.stats(), "envoy_tollway_regenerations", **labels) == before + 2, timeout=20
+        lambda: summed(bed.gateway.stats(), "envoy_tollway_regenerations", **labels) == before + 2, timeout=20
     )
 
 
 def test_the_sla_counts_answers_and_errors_but_not_the_callers_own_429s(bed: Bed) -> None:
     def counted(tier_name: str) -> tuple[float, float]:
-        text = bed.stats()
+        text = bed.gateway.stats()
         return tuple(
-            _summed(text, f"envoy_tollway_sla_{kind}", tier=tier_name) for kind in ("requests", "errors")
+            summed(text, f"envoy_tollway_sla_{kind}", tier=tier_name) for kind in ("requests", "errors")
         )
 
     before = counted("single")
@@ -624,7 +603,7 @@ def test_the_sla_counts_answers_and_errors_but_not_the_callers_own_429s(bed: Bed
         bed.client("single").completions.create(model="writer", prompt="y", max_tokens=1)
     list(first)
     assert eventually(lambda: counted("single") == (before[0] + 1, before[1]), timeout=20)
-    latency = _summed(bed.stats(), "envoy_tollway_sla_latency_ms_bucket", tier="single", le="5000")
+    latency = summed(bed.gateway.stats(), "envoy_tollway_sla_latency_ms_bucket", tier="single", le="5000")
     assert latency >= 1
 
 
@@ -635,8 +614,8 @@ def test_consumers_read_each_models_capacity_which_changes_without_reloading_env
         return list(reply.json()["data"])
 
     def reloads() -> float:
-        text = bed.stats()
-        return _summed(text, "envoy_listener_manager_lds_update_success") + _summed(
+        text = bed.gateway.stats()
+        return summed(text, "envoy_listener_manager_lds_update_success") + summed(
             text, "envoy_cluster_manager_cds_update_success"
         )
 
@@ -668,11 +647,11 @@ def test_tokens_are_counted_per_model_version_as_they_are_per_consumer(bed: Bed)
     labels = {"model": "writer", "version": "1", "tier": "pro"}
 
     def counted() -> tuple[float, float, float]:
-        text = bed.stats()
+        text = bed.gateway.stats()
         per_model = (
-            _summed(text, f"envoy_tollway_model_{kind}_tokens", **labels) for kind in ("input", "output")
+            summed(text, f"envoy_tollway_model_{kind}_tokens", **labels) for kind in ("input", "output")
         )
-        return (*per_model, _summed(text, "envoy_tollway_usage_output", tier="pro", consumer="pro-key"))
+        return (*per_model, summed(text, "envoy_tollway_usage_output", tier="pro", consumer="pro-key"))
 
     before = counted()
     answer = bed.client().completions.create(model="writer", prompt="count me", max_tokens=4)

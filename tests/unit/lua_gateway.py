@@ -14,7 +14,7 @@ from typing import Any
 from lupa import luajit21
 
 from tollway.render.envoy import body_data
-from tollway.render.lua import body_program, gateway_program, module_source
+from tollway.render.lua import BODY_MODULES, GATEWAY_MODULES, body_program, gateway_program, module_source
 
 
 def runtime() -> Any:
@@ -28,6 +28,10 @@ class Module:
 
     def __init__(self, name: str) -> None:
         self.lua = runtime()
+        # the modules it may require, as the programs preload them
+        preload = self.lua.globals().package.preload
+        for other in sorted(set(GATEWAY_MODULES) | set(BODY_MODULES)):
+            preload[f"tollway.{other}"] = self.lua.execute(f"return function(...) {module_source(other)} end")
         self.table = self.lua.execute(module_source(name))
 
     def __getattr__(self, function: str) -> Any:

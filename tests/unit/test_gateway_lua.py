@@ -50,6 +50,7 @@ def tier(level: int, scopes: dict[str, str], **changes: Any) -> dict[str, Any]:
         "jwt": None,
         "mtls": None,
         "sampling": UNSAMPLED,
+        "prompt": [],
         **changes,
     }
 

@@ -187,6 +187,26 @@ def is_cidr(value: str) -> bool:
     return "/" in value
 
 
+class PromptCheck(TollwayModel):
+    """A pattern the gateway looks for in each prompt of this tier (every string of a JSON body, escapes
+    decoded, and the raw bytes of a binary one), before the request reaches the model."""
+
+    name: Annotated[str, StringConstraints(pattern="^[a-z0-9][a-z0-9_-]{0,62}$")]
+    """Names the check in the counter envoy_tollway_prompt_matches{pattern=...} and in sampled records."""
+    pattern: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """A regular expression of the kind sampling's redaction patterns take, matched without regard to ASCII
+    case, with one more bound so that no body can make it slow: a repetition (`* + {n,}`, at most one) must
+    repeat a class that cannot match the pattern's first character, which must be a plain character
+    (`ignore\\s+previous`, not `.*ignore`). A pattern outside that is reported in the tier's conditions and
+    checks nothing."""
+    models: Annotated[list[Annotated[str, StringConstraints(max_length=63)]], Field(max_length=64)] = Field(
+        default_factory=list
+    )
+    """The models whose prompts it checks (spec.model.name); empty: all of the tier's."""
+    refuse: bool = False
+    """Answer a matching request 400 instead of passing it on (it is counted and flagged either way)."""
+
+
 class Network(TollwayModel):
     """Where this tier's requests may come from, and how many one client address may send. The client
     address is the one the gateway trusts (see the operator's --trusted-proxy-hops), never one a client
@@ -279,6 +299,14 @@ class ApiTierSpec(TollwayModel):
     alerts: UsageAlerts = UsageAlerts()
     sampling: Sampling = Sampling()
     network: Network = Network()
+    prompt_checks: list[PromptCheck] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Patterns looked for in the prompts of this tier's requests (prompt injection, forbidden content):
+    each match is counted per model, version and tier, flagged in the request's quality sample, and, for a
+    check that says so, refused."""
     sla: Sla | None = None
     """The service level promised to each customer of this tier, and the credits owed when it is missed."""
 

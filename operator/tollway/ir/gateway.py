@@ -110,6 +110,18 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class PromptCheck:
+    """A tier's check of its prompts, as the gateway runs it."""
+
+    name: str
+    pattern: str
+    """A Lua pattern (render.redaction.prompt_pattern), matched against the lower-cased prompt."""
+    models: tuple[str, ...] = ()
+    """The models whose prompts it checks; empty: all."""
+    refuse: bool = False
+
+
+@dataclass(frozen=True)
 class Limit:
     """One fixed-window counter the ratelimit service keeps per consumer."""
 
@@ -186,6 +198,7 @@ class Tier:
     """The networks its consumers must call from (normalised CIDRs); empty: anywhere."""
     per_ip_rpm: int | None = None
     """Requests per minute from one client address, across the tier's consumers."""
+    prompt_checks: tuple[PromptCheck, ...] = ()
 
     def limits_for(self, model: str) -> ModelLimits:
         return next(

@@ -167,6 +167,15 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "mtls": list(tier.mtls.allowed_sans) if tier.mtls else None,
             "sampling": _sampling(gateway, tier),
             "per_address": counter_name(tier.name) if tier.per_ip_rpm else None,
+            "prompt": [
+                {
+                    "name": check.name,
+                    "pattern": check.pattern,
+                    "refuse": check.refuse,
+                    "models": {model: True for model in check.models} if check.models else None,
+                }
+                for check in tier.prompt_checks
+            ],
         }
     data = {
         "capacity_file": gateway.runtime.capacity_file,
@@ -656,20 +665,24 @@ request recorded for quality review."""
 
 
 def _quality_logs() -> list[Config]:
-    """The quality signals per model version (envoy_tollway_*): the counts above, and the consumers' ratings
-    (feedback, by rating) that the gateway accepted (its route answers 202)."""
+    """The quality signals per model version (envoy_tollway_*): the counts above, the consumers' ratings
+    (feedback, by rating) that the gateway accepted (its route answers 202), and the prompts a tier's prompt
+    check matched (prompt_matches, by check)."""
     tags = _tags("model", "version", "tier")
     accepted = {"and_filter": {"filters": [_present("feedback_rating"), _status_is("EQ", 202)]}}
     rated = {
         "stat": {"name": "feedback", "tags": [*tags, *_tags_named(rating="feedback_rating")]},
         "value_fixed": 1,
     }
+    matched = {"stat": {"name": "prompt_matches", "tags": [*tags, *_tags_named(pattern="prompt_match")]}}
     return [
         *(
             _stats_log(_present(key), counters=[{"stat": {"name": name, "tags": tags}, "value_fixed": 1}])
             for name, key in QUALITY_COUNTS.items()
         ),
         _stats_log(accepted, counters=[rated]),
+        # a prompt a tier's check found something in (by the first check that did)
+        _stats_log(_present("prompt_match"), counters=[{**matched, "value_fixed": 1}]),
     ]
 
 
@@ -692,6 +705,7 @@ SAMPLE_ATTRIBUTES = {
     "output_tokens": "%DYNAMIC_METADATA(tollway:output_tokens)%",
     "regeneration": "%DYNAMIC_METADATA(tollway:regeneration)%",
     "content_filtered": "%DYNAMIC_METADATA(tollway:content_filtered)%",
+    "prompt_flags": "%DYNAMIC_METADATA(tollway:prompt_flags)%",
     "request_cut": "%DYNAMIC_METADATA(tollway:sample_request_cut)%",
     "response_cut": "%DYNAMIC_METADATA(tollway:sample_response_cut)%",
 }

@@ -25,7 +25,7 @@ from importlib.resources import files
 from typing import Any
 
 GATEWAY_MODULES = ("access", "models", "protobuf", "sample", "stream", "tokens")
-BODY_MODULES = ("json", "models", "protobuf", "sample", "stream", "tokens")
+BODY_MODULES = ("json", "models", "prompt", "protobuf", "sample", "stream", "tokens")
 
 
 def _source(name: str) -> str:

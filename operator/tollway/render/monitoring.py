@@ -48,8 +48,9 @@ QUALITY_SHARES = {
 def quality_rules(matchers: str) -> list[dict[str, str]]:
     """What consumers make of each version, from the gateway's counters (every replica's summed), so that a
     new version can be set beside the one it replaces: the ratings (POST /v1/feedback) per day by rating,
-    the share of 4 and 5 of 5 among them, and the share of requests that were regenerations of the one before
-    or whose answer was filtered (over Triton's requests of that version)."""
+    the share of 4 and 5 of 5 among them, the share of requests that were regenerations of the one before
+    or whose answer was filtered (over Triton's requests of that version), and the prompts each tier's prompt
+    checks matched per hour."""
     feedback = f"increase(envoy_tollway_feedback{{{matchers}}}[1d])"
     positive = f'increase(envoy_tollway_feedback{{{matchers},rating=~"4|5"}}[1d])'
     rules = [
@@ -68,6 +69,13 @@ def quality_rules(matchers: str) -> list[dict[str, str]]:
         }
         for name, metric in QUALITY_SHARES.items()
     ]
+    matched = f"increase(envoy_tollway_prompt_matches{{{matchers}}}[1h])"
+    rules.append(
+        {
+            "record": "tollway:prompt_matches:increase1h",
+            "expr": f"sum by ({BY_VERSION}, tier, pattern) ({matched})",
+        }
+    )
     return rules
 
 
@@ -759,6 +767,11 @@ def dashboard(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
                 (f"tollway:{name}:ratio1h{{{matchers}}}", f"{name.replace('_', ' ')} v{{{{version}}}}")
                 for name in QUALITY_SHARES
             ],
+        ),
+        (
+            "Prompt check matches (1 h)",
+            "short",
+            [(f"tollway:prompt_matches:increase1h{{{matchers}}}", "{{tier}}: {{pattern}} v{{version}}")],
         ),
     ]
     panels += cost_panels(matchers) if serving.cost is not None else []

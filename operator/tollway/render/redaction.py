@@ -8,6 +8,8 @@ refused with a reason (the tier's conditions show it) rather than read different
 
 from __future__ import annotations
 
+import re
+
 ESCAPED_CLASSES = {"d": "%d", "D": "%D", "w": "[%w_]", "W": "[^%w_]", "s": "%s", "S": "%S"}
 """Regex escapes → Lua classes (`\\w` takes the underscore, Lua's `%w` does not)."""
 IN_CLASS = {"d": "%d", "w": "%w_", "s": "%s"}
@@ -16,6 +18,8 @@ LUA_MAGIC = set("^$()%.[]*+-?")
 MOST_REPEATS = 64
 MOST_OPTIONAL = 8
 """`?` each double what a failing match may try: a bounded number of them per pattern."""
+PROMPT_OPTIONAL = 2
+"""The same for a prompt check, which runs on every prompt of its tier (redaction, on samples only)."""
 
 
 class UnsupportedPattern(ValueError):
@@ -142,3 +146,60 @@ def _quantified(regex: str, at: int, atom: str, pieces: list[str]) -> int:
     tail = "" if len(bounds) == 1 else atom + "*"
     pieces.extend([atom] * least + ([tail] if tail else []))
     return close + 1
+
+
+def prompt_pattern(regex: str) -> str:
+    """The Lua pattern of a prompt check (PromptCheck.pattern in api/api_tier.py): `regex` in the syntax
+    lua_pattern takes, lower-cased (the gateway lower-cases the prompt's ASCII letters too), and bound so
+    that a failing search stays linear in the prompt's length whatever the prompt holds: it starts with a
+    plain character, and a class it repeats without bound cannot match that character, so the runs scanned
+    from one start never overlap those scanned from another. UnsupportedPattern otherwise."""
+    lowered = _lowered(regex)
+    if lowered.startswith("^") or lowered.endswith("$"):
+        raise UnsupportedPattern("no anchors: a prompt is many strings, checked together")
+    pattern = lua_pattern(lowered)
+    if lowered[0] in ".[\\" or lowered[1:2] in ("*", "+", "?", "{"):
+        raise UnsupportedPattern("it must start with a plain character, neither repeated nor optional")
+    repeated = _repeated(lowered)
+    # each ? doubles the ways a start is tried (and with a repetition, the runs scanned from it)
+    optional = pattern.count("?") - pattern.count("%?")
+    if optional > (0 if repeated else PROMPT_OPTIONAL):
+        raise UnsupportedPattern(
+            f"at most {PROMPT_OPTIONAL} ? in a prompt check, and none beside a repetition "
+            "(write one check each)"
+        )
+    return pattern
+
+
+def _repeated(regex: str) -> bool:
+    """Whether `regex` repeats an atom without bound; UnsupportedPattern when that atom can match the
+    pattern's first character."""
+    at, repeated = 0, False
+    while at < len(regex):
+        start = at
+        atom, at = _atom(regex, at)
+        written = regex[start:at]  # the atom as the regex writes it, for Python's reading of it
+        pieces: list[str] = []
+        at = _quantified(regex, at, atom, pieces)
+        if not pieces[-1].endswith(("*", "+")):
+            continue
+        repeated = True
+        if re.fullmatch(written, regex[0]):
+            raise UnsupportedPattern(
+                f"the repetition at {start} can match {regex[0]!r}, the first character: a prompt "
+                "could make the check slow"
+            )
+    return repeated
+
+
+def _lowered(regex: str) -> str:
+    """`regex` with its letters lower-cased, but for those of escapes (\\D, \\W and \\S are classes)."""
+    pieces, at = [], 0
+    while at < len(regex):
+        if regex[at] == "\\":
+            pieces.append(regex[at : at + 2])
+            at += 2
+            continue
+        pieces.append(regex[at].lower())
+        at += 1
+    return "".join(pieces)

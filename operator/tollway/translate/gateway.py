@@ -33,6 +33,7 @@ from tollway.ir.gateway import (
     ModelLimits,
     Mtls,
     OpenAIRoute,
+    PromptCheck,
     Redaction,
     Runtime,
     Sampling,
@@ -49,7 +50,7 @@ from tollway.ir.names import (
     serving_children,
 )
 from tollway.ir.serving import Owner
-from tollway.render.redaction import UnsupportedPattern, lua_pattern
+from tollway.render.redaction import UnsupportedPattern, lua_pattern, prompt_pattern
 from tollway.translate.cost import margin_models
 from tollway.translate.model_deployment import latest_version
 from tollway.translate.serving import epoch, openai_max_tokens, priority_levels
@@ -374,6 +375,27 @@ def _sampling(spec: SamplingSpec, problems: list[str]) -> Sampling:
     return Sampling(rate=spec.sample_rate, max_body_bytes=spec.max_body_bytes, redaction=redaction)
 
 
+def _prompt_checks(tier: ApiTier, served: Sequence[Model], problems: list[str]) -> tuple[PromptCheck, ...]:
+    """The tier's prompt checks the gateway can run; one problem for each pattern it cannot run, and for each
+    check that names a model not served here (which nothing it checks can reach)."""
+    names = {model.name for model in served}
+    checks = []
+    for index, check in enumerate(tier.spec.prompt_checks):
+        field = f"spec.promptChecks[{index}]"
+        unknown = [model for model in check.models if model not in names]
+        if unknown:
+            problems.append(f"{field}.models: no ModelDeployment here serves {', '.join(unknown)}")
+        try:
+            pattern = prompt_pattern(check.pattern)
+        except UnsupportedPattern as why:
+            problems.append(f"{field}.pattern: {why}; it checks nothing")
+            continue
+        checks.append(
+            PromptCheck(name=check.name, pattern=pattern, models=tuple(check.models), refuse=check.refuse)
+        )
+    return tuple(checks)
+
+
 def _tier(
     resource: ApiTier,
     *,
@@ -435,6 +457,7 @@ def _tier(
             str(ipaddress.ip_network(cidr, strict=False)) for cidr in spec.network.allowed_cidrs
         ),
         per_ip_rpm=spec.network.requests_per_minute_per_ip,
+        prompt_checks=_prompt_checks(resource, served, problems[resource.metadata.name]),
         jwt=Jwt(
             issuer=jwt.issuer,
             jwks_uri=jwt.jwks_uri,

@@ -7,6 +7,7 @@
 
 local json = require("tollway.json")
 local models = require("tollway.models")
+local prompt = require("tollway.prompt")
 local protobuf = require("tollway.protobuf")
 local sample = require("tollway.sample")
 local stream = require("tollway.stream")
@@ -40,6 +41,21 @@ local function observe(handle, now, caller, model_name, version, bytes, binary)
   if cut then metadata:set(NS, "sample_request_cut", "1") end
 end
 
+-- The tier's prompt checks on a request to `model_name`; `document` (JSON) and `raw` are its body as
+-- prompt.text takes them, read only when the tier has checks. A match is recorded for the counters and the
+-- sample; false after refusing a request that a refusing check matched.
+local function checked_prompt(handle, tier, model_name, document, raw)
+  if #tier.prompt == 0 then return true end
+  local names, refusing = prompt.matches(tier.prompt, model_name, prompt.text(document, raw))
+  if #names == 0 then return true end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set(NS, "prompt_match", names[1])
+  metadata:set(NS, "prompt_flags", table.concat(names, ","))
+  if refusing == nil then return true end
+  refuse(handle, 400, "the prompt was refused by the check " .. refusing)
+  return false
+end
+
 local function grpc_request(handle, now, caller)
   local body = handle:body()
   local bytes = body and body:getBytes(0, body:length()) or ""
@@ -64,6 +80,7 @@ local function grpc_request(handle, now, caller)
   if infer then
     local max_tokens, unreadable = protobuf.grpc_max_tokens(rest)
     if unreadable then return refuse(handle, 400, unreadable) end
+    if not checked_prompt(handle, tier, model_name, nil, rest) then return end
     if not stream.reserve_tokens(handle, tier, model_name, model, scopes, #bytes, max_tokens) then return end
     observe(handle, now, caller, model_name, version, rest, true)
     if model.usage_output then
@@ -77,8 +94,8 @@ local function grpc_request(handle, now, caller)
   stream.route_to(handle, tier.grpc_clusters[model_name] or model.grpc_cluster)
 end
 
--- Rewrite an HTTP infer body as json.routed does; the body's length and the max_tokens it asks for, or nil,
--- nil and why the request is refused.
+-- Rewrite an HTTP infer body as json.routed does; the body as sent, the max_tokens it asks for, nil and the
+-- length of its JSON (the rest is binary tensors); or nil, nil and why the request is refused.
 local function prepare_http_infer(handle, level, usage_output, generate)
   local body = handle:body()
   if body == nil then return "" end
@@ -102,14 +119,16 @@ local function prepare_http_infer(handle, level, usage_output, generate)
   if headers:get("inference-header-content-length") then
     headers:replace("inference-header-content-length", tostring(#rewritten))
   end
-  return bytes, max_tokens
+  return bytes, max_tokens, nil, json_length
 end
 
 local function http_infer(handle, now, caller)
   local tier, model = T.tiers[caller.tier], T.models[caller.model]
-  local bytes, max_tokens, problem =
+  local bytes, max_tokens, problem, json_length =
     prepare_http_infer(handle, tier.level, model.usage_output, caller.kind == "generate")
   if problem then return refuse(handle, 400, problem) end
+  local json_part, raw = bytes:sub(1, json_length or #bytes), bytes:sub((json_length or #bytes) + 1)
+  if not checked_prompt(handle, tier, caller.model, json_part, raw) then return end
   local scopes = tier.scopes[caller.model]
   if stream.reserve_tokens(handle, tier, caller.model, model, scopes, #bytes, max_tokens) and #bytes > 0 then
     observe(handle, now, caller, caller.model, caller.version, bytes, false)
@@ -145,6 +164,7 @@ local function openai_request(handle, now, caller)
     stream.admit_model(handle, now, caller.tier, tier, model_name, model, version, true, stream.AFTER_BODY)
   if scopes == nil then return end
   local max_tokens = api.kind ~= "embedding" and asked.max_tokens or nil
+  if not checked_prompt(handle, tier, model_name, bytes, nil) then return end
   if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens) then return end
   observe(handle, now, caller, model_name, version, bytes, false)
   headers:replace("x-tollway-model-version", tostring(version))

@@ -130,30 +130,34 @@ local function utf8_char(code)
   )
 end
 
--- A JSON string's text (between its quotes) decoded; a lone surrogate becomes U+FFFD.
-local function decoded(escaped)
-  local text = escaped:gsub(
-    "\\u([dD][89abAB]%x%x)\\u([dD][c-fC-F]%x%x)",
-    function(high, low)
-      return utf8_char(0x10000 + (tonumber(high, 16) - 0xD800) * 0x400 + tonumber(low, 16) - 0xDC00)
-    end
-  )
-  text = text:gsub("\\u(%x%x%x%x)", function(hex)
-    local code = tonumber(hex, 16)
-    return utf8_char((code >= 0xD800 and code < 0xE000) and 0xFFFD or code)
-  end)
-  return (text:gsub("\\(.)", function(char) return ESCAPES[char] or char end))
-end
-
--- The text inside the JSON string whose quote is at `open` (escapes left as they are); "" when it never
--- closes.
-local function string_at(text, open)
-  local at = open + 1
+-- The JSON string whose opening quote is at `open`, decoded in one pass (an escape that is not JSON's is kept
+-- as written, a lone surrogate becomes U+FFFD), and the position after its closing quote (past the end when
+-- it never closes).
+function M.json_string(json, open)
+  local pieces, at = {}, open + 1
   while true do
-    at = text:find('["\\]', at)
-    if at == nil then return "" end
-    if text:sub(at, at) == '"' then return text:sub(open + 1, at - 1) end
-    at = at + 2
+    local stop = json:find('["\\]', at)
+    if stop == nil then
+      pieces[#pieces + 1] = json:sub(at)
+      return table.concat(pieces), #json + 1
+    end
+    pieces[#pieces + 1] = json:sub(at, stop - 1)
+    if json:byte(stop) == 34 then return table.concat(pieces), stop + 1 end
+    local char = json:sub(stop + 1, stop + 1)
+    local code = char == "u" and tonumber(json:sub(stop + 2, stop + 5):match("^%x%x%x%x$") or "", 16)
+    if code then
+      at = stop + 6
+      local low = json:sub(at, at + 5):match("^\\u([dD][c-fC-F]%x%x)$")
+      if code >= 0xD800 and code < 0xDC00 and low then
+        code, at = 0x10000 + (code - 0xD800) * 0x400 + tonumber(low, 16) - 0xDC00, at + 6
+      elseif code >= 0xD800 and code < 0xE000 then
+        code = 0xFFFD
+      end
+      pieces[#pieces + 1] = utf8_char(code)
+    else
+      pieces[#pieces + 1] = ESCAPES[char] or "\\" .. char
+      at = stop + 2
+    end
   end
 end
 
@@ -166,11 +170,11 @@ function M.stream_text(events)
   for line in events:gmatch("data:[^\n]*") do
     for _, key in ipairs(GENERATED_KEYS) do
       for open in line:gmatch(key .. '%s*:%s*()"') do
-        pieces[#pieces + 1] = string_at(line, open)
+        pieces[#pieces + 1] = (M.json_string(line, open))
       end
     end
   end
-  return decoded(table.concat(pieces))
+  return table.concat(pieces)
 end
 
 -- Whether an answer says its content was filtered: OpenAI's finish_reason "content_filter", in a response,
