@@ -420,6 +420,69 @@ def test_usage_and_cost_per_consumer_come_from_the_gateways_counters(tmp_path: P
     passes_promtool(tmp_path, tests)
 
 
+def _pro_alert(name: str) -> dict[str, Any]:
+    return next(
+        rule
+        for group in gateway_rule_groups(example_gateway())
+        for rule in group["rules"]
+        if rule.get("alert") == name and rule["labels"]["tier"] == "pro"
+    )
+
+
+def _bob(metric: str, values: str) -> dict[str, str]:
+    """A counter of bob's, of pro, as one Envoy replica exports it."""
+    return {
+        "series": f'{metric}{{namespace="ai",pod="gateway-0",tier="pro",consumer="bob"}}',
+        "values": values,
+    }
+
+
+def _fires(rule: dict[str, Any], series: list[dict[str, str]], at: str, fired: bool) -> dict[str, Any]:
+    expected = [{"exp_labels": {**rule["labels"], "consumer": "bob"}, "exp_annotations": rule["annotations"]}]
+    return {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": rule["alert"], "exp_alerts": expected if fired else []}
+        ],
+    }
+
+
+def test_a_consumer_running_just_under_its_limit_for_hours_raises_an_alert(tmp_path: Path) -> None:
+    """pro allows 600 requests a minute; its alert fires after 3 h at over 90 % of that (540 a minute)."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
+    rule = _pro_alert("TollwayConsumerNearLimit")
+    pacing, busy = (
+        _bob("envoy_tollway_usage_requests", "0+550x300"),
+        _bob("envoy_tollway_usage_requests", "0+500x300"),
+    )
+    tests = [
+        _fires(rule, [pacing], "120m", fired=False),  # not for long enough yet
+        _fires(rule, [pacing], "240m", fired=True),
+        _fires(rule, [busy], "240m", fired=False),  # busy, under 90 %
+    ]
+    passes_promtool(tmp_path, tests)
+
+
+def test_a_consumer_repeating_its_prompts_raises_an_alert(tmp_path: Path) -> None:
+    """pro's defaults: over half of an hour's requests repeated, with at least 100 requests that hour."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
+    rule = _pro_alert("TollwayConsumerRepeatsPrompts")
+    requests = _bob("envoy_tollway_usage_requests", "0+4x120")  # 240 an hour
+
+    def repeats(per_minute: int) -> dict[str, str]:
+        return _bob("envoy_tollway_consumer_repeats", f"0+{per_minute}x120")
+
+    tests = [
+        _fires(rule, [requests, repeats(3)], "90m", fired=True),  # 75 % repeated
+        _fires(rule, [requests, repeats(1)], "90m", fired=False),  # 25 %: people regenerating now and then
+        _fires(
+            rule, [_bob("envoy_tollway_usage_requests", "0+1x120"), repeats(1)], "90m", fired=False
+        ),  # 60/h
+    ]
+    passes_promtool(tmp_path, tests)
+
+
 def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> None:
     """The gateway counts served responses that reported no tokens (charged their estimate instead)."""
     groups = gateway_rule_groups(example_gateway())

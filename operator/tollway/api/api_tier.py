@@ -157,8 +157,20 @@ class OverLimit(TollwayModel):
 
 
 class UsageAlerts(TollwayModel):
+    """When the alerts on this tier's consumers fire: usage spikes, and the patterns of scraping and
+    automation."""
+
     usage_spike_factor: float = Field(default=3.0, ge=1.0, le=1000.0)
     """Alert when a consumer's rate exceeds this many times its 7-day baseline."""
+    near_limit_ratio: float = Field(default=0.9, ge=0.5, le=1.0)
+    """Alert (TollwayConsumerNearLimit) when a consumer runs at this share of the tier's requests or tokens
+    per minute without a break for `nearLimitHours`: a scraper paces itself just under the limit."""
+    near_limit_hours: int = Field(default=3, ge=1, le=72)
+    repeated_prompt_ratio: float = Field(default=0.5, ge=0.05, le=1.0)
+    """Alert (TollwayConsumerRepeatsPrompts) when this share of a consumer's requests in an hour send a prompt
+    it sent to the same model version minutes before, with at least `repeatedPromptMinRequests` requests
+    in that hour: automation, not people regenerating an answer now and then."""
+    repeated_prompt_min_requests: int = Field(default=100, ge=1, le=1_000_000)
 
 
 class Redaction(TollwayModel):

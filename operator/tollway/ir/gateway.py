@@ -188,6 +188,10 @@ class Tier:
     input_price_per_1k: str = "0"
     output_price_per_1k: str = "0"
     usage_spike_factor: float = 3.0
+    near_limit_ratio: float = 0.9
+    near_limit_hours: int = 3
+    repeated_prompt_ratio: float = 0.5
+    repeated_prompt_min_requests: int = 100
     sampling: Sampling = field(default_factory=Sampling)
     sla: Sla | None = None
     sla_latency_ms: int | None = None

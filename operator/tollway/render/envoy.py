@@ -675,9 +675,17 @@ def _quality_logs() -> list[Config]:
         "value_fixed": 1,
     }
     matched = {"stat": {"name": "prompt_matches", "tags": [*tags, *_tags_named(pattern="prompt_match")]}}
+    # a regeneration counted per consumer too: many of them is automation (a scraping alert reads it)
+    repeats = {"stat": {"name": "consumer_repeats", "tags": _tags("tier", "consumer")}, "value_fixed": 1}
     return [
         *(
-            _stats_log(_present(key), counters=[{"stat": {"name": name, "tags": tags}, "value_fixed": 1}])
+            _stats_log(
+                _present(key),
+                counters=[
+                    {"stat": {"name": name, "tags": tags}, "value_fixed": 1},
+                    *([repeats] if name == "regenerations" else []),
+                ],
+            )
             for name, key in QUALITY_COUNTS.items()
         ),
         _stats_log(accepted, counters=[rated]),

@@ -525,6 +525,54 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
                 },
             }
         )
+        rules += automation_alerts(namespace, tier)
+    return rules
+
+
+def automation_alerts(namespace: str, tier: Tier) -> list[dict[str, Any]]:
+    """The patterns of scraping and automation among a tier's consumers, at the thresholds of its
+    spec.alerts: running just under the tier's requests or tokens per minute for hours on end, and sending
+    the same prompts again and again (the gateway's regenerations, counted per consumer)."""
+    scope = f'namespace="{namespace}",tier="{tier.name}"'
+    labels = {"namespace": namespace, "tier": tier.name, "severity": "ticket"}
+    own = {limit.kind: limit.value for limit in tier.limits}
+    ratio = _number(tier.near_limit_ratio)
+    near = [
+        f"tollway:consumer_requests:rate5m{{{scope}}} * 60 > {ratio} * {own['rpm']}" if "rpm" in own else "",
+        f"tollway:consumer_tokens:rate1h{{{scope}}} * 60 > {ratio} * {own['tpm']}" if "tpm" in own else "",
+    ]
+    rules = []
+    if any(near):
+        rules.append(
+            {
+                "alert": "TollwayConsumerNearLimit",
+                "expr": " or ".join(f"({expression})" for expression in near if expression),
+                "for": f"{tier.near_limit_hours}h",
+                "labels": labels,
+                "annotations": {
+                    "summary": f"a consumer of tier {tier.name} has run at over {tier.near_limit_ratio:.0%} "
+                    f"of the tier's limit for {tier.near_limit_hours} h: a scraper pacing itself?",
+                },
+            }
+        )
+    repeats, requests = (
+        f"sum by (namespace, tier, consumer) (increase({metric}{{{scope}}}[1h]))"
+        for metric in ("envoy_tollway_consumer_repeats", usage_metric("usage_requests"))
+    )
+    share = _number(tier.repeated_prompt_ratio)
+    rules.append(
+        {
+            "alert": "TollwayConsumerRepeatsPrompts",
+            "expr": f"({repeats} / {requests} > {share}) "
+            f"and ({requests} >= {tier.repeated_prompt_min_requests})",
+            "for": "15m",
+            "labels": labels,
+            "annotations": {
+                "summary": f"over {tier.repeated_prompt_ratio:.0%} of a consumer's requests to tier "
+                f"{tier.name} in the last hour repeated a prompt it had just sent: automation?",
+            },
+        }
+    )
     return rules
 
 
