@@ -518,11 +518,12 @@ def main() -> None:
                 KEYS["sampled"],
             ),
             Target(
-                "  + allowed networks, per-address limit",
+                "  + networks, per-address limit",
                 tollway.ports[0],
                 gateway_processes,
                 KEYS["guarded"],
             ),
+            Target("  + 8 prompt checks", tollway.ports[0], gateway_processes, KEYS["checked"]),
         ]
         try:
             load = Load(wrk, workdir, options.seconds, options.connections)

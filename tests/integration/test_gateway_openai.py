@@ -482,6 +482,7 @@ def test_a_sampled_stream_reaches_the_sink_masked_and_put_back_together(bed: Bed
     }
     assert (attributes["input_tokens"], attributes["output_tokens"]) == (str(usage.prompt_tokens), "6")
     assert float(attributes["ttft_ms"]) >= 0 and attributes["response_cut"] == "-"
+    assert attributes["client_ip"] == "127.0.0.1" and attributes["prompt_flags"] == "-"  # the bed's clients
     assert "authorization" not in json.dumps(record) and KEYS["pro"] not in json.dumps(record)
 
 
