@@ -98,8 +98,13 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
     assert "tw-alice-secret-value" in files["lds.yaml"]
     limits = cluster.get("configmap", "tollway-gateway-ratelimit", NAMESPACE)["data"]["tollway.yaml"]
     descriptors = yaml.safe_load(limits)["descriptors"]
-    # the limits only: usage is counted by Envoy, not by the ratelimit service
-    assert {(entry["key"], entry["value"]) for entry in descriptors} == {("rpm", "free"), ("rpm", "pro")}
+    # the limits only (the tiers' and the per-address one of callers without a valid credential): usage is
+    # counted by Envoy, not by the ratelimit service
+    assert {(entry["key"], entry["value"]) for entry in descriptors} == {
+        ("rpm", "free"),
+        ("rpm", "pro"),
+        ("ip", "_unauthenticated"),
+    }
 
 
 def _children(cluster: Cluster) -> set[tuple[str, str]]:
