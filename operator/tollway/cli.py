@@ -277,7 +277,7 @@ def _add_client_flags(command: argparse.ArgumentParser) -> None:
     trusted = command.add_mutually_exclusive_group()
     trusted.add_argument(
         "--trusted-proxy-hops",
-        type=int,
+        type=_count,
         default=Runtime.trusted_proxy_hops,
         help="proxies in front of Envoy that append to X-Forwarded-For: the client is the address that many "
         "entries from its right end (0: the connection's peer)",
@@ -292,7 +292,7 @@ def _add_client_flags(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--unauthenticated-rpm-per-ip",
-        type=int,
+        type=_count,
         default=Runtime.unauthenticated_rpm_per_ip,
         help="requests per minute from one client address without a valid credential (0: unlimited)",
     )
@@ -305,6 +305,12 @@ def _client_options(arguments: argparse.Namespace) -> dict[str, Any]:
         "trusted_proxy_cidrs": tuple(arguments.trusted_proxy_cidr),
         "unauthenticated_rpm_per_ip": arguments.unauthenticated_rpm_per_ip or None,
     }
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is no whole number of 0 or more")
+    return int(text)
 
 
 def _network(text: str) -> str:

@@ -59,6 +59,7 @@ def test_the_gateway_trusts_a_count_of_proxies_or_their_networks_never_both(
     for wrong in (
         ["--trusted-proxy-hops", "1", "--trusted-proxy-cidr", "10.0.0.0/8"],
         ["--trusted-proxy-cidr", "ten"],
+        ["--unauthenticated-rpm-per-ip", "-5"],
     ):
         with pytest.raises(SystemExit):
             parser().parse_args([command, *required, *wrong])

@@ -26,6 +26,7 @@ from tollway.render.redaction import UnsupportedPattern, prompt_pattern
         (r"jail ?break", "jail ?break"),
         (r"DAN mode", "dan mode"),
         (r"what is 2\+2\?", "what is 2%+2%?"),
+        (r"ab{0}c", "ac"),  # a repetition of none: nothing of the atom is left
         (r"\S", None),
     ],
 )

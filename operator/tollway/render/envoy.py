@@ -1015,7 +1015,7 @@ def _tier_networks(gateway: Gateway) -> list[Config]:
                         "metadata": {
                             "filter": "tollway",
                             "path": [{"key": "tier"}],
-                            "value": _exactly(tier.name),
+                            "value": {"string_match": {"exact": tier.name}},
                         }
                     },
                     {"not_id": _from_any(tier.allowed_cidrs)},
@@ -1025,10 +1025,6 @@ def _tier_networks(gateway: Gateway) -> list[Config]:
         for tier in gateway.tiers
         if tier.allowed_cidrs
     ]
-
-
-def _exactly(text: str) -> Config:
-    return {"string_match": {"exact": text}}
 
 
 def _network_rules(name: str, principals: list[Config]) -> list[Config]:

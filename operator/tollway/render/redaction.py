@@ -9,6 +9,7 @@ refused with a reason (the tier's conditions show it) rather than read different
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 ESCAPED_CLASSES = {"d": "%d", "D": "%D", "w": "[%w_]", "W": "[^%w_]", "s": "%s", "S": "%S"}
 """Regex escapes → Lua classes (`\\w` takes the underscore, Lua's `%w` does not)."""
@@ -26,26 +27,57 @@ class UnsupportedPattern(ValueError):
     """A pattern the gateway cannot run as written; the message says what to change."""
 
 
-def lua_pattern(regex: str) -> str:
-    """The Lua pattern that matches what `regex` matches, for the syntax redaction accepts (Redaction.patterns
-    in api/api_tier.py documents it); UnsupportedPattern otherwise."""
-    pieces: list[str] = []
+@dataclass(frozen=True)
+class _Part:
+    """One atom of a pattern with its quantifier, or an anchor (no atom)."""
+
+    at: int
+    written: str
+    """The atom as the regular expression writes it ("" for an anchor)."""
+    atom: str
+    """Its Lua form."""
+    pieces: tuple[str, ...]
+    """The atom and its quantifier in Lua (none for `{0}`)."""
+
+    @property
+    def unbounded(self) -> bool:
+        return bool(self.pieces) and self.pieces[-1] in (self.atom + "*", self.atom + "+")
+
+    @property
+    def optional(self) -> bool:
+        return self.pieces == (self.atom + "?",)
+
+
+def _parts(regex: str) -> list[_Part]:
+    """`regex` read atom by atom, in the syntax redaction accepts; UnsupportedPattern otherwise."""
+    parts: list[_Part] = []
     at = 0
     if regex.startswith("^"):
-        pieces.append("^")
+        parts.append(_Part(0, "", "", ("^",)))
         at = 1
     while at < len(regex):
         char = regex[at]
         if char in "|()":
             raise UnsupportedPattern(f"{char!r} at {at}: no groups or alternation (write one pattern each)")
         if char == "$" and at == len(regex) - 1:
-            pieces.append("$")
+            parts.append(_Part(at, "", "", ("$",)))
             at += 1
             continue
         if char in "*+?{":
             raise UnsupportedPattern(f"{char!r} at {at} repeats nothing")
+        start = at
         atom, at = _atom(regex, at)
-        at = _quantified(regex, at, atom, pieces)
+        pieces: list[str] = []
+        quantified = _quantified(regex, at, atom, pieces)
+        parts.append(_Part(start, regex[start:at], atom, tuple(pieces)))
+        at = quantified
+    return parts
+
+
+def lua_pattern(regex: str) -> str:
+    """The Lua pattern that matches what `regex` matches, for the syntax redaction accepts (Redaction.patterns
+    in api/api_tier.py documents it); UnsupportedPattern otherwise."""
+    pieces = [piece for part in _parts(regex) for piece in part.pieces]
     if not pieces or pieces == ["^"]:
         raise UnsupportedPattern("the pattern matches nothing")
     pattern = "".join(pieces)
@@ -158,38 +190,24 @@ def prompt_pattern(regex: str) -> str:
     if lowered.startswith("^") or lowered.endswith("$"):
         raise UnsupportedPattern("no anchors: a prompt is many strings, checked together")
     pattern = lua_pattern(lowered)
-    if lowered[0] in ".[\\" or lowered[1:2] in ("*", "+", "?", "{"):
+    parts = _parts(lowered)
+    first = parts[0]
+    if first.written[0] in ".[\\" or first.pieces != (first.atom,):
         raise UnsupportedPattern("it must start with a plain character, neither repeated nor optional")
-    repeated = _repeated(lowered)
+    repeated = [part for part in parts if part.unbounded]
+    for part in repeated:
+        if re.fullmatch(part.written, first.written):
+            raise UnsupportedPattern(
+                f"the repetition at {part.at} can match {first.written!r}, the first character: a prompt "
+                "could make the check slow"
+            )
     # each ? doubles the ways a start is tried (and with a repetition, the runs scanned from it)
-    optional = pattern.count("?") - pattern.count("%?")
-    if optional > (0 if repeated else PROMPT_OPTIONAL):
+    if sum(part.optional for part in parts) > (0 if repeated else PROMPT_OPTIONAL):
         raise UnsupportedPattern(
             f"at most {PROMPT_OPTIONAL} ? in a prompt check, and none beside a repetition "
             "(write one check each)"
         )
     return pattern
-
-
-def _repeated(regex: str) -> bool:
-    """Whether `regex` repeats an atom without bound; UnsupportedPattern when that atom can match the
-    pattern's first character."""
-    at, repeated = 0, False
-    while at < len(regex):
-        start = at
-        atom, at = _atom(regex, at)
-        written = regex[start:at]  # the atom as the regex writes it, for Python's reading of it
-        pieces: list[str] = []
-        at = _quantified(regex, at, atom, pieces)
-        if not pieces[-1].endswith(("*", "+")):
-            continue
-        repeated = True
-        if re.fullmatch(written, regex[0]):
-            raise UnsupportedPattern(
-                f"the repetition at {start} can match {regex[0]!r}, the first character: a prompt "
-                "could make the check slow"
-            )
-    return repeated
 
 
 def _lowered(regex: str) -> str:

@@ -41,12 +41,13 @@ local function observe(handle, now, caller, model_name, version, bytes, binary)
   if cut then metadata:set(NS, "sample_request_cut", "1") end
 end
 
--- The tier's prompt checks on a request to `model_name`; `document` (JSON) and `raw` are its body as
--- prompt.text takes them, read only when the tier has checks. A match is recorded for the counters and the
--- sample; false after refusing a request that a refusing check matched.
-local function checked_prompt(handle, tier, model_name, document, raw)
+-- The tier's prompt checks on a request to `model_name` whose body `bytes` is JSON for its first
+-- `json_length` bytes and binary after them; read only when the tier has checks. A match is recorded for the
+-- counters and the sample; false after refusing a request that a refusing check matched.
+local function checked_prompt(handle, tier, model_name, bytes, json_length)
   if #tier.prompt == 0 then return true end
-  local names, refusing = prompt.matches(tier.prompt, model_name, prompt.text(document, raw))
+  local text = prompt.text(bytes:sub(1, json_length), bytes:sub(json_length + 1))
+  local names, refusing = prompt.matches(tier.prompt, model_name, text)
   if #names == 0 then return true end
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "prompt_match", names[1])
@@ -80,7 +81,7 @@ local function grpc_request(handle, now, caller)
   if infer then
     local max_tokens, unreadable = protobuf.grpc_max_tokens(rest)
     if unreadable then return refuse(handle, 400, unreadable) end
-    if not checked_prompt(handle, tier, model_name, nil, rest) then return end
+    if not checked_prompt(handle, tier, model_name, rest, 0) then return end
     if not stream.reserve_tokens(handle, tier, model_name, model, scopes, #bytes, max_tokens) then return end
     observe(handle, now, caller, model_name, version, rest, true)
     if model.usage_output then
@@ -127,8 +128,7 @@ local function http_infer(handle, now, caller)
   local bytes, max_tokens, problem, json_length =
     prepare_http_infer(handle, tier.level, model.usage_output, caller.kind == "generate")
   if problem then return refuse(handle, 400, problem) end
-  local json_part, raw = bytes:sub(1, json_length or #bytes), bytes:sub((json_length or #bytes) + 1)
-  if not checked_prompt(handle, tier, caller.model, json_part, raw) then return end
+  if not checked_prompt(handle, tier, caller.model, bytes, json_length or #bytes) then return end
   local scopes = tier.scopes[caller.model]
   if stream.reserve_tokens(handle, tier, caller.model, model, scopes, #bytes, max_tokens) and #bytes > 0 then
     observe(handle, now, caller, caller.model, caller.version, bytes, false)
@@ -164,7 +164,7 @@ local function openai_request(handle, now, caller)
     stream.admit_model(handle, now, caller.tier, tier, model_name, model, version, true, stream.AFTER_BODY)
   if scopes == nil then return end
   local max_tokens = api.kind ~= "embedding" and asked.max_tokens or nil
-  if not checked_prompt(handle, tier, model_name, bytes, nil) then return end
+  if not checked_prompt(handle, tier, model_name, bytes, #bytes) then return end
   if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens) then return end
   observe(handle, now, caller, model_name, version, bytes, false)
   headers:replace("x-tollway-model-version", tostring(version))
