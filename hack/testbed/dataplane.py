@@ -259,6 +259,12 @@ class GatewayProcesses:
                 texts.append(answer.read().decode())
         return "\n".join(texts)
 
+    def ratelimit_stats(self) -> str:
+        """The ratelimit service's statistics, as Prometheus reads them (flushed every 10 s)."""
+        url = f"http://127.0.0.1:{self.ratelimit_ports.metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return str(answer.read().decode())
+
     def write_config(self, source: Path, *extra: str) -> None:
         """`tollway gateway-config` on `source` for every replica (a running Envoy reloads it live)."""
         shared = [f"--ratelimit=127.0.0.1:{self.ratelimit_ports.grpc}", f"--replicas={len(self.replicas)}"]
@@ -305,6 +311,14 @@ def summed(text: str, metric: str, **labels: str) -> float:
         if all(found.get(key) == value for key, value in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def fresh_hour(needed_seconds: float = 90) -> None:
+    """Wait for the next hour (the windows of the key-compromise signals) when fewer than `needed_seconds`
+    are left in this one."""
+    left = 3600 - time.time() % 3600
+    if left < needed_seconds:
+        time.sleep(left + 0.2)
 
 
 def fresh_window(needed_seconds: float = 20) -> None:

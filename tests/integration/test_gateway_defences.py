@@ -17,13 +17,20 @@ from typing import Any
 import pytest
 
 from testbed.client import Reply
-from testbed.dataplane import fresh_window, summed
+from testbed.dataplane import fresh_hour, fresh_window, summed
 from testbed.gateway import Bed, bed, echo_model, secret, tier, tiny_model
 from testbed.kube import eventually
 from testbed.triton import infer_body
 
 BEHIND_ONE_PROXY = ("--trusted-proxy-hops=1", "--unauthenticated-rpm-per-ip=4")
-KEYS = {"verified": "k-ent-verified-0123", "new": "k-ent-new-0123456", "metered": "k-metered-0123456"}
+KEYS = {
+    "verified": "k-ent-verified-0123",
+    "new": "k-ent-new-0123456",
+    "metered": "k-metered-0123456",
+    "watched": "k-watched-0123456",
+    "suspended": "k-suspended-012345",
+}
+SUSPENSION = "used from 40 networks (38 new to it) and 3 user agents in an hour"
 CUSTOMER_NETWORK = "203.0.113.0/24"
 DENIED = "198.51.100.66"
 
@@ -64,6 +71,15 @@ def manifests(_: Bed, denied: str = DENIED) -> list[dict[str, Any]]:
         secret("ent-verified", "enterprise", KEYS["verified"], labels={"tollway.dev/verified": "true"}),
         secret("ent-new", "enterprise", KEYS["new"]),
         secret("metered-key", "metered", KEYS["metered"]),
+        tier("watched", 3, {}, ["echo"]),  # counts its keys' networks and programs: the default
+        secret("watched-key", "watched", KEYS["watched"]),
+        secret(
+            "suspended-key",
+            "watched",
+            KEYS["suspended"],
+            labels={"tollway.dev/suspended": "true"},
+            annotations={"tollway.dev/suspended-reason": SUSPENSION},
+        ),
         deny_list,
     ]
 
@@ -74,8 +90,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         yield test_bed
 
 
-def call(gateway: Bed, key: str | None, forwarded: str | None, replica: int = 0) -> Reply:
+def call(
+    gateway: Bed, key: str | None, forwarded: str | None, replica: int = 0, agent: str | None = None
+) -> Reply:
     headers = {} if forwarded is None else {"x-forwarded-for": forwarded}
+    if agent is not None:
+        headers["user-agent"] = agent
     return gateway.call("/v1/models/echo/infer", key=key, body=infer_body(), headers=headers, replica=replica)
 
 
@@ -184,3 +204,49 @@ def test_a_prompt_check_refuses_an_escaped_injection_and_counts_what_it_flags(ga
         ]
 
     eventually(lambda: matches() == [1, 1], timeout=20)
+
+
+# Key-compromise signals and suspension
+
+AGENTS = ("curl/8.5.0", "OpenAI/Python 1.54.0", "OpenAI/Python 1.54.0 (linux)", "python-requests/2.31.0")
+"""Three programs: the two OpenAI ones are one product token."""
+
+
+def sightings(gateway: Bed) -> dict[str, float]:
+    """watched-key's distinct networks, networks new to it and user agents, as the ratelimit service counts
+    them (its first sightings in the hour, or the month)."""
+    text = gateway.ratelimit_stats()
+    return {
+        signal: summed(
+            text,
+            "ratelimit_service_rate_limit_within_limit",
+            key1=f"{signal}_watched",
+            key2="consumer_watched-key",
+        )
+        for signal in ("networks", "new_networks", "agents")
+    }
+
+
+def test_a_keys_networks_and_programs_are_each_counted_once_across_the_replicas(gateway: Bed) -> None:
+    """Twelve networks (two addresses of one /24 are one network), each called twice, half through each
+    Envoy replica, by three programs: the ratelimit service counts each network and program once. Then the
+    known networks again change nothing, and one more network counts once, in both counts."""
+    fresh_hour()
+    addresses = [f"100.64.{network}.7" for network in range(12)] + ["100.64.0.99"]
+    for round_ in range(2):
+        for index, address in enumerate(addresses):
+            reply = call(gateway, KEYS["watched"], address, replica=index % 2, agent=AGENTS[index % 4])
+            assert reply.status == 200, (round_, address, reply.status)
+    eventually(lambda: sightings(gateway) == {"networks": 12, "new_networks": 12, "agents": 3}, timeout=40)
+    for address in ("100.64.3.1", "100.64.4.1", "100.64.200.1"):
+        assert call(gateway, KEYS["watched"], address, agent=AGENTS[0]).status == 200
+    eventually(lambda: sightings(gateway) == {"networks": 13, "new_networks": 13, "agents": 3}, timeout=40)
+
+
+def test_a_suspended_key_gets_401_saying_why_and_is_not_counted(gateway: Bed) -> None:
+    reply = call(gateway, KEYS["suspended"], "100.64.9.9")
+    assert message(reply) == (
+        401,
+        f"this API key is suspended ({SUSPENSION}); ask the API's operators to lift the suspension",
+    )
+    assert reply.headers.get("www-authenticate") == 'Bearer realm="tollway"'

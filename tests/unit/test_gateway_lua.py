@@ -4,6 +4,7 @@ shape `render.envoy.lua_data` gives it; one test renders it from resources inste
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ def tier(level: int, scopes: dict[str, str], **changes: Any) -> dict[str, Any]:
         "mtls": None,
         "sampling": UNSAMPLED,
         "prompt": [],
+        "signals": False,
         **changes,
     }
 
@@ -60,6 +62,7 @@ DATA: dict[str, Any] = {
     "unauthenticated_scope": None,
     "refused_cluster": "refused",
     "unverified": {"ai/unverified-key": "pro"},
+    "suspended": {"ai/stolen-key": "used from 40 networks (38 new to it) and 3 user agents in an hour"},
     "server_cluster": "triton-grpc|chat",
     "mtls_ports": {"8443": "devices"},
     "tiers": {
@@ -104,6 +107,7 @@ DATA: dict[str, Any] = {
         "k-free": {"id": "ai/free-key", "consumer": "hobbyist", "tier": "free"},
         "k-old": {"id": "ai/old-key", "consumer": "acme", "tier": "pro", "expires": NOW},
         "k-unverified": {"id": "ai/unverified-key", "consumer": "newco", "tier": "pro"},
+        "k-stolen": {"id": "ai/stolen-key", "consumer": "acme.eu", "tier": "pro"},
     },
 }
 
@@ -313,6 +317,46 @@ def test_a_key_of_a_customer_not_yet_verified_gets_403_saying_so(gateway: Gatewa
         "this API key's account is not verified yet: tier pro serves verified customers only",
     )
     assert "x-tollway-cluster" not in handle.header_values
+
+
+def test_a_suspended_key_gets_401_saying_why_and_how_it_is_lifted(gateway: GatewayProgram) -> None:
+    handle = gateway.request({"x-api-key": "k-stolen"}, infer_body(), route=INFER)
+    assert handle.answer == (
+        401,
+        "this API key is suspended (used from 40 networks (38 new to it) and 3 user agents in an hour); "
+        "ask the API's operators to lift the suspension",
+    )
+    assert "x-tollway-cluster" not in handle.header_values and "signal_tier" not in handle.tollway
+
+
+def test_a_tier_that_counts_key_signals_names_the_consumer_and_its_client_program() -> None:
+    data = copy.deepcopy(DATA)
+    data["tiers"]["pro"]["signals"] = True
+    gateway = GatewayProgram(data, NOW)
+    agent = {"user-agent": "OpenAI/Python 1.54.0 (linux)"}
+    handle = gateway.request({**KEY, **agent}, infer_body(), route=INFER)
+    assert handle.reply is None
+    assert (handle.tollway["signal_tier"], handle.tollway["agent"]) == ("pro", "OpenAI/Python")
+    free = gateway.request({"x-api-key": "k-free", **agent}, infer_body(), route=INFER)
+    assert free.reply is None and "signal_tier" not in free.tollway and "agent" not in free.tollway
+
+
+@pytest.mark.parametrize(
+    ("header", "counted"),
+    [
+        (None, "none"),
+        ("", "none"),
+        ("curl/8.5.0", "curl/8.5.0"),
+        ("python-requests/2.31.0 extra", "python-requests/2.31.0"),
+        ("x" * 5000, "x" * 48),
+        ("<script>alert(1)</script>", "none"),
+        ("Mozilla/5.0\u0000evil", "Mozilla/5.0"),
+    ],
+)
+def test_the_user_agent_counted_is_its_first_product_token_cut_short(
+    header: str | None, counted: str
+) -> None:
+    assert Module("access").agent_product(header) == counted
 
 
 def test_a_body_declared_larger_than_the_models_limit_gets_413_on_its_headers(

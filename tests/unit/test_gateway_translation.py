@@ -18,7 +18,7 @@ from tollway import documents
 from tollway.api import ApiTier, ModelDeployment
 from tollway.api.api_tier import LabelSelector
 from tollway.api.parse import parse
-from tollway.ir.gateway import Limit, ModelLimits, Runtime
+from tollway.ir.gateway import LIMIT_KINDS, Limit, ModelLimits, Runtime
 from tollway.ir.state import GatewayState, UsageState
 from tollway.observe import prometheus
 from tollway.render.envoy import http_filters, listeners
@@ -287,7 +287,7 @@ def test_overrides_get_counters_of_their_own() -> None:
         concurrent=4,
         concurrent_per_replica=2,  # each of 3 Envoy replicas admits its share, rounded up
     )
-    descriptors = [entry for entry in ratelimit_config(built)["descriptors"] if entry["key"] != "ip"]
+    descriptors = [entry for entry in ratelimit_config(built)["descriptors"] if entry["key"] in LIMIT_KINDS]
     limits = {(entry["key"], entry["value"]): entry["descriptors"][0]["rate_limit"] for entry in descriptors}
     assert all(entry["descriptors"][0]["detailed_metric"] for entry in descriptors)  # per-consumer figures
     assert limits == {

@@ -3,6 +3,7 @@ the status write races, and the watch cache the reconciles read their namespace 
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
@@ -19,6 +20,8 @@ import pytest
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.ir.state import (
     DeploymentState,
+    KeyAlertState,
+    KeyPattern,
     MetricsState,
     PodProblem,
     SlaCounts,
@@ -59,6 +62,8 @@ class FakeCluster:
         self.unlistable: set[str | None] = set()
         self.broken_models: set[str] = set()
         self.peers: dict[str, dict[str, Any]] | None = {}
+        self.key_secrets: dict[str, Body] = {}
+        """The namespace's API-key Secrets (someone else's: only their labels and annotations are marked)."""
         self.on_apply: Callable[[list[Mapping[str, Any]]], None] = lambda manifests: None
         self.on_status: Callable[[], None] = lambda: None
         self._uids = itertools.count(1)
@@ -97,11 +102,26 @@ class FakeCluster:
     def list_secrets(self, namespace: str) -> list[Body]:
         """The Secrets applied so far (the generated ones among them: they must come back unchanged)."""
         self._count("list_secrets")
-        return [
+        generated = [
             json.loads(content)
             for (kind, where, _), content in self.children.items()
             if (kind, where) == ("Secret", namespace)
         ]
+        return generated + copy.deepcopy(list(self.key_secrets.values()))
+
+    def mark_secret(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str | None],
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        self._count("mark_secret")
+        metadata = self.key_secrets[name]["metadata"]
+        for field_name, changes in (("labels", labels), ("annotations", annotations)):
+            values = {**metadata.get(field_name, {}), **changes}
+            metadata[field_name] = {key: value for key, value in values.items() if value is not None}
+        self.writes.append(f"Secret/{name}/marked")
 
     def deployment_state(self, namespace: str, name: str) -> DeploymentState | None:
         self._count("deployment_state")
@@ -174,6 +194,7 @@ class FakeTelemetry:
         self.metrics = MetricsState(reachable=True, values={"p99_ms": 40.0})
         self.sla = SlaState(reachable=True, counts=SlaCounts(requests=2000, errors=30, input_tokens=10**6))
         self.asked: list[str] = []
+        self.key_alerts_state = KeyAlertState(reachable=True)
 
     def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
         self.asked.append(f"triton {model}")
@@ -190,6 +211,10 @@ class FakeTelemetry:
     def tier_sla(self, url: str, namespace: str, tier: str, start: int, end: int) -> SlaState:
         self.asked.append(f"sla {tier} {datetime.fromtimestamp(start, UTC):%Y-%m-%d}")
         return self.sla
+
+    def key_alerts(self, url: str, namespace: str) -> KeyAlertState:
+        self.asked.append(f"key alerts {namespace}")
+        return self.key_alerts_state
 
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -578,3 +603,84 @@ def test_the_serving_cost_is_read_with_the_metrics_and_stays_when_prometheus_fai
     status = bed.cluster.status_of(ModelDeployment, "chat")
     assert conditions(status)["MetricsAvailable"] == ("False", "PrometheusUnreachable")
     assert status["cost"] == read
+
+
+# Key suspension
+
+
+def key_secret(name: str, consumer: str, **labels: str) -> Body:
+    metadata = {"name": name, "namespace": "ai", "labels": {"tollway.dev/tier": "pro", **labels}}
+    if consumer != name:
+        metadata["labels"]["tollway.dev/consumer"] = consumer
+    key = base64.b64encode(f"sk-{name}".encode()).decode()
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": {"api-key": key}}
+
+
+def key_events(bed: Bed) -> list[str]:
+    return [event for event in bed.cluster.events if " Key" in event]
+
+
+STOLEN = KeyPattern(networks=40, new_networks=38, agents=3)
+
+
+def suspending_bed(suspend: bool = True) -> Bed:
+    bed = Bed(prometheus_url=PROMETHEUS)
+    bed.cluster.add(api_tier(**{"spec.auth.apiKeys.suspendOnCompromise": suspend}))
+    bed.cluster.key_secrets["acme-key"] = key_secret("acme-key", "acme.eu")
+    bed.cluster.key_secrets["other-key"] = key_secret("other-key", "other")
+    return bed
+
+
+def gateway_config(bed: Bed) -> str:
+    """Envoy's listeners as the gateway's config Secret holds them (the Lua data, suspensions among it)."""
+    secret = json.loads(bed.cluster.children[("Secret", "ai", "tollway-gateway-envoy")])
+    return base64.b64decode(secret["data"]["lds.yaml"]).decode()
+
+
+def test_a_key_whose_alert_fires_is_suspended_with_an_event_a_status_count_and_a_401_in_envoy() -> None:
+    bed = suspending_bed()
+    bed.telemetry.key_alerts_state = KeyAlertState(reachable=True, firing={("pro", "acme%2Eeu"): STOLEN})
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    marked = bed.cluster.key_secrets["acme-key"]["metadata"]
+    assert marked["labels"]["tollway.dev/suspended"] == "true"
+    assert marked["annotations"]["tollway.dev/suspended-reason"] == (
+        "used from 40 networks (38 new to it) and 3 user agents in an hour"
+    )
+    assert marked["annotations"]["tollway.dev/suspended-at"] == "2026-12-01T12:00:00Z"
+    assert "tollway.dev/suspended" not in bed.cluster.key_secrets["other-key"]["metadata"]["labels"]
+    assert key_events(bed) == ["pro: Warning KeySuspended"]
+    assert bed.cluster.status_of(ApiTier, "pro")["suspendedKeys"] == 1
+    assert "used from 40 networks (38 new to it)" in gateway_config(bed)  # rendered in the same reconcile
+    bed.reconciler.reconcile_gateway("ai", LOG)  # still firing: already suspended, nothing more
+    assert bed.cluster.calls["mark_secret"] == 1 and key_events(bed) == ["pro: Warning KeySuspended"]
+
+
+def test_a_lifted_suspension_holds_while_the_alert_fires_and_is_cleared_once_it_stops() -> None:
+    bed = suspending_bed()
+    bed.cluster.key_secrets["acme-key"] = key_secret(
+        "acme-key", "acme.eu", **{"tollway.dev/suspended": "lifted"}
+    )
+    bed.telemetry.key_alerts_state = KeyAlertState(reachable=True, firing={("pro", "acme%2Eeu"): STOLEN})
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert bed.cluster.key_secrets["acme-key"]["metadata"]["labels"]["tollway.dev/suspended"] == "lifted"
+    assert bed.cluster.status_of(ApiTier, "pro")["suspendedKeys"] == 0
+    assert "used from 40 networks" not in gateway_config(bed)
+    bed.telemetry.key_alerts_state = KeyAlertState(reachable=True)
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert "tollway.dev/suspended" not in bed.cluster.key_secrets["acme-key"]["metadata"]["labels"]
+    assert key_events(bed) == ["pro: Normal KeyWatchedAgain"]
+
+
+def test_a_tier_that_does_not_suspend_leaves_its_keys_alone_and_prometheus_unasked() -> None:
+    bed = suspending_bed(suspend=False)
+    bed.telemetry.key_alerts_state = KeyAlertState(reachable=True, firing={("pro", "acme%2Eeu"): STOLEN})
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert bed.cluster.calls["mark_secret"] == 0 and "key alerts ai" not in bed.telemetry.asked
+
+
+def test_an_unreachable_prometheus_suspends_nothing_and_serves_on() -> None:
+    bed = suspending_bed()
+    bed.telemetry.key_alerts_state = KeyAlertState(reachable=False, error="ConnectionError: refused")
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert bed.cluster.calls["mark_secret"] == 0
+    assert ("Secret", "ai", "tollway-gateway-envoy") in bed.cluster.children

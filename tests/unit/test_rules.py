@@ -483,6 +483,60 @@ def test_a_consumer_repeating_its_prompts_raises_an_alert(tmp_path: Path) -> Non
     passes_promtool(tmp_path, tests)
 
 
+def _sightings(signal: str, values: str) -> dict[str, str]:
+    """bob's first sightings of one signal (pro's), as the ratelimit service exports them."""
+    labels = f'namespace="ai",pod="ratelimit-0",key1="{signal}_pro",key2="consumer_bob"'
+    return {"series": f"ratelimit_service_rate_limit_within_limit{{{labels}}}", "values": values}
+
+
+def test_a_key_used_from_many_new_networks_or_programs_at_once_raises_an_alert(tmp_path: Path) -> None:
+    """pro's defaults: over 10 networks (half of them new to the key) or 5 user agents in an hour, and over
+    3x the key's own hourly average before. bob's key is used from 3 networks by 1 program an hour for
+    five hours, then from 40 networks an hour (a minute's 0.67 sightings)."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
+    rule = _pro_alert("TollwayKeyPatternChanged")
+    summary = rule["annotations"]["summary"].replace("{{ $labels.consumer }}", "bob")
+    steady, burst = "0+0.05x300", "15+0.6667x120"
+    usual_agents = _sightings("agents", "0+0.0167x420")
+    known = _sightings("new_networks", "0x420")
+
+    def case(series: list[dict[str, str]], at: str, fired: bool) -> dict[str, Any]:
+        expected = {
+            "exp_labels": {**rule["labels"], "consumer": "bob"},
+            "exp_annotations": {"summary": summary},
+        }
+        return {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": at, "alertname": rule["alert"], "exp_alerts": [expected] if fired else []}
+            ],
+        }
+
+    stolen = [_sightings("networks", f"{steady} {burst}"), _sightings("new_networks", "0x300 0+0.6667x120")]
+    tests = [
+        case([*stolen, usual_agents], "390m", fired=True),
+        case([*stolen, usual_agents], "300m", fired=False),  # before the burst
+        # as many networks, all of them known to the key (its office and its cloud regions): quiet
+        case([_sightings("networks", f"{steady} {burst}"), known, usual_agents], "390m", fired=False),
+        # a customer that always calls from 40 networks an hour: nothing changed
+        case([_sightings("networks", "0+0.6667x420"), known, usual_agents], "390m", fired=False),
+        # the same networks, but twenty programs an hour where there was one
+        case(
+            [
+                _sightings("networks", "0+0.05x420"),
+                known,
+                _sightings("agents", "0+0.0167x300 5+0.3334x120"),
+            ],
+            "390m",
+            fired=True,
+        ),
+        # a key new this hour, at once from 40 networks new to it: no week to compare with, the floor holds
+        case([_sightings("networks", "0+0.6667x90"), _sightings("new_networks", "0+0.6667x90")], "80m", True),
+    ]
+    passes_promtool(tmp_path, tests)
+
+
 def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> None:
     """The gateway counts served responses that reported no tokens (charged their estimate instead)."""
     groups = gateway_rule_groups(example_gateway())

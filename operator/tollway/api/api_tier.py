@@ -97,6 +97,12 @@ class ApiKeyAuth(TollwayModel):
     """Serve only keys whose Secret carries the label `tollway.dev/verified: "true"`, which a billing
     system sets once the customer's payment is verified; any other key of this tier is answered 403 with
     a message that says its account is not verified yet."""
+    suspend_on_compromise: bool = False
+    """When TollwayKeyPatternChanged fires for one of this tier's keys (see alerts.keyCompromise), the
+    operator labels its Secret `tollway.dev/suspended: "true"` (the reason in the annotation
+    `tollway.dev/suspended-reason`): the gateway answers its requests 401 with a message that says so.
+    A person lifts it by setting the label to "lifted"; once the alert has stopped, the operator removes
+    that label and watches the key again."""
 
 
 class JwtAuth(TollwayModel):
@@ -156,6 +162,23 @@ class OverLimit(TollwayModel):
     """429 responses carry Retry-After."""
 
 
+class KeyCompromise(TollwayModel):
+    """Signs that a key is used by someone besides its owner, counted per consumer by the ratelimit
+    service (no limit: each first sighting of a network or user agent within the period): the distinct client
+    networks (/24 for IPv4, /48 for IPv6) and user agents per hour, and the networks never seen for the
+    key this month. TollwayKeyPatternChanged fires when a key's networks (or agents) in the last hour pass
+    both the floor and `changeFactor` times its own hourly average of the week before, and at least
+    `newNetworkShare` of those networks are new to it (agents: no share)."""
+
+    enabled: bool = True
+    """Count the signals: one more call to the ratelimit service per request, when it ends (never in the
+    way of the answer)."""
+    networks_per_hour: int = Field(default=10, ge=2, le=1_000_000)
+    agents_per_hour: int = Field(default=5, ge=2, le=1_000_000)
+    change_factor: float = Field(default=3.0, ge=1.0, le=1000.0)
+    new_network_share: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 class UsageAlerts(TollwayModel):
     """When the alerts on this tier's consumers fire: usage spikes, and the patterns of scraping and
     automation."""
@@ -171,6 +194,7 @@ class UsageAlerts(TollwayModel):
     it sent to the same model version minutes before, with at least `repeatedPromptMinRequests` requests
     in that hour: automation, not people regenerating an answer now and then."""
     repeated_prompt_min_requests: int = Field(default=100, ge=1, le=1_000_000)
+    key_compromise: KeyCompromise = KeyCompromise()
 
 
 class Redaction(TollwayModel):
@@ -342,6 +366,8 @@ class ApiTierStatus(TollwayModel):
     conditions: Conditions = Field(default_factory=list)
     consumers: int = 0
     """Consumers with a live API key for this tier (JWT and mTLS consumers are not known in advance)."""
+    suspended_keys: int = 0
+    """API keys of this tier suspended now (label `tollway.dev/suspended: "true"` on their Secrets)."""
     mtls_port: int | None = None
     """The gateway port of this tier's mTLS clients (one listener per mTLS tier, trusting only its CA)."""
     usage: Usage | None = None

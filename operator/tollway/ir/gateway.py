@@ -122,6 +122,17 @@ class PromptCheck:
 
 
 @dataclass(frozen=True)
+class KeySignals:
+    """A tier's key-compromise signals (counted per consumer by the ratelimit service) and when their alert
+    fires (api.api_tier.KeyCompromise)."""
+
+    networks_per_hour: int = 10
+    agents_per_hour: int = 5
+    change_factor: float = 3.0
+    new_network_share: float = 0.5
+
+
+@dataclass(frozen=True)
 class Limit:
     """One fixed-window counter the ratelimit service keeps per consumer."""
 
@@ -203,6 +214,8 @@ class Tier:
     per_ip_rpm: int | None = None
     """Requests per minute from one client address, across the tier's consumers."""
     prompt_checks: tuple[PromptCheck, ...] = ()
+    key_signals: KeySignals | None = None
+    """None: its consumers' networks and user agents are not counted."""
 
     def limits_for(self, model: str) -> ModelLimits:
         return next(
@@ -221,6 +234,8 @@ class Credential:
     expires_at: int | None = None
     unverified: bool = False
     """Its tier serves verified keys only, and this one's Secret does not say it is verified."""
+    suspended: str | None = None
+    """Why the key is suspended (its Secret's label and reason annotation); None: it is not."""
 
 
 @dataclass(frozen=True)

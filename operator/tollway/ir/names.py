@@ -29,6 +29,15 @@ UNAUTHENTICATED_SCOPE), the client address follows it as `remote_address`."""
 UNAUTHENTICATED_SCOPE = "_unauthenticated"
 """The per-address scope of requests without a valid credential ('_' is in no Kubernetes name, so no
 tier's)."""
+KEY_SIGNALS = {
+    "networks": "masked_remote_address",
+    "new_networks": "masked_remote_address",
+    "agents": "agent",
+}
+"""The key-compromise signals (each a ratelimit descriptor SIGNAL=tier, consumer, then what it counts the
+distinct values of: the client's network, as Envoy's masked_remote_address action names it, or its
+user-agent product) and what the service's statistics call them: key1 `SIGNAL_<tier>`, key2
+`consumer_<consumer>` (monitoring reads them so)."""
 USAGE_STAT_PREFIX = "tollway"
 """The prefix of the usage counters each Envoy replica keeps per tier and consumer as it logs a request
 (usage_requests, usage_input, usage_output, and usage_unreported: responses that reported no token counts or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -66,6 +67,25 @@ class UsageState:
     output_tokens: int = 0
     observed_at: str | None = None
     """When read; None: now (see MetricsState)."""
+
+
+@dataclass(frozen=True)
+class KeyPattern:
+    """What a key's last hour looked like (its key-compromise signals), when its alert fired."""
+
+    networks: int = 0
+    new_networks: int = 0
+    agents: int = 0
+
+
+@dataclass(frozen=True)
+class KeyAlertState:
+    """The namespace's keys whose TollwayKeyPatternChanged alert fires now, by (tier, consumer as the
+    counters write it), from Prometheus; or why it could not be asked."""
+
+    reachable: bool
+    error: str = ""
+    firing: Mapping[tuple[str, str], KeyPattern] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class KubeCluster:
 
     read_resource = staticmethod(resources.read_resource)
     list_secrets = staticmethod(resources.list_secrets)
+    mark_secret = staticmethod(resources.mark_secret)
     peering_peers = staticmethod(resources.peering_peers)
     deployment_state = staticmethod(serving.deployment_state)
     pod_problems = staticmethod(serving.pod_problems)

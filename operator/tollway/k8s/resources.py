@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 from kubernetes import client
@@ -26,6 +27,15 @@ def list_secrets(namespace: str) -> list[dict[str, Any]]:
     """The namespace's Secrets as plain JSON dicts (data base64-encoded, as the API server holds it)."""
     listing = client.CoreV1Api(api_client()).list_namespaced_secret(namespace)
     return [api_client().sanitize_for_serialization(item) for item in listing.items]
+
+
+def mark_secret(
+    namespace: str, name: str, labels: Mapping[str, str | None], annotations: Mapping[str, str | None]
+) -> None:
+    """A merge patch of a Secret's labels and annotations (None deletes one): only these keys are touched,
+    on a Secret that is someone else's (an API key's), so no server-side apply takes its fields over."""
+    patch = {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}}
+    client.CoreV1Api(api_client()).patch_namespaced_secret(name, namespace, patch)
 
 
 def peering_peers(name: str, namespace: str | None) -> dict[str, dict[str, Any]]:

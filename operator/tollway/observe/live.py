@@ -10,3 +10,4 @@ class LiveTelemetry:
     model_metrics = staticmethod(prometheus.model_metrics)
     tier_usage = staticmethod(prometheus.tier_usage)
     tier_sla = staticmethod(prometheus.tier_sla)
+    key_alerts = staticmethod(prometheus.key_alerts)

@@ -8,9 +8,17 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from tollway.ir.names import usage_metric
-from tollway.ir.state import CostCounts, MetricsState, SlaCounts, SlaState, UsageState
-from tollway.render.monitoring import selector
+from tollway.ir.names import KEY_SIGNALS, usage_metric
+from tollway.ir.state import (
+    CostCounts,
+    KeyAlertState,
+    KeyPattern,
+    MetricsState,
+    SlaCounts,
+    SlaState,
+    UsageState,
+)
+from tollway.render.monitoring import KEY_ALERT, selector
 
 TIMEOUT_SECONDS = 3
 
@@ -89,6 +97,30 @@ def tier_usage(url: str, namespace: str, tier: str, since_seconds: int) -> Usage
         )
     except Exception as error:
         return UsageState(reachable=False, error=_failure(error))
+
+
+def key_alerts(url: str, namespace: str) -> KeyAlertState:
+    """The keys of `namespace` whose TollwayKeyPatternChanged fires now, with their last hour's signals."""
+    try:
+        client = _client(url)
+        firing: Any = client.custom_query(
+            f'ALERTS{{alertname="{KEY_ALERT}",alertstate="firing",namespace="{namespace}"}}'
+        )
+        keys = {(str(alert["metric"]["tier"]), str(alert["metric"]["consumer"])) for alert in firing}
+        figures: dict[tuple[str, str], dict[str, int]] = {key: {} for key in keys}
+        for signal in KEY_SIGNALS:
+            found: Any = client.custom_query(
+                f'tollway:consumer_{signal}:increase1h{{namespace="{namespace}"}}'
+            )
+            for series in found:
+                key = (str(series["metric"].get("tier")), str(series["metric"].get("consumer")))
+                if key in figures:
+                    figures[key][signal] = round(float(series["value"][1]))
+        return KeyAlertState(
+            reachable=True, firing={key: KeyPattern(**counts) for key, counts in figures.items()}
+        )
+    except Exception as error:
+        return KeyAlertState(reachable=False, error=_failure(error))
 
 
 def _failure(error: Exception) -> str:

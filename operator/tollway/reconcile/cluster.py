@@ -11,7 +11,15 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from tollway.api import Resource
-from tollway.ir.state import DeploymentState, MetricsState, PodProblem, SlaState, TritonState, UsageState
+from tollway.ir.state import (
+    DeploymentState,
+    KeyAlertState,
+    MetricsState,
+    PodProblem,
+    SlaState,
+    TritonState,
+    UsageState,
+)
 
 Clock = Callable[[], datetime]
 """The time now, timezone-aware."""
@@ -36,6 +44,17 @@ class Cluster(Protocol):
         ...
 
     def list_secrets(self, namespace: str) -> list[Body]: ...
+
+    def mark_secret(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str | None],
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Set (or with None, remove) labels and annotations on a Secret Tollway does not own (an API
+        key's)."""
+        ...
 
     def deployment_state(self, namespace: str, name: str) -> DeploymentState | None: ...
 
@@ -93,4 +112,8 @@ class Telemetry(Protocol):
 
     def tier_sla(self, url: str, namespace: str, tier: str, start: int, end: int) -> SlaState:
         """The tier's SLA counts between the unix seconds `start` and `end`."""
+        ...
+
+    def key_alerts(self, url: str, namespace: str) -> KeyAlertState:
+        """The namespace's keys whose TollwayKeyPatternChanged alert fires now."""
         ...

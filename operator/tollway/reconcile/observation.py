@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.names import TRITON_KEY, serving_children
-from tollway.ir.state import MetricsState, ServingState, SlaCounts, SlaState, UsageState
+from tollway.ir.state import KeyAlertState, MetricsState, ServingState, SlaCounts, SlaState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.render.monitoring import MONITORING_API
 from tollway.settings import Settings
@@ -65,6 +65,17 @@ class Observer:
     def monitoring_served(self) -> bool:
         """Whether the cluster serves prometheus-operator's ServiceMonitor and PrometheusRule."""
         return all(self.cluster.served(MONITORING_API, kind) for kind in ("ServiceMonitor", "PrometheusRule"))
+
+    def key_alerts(self, namespace: str, tiers: Iterable[Mapping[str, Any]]) -> KeyAlertState | None:
+        """The namespace's firing key alerts, asked only where a tier suspends keys on them (None: none
+        does, or there is no Prometheus)."""
+        suspending = any(
+            (((tier.get("spec") or {}).get("auth") or {}).get("apiKeys") or {}).get("suspendOnCompromise")
+            for tier in tiers
+        )
+        if not self.settings.prometheus_url or not suspending:
+            return None
+        return self.telemetry.key_alerts(self.settings.prometheus_url, namespace)
 
     def usage(self, namespace: str, tier: Mapping[str, Any], now: datetime) -> UsageState | None:
         """A tier's use today from Prometheus, at most once per resync (what status holds when younger)."""

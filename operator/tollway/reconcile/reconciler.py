@@ -12,7 +12,7 @@ from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.ir.names import GATEWAY_NAME
 from tollway.ir.state import GatewayState
 from tollway.k8s.apply import ApplyError
-from tollway.reconcile.cluster import Clock, Cluster, Telemetry
+from tollway.reconcile.cluster import Body, Clock, Cluster, Telemetry
 from tollway.reconcile.coalesce import Coalescer
 from tollway.reconcile.observation import Observer
 from tollway.reconcile.status import Logger, write_status
@@ -20,6 +20,7 @@ from tollway.settings import Settings
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed
 from tollway.translate.gateway import TierReport
+from tollway.translate.suspension import SecretMark, suspensions
 
 
 class Reconciler:
@@ -129,7 +130,7 @@ class Reconciler:
         options = replace(
             gateway, runtime=replace(gateway.runtime, monitoring=self.observer.monitoring_served())
         )
-        held = self.cluster.list_secrets(namespace)
+        held = self._suspend_compromised_keys(namespace, tiers, self.cluster.list_secrets(namespace), logger)
         fresh = secrets.token_hex(32)  # Redis's password, used only while its Secret does not exist
         result = translate_gateway(
             namespace, tiers + models, held, now, options, network=self.settings.network, fresh=fresh
@@ -161,3 +162,34 @@ class Reconciler:
                 sla=self.observer.sla(namespace, body, now),
             )
             write_status(self.cluster, ApiTier, body, translate(ApiTier, body, now, context).status, logger)
+
+    def _suspend_compromised_keys(
+        self, namespace: str, tiers: list[Body], held: list[Body], logger: Logger
+    ) -> list[Body]:
+        """Suspend the keys whose alert fires (where their tier asks for it), release lifted ones whose
+        alert stopped (translate.suspension), and return the Secrets as they are now marked."""
+        alerts = self.observer.key_alerts(namespace, tiers)
+        if alerts is None:
+            return held
+        if not alerts.reachable:
+            logger.warning("cannot ask Prometheus which keys to suspend: %s", alerts.error)
+            return held
+        marks = {mark.secret: mark for mark in suspensions(tiers, held, alerts.firing, self.clock())}
+        by_tier = {body["metadata"]["name"]: body for body in tiers}
+        for mark in marks.values():
+            self.cluster.mark_secret(namespace, mark.secret, mark.labels, mark.annotations)
+            logger.info("%s", mark.note)
+            tier = by_tier[mark.tier]["metadata"]
+            self.cluster.record_event(ApiTier, tier, type=mark.event_type, reason=mark.reason, note=mark.note)
+        return [_marked(secret, marks.get(secret["metadata"]["name"])) for secret in held]
+
+
+def _marked(secret: Body, mark: SecretMark | None) -> Body:
+    """The Secret with the mark's labels and annotations (what the API server holds after the patch)."""
+    if mark is None:
+        return secret
+    metadata = dict(secret["metadata"])
+    for field_name, changes in (("labels", mark.labels), ("annotations", mark.annotations)):
+        values = {**(metadata.get(field_name) or {}), **changes}
+        metadata[field_name] = {key: value for key, value in values.items() if value is not None}
+    return {**secret, "metadata": metadata}

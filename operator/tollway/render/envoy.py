@@ -20,6 +20,7 @@ from tollway.api.sla import SLA_LATENCY_BUCKETS_MS
 from tollway.ir.gateway import CAPACITY_REREAD_SECONDS, Gateway, Model, Mtls, Runtime, Tier, Version
 from tollway.ir.names import (
     ADDRESS_DESCRIPTOR,
+    KEY_SIGNALS,
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
     TRITON_KEY_HEADER,
@@ -167,6 +168,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "mtls": list(tier.mtls.allowed_sans) if tier.mtls else None,
             "sampling": _sampling(gateway, tier),
             "per_address": counter_name(tier.name) if tier.per_ip_rpm else None,
+            "signals": tier.key_signals is not None,
             "prompt": [
                 {
                     "name": check.name,
@@ -192,6 +194,12 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         # the keys (Secret names) of verified-only tiers whose customers are not verified, with their tier
         "unverified": {
             credential.id: credential.tier for credential in gateway.credentials if credential.unverified
+        },
+        # suspended keys (Secret names), with why: answered 401 with it
+        "suspended": {
+            credential.id: credential.suspended
+            for credential in gateway.credentials
+            if credential.suspended is not None
         },
         "tiers": tiers,
         "models": {
@@ -536,7 +544,30 @@ def _stream_end_filter() -> Config:
         for limit in ("tpm", "tpd")
         for mode in ("open", "closed")
     ]
-    return _ratelimit_service("tollway.settle", settled, failure_mode_deny=False)
+    return _ratelimit_service("tollway.settle", settled + _key_signal_limits(), failure_mode_deny=False)
+
+
+def _key_signal_limits() -> list[Config]:
+    """The key-compromise signals of a request whose tier counts them (its Lua program set `signal_tier`):
+    its client network (/24, /48) and user-agent product, per consumer, sent when it ends with the
+    settlement (render.ratelimit._key_signals: never refused, no headers)."""
+    counted = {
+        "masked_remote_address": {
+            "masked_remote_address": {"v4_prefix_mask_len": 24, "v6_prefix_mask_len": 48}
+        },
+        "agent": _metadata_action("agent", "agent"),
+    }
+    return [
+        {
+            "actions": [
+                _metadata_action(signal, "signal_tier"),
+                _metadata_action("consumer", "counter_consumer"),
+                counted[value],
+            ],
+            "apply_on_stream_done": True,
+        }
+        for signal, value in KEY_SIGNALS.items()
+    ]
 
 
 ANSWERED_COUNTS = {

@@ -15,8 +15,8 @@ from typing import Any
 
 from tollway.api.sla import MINUTES_PER_WEEK
 from tollway.ir.cost import ServingCost
-from tollway.ir.gateway import Gateway, Tier
-from tollway.ir.names import usage_metric
+from tollway.ir.gateway import Gateway, KeySignals, Tier
+from tollway.ir.names import KEY_SIGNALS, usage_metric
 from tollway.ir.serving import Objectives, TritonServing
 from tollway.ir.sla import Sla
 
@@ -526,7 +526,76 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             }
         )
         rules += automation_alerts(namespace, tier)
+    if any(tier.key_signals for tier in gateway.tiers):
+        rules += key_signal_rules(gateway)
     return rules
+
+
+#: The ratelimit service's counter of first sightings (see render.ratelimit._key_signals).
+SIGHTINGS = "ratelimit_service_rate_limit_within_limit"
+KEY_ALERT = "TollwayKeyPatternChanged"
+"""The alert the operator suspends keys on (for tiers with spec.auth.apiKeys.suspendOnCompromise)."""
+
+
+def key_signal_rules(gateway: Gateway) -> list[dict[str, Any]]:
+    """Per consumer, the distinct client networks, networks new to its key this month, and user agents in
+    the last hour (the ratelimit service counts first sightings per clock hour, so a value seen on both
+    sides of an hour's turn counts twice), and per tier the alert that a key's pattern changed abruptly."""
+    namespace = gateway.namespace
+    rules: list[dict[str, Any]] = []
+    for signal in KEY_SIGNALS:
+        series = f'{SIGHTINGS}{{namespace="{namespace}",key1=~"{signal}_.+"}}'
+        labelled = label_replace(
+            label_replace(f"increase({series}[1h])", "tier", f"{signal}_(.+)", "key1"),
+            "consumer",
+            "consumer_(.+)",
+            "key2",
+        )
+        rules.append(
+            {
+                "record": f"tollway:consumer_{signal}:increase1h",
+                "expr": f"sum by (namespace, tier, consumer) ({labelled})",
+            }
+        )
+    for tier in gateway.tiers:
+        if tier.key_signals is not None:
+            rules.append(key_alert(namespace, tier.name, tier.key_signals))
+    return rules
+
+
+def label_replace(expression: str, label: str, pattern: str, source: str) -> str:
+    return f'label_replace({expression}, "{label}", "$1", "{source}", "{pattern}")'
+
+
+def key_alert(namespace: str, tier: str, signals: KeySignals) -> dict[str, Any]:
+    """A key used from more networks (most of them new to it) or by more user agents than the floor and
+    `change_factor` times its hourly average of the week before this hour; a key with no such week is held
+    to the floor alone."""
+    scope = f'namespace="{namespace}",tier="{tier}"'
+    factor = _number(signals.change_factor)
+
+    def jumped(signal: str, floor: int) -> str:
+        recent = f"tollway:consumer_{signal}:increase1h{{{scope}}}"
+        before = f"avg_over_time({recent}[7d] offset 1h)"
+        return f"({recent} > {floor} and ({recent} > {factor} * {before} or {recent} unless {before}))"
+
+    networks = f"tollway:consumer_networks:increase1h{{{scope}}}"
+    new = f"tollway:consumer_new_networks:increase1h{{{scope}}}"
+    share = _number(signals.new_network_share)
+    expression = (
+        f"({jumped('networks', signals.networks_per_hour)} and {new} >= {share} * {networks}) "
+        f"or {jumped('agents', signals.agents_per_hour)}"
+    )
+    return {
+        "alert": KEY_ALERT,
+        "expr": expression,
+        "for": "5m",
+        "labels": {"namespace": namespace, "tier": tier, "severity": "page"},
+        "annotations": {
+            "summary": f"the key of consumer {{{{ $labels.consumer }}}} (tier {tier}) is used from far more "
+            "networks or programs than it was: stolen?",
+        },
+    }
 
 
 def automation_alerts(namespace: str, tier: Tier) -> list[dict[str, Any]]:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import ADDRESS_DESCRIPTOR, RATELIMIT_DOMAIN, UNAUTHENTICATED_SCOPE, counter_name
+from tollway.ir.names import (
+    ADDRESS_DESCRIPTOR,
+    KEY_SIGNALS,
+    RATELIMIT_DOMAIN,
+    UNAUTHENTICATED_SCOPE,
+    counter_name,
+)
 
 UNITS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}
 
@@ -38,7 +44,10 @@ def ratelimit_config(gateway: Gateway) -> dict[str, Any]:
         }
         for (limit, scope), value in sorted(limits.items())
     ]
-    return {"domain": RATELIMIT_DOMAIN, "descriptors": limited + _per_address(gateway)}
+    return {
+        "domain": RATELIMIT_DOMAIN,
+        "descriptors": limited + _per_address(gateway) + _key_signals(gateway),
+    }
 
 
 def _per_address(gateway: Gateway) -> list[dict[str, Any]]:
@@ -57,4 +66,39 @@ def _per_address(gateway: Gateway) -> list[dict[str, Any]]:
             ],
         }
         for scope, value in sorted(scopes.items())
+    ]
+
+
+SIGNAL_PERIODS = {"networks": "hour", "new_networks": "month", "agents": "hour"}
+"""How long each signal remembers a value: networks and agents per hour; networks "never seen" for a key are
+those not seen this calendar month (the longest window the service keeps cheaply: a key's known networks
+are new again once a month, which alone never makes its alert fire)."""
+
+
+def _key_signals(gateway: Gateway) -> list[dict[str, Any]]:
+    """(SIGNAL=tier, consumer, value) → a limit of one per period, in shadow mode: never refused, and the
+    first sighting of each value in the period is the one `within_limit` counts, so that count, per
+    consumer (value_to_metric puts the consumer into the statistic's name), is the number of distinct
+    values in the period."""
+    return [
+        {
+            "key": signal,
+            "value": counter_name(tier.name),
+            "descriptors": [
+                {
+                    "key": "consumer",
+                    "value_to_metric": True,
+                    "descriptors": [
+                        {
+                            "key": counted,
+                            "rate_limit": {"unit": SIGNAL_PERIODS[signal], "requests_per_unit": 1},
+                            "shadow_mode": True,
+                        }
+                    ],
+                }
+            ],
+        }
+        for tier in gateway.tiers
+        if tier.key_signals is not None
+        for signal, counted in KEY_SIGNALS.items()
     ]

@@ -37,6 +37,7 @@ def status(
     found: dict[str, Any] = {
         "observed_generation": resource.metadata.generation,
         "consumers": report.consumers,
+        "suspended_keys": report.suspended_keys,
     }
     if report.mtls_port is not None:
         found["mtls_port"] = report.mtls_port

@@ -12,6 +12,7 @@ import base64
 import binascii
 import ipaddress
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
-from tollway.api.api_tier import LabelSelector, Quotas
+from tollway.api.api_tier import KeyCompromise, LabelSelector, Quotas
 from tollway.api.api_tier import Sampling as SamplingSpec
 from tollway.ir.gateway import (
     LIMIT_KINDS,
@@ -28,6 +29,7 @@ from tollway.ir.gateway import (
     Endpoint,
     Gateway,
     Jwt,
+    KeySignals,
     Limit,
     Model,
     ModelLimits,
@@ -61,6 +63,11 @@ CONSUMER_LABEL = "tollway.dev/consumer"
 EXPIRES_ANNOTATION = "tollway.dev/expires-at"
 VERIFIED_LABEL = "tollway.dev/verified"
 """On an API key's Secret, "true": the customer is verified (what a tier with requireVerified serves)."""
+SUSPENDED_LABEL = "tollway.dev/suspended"
+"""On an API key's Secret: "true", suspended (the gateway answers 401); "lifted", a person lifted the
+operator's suspension (left alone until its alert stops, then the label goes)."""
+SUSPENDED_REASON = "tollway.dev/suspended-reason"
+"""On a suspended key's Secret: why, as the operator wrote it (and part of the 401's message)."""
 DENY_LIST_LABEL = "tollway.dev/deny-list"
 """On a Secret of the namespace, "true": its data key DENY_LIST_KEY lists networks the gateway refuses."""
 DENY_LIST_KEY = "cidrs"
@@ -82,6 +89,7 @@ class TierReport:
     consumers: int = 0
     problems: tuple[str, ...] = ()
     mtls_port: int | None = None
+    suspended_keys: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,12 +178,18 @@ def plan_gateway(
         )
     built = _with_mtls_ports(built, options, problems)
     credentials, counts = _credentials(ordered, secrets, now, problems)
+    suspended = Counter(credential.tier for credential in credentials if credential.suspended is not None)
     denied, unreadable = denied_networks(secrets)
     for found in problems.values():
         found.extend(unreadable)  # the namespace's deny list is every tier's concern
     ports = {tier.name: tier.mtls_port for tier in built}
     reports = {
-        name: TierReport(consumers=counts.get(name, 0), problems=tuple(found), mtls_port=ports.get(name))
+        name: TierReport(
+            consumers=counts.get(name, 0),
+            problems=tuple(found),
+            mtls_port=ports.get(name),
+            suspended_keys=suspended[name],
+        )
         for name, found in problems.items()
     }
     if not ordered:
@@ -454,6 +468,7 @@ def _tier(
         near_limit_hours=spec.alerts.near_limit_hours,
         repeated_prompt_ratio=spec.alerts.repeated_prompt_ratio,
         repeated_prompt_min_requests=spec.alerts.repeated_prompt_min_requests,
+        key_signals=_key_signals(spec.alerts.key_compromise),
         sla=sla,
         sla_latency_ms=sla.latency_ms if sla else None,
         margin_models=costed,
@@ -473,6 +488,17 @@ def _tier(
         if jwt
         else None,
         mtls=mtls,
+    )
+
+
+def _key_signals(spec: KeyCompromise) -> KeySignals | None:
+    if not spec.enabled:
+        return None
+    return KeySignals(
+        networks_per_hour=spec.networks_per_hour,
+        agents_per_hour=spec.agents_per_hour,
+        change_factor=spec.change_factor,
+        new_network_share=spec.new_network_share,
     )
 
 
@@ -517,6 +543,16 @@ def selects(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
     )
 
 
+def key_claimants(tiers: Sequence[ApiTier], labels: Mapping[str, str]) -> list[ApiTier]:
+    """The tiers whose API keys select a Secret with these labels, first by priority: the key is the first
+    one's."""
+    return [
+        tier
+        for tier in tiers
+        if tier.spec.auth.api_keys and selects(tier.spec.auth.api_keys.secret_selector, labels)
+    ]
+
+
 def _credentials(
     tiers: Sequence[ApiTier],
     secrets: Sequence[Mapping[str, Any]],
@@ -530,11 +566,7 @@ def _credentials(
     for secret in sorted(secrets, key=lambda secret: str(secret["metadata"]["name"])):
         meta = secret["metadata"]
         labels = meta.get("labels") or {}
-        claimants = [
-            tier
-            for tier in tiers
-            if tier.spec.auth.api_keys and selects(tier.spec.auth.api_keys.secret_selector, labels)
-        ]
+        claimants = key_claimants(tiers, labels)
         if not claimants:
             continue
         owner, name = claimants[0].metadata.name, meta["name"]
@@ -566,9 +598,18 @@ def _credentials(
         unverified = (
             api_keys is not None and api_keys.require_verified and labels.get(VERIFIED_LABEL) != "true"
         )
+        suspended = None
+        if labels.get(SUSPENDED_LABEL) == "true":
+            suspended = (meta.get("annotations") or {}).get(SUSPENDED_REASON) or "no reason given"
         credentials.append(
             Credential(
-                id=name, consumer=consumer, tier=owner, key=key, expires_at=expires_at, unverified=unverified
+                id=name,
+                consumer=consumer,
+                tier=owner,
+                key=key,
+                expires_at=expires_at,
+                unverified=unverified,
+                suspended=suspended,
             )
         )
         consumers.setdefault(owner, set()).add(consumer)

@@ -124,6 +124,15 @@ function M.key_caller(credentials, key, now)
   return credential.consumer, credential.tier, nil, credential.id
 end
 
+-- What the key-compromise signals count of a User-Agent header: its first product token, cut to 48
+-- characters: enough to tell one client program from another, while no caller can make the ratelimit
+-- service keep long values. "none" without one.
+function M.agent_product(user_agent)
+  local product = (user_agent or ""):match("^[%w%._/%-]+")
+  if product == nil then return "none" end
+  return product:sub(1, 48)
+end
+
 -- A consumer or tier name as the ratelimit service's counters carry it (as ir/names.py's counter_name writes
 -- it): their statistics are dot-separated paths, so '%' and '.' are percent-encoded.
 function M.counter_name(name) return (name:gsub("%%", "%%25"):gsub("%.", "%%2E")) end

@@ -63,6 +63,10 @@ local function set_caller(handle, kind, consumer, tier_name, credential)
   if tier.per_address then
     metadata:set(NS, tier.fail_open and "address_open" or "address_closed", tier.per_address)
   end
+  if tier.signals then -- counted when the request ends (the stream-end filter): see render/ratelimit.py
+    metadata:set(NS, "signal_tier", access.counter_name(tier_name))
+    metadata:set(NS, "agent", access.agent_product(handle:headers():get("user-agent")))
+  end
 end
 
 -- A caller without a valid credential. Where such callers are limited per client address, its 401 is left
@@ -170,6 +174,13 @@ local function on_request(handle, now)
       handle,
       403,
       "this API key's account is not verified yet: tier " .. unverified .. " serves verified customers only"
+    )
+  end
+  local suspended = credential and T.suspended[credential]
+  if suspended then
+    return stream.unauthenticated(
+      handle,
+      "this API key is suspended (" .. suspended .. "); ask the API's operators to lift the suspension"
     )
   end
   if kind == "models" or kind == "model" then return list_models(handle, now, kind, tier_name) end
