@@ -193,6 +193,20 @@ def prometheus_adapter(
     return start("prometheus-adapter", command, workdir / "prometheus-adapter.log", answers_tcp(port))
 
 
+def alertmanager(workdir: Path, config: Path, port: int) -> Process:
+    """Debian's Alertmanager on `config`, alone (no cluster peers), its state in `workdir`."""
+    binary = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={workdir / f'alertmanager-{port}'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    log = workdir / f"alertmanager-{port}.log"
+    return start("alertmanager", command, log, answers_http(f"http://127.0.0.1:{port}/-/ready"))
+
+
 def prometheus_query(prometheus_url: str, expression: str) -> list[dict[str, Any]]:
     """The series an instant query returns (each with its `metric` labels and `value`)."""
     url = f"{prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expression})}"

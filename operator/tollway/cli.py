@@ -23,7 +23,7 @@ from tollway.ir.names import TRITON_GRPC_PORT
 from tollway.ir.network import OPERATOR, PROMETHEUS, NetworkPeers, Peer
 from tollway.observe import prometheus
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
-from tollway.render.gateway import gateway_files
+from tollway.render.gateway import NOTICES_FILE, gateway_files
 from tollway.settings import Settings
 from tollway.translate import translate_all, translate_gateway
 from tollway.translate.cost import plan_cost
@@ -141,12 +141,16 @@ def gateway_config(arguments: argparse.Namespace) -> int:
     (out / "envoy").mkdir(parents=True, exist_ok=True)
     (out / "ratelimit" / "config").mkdir(parents=True, exist_ok=True)
     (out / "capacity").mkdir(parents=True, exist_ok=True)
+    (out / "alertmanager").mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         target = {
             "ratelimit.yaml": out / "ratelimit" / "config" / "tollway.yaml",
             CAPACITY_FILE: out / "capacity" / CAPACITY_FILE,  # not in Envoy's watched directory: no reload
+            NOTICES_FILE: out / "alertmanager" / NOTICES_FILE,
         }.get(name, out / "envoy" / name)
         _replace(target, text)
+    if NOTICES_FILE not in files:
+        (out / "alertmanager" / NOTICES_FILE).unlink(missing_ok=True)
     print(out)
     return 0
 
@@ -332,6 +336,7 @@ def run(arguments: argparse.Namespace) -> int:
         storage_initializer_image=arguments.storage_initializer_image,
         tollway_image=arguments.tollway_image,
         prometheus_url=arguments.prometheus_url or None,
+        alertmanager_url=arguments.alertmanager_url or None,
         gateway=GatewayOptions(
             runtime=Runtime(
                 envoy_replicas=arguments.gateway_replicas,
@@ -452,6 +457,11 @@ def _add_run(commands: Any) -> None:
         "--prometheus-url",
         default="",
         help="Prometheus for status.metrics and KEDA triggers; empty reads none",
+    )
+    command.add_argument(
+        "--alertmanager-url",
+        default="",
+        help="Alertmanager to tell of suspended keys (their consumers' notices); empty tells none",
     )
     command.add_argument(
         "--gateway-replicas",

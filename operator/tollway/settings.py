@@ -29,6 +29,9 @@ class Settings:
     prometheus_url: str | None = None
     """Prometheus to read live figures from (status.metrics) and for KEDA's triggers; None reads none
     (KEDA then queries prometheus-operator's usual in-cluster Service)."""
+    alertmanager_url: str | None = None
+    """Alertmanager to tell of suspended keys (TollwayKeySuspended, routed to their consumers' webhooks);
+    None tells none."""
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     """How each namespace's gateway runs: Envoy replicas, Redis address, images, TLS for mTLS tiers."""
     network: NetworkPeers = field(default_factory=NetworkPeers)

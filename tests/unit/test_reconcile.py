@@ -195,6 +195,7 @@ class FakeTelemetry:
         self.sla = SlaState(reachable=True, counts=SlaCounts(requests=2000, errors=30, input_tokens=10**6))
         self.asked: list[str] = []
         self.key_alerts_state = KeyAlertState(reachable=True)
+        self.posted: list[dict[str, Any]] = []
 
     def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
         self.asked.append(f"triton {model}")
@@ -215,6 +216,10 @@ class FakeTelemetry:
     def key_alerts(self, url: str, namespace: str) -> KeyAlertState:
         self.asked.append(f"key alerts {namespace}")
         return self.key_alerts_state
+
+    def post_alerts(self, url: str, alerts: list[dict[str, Any]]) -> str:
+        self.posted += alerts
+        return ""
 
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -684,3 +689,33 @@ def test_an_unreachable_prometheus_suspends_nothing_and_serves_on() -> None:
     bed.reconciler.reconcile_gateway("ai", LOG)
     assert bed.cluster.calls["mark_secret"] == 0
     assert ("Secret", "ai", "tollway-gateway-envoy") in bed.cluster.children
+
+
+def test_alertmanager_hears_of_each_suspended_key_on_every_gateway_reconcile_until_it_is_lifted() -> None:
+    bed = Bed(prometheus_url=PROMETHEUS, alertmanager_url="http://alertmanager.test:9093")
+    bed.cluster.add(api_tier())
+    reason = {"tollway.dev/suspended": "true"}
+    bed.cluster.key_secrets["acme-key"] = key_secret("acme-key", "acme.eu", **reason)
+    bed.cluster.key_secrets["acme-key"]["metadata"]["annotations"] = {
+        "tollway.dev/suspended-reason": "stolen"
+    }
+    bed.cluster.key_secrets["other-key"] = key_secret("other-key", "other")
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert [alert["labels"] for alert in bed.telemetry.posted] == [
+        {
+            "alertname": "TollwayKeySuspended",
+            "namespace": "ai",
+            "tier": "pro",
+            "consumer": "acme%2Eeu",
+            "secret": "acme-key",
+            "severity": "page",
+        }
+    ]
+    alert = bed.telemetry.posted[0]
+    assert alert["annotations"]["summary"] == "an API key of consumer acme.eu (tier pro) is suspended: stolen"
+    assert (alert["startsAt"], alert["endsAt"]) == ("2026-12-01T12:00:00Z", "2026-12-01T12:05:00Z")
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert len(bed.telemetry.posted) == 2  # kept firing while suspended
+    bed.cluster.key_secrets["acme-key"]["metadata"]["labels"]["tollway.dev/suspended"] = "lifted"
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    assert len(bed.telemetry.posted) == 2  # no longer sent: Alertmanager resolves it at its endsAt

@@ -78,9 +78,11 @@ The rules the operator needs in each namespace it watches (all of them when clus
   each apply (get),
   watched by kopf so an edited or deleted child is restored (list, watch), server-side applied (patch; create too, since an apply that creates an object is
   also authorised as a create) and pruned when no longer rendered (delete, after a list by label).
-- Secrets: also the API keys that tiers select (list, watch), by labels their owners choose.
+- Secrets: also the API keys that tiers select (list, watch), by labels their owners choose; the labels
+  and annotations of a key it suspends (patch, only where a tier sets suspendOnCompromise).
 - Pods: listed for the Degraded reasons (image pulls, scheduling) and watched so they show at once.
-- HPAs, KEDA ScaledObjects, ServiceMonitors and PrometheusRules: applied and pruned, never watched (a
+- HPAs, KEDA ScaledObjects, ServiceMonitors, PrometheusRules and AlertmanagerConfigs (the consumers'
+  notice routes): applied and pruned, never watched (a
   resync restores an edited one). NetworkPolicies are watched: a deleted one would open the network.
   Pruning lists every such kind the cluster serves, so they are granted whichever engine the models use.
 - Events: Tollway's condition changes (events.k8s.io). Not core events: kopf posts none for event handlers.
@@ -111,7 +113,7 @@ The rules the operator needs in each namespace it watches (all of them when clus
   resources: [scaledobjects]
   verbs: [get, list, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
-  resources: [servicemonitors, prometheusrules]
+  resources: [servicemonitors, prometheusrules, alertmanagerconfigs]
   verbs: [get, list, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

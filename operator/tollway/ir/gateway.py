@@ -236,6 +236,8 @@ class Credential:
     """Its tier serves verified keys only, and this one's Secret does not say it is verified."""
     suspended: str | None = None
     """Why the key is suspended (its Secret's label and reason annotation); None: it is not."""
+    notify_webhook: str | None = None
+    """Where its consumer's notices go (render.notices); None: to the platform team only."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,8 @@ class Runtime:
     """Client connections each Envoy holds at most (its metrics listener is not counted)."""
     monitoring: bool = True
     """Render ServiceMonitors and a PrometheusRule (when the cluster serves prometheus-operator's CRDs)."""
+    alertmanager_configs: bool = False
+    """Render the consumers' notice routes as an AlertmanagerConfig (when the cluster serves it)."""
     capacity_file: str = f"{CAPACITY_DIR}/{CAPACITY_FILE}"
     """Where Envoy reads the capacity document (a ConfigMap's file in a cluster: the kubelet swaps it in
     place, and the Lua program reads it again every few seconds)."""

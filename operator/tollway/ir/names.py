@@ -38,6 +38,10 @@ KEY_SIGNALS = {
 distinct values of: the client's network, as Envoy's masked_remote_address action names it, or its
 user-agent product) and what the service's statistics call them: key1 `SIGNAL_<tier>`, key2
 `consumer_<consumer>` (monitoring reads them so)."""
+KEY_ALERT = "TollwayKeyPatternChanged"
+"""The alert on a key's signals (Prometheus's), which the operator suspends keys on."""
+KEY_SUSPENDED_ALERT = "TollwayKeySuspended"
+"""The alert the operator sends Alertmanager while a key is suspended (its consumer's notice)."""
 USAGE_STAT_PREFIX = "tollway"
 """The prefix of the usage counters each Envoy replica keeps per tier and consumer as it logs a request
 (usage_requests, usage_input, usage_output, and usage_unreported: responses that reported no token counts or
@@ -69,6 +73,7 @@ def gateway_children(gateway: str) -> dict[str, str]:
         "ratelimit": f"{gateway}-ratelimit",
         "redis": f"{gateway}-redis",
         "capacity": f"{gateway}-capacity",
+        "notices": f"{gateway}-notices",
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollway.observe import prometheus, serving
+from tollway.observe import alertmanager, prometheus, serving
 
 
 class LiveTelemetry:
@@ -11,3 +11,4 @@ class LiveTelemetry:
     tier_usage = staticmethod(prometheus.tier_usage)
     tier_sla = staticmethod(prometheus.tier_sla)
     key_alerts = staticmethod(prometheus.key_alerts)
+    post_alerts = staticmethod(alertmanager.post_alerts)

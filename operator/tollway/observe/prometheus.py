@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from tollway.ir.names import KEY_SIGNALS, usage_metric
+from tollway.ir.names import KEY_ALERT, KEY_SIGNALS, usage_metric
 from tollway.ir.state import (
     CostCounts,
     KeyAlertState,
@@ -18,7 +18,7 @@ from tollway.ir.state import (
     SlaState,
     UsageState,
 )
-from tollway.render.monitoring import KEY_ALERT, selector
+from tollway.render.monitoring import selector
 
 TIMEOUT_SECONDS = 3
 

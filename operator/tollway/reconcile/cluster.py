@@ -102,7 +102,7 @@ class Cluster(Protocol):
 
 
 class Telemetry(Protocol):
-    """Triton and Prometheus: each answers with what it could not read instead of raising."""
+    """Triton, Prometheus and Alertmanager: each answers with what it could not read instead of raising."""
 
     def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState: ...
 
@@ -116,4 +116,8 @@ class Telemetry(Protocol):
 
     def key_alerts(self, url: str, namespace: str) -> KeyAlertState:
         """The namespace's keys whose TollwayKeyPatternChanged alert fires now."""
+        ...
+
+    def post_alerts(self, url: str, alerts: list[dict[str, Any]]) -> str:
+        """Send alerts to Alertmanager; what went wrong, or "" when it took them."""
         ...

@@ -14,6 +14,7 @@ from tollway.ir.names import TRITON_KEY, serving_children
 from tollway.ir.state import KeyAlertState, MetricsState, ServingState, SlaCounts, SlaState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
 from tollway.render.monitoring import MONITORING_API
+from tollway.render.notices import ALERTMANAGER_CONFIG_API
 from tollway.settings import Settings
 from tollway.translate import Context, kept_or_fresh
 from tollway.translate.serving import PROMETHEUS_URL, tier_priority
@@ -65,6 +66,9 @@ class Observer:
     def monitoring_served(self) -> bool:
         """Whether the cluster serves prometheus-operator's ServiceMonitor and PrometheusRule."""
         return all(self.cluster.served(MONITORING_API, kind) for kind in ("ServiceMonitor", "PrometheusRule"))
+
+    def alertmanager_configs_served(self) -> bool:
+        return self.cluster.served(ALERTMANAGER_CONFIG_API, "AlertmanagerConfig")
 
     def key_alerts(self, namespace: str, tiers: Iterable[Mapping[str, Any]]) -> KeyAlertState | None:
         """The namespace's firing key alerts, asked only where a tier suspends keys on them (None: none

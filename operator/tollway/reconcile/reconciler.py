@@ -6,9 +6,11 @@ import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
+from tollway.ir.gateway import Gateway
 from tollway.ir.names import GATEWAY_NAME
 from tollway.ir.state import GatewayState
 from tollway.k8s.apply import ApplyError
@@ -20,14 +22,14 @@ from tollway.settings import Settings
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed
 from tollway.translate.gateway import TierReport
-from tollway.translate.suspension import SecretMark, suspensions
+from tollway.translate.suspension import SecretMark, suspended_alerts, suspensions
 
 
 class Reconciler:
     """Tollway's reconciles and the state they share; kopf's memo holds the one instance (see `handlers`)."""
 
     def __init__(self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock) -> None:
-        self.settings, self.cluster, self.clock = settings, cluster, clock
+        self.settings, self.cluster, self.telemetry, self.clock = settings, cluster, telemetry, clock
         self.observer = Observer(settings, cluster, telemetry, clock)
         self.coalescer = Coalescer()
         self.listed = threading.Event()
@@ -127,9 +129,12 @@ class Reconciler:
         models = self.cluster.cached_resources(ModelDeployment, namespace)
         now = self.clock()
         gateway = self.settings.gateway
-        options = replace(
-            gateway, runtime=replace(gateway.runtime, monitoring=self.observer.monitoring_served())
+        served = replace(
+            gateway.runtime,
+            monitoring=self.observer.monitoring_served(),
+            alertmanager_configs=self.observer.alertmanager_configs_served(),
         )
+        options = replace(gateway, runtime=served)
         held = self._suspend_compromised_keys(namespace, tiers, self.cluster.list_secrets(namespace), logger)
         fresh = secrets.token_hex(32)  # Redis's password, used only while its Secret does not exist
         result = translate_gateway(
@@ -148,6 +153,7 @@ class Reconciler:
             removed = self.cluster.prune_named(namespace, f"tollway.dev/gateway={GATEWAY_NAME}", result.stale)
             if removed:
                 logger.info("gateway of %s: removed %s", namespace, ", ".join(removed))
+        self._tell_of_suspensions(result.plan.gateway, now, logger)
         state = GatewayState(
             envoy=self.cluster.deployment_state(namespace, GATEWAY_NAME),
             applied=not error and bool(result.manifests),
@@ -182,6 +188,17 @@ class Reconciler:
             tier = by_tier[mark.tier]["metadata"]
             self.cluster.record_event(ApiTier, tier, type=mark.event_type, reason=mark.reason, note=mark.note)
         return [_marked(secret, marks.get(secret["metadata"]["name"])) for secret in held]
+
+    def _tell_of_suspensions(self, gateway: Gateway | None, now: datetime, logger: Logger) -> None:
+        """Keep Alertmanager's TollwayKeySuspended firing for each suspended key (its consumer's notice)."""
+        url = self.settings.alertmanager_url
+        lasting = timedelta(seconds=max(3 * self.settings.resync_seconds, 300))
+        alerts = suspended_alerts(gateway, now, lasting)
+        if not url or not alerts:
+            return
+        error = self.telemetry.post_alerts(url, alerts)
+        if error:
+            logger.warning("cannot tell Alertmanager of %d suspended keys: %s", len(alerts), error)
 
 
 def _marked(secret: Body, mark: SecretMark | None) -> Body:

@@ -30,6 +30,7 @@ from tollway.render.meta import MANAGED_BY
 from tollway.render.monitoring import MONITORING_API, gateway_rule_groups, scrape_annotations, service_monitor
 from tollway.render.network import API_VERSION as NETWORK_API
 from tollway.render.network import ratelimit_policy, redis_policy
+from tollway.render.notices import ALERTMANAGER_CONFIG_API, alertmanager_config, notice_routes
 from tollway.render.ratelimit import ratelimit_config
 
 Manifest = dict[str, Any]
@@ -59,12 +60,18 @@ def possible_children(gateway: str) -> set[tuple[str, str, str]]:
         | {("policy/v1", "PodDisruptionBudget", named[part]) for part in ("envoy", "ratelimit")}
         | {(MONITORING_API, "ServiceMonitor", named[part]) for part in ("envoy", "ratelimit")}
         | {(MONITORING_API, "PrometheusRule", named["envoy"])}
+        | {(ALERTMANAGER_CONFIG_API, "AlertmanagerConfig", named["notices"])}
     )
 
 
+NOTICES_FILE = "notices.yaml"
+"""gateway_files' Alertmanager route subtree and receivers of the consumers' notices."""
+
+
 def gateway_files(gateway: Gateway, now: datetime) -> dict[str, str]:
-    """The files Envoy reads (envoy.yaml bootstrap, lds.yaml, cds.yaml) and the ratelimit config, by name."""
-    return {  # clusters before listeners: a reload never routes to a cluster Envoy does not have yet
+    """The files Envoy reads (envoy.yaml bootstrap, lds.yaml, cds.yaml), the ratelimit config and the
+    consumers' notice routes for an Alertmanager (when any consumer has a webhook), by name."""
+    files = {  # clusters before listeners: a reload never routes to a cluster Envoy does not have yet
         "envoy.yaml": dump(bootstrap(gateway)),
         "envoy-static.yaml": dump(static_bootstrap(gateway, now)),
         "cds.yaml": dump(clusters(gateway)),
@@ -72,6 +79,10 @@ def gateway_files(gateway: Gateway, now: datetime) -> dict[str, str]:
         "ratelimit.yaml": dump(ratelimit_config(gateway)),
         CAPACITY_FILE: capacity_document(gateway),
     }
+    routes = notice_routes(gateway)
+    if routes is not None:
+        files[NOTICES_FILE] = dump(routes)
+    return files
 
 
 def capacity_document(gateway: Gateway) -> str:
@@ -414,6 +425,10 @@ def manifests(gateway: Gateway, now: datetime, peers: NetworkPeers, redis_passwo
     ]
     if gateway.runtime.monitoring:
         found += _monitoring(gateway)
+    if gateway.runtime.alertmanager_configs:
+        notices = gateway_children(gateway.name)["notices"]
+        routes = alertmanager_config(gateway, _metadata(gateway, notices, "envoy"))
+        found += [routes] if routes else []
     return found
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from tollway.api.sla import MINUTES_PER_WEEK
 from tollway.ir.cost import ServingCost
 from tollway.ir.gateway import Gateway, KeySignals, Tier
-from tollway.ir.names import KEY_SIGNALS, usage_metric
+from tollway.ir.names import KEY_ALERT, KEY_SIGNALS, usage_metric
 from tollway.ir.serving import Objectives, TritonServing
 from tollway.ir.sla import Sla
 
@@ -533,8 +533,6 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
 
 #: The ratelimit service's counter of first sightings (see render.ratelimit._key_signals).
 SIGHTINGS = "ratelimit_service_rate_limit_within_limit"
-KEY_ALERT = "TollwayKeyPatternChanged"
-"""The alert the operator suspends keys on (for tiers with spec.auth.apiKeys.suspendOnCompromise)."""
 
 
 def key_signal_rules(gateway: Gateway) -> list[dict[str, Any]]:

@@ -68,6 +68,9 @@ SUSPENDED_LABEL = "tollway.dev/suspended"
 operator's suspension (left alone until its alert stops, then the label goes)."""
 SUSPENDED_REASON = "tollway.dev/suspended-reason"
 """On a suspended key's Secret: why, as the operator wrote it (and part of the 401's message)."""
+NOTIFY_ANNOTATION = "tollway.dev/notify-webhook"
+"""On an API key's Secret: an http(s) URL that gets this consumer's notices (Alertmanager's webhook JSON):
+its usage spikes, running near its limits, and its key's compromise signals and suspension."""
 DENY_LIST_LABEL = "tollway.dev/deny-list"
 """On a Secret of the namespace, "true": its data key DENY_LIST_KEY lists networks the gateway refuses."""
 DENY_LIST_KEY = "cidrs"
@@ -598,9 +601,17 @@ def _credentials(
         unverified = (
             api_keys is not None and api_keys.require_verified and labels.get(VERIFIED_LABEL) != "true"
         )
+        annotations = meta.get("annotations") or {}
+        webhook = annotations.get(NOTIFY_ANNOTATION)
+        if webhook is not None and not _is_webhook(webhook):
+            problems[owner].append(
+                f'Secret "{name}": annotation {NOTIFY_ANNOTATION} must be an http(s) URL with a host; '
+                "its consumer gets no notices"
+            )
+            webhook = None
         suspended = None
         if labels.get(SUSPENDED_LABEL) == "true":
-            suspended = (meta.get("annotations") or {}).get(SUSPENDED_REASON) or "no reason given"
+            suspended = annotations.get(SUSPENDED_REASON) or "no reason given"
         credentials.append(
             Credential(
                 id=name,
@@ -610,10 +621,16 @@ def _credentials(
                 expires_at=expires_at,
                 unverified=unverified,
                 suspended=suspended,
+                notify_webhook=webhook,
             )
         )
         consumers.setdefault(owner, set()).add(consumer)
     return tuple(credentials), {tier: len(names) for tier, names in consumers.items()}
+
+
+def _is_webhook(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
 
 
 def _expiry(annotations: Mapping[str, str]) -> int | None:

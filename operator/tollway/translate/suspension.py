@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from tollway.api import ApiTier
 from tollway.api.parse import InvalidResource, parse
-from tollway.ir.names import counter_name
+from tollway.ir.gateway import Gateway
+from tollway.ir.names import KEY_SUSPENDED_ALERT, counter_name
 from tollway.ir.state import KeyPattern
 from tollway.translate.gateway import (
     CONSUMER_LABEL,
@@ -78,7 +79,7 @@ def suspensions(
                     labels={SUSPENDED_LABEL: "true"},
                     annotations={
                         SUSPENDED_REASON: why,
-                        SUSPENDED_AT: now.isoformat().replace("+00:00", "Z"),
+                        SUSPENDED_AT: _rfc3339(now),
                     },
                     reason="KeySuspended",
                     note=f'Secret "{name}" (consumer {consumer}) suspended: {why}. Lift it with the label '
@@ -109,3 +110,36 @@ def _valid(documents: Iterable[Mapping[str, Any]]) -> list[ApiTier]:
         except InvalidResource:
             continue
     return tiers
+
+
+def suspended_alerts(gateway: Gateway | None, now: datetime, lasting: timedelta) -> list[dict[str, Any]]:
+    """TollwayKeySuspended for each suspended key, as Alertmanager's API takes alerts: sent again on every
+    gateway reconcile while the key stays suspended (each lasting `lasting`, longer than a resync), so it
+    resolves, and its consumer hears so, soon after the suspension is lifted."""
+    if gateway is None:
+        return []
+    ends = now + lasting
+    return [
+        {
+            "labels": {
+                "alertname": KEY_SUSPENDED_ALERT,
+                "namespace": gateway.namespace,
+                "tier": credential.tier,
+                "consumer": counter_name(credential.consumer),
+                "secret": credential.id,
+                "severity": "page",
+            },
+            "annotations": {
+                "summary": f"an API key of consumer {credential.consumer} (tier {credential.tier}) is "
+                f"suspended: {credential.suspended}",
+            },
+            "startsAt": _rfc3339(now),
+            "endsAt": _rfc3339(ends),
+        }
+        for credential in gateway.credentials
+        if credential.suspended is not None
+    ]
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
