@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -73,6 +74,7 @@ def manifests(_: Bed, denied: str = DENIED) -> list[dict[str, Any]]:
         secret("metered-key", "metered", KEYS["metered"]),
         tier("watched", 3, {}, ["echo"]),  # counts its keys' networks and programs: the default
         secret("watched-key", "watched", KEYS["watched"]),
+        *new_keys(),
         secret(
             "suspended-key",
             "watched",
@@ -88,6 +90,15 @@ def manifests(_: Bed, denied: str = DENIED) -> list[dict[str, Any]]:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     with bed(tmp_path_factory.mktemp("defences"), manifests, flags=BEHIND_ONE_PROXY) as test_bed:
         yield test_bed
+
+
+def new_keys() -> list[dict[str, Any]]:
+    """Three keys of tier watched created an hour ago (by a sign-up form, say): new keys for a day."""
+    created = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    keys = [secret(f"signup-{index}", "watched", f"k-signup-{index}-0123456") for index in range(3)]
+    for key in keys:
+        key["metadata"]["creationTimestamp"] = created
+    return keys
 
 
 def call(
@@ -250,3 +261,23 @@ def test_a_suspended_key_gets_401_saying_why_and_is_not_counted(gateway: Bed) ->
         f"this API key is suspended ({SUSPENSION}); ask the API's operators to lift the suspension",
     )
     assert reply.headers.get("www-authenticate") == 'Bearer realm="tollway"'
+
+
+def new_keys_from(gateway: Bed, network: str) -> float:
+    text = gateway.ratelimit_stats()
+    return summed(
+        text, "ratelimit_service_rate_limit_within_limit", key1="new_keys_watched", key2=f"network_{network}"
+    )
+
+
+def test_new_keys_are_counted_per_network_they_are_first_used_from(gateway: Bed) -> None:
+    """Three new keys used from one network (each twice, from two addresses of it), and one of them also
+    from another network; the old key is not counted at all."""
+    fresh_hour()
+    for index in range(3):
+        for address in ("100.65.0.1", "100.65.0.2"):
+            assert call(gateway, f"k-signup-{index}-0123456", address, replica=index % 2).status == 200
+    assert call(gateway, "k-signup-0-0123456", "100.66.0.1").status == 200
+    assert call(gateway, KEYS["watched"], "100.65.0.3").status == 200
+    eventually(lambda: new_keys_from(gateway, "100-65-0-0_24") == 3, timeout=40)
+    assert new_keys_from(gateway, "100-66-0-0_24") == 1

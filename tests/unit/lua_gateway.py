@@ -174,15 +174,26 @@ class Connection(Fake):
 
 
 class StreamInfo(Fake):
-    METHODS = ("dynamicMetadata", "downstreamSslConnection", "downstreamLocalAddress")
+    METHODS = (
+        "dynamicMetadata",
+        "downstreamSslConnection",
+        "downstreamLocalAddress",
+        "downstreamRemoteAddress",
+    )
 
     def __init__(
-        self, lua: Any, metadata: DynamicMetadata, connection: Connection | None, local_address: str
+        self,
+        lua: Any,
+        metadata: DynamicMetadata,
+        connection: Connection | None,
+        local_address: str,
+        remote_address: str,
     ) -> None:
         super().__init__(lua)
         self.metadata = metadata
         self.connection = connection
         self.local_address = local_address
+        self.remote_address = remote_address
         self.in_scope: Callable[[], bool] = lambda: True
         """Whether a wrapper handed out now is still valid: set per wrapper by the handle (see scoped)."""
 
@@ -194,6 +205,10 @@ class StreamInfo(Fake):
 
     def downstreamLocalAddress(self) -> str:  # noqa: N802
         return self.local_address
+
+    def downstreamRemoteAddress(self) -> str:  # noqa: N802
+        """The client's address, as Envoy's trusted-proxy detection left it."""
+        return self.remote_address
 
 
 class RouteMetadata(Fake):
@@ -241,6 +256,7 @@ class Handle(Fake):
         metadata: dict[str, dict[str, Any]],
         certificate: Certificate | None,
         local_address: str,
+        remote_address: str = "192.0.2.10:41000",
         chunks: list[bytes] | None = None,
         clock: list[int] | None = None,
         leave_after: int | None = None,
@@ -258,7 +274,7 @@ class Handle(Fake):
         self.route = RouteMetadata(lua, route)
         self.dynamic = DynamicMetadata(lua, metadata)
         connection = None if certificate is None else Connection(lua, certificate)
-        self.info = StreamInfo(lua, self.dynamic, connection, local_address)
+        self.info = StreamInfo(lua, self.dynamic, connection, local_address, remote_address)
         self.reply: ProgramReply | None = None
         self.errors: list[str] = []
         self.route_cache_cleared = 0
@@ -365,6 +381,7 @@ class GatewayProgram:
         metadata: dict[str, dict[str, Any]] | None = None,
         certificate: Certificate | None = None,
         local_address: str = "127.0.0.1:8080",
+        remote_address: str = "192.0.2.10:41000",
         chunks: list[bytes] | None = None,
         clock: list[int] | None = None,
         leave_after: int | None = None,
@@ -377,6 +394,7 @@ class GatewayProgram:
             metadata=metadata or {},
             certificate=certificate,
             local_address=local_address,
+            remote_address=remote_address,
             chunks=chunks,
             clock=clock,
             leave_after=leave_after,

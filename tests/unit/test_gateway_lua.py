@@ -341,6 +341,49 @@ def test_a_tier_that_counts_key_signals_names_the_consumer_and_its_client_progra
     assert free.reply is None and "signal_tier" not in free.tollway and "agent" not in free.tollway
 
 
+def test_a_new_keys_network_is_named_for_the_count_of_new_keys_per_network() -> None:
+    data = copy.deepcopy(DATA)
+    data["tiers"]["pro"]["signals"] = True
+    data["new_key_seconds"] = 86_400
+    data["credentials"]["k-new"] = {
+        "id": "ai/new-key",
+        "consumer": "fresh",
+        "tier": "pro",
+        "created": NOW - 3600,
+    }
+    data["credentials"]["k-day-old"] = {
+        "id": "ai/day-old",
+        "consumer": "old",
+        "tier": "pro",
+        "created": NOW - 86_400,
+    }
+    gateway = GatewayProgram(data, NOW)
+    address = {"remote_address": "203.0.113.77:50123"}
+    fresh = gateway.request({"x-api-key": "k-new"}, infer_body(), route=INFER, **address)
+    assert fresh.reply is None and fresh.tollway["new_key_network"] == "203-0-113-0_24"
+    for key in ("k-day-old", "k-pro"):  # a day old, or of no known age: not new
+        handle = gateway.request({"x-api-key": key}, infer_body(), route=INFER, **address)
+        assert handle.reply is None and "new_key_network" not in handle.tollway
+
+
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        ("203.0.113.77:50123", "203-0-113-0_24"),
+        ("[2001:db8:AB::1]:443", "2001-db8-ab_48"),
+        ("[2001:0db8:0000:0001::]:443", "2001-db8-0_48"),
+        ("[::1]:443", "0-0-0_48"),
+        ("[2001:db8::]:443", "2001-db8-0_48"),
+        ("[fe80:1:2:3:4:5:6:7]:1", "fe80-1-2_48"),
+        ("[::ffff:203.0.113.7]:1", None),  # IPv4-mapped: Envoy writes IPv4 clients as IPv4
+        ("pipe:/run/envoy.sock", None),
+        ("", None),
+    ],
+)
+def test_a_client_network_is_its_24_or_48_in_a_form_without_dots(address: str, network: str | None) -> None:
+    assert Module("access").network_of(address) == network
+
+
 @pytest.mark.parametrize(
     ("header", "counted"),
     [

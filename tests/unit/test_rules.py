@@ -537,6 +537,41 @@ def test_a_key_used_from_many_new_networks_or_programs_at_once_raises_an_alert(t
     passes_promtool(tmp_path, tests)
 
 
+def test_many_new_keys_first_used_from_one_network_raise_an_alert(tmp_path: Path) -> None:
+    """pro's default: over 5 keys created in the last day first used from one network within an hour."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
+    rule = _pro_alert("TollwayNewKeysFromOneNetwork")
+    network = "198-51-100-0_24"
+    summary = rule["annotations"]["summary"].replace("{{ $labels.network }}", network)
+
+    def new_keys(values: str, where: str = network) -> dict[str, str]:
+        labels = f'namespace="ai",pod="ratelimit-0",key1="new_keys_pro",key2="network_{where}"'
+        return {"series": f"ratelimit_service_rate_limit_within_limit{{{labels}}}", "values": values}
+
+    def case(series: list[dict[str, str]], fired: bool) -> dict[str, Any]:
+        expected = {
+            "exp_labels": {**rule["labels"], "network": network},
+            "exp_annotations": {"summary": summary},
+        }
+        return {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "40m", "alertname": rule["alert"], "exp_alerts": [expected] if fired else []}
+            ],
+        }
+
+    passes_promtool(
+        tmp_path,
+        [
+            case([new_keys("0+0.5x60")], fired=True),  # 20 new keys in 40 minutes from one network
+            case([new_keys("0+0.1x60")], fired=False),  # 4: a team signing up
+            # 20 new keys, from 20 networks: nobody's farm
+            case([new_keys("0+0.025x60", f"198-51-{index}-0_24") for index in range(20)], fired=False),
+        ],
+    )
+
+
 def test_responses_without_usage_raise_an_alert_per_consumer(tmp_path: Path) -> None:
     """The gateway counts served responses that reported no tokens (charged their estimate instead)."""
     groups = gateway_rule_groups(example_gateway())

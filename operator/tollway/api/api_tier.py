@@ -168,7 +168,9 @@ class KeyCompromise(TollwayModel):
     networks (/24 for IPv4, /48 for IPv6) and user agents per hour, and the networks never seen for the
     key this month. TollwayKeyPatternChanged fires when a key's networks (or agents) in the last hour pass
     both the floor and `changeFactor` times its own hourly average of the week before, and at least
-    `newNetworkShare` of those networks are new to it (agents: no share)."""
+    `newNetworkShare` of those networks are new to it (agents: no share). TollwayNewKeysFromOneNetwork fires
+    when more than `newKeysPerNetworkPerHour` keys created in the last day were first used from one network
+    within an hour: a farm of sign-ups."""
 
     enabled: bool = True
     """Count the signals: one more call to the ratelimit service per request, when it ends (never in the
@@ -177,6 +179,7 @@ class KeyCompromise(TollwayModel):
     agents_per_hour: int = Field(default=5, ge=2, le=1_000_000)
     change_factor: float = Field(default=3.0, ge=1.0, le=1000.0)
     new_network_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    new_keys_per_network_per_hour: int = Field(default=5, ge=1, le=1_000_000)
 
 
 class UsageAlerts(TollwayModel):

@@ -121,6 +121,10 @@ class PromptCheck:
     refuse: bool = False
 
 
+NEW_KEY_SECONDS = 86_400
+"""A key whose Secret is younger than this is counted per network as it is first used (sign-up farms)."""
+
+
 @dataclass(frozen=True)
 class KeySignals:
     """A tier's key-compromise signals (counted per consumer by the ratelimit service) and when their alert
@@ -130,6 +134,7 @@ class KeySignals:
     agents_per_hour: int = 5
     change_factor: float = 3.0
     new_network_share: float = 0.5
+    new_keys_per_network: int = 5
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,8 @@ class Credential:
     """Why the key is suspended (its Secret's label and reason annotation); None: it is not."""
     notify_webhook: str | None = None
     """Where its consumer's notices go (render.notices); None: to the platform team only."""
+    created_at: int | None = None
+    """When its Secret was created (Unix seconds): a key younger than NEW_KEY_SECONDS is a new key."""
 
 
 @dataclass(frozen=True)

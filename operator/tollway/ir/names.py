@@ -38,6 +38,10 @@ KEY_SIGNALS = {
 distinct values of: the client's network, as Envoy's masked_remote_address action names it, or its
 user-agent product) and what the service's statistics call them: key1 `SIGNAL_<tier>`, key2
 `consumer_<consumer>` (monitoring reads them so)."""
+NEW_KEYS_SIGNAL = "new_keys"
+"""The signal of new keys per network: descriptor new_keys=tier, network (value_to_metric: the network is
+in the statistic, as `network_<a-b-c-0_24>`), consumer; key1 `new_keys_<tier>`, key2 `network_<network>`.
+Only keys younger than a day are counted, which bounds how many networks appear."""
 KEY_ALERT = "TollwayKeyPatternChanged"
 """The alert on a key's signals (Prometheus's), which the operator suspends keys on."""
 KEY_SUSPENDED_ALERT = "TollwayKeySuspended"

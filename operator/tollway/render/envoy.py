@@ -17,10 +17,20 @@ from typing import Any
 from urllib.parse import quote
 
 from tollway.api.sla import SLA_LATENCY_BUCKETS_MS
-from tollway.ir.gateway import CAPACITY_REREAD_SECONDS, Gateway, Model, Mtls, Runtime, Tier, Version
+from tollway.ir.gateway import (
+    CAPACITY_REREAD_SECONDS,
+    NEW_KEY_SECONDS,
+    Gateway,
+    Model,
+    Mtls,
+    Runtime,
+    Tier,
+    Version,
+)
 from tollway.ir.names import (
     ADDRESS_DESCRIPTOR,
     KEY_SIGNALS,
+    NEW_KEYS_SIGNAL,
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
     TRITON_KEY_HEADER,
@@ -201,6 +211,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             for credential in gateway.credentials
             if credential.suspended is not None
         },
+        "new_key_seconds": NEW_KEY_SECONDS,
         "tiers": tiers,
         "models": {
             model.name: {
@@ -233,6 +244,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                 "consumer": credential.consumer,
                 "tier": credential.tier,
                 "expires": credential.expires_at,
+                "created": credential.created_at,
             }
             for credential in gateway.credentials
         },
@@ -557,17 +569,21 @@ def _key_signal_limits() -> list[Config]:
         },
         "agent": _metadata_action("agent", "agent"),
     }
-    return [
-        {
-            "actions": [
-                _metadata_action(signal, "signal_tier"),
-                _metadata_action("consumer", "counter_consumer"),
-                counted[value],
-            ],
-            "apply_on_stream_done": True,
-        }
+    per_consumer = [
+        [
+            _metadata_action(signal, "signal_tier"),
+            _metadata_action("consumer", "counter_consumer"),
+            counted[value],
+        ]
         for signal, value in KEY_SIGNALS.items()
     ]
+    # a new key's network (set for new keys only), then the key: distinct new keys per network
+    per_network = [
+        _metadata_action(NEW_KEYS_SIGNAL, "signal_tier"),
+        _metadata_action("network", "new_key_network"),
+        _metadata_action("consumer", "counter_consumer"),
+    ]
+    return [{"actions": actions, "apply_on_stream_done": True} for actions in [*per_consumer, per_network]]
 
 
 ANSWERED_COUNTS = {

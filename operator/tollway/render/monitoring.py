@@ -16,7 +16,7 @@ from typing import Any
 from tollway.api.sla import MINUTES_PER_WEEK
 from tollway.ir.cost import ServingCost
 from tollway.ir.gateway import Gateway, KeySignals, Tier
-from tollway.ir.names import KEY_ALERT, KEY_SIGNALS, usage_metric
+from tollway.ir.names import KEY_ALERT, KEY_SIGNALS, NEW_KEYS_SIGNAL, usage_metric
 from tollway.ir.serving import Objectives, TritonServing
 from tollway.ir.sla import Sla
 
@@ -555,10 +555,39 @@ def key_signal_rules(gateway: Gateway) -> list[dict[str, Any]]:
                 "expr": f"sum by (namespace, tier, consumer) ({labelled})",
             }
         )
+    series = f'{SIGHTINGS}{{namespace="{namespace}",key1=~"{NEW_KEYS_SIGNAL}_.+"}}'
+    labelled = label_replace(
+        label_replace(f"increase({series}[1h])", "tier", f"{NEW_KEYS_SIGNAL}_(.+)", "key1"),
+        "network",
+        "network_(.+)",
+        "key2",
+    )
+    rules.append(
+        {
+            "record": "tollway:network_new_keys:increase1h",
+            "expr": f"sum by (namespace, tier, network) ({labelled})",
+        }
+    )
     for tier in gateway.tiers:
         if tier.key_signals is not None:
             rules.append(key_alert(namespace, tier.name, tier.key_signals))
+            rules.append(new_keys_alert(namespace, tier.name, tier.key_signals))
     return rules
+
+
+def new_keys_alert(namespace: str, tier: str, signals: KeySignals) -> dict[str, Any]:
+    """More keys created in the last day first used from one network within an hour than the tier allows."""
+    scope = f'namespace="{namespace}",tier="{tier}"'
+    return {
+        "alert": "TollwayNewKeysFromOneNetwork",
+        "expr": f"tollway:network_new_keys:increase1h{{{scope}}} > {signals.new_keys_per_network}",
+        "for": "5m",
+        "labels": {"namespace": namespace, "tier": tier, "severity": "ticket"},
+        "annotations": {
+            "summary": f"over {signals.new_keys_per_network} new keys of tier {tier} were first used from "
+            "network {{ $labels.network }} within an hour: a farm of sign-ups?",
+        },
+    }
 
 
 def label_replace(expression: str, label: str, pattern: str, source: str) -> str:

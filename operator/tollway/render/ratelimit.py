@@ -8,6 +8,7 @@ from tollway.ir.gateway import Gateway
 from tollway.ir.names import (
     ADDRESS_DESCRIPTOR,
     KEY_SIGNALS,
+    NEW_KEYS_SIGNAL,
     RATELIMIT_DOMAIN,
     UNAUTHENTICATED_SCOPE,
     counter_name,
@@ -79,19 +80,21 @@ def _key_signals(gateway: Gateway) -> list[dict[str, Any]]:
     """(SIGNAL=tier, consumer, value) → a limit of one per period, in shadow mode: never refused, and the
     first sighting of each value in the period is the one `within_limit` counts, so that count, per
     consumer (value_to_metric puts the consumer into the statistic's name), is the number of distinct
-    values in the period."""
+    values in the period. New keys the other way round: (new_keys=tier, network, consumer), a day."""
+    trees = [(signal, "consumer", counted, SIGNAL_PERIODS[signal]) for signal, counted in KEY_SIGNALS.items()]
+    trees.append((NEW_KEYS_SIGNAL, "network", "consumer", "day"))  # distinct new keys per network
     return [
         {
             "key": signal,
             "value": counter_name(tier.name),
             "descriptors": [
                 {
-                    "key": "consumer",
+                    "key": by,
                     "value_to_metric": True,
                     "descriptors": [
                         {
                             "key": counted,
-                            "rate_limit": {"unit": SIGNAL_PERIODS[signal], "requests_per_unit": 1},
+                            "rate_limit": {"unit": period, "requests_per_unit": 1},
                             "shadow_mode": True,
                         }
                     ],
@@ -100,5 +103,5 @@ def _key_signals(gateway: Gateway) -> list[dict[str, Any]]:
         }
         for tier in gateway.tiers
         if tier.key_signals is not None
-        for signal, counted in KEY_SIGNALS.items()
+        for signal, by, counted, period in trees
     ]

@@ -502,6 +502,7 @@ def _key_signals(spec: KeyCompromise) -> KeySignals | None:
         agents_per_hour=spec.agents_per_hour,
         change_factor=spec.change_factor,
         new_network_share=spec.new_network_share,
+        new_keys_per_network=spec.new_keys_per_network_per_hour,
     )
 
 
@@ -622,10 +623,20 @@ def _credentials(
                 unverified=unverified,
                 suspended=suspended,
                 notify_webhook=webhook,
+                created_at=_created(meta),
             )
         )
         consumers.setdefault(owner, set()).add(consumer)
     return tuple(credentials), {tier: len(names) for tier, names in consumers.items()}
+
+
+def _created(metadata: Mapping[str, Any]) -> int | None:
+    """When the API server created the Secret (Unix seconds); None when it does not say (a file's)."""
+    stamp = metadata.get("creationTimestamp")
+    try:
+        return int(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()) if stamp else None
+    except ValueError:
+        return None
 
 
 def _is_webhook(url: str) -> bool:

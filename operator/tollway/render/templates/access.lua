@@ -121,7 +121,37 @@ function M.key_caller(credentials, key, now)
   local credential = credentials[key]
   if credential == nil then return nil, nil, "invalid API key or token" end
   if credential.expires ~= nil and now >= credential.expires then return nil, nil, "API key expired" end
-  return credential.consumer, credential.tier, nil, credential.id
+  return credential.consumer, credential.tier, nil, credential.id, credential.created
+end
+
+-- The network of a client address as Envoy writes it ("203.0.113.9:41000", "[2001:db8::1]:41000"), in a
+-- form whose characters the ratelimit service's statistic names keep (no dots): "203-0-113-0_24" (/24), or
+-- "2001-db8-0_48" (/48, its first three groups). nil for anything else (then nothing is counted).
+function M.network_of(address)
+  local v4 = (address or ""):match("^(%d+%.%d+%.%d+)%.%d+:%d+$")
+  if v4 then return (v4:gsub("%.", "-")) .. "-0_24" end
+  local v6 = (address or ""):match("^%[([%x:]+)%]:%d+$")
+  if v6 == nil then return nil end
+  local head, tail = v6:match("^(.-)::(.*)$")
+  local groups = {}
+  for group in (head or v6):gmatch("[^:]+") do
+    groups[#groups + 1] = group
+  end
+  if head ~= nil then -- "::" stands for the zero groups the address leaves out
+    local after = {}
+    for group in tail:gmatch("[^:]+") do
+      after[#after + 1] = group
+    end
+    for _ = 1, 8 - #groups - #after do
+      groups[#groups + 1] = "0"
+    end
+  end
+  if #groups < 3 then return nil end
+  local kept = {}
+  for index = 1, 3 do
+    kept[index] = (groups[index]:lower():gsub("^0+(%x)", "%1"))
+  end
+  return table.concat(kept, "-") .. "_48"
 end
 
 -- What the key-compromise signals count of a User-Agent header: its first product token, cut to 48

@@ -50,8 +50,9 @@ local function authenticate(handle, now)
 end
 
 -- Record the caller for the ratelimit filters (in the counters' form, with its tier's per-address scope),
--- the network rules, body.lua and the access log; `kind` is the route's (infer, ready, metadata or grpc).
-local function set_caller(handle, kind, consumer, tier_name, credential)
+-- the network rules, body.lua and the access log; `kind` is the route's (infer, ready, metadata or grpc);
+-- `new_key`: the caller's API key was created less than T.new_key_seconds ago.
+local function set_caller(handle, kind, consumer, tier_name, credential, new_key)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "kind", kind)
   metadata:set(NS, "consumer", consumer)
@@ -66,6 +67,10 @@ local function set_caller(handle, kind, consumer, tier_name, credential)
   if tier.signals then -- counted when the request ends (the stream-end filter): see render/ratelimit.py
     metadata:set(NS, "signal_tier", access.counter_name(tier_name))
     metadata:set(NS, "agent", access.agent_product(handle:headers():get("user-agent")))
+    if new_key then -- new keys are counted per network: many from one is a farm of sign-ups
+      local network = access.network_of(handle:streamInfo():downstreamRemoteAddress())
+      if network then metadata:set(NS, "new_key_network", network) end
+    end
   end
 end
 
@@ -166,7 +171,7 @@ local function on_request(handle, now)
     )
   end
   if not screen(handle, kind) then return end
-  local consumer, tier_name, why, credential = authenticate(handle, now)
+  local consumer, tier_name, why, credential, created = authenticate(handle, now)
   if consumer == nil then return unauthenticated(handle, why) end
   local unverified = credential and T.unverified[credential]
   if unverified then
@@ -188,7 +193,8 @@ local function on_request(handle, now)
     local text = models.capacity(T.tiers[tier_name].served, capacity_lines(now))
     return handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, text)
   end
-  set_caller(handle, kind, consumer, tier_name, credential)
+  local new_key = created ~= nil and now - created < T.new_key_seconds
+  set_caller(handle, kind, consumer, tier_name, credential, new_key)
   if kind == "feedback" then return end -- the model it rates is in the body: body.lua reads it
   if kind == "openai" then -- its model is in the body: body.lua admits it
     handle:streamInfo():dynamicMetadata():set(NS, "start_ms", tostring(handle:timestamp()))
