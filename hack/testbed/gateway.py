@@ -29,7 +29,7 @@ from tollway.api.parse import parse
 from tollway.translate.serving import plan_serving
 
 from testbed import client, dataplane
-from testbed.triton import RunningTriton, running
+from testbed.triton import GUARDRAIL_MODEL, RunningTriton, running
 
 NAMESPACE = "gw"
 ISSUER = "https://issuer.test/"
@@ -98,6 +98,16 @@ def tiny_model() -> dict[str, Any]:
     document["spec"]["aliases"] = {"latest": "1"}
     document["spec"]["queue"] = {"maxQueueSize": 1}
     document["status"] = {"metrics": {"estimatedWaitSeconds": 7.3}}
+    return document
+
+
+def guard_model() -> dict[str, Any]:
+    """A guardrail model for the tiers' prompt checks (tests/models/guardrail: TEXT in, FLAGGED out)."""
+    document = echo_model()
+    document["metadata"] = {"name": "guard", "namespace": NAMESPACE, "uid": "uid-guard"}
+    document["spec"]["model"] = {"repository": "s3://models/guard", "backend": "python", "maxBatchSize": 4}
+    document["spec"]["versions"] = [{"version": "1"}]
+    document["spec"]["aliases"] = {"latest": "1"}
     return document
 
 
@@ -369,17 +379,19 @@ def bed(
         tls.load_cert_chain(certs.server_cert, certs.server_key)
         jwks_server.socket = tls.wrap_socket(jwks_server.socket, server_side=True)
         jwks_port = stack.enter_context(serving_thread(jwks_server))
-        echo, tiny = (
+        echo, tiny, guard = (
             plan_serving(parse(ModelDeployment, model()), PRIORITIES, "unused")
-            for model in (echo_model, tiny_model)
+            for model in (echo_model, tiny_model, guard_model)
         )
-        triton = stack.enter_context(running(workdir / "triton", echo, tiny))
+        guardrail = {"guard": GUARDRAIL_MODEL}
+        triton = stack.enter_context(running(workdir / "triton", echo, tiny, guard, sources=guardrail))
         test_bed = Bed(
             workdir=workdir,
             replicas=[dataplane.EnvoyPorts.free(mtls_tiers=2) for _ in range(2)],
             upstreams=[
                 triton.upstream("echo"),
                 triton.upstream("tiny"),
+                triton.upstream("guard"),
                 f"recorder=127.0.0.1:{recorder_port}",
             ],
             triton=triton,

@@ -18,7 +18,7 @@ import shutil
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,8 @@ ECHO_MODEL = ROOT / "tests" / "models" / "echo" / "model.py"
 STREAMER_MODEL = ROOT / "tests" / "models" / "streamer" / "model.py"
 #: The stand-in for an embedding model: texts in, a vector each out.
 EMBEDDER_MODEL = ROOT / "tests" / "models" / "embedder" / "model.py"
+GUARDRAIL_MODEL = ROOT / "tests" / "models" / "guardrail" / "model.py"
+"""Judges prompts for a tier's guardrail check: TEXT in, FLAGGED out (served under any name by `sources`)."""
 LOCAL_FLAGS = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
 RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
@@ -167,21 +169,25 @@ def start_openai_server(
 
 
 def model_repository(
-    root: Path, serving: TritonServing, broken: Iterable[int] = (), own_config: str | None = None
+    root: Path,
+    serving: TritonServing,
+    broken: Iterable[int] = (),
+    own_config: str | None = None,
+    source: Path | None = None,
 ) -> Path:
     """The echo model (the streamer for a model Triton serves decoupled, the embedder for an embedding
-    model) under Tollway's model name: a directory per listed version, and config.pbtxt as the pod's
+    model; `source` for any other) under Tollway's model name: a directory per listed version, and
+    config.pbtxt as the pod's
     init container writes it (`tollway model-config`: the rendered config merged into the repository's own,
     `own_config`, when it has one)."""
     directory = root / "models" / serving.model.name
-    source = ECHO_MODEL
-    if serving.model.decoupled:
+    if source is None and serving.model.decoupled:
         source = STREAMER_MODEL
-    elif serving.openai is not None and serving.openai.kind == "embedding":
+    elif source is None and serving.openai is not None and serving.openai.kind == "embedding":
         source = EMBEDDER_MODEL
     for version in serving.model.versions:
         (directory / str(version)).mkdir(parents=True)
-        (directory / str(version) / "model.py").symlink_to(source)
+        (directory / str(version) / "model.py").symlink_to(source or ECHO_MODEL)
         if version in broken:
             (directory / str(version) / "broken").touch()
     rendered = root / f"{serving.model.name}.rendered.pbtxt"
@@ -201,17 +207,19 @@ def start(
     http_port: int | None = None,
     admin_key: str | None = None,
     own_config: str | None = None,
+    sources: Mapping[str, Path] | None = None,
 ) -> RunningTriton:
     """Triton started with Tollway's own command line; only the repository path and ports are local.
 
     `others` are served beside the first model (one more --load-model each); `broken` versions of the
     first model fail to load; `own_config` is its repository's own config.pbtxt. With `admin_key`, Triton's
     restricted APIs take that key, filled in where the kubelet would fill it in from the model's Secret;
-    without, they are left open. Returns once Triton is live; AssertionError with its log if it never is.
+    without, they are left open. `sources` name the model file of some of the others (by model name; the
+    rest echo). Returns once Triton is live; AssertionError with its log if it never is.
     """
     repository = model_repository(workdir, serving, broken, own_config)
     for other in others:
-        model_repository(workdir, other)
+        model_repository(workdir, other, source=(sources or {}).get(other.model.name))
     http, grpc, metrics = http_port or free_port(), free_port(), free_port()
     local = LOCAL_FLAGS if admin_key is not None else LOCAL_FLAGS + RESTRICTED_FLAGS
     args = [
@@ -250,9 +258,12 @@ def running(
     broken: Iterable[int] = (),
     admin_key: str | None = None,
     own_config: str | None = None,
+    sources: Mapping[str, Path] | None = None,
 ) -> Iterator[RunningTriton]:
     """`start`, and stop when the block ends."""
-    triton = start(workdir, serving, *others, broken=broken, admin_key=admin_key, own_config=own_config)
+    triton = start(
+        workdir, serving, *others, broken=broken, admin_key=admin_key, own_config=own_config, sources=sources
+    )
     try:
         yield triton
     finally:

@@ -244,6 +244,7 @@ class Handle(Fake):
         "logErr",
         "clearRouteCache",
         "timestamp",
+        "httpCall",
     )
 
     def __init__(
@@ -276,6 +277,11 @@ class Handle(Fake):
         connection = None if certificate is None else Connection(lua, certificate)
         self.info = StreamInfo(lua, self.dynamic, connection, local_address, remote_address)
         self.reply: ProgramReply | None = None
+        self.calls: list[tuple[str, dict[str, str], str, int]] = []
+        self.answer_call: Callable[[str, dict[str, str], str], tuple[int, str]] = lambda *_: (
+            503,
+            "no upstream",
+        )
         self.errors: list[str] = []
         self.route_cache_cleared = 0
         self.reading_headers = False
@@ -334,6 +340,15 @@ class Handle(Fake):
     def logErr(self, message: str) -> None:  # noqa: N802
         self.errors.append(message)
 
+    def httpCall(self, cluster: str, headers: Any, body: str, timeout_ms: int) -> Any:  # noqa: N802
+        """A call the script waits for (it yields): answered by `answer_call(cluster, headers, body)`, which
+        returns (status, body); each call is kept in `calls`."""
+        sent = python(headers)
+        self.calls.append((cluster, sent, body, timeout_ms))
+        self.yields += 1
+        status, reply = self.answer_call(cluster, sent, body)
+        return self.lua.table_from({":status": str(status)}), reply
+
     def clearRouteCache(self) -> None:  # noqa: N802
         self.route_cache_cleared += 1
 
@@ -371,6 +386,12 @@ class GatewayProgram:
         self.on_body = found.envoy_on_request
         self.now = now
         found.os.time = lambda: self.now
+        self.answer_call: Callable[[str, dict[str, str], str], tuple[int, str]] = lambda *_: (
+            503,
+            "no upstream",
+        )
+        """What the upstream of a handle:httpCall answers: (status, body), as Envoy hands them to the script
+        (a failed call: Envoy's own 503)."""
 
     def handle(
         self,
@@ -386,7 +407,7 @@ class GatewayProgram:
         clock: list[int] | None = None,
         leave_after: int | None = None,
     ) -> Handle:
-        return Handle(
+        handle = Handle(
             self.lua,
             headers=headers,
             body=body,
@@ -399,6 +420,8 @@ class GatewayProgram:
             clock=clock,
             leave_after=leave_after,
         )
+        handle.answer_call = self.answer_call
+        return handle
 
     def request(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:
         handle = self.handle(headers, body, **context)

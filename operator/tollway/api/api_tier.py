@@ -228,11 +228,21 @@ def is_cidr(value: str) -> bool:
 
 class PromptCheck(TollwayModel):
     """A pattern the gateway looks for in each prompt of this tier (every string of a JSON body, escapes
-    decoded, and the raw bytes of a binary one), before the request reaches the model."""
+    decoded, and the raw bytes of a binary one), or a guardrail model it asks about the prompt, before the
+    request reaches the model."""
+
+    rules = (
+        Rule(
+            field="",
+            message="a prompt check has exactly one of pattern and guardrailModel",
+            cel="has(self.pattern) != has(self.guardrailModel)",
+            holds=lambda check: (check.pattern is None) != (check.guardrail_model is None),
+        ),
+    )
 
     name: Annotated[str, StringConstraints(pattern="^[a-z0-9][a-z0-9_-]{0,62}$")]
     """Names the check in the counter envoy_tollway_prompt_matches{pattern=...} and in sampled records."""
-    pattern: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    pattern: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     """A regular expression of the kind sampling's redaction patterns take, matched without regard to ASCII
     case, with one more bound so that no body can make it slow: a repetition (`* + {n,}`, at most one) must
     repeat a class that cannot match the pattern's first character, which must be a plain character
@@ -242,6 +252,16 @@ class PromptCheck(TollwayModel):
         default_factory=list
     )
     """The models whose prompts it checks (spec.model.name); empty: all of the tier's."""
+    guardrail_model: Annotated[str, StringConstraints(pattern=MODEL_NAME, max_length=63)] | None = None
+    """Instead of a pattern: a ModelDeployment of this namespace (spec.model.name) that judges the prompt.
+    The gateway sends it, over KServe v2 HTTP, the input TEXT (BYTES, dims [1], as a batch of one: shape
+    [1, 1]; the prompt as the patterns read it, before lower-casing) and reads its output FLAGGED (a boolean
+    or a number, non-zero: flagged).
+    The call is the platform's, never the consumer's: it is neither limited nor metered."""
+    timeout_ms: int = Field(default=250, ge=10, le=10_000)
+    """How long a guardrail model may take. A prompt it could not judge in time (or at all, or longer than
+    its maxRequestBytes) is refused 503 by a refusing check, and passed by one that only counts; either way
+    it is counted as the check's error (envoy_tollway_prompt_check_errors)."""
     refuse: bool = False
     """Answer a matching request 400 instead of passing it on (it is counted and flagged either way)."""
 

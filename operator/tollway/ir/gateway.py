@@ -110,12 +110,21 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Guardrail:
+    """A served model that judges prompts (its TEXT in, FLAGGED out), and how long it may take."""
+
+    model: str
+    timeout_ms: int = 250
+
+
+@dataclass(frozen=True)
 class PromptCheck:
-    """A tier's check of its prompts, as the gateway runs it."""
+    """A tier's check of its prompts, as the gateway runs it: a pattern, or a guardrail model."""
 
     name: str
-    pattern: str
+    pattern: str | None = None
     """A Lua pattern (render.redaction.prompt_pattern), matched against the lower-cased prompt."""
+    guardrail: Guardrail | None = None
     models: tuple[str, ...] = ()
     """The models whose prompts it checks; empty: all."""
     refuse: bool = False

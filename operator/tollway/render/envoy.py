@@ -23,6 +23,7 @@ from tollway.ir.gateway import (
     Gateway,
     Model,
     Mtls,
+    PromptCheck,
     Runtime,
     Tier,
     Version,
@@ -179,15 +180,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "sampling": _sampling(gateway, tier),
             "per_address": counter_name(tier.name) if tier.per_ip_rpm else None,
             "signals": tier.key_signals is not None,
-            "prompt": [
-                {
-                    "name": check.name,
-                    "pattern": check.pattern,
-                    "refuse": check.refuse,
-                    "models": {model: True for model in check.models} if check.models else None,
-                }
-                for check in tier.prompt_checks
-            ],
+            "prompt": [_prompt_check(gateway, check) for check in tier.prompt_checks],
         }
     data = {
         "capacity_file": gateway.runtime.capacity_file,
@@ -250,6 +243,25 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         },
     }
     return data
+
+
+def _prompt_check(gateway: Gateway, check: PromptCheck) -> dict[str, Any]:
+    """A prompt check as the body program runs it: a pattern, or where and how to ask a guardrail model."""
+    found: dict[str, Any] = {
+        "name": check.name,
+        "pattern": check.pattern,
+        "refuse": check.refuse,
+        "models": {model: True for model in check.models} if check.models else None,
+    }
+    if check.guardrail is not None:
+        model = next(model for model in gateway.models if model.name == check.guardrail.model)
+        found["guard"] = {
+            "cluster": model_cluster(model),
+            "path": f"/v2/models/{model.name}/infer",
+            "timeout": check.guardrail.timeout_ms,
+            "most": model.max_request_bytes,
+        }
+    return found
 
 
 def _per_million(rate: str) -> int:
@@ -722,6 +734,9 @@ def _quality_logs() -> list[Config]:
         "value_fixed": 1,
     }
     matched = {"stat": {"name": "prompt_matches", "tags": [*tags, *_tags_named(pattern="prompt_match")]}}
+    unjudged = {
+        "stat": {"name": "prompt_check_errors", "tags": [*tags, *_tags_named(pattern="prompt_check_error")]}
+    }
     # a regeneration counted per consumer too: many of them is automation (a scraping alert reads it)
     repeats = {"stat": {"name": "consumer_repeats", "tags": _tags("tier", "consumer")}, "value_fixed": 1}
     return [
@@ -738,6 +753,8 @@ def _quality_logs() -> list[Config]:
         _stats_log(accepted, counters=[rated]),
         # a prompt a tier's check found something in (by the first check that did)
         _stats_log(_present("prompt_match"), counters=[{**matched, "value_fixed": 1}]),
+        # a prompt a guardrail model could not judge (by the first check that could not)
+        _stats_log(_present("prompt_check_error"), counters=[{**unjudged, "value_fixed": 1}]),
     ]
 
 

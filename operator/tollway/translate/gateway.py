@@ -28,6 +28,7 @@ from tollway.ir.gateway import (
     Credential,
     Endpoint,
     Gateway,
+    Guardrail,
     Jwt,
     KeySignals,
     Limit,
@@ -402,14 +403,23 @@ def _prompt_checks(tier: ApiTier, served: Sequence[Model], problems: list[str]) 
         unknown = [model for model in check.models if model not in names]
         if unknown:
             problems.append(f"{field}.models: no ModelDeployment here serves {', '.join(unknown)}")
+        judged = PromptCheck(name=check.name, models=tuple(check.models), refuse=check.refuse)
+        if check.guardrail_model is not None:
+            if check.guardrail_model not in names:
+                problems.append(
+                    f"{field}.guardrailModel: no ModelDeployment here serves {check.guardrail_model}; "
+                    "it checks nothing"
+                )
+                continue
+            guardrail = Guardrail(model=check.guardrail_model, timeout_ms=check.timeout_ms)
+            checks.append(replace(judged, guardrail=guardrail))
+            continue
         try:
-            pattern = prompt_pattern(check.pattern)
+            pattern = prompt_pattern(check.pattern or "")
         except UnsupportedPattern as why:
             problems.append(f"{field}.pattern: {why}; it checks nothing")
             continue
-        checks.append(
-            PromptCheck(name=check.name, pattern=pattern, models=tuple(check.models), refuse=check.refuse)
-        )
+        checks.append(replace(judged, pattern=pattern))
     return tuple(checks)
 
 

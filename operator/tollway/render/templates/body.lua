@@ -41,17 +41,55 @@ local function observe(handle, now, caller, model_name, version, bytes, binary)
   if cut then metadata:set(NS, "sample_request_cut", "1") end
 end
 
+-- A guardrail model's verdict on `text` (its check's `guard`: cluster, path, timeout, most): true (flagged)
+-- or false; nil when it could not judge (too long for it, an error, a timeout: Envoy answers a failed call
+-- with a 503 of its own, or an answer without FLAGGED).
+local function judged(handle, guard, text)
+  local request = prompt.guard_request(text)
+  if #request > guard.most then return nil end
+  local headers, reply = handle:httpCall(guard.cluster, {
+    [":method"] = "POST",
+    [":path"] = guard.path,
+    [":authority"] = "guardrail",
+    ["content-type"] = "application/json",
+  }, request, guard.timeout)
+  if headers == nil or headers[":status"] ~= "200" then return nil end
+  return prompt.guard_flagged(reply)
+end
+
 -- The tier's prompt checks on a request to `model_name` whose body `bytes` is JSON for its first
--- `json_length` bytes and binary after them; read only when the tier has checks. A match is recorded for the
--- counters and the sample; false after refusing a request that a refusing check matched.
+-- `json_length` bytes and binary after them; read only when the tier has checks. Patterns first; the
+-- guardrail models only when no pattern refused the prompt. A match is recorded for the counters and the
+-- sample, so is a guardrail model that could not judge; false after refusing the request (400 for a match
+-- of a refusing check, 503 when a refusing check's model could not judge it).
 local function checked_prompt(handle, tier, model_name, bytes, json_length)
   if #tier.prompt == 0 then return true end
   local text = prompt.text(bytes:sub(1, json_length), bytes:sub(json_length + 1))
-  local names, refusing = prompt.matches(tier.prompt, model_name, text)
-  if #names == 0 then return true end
-  local metadata = handle:streamInfo():dynamicMetadata()
-  metadata:set(NS, "prompt_match", names[1])
-  metadata:set(NS, "prompt_flags", table.concat(names, ","))
+  local names, refusing = prompt.matches(tier.prompt, model_name, text:lower())
+  local failed, unjudged = nil, nil
+  for _, check in ipairs(tier.prompt) do
+    if refusing or unjudged then break end
+    if check.guard and prompt.applies(check, model_name) then
+      local flagged = judged(handle, check.guard, text)
+      if flagged == nil then
+        failed = failed or check.name
+        unjudged = check.refuse and check.name or nil
+      elseif flagged then
+        names[#names + 1] = check.name
+        refusing = check.refuse and check.name or nil
+      end
+    end
+  end
+  local metadata = handle:streamInfo():dynamicMetadata() -- taken after the calls: they yield
+  if failed then metadata:set(NS, "prompt_check_error", failed) end
+  if #names > 0 then
+    metadata:set(NS, "prompt_match", names[1])
+    metadata:set(NS, "prompt_flags", table.concat(names, ","))
+  end
+  if unjudged then
+    refuse(handle, 503, "the prompt check " .. unjudged .. " could not judge the prompt; try again")
+    return false
+  end
   if refusing == nil then return true end
   refuse(handle, 400, "the prompt was refused by the check " .. refusing)
   return false
@@ -89,7 +127,7 @@ local function grpc_request(handle, now, caller)
       if rest == nil then return refuse(handle, 400, unreadable) end
     end
   end
-  body:setBytes(
+  handle:body():setBytes( -- again: a guardrail model's call yields, and wrappers go out of scope
     protobuf.frame(protobuf.routed_request(model_name, version, rest, infer and tier.level or nil))
   )
   stream.route_to(handle, tier.grpc_clusters[model_name] or model.grpc_cluster)
@@ -167,6 +205,7 @@ local function openai_request(handle, now, caller)
   if not checked_prompt(handle, tier, model_name, bytes, #bytes) then return end
   if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens) then return end
   observe(handle, now, caller, model_name, version, bytes, false)
+  headers = handle:headers() -- again: a guardrail model's call yields, and wrappers go out of scope
   headers:replace("x-tollway-model-version", tostring(version))
   headers:replace("x-tollway-priority", tostring(tier.level))
   stream.route_to(handle, tier.openai_clusters[model_name] or api.cluster)

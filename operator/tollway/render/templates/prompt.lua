@@ -21,20 +21,61 @@ function M.json_text(json)
 end
 
 -- The prompt as the checks see it: the JSON's strings (`json`, may be nil) and the raw bytes (`raw`, may be
--- nil), lower-cased.
-function M.text(json, raw) return ((json and M.json_text(json) or "") .. "\n" .. (raw or "")):lower() end
+-- nil). Patterns read it lower-cased; a guardrail model as it is.
+function M.text(json, raw) return (json and M.json_text(json) or "") .. "\n" .. (raw or "") end
 
--- The names of the `checks` ({name, pattern, refuse, models: set or nil for all}) that find something in
--- `text` for the model `model_name`, in order, and the name of the first of them that refuses (nil if none).
-function M.matches(checks, model_name, text)
+-- Whether `check` ({name, pattern or guard, refuse, models: set or nil for all}) looks at prompts to
+-- `model_name`.
+function M.applies(check, model_name) return check.models == nil or check.models[model_name] ~= nil end
+
+-- The names of the pattern `checks` that find something in `lowered` (the text, lower-cased) for the model
+-- `model_name`, in order, and the name of the first of them that refuses (nil if none). Guardrail checks
+-- are asked by body.lua.
+function M.matches(checks, model_name, lowered)
   local names, refusing = {}, nil
   for _, check in ipairs(checks) do
-    if (check.models == nil or check.models[model_name]) and text:find(check.pattern) then
+    if check.pattern and M.applies(check, model_name) and lowered:find(check.pattern) then
       names[#names + 1] = check.name
       refusing = refusing or (check.refuse and check.name or nil)
     end
   end
   return names, refusing
+end
+
+local JSON_ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\" }
+
+-- `text` as a JSON string: quotes, backslashes and control characters escaped, invalid UTF-8 replaced.
+local function quoted(text)
+  local escaped = sample.utf8(text):gsub(
+    '[%c"\\]',
+    function(char) return JSON_ESCAPES[char] or string.format("\\u%04x", char:byte()) end
+  )
+  return '"' .. escaped .. '"'
+end
+
+-- What a guardrail model is asked about `text` (KServe v2 JSON): TEXT in, FLAGGED out.
+function M.guard_request(text)
+  return '{"inputs":[{"name":"TEXT","datatype":"BYTES","shape":[1,1],"data":['
+    .. quoted(text)
+    .. ']}],"outputs":[{"name":"FLAGGED"}]}'
+end
+
+local VERDICTS = { ["true"] = true, ["false"] = false }
+
+-- A guardrail model's verdict in its answer (`reply`, KServe v2 JSON): true when FLAGGED is true or a
+-- non-zero number, false when false or zero; nil when the answer holds no such output.
+function M.guard_flagged(reply)
+  local outputs = (reply or ""):match('"outputs"%s*:%s*(%b[])') or ""
+  for output in outputs:gmatch("%b{}") do
+    if output:find('"name"%s*:%s*"FLAGGED"') then
+      local first = output:match('"data"%s*:%s*%[%s*([%w%.%-%+]+)')
+      if VERDICTS[first] ~= nil then return VERDICTS[first] end
+      local number = tonumber(first or "")
+      if number == nil then return nil end
+      return number ~= 0
+    end
+  end
+  return nil
 end
 
 return M
