@@ -27,7 +27,10 @@ connections, closed loop) with the same KServe v2 infer POST:
 9. path 3 for a caller whose tier allows only some networks (Envoy's RBAC filter) and limits requests per
    client address (a third descriptor in the request limits' call): what those defences add;
 10. path 3 for a caller whose tier checks its prompts against eight patterns (none matching): what prompt
-   checks add.
+   checks add;
+11. path 3 for a caller whose tier does not count its keys' signals (spec.alerts.keyCompromise.enabled
+   false; every other path counts them, the default): what the key-compromise signals cost (one more call
+   to the ratelimit service as each request ends).
 
 With --deny-list N, the namespace's deny list holds N addresses (none of them the load's), which every
 request through Tollway is checked against first: what a reputation feed of that size costs.
@@ -79,6 +82,7 @@ KEYS = {
     "sampled": "tw-bench-sampled-key",
     "guarded": "tw-bench-guarded-key",
     "checked": "tw-bench-checked-key",
+    "unwatched": "tw-bench-unwatched-key",
 }
 """The gateway's callers, by the limits of their tier (`flood`'s is 1 request a minute: it is refused)."""
 BODY = json.dumps(infer_body(8, max_tokens=8))
@@ -404,11 +408,13 @@ def gateway(
         "sampled": full,
         "guarded": full,
         "checked": full,
+        "unwatched": full,
     }
     extra: dict[str, dict[str, Any]] = {
         "sampled": {"sampling": {"sampleRate": "1"}},
         "guarded": {"network": {"allowedCidrs": ["127.0.0.0/8"], "requestsPerMinutePerIp": 100_000_000}},
         "checked": {"promptChecks": PROMPT_CHECKS},
+        "unwatched": {"alerts": {"keyCompromise": {"enabled": False}}},
     }
     documents: list[dict[str, Any]] = [echo_model(), language_model_document("chat", "chat", NAMESPACE)]
     for name, key in KEYS.items():
@@ -524,6 +530,7 @@ def main() -> None:
                 KEYS["guarded"],
             ),
             Target("  + 8 prompt checks", tollway.ports[0], gateway_processes, KEYS["checked"]),
+            Target("  without key signals", tollway.ports[0], gateway_processes, KEYS["unwatched"]),
         ]
         try:
             load = Load(wrk, workdir, options.seconds, options.connections)
