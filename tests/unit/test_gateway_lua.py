@@ -285,6 +285,11 @@ def limited_gateway() -> GatewayProgram:
             {**KEY, ":path": "/v1/models/chat/infer?api_key=k-pro"},
             "send credentials in the Authorization or x-api-key header, never in the URL",
         ),
+        (
+            {"x-api-key": "k-stolen"},
+            "this API key is suspended (used from 40 networks (38 new to it) and 3 user agents in an hour); "
+            "ask the API's operators to lift the suspension",
+        ),
     ],
 )
 def test_a_caller_without_a_valid_credential_is_counted_per_address_before_its_401(
@@ -339,6 +344,33 @@ def test_a_tier_that_counts_key_signals_names_the_consumer_and_its_client_progra
     assert (handle.tollway["signal_tier"], handle.tollway["agent"]) == ("pro", "OpenAI/Python")
     free = gateway.request({"x-api-key": "k-free", **agent}, infer_body(), route=INFER)
     assert free.reply is None and "signal_tier" not in free.tollway and "agent" not in free.tollway
+
+
+def test_a_worker_sends_a_callers_signals_once_an_hour_per_network_and_program() -> None:
+    data = copy.deepcopy(DATA)
+    data["tiers"]["pro"]["signals"] = True
+    gateway = GatewayProgram(data, NOW)
+
+    def signalled(agent: str, address: str = "198.51.100.7:4000") -> bool:
+        headers = {**KEY, "user-agent": agent}
+        handle = gateway.request(headers, infer_body(), route=INFER, remote_address=address)
+        assert handle.reply is None
+        return "signal_tier" in handle.tollway
+
+    assert signalled("curl/8.5.0")
+    assert not signalled("curl/8.5.0")  # seen this hour: the ratelimit service would not count it again
+    assert not signalled("curl/8.5.0", "198.51.100.200:4000")  # the same /24
+    assert signalled("curl/8.5.0", "198.51.101.7:4000")  # another network
+    assert signalled("python-requests/2.31")  # another program
+    gateway.now = NOW - NOW % 3600 + 3600  # the next hour: counted again
+    assert signalled("curl/8.5.0")
+
+
+def test_a_workers_memory_of_sightings_is_bounded_and_never_hides_one_past_it() -> None:
+    sighted = Module("access").sightings(2)
+    assert [sighted("a", 1), sighted("a", 1), sighted("b", 1)] == [True, False, True]
+    assert [sighted("c", 1), sighted("c", 1)] == [True, True]  # full: sent every time
+    assert [sighted("a", 2), sighted("a", 2)] == [True, False]  # a new hour forgets
 
 
 def test_a_new_keys_network_is_named_for_the_count_of_new_keys_per_network() -> None:

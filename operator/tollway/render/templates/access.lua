@@ -163,6 +163,25 @@ function M.agent_product(user_agent)
   return product:sub(1, 48)
 end
 
+-- A worker's memory of the key signals it sent this hour, at most `capacity` of them: `sighted(key, hour)` is
+-- true the first time it is asked about `key` in `hour`, then false for the rest of that hour, since the
+-- ratelimit service would count the same sighting again as seen (its windows are the same clock hours; a
+-- few seconds' skew between the two clocks can lose a sighting at an hour's turn). Past `capacity` (a
+-- caller cycling through addresses or agents) it is true every time: nothing goes uncounted.
+function M.sightings(capacity)
+  local hour, seen, count = nil, {}, 0
+  return function(key, now_hour)
+    if now_hour ~= hour then
+      hour, seen, count = now_hour, {}, 0
+    end
+    if seen[key] then return false end
+    if count < capacity then
+      seen[key], count = true, count + 1
+    end
+    return true
+  end
+end
+
 -- A consumer or tier name as the ratelimit service's counters carry it (as ir/names.py's counter_name writes
 -- it): their statistics are dot-separated paths, so '%' and '.' are percent-encoded.
 function M.counter_name(name) return (name:gsub("%%", "%%25"):gsub("%.", "%%2E")) end

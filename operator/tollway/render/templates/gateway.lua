@@ -49,10 +49,28 @@ local function authenticate(handle, now)
   return access.key_caller(T.credentials, key, now)
 end
 
+-- The key signals this worker sent this hour (access.sightings): a caller's steady traffic from one network
+-- and program sends them once an hour, not with every request.
+local signal_sighted = access.sightings(10000)
+
+-- The key-compromise signals of a request (counted when it ends, by the stream-end filter: see
+-- render/ratelimit.py), unless this worker sent the same ones this hour.
+local function set_signals(handle, now, metadata, consumer, tier_name, new_key)
+  local agent = access.agent_product(handle:headers():get("user-agent"))
+  local network = access.network_of(handle:streamInfo():downstreamRemoteAddress())
+  local sighting = table.concat({ tier_name, consumer, network or "?", agent, new_key and "new" or "" }, "\n")
+  if not signal_sighted(sighting, math.floor(now / 3600)) then return end
+  metadata:set(NS, "signal_tier", access.counter_name(tier_name))
+  metadata:set(NS, "agent", agent)
+  if new_key and network then -- new keys are counted per network: many from one is a farm of sign-ups
+    metadata:set(NS, "new_key_network", network)
+  end
+end
+
 -- Record the caller for the ratelimit filters (in the counters' form, with its tier's per-address scope),
 -- the network rules, body.lua and the access log; `kind` is the route's (infer, ready, metadata or grpc);
 -- `new_key`: the caller's API key was created less than T.new_key_seconds ago.
-local function set_caller(handle, kind, consumer, tier_name, credential, new_key)
+local function set_caller(handle, now, kind, consumer, tier_name, credential, new_key)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(NS, "kind", kind)
   metadata:set(NS, "consumer", consumer)
@@ -64,14 +82,7 @@ local function set_caller(handle, kind, consumer, tier_name, credential, new_key
   if tier.per_address then
     metadata:set(NS, tier.fail_open and "address_open" or "address_closed", tier.per_address)
   end
-  if tier.signals then -- counted when the request ends (the stream-end filter): see render/ratelimit.py
-    metadata:set(NS, "signal_tier", access.counter_name(tier_name))
-    metadata:set(NS, "agent", access.agent_product(handle:headers():get("user-agent")))
-    if new_key then -- new keys are counted per network: many from one is a farm of sign-ups
-      local network = access.network_of(handle:streamInfo():downstreamRemoteAddress())
-      if network then metadata:set(NS, "new_key_network", network) end
-    end
-  end
+  if tier.signals then set_signals(handle, now, metadata, consumer, tier_name, new_key) end
 end
 
 -- A caller without a valid credential. Where such callers are limited per client address, its 401 is left
@@ -182,8 +193,8 @@ local function on_request(handle, now)
     )
   end
   local suspended = credential and T.suspended[credential]
-  if suspended then
-    return stream.unauthenticated(
+  if suspended then -- counted per address like any credential that does not work
+    return unauthenticated(
       handle,
       "this API key is suspended (" .. suspended .. "); ask the API's operators to lift the suspension"
     )
@@ -194,7 +205,7 @@ local function on_request(handle, now)
     return handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, text)
   end
   local new_key = created ~= nil and now - created < T.new_key_seconds
-  set_caller(handle, kind, consumer, tier_name, credential, new_key)
+  set_caller(handle, now, kind, consumer, tier_name, credential, new_key)
   if kind == "feedback" then return end -- the model it rates is in the body: body.lua reads it
   if kind == "openai" then -- its model is in the body: body.lua admits it
     handle:streamInfo():dynamicMetadata():set(NS, "start_ms", tostring(handle:timestamp()))
