@@ -50,7 +50,7 @@ def registry(settings: Settings, clock: Clock) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=handlers)
     def stop(memo: kopf.Memo, **_: Any) -> None:
-        memo.resync.stopping.set()
+        memo.resync.stop()
 
     for kind in RESOURCES:
         _index(handlers, kind)

@@ -719,3 +719,21 @@ def test_alertmanager_hears_of_each_suspended_key_on_every_gateway_reconcile_unt
     bed.cluster.key_secrets["acme-key"]["metadata"]["labels"]["tollway.dev/suspended"] = "lifted"
     bed.reconciler.reconcile_gateway("ai", LOG)
     assert len(bed.telemetry.posted) == 2  # no longer sent: Alertmanager resolves it at its endsAt
+
+
+def test_once_the_operator_stops_queued_reconciles_return_at_once_and_a_running_one_is_not_rerun(
+    bed: Bed,
+) -> None:
+    """kopf runs handlers on its threads, and the process waits for every one queued before it exits: a
+    backlog of a thousand reconciles must not hold a SIGTERM up."""
+    body = bed.cluster.add(model_deployment("chat"))
+    gate = Gate(bed.cluster)
+    with in_thread(lambda: bed.event(body)):
+        assert gate.entered.wait(10)
+        bed.event(edited(body, versions=[{"version": "2"}]))  # asks for a re-run
+        bed.resync.stop()
+        bed.event(body)  # queued behind kopf's threads: returns at once
+        gate.release.set()
+    assert bed.cluster.calls["apply_all"] == 1  # the re-run was dropped
+    bed.resync.resync()
+    assert bed.cluster.calls["apply_all"] == 1

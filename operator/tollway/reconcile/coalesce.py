@@ -20,12 +20,17 @@ class Coalescer:
         self._busy: set[Key] = set()
         self._again: set[Key] = set()
         self._guard = threading.Lock()
+        self.stopping = threading.Event()
+        """Set when the operator stops: the reconciles queued behind kopf's threads then return at once
+        (the process waits for each of them before it exits), and a running one is not run again."""
 
     def run(self, key: Key, step: Callable[[bool], bool]) -> None:
         """Run `step(first)` for `key` unless it runs already (then it runs once more after, on fresh state).
 
         `step` returns False when there is nothing left to converge (the object is gone).
         """
+        if self.stopping.is_set():
+            return
         with self._guard:
             if key in self._busy:
                 self._again.add(key)
@@ -33,7 +38,7 @@ class Coalescer:
             self._busy.add(key)
         try:
             first = True
-            while step(first):
+            while not self.stopping.is_set() and step(first):
                 first = False
                 with self._guard:
                     if key not in self._again:

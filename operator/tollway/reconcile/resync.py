@@ -30,6 +30,11 @@ class Resync(threading.Thread):
         while not self.stopping.wait(self.reconciler.settings.resync_seconds):
             self.resync()
 
+    def stop(self) -> None:
+        """The operator stops: no more passes, and no more reconciles (see Coalescer.stopping)."""
+        self.stopping.set()
+        self.reconciler.coalescer.stopping.set()
+
     def resync(self) -> None:
         """One pass over every watched namespace; no failure ends it early or escapes it."""
         if not self.reconciler.listed.is_set():
@@ -44,6 +49,8 @@ class Resync(threading.Thread):
                 self.logger.exception("resync could not list resources; the next resync retries")
                 continue
             for body in models:
+                if self.stopping.is_set():
+                    return
                 self._reconcile(body)
             for gateway in sorted({tier["metadata"]["namespace"] for tier in tiers}):
                 self._reconcile_gateway(gateway)
