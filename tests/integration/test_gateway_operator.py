@@ -98,13 +98,21 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
     assert "tw-alice-secret-value" in files["lds.yaml"]
     limits = cluster.get("configmap", "tollway-gateway-ratelimit", NAMESPACE)["data"]["tollway.yaml"]
     descriptors = yaml.safe_load(limits)["descriptors"]
-    # the limits only (the tiers' and the per-address one of callers without a valid credential): usage is
-    # counted by Envoy, not by the ratelimit service
+    # the limits (the tiers' and the per-address one of callers without a valid credential) and each tier's
+    # key-compromise signals (shadow limits, never refused): usage is counted by Envoy, not by the service
+    signals = {
+        (signal, tier)
+        for signal in ("networks", "new_networks", "agents", "new_keys")
+        for tier in ("free", "pro")
+    }
     assert {(entry["key"], entry["value"]) for entry in descriptors} == {
         ("rpm", "free"),
         ("rpm", "pro"),
         ("ip", "_unauthenticated"),
+        *signals,
     }
+    shadowed = [entry for entry in descriptors if (entry["key"], entry["value"]) in signals]
+    assert all(entry["descriptors"][0]["descriptors"][0]["shadow_mode"] for entry in shadowed)
 
 
 def _children(cluster: Cluster) -> set[tuple[str, str]]:
