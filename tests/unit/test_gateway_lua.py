@@ -351,13 +351,15 @@ def test_a_worker_sends_a_callers_signals_once_an_hour_per_network_and_program()
     data["tiers"]["pro"]["signals"] = True
     gateway = GatewayProgram(data, NOW)
 
-    def signalled(agent: str, address: str = "198.51.100.7:4000") -> bool:
+    def signalled(agent: str, address: str = "198.51.100.7:4000", answer: dict[str, str] = ANSWERED) -> bool:
         headers = {**KEY, "user-agent": agent}
         handle = gateway.request(headers, infer_body(), route=INFER, remote_address=address)
         assert handle.reply is None
+        gateway.response(answer, b"{}", metadata={"tollway": handle.tollway})
         return "signal_tier" in handle.tollway
 
-    assert signalled("curl/8.5.0")
+    assert signalled("curl/8.5.0", answer={":status": "429"})  # refused before the stream-end filter
+    assert signalled("curl/8.5.0")  # so sent again; now answered by the model: sent
     assert not signalled("curl/8.5.0")  # seen this hour: the ratelimit service would not count it again
     assert not signalled("curl/8.5.0", "198.51.100.200:4000")  # the same /24
     assert signalled("curl/8.5.0", "198.51.101.7:4000")  # another network
@@ -367,10 +369,15 @@ def test_a_worker_sends_a_callers_signals_once_an_hour_per_network_and_program()
 
 
 def test_a_workers_memory_of_sightings_is_bounded_and_never_hides_one_past_it() -> None:
-    sighted = Module("access").sightings(2)
-    assert [sighted("a", 1), sighted("a", 1), sighted("b", 1)] == [True, False, True]
-    assert [sighted("c", 1), sighted("c", 1)] == [True, True]  # full: sent every time
-    assert [sighted("a", 2), sighted("a", 2)] == [True, False]  # a new hour forgets
+    sightings = Module("access").sightings(2)
+    seen, mark = sightings["seen"], sightings["mark"]
+    assert not seen("a", 1)
+    mark("a", 1)
+    mark("b", 1)
+    assert seen("a", 1) and seen("b", 1)
+    mark("c", 1)
+    assert not seen("c", 1)  # full: never hidden, sent every time
+    assert not seen("a", 2)  # a new hour forgets
 
 
 def test_a_new_keys_network_is_named_for_the_count_of_new_keys_per_network() -> None:

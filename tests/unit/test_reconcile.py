@@ -676,6 +676,17 @@ def test_a_lifted_suspension_holds_while_the_alert_fires_and_is_cleared_once_it_
     assert key_events(bed) == ["pro: Normal KeyWatchedAgain"]
 
 
+def test_a_suspension_without_the_keys_figures_says_which_alert_fired() -> None:
+    bed = suspending_bed()
+    bed.telemetry.key_alerts_state = KeyAlertState(reachable=True, firing={("pro", "other"): KeyPattern()})
+    bed.reconciler.reconcile_gateway("ai", LOG)
+    marked = bed.cluster.key_secrets["other-key"]["metadata"]["annotations"]
+    assert (
+        marked["tollway.dev/suspended-reason"]
+        == "its pattern of use changed abruptly (TollwayKeyPatternChanged)"
+    )
+
+
 def test_a_tier_that_does_not_suspend_leaves_its_keys_alone_and_prometheus_unasked() -> None:
     bed = suspending_bed(suspend=False)
     bed.telemetry.key_alerts_state = KeyAlertState(reachable=True, firing={("pro", "acme%2Eeu"): STOLEN})

@@ -135,7 +135,9 @@ class Reconciler:
             alertmanager_configs=self.observer.alertmanager_configs_served(),
         )
         options = replace(gateway, runtime=served)
-        held = self._suspend_compromised_keys(namespace, tiers, self.cluster.list_secrets(namespace), logger)
+        held = self._suspend_compromised_keys(
+            namespace, tiers, self.cluster.list_secrets(namespace), now, logger
+        )
         fresh = secrets.token_hex(32)  # Redis's password, used only while its Secret does not exist
         result = translate_gateway(
             namespace, tiers + models, held, now, options, network=self.settings.network, fresh=fresh
@@ -170,7 +172,7 @@ class Reconciler:
             write_status(self.cluster, ApiTier, body, translate(ApiTier, body, now, context).status, logger)
 
     def _suspend_compromised_keys(
-        self, namespace: str, tiers: list[Body], held: list[Body], logger: Logger
+        self, namespace: str, tiers: list[Body], held: list[Body], now: datetime, logger: Logger
     ) -> list[Body]:
         """Suspend the keys whose alert fires (where their tier asks for it), release lifted ones whose
         alert stopped (translate.suspension), and return the Secrets as they are now marked."""
@@ -180,7 +182,7 @@ class Reconciler:
         if not alerts.reachable:
             logger.warning("cannot ask Prometheus which keys to suspend: %s", alerts.error)
             return held
-        marks = {mark.secret: mark for mark in suspensions(tiers, held, alerts.firing, self.clock())}
+        marks = {mark.secret: mark for mark in suspensions(tiers, held, alerts.firing, now)}
         by_tier = {body["metadata"]["name"]: body for body in tiers}
         for mark in marks.values():
             self.cluster.mark_secret(namespace, mark.secret, mark.labels, mark.annotations)

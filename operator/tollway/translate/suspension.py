@@ -11,7 +11,7 @@ from typing import Any, Literal
 from tollway.api import ApiTier
 from tollway.api.parse import InvalidResource, parse
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import KEY_SUSPENDED_ALERT, counter_name
+from tollway.ir.names import KEY_ALERT, KEY_SUSPENDED_ALERT, counter_name
 from tollway.ir.state import KeyPattern
 from tollway.translate.gateway import (
     CONSUMER_LABEL,
@@ -67,10 +67,7 @@ def suspensions(
         api_keys = tier.spec.auth.api_keys
         opted_in = api_keys is not None and api_keys.suspend_on_compromise
         if pattern is not None and opted_in and state not in ("true", "lifted"):
-            why = (
-                f"used from {pattern.networks} networks ({pattern.new_networks} new to it) and "
-                f"{pattern.agents} user agents in an hour"
-            )
+            why = _why(pattern)
             marks.append(
                 SecretMark(
                     secret=name,
@@ -100,6 +97,16 @@ def suspensions(
                 )
             )
     return marks
+
+
+def _why(pattern: KeyPattern) -> str:
+    """The suspension's reason: the key's last hour, when Prometheus had its figures."""
+    if not (pattern.networks or pattern.agents):
+        return f"its pattern of use changed abruptly ({KEY_ALERT})"
+    return (
+        f"used from {pattern.networks} networks ({pattern.new_networks} new to it) and "
+        f"{pattern.agents} user agents in an hour"
+    )
 
 
 def _valid(documents: Iterable[Mapping[str, Any]]) -> list[ApiTier]:

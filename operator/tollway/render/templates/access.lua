@@ -163,23 +163,31 @@ function M.agent_product(user_agent)
   return product:sub(1, 48)
 end
 
--- A worker's memory of the key signals it sent this hour, at most `capacity` of them: `sighted(key, hour)` is
--- true the first time it is asked about `key` in `hour`, then false for the rest of that hour, since the
--- ratelimit service would count the same sighting again as seen (its windows are the same clock hours; a
--- few seconds' skew between the two clocks can lose a sighting at an hour's turn). Past `capacity` (a
--- caller cycling through addresses or agents) it is true every time: nothing goes uncounted.
+-- A worker's memory of the key signals it sent this hour, at most `capacity` of them: `seen(key, hour)`
+-- says whether `mark(key, hour)` was called for `key` in `hour`. The gateway marks a sighting once a request
+-- that carried it was answered by the model (so it passed the stream-end filter that sends it), and sends no
+-- more of it that hour: the ratelimit service would count it again as seen (its windows are the same clock
+-- hours; a few seconds' skew between the two clocks can lose a sighting at an hour's turn). Past `capacity`
+-- (a caller cycling through addresses or agents) nothing more is marked: nothing goes uncounted.
 function M.sightings(capacity)
-  local hour, seen, count = nil, {}, 0
-  return function(key, now_hour)
+  local hour, marked, count = nil, {}, 0
+  local function in_hour(now_hour)
     if now_hour ~= hour then
-      hour, seen, count = now_hour, {}, 0
+      hour, marked, count = now_hour, {}, 0
     end
-    if seen[key] then return false end
-    if count < capacity then
-      seen[key], count = true, count + 1
-    end
-    return true
   end
+  return {
+    seen = function(key, now_hour)
+      in_hour(now_hour)
+      return marked[key] == true
+    end,
+    mark = function(key, now_hour)
+      in_hour(now_hour)
+      if not marked[key] and count < capacity then
+        marked[key], count = true, count + 1
+      end
+    end,
+  }
 end
 
 -- A consumer or tier name as the ratelimit service's counters carry it (as ir/names.py's counter_name writes

@@ -51,15 +51,17 @@ end
 
 -- The key signals this worker sent this hour (access.sightings): a caller's steady traffic from one network
 -- and program sends them once an hour, not with every request.
-local signal_sighted = access.sightings(10000)
+local sightings = access.sightings(10000)
 
 -- The key-compromise signals of a request (counted when it ends, by the stream-end filter: see
--- render/ratelimit.py), unless this worker sent the same ones this hour.
+-- render/ratelimit.py), unless this worker sent the same ones this hour; `sighting` names them, for the
+-- response to mark as sent.
 local function set_signals(handle, now, metadata, consumer, tier_name, new_key)
   local agent = access.agent_product(handle:headers():get("user-agent"))
   local network = access.network_of(handle:streamInfo():downstreamRemoteAddress())
-  local sighting = table.concat({ tier_name, consumer, network or "?", agent, new_key and "new" or "" }, "\n")
-  if not signal_sighted(sighting, math.floor(now / 3600)) then return end
+  local sighting = table.concat({ tier_name, consumer, network or "?", agent, new_key and "new" or "" }, "|")
+  if sightings.seen(sighting, math.floor(now / 3600)) then return end
+  metadata:set(NS, "sighting", sighting)
   metadata:set(NS, "signal_tier", access.counter_name(tier_name))
   metadata:set(NS, "agent", agent)
   if new_key and network then -- new keys are counted per network: many from one is a farm of sign-ups
@@ -359,6 +361,7 @@ local function on_response(handle, now)
   for _, header in ipairs(models.deprecation_headers(dates, now)) do
     headers:replace(header[1], header[2])
   end
+  if from_model and state.sighting then sightings.mark(state.sighting, math.floor(now / 3600)) end
   if not (from_model and state.tier) then return end
   -- The usage logger counts what a model answered a caller, and reads a number for each count.
   for _, count in ipairs({ "input_tokens", "output_tokens", "unreported" }) do
