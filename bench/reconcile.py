@@ -38,6 +38,8 @@ from kubernetes import client, config
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "bench"
+STOP_SECONDS = 30
+"""The chart's termination grace period: the operator must stop within it."""
 READS_NAMESPACE = "bench-reads"
 RESYNC_SECONDS = 5
 CHILD_KINDS = ("serviceaccounts", "configmaps", "deployments", "services", "poddisruptionbudgets")
@@ -218,8 +220,15 @@ def tollway_operator(
     try:
         yield operator
     finally:
+        asked = time.monotonic()
         operator.terminate()
-        operator.wait(timeout=30)
+        try:
+            operator.wait(timeout=STOP_SECONDS)
+            print(f"operator stopped {time.monotonic() - asked:.1f} s after SIGTERM")
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+            print(f"operator did not stop within {STOP_SECONDS} s of SIGTERM (its grace period): killed")
         log.close()
 
 
