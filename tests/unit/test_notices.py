@@ -118,3 +118,28 @@ def test_the_alertmanager_config_resource_says_the_same() -> None:
     assert spec["receivers"][1]["webhookConfigs"] == [
         {"url": "https://hooks.acme.example/tollway?token=t1", "sendResolved": True, "maxAlerts": 10}
     ]
+
+
+def test_a_webhook_that_is_no_http_url_is_named_and_sends_nothing() -> None:
+    for url in (
+        "ftp://hooks.example",
+        "https://",
+        "http://[::1",
+        "https://hooks.example/a b",
+        "hooks.example",
+    ):
+        loaded = documents.load([CASE])
+        for document in loaded:
+            if document["kind"] == "Secret" and document["metadata"]["name"] == "newco-key":
+                document["metadata"]["annotations"] = {"tollway.dev/notify-webhook": url}
+        result = translate_all(loaded, NOW).gateways["ai"]
+        problems = result.plan.reports["enterprise"].problems
+        assert any(
+            'Secret "newco-key": annotation tollway.dev/notify-webhook' in problem for problem in problems
+        )
+        assert result.plan.gateway is not None
+        assert all(
+            credential.notify_webhook is None
+            for credential in result.plan.gateway.credentials
+            if credential.id == "newco-key"
+        )

@@ -540,34 +540,14 @@ def key_signal_rules(gateway: Gateway) -> list[dict[str, Any]]:
     the last hour (the ratelimit service counts first sightings per clock hour, so a value seen on both
     sides of an hour's turn counts twice), and per tier the alert that a key's pattern changed abruptly."""
     namespace = gateway.namespace
-    rules: list[dict[str, Any]] = []
-    for signal in KEY_SIGNALS:
-        series = f'{SIGHTINGS}{{namespace="{namespace}",key1=~"{signal}_.+"}}'
-        labelled = label_replace(
-            label_replace(f"increase({series}[1h])", "tier", f"{signal}_(.+)", "key1"),
-            "consumer",
-            "consumer_(.+)",
-            "key2",
-        )
-        rules.append(
-            {
-                "record": f"tollway:consumer_{signal}:increase1h",
-                "expr": f"sum by (namespace, tier, consumer) ({labelled})",
-            }
-        )
-    series = f'{SIGHTINGS}{{namespace="{namespace}",key1=~"{NEW_KEYS_SIGNAL}_.+"}}'
-    labelled = label_replace(
-        label_replace(f"increase({series}[1h])", "tier", f"{NEW_KEYS_SIGNAL}_(.+)", "key1"),
-        "network",
-        "network_(.+)",
-        "key2",
-    )
-    rules.append(
+    counted = [(signal, "consumer") for signal in KEY_SIGNALS] + [(NEW_KEYS_SIGNAL, "network")]
+    rules: list[dict[str, Any]] = [
         {
-            "record": "tollway:network_new_keys:increase1h",
-            "expr": f"sum by (namespace, tier, network) ({labelled})",
+            "record": f"tollway:{by}_{signal}:increase1h",
+            "expr": f"sum by (namespace, tier, {by}) ({_sightings(namespace, signal, by)})",
         }
-    )
+        for signal, by in counted
+    ]
     for tier in gateway.tiers:
         if tier.key_signals is not None:
             rules.append(key_alert(namespace, tier.name, tier.key_signals))
@@ -588,6 +568,14 @@ def new_keys_alert(namespace: str, tier: str, signals: KeySignals) -> dict[str, 
             "network {{ $labels.network }} within an hour: a farm of sign-ups?",
         },
     }
+
+
+def _sightings(namespace: str, signal: str, by: str) -> str:
+    """A signal's first sightings in the last hour, labelled with the tier (from key1, `SIGNAL_<tier>`) and
+    with what key2 names (`<by>_<value>`: the consumer, or for new keys the network)."""
+    series = f'{SIGHTINGS}{{namespace="{namespace}",key1=~"{signal}_.+"}}'
+    with_tier = label_replace(f"increase({series}[1h])", "tier", f"{signal}_(.+)", "key1")
+    return label_replace(with_tier, by, f"{by}_(.+)", "key2")
 
 
 def label_replace(expression: str, label: str, pattern: str, source: str) -> str:

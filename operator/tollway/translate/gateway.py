@@ -650,8 +650,12 @@ def _created(metadata: Mapping[str, Any]) -> int | None:
 
 
 def _is_webhook(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unclosed IPv6 bracket, for one
+        return False
+    return parts.scheme in ("http", "https") and bool(host) and not any(c.isspace() for c in url)
 
 
 def _expiry(annotations: Mapping[str, str]) -> int | None:
