@@ -34,6 +34,8 @@ CHILDREN = (
 )
 #: Secrets: Envoy's config (a child) and the API keys that tiers select, by labels of the users' choosing.
 SECRETS = ("", "v1", "secrets")
+STOP_SECONDS = 20
+"""How long the operator may take to stop after SIGTERM before kopf kills it (the pod's grace is 30 s)."""
 OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 
@@ -108,3 +110,7 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     # a burst of new resources moving.
     settings.execution.max_workers = 20
     settings.watching.server_timeout = 300  # re-list at least every 5 minutes, whatever the network does
+    # A stop drops the queued reconciles (Resync.stop), but a running one may wait on a loaded API server for
+    # long: past this, kopf kills the process, well inside the pod's 30 s grace period. Nothing is lost: every
+    # reconcile is level-based and idempotent, so the next start converges what this one left.
+    settings.process.ultimate_exiting_timeout = STOP_SECONDS
