@@ -41,76 +41,67 @@ def consumer_webhooks(gateway: Gateway) -> dict[tuple[str, str], tuple[str, ...]
     return {key: tuple(sorted(urls)) for key, urls in sorted(found.items())}
 
 
-def _receiver_name(namespace: str, tier: str, consumer: str) -> str:
-    """Unique: ':' is in no Kubernetes name and no label value."""
-    return f"tollway:{namespace}:{tier}:{consumer}"
+def _routes(gateway: Gateway, camel: bool) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The subtree's route and receivers in Alertmanager's own field names, or (`camel`) in
+    AlertmanagerConfig's, whose matchers are objects and which adds the namespace's matcher itself; None
+    when no consumer has a webhook."""
+    webhooks = consumer_webhooks(gateway)
+    if not webhooks:
+        return None
+
+    def matchers(*triples: tuple[str, str, str]) -> list[Any]:
+        if camel:
+            return [{"name": name, "value": value, "matchType": kind} for name, kind, value in triples]
+        return [f'{name}{kind}"{value}"' for name, kind, value in triples]
+
+    def receiver(tier: str, consumer: str) -> str:  # unique: ':' is in no Kubernetes name or label value
+        return f"tollway:{gateway.namespace}:{tier}:{consumer}"
+
+    alerts = ("alertname", "=~", "|".join(CONSUMER_ALERTS))
+    scope = [alerts] if camel else [("namespace", "=", gateway.namespace), alerts]
+    route: dict[str, Any] = {
+        "receiver": NO_NOTICE,
+        "matchers": matchers(*scope),
+        ("groupBy" if camel else "group_by"): GROUP_BY,
+        **{(camel_name if camel else name): value for name, camel_name, value in TIMING},
+        **({} if camel else {"continue": True}),
+        "routes": [
+            {
+                "receiver": receiver(tier, consumer),
+                "matchers": matchers(("tier", "=", tier), ("consumer", "=", consumer)),
+            }
+            for tier, consumer in webhooks
+        ],
+    }
+    hook = ("url", "sendResolved", "maxAlerts") if camel else ("url", "send_resolved", "max_alerts")
+    receivers: list[dict[str, Any]] = [{"name": NO_NOTICE}]
+    receivers += [
+        {
+            "name": receiver(tier, consumer),
+            ("webhookConfigs" if camel else "webhook_configs"): [
+                dict(zip(hook, (url, True, 10), strict=True)) for url in urls
+            ],
+        }
+        for (tier, consumer), urls in webhooks.items()
+    ]
+    return route, receivers
 
 
 def notice_routes(gateway: Gateway) -> dict[str, Any] | None:
     """A route subtree (for the root route's `routes`, with `continue: true` so the platform's own routes
     still see every alert) and its receivers; None when no consumer has a webhook."""
-    webhooks = consumer_webhooks(gateway)
-    if not webhooks:
-        return None
-    namespace = gateway.namespace
-    route = {
-        "receiver": NO_NOTICE,
-        "matchers": [f'namespace="{namespace}"', f'alertname=~"{"|".join(CONSUMER_ALERTS)}"'],
-        "group_by": GROUP_BY,
-        **{name: value for name, _, value in TIMING},
-        "continue": True,
-        "routes": [
-            {
-                "receiver": _receiver_name(namespace, tier, consumer),
-                "matchers": [f'tier="{tier}"', f'consumer="{consumer}"'],
-            }
-            for tier, consumer in webhooks
-        ],
-    }
-    receivers: list[dict[str, Any]] = [{"name": NO_NOTICE}]
-    receivers += [
-        {
-            "name": _receiver_name(namespace, tier, consumer),
-            "webhook_configs": [{"url": url, "send_resolved": True, "max_alerts": 10} for url in urls],
-        }
-        for (tier, consumer), urls in webhooks.items()
-    ]
-    return {"route": route, "receivers": receivers}
-
-
-def _matcher(name: str, value: str, match_type: str = "=") -> dict[str, str]:
-    return {"name": name, "value": value, "matchType": match_type}
+    found = _routes(gateway, camel=False)
+    return None if found is None else {"route": found[0], "receivers": found[1]}
 
 
 def alertmanager_config(gateway: Gateway, metadata: dict[str, Any]) -> dict[str, Any] | None:
-    """The same routes as prometheus-operator's AlertmanagerConfig (which adds the namespace's matcher)."""
-    webhooks = consumer_webhooks(gateway)
-    if not webhooks:
+    """The same routes as prometheus-operator's AlertmanagerConfig."""
+    found = _routes(gateway, camel=True)
+    if found is None:
         return None
-    route = {
-        "receiver": NO_NOTICE,
-        "matchers": [_matcher("alertname", "|".join(CONSUMER_ALERTS), "=~")],
-        "groupBy": GROUP_BY,
-        **{name: value for _, name, value in TIMING},
-        "routes": [
-            {
-                "receiver": _receiver_name(gateway.namespace, tier, consumer),
-                "matchers": [_matcher("tier", tier), _matcher("consumer", consumer)],
-            }
-            for tier, consumer in webhooks
-        ],
-    }
-    receivers: list[dict[str, Any]] = [{"name": NO_NOTICE}]
-    receivers += [
-        {
-            "name": _receiver_name(gateway.namespace, tier, consumer),
-            "webhookConfigs": [{"url": url, "sendResolved": True, "maxAlerts": 10} for url in urls],
-        }
-        for (tier, consumer), urls in webhooks.items()
-    ]
     return {
         "apiVersion": ALERTMANAGER_CONFIG_API,
         "kind": "AlertmanagerConfig",
         "metadata": metadata,
-        "spec": {"route": route, "receivers": receivers},
+        "spec": {"route": found[0], "receivers": found[1]},
     }
