@@ -10,6 +10,7 @@ namespace from its watch, so the reconciles find a namespace's without listing t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -17,26 +18,33 @@ import kopf
 from tollway.api import GROUP, RESOURCES, VERSION, Resource
 from tollway.k8s.cache import WatchCache, index_id, seen_by_namespace
 from tollway.k8s.cluster import KubeCluster
+from tollway.k8s.watched import (
+    CHILD_KINDS,
+    DEPLOYMENTS_INDEX,
+    INDEX_IDS,
+    OURS,
+    POD_PROBLEMS_INDEX,
+    SECRETS_INDEX,
+    WatchedChildren,
+    deployment_of,
+    pod_problems_of,
+    secret_of,
+    version_of,
+)
 from tollway.observe.live import LiveTelemetry
 from tollway.reconcile import Clock, Logger, Reconciler, Resync
 from tollway.settings import Settings
 
-#: The kinds of children Tollway renders, watched so that an edited or deleted child is restored at once,
-#: and pods, whose troubles (image pulls, scheduling) show up in the owner's Degraded condition.
+#: The kinds of children watched so that an edited or deleted child is restored at once (Secrets are watched
+#: whatever their labels: API keys too), and pods, whose troubles show up in the owner's Degraded condition.
 CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "serviceaccounts"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("networking.k8s.io", "v1", "networkpolicies"),  # restored at once: a deleted one opens the network
+    *((kind.group, kind.version, kind.plural) for kind in CHILD_KINDS if kind.plural != "secrets"),
     ("", "v1", "pods"),
 )
 #: Secrets: Envoy's config (a child) and the API keys that tiers select, by labels of the users' choosing.
 SECRETS = ("", "v1", "secrets")
 STOP_SECONDS = 20
 """How long the operator may take to stop after SIGTERM before kopf kills it (the pod's grace is 30 s)."""
-OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
 
 def registry(settings: Settings, clock: Clock) -> kopf.OperatorRegistry:
@@ -59,6 +67,7 @@ def registry(settings: Settings, clock: Clock) -> kopf.OperatorRegistry:
         _watch(handlers, kind)
     for group, version, plural in CHILDREN:
         _watch_child(handlers, group, version, plural)
+    _index_children(handlers)
     _watch_secrets(handlers)
     return handlers
 
@@ -70,6 +79,27 @@ def _index(handlers: kopf.OperatorRegistry, kind: type[Resource]) -> None:
         return seen_by_namespace(body)
 
     kopf.index(GROUP, VERSION, kind.plural, id=index_id(kind), registry=handlers)(index)
+
+
+def _index_children(handlers: kopf.OperatorRegistry) -> None:
+    """What a reconcile reads of its children, kept from the watches (`tollway.k8s.watched`)."""
+    for kind in CHILD_KINDS:
+        _index_child(handlers, (kind.group, kind.version, kind.plural), kind.index_id, version_of)
+    _index_child(handlers, ("apps", "v1", "deployments"), DEPLOYMENTS_INDEX, deployment_of)
+    _index_child(handlers, ("", "v1", "pods"), POD_PROBLEMS_INDEX, pod_problems_of)
+    _index_child(handlers, SECRETS, SECRETS_INDEX, secret_of)
+
+
+def _index_child(
+    handlers: kopf.OperatorRegistry,
+    resource: tuple[str, str, str],
+    index_id: str,
+    keep: Callable[[Mapping[str, Any]], Mapping[Any, Any]],
+) -> None:
+    async def index(body: kopf.Body, **_: Any) -> Mapping[Any, Any]:
+        return keep(body)
+
+    kopf.index(*resource, labels=OURS, id=index_id, registry=handlers)(index)
 
 
 def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource]) -> None:
@@ -100,7 +130,8 @@ def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Se
     handlers get, made after them, so each finds the same reconciler there."""
     _configure(kwargs["settings"])  # kopf names its own settings `settings`
     cache = WatchCache({index_id(kind): kwargs[index_id(kind)] for kind in RESOURCES})
-    memo.reconciler = Reconciler(settings, KubeCluster(cache), LiveTelemetry(), clock)
+    children = WatchedChildren({name: kwargs[name] for name in INDEX_IDS})
+    memo.reconciler = Reconciler(settings, KubeCluster(cache, children), LiveTelemetry(), clock)
     memo.resync = Resync(memo.reconciler, logger)
     memo.resync.start()
 

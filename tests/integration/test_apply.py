@@ -34,3 +34,46 @@ def test_an_unserved_kind_costs_one_rediscovery_per_recheck_interval(
     assert len(rediscoveries) == 1
     with pytest.raises(apply.ApplyError, match=r"does not serve nothing\.tollway\.test/v1 Nothing"):
         apply.read({"apiVersion": "nothing.tollway.test/v1", "kind": "Nothing", "metadata": {"name": "x"}})
+
+
+def test_a_child_the_watch_shows_unchanged_is_not_read_again(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Applier reads a child only when the watch's resourceVersion differs from the one it last found
+    current, or when the rendering changed: an edit by hand, seen by the watch, is still undone."""
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
+    namespace = cluster.namespace("apply-watched")
+    watched: dict[str, str] = {}  # what kopf's index of ConfigMaps would hold: name → resourceVersion
+    applier = apply.Applier(lambda manifest: watched.get(manifest["metadata"]["name"]))
+    reads = []
+    real_read = apply.read
+
+    def counted(manifest: Any) -> Any:  # a spy: the real read runs, and is counted
+        reads.append(manifest["metadata"]["name"])
+        return real_read(manifest)
+
+    monkeypatch.setattr(apply, "read", counted)
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "rendered", "namespace": namespace},
+        "data": {"model": "chat"},
+    }
+
+    def live() -> dict[str, Any]:
+        return cluster.get("configmap", "rendered", namespace)
+
+    assert applier.apply(manifest) and len(reads) == 1  # made
+    assert not applier.apply(manifest) and len(reads) == 2  # the watch has not shown it yet: read
+    watched["rendered"] = live()["metadata"]["resourceVersion"]
+    assert not applier.apply(manifest) and len(reads) == 2  # watched at the version found current: no read
+
+    cluster.patch("configmap", "rendered", namespace, {"data": {"model": "edited by hand"}})
+    watched["rendered"] = live()["metadata"]["resourceVersion"]
+    assert applier.apply(manifest) and len(reads) == 3  # the watch shows a change: read, and restored
+    assert live()["data"] == {"model": "chat"}
+
+    watched["rendered"] = live()["metadata"]["resourceVersion"]
+    changed = {**manifest, "data": {"model": "chat-v2"}}
+    assert applier.apply(changed) and len(reads) == 4  # a new rendering: read, and sent
+    assert live()["data"] == {"model": "chat-v2"}

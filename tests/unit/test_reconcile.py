@@ -94,6 +94,11 @@ class FakeCluster:
             if (kind_name, where) == (kind.kind_name, namespace)
         ]
 
+    def cached_resource(self, kind: type[Resource], namespace: str, name: str) -> Body | None:
+        self._count("cached_resource")
+        found = self.objects.get((kind.kind_name, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
     def read_resource(self, kind: type[Resource], namespace: str, name: str) -> Body | None:
         self._count("read_resource")
         found = self.objects.get((kind.kind_name, namespace, name))
@@ -108,6 +113,11 @@ class FakeCluster:
             if (kind, where) == ("Secret", namespace)
         ]
         return generated + copy.deepcopy(list(self.key_secrets.values()))
+
+    def generated_secret(self, namespace: str, name: str) -> Body | None:
+        self._count("generated_secret")
+        content = self.children.get(("Secret", namespace, name))
+        return json.loads(content) if content is not None else None
 
     def mark_secret(
         self,

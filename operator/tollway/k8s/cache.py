@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ class Seen:
 
 
 #: An index as kopf hands it to handlers: key → the values of every object indexed under it.
-Index = Mapping[str, Iterable[Seen]]
+Index = Mapping[Hashable, Iterable[T]]
 
 
 def index_id(kind: type[Resource]) -> str:
@@ -52,13 +52,17 @@ class WatchCache:
     resync makes tells which of the objects indexed before it started are gone.
     """
 
-    def __init__(self, indexes: Mapping[str, Index]) -> None:
+    def __init__(self, indexes: Mapping[str, Index[Seen]]) -> None:
         self._indexes = indexes
         self._gone: set[str] = set()  # uids; only objects whose deletion the watch missed, so it stays small
 
     def resources(self, kind: type[Resource], namespace: str) -> list[dict[str, Any]]:
         index = self._indexes[index_id(kind)]
-        return [seen.body for seen in _snapshot(index.get(namespace, ())) if seen.uid not in self._gone]
+        return [seen.body for seen in snapshot(index.get(namespace, ())) if seen.uid not in self._gone]
+
+    def resource(self, kind: type[Resource], namespace: str, name: str) -> dict[str, Any] | None:
+        found = (body for body in self.resources(kind, namespace) if body["metadata"]["name"] == name)
+        return next(found, None)
 
     def listed(
         self, kind: type[Resource], namespace: str | None, items: Iterable[Mapping[str, Any]], started: float
@@ -66,13 +70,13 @@ class WatchCache:
         """A LIST of `kind` in `namespace` (all when None), begun at `started` (monotonic), found `items`."""
         index = self._indexes[index_id(kind)]
         live = {str(item["metadata"].get("uid")) for item in items}
-        for key in [namespace] if namespace is not None else _snapshot(index):
-            for seen in _snapshot(index.get(key, ())):
+        for key in [namespace] if namespace is not None else snapshot(index):
+            for seen in snapshot(index.get(key, ())):
                 if seen.at < started and seen.uid not in live:
                     self._gone.add(seen.uid)
 
 
-def _snapshot(values: Iterable[T]) -> list[T]:
+def snapshot(values: Iterable[T]) -> list[T]:
     """kopf updates its indexes on the event loop's thread while reconciles read them on worker threads: a
     read that overlaps an update of the same dict fails ("changed size during iteration"): read again."""
     while True:

@@ -1,5 +1,5 @@
-"""The API server as a reconcile sees it (`tollway.reconcile.Cluster`): this package's requests, and the watch
-cache for the ApiTiers and ModelDeployments of a namespace."""
+"""The API server as a reconcile sees it (`tollway.reconcile.Cluster`): this package's requests, and the
+operator's watches: of Tollway's own resources (`cache`) and of their children (`watched`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import time
 from typing import Any
 
 from tollway.api import Resource
+from tollway.ir.state import DeploymentState, PodProblem
 from tollway.k8s import apply, events, resources, serving, status
 from tollway.k8s.cache import WatchCache
+from tollway.k8s.watched import WatchedChildren
 
 
 class KubeCluster:
-    def __init__(self, cache: WatchCache) -> None:
-        self.cache = cache
+    def __init__(self, cache: WatchCache, children: WatchedChildren) -> None:
+        self.cache, self.children = cache, children
+        self.applier = apply.Applier(children.version)
 
     def list_resources(self, kind: type[Resource], namespace: str | None) -> list[dict[str, Any]]:
         started = time.monotonic()
@@ -24,14 +27,28 @@ class KubeCluster:
     def cached_resources(self, kind: type[Resource], namespace: str) -> list[dict[str, Any]]:
         return self.cache.resources(kind, namespace)
 
+    def cached_resource(self, kind: type[Resource], namespace: str, name: str) -> dict[str, Any] | None:
+        return self.cache.resource(kind, namespace, name)
+
+    def deployment_state(self, namespace: str, name: str) -> DeploymentState | None:
+        # Not watched yet: just made (or gone), so ask.
+        return self.children.deployment(namespace, name) or serving.deployment_state(namespace, name)
+
+    def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
+        return self.children.pod_problems(namespace, model)
+
+    def generated_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        # Not watched yet: maybe just made, and a generated value must never be drawn twice, so ask.
+        return self.children.secret(namespace, name) or resources.read_secret(namespace, name)
+
+    def apply_all(self, manifests: Any) -> int:
+        return self.applier.apply_all(manifests)
+
     read_resource = staticmethod(resources.read_resource)
     list_secrets = staticmethod(resources.list_secrets)
     mark_secret = staticmethod(resources.mark_secret)
     peering_peers = staticmethod(resources.peering_peers)
-    deployment_state = staticmethod(serving.deployment_state)
-    pod_problems = staticmethod(serving.pod_problems)
     served = staticmethod(apply.served)
-    apply_all = staticmethod(apply.apply_all)
     prune = staticmethod(apply.prune)
     prune_named = staticmethod(apply.prune_named)
     apply_status = staticmethod(status.apply_status)

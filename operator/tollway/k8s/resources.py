@@ -29,6 +29,17 @@ def list_secrets(namespace: str) -> list[dict[str, Any]]:
     return [api_client().sanitize_for_serialization(item) for item in listing.items]
 
 
+def read_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Secret as a plain JSON dict; None when there is none."""
+    try:
+        found = client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(found))
+
+
 def mark_secret(
     namespace: str, name: str, labels: Mapping[str, str | None], annotations: Mapping[str, str | None]
 ) -> None:

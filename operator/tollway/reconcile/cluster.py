@@ -39,11 +39,19 @@ class Cluster(Protocol):
         """The namespace's objects of `kind` as the operator's watch last saw them: no request."""
         ...
 
+    def cached_resource(self, kind: type[Resource], namespace: str, name: str) -> Body | None:
+        """The object as the operator's watch last saw it (None: not seen, or gone): no request."""
+        ...
+
     def read_resource(self, kind: type[Resource], namespace: str, name: str) -> Body | None:
         """The object as the API server holds it now; None when it is gone."""
         ...
 
     def list_secrets(self, namespace: str) -> list[Body]: ...
+
+    def generated_secret(self, namespace: str, name: str) -> Body | None:
+        """A Secret Tollway generated (its name and data), as watched, else as the API server holds it."""
+        ...
 
     def mark_secret(
         self,
@@ -58,7 +66,9 @@ class Cluster(Protocol):
 
     def deployment_state(self, namespace: str, name: str) -> DeploymentState | None: ...
 
-    def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]: ...
+    def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
+        """Why the model's pods do not run (stuck containers, no node that fits), as last watched."""
+        ...
 
     def served(self, api_version: str, kind: str) -> bool:
         """Whether the API server serves the kind (a CRD such as prometheus-operator's may be absent)."""

@@ -42,7 +42,8 @@ class Observer:
         service = serving_children(resource.metadata.name)["triton"]
         deployment = self.cluster.deployment_state(namespace, service)
         # Triton's admin key: the one its Secret holds, or a new one for a Secret not made yet.
-        key = kept_or_fresh(self.cluster.list_secrets(namespace), service, TRITON_KEY, secrets.token_hex(32))
+        held = self.cluster.generated_secret(namespace, service)
+        key = kept_or_fresh([held] if held else [], service, TRITON_KEY, secrets.token_hex(32))
         triton = None
         if deployment is not None:
             address = self.settings.triton_address.format(service=service, namespace=namespace)

@@ -70,7 +70,7 @@ class Reconciler:
             return
         owner = labels.get("tollway.dev/model")
         if owner:
-            body = self.cluster.read_resource(ModelDeployment, metadata["namespace"], owner)
+            body = self.cluster.cached_resource(ModelDeployment, metadata["namespace"], owner)
             if body is not None:
                 self.reconcile(ModelDeployment, body, logger)
 
@@ -86,7 +86,8 @@ class Reconciler:
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
 
         def step(first: bool) -> bool:
-            current = body if first else self.cluster.read_resource(kind, namespace, name)
+            # A re-run follows an event, which kopf indexed before it called the handler: the cache is fresh.
+            current = body if first else self.cluster.cached_resource(kind, namespace, name)
             if current is None:
                 return False
             self._reconcile_once(kind, current, logger)

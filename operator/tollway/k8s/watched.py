@@ -1,0 +1,154 @@
+"""Tollway's children as the operator's watches last saw them, from kopf's indexes.
+
+kopf watches every kind of child anyway (so that an edited or deleted child is restored at once); indexing
+those watches lets a reconcile of an unchanged model read nothing from the API server:
+
+- each child's resourceVersion, so that the apply layer skips the read of a child it already confirmed at
+  that version (`tollway.k8s.apply.Applier`);
+- each Deployment's state, each model's pod problems, and Tollway's own Secrets (Triton's admin key),
+  reduced at indexing time to what a reconcile uses, so that memory holds no full bodies.
+
+An index lags the API server by the watch's delay: a child missing from it is asked of the API server (it
+may be new), and a child that changed after being indexed sends a watch event that reconciles again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tollway.ir.state import DeploymentState, PodProblem
+from tollway.k8s.cache import Index, snapshot
+
+#: Container waiting reasons that mean the pod will not start without a change.
+STUCK = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"}
+)
+#: The label every child carries (and Triton's pods, through their template), which the watches select on.
+OURS = {"app.kubernetes.io/managed-by": "tollway"}
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def index_id(self) -> str:
+        """The name of the kind's index of resourceVersions (kopf passes it to handlers by this name)."""
+        return f"{self.plural}_versions"
+
+
+#: The kinds of children whose resourceVersions are indexed: every kind Tollway renders that every cluster
+#: serves (the CRD kinds, KEDA's and prometheus-operator's, are read when applied).
+CHILD_KINDS = (
+    ChildKind("apps", "v1", "deployments", "Deployment"),
+    ChildKind("", "v1", "services", "Service"),
+    ChildKind("", "v1", "configmaps", "ConfigMap"),
+    ChildKind("", "v1", "serviceaccounts", "ServiceAccount"),
+    ChildKind("", "v1", "secrets", "Secret"),
+    ChildKind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ChildKind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+    ChildKind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+)
+DEPLOYMENTS_INDEX = "deployment_states"
+POD_PROBLEMS_INDEX = "pod_problems"
+SECRETS_INDEX = "generated_secrets"
+INDEX_IDS = (*(kind.index_id for kind in CHILD_KINDS), DEPLOYMENTS_INDEX, POD_PROBLEMS_INDEX, SECRETS_INDEX)
+
+T = TypeVar("T")
+Key = tuple[str, str]
+"""(namespace, name)"""
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    return str(body["metadata"]["namespace"]), str(body["metadata"]["name"])
+
+
+# kopf's indexing functions: each gets a child's body and returns what its index keeps of it.
+
+
+def version_of(body: Mapping[str, Any]) -> dict[Key, str]:
+    return {_key(body): str(body["metadata"].get("resourceVersion", ""))}
+
+
+def deployment_of(body: Mapping[str, Any]) -> dict[Key, DeploymentState]:
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    stalled = any(
+        condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded"
+        for condition in status.get("conditions") or []
+    )
+    state = DeploymentState(
+        generation=body["metadata"].get("generation") or 0,
+        observed_generation=status.get("observedGeneration") or 0,
+        replicas=spec.get("replicas") or 0,
+        ready_replicas=status.get("readyReplicas") or 0,
+        available_replicas=status.get("availableReplicas") or 0,
+        updated_replicas=status.get("updatedReplicas") or 0,
+        progress_deadline_exceeded=stalled,
+    )
+    return {_key(body): state}
+
+
+def pod_problems_of(body: Mapping[str, Any]) -> dict[Key, tuple[PodProblem, ...]]:
+    """Why the pod does not run (stuck containers, or no node that fits), under its model; nothing when it
+    runs or belongs to no model (the gateway's)."""
+    model = (body["metadata"].get("labels") or {}).get("tollway.dev/model")
+    name, status = body["metadata"]["name"], body.get("status") or {}
+    problems = [
+        PodProblem("Unschedulable", f"pod {name}: {condition.get('message', '')}")
+        for condition in status.get("conditions") or []
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable"
+    ]
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK:
+            where = f"pod {name}, container {container.get('name')}"
+            message = waiting.get("message") or waiting["reason"]
+            problems.append(PodProblem(waiting["reason"], f"{where}: {message}"))
+    if not model or not problems:
+        return {}
+    return {(str(body["metadata"]["namespace"]), str(model)): tuple(problems)}
+
+
+def secret_of(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:
+    """A Secret Tollway generated, as kept_or_fresh reads it: its name and data."""
+    kept = {"metadata": {"name": body["metadata"]["name"]}, "data": dict(body.get("data") or {})}
+    return {_key(body): kept}
+
+
+class WatchedChildren:
+    """Lookups in the children's indexes; None means the watch has not seen the object (or it is gone)."""
+
+    def __init__(self, indexes: Mapping[str, Index[Any]]) -> None:
+        self._indexes = indexes
+        self._versions = {(kind.api_version, kind.kind): kind.index_id for kind in CHILD_KINDS}
+
+    def version(self, manifest: Mapping[str, Any]) -> str | None:
+        """The resourceVersion the watch last saw of the child that `manifest` renders."""
+        index_id = self._versions.get((manifest["apiVersion"], manifest["kind"]))
+        if index_id is None:
+            return None
+        metadata = manifest["metadata"]
+        return self._one(index_id, (str(metadata.get("namespace")), str(metadata["name"])), str)
+
+    def deployment(self, namespace: str, name: str) -> DeploymentState | None:
+        return self._one(DEPLOYMENTS_INDEX, (namespace, name), DeploymentState)
+
+    def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
+        found = snapshot(self._indexes[POD_PROBLEMS_INDEX].get((namespace, model), ()))
+        return tuple(problem for problems in found for problem in problems)
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._one(SECRETS_INDEX, (namespace, name), dict)
+
+    def _one(self, index_id: str, key: Key, kind: type[T]) -> T | None:
+        found = next(iter(snapshot(self._indexes[index_id].get(key, ()))), None)
+        return found if isinstance(found, kind) else None

@@ -1,0 +1,142 @@
+"""What the operator keeps of its children from kopf's watches (`tollway.k8s.watched`), and the lookups a
+reconcile makes in it, on bodies as the API server sends them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollway.ir.state import DeploymentState, PodProblem
+from tollway.k8s.watched import (
+    CHILD_KINDS,
+    DEPLOYMENTS_INDEX,
+    INDEX_IDS,
+    POD_PROBLEMS_INDEX,
+    SECRETS_INDEX,
+    WatchedChildren,
+    deployment_of,
+    pod_problems_of,
+    secret_of,
+    version_of,
+)
+
+
+def metadata(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": "ai", "resourceVersion": "41", **extra}
+
+
+def pending_pod(name: str, model: str | None) -> dict[str, Any]:
+    labels = {"tollway.dev/model": model} if model else {}
+    return {
+        "metadata": metadata(name, labels=labels),
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": "triton",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}},
+                },
+                {"name": "sidecar", "state": {"waiting": {"reason": "ContainerCreating"}}},
+            ],
+        },
+    }
+
+
+def test_a_deployment_is_kept_as_its_state() -> None:
+    body = {
+        "metadata": metadata("chat-triton", generation=3),
+        "spec": {"replicas": 2},
+        "status": {
+            "observedGeneration": 3,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+            "updatedReplicas": 2,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
+        },
+    }
+    assert deployment_of(body) == {
+        ("ai", "chat-triton"): DeploymentState(
+            generation=3,
+            observed_generation=3,
+            replicas=2,
+            ready_replicas=1,
+            available_replicas=1,
+            updated_replicas=2,
+            progress_deadline_exceeded=True,
+        )
+    }
+    fresh = deployment_of({"metadata": metadata("new"), "spec": {}})[("ai", "new")]
+    assert (fresh.replicas, fresh.ready_replicas, fresh.progress_deadline_exceeded) == (0, 0, False)
+
+
+def test_a_pod_is_kept_only_for_its_problems_under_its_model() -> None:
+    assert pod_problems_of(pending_pod("chat-triton-abc", "chat")) == {
+        ("ai", "chat"): (
+            PodProblem(
+                "Unschedulable",
+                "pod chat-triton-abc: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+            ),
+            PodProblem("ImagePullBackOff", "pod chat-triton-abc, container triton: no such image"),
+        )
+    }
+    assert pod_problems_of(pending_pod("tollway-gateway-abc", None)) == {}  # the gateway's: no model
+    running = {"metadata": metadata("chat-triton-def", labels={"tollway.dev/model": "chat"}), "status": {}}
+    assert pod_problems_of(running) == {}
+
+
+def test_a_secret_is_kept_as_its_name_and_data() -> None:
+    body = {
+        "metadata": metadata("chat-triton", managedFields=[{"manager": "tollway"}]),
+        "data": {"key": "YQ=="},
+    }
+    assert secret_of(body) == {
+        ("ai", "chat-triton"): {"metadata": {"name": "chat-triton"}, "data": {"key": "YQ=="}}
+    }
+
+
+def test_lookups_answer_what_the_indexes_hold_and_none_for_what_they_do_not() -> None:
+    """kopf hands an index as key → the values of every object under it; a (namespace, name) holds one."""
+    indexes: dict[str, dict[Any, list[Any]]] = {name: {} for name in INDEX_IDS}
+    indexes["configmaps_versions"] = {
+        key: [value] for key, value in version_of({"metadata": metadata("cfg")}).items()
+    }
+    state = DeploymentState(1, 1, 1, 1, 1, 1)
+    indexes[DEPLOYMENTS_INDEX] = {("ai", "chat-triton"): [state]}
+    problems = pod_problems_of(pending_pod("chat-triton-abc", "chat"))[("ai", "chat")]
+    indexes[POD_PROBLEMS_INDEX] = {("ai", "chat"): [problems, problems[:1]]}  # two pods of one model
+    indexes[SECRETS_INDEX] = {("ai", "chat-triton"): [{"metadata": {"name": "chat-triton"}, "data": {}}]}
+    watched = WatchedChildren(indexes)
+
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "ai"}}
+    assert watched.version(configmap) == "41"
+    assert watched.version({**configmap, "metadata": {"name": "other", "namespace": "ai"}}) is None
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": configmap["metadata"],
+    }
+    assert watched.version(monitor) is None  # a kind not watched: always read
+    assert watched.deployment("ai", "chat-triton") == state and watched.deployment("ai", "gone") is None
+    assert len(watched.pod_problems("ai", "chat")) == 3 and watched.pod_problems("ai", "other") == ()
+    assert watched.secret("ai", "chat-triton") == {"metadata": {"name": "chat-triton"}, "data": {}}
+    assert watched.secret("ai", "gone") is None
+
+
+def test_every_kind_tollway_renders_that_every_cluster_serves_is_watched() -> None:
+    assert {kind.kind for kind in CHILD_KINDS} == {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "Secret",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+    }
+    assert {kind.api_version for kind in CHILD_KINDS} >= {"v1", "apps/v1", "autoscaling/v2"}
