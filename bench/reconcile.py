@@ -44,6 +44,7 @@ STOP_SECONDS = 30
 """The chart's termination grace period: the operator must stop within it."""
 READS_NAMESPACE = "bench-reads"
 CHILDREN_TIMEOUT = 600
+OURS = "app.kubernetes.io/managed-by=tollway"
 CHILD_KINDS = ("serviceaccounts", "configmaps", "deployments", "services", "poddisruptionbudgets")
 READS_MODELS = 10  # a gateway for 100 models is more than a Secret holds (1 MiB): it is not applied
 TIER_TOUCHES = 10
@@ -97,10 +98,8 @@ def children_listings() -> dict[str, Any]:
 
 def children() -> dict[str, list[Any]]:
     """Kind → Tollway's children of that kind in the benchmark namespace."""
-    selector = "app.kubernetes.io/managed-by=tollway"
     return {
-        kind: listing(NAMESPACE, label_selector=selector).items
-        for kind, listing in children_listings().items()
+        kind: listing(NAMESPACE, label_selector=OURS).items for kind, listing in children_listings().items()
     }
 
 
@@ -288,8 +287,10 @@ class ChildrenWatch:
     on the API server of its own)."""
 
     def __init__(self, started: float) -> None:
-        self.started, self.kinds, self.done = started, {}, {}
-        self._guard = threading.Lock()
+        self.started = started
+        self.kinds: dict[str, set[str]] = {}
+        self.done: dict[str, float] = {}
+        self._guard, self.stopped = threading.Lock(), threading.Event()
         self._watches = [watch.Watch() for _ in CHILD_KINDS]
         self._threads = [
             threading.Thread(target=self._follow, args=(kind, stream), daemon=True)
@@ -300,17 +301,23 @@ class ChildrenWatch:
 
     def _follow(self, kind: str, stream: watch.Watch) -> None:
         listing = children_listings()[kind]
-        for event in stream.stream(listing, NAMESPACE, label_selector="app.kubernetes.io/managed-by=tollway"):
-            if event["type"] != "ADDED":
-                continue
-            model = event["object"].metadata.labels["tollway.dev/model"]
-            with self._guard:
-                kinds = self.kinds.setdefault(model, set())
-                kinds.add(kind)
-                if len(kinds) == len(CHILD_KINDS) and model not in self.done:
-                    self.done[model] = time.monotonic() - self.started
+        while not self.stopped.is_set():
+            try:
+                for event in stream.stream(listing, NAMESPACE, label_selector=OURS):
+                    if event["type"] == "ADDED":
+                        self._seen(event["object"].metadata.labels["tollway.dev/model"], kind)
+            except client.ApiException:  # a new API server's watch cache not ready yet: watch again (a
+                time.sleep(0.5)  # fresh watch lists what exists as ADDED first)
+
+    def _seen(self, model: str, kind: str) -> None:
+        with self._guard:
+            kinds = self.kinds.setdefault(model, set())
+            kinds.add(kind)
+            if len(kinds) == len(CHILD_KINDS) and model not in self.done:
+                self.done[model] = time.monotonic() - self.started
 
     def stop(self) -> None:
+        self.stopped.set()
         for stream in self._watches:
             stream.stop()
 

@@ -77,6 +77,7 @@ DATA: dict[str, Any] = {
         "pro": tier(2, {"rpm": "pro", "tpm": "pro/chat"}, token_caps={"chat": 2000}),
         "free": tier(3, {"rpm": "free"}, fail_open=True, retry_after=False, allowed={"chat@2": True}),
     },
+    "listings": [],
     "models": {
         "chat": {
             "cluster": "triton-http|chat",

@@ -44,12 +44,15 @@ def openai_data() -> dict[str, Any]:
         tier["allowed"]["vision@1"] = True
         tier["scopes"]["vision"] = {}
     data["tiers"]["pro"]["openai_clusters"] = {"chat": "triton-openai|chat|pro"}
-    data["tiers"]["pro"]["listing"] = [
-        _entry("chat", 2),
-        _entry("chat:stable", 1, sunset=NOW + 86_400),
-        _entry("chat@1", 1, sunset=NOW + 86_400),
-        _entry("chat@2", 2),
-    ]
+    data["listings"].append(
+        [
+            _entry("chat", 2),
+            _entry("chat:stable", 1, sunset=NOW + 86_400),
+            _entry("chat@1", 1, sunset=NOW + 86_400),
+            _entry("chat@2", 2),
+        ]
+    )
+    data["tiers"]["pro"]["listing"] = len(data["listings"])  # Lua's 1-based position
     return data
 
 

@@ -149,6 +149,7 @@ def _dates(version: Version) -> dict[str, Any]:
 def lua_data(gateway: Gateway) -> dict[str, Any]:
     """The table the gateway's Lua program reads as `T`: tiers, models and credentials, in its terms."""
     tiers = {}
+    listings: list[list[dict[str, Any]]] = []  # tiers that serve the same models share one (config size)
     for tier in gateway.tiers:
         scopes, clusters, grpc_clusters, openai_clusters, token_caps = {}, {}, {}, {}, {}
         for model in gateway.models:
@@ -171,7 +172,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "grpc_clusters": grpc_clusters,
             "openai_clusters": openai_clusters,
             "token_caps": token_caps,
-            "listing": model_listing(gateway, tier),
+            "listing": _interned(listings, model_listing(gateway, tier)),
             "served": sorted({model for model, _ in tier.allowed}),
             "jwt": {"claim": tier.jwt.consumer_claim, "scopes": list(tier.jwt.required_scopes)}
             if tier.jwt
@@ -206,6 +207,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         },
         "new_key_seconds": NEW_KEY_SECONDS,
         "tiers": tiers,
+        "listings": listings,
         "models": {
             model.name: {
                 "cluster": model_cluster(model),
@@ -289,6 +291,13 @@ def _day(seconds: int | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).date().isoformat() if seconds is not None else None
 
 
+def _interned(values: list[Any], value: Any) -> int:
+    """The (1-based, Lua's) position of `value` in `values`, added at the end when it is not there yet."""
+    if value not in values:
+        values.append(value)
+    return values.index(value) + 1
+
+
 def model_listing(gateway: Gateway, tier: Tier) -> list[dict[str, Any]]:
     """GET /v1/models for one tier: every name its consumers may put in a request's `model` (each model,
     alias and pinned version it may use), as OpenAI's model objects (JSON text, joined by the Lua program)
@@ -336,7 +345,7 @@ def body_data(data: dict[str, Any]) -> dict[str, Any]:
         name: {key: value for key, value in tier.items() if key not in ("listing", "served")}
         for name, tier in data["tiers"].items()
     }
-    return {"tiers": tiers, "models": data["models"]}
+    return {"tiers": tiers, "models": data["models"]}  # no listings either
 
 
 ROUTE_KINDS = (

@@ -149,7 +149,7 @@ end
 
 -- GET /v1/models and /v1/models/ID: what the caller's tier may name in an OpenAI request, answered here.
 local function list_models(handle, now, kind, tier_name)
-  local entries = T.tiers[tier_name].listing
+  local entries = T.listings[T.tiers[tier_name].listing]
   local text = models.listing(entries, now)
   if kind == "model" then
     local id = handle:headers():get(":path"):match("^/v1/models/([^/?]+)")
