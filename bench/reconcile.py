@@ -21,6 +21,7 @@ runs from there (for figures before and after a change).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -32,10 +33,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
+
+from tollway.translate import translate_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,6 +47,10 @@ NAMESPACE = "bench"
 STOP_SECONDS = 30
 """The chart's termination grace period: the operator must stop within it."""
 READS_NAMESPACE = "bench-reads"
+KEYS_NAMESPACE = "bench-keys"
+KEYS_TIERS, KEYS_MODELS, KEYS, NEW_KEYS = 100, 10, 1000, 5
+SECRET_LIMIT = 1024 * 1024
+"""What the API server accepts in one Secret's data (decoded bytes)."""
 CHILDREN_TIMEOUT = 600
 OURS = "app.kubernetes.io/managed-by=tollway"
 CHILD_KINDS = ("serviceaccounts", "configmaps", "deployments", "services", "poddisruptionbudgets")
@@ -71,11 +79,11 @@ def model_deployment(index: int, namespace: str = NAMESPACE) -> dict[str, Any]:
     }
 
 
-def api_tier(name: str, models: list[str]) -> dict[str, Any]:
+def api_tier(name: str, models: list[str], namespace: str = READS_NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ApiTier",
-        "metadata": {"name": name, "namespace": READS_NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "models": models,
             "auth": {"apiKeys": {"secretSelector": {"matchLabels": {"tollway.dev/tier": name}}}},
@@ -262,7 +270,7 @@ def main() -> int:
     subprocess.run(
         [*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds")], check=True, capture_output=True
     )
-    for namespace in (NAMESPACE, READS_NAMESPACE):
+    for namespace in (NAMESPACE, READS_NAMESPACE, KEYS_NAMESPACE):
         subprocess.run(
             [*kubectl, "delete", "namespace", namespace, "--ignore-not-found", "--wait=true"],
             check=True,
@@ -274,8 +282,9 @@ def main() -> int:
         with tollway_operator(kubeconfig, NAMESPACE, "bench-operator.log", resync) as operator:
             measure_resources(kubectl, count, operator, resync)
         measure_reads(kubectl, kubeconfig)
+        measure_keys(kubectl, kubeconfig, resync)
     finally:
-        for namespace in (NAMESPACE, READS_NAMESPACE):
+        for namespace in (NAMESPACE, READS_NAMESPACE, KEYS_NAMESPACE):
             subprocess.run(
                 [*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True
             )
@@ -396,6 +405,87 @@ def measure_reads(kubectl: list[str], kubeconfig: str) -> None:
         print_reads("ModelDeployment", *reads_per_event("modeldeployments", names, idle_per_second))
         touched = [tier["metadata"]["name"] for tier in tiers] * (TIER_TOUCHES // len(tiers))
         print_reads("ApiTier", *reads_per_event("apitiers", touched, idle_per_second))
+
+
+def key_secret(index: int) -> dict[str, Any]:
+    tier = f"tier-{index % KEYS_TIERS:03d}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": f"key-{index:05d}",
+            "namespace": KEYS_NAMESPACE,
+            "labels": {"tollway.dev/tier": tier, "tollway.dev/consumer": f"consumer-{index:05d}"},
+        },
+        "stringData": {"api-key": f"sk-bench-{index:05d}-{os.urandom(12).hex()}"},
+    }
+
+
+def envoy_config() -> dict[str, bytes] | None:
+    """The gateway's Envoy config Secret's files, decoded; None before it exists."""
+    try:
+        found = client.CoreV1Api().read_namespaced_secret("tollway-gateway-envoy", KEYS_NAMESPACE)
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return {name: base64.b64decode(value) for name, value in (found.data or {}).items()}
+
+
+def measure_keys(kubectl: list[str], kubeconfig: str, resync: float) -> None:
+    """KEYS_TIERS ApiTiers with KEYS API-key Secrets among them, in front of KEYS_MODELS models: how long the
+    gateway takes to render, how large Envoy's config is against a Secret's limit, and how long a new key
+    takes to reach it."""
+    models = [model_deployment(index, KEYS_NAMESPACE) for index in range(KEYS_MODELS)]
+    names = [model["metadata"]["name"] for model in models]
+    tiers = [api_tier(f"tier-{index:03d}", names, KEYS_NAMESPACE) for index in range(KEYS_TIERS)]
+    keys = [key_secret(index) for index in range(KEYS)]
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input="\n---\n".join(json.dumps(document) for document in models + tiers + keys),
+        text=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    last = keys[-1]["stringData"]["api-key"].encode()
+    with tollway_operator(kubeconfig, KEYS_NAMESPACE, "bench-operator-keys.log", resync):
+        started = time.monotonic()
+        while (files := envoy_config()) is None or last not in files["lds.yaml"]:
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        print(
+            f"gateway of {KEYS_TIERS} tiers, {KEYS} keys, {KEYS_MODELS} models: every key in Envoy's config"
+        )
+        print(f"  {took:.1f} s after the operator started")
+        size = sum(map(len, files.values()))
+        parts = ", ".join(f"{name} {len(content) / 1024:.0f} KiB" for name, content in sorted(files.items()))
+        limit = SECRET_LIMIT // 1024
+        print(f"Envoy config Secret: {size / 1024:.0f} KiB of the {limit} KiB a Secret holds ({parts})")
+        waits = []
+        for index in range(KEYS, KEYS + NEW_KEYS):
+            fresh = key_secret(index)
+            added = time.monotonic()
+            client.CoreV1Api().create_namespaced_secret(KEYS_NAMESPACE, fresh)
+            while fresh["stringData"]["api-key"].encode() not in (envoy_config() or {}).get("lds.yaml", b""):
+                time.sleep(0.1)
+            waits.append(time.monotonic() - added)
+        median, longest = statistics.median(waits), max(waits)
+        print(
+            f"a new key in Envoy's config Secret: median {median:.1f} s, max {longest:.1f} s of {NEW_KEYS},"
+        )
+        print("  before the kubelet refreshes the mounted Secret in Envoy's pods")
+    render_time(tiers + models, keys)
+
+
+def render_time(documents: list[dict[str, Any]], keys: list[dict[str, Any]]) -> None:
+    """The gateway's translation and rendering alone, in this process, on the same documents."""
+    secrets = [
+        {**key, "data": {"api-key": base64.b64encode(key["stringData"]["api-key"].encode()).decode()}}
+        for key in keys
+    ]
+    started = time.process_time()
+    translate_gateway(KEYS_NAMESPACE, documents, secrets, datetime.now(UTC))
+    print(f"gateway translation and rendering: {time.process_time() - started:.2f} s of CPU")
 
 
 if __name__ == "__main__":

@@ -397,7 +397,6 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                         "cluster_header": CLUSTER_HEADER,
                         "prefix_rewrite": upstream + suffix,
                         "timeout": UPSTREAM_TIMEOUT,
-                        "retry_policy": TRITON_RETRIES,
                     }
                     route["request_body_buffer_limit"] = (
                         model.max_request_bytes if kind in {"infer", "generate"} else SMALL_BODY_BYTES
@@ -419,7 +418,6 @@ def _routes(gateway: Gateway, now: datetime) -> list[Config]:
                 "route": {
                     "cluster_header": CLUSTER_HEADER,
                     "timeout": UPSTREAM_TIMEOUT,
-                    "retry_policy": TRITON_RETRIES,
                 },
                 "request_body_buffer_limit": limit,
             }
@@ -452,7 +450,6 @@ def _openai_routes(gateway: Gateway) -> list[Config]:
                 "route": {
                     "cluster_header": CLUSTER_HEADER,
                     "timeout": UPSTREAM_TIMEOUT,
-                    "retry_policy": TRITON_RETRIES,
                 },
                 "request_body_buffer_limit": max(sizes, default=SMALL_BODY_BYTES),
             }
@@ -1202,7 +1199,15 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             **HTTP_OPTIONS,
             "route_config": {
                 "name": "models",
-                "virtual_hosts": [{"name": "api", "domains": ["*"], "routes": _routes(gateway, now)}],
+                "virtual_hosts": [
+                    {
+                        "name": "api",
+                        "domains": ["*"],
+                        # every route that goes upstream goes to Triton: the policy once, not per route
+                        "retry_policy": TRITON_RETRIES,
+                        "routes": _routes(gateway, now),
+                    }
+                ],
                 # Whoever sends Triton's admin key is the operator, never a client through the gateway.
                 "request_headers_to_remove": [
                     CLUSTER_HEADER,
