@@ -17,6 +17,7 @@ import kopf
 
 from tollway.api import GROUP, RESOURCES, VERSION, Resource
 from tollway.k8s.cache import WatchCache, index_id, seen_by_namespace
+from tollway.k8s.client import RECONCILE_THREADS
 from tollway.k8s.cluster import KubeCluster
 from tollway.k8s.watched import (
     CHILD_KINDS,
@@ -139,7 +140,7 @@ def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Se
 def _configure(settings: kopf.OperatorSettings) -> None:
     # Reconciles wait on the API server most of the time; more threads than kopf's default (cores + 4) keep
     # a burst of new resources moving.
-    settings.execution.max_workers = 20
+    settings.execution.max_workers = RECONCILE_THREADS
     settings.watching.server_timeout = 300  # re-list at least every 5 minutes, whatever the network does
     # A stop drops the queued reconciles (Resync.stop), but a running one may wait on a loaded API server for
     # long: past this, kopf kills the process, well inside the pod's 30 s grace period. Nothing is lost: every

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.state import DeploymentState, PodProblem
+from tollway.k8s.cache import seen_by_namespace
 from tollway.k8s.watched import (
     CHILD_KINDS,
     DEPLOYMENTS_INDEX,
@@ -140,3 +141,11 @@ def test_every_kind_tollway_renders_that_every_cluster_serves_is_watched() -> No
         "HorizontalPodAutoscaler",
     }
     assert {kind.api_version for kind in CHILD_KINDS} >= {"v1", "apps/v1", "autoscaling/v2"}
+
+
+def test_an_indexed_resource_is_kept_whole_but_for_its_managed_fields() -> None:
+    body = {"metadata": metadata("chat", managedFields=[{"manager": "kubectl"}]), "spec": {"a": [1]}}
+    (seen,) = seen_by_namespace(body).values()
+    assert seen.body == {"metadata": metadata("chat"), "spec": {"a": [1]}}
+    seen.body["spec"]["a"].append(2)
+    assert body["spec"] == {"a": [1]}  # a copy: kopf reuses what it hands over

@@ -40,8 +40,13 @@ def index_id(kind: type[Resource]) -> str:
 
 
 def seen_by_namespace(body: Mapping[str, Any]) -> dict[str, Seen]:
-    """kopf's indexing function: the object under its namespace (a copy: kopf reuses what it hands over)."""
-    return {str(body["metadata"]["namespace"]): Seen(copy.deepcopy(dict(body)), time.monotonic())}
+    """kopf's indexing function: the object under its namespace (a copy: kopf reuses what it hands over),
+    without its managedFields, which nothing reads and which are most of a body's size."""
+    kept = copy.deepcopy({key: value for key, value in body.items() if key != "metadata"})
+    kept["metadata"] = {
+        key: copy.deepcopy(value) for key, value in body["metadata"].items() if key != "managedFields"
+    }
+    return {str(body["metadata"]["namespace"]): Seen(kept, time.monotonic())}
 
 
 class WatchCache:

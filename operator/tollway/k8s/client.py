@@ -6,6 +6,9 @@ from functools import cache
 
 from kubernetes import client, config
 
+RECONCILE_THREADS = 20
+"""kopf's threads for the reconciles (`handlers`): they wait on the API server most of the time."""
+
 
 @cache
 def api_client() -> client.ApiClient:
@@ -13,7 +16,11 @@ def api_client() -> client.ApiClient:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # A connection for each reconcile thread, the resync's and the status writer's: the default (5 per
+    # core) is fewer, and each request past it opens a new TLS connection, then throws it away.
+    configuration.connection_pool_maxsize = RECONCILE_THREADS + 4
+    return client.ApiClient(configuration)
 
 
 def custom_objects() -> client.CustomObjectsApi:
