@@ -141,6 +141,9 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     # Reconciles wait on the API server most of the time; more threads than kopf's default (cores + 4) keep
     # a burst of new resources moving.
     settings.execution.max_workers = RECONCILE_THREADS
+    # kopf would post every log line of a handler as a Kubernetes Event too: a request per line, doubling the
+    # events the reconciles record themselves, one per condition change (`reconcile/status.py`).
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300  # re-list at least every 5 minutes, whatever the network does
     # A stop drops the queued reconciles (Resync.stop), but a running one may wait on a loaded API server for
     # long: past this, kopf kills the process, well inside the pod's 30 s grace period. Nothing is lost: every

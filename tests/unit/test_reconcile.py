@@ -161,9 +161,9 @@ class FakeCluster:
         return sent
 
     def prune(
-        self, namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]
+        self, namespace: str, owner_uid: str, model: str, kinds: Iterable[tuple[str, str]]
     ) -> list[str]:
-        self.pruned.append(label_selector)
+        self.pruned.append(model)
         return []
 
     def prune_named(

@@ -102,11 +102,18 @@ def test_a_secret_is_kept_as_its_name_and_data() -> None:
 
 
 def test_lookups_answer_what_the_indexes_hold_and_none_for_what_they_do_not() -> None:
-    """kopf hands an index as key → the values of every object under it; a (namespace, name) holds one."""
+    """kopf hands an index as key → the values of every object indexed under it."""
     indexes: dict[str, dict[Any, list[Any]]] = {name: {} for name in INDEX_IDS}
-    indexes["configmaps_versions"] = {
-        key: [value] for key, value in version_of({"metadata": metadata("cfg")}).items()
-    }
+    model_labels = {"tollway.dev/model": "chat"}
+    configmaps = [
+        {"metadata": metadata("chat-model-config", labels=model_labels)},
+        {"metadata": metadata("chat-dashboard", labels=model_labels, resourceVersion="7")},
+        {"metadata": metadata("tollway-gateway-capacity", labels={"tollway.dev/gateway": "tollway-gateway"})},
+    ]
+    for body in configmaps:  # children under what they belong to: a model, or the gateway
+        for key, value in version_of(body).items():
+            indexes["configmaps_versions"].setdefault(key, []).append(value)
+    assert set(indexes["configmaps_versions"]) == {("ai", "chat"), ("ai", "gateway/tollway-gateway")}
     state = DeploymentState(1, 1, 1, 1, 1, 1)
     indexes[DEPLOYMENTS_INDEX] = {("ai", "chat-triton"): [state]}
     problems = pod_problems_of(pending_pod("chat-triton-abc", "chat"))[("ai", "chat")]
@@ -114,9 +121,16 @@ def test_lookups_answer_what_the_indexes_hold_and_none_for_what_they_do_not() ->
     indexes[SECRETS_INDEX] = {("ai", "chat-triton"): [{"metadata": {"name": "chat-triton"}, "data": {}}]}
     watched = WatchedChildren(indexes)
 
-    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "ai"}}
-    assert watched.version(configmap) == "41"
-    assert watched.version({**configmap, "metadata": {"name": "other", "namespace": "ai"}}) is None
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": configmaps[1]["metadata"]}
+    assert watched.version(configmap) == "7"
+    assert watched.version({**configmap, "metadata": {**configmap["metadata"], "name": "other"}}) is None
+    gateway = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": configmaps[2]["metadata"]}
+    assert watched.version(gateway) == "41"
+    assert watched.may_own("v1", "ConfigMap", "ai", "chat") and not watched.may_own(
+        "v1", "ConfigMap", "ai", "other"
+    )
+    assert not watched.may_own("autoscaling/v2", "HorizontalPodAutoscaler", "ai", "chat")  # watched: none
+    assert watched.may_own("keda.sh/v1alpha1", "ScaledObject", "ai", "chat")  # not watched: may
     monitor = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",

@@ -4,13 +4,14 @@ operator's watches: of Tollway's own resources (`cache`) and of their children (
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from tollway.api import Resource
 from tollway.ir.state import DeploymentState, PodProblem
 from tollway.k8s import apply, events, resources, serving, status
 from tollway.k8s.cache import WatchCache
-from tollway.k8s.watched import WatchedChildren
+from tollway.k8s.watched import MODEL_LABEL, WatchedChildren
 
 
 class KubeCluster:
@@ -44,12 +45,18 @@ class KubeCluster:
     def apply_all(self, manifests: Any) -> int:
         return self.applier.apply_all(manifests)
 
+    def prune(
+        self, namespace: str, owner_uid: str, model: str, kinds: Iterable[tuple[str, str]]
+    ) -> list[str]:
+        # A kind the watch shows none of is not listed (one LIST a kind a reconcile, else).
+        possible = [kind for kind in kinds if self.children.may_own(*kind, namespace, model)]
+        return apply.prune(namespace, owner_uid, f"{MODEL_LABEL}={model}", possible)
+
     read_resource = staticmethod(resources.read_resource)
     list_secrets = staticmethod(resources.list_secrets)
     mark_secret = staticmethod(resources.mark_secret)
     peering_peers = staticmethod(resources.peering_peers)
     served = staticmethod(apply.served)
-    prune = staticmethod(apply.prune)
     prune_named = staticmethod(apply.prune_named)
     apply_status = staticmethod(status.apply_status)
     record_event = staticmethod(events.record_event)

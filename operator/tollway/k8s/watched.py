@@ -25,6 +25,8 @@ from tollway.k8s.cache import Index, snapshot
 STUCK = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"}
 )
+MODEL_LABEL = "tollway.dev/model"
+GATEWAY_LABEL = "tollway.dev/gateway"
 #: The label every child carries (and Triton's pods, through their template), which the watches select on.
 OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
@@ -75,8 +77,23 @@ def _key(body: Mapping[str, Any]) -> Key:
 # kopf's indexing functions: each gets a child's body and returns what its index keeps of it.
 
 
-def version_of(body: Mapping[str, Any]) -> dict[Key, str]:
-    return {_key(body): str(body["metadata"].get("resourceVersion", ""))}
+def owner_of(metadata: Mapping[str, Any]) -> str:
+    """What a child belongs to, by its labels: a model's name, or "gateway/NAME"."""
+    labels = metadata.get("labels") or {}
+    if labels.get(MODEL_LABEL):
+        return str(labels[MODEL_LABEL])
+    return f"gateway/{labels.get(GATEWAY_LABEL, '')}"
+
+
+def version_of(body: Mapping[str, Any]) -> dict[Key, tuple[str, str]]:
+    """The child's name and resourceVersion under (namespace, what it belongs to)."""
+    metadata = body["metadata"]
+    return {
+        (str(metadata["namespace"]), owner_of(metadata)): (
+            str(metadata["name"]),
+            str(metadata["resourceVersion"]),
+        )
+    }
 
 
 def deployment_of(body: Mapping[str, Any]) -> dict[Key, DeploymentState]:
@@ -100,7 +117,7 @@ def deployment_of(body: Mapping[str, Any]) -> dict[Key, DeploymentState]:
 def pod_problems_of(body: Mapping[str, Any]) -> dict[Key, tuple[PodProblem, ...]]:
     """Why the pod does not run (stuck containers, or no node that fits), under its model; nothing when it
     runs or belongs to no model (the gateway's)."""
-    model = (body["metadata"].get("labels") or {}).get("tollway.dev/model")
+    model = (body["metadata"].get("labels") or {}).get(MODEL_LABEL)
     name, status = body["metadata"]["name"], body.get("status") or {}
     problems = [
         PodProblem("Unschedulable", f"pod {name}: {condition.get('message', '')}")
@@ -133,11 +150,24 @@ class WatchedChildren:
 
     def version(self, manifest: Mapping[str, Any]) -> str | None:
         """The resourceVersion the watch last saw of the child that `manifest` renders."""
-        index_id = self._versions.get((manifest["apiVersion"], manifest["kind"]))
+        metadata = manifest["metadata"]
+        owned = self._owned(
+            manifest["apiVersion"], manifest["kind"], str(metadata.get("namespace")), owner_of(metadata)
+        )
+        return next((version for name, version in owned or () if name == metadata["name"]), None)
+
+    def may_own(self, api_version: str, kind: str, namespace: str, model: str) -> bool:
+        """Whether the model may have a child of this kind: False only when the kind is watched and the watch
+        shows none."""
+        owned = self._owned(api_version, kind, namespace, model)
+        return owned is None or bool(owned)
+
+    def _owned(self, api_version: str, kind: str, namespace: str, owner: str) -> list[tuple[str, str]] | None:
+        """(name, resourceVersion) of the owner's children of a kind, as watched; None: the kind is not."""
+        index_id = self._versions.get((api_version, kind))
         if index_id is None:
             return None
-        metadata = manifest["metadata"]
-        return self._one(index_id, (str(metadata.get("namespace")), str(metadata["name"])), str)
+        return snapshot(self._indexes[index_id].get((namespace, owner), ()))
 
     def deployment(self, namespace: str, name: str) -> DeploymentState | None:
         return self._one(DEPLOYMENTS_INDEX, (namespace, name), DeploymentState)

@@ -79,9 +79,9 @@ class Cluster(Protocol):
         ...
 
     def prune(
-        self, namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]
+        self, namespace: str, owner_uid: str, model: str, kinds: Iterable[tuple[str, str]]
     ) -> list[str]:
-        """Delete the owner's children of these (apiVersion, kind)s; "Kind/name" of each one deleted."""
+        """Delete the model's children of these (apiVersion, kind)s; "Kind/name" of each one deleted."""
         ...
 
     def prune_named(

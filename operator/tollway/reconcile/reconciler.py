@@ -118,9 +118,10 @@ class Reconciler:
         if sent:
             logger.info("applied %d of %d children", sent, len(result.manifests))
         metadata = body["metadata"]
-        selector = f"tollway.dev/model={metadata['name']}"
         if result.stale_kinds:
-            removed = self.cluster.prune(metadata["namespace"], metadata["uid"], selector, result.stale_kinds)
+            removed = self.cluster.prune(
+                metadata["namespace"], metadata["uid"], metadata["name"], result.stale_kinds
+            )
             if removed:
                 logger.info("removed children no longer rendered: %s", ", ".join(removed))
         write_status(self.cluster, kind, body, result.status, logger)
