@@ -6,14 +6,15 @@ VENV := .venv/bin
 setup:            ## the venv with tollway and its dev tools
 	@hack/setup
 
-k8s:              ## kube-apiserver and kube-controller-manager, built once from the Go module proxy
+k8s:              ## kube-apiserver, kube-controller-manager and kube-scheduler, built once from the Go module proxy
 	@hack/build-k8s.sh >/dev/null
 
-tools:            ## envoyproxy/ratelimit, prometheus-adapter, helm and otelcol, built once from the Go module proxy
+tools:            ## envoyproxy/ratelimit, prometheus-adapter, helm, otelcol and kwok, built once from the Go module proxy
 	@hack/build-tools.sh ratelimit >/dev/null
 	@hack/build-tools.sh prometheus-adapter >/dev/null
 	@hack/build-tools.sh helm >/dev/null
 	@hack/build-tools.sh otelcol >/dev/null
+	@hack/build-tools.sh kwok >/dev/null
 
 chart: setup      ## copy crds/ and prometheus-adapter's rules into charts/tollway (a test checks the copies)
 	@hack/sync-chart-crds

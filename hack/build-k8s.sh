@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager from the Go module proxy, pinned to one release, and
-# caches them under ~/.cache/tollway/bin/k8s-<version>/. A second run with the binaries present does nothing.
+# Builds kube-apiserver, kube-controller-manager and kube-scheduler from the Go module proxy, pinned to one
+# release, and caches them under ~/.cache/tollway/bin/k8s-<version>/. A second run with the binaries present does
+# nothing; a cache from before a binary was added to `commands` builds only that one.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every k8s.io staging module with a local
 # path. So we build inside a throw-away module that requires k8s.io/kubernetes and points each of those
@@ -11,7 +12,7 @@ version=${K8S_VERSION:-1.37.2}
 staging_version="v0.${version#*.}"
 cache=${TOLLWAY_CACHE:-$HOME/.cache/tollway}
 out="$cache/bin/k8s-v$version"
-commands=(kube-apiserver kube-controller-manager)
+commands=(kube-apiserver kube-controller-manager kube-scheduler)
 
 missing=()
 for cmd in "${commands[@]}"; do [ -x "$out/$cmd" ] || missing+=("$cmd"); done

@@ -7,13 +7,14 @@
 #   hack/build-tools.sh helm                 # helm.sh/helm/v3, for the chart's tests
 #   hack/build-tools.sh vegeta               # a constant-rate load generator, for bench/gateway_cost.py
 #   hack/build-tools.sh otelcol              # an OpenTelemetry Collector of hack/otelcol/main.go's components
+#   hack/build-tools.sh kwok                 # sigs.k8s.io/kwok: simulated nodes and kubelets for the control plane
 #
 # Prints the directory that holds the binary. Each is built inside a throw-away module (`go get` then
 # `go build`), because the proxy refuses to list some of these modules' versions, which `go install` needs.
 set -euo pipefail
 
 cache=${TOLLWAY_CACHE:-$HOME/.cache/tollway}
-case "${1:?usage: build-tools.sh ratelimit|prometheus-adapter|helm|vegeta|otelcol}" in
+case "${1:?usage: build-tools.sh ratelimit|prometheus-adapter|helm|vegeta|otelcol|kwok}" in
   ratelimit)
     package=github.com/envoyproxy/ratelimit/src/service_cmd
     version=${RATELIMIT_VERSION:-v1.4.1-0.20260122083618-3fb702589d36}
@@ -40,6 +41,10 @@ case "${1:?usage: build-tools.sh ratelimit|prometheus-adapter|helm|vegeta|otelco
     package=.
     version=${OTELCOL_VERSION:-v0.161.0}
     binary=otelcol ;;
+  kwok)
+    package=sigs.k8s.io/kwok/cmd/kwok
+    version=${KWOK_VERSION:-v0.8.0}
+    binary=kwok ;;
   *) echo "unknown tool: $1" >&2; exit 2 ;;
 esac
 

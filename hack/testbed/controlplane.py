@@ -1,13 +1,21 @@
-"""A real, local Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
+"""A real, local Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler, with simulated nodes that run pods (kwok).
 
-    hack/controlplane up      start it (idempotent), wait for /readyz, write .local/controlplane/*.kubeconfig
+    hack/controlplane up      start it (idempotent), wait for /readyz and Ready nodes, write
+                              .local/controlplane/*.kubeconfig
     hack/controlplane down    stop what `up` started (by pid) and keep nothing
     hack/controlplane env     print `export KUBECONFIG=…` for a shell
     hack/controlplane kubeconfig-for NAMESPACE/SERVICEACCOUNT
                               create the ServiceAccount if needed and write a kubeconfig that acts as it
                               (a real token from the TokenRequest API, so RBAC applies as in a cluster)
 
-There is no kubelet or scheduler: pods stay Pending. Controllers (garbage collector, deployments, HPA …) run.
+There is no real kubelet. kwok (sigs.k8s.io/kwok, built by hack/build-tools.sh) plays the kubelets of the
+simulated Nodes `up` creates (testbed.nodes: NODES GPU machines, each with CPU, memory, pods and
+GPUS_PER_NODE `nvidia.com/gpu`): it keeps them Ready (a node lease and a heartbeat) and, once
+kube-scheduler binds a pod to one, reports the pod Running and Ready (its containers never run: no process,
+no network; its pod IP, from the node's podCIDR, is only written down), and finishes a deleted pod. A pod
+that fits no node stays Pending with the scheduler's reason, as in a cluster. Controllers (garbage
+collector, deployments, HPA …) run.
 Only the Python standard library is used, so this runs before the project's venv exists too (the
 `hack/controlplane` script runs it as `python -m testbed.controlplane`).
 """
@@ -23,8 +31,12 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from testbed import nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("TOLLWAY_CONTROLPLANE_DIR", ROOT / ".local" / "controlplane"))
@@ -32,6 +44,9 @@ K8S_VERSION = os.environ.get("K8S_VERSION", "1.37.2")
 APISERVER_PORT = int(os.environ.get("TOLLWAY_APISERVER_PORT", "16443"))
 ETCD_PORT = int(os.environ.get("TOLLWAY_ETCD_PORT", "12379"))
 CONTROLLER_MANAGER_PORT = int(os.environ.get("TOLLWAY_KCM_PORT", "20257"))
+SCHEDULER_PORT = int(os.environ.get("TOLLWAY_SCHEDULER_PORT", "20259"))
+#: kwok's own server (health, metrics), on loopback.
+KWOK_PORT = int(os.environ.get("TOLLWAY_KWOK_PORT", "20250"))
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 READY_TIMEOUT = 120.0
 
@@ -39,6 +54,9 @@ PKI = STATE / "pki"
 LOGS = STATE / "logs"
 ADMIN_KUBECONFIG = STATE / "admin.kubeconfig"
 SERVER = f"https://127.0.0.1:{APISERVER_PORT}"
+
+#: The processes `up` starts, in order; `down` stops them in reverse.
+PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
 def say(message: str) -> None:
@@ -65,37 +83,56 @@ def kubernetes_binaries() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def kwok_binary() -> Path:
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-tools.sh"), "kwok"], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    return Path(out.strip().splitlines()[-1]) / "kwok"
+
+
 def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 def make_pki() -> None:
-    """A CA, the API server's serving certificate, client certificates and the service-account key pair."""
-    if (PKI / "front-proxy-client.crt").exists():
-        return
+    """A CA, the API server's serving certificate, client certificates and the service-account key pair.
+
+    Each is made only when missing, so a state directory from before a client was added gets just that one.
+    """
     PKI.mkdir(parents=True, exist_ok=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=tollway-local-ca",
-            "-keyout", str(PKI / "ca.key"), "-out", str(PKI / "ca.crt"))  # fmt: skip
+    if not (PKI / "ca.crt").exists():
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+                "-subj", "/CN=tollway-local-ca",
+                "-keyout", str(PKI / "ca.key"), "-out", str(PKI / "ca.crt"))  # fmt: skip
     certificates = {
         "apiserver": ("/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
                       "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1"),
         "admin": ("/O=system:masters/CN=tollway-admin", None),
         "controller-manager": ("/CN=system:kube-controller-manager", None),
+        "scheduler": ("/CN=system:kube-scheduler", None),
+        # kwok plays every node's kubelet: it writes Nodes, their status and leases, and any pod's status on
+        # them. A kubelet's own identity (system:node:NAME) is bounded by the Node authorizer, which this
+        # control plane does not run, so kwok acts as an administrator.
+        "kwok": ("/O=system:masters/CN=kwok", None),
         # The identity kube-apiserver proxies to aggregated APIs with (prometheus-adapter's external metrics).
         "front-proxy-client": ("/CN=front-proxy-client", None),
     }  # fmt: skip
     for name, (subject, extension) in certificates.items():
         key, csr, crt = (str(PKI / f"{name}.{suffix}") for suffix in ("key", "csr", "crt"))
+        if Path(crt).exists():
+            continue
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", csr)
         sign = ["x509", "-req", "-in", csr, "-CA", str(PKI / "ca.crt"), "-CAkey", str(PKI / "ca.key"),
-                "-CAcreateserial", "-days", "3650", "-out", crt]  # fmt: skip
+                "-CAcreateserial", "-days", "3650", "-out", crt + ".tmp"]  # fmt: skip
         if extension:
             extension_file = PKI / f"{name}.ext"
             extension_file.write_text(extension + "\n")
             sign += ["-extfile", str(extension_file)]
         openssl(*sign)
-    openssl("genrsa", "-out", str(PKI / "sa.key"), "2048")
-    openssl("rsa", "-in", str(PKI / "sa.key"), "-pubout", "-out", str(PKI / "sa.pub"))
+        Path(crt + ".tmp").rename(crt)  # a run stopped half-way leaves no certificate without its key
+    if not (PKI / "sa.pub").exists():
+        openssl("genrsa", "-out", str(PKI / "sa.key"), "2048")
+        openssl("rsa", "-in", str(PKI / "sa.key"), "-pubout", "-out", str(PKI / "sa.pub"))
 
 
 def write_kubeconfig(path: Path, user: dict[str, str]) -> None:
@@ -144,7 +181,7 @@ def port_free(port: int) -> bool:
     return True
 
 
-def start(name: str, command: list[str], ports: tuple[int, ...]) -> None:
+def start(name: str, command: list[str], ports: tuple[int, ...], env: dict[str, str] | None = None) -> None:
     if pid_alive(name):
         return
     taken = [port for port in ports if not port_free(port)]
@@ -156,7 +193,9 @@ def start(name: str, command: list[str], ports: tuple[int, ...]) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     say(f"starting {name} (log: {LOGS / (name + '.log')})")
     with open(LOGS / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     (STATE / f"{name}.pid").write_text(str(process.pid))
     _started[name] = process
 
@@ -164,6 +203,14 @@ def start(name: str, command: list[str], ports: tuple[int, ...]) -> None:
 def https_ready(url: str, context: ssl.SSLContext) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -187,13 +234,56 @@ def admin_context() -> ssl.SSLContext:
     return context
 
 
+def api(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One request to the API server as the admin; the reply's JSON, or HTTPError."""
+    request = urllib.request.Request(
+        f"{SERVER}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10, context=admin_context()) as response:
+        return dict(json.load(response))
+
+
+def create_nodes() -> None:
+    for index in range(nodes.NODES):
+        try:
+            api("POST", "/api/v1/nodes", nodes.node(index, kubelet_version=f"v{K8S_VERSION}-kwok"))
+        except urllib.error.HTTPError as error:
+            if error.code != 409:  # there already (`up` again)
+                raise
+
+
+def nodes_schedulable() -> bool:
+    try:
+        return nodes.schedulable(api("GET", "/api/v1/nodes")["items"])
+    except OSError:
+        return False
+
+
+def component_flags(identity: str, port: int) -> list[str]:
+    """What kube-controller-manager and kube-scheduler both take: the kubeconfig of their identity (for the
+    API and for checking their own callers), a secure port on loopback, no leader election (one of each)."""
+    kubeconfig = str(STATE / f"{identity}.kubeconfig")
+    return [
+        *("--kubeconfig", kubeconfig),
+        *("--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig),
+        *("--bind-address", "127.0.0.1", "--secure-port", str(port)),
+        "--leader-elect=false",
+    ]
+
+
 def up() -> None:
     began = time.monotonic()
     binaries = kubernetes_binaries()
+    kwok = kwok_binary()
     STATE.mkdir(parents=True, exist_ok=True)
     make_pki()
     write_kubeconfig(ADMIN_KUBECONFIG, certificate_user("admin"))
     write_kubeconfig(STATE / "controller-manager.kubeconfig", certificate_user("controller-manager"))
+    write_kubeconfig(STATE / "scheduler.kubeconfig", certificate_user("scheduler"))
+    write_kubeconfig(STATE / "kwok.kubeconfig", certificate_user("kwok"))
 
     etcd_url = f"http://127.0.0.1:{ETCD_PORT}"
     start("etcd", [
@@ -230,6 +320,12 @@ def up() -> None:
         "--service-cluster-ip-range", "10.96.0.0/16",
         "--allow-privileged=true",
         "--enable-priority-and-fairness=false",
+        # etcd 3.5.1 (the PyPI wheel) cannot report watch progress, so the API server cannot serve a list
+        # as a watch stream (sendInitialEvents). With WatchList on it refuses such a request inside the
+        # stream, which kwok (client-go 0.36) retries with back-off instead of falling back to list and
+        # watch, so it saw new pods only after up to a minute; off, it refuses the request itself, and
+        # every client falls back at once.
+        "--feature-gates", "WatchList=false",
         # API aggregation, for prometheus-adapter: requests are proxied to the endpoints of its Service.
         "--requestheader-client-ca-file", str(PKI / "ca.crt"),
         "--requestheader-allowed-names", "front-proxy-client",
@@ -245,14 +341,10 @@ def up() -> None:
 
     start("kube-controller-manager", [
         str(binaries / "kube-controller-manager"),
-        "--kubeconfig", str(STATE / "controller-manager.kubeconfig"),
-        "--authentication-kubeconfig", str(STATE / "controller-manager.kubeconfig"),
-        "--authorization-kubeconfig", str(STATE / "controller-manager.kubeconfig"),
-        "--bind-address", "127.0.0.1", "--secure-port", str(CONTROLLER_MANAGER_PORT),
+        *component_flags("controller-manager", CONTROLLER_MANAGER_PORT),
         "--service-account-private-key-file", str(PKI / "sa.key"),
         "--root-ca-file", str(PKI / "ca.crt"),
         "--use-service-account-credentials=true",
-        "--leader-elect=false",
         "--horizontal-pod-autoscaler-sync-period", "5s",
     ], ports=(CONTROLLER_MANAGER_PORT,))  # fmt: skip
     insecure = ssl.create_default_context()
@@ -261,12 +353,36 @@ def up() -> None:
         "kube-controller-manager",
         lambda: https_ready(f"https://127.0.0.1:{CONTROLLER_MANAGER_PORT}/healthz", insecure),
     )
+
+    start(
+        "kube-scheduler",
+        [str(binaries / "kube-scheduler"), *component_flags("scheduler", SCHEDULER_PORT)],
+        ports=(SCHEDULER_PORT,),
+    )
+    wait_until("kube-scheduler", lambda: https_ready(f"https://127.0.0.1:{SCHEDULER_PORT}/healthz", insecure))
+
+    stages = STATE / "kwok-stages.yaml"
+    stages.write_text("\n---\n".join(json.dumps(stage, indent=1) for stage in nodes.stages()) + "\n")
+    (STATE / "kwok-home").mkdir(exist_ok=True)
+    start("kwok", [
+        str(kwok),
+        "--kubeconfig", str(STATE / "kwok.kubeconfig"),
+        "--config", str(stages),
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector", "=".join(nodes.KWOK_ANNOTATION),
+        "--node-lease-duration-seconds", "40",
+        "--server-address", f"127.0.0.1:{KWOK_PORT}",
+    ], ports=(KWOK_PORT,), env={**os.environ, "HOME": str(STATE / "kwok-home")})  # fmt: skip
+    # (HOME: kwok also reads ~/.kwok/kwok.yaml when there is one; this one is empty.)
+    wait_until("kwok", lambda: http_ready(f"http://127.0.0.1:{KWOK_PORT}/healthz"))
+    create_nodes()
+    wait_until("kwok", nodes_schedulable)
     say(f"ready in {time.monotonic() - began:.1f}s: Kubernetes v{K8S_VERSION} at {SERVER}")
     print(f"export KUBECONFIG={ADMIN_KUBECONFIG}")
 
 
 def down() -> None:
-    for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+    for name in reversed(PROCESSES):
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue

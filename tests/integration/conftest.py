@@ -1,6 +1,7 @@
 """The real local control plane (hack/controlplane), shared by every integration test of the session.
 
-There is no skip here: if kube-apiserver, etcd or kube-controller-manager cannot start, the tests fail.
+There is no skip here: if etcd, kube-apiserver, kube-controller-manager, kube-scheduler or kwok (the simulated
+nodes) cannot start, the tests fail.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def cluster() -> Iterator[Cluster]:
 def running_operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Operator]:
-    """`tollway run` watching the test module's NAMESPACE. No Triton to ask: a closed port answers at once."""
+    """`tollway run` watching the test module's NAMESPACE. No Triton to ask: a closed port answers at once.
+    The namespace goes afterwards: its pods would hold the simulated nodes' GPUs for the rest of the
+    session."""
     namespace = request.module.NAMESPACE
     with operator(
         cluster, namespace, tmp_path_factory.mktemp("operator"), "--triton-address", "127.0.0.1:9"
     ) as running:
         yield running
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")

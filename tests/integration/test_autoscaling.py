@@ -1,9 +1,10 @@
 """The autoscaling loop and live metrics with real components: Triton's metrics scraped by a real
 Prometheus that evaluates the rules Tollway renders; prometheus-adapter (built from the Go module proxy)
 registered as the external metrics API of the real kube-apiserver; the HPA Tollway renders, run by the
-real kube-controller-manager. There is no kubelet: the pods stay Pending, but the HPA still reads the
-metrics and sets the Deployment's replicas, which is what is under test. The load reaches Triton as users'
-does: through Tollway's gateway (Envoy, its ratelimit service and Redis), with an API key, over tritonclient.
+real kube-controller-manager. The pods it scales are scheduled onto the control plane's simulated nodes and
+reported Ready there by kwok, but no Triton runs in them: the one Triton runs beside the control plane, and
+the load reaches it as users' does: through Tollway's gateway (Envoy, its ratelimit service and Redis), with
+an API key, over tritonclient.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from testbed import dataplane
 from testbed.dataplane import EnvoyPorts, GatewayProcesses
 from testbed.gateway import secret, tier
 from testbed.kube import Cluster, eventually, operator
+from testbed.nodes import NODE_PREFIX
 from testbed.triton import RunningTriton, running
 
 NAMESPACE = f"scaling-test-{os.getpid()}"
@@ -296,6 +298,10 @@ def test_the_hpa_scales_up_on_the_queue_and_down_after(stack: Stack, cluster: Cl
         print(f"\nHPA: load start → first scale-up decision in {took:.1f}s")
         # 11 requests waiting over a target of 2 per replica: the most it may have, 4 (+100 % per 15 s).
         eventually(lambda: replicas(cluster) == 4 or None, timeout=90)
+        # The replicas it added run: their pods are scheduled onto the simulated nodes and Ready there.
+        running = eventually(lambda: len(ready_pods(cluster)) == 4 and ready_pods(cluster), timeout=90)
+        assert all(pod["spec"]["nodeName"].startswith(NODE_PREFIX) for pod in running)
+        assert int(cluster.get("deployment", "echo-triton", NAMESPACE)["status"]["readyReplicas"]) == 4
         time.sleep(10)
         assert replicas(cluster) == 4  # held while the queue stays
     finally:
@@ -307,6 +313,18 @@ def test_the_hpa_scales_up_on_the_queue_and_down_after(stack: Stack, cluster: Cl
 
 def replicas(cluster: Cluster) -> int:
     return int(cluster.get("deployment", "echo-triton", NAMESPACE)["spec"]["replicas"])
+
+
+def ready_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    """The model's pods that are scheduled and Ready (and not on their way out)."""
+    found = []
+    for pod in cluster.items("pods", NAMESPACE):
+        conditions = {item["type"]: item["status"] for item in pod["status"].get("conditions", [])}
+        ours = pod["metadata"]["labels"].get("tollway.dev/model") == "echo"
+        live = not pod["metadata"].get("deletionTimestamp")
+        if ours and live and conditions.get("PodScheduled") == "True" and conditions.get("Ready") == "True":
+            found.append(pod)
+    return found
 
 
 def test_prometheus_away_keeps_the_last_figures_and_says_why(stack: Stack, cluster: Cluster) -> None:

@@ -1,4 +1,5 @@
-"""The test bed itself: RBAC is enforced, a ServiceAccount identity works, controllers run."""
+"""The test bed itself: RBAC is enforced, a ServiceAccount identity works, controllers run (the scheduler and
+the simulated nodes: tests/integration/test_nodes.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from testbed.controlplane import PROCESSES
 from testbed.kube import Cluster, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,4 +69,5 @@ def test_up_again_reuses_the_running_control_plane(cluster: Cluster) -> None:
     assert again.returncode == 0, again.stderr
     assert "starting" not in again.stderr
     assert {path.name: path.read_text() for path in state.glob("*.pid")} == pids
-    assert set(pids) == {"etcd.pid", "kube-apiserver.pid", "kube-controller-manager.pid"}
+    assert set(pids) == {f"{name}.pid" for name in PROCESSES}
+    assert PROCESSES == ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")

@@ -14,6 +14,8 @@ OWN_CONTROL_PLANE = {
     "TOLLWAY_APISERVER_PORT": "18443",
     "TOLLWAY_ETCD_PORT": "14379",
     "TOLLWAY_KCM_PORT": "20457",
+    "TOLLWAY_SCHEDULER_PORT": "20459",
+    "TOLLWAY_KWOK_PORT": "20450",
 }
 
 
@@ -38,6 +40,11 @@ def test_the_demo_sends_traffic_through_the_gateway_and_reports_it(tmp_path: Pat
     assert "sunset: Fri, 15 Jan 2027 00:00:00 GMT" in report
     assert "requests and tokens per consumer equal what the clients received" in report
     assert "modeldeployment.tollway.dev/chat" in report and "apitier.tollway.dev/pro" in report
+    # chat's pod runs on a simulated GPU node (its nodeSelector names the nodes' GPU) and Triton serves it
+    ready = {
+        line.split()[0]: line.split()[1] for line in report.splitlines() if line.startswith("modeldeployment")
+    }
+    assert ready["modeldeployment.tollway.dev/chat"] == "True", report[-3000:]
     assert "Everything behaved as configured" in report
     left_up = (tmp_path / "controlplane" / "kube-apiserver.pid").exists()
     assert not left_up, "the demo left its control plane up"

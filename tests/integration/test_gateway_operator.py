@@ -88,7 +88,10 @@ def test_the_gateway_is_rendered_owned_by_every_tier_and_reports_to_each(
 
     degraded = eventually(lambda: having("pro", "Degraded", "UnknownModel"))
     assert degraded["status"] == "True" and 'model "chat" has no alias "stable"' in degraded["message"]
-    eventually(lambda: having("free", "Ready", "GatewayUnavailable"))  # no kubelet here: Envoy never runs
+    # The gateway's Envoy pods are scheduled onto the simulated nodes and reported running (by kwok: no Envoy
+    # process runs there), so the rules count as served.
+    ready = eventually(lambda: having("free", "Ready", "Applied"), timeout=120)
+    assert ready["status"] == "True"
     assert eventually(lambda: cluster.get("tier", "free", NAMESPACE).get("status", {}).get("consumers")) == 1
     files = eventually(
         lambda: envoy_files(cluster) if "tw-alice-secret-value" in envoy_files(cluster)["lds.yaml"] else None

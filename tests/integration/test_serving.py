@@ -1,8 +1,8 @@
 """A ModelDeployment on the real control plane becomes its Triton stack; status comes from the real Triton.
 
-The test bed has no kubelet, so Deployments never get available pods; Triton runs beside it (PyTriton's
-tritonserver on CPU) and the operator is told to reach it there (`--triton-address`), as it would reach the
-Service in a cluster.
+The test bed's pods are scheduled onto simulated nodes (kwok), which report them running while no process
+runs; Triton runs beside it (PyTriton's tritonserver on CPU) and the operator is told to reach it there
+(`--triton-address`), as it would reach the Service in a cluster.
 """
 
 from __future__ import annotations
@@ -56,8 +56,42 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTriton]:
 
 
 @pytest.fixture(scope="module")
+def models_claim(cluster: Cluster) -> Iterator[None]:
+    """The claim `pvc://models/…` names, bound to a volume of its own: the scheduler places no pod whose
+    claim is missing or unbound (the simulated nodes mount nothing)."""
+    volume = f"{NAMESPACE}-models"
+    common = {"accessModes": ["ReadOnlyMany"], "storageClassName": ""}
+    cluster.namespace(NAMESPACE)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                **common,
+                "capacity": {"storage": "1Gi"},
+                "hostPath": {"path": "/models"},
+                "claimRef": {"namespace": NAMESPACE, "name": "models"},
+            },
+        }
+    )
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": NAMESPACE},
+            "spec": {**common, "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}},
+        }
+    )
+    eventually(lambda: cluster.get("pvc", "models", NAMESPACE).get("status", {}).get("phase") == "Bound")
+    yield
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+    cluster.kubectl("delete", "persistentvolume", volume, "--wait=false")
+
+
+@pytest.fixture(scope="module")
 def deployed(
-    cluster: Cluster, triton: RunningTriton, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, models_claim: None, triton: RunningTriton, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("operator")
     with operator(cluster, NAMESPACE, workdir, "--triton-address", triton.http):
@@ -111,8 +145,9 @@ def test_status_reports_the_versions_triton_serves(cluster: Cluster, deployed: s
         lambda: [item["state"] for item in status(cluster, "echo").get("versions", [])] == ["Ready", "Ready"]
     )
     assert condition(cluster, "echo", "Degraded")["status"] == "False"
-    # No kubelet: the Deployment never has an available replica, and Ready says so.
-    assert condition(cluster, "echo", "Ready")["reason"] == "DeploymentUnavailable"
+    # Its pod runs on a simulated node and Triton serves every version: Ready.
+    ready = eventually(lambda: condition(cluster, "echo", "Ready").get("status") == "True", timeout=120)
+    assert ready and condition(cluster, "echo", "Ready")["reason"] == "Serving"
     paths = {item["name"]: item["path"] for item in status(cluster, "echo")["endpoints"]}
     assert paths["latest"] == "/v1/models/echo/infer" and paths["v1"] == "/v1/models/echo/versions/1/infer"
 
@@ -213,7 +248,10 @@ def test_a_no_op_resync_writes_nothing(cluster: Cluster, deployed: str) -> None:
         lambda: (
             condition(cluster, "echo", "Ready").get("observedGeneration")
             == cluster.get("md", "echo", NAMESPACE)["metadata"]["generation"]
-        )
+            # and the rollouts of the tests before (their pods run) are over
+            and condition(cluster, "echo", "Progressing").get("status") == "False"
+        ),
+        timeout=120,
     )
     time.sleep(3)  # let the last status and children land
     before = versions()
