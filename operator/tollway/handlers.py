@@ -116,14 +116,21 @@ def _watch_secrets(handlers: kopf.OperatorRegistry) -> None:
     def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         memo.reconciler.secret_changed(body, logger)
 
-    kopf.on.event(*SECRETS, id="secrets", registry=handlers)(run)
+    kopf.on.event(*SECRETS, id="secrets", when=_news, registry=handlers)(run)
 
 
 def _watch_child(handlers: kopf.OperatorRegistry, group: str, version: str, plural: str) -> None:
     def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         memo.reconciler.child_changed(body, logger)
 
-    kopf.on.event(group, version, plural, labels=OURS, id=f"{plural}-child", registry=handlers)(run)
+    kopf.on.event(group, version, plural, labels=OURS, id=f"{plural}-child", when=_news, registry=handlers)(
+        run
+    )
+
+
+def _news(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """kopf's filter, on its event loop: not the echo of the operator's own apply (`Reconciler.is_echo`)."""
+    return not memo.reconciler.is_echo(body)
 
 
 def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Settings, clock: Clock) -> None:

@@ -64,11 +64,13 @@ def test_a_child_the_watch_shows_unchanged_is_not_read_again(
         return cluster.get("configmap", "rendered", namespace)
 
     assert applier.apply(manifest) and len(reads) == 1  # made
+    assert applier.is_current(live())  # its watch event is the echo of that write: no reconcile
     assert not applier.apply(manifest) and len(reads) == 2  # the watch has not shown it yet: read
     watched["rendered"] = live()["metadata"]["resourceVersion"]
     assert not applier.apply(manifest) and len(reads) == 2  # watched at the version found current: no read
 
     cluster.patch("configmap", "rendered", namespace, {"data": {"model": "edited by hand"}})
+    assert not applier.is_current(live())  # news: its event reconciles
     watched["rendered"] = live()["metadata"]["resourceVersion"]
     assert applier.apply(manifest) and len(reads) == 3  # the watch shows a change: read, and restored
     assert live()["data"] == {"model": "chat"}

@@ -160,6 +160,9 @@ class FakeCluster:
                 sent += 1
         return sent
 
+    def is_current(self, child: Mapping[str, Any]) -> bool:
+        return False
+
     def prune(
         self, namespace: str, owner_uid: str, model: str, kinds: Iterable[tuple[str, str]]
     ) -> list[str]:

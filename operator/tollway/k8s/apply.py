@@ -214,3 +214,17 @@ class Applier:
     def apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> int:
         """Apply every manifest in order; the number of requests sent."""
         return sum(self.apply(manifest) for manifest in manifests)
+
+    def is_current(self, child: Mapping[str, Any]) -> bool:
+        """Whether the child (as a watch event shows it) is at the version this Applier last found or made
+        current: the event is the echo of its own write, or of its read."""
+        metadata = child.get("metadata") or {}
+        key = (
+            str(child.get("apiVersion")),
+            str(child.get("kind")),
+            str(metadata.get("namespace")),
+            str(metadata.get("name")),
+        )
+        with self._guard:
+            found = self._current.get(key)
+        return found is not None and found[0] == metadata.get("resourceVersion")

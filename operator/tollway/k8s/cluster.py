@@ -4,7 +4,7 @@ operator's watches: of Tollway's own resources (`cache`) and of their children (
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tollway.api import Resource
@@ -44,6 +44,9 @@ class KubeCluster:
 
     def apply_all(self, manifests: Any) -> int:
         return self.applier.apply_all(manifests)
+
+    def is_current(self, child: Mapping[str, Any]) -> bool:
+        return self.applier.is_current(child)
 
     def prune(
         self, namespace: str, owner_uid: str, model: str, kinds: Iterable[tuple[str, str]]

@@ -78,6 +78,10 @@ class Cluster(Protocol):
         """Make the cluster hold every manifest, in order; the number of writes sent (0: all were current)."""
         ...
 
+    def is_current(self, child: Mapping[str, Any]) -> bool:
+        """Whether a watched child is at the version that `apply_all` last wrote or found current."""
+        ...
+
     def prune(
         self, namespace: str, owner_uid: str, model: str, kinds: Iterable[tuple[str, str]]
     ) -> list[str]:

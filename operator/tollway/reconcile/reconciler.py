@@ -74,6 +74,12 @@ class Reconciler:
             if body is not None:
                 self.reconcile(ModelDeployment, body, logger)
 
+    def is_echo(self, child: Mapping[str, Any]) -> bool:
+        """Whether a child's watch event shows only what a reconcile wrote or read last (the echo of its own
+        apply): nothing to restore, nothing new to report. Asked on kopf's event loop, before a thread is
+        taken: at a thousand new models most child events are such echoes."""
+        return self.cluster.is_current(child)
+
     def gateway_inputs_changed(self, namespace: str | None, logger: Logger) -> None:
         """Something the gateway reads changed (a model, a Secret): reconcile it where there are tiers."""
         if namespace and self.cluster.cached_resources(ApiTier, namespace):
