@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/reconcile.py [--count 100] [--resync-seconds 60]
 
-Creates COUNT ModelDeployments at once and measures, for each, the time from the apply to all five of its
+Adds simulated nodes (kwok's) with room for COUNT Triton pods, so that the pods are scheduled and run as in a
+cluster, creates COUNT ModelDeployments at once and measures, for each, the time from the apply to all five of its
 children (ServiceAccount, ConfigMap, Deployment, Service, PDB) being present (seen by watches, so that the
 harness adds no polling load); then lets the operator resync every object a few times (every
 --resync-seconds) and counts the objects Tollway wrote to (API writes per no-op resync, which must be 0)
@@ -12,7 +13,9 @@ namespace of 10 ModelDeployments behind a gateway of two ApiTiers, it runs the o
 long to happen, touches each object in turn (an annotation: a watch event that changes nothing) and counts
 the API reads (GET and LIST) the operator makes per event of a ModelDeployment and of an ApiTier, by the
 API server's own request counter (`apiserver_request_total`, less what the control plane's controllers
-read meanwhile). Prints figures; it is not a pass/fail test.
+read meanwhile). Last, a gateway of 100 ApiTiers and 1,000 API-key Secrets in front of 10 models: the time
+until every key is in Envoy's config, that config's size against a Secret's 1 MiB, how long a new key takes
+to reach it, and the CPU the gateway's translation takes. Prints figures; it is not a pass/fail test.
 
 The operator runs from this checkout; with PYTHONPATH naming another checkout's `operator` directory it
 runs from there (for figures before and after a change).
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
+import math
 import os
 import re
 import statistics
@@ -41,6 +46,8 @@ from kubernetes import client, config, watch
 
 from tollway.translate import translate_gateway
 
+from testbed import nodes
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "bench"
@@ -52,6 +59,7 @@ KEYS_TIERS, KEYS_MODELS, KEYS, NEW_KEYS = 100, 10, 1000, 5
 SECRET_LIMIT = 1024 * 1024
 """What the API server accepts in one Secret's data (decoded bytes)."""
 CHILDREN_TIMEOUT = 600
+BENCH_NODE_PODS, BENCH_NODE_FIRST = 110, 10  # pods (and GPUs) per added node; the first's pod CIDR index
 OURS = "app.kubernetes.io/managed-by=tollway"
 CHILD_KINDS = ("serviceaccounts", "configmaps", "deployments", "services", "poddisruptionbudgets")
 READS_MODELS = 10  # a gateway for 100 models is more than a Secret holds (1 MiB): it is not applied
@@ -252,6 +260,33 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def add_nodes(count: int) -> None:
+    """Simulated nodes (kwok's, like the control plane's own) with room for COUNT one-GPU Triton pods, and
+    wait until they are Ready: each offers BENCH_NODE_PODS pods and as many GPUs, since what the benchmark
+    loads is the number of pods, not the number of machines."""
+    version = client.VersionApi().get_code().git_version
+    for index in range(math.ceil(count / BENCH_NODE_PODS)):
+        node = nodes.node(BENCH_NODE_FIRST + index, kubelet_version=f"{version}-kwok")
+        node["metadata"]["name"] = f"bench-gpu-{index}"
+        capacity = {
+            **nodes.NODE_CAPACITY,
+            "pods": str(BENCH_NODE_PODS),
+            "nvidia.com/gpu": str(BENCH_NODE_PODS),
+        }
+        node["status"]["capacity"] = node["status"]["allocatable"] = capacity
+        try:
+            client.CoreV1Api().create_node(node)
+        except client.ApiException as error:
+            if error.status != 409:  # there from an earlier run
+                raise
+    while not all(
+        any(c.type == "Ready" and c.status == "True" for c in item.status.conditions or [])
+        and not any(t.key == "node.kubernetes.io/not-ready" for t in item.spec.taints or [])
+        for item in client.CoreV1Api().list_node().items
+    ):
+        time.sleep(1)
+
+
 def main() -> int:
     options = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -278,6 +313,7 @@ def main() -> int:
         )
         subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
 
+    add_nodes(count)
     try:
         with tollway_operator(kubeconfig, NAMESPACE, "bench-operator.log", resync) as operator:
             measure_resources(kubectl, count, operator, resync)
@@ -292,42 +328,56 @@ def main() -> int:
 
 
 class ChildrenWatch:
-    """When each model's children appeared, from a watch per kind (polling LISTs at 1,000 models would be load
-    on the API server of its own)."""
+    """When each model was created and when all its children had appeared, from a watch per kind (polling
+    LISTs at 1,000 models would be load on the API server of its own)."""
 
-    def __init__(self, started: float) -> None:
-        self.started = started
+    def __init__(self) -> None:
+        self.created: dict[str, float] = {}
         self.kinds: dict[str, set[str]] = {}
         self.done: dict[str, float] = {}
-        self._guard, self.stopped = threading.Lock(), threading.Event()
-        self._watches = [watch.Watch() for _ in CHILD_KINDS]
-        self._threads = [
-            threading.Thread(target=self._follow, args=(kind, stream), daemon=True)
-            for kind, stream in zip(CHILD_KINDS, self._watches, strict=True)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._guard, self._stopped = threading.Lock(), threading.Event()
+        models: Any = functools.partial(
+            client.CustomObjectsApi().list_namespaced_custom_object, "tollway.dev", "v1alpha1"
+        )
+        listings = {
+            **children_listings(),
+            "modeldeployments": functools.partial(models, plural="modeldeployments"),
+        }
+        self._watches = {kind: watch.Watch() for kind in listings}
+        for kind, listing in listings.items():
+            threading.Thread(target=self._follow, args=(kind, listing), daemon=True).start()
 
-    def _follow(self, kind: str, stream: watch.Watch) -> None:
-        listing = children_listings()[kind]
-        while not self.stopped.is_set():
-            try:
-                for event in stream.stream(listing, NAMESPACE, label_selector=OURS):
-                    if event["type"] == "ADDED":
-                        self._seen(event["object"].metadata.labels["tollway.dev/model"], kind)
-            except client.ApiException:  # a new API server's watch cache not ready yet: watch again (a
-                time.sleep(0.5)  # fresh watch lists what exists as ADDED first)
-
-    def _seen(self, model: str, kind: str) -> None:
+    def latencies(self) -> list[float]:
+        """Seconds from each model's creation to all its children present, of the models that have them."""
         with self._guard:
-            kinds = self.kinds.setdefault(model, set())
+            return sorted(
+                self.done[model] - self.created[model] for model in self.done if model in self.created
+            )
+
+    def _follow(self, kind: str, listing: Any) -> None:
+        selector = "" if kind == "modeldeployments" else OURS
+        while not self._stopped.is_set():
+            try:
+                for event in self._watches[kind].stream(listing, NAMESPACE, label_selector=selector):
+                    if event["type"] == "ADDED":
+                        self._seen(kind, event["object"])
+            except Exception:  # a new API server's watch cache not ready yet, or stop(): watch again, or end
+                time.sleep(0.5)  # (a fresh watch lists what exists as ADDED first)
+
+    def _seen(self, kind: str, item: Any) -> None:
+        now = time.monotonic()
+        with self._guard:
+            if kind == "modeldeployments":
+                self.created.setdefault(item["metadata"]["name"], now)
+                return
+            kinds = self.kinds.setdefault(item.metadata.labels["tollway.dev/model"], set())
             kinds.add(kind)
-            if len(kinds) == len(CHILD_KINDS) and model not in self.done:
-                self.done[model] = time.monotonic() - self.started
+            if len(kinds) == len(CHILD_KINDS):
+                self.done.setdefault(item.metadata.labels["tollway.dev/model"], now)
 
     def stop(self) -> None:
-        self.stopped.set()
-        for stream in self._watches:
+        self._stopped.set()
+        for stream in self._watches.values():
             stream.stop()
 
 
@@ -337,21 +387,26 @@ def measure_resources(
     """Reconcile latency of COUNT new ModelDeployments, writes and reads per no-op resync, peak RSS."""
     time.sleep(3)  # the operator lists and starts its watches
     manifests = "\n---\n".join(json.dumps(model_deployment(index)) for index in range(count))
+    watching = ChildrenWatch()
+    time.sleep(1)  # the watches are open
     started = time.monotonic()
-    watching = ChildrenWatch(started)
     subprocess.run(
-        [*kubectl, "apply", "-f", "-"], input=manifests, text=True, check=True, capture_output=True
+        [*kubectl, "apply", "--server-side", "-f", "-"],
+        input=manifests,
+        text=True,
+        check=True,
+        capture_output=True,
     )
     applied = time.monotonic() - started
     while len(watching.done) < count and time.monotonic() - started < CHILDREN_TIMEOUT:
         time.sleep(0.5)
     watching.stop()
-    latencies = sorted(watching.done.values())
+    latencies = watching.latencies()
     print(f"ModelDeployments: {count}, created by one kubectl apply in {applied:.2f}s")
     print(f"children present for {len(latencies)}/{count} within {CHILDREN_TIMEOUT} s")
     if latencies:
         median, p99 = statistics.median(latencies), latencies[max(0, int(len(latencies) * 0.99) - 1)]
-        print(f"reconcile latency (apply → all 5 children present): median {median:.2f}s, P99 {p99:.2f}s")
+        print(f"reconcile latency (created → all 5 children present): median {median:.2f}s, P99 {p99:.2f}s")
 
     # The Deployment controller works through the new Deployments; their status changes are real changes
     # that Tollway reports. Measure the no-op resync once it is done and the statuses have caught up.
