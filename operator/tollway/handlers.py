@@ -3,9 +3,10 @@
 Level-based: every watch event (any change to the resource, its status included) and a periodic resync
 (`reconcile.Resync`, started here) run the same reconcile, which writes nothing when nothing changed.
 The change handlers return None, so kopf writes no handler results into status (the index handlers
-return what kopf keeps in its indexes). No handler needs a finalizer, so
-resources stay deletable while the operator is away. kopf indexes the ApiTiers and ModelDeployments by
-namespace from its watch, so the reconciles find a namespace's without listing them.
+return what kopf keeps in its indexes). They are coroutines that only hand the reconcile over to the
+reconciler's own threads (`reconcile.Coalescer`), so kopf's event loop never waits for one. No handler
+needs a finalizer, so resources stay deletable while the operator is away. kopf indexes the ApiTiers and
+ModelDeployments by namespace from its watch, so the reconciles find a namespace's without listing them.
 """
 
 from __future__ import annotations
@@ -106,21 +107,21 @@ def _index_child(
 def _watch(handlers: kopf.OperatorRegistry, kind: type[Resource]) -> None:
     """Every watch event of `kind` runs the reconcile (the periodic resync runs it too: `Resync`)."""
 
-    def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+    async def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         memo.reconciler.resource_changed(kind, body, logger)
 
     kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-event", registry=handlers)(run)
 
 
 def _watch_secrets(handlers: kopf.OperatorRegistry) -> None:
-    def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+    async def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         memo.reconciler.secret_changed(body, logger)
 
     kopf.on.event(*SECRETS, id="secrets", when=_news, registry=handlers)(run)
 
 
 def _watch_child(handlers: kopf.OperatorRegistry, group: str, version: str, plural: str) -> None:
-    def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+    async def run(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         memo.reconciler.child_changed(body, logger)
 
     kopf.on.event(group, version, plural, labels=OURS, id=f"{plural}-child", when=_news, registry=handlers)(
@@ -139,15 +140,13 @@ def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Se
     _configure(kwargs["settings"])  # kopf names its own settings `settings`
     cache = WatchCache({index_id(kind): kwargs[index_id(kind)] for kind in RESOURCES})
     children = WatchedChildren({name: kwargs[name] for name in INDEX_IDS})
-    memo.reconciler = Reconciler(settings, KubeCluster(cache, children), LiveTelemetry(), clock)
+    cluster = KubeCluster(cache, children)
+    memo.reconciler = Reconciler(settings, cluster, LiveTelemetry(), clock, threads=RECONCILE_THREADS)
     memo.resync = Resync(memo.reconciler, logger)
     memo.resync.start()
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:
-    # Reconciles wait on the API server most of the time; more threads than kopf's default (cores + 4) keep
-    # a burst of new resources moving.
-    settings.execution.max_workers = RECONCILE_THREADS
     # kopf would post every log line of a handler as a Kubernetes Event too: a request per line, doubling the
     # events the reconciles record themselves, one per condition change (`reconcile/status.py`).
     settings.posting.enabled = False

@@ -44,7 +44,7 @@ def test_a_child_the_watch_shows_unchanged_is_not_read_again(
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
     namespace = cluster.namespace("apply-watched")
     watched: dict[str, str] = {}  # what kopf's index of ConfigMaps would hold: name → resourceVersion
-    applier = apply.Applier(lambda manifest: watched.get(manifest["metadata"]["name"]))
+    applier = apply.Applier(lambda manifest: watched.get(manifest["metadata"]["name"], apply.UNSEEN))
     reads = []
     real_read = apply.read
 
@@ -63,19 +63,22 @@ def test_a_child_the_watch_shows_unchanged_is_not_read_again(
     def live() -> dict[str, Any]:
         return cluster.get("configmap", "rendered", namespace)
 
-    assert applier.apply(manifest) and len(reads) == 1  # made
+    assert applier.apply(manifest) and not reads  # unseen by the watch: new, so applied without a read
     assert applier.is_current(live())  # its watch event is the echo of that write: no reconcile
-    assert not applier.apply(manifest) and len(reads) == 2  # the watch has not shown it yet: read
-    watched["rendered"] = live()["metadata"]["resourceVersion"]
-    assert not applier.apply(manifest) and len(reads) == 2  # watched at the version found current: no read
+    made = live()["metadata"]["resourceVersion"]
+    assert applier.apply(manifest) and not reads  # the watch lags: applied again, which changes nothing
+    assert live()["metadata"]["resourceVersion"] == made  # and writes nothing
+    watched["rendered"] = made
+    assert not applier.apply(manifest) and not reads  # watched at the version found current: no read
 
     cluster.patch("configmap", "rendered", namespace, {"data": {"model": "edited by hand"}})
     assert not applier.is_current(live())  # news: its event reconciles
     watched["rendered"] = live()["metadata"]["resourceVersion"]
-    assert applier.apply(manifest) and len(reads) == 3  # the watch shows a change: read, and restored
+    assert applier.apply(manifest) and len(reads) == 1  # the watch shows a change: read, and restored
     assert live()["data"] == {"model": "chat"}
 
     watched["rendered"] = live()["metadata"]["resourceVersion"]
+    assert not applier.apply(manifest) and len(reads) == 1
     changed = {**manifest, "data": {"model": "chat-v2"}}
-    assert applier.apply(changed) and len(reads) == 4  # a new rendering: read, and sent
+    assert applier.apply(changed) and len(reads) == 2  # a new rendering: read, and sent
     assert live()["data"] == {"model": "chat-v2"}

@@ -32,6 +32,7 @@ from tollway.ir.state import (
 from tollway.k8s.apply import ApplyError
 from tollway.k8s.cache import Seen, WatchCache, index_id
 from tollway.reconcile import Reconciler, Resync
+from tollway.reconcile.coalesce import Coalescer
 from tollway.settings import Settings
 
 from builders import api_tier, model_deployment
@@ -761,3 +762,36 @@ def test_once_the_operator_stops_queued_reconciles_return_at_once_and_a_running_
     assert bed.cluster.calls["apply_all"] == 1  # the re-run was dropped
     bed.resync.resync()
     assert bed.cluster.calls["apply_all"] == 1
+
+
+def test_with_threads_a_request_for_a_queued_object_takes_its_place_and_a_failure_ends_no_thread() -> None:
+    coalescer = Coalescer(threads=1)  # one thread: the requests run in the order they were first queued
+    busy, release, done = threading.Event(), threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hold(first: bool) -> bool:
+        busy.set()
+        assert release.wait(10)
+        return False
+
+    def fail(first: bool) -> bool:
+        raise ConnectionError("the API server is away")
+
+    def record(name: str) -> Callable[[bool], bool]:
+        def step(first: bool) -> bool:
+            ran.append(name)
+            if name == "last":
+                done.set()
+            return False
+
+        return step
+
+    coalescer.run(("ModelDeployment", "ai", "held"), hold)  # takes the only thread
+    assert busy.wait(10)
+    coalescer.run(("ModelDeployment", "ai", "chat"), fail)
+    coalescer.run(("ModelDeployment", "ai", "chat"), record("chat"))  # takes the queued request's place
+    coalescer.run(("ModelDeployment", "ai", "other"), fail)  # raises on the thread, which goes on
+    coalescer.run(("ModelDeployment", "ai", "last"), record("last"))
+    release.set()
+    assert done.wait(10)
+    assert ran == ["chat", "last"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.state import DeploymentState, PodProblem
+from tollway.k8s.apply import UNSEEN
 from tollway.k8s.cache import seen_by_namespace
 from tollway.k8s.watched import (
     CHILD_KINDS,
@@ -123,7 +124,7 @@ def test_lookups_answer_what_the_indexes_hold_and_none_for_what_they_do_not() ->
 
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": configmaps[1]["metadata"]}
     assert watched.version(configmap) == "7"
-    assert watched.version({**configmap, "metadata": {**configmap["metadata"], "name": "other"}}) is None
+    assert watched.version({**configmap, "metadata": {**configmap["metadata"], "name": "other"}}) == UNSEEN
     gateway = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": configmaps[2]["metadata"]}
     assert watched.version(gateway) == "41"
     assert watched.may_own("v1", "ConfigMap", "ai", "chat") and not watched.may_own(

@@ -176,6 +176,9 @@ def prune_named(namespace: str, label_selector: str, stale: Iterable[tuple[str, 
     return deleted
 
 
+UNSEEN = ""
+"""What `Applier`'s `watched` answers for a child of a watched kind that its watch has not seen."""
+
 ChildKey = tuple[str, str, str, str]
 """(apiVersion, kind, namespace, name)"""
 
@@ -183,8 +186,9 @@ ChildKey = tuple[str, str, str, str]
 class Applier:
     """`apply` that skips the read of a child the watch shows unchanged since it was last found current.
 
-    `watched(manifest)` answers the resourceVersion the operator's watch last saw of the child (None: not
-    seen, or a kind not watched). The memory holds a version and a hash per child.
+    `watched(manifest)` answers the resourceVersion the operator's watch last saw of the child, UNSEEN when
+    its watch has not seen it, None when its kind is not watched. The memory holds a version and a hash per
+    child.
     """
 
     def __init__(self, watched: Callable[[Mapping[str, Any]], str | None]) -> None:
@@ -200,9 +204,11 @@ class Applier:
         digest = metadata["annotations"][HASH_ANNOTATION]
         version = self._watched(desired)
         with self._guard:
-            if version is not None and self._current.get(key) == (version, digest):
+            if version and self._current.get(key) == (version, digest):
                 return False
-        live = read(desired)
+        # Not seen by its watch: new (or just gone), so apply without asking first; an apply that changes
+        # nothing (the watch lagging behind) writes nothing either.
+        live = None if version == UNSEEN else read(desired)
         sent = live is None or not contains(live, desired)
         if sent:
             live = _send(desired)

@@ -7,7 +7,7 @@ from functools import cache
 from kubernetes import client, config
 
 RECONCILE_THREADS = 20
-"""kopf's threads for the reconciles (`handlers`): they wait on the API server most of the time."""
+"""The reconciler's threads (`handlers`): reconciles wait on the API server most of the time."""
 
 
 @cache

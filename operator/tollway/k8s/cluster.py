@@ -9,7 +9,7 @@ from typing import Any
 
 from tollway.api import Resource
 from tollway.ir.state import DeploymentState, PodProblem
-from tollway.k8s import apply, events, resources, serving, status
+from tollway.k8s import apply, events, resources, status
 from tollway.k8s.cache import WatchCache
 from tollway.k8s.watched import MODEL_LABEL, WatchedChildren
 
@@ -32,8 +32,8 @@ class KubeCluster:
         return self.cache.resource(kind, namespace, name)
 
     def deployment_state(self, namespace: str, name: str) -> DeploymentState | None:
-        # Not watched yet: just made (or gone), so ask.
-        return self.children.deployment(namespace, name) or serving.deployment_state(namespace, name)
+        # None until the watch sees it: the Deployment controller's first status update reconciles again.
+        return self.children.deployment(namespace, name)
 
     def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
         return self.children.pod_problems(namespace, model)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tollway.ir.state import DeploymentState, PodProblem
+from tollway.k8s.apply import UNSEEN
 from tollway.k8s.cache import Index, snapshot
 
 #: Container waiting reasons that mean the pod will not start without a change.
@@ -149,12 +150,15 @@ class WatchedChildren:
         self._versions = {(kind.api_version, kind.kind): kind.index_id for kind in CHILD_KINDS}
 
     def version(self, manifest: Mapping[str, Any]) -> str | None:
-        """The resourceVersion the watch last saw of the child that `manifest` renders."""
+        """The resourceVersion the watch last saw of the child that `manifest` renders; UNSEEN: its watch has
+        not seen it; None: its kind is not watched."""
         metadata = manifest["metadata"]
         owned = self._owned(
             manifest["apiVersion"], manifest["kind"], str(metadata.get("namespace")), owner_of(metadata)
         )
-        return next((version for name, version in owned or () if name == metadata["name"]), None)
+        if owned is None:
+            return None
+        return next((version for name, version in owned if name == metadata["name"]), UNSEEN)
 
     def may_own(self, api_version: str, kind: str, namespace: str, model: str) -> bool:
         """Whether the model may have a child of this kind: False only when the kind is watched and the watch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import secrets
 import threading
 from collections.abc import Mapping
@@ -28,10 +29,13 @@ from tollway.translate.suspension import SecretMark, suspended_alerts, suspensio
 class Reconciler:
     """Tollway's reconciles and the state they share; kopf's memo holds the one instance (see `handlers`)."""
 
-    def __init__(self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock, threads: int = 0
+    ) -> None:
+        """`threads`: how many threads of its own run the reconciles (see Coalescer); 0: the caller's."""
         self.settings, self.cluster, self.telemetry, self.clock = settings, cluster, telemetry, clock
         self.observer = Observer(settings, cluster, telemetry, clock)
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(threads)
         self.listed = threading.Event()
         """Set by the first watch event: kopf runs handlers only once its indexes hold the initial listing
         of every watched kind. Before that `Cluster.cached_resources` may answer with nothing, and a resync
@@ -88,6 +92,9 @@ class Reconciler:
     # The reconciles.
 
     def reconcile(self, kind: type[Resource], body: Mapping[str, Any], logger: Logger) -> None:
+        body = copy.deepcopy(
+            dict(body)
+        )  # it may run on another thread, after kopf reused what it handed over
         metadata = body.get("metadata") or {}
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
 
