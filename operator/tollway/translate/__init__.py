@@ -214,9 +214,11 @@ def kept_or_fresh(secrets: Iterable[Mapping[str, Any]], name: str, key: str, fre
 
 
 def _wire(kind: type[Resource], status: dict[str, Any]) -> dict[str, Any]:
-    """The status in the form the API server stores: camelCase, only the fields Tollway set."""
+    """The status in the form the API server stores: camelCase, defaults included (the API server fills in
+    the CRD's defaults, so a status without them never equals what it holds and would be written again on
+    every reconcile), unset optional fields left out."""
     typed = kind.status_model.model_validate(status)
-    return typed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    return typed.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 @dataclass(frozen=True)
