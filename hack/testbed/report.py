@@ -337,8 +337,8 @@ def text(report: Report) -> str:
         ),
         "",
         report.resource_table,
-        "Why not Ready here: the local control plane runs no pods (no kubelet) and no KEDA; the data path",
-        "above ran beside it, on loopback, from the same resources. What the operator says:",
+        "What the operator says (its pods run on the test bed's simulated nodes, which run no container: the",
+        "data path above ran beside them, on loopback, from the same resources):",
     ]
     lines += [
         f"  {condition.resource} {condition.type}={condition.status} {condition.reason}: {condition.message}"

@@ -33,9 +33,9 @@ Traffic through the gateway (2 Envoy replicas, one ratelimit service on Redis):
   carol     enterprise     30       30        0     240      480  USD  0.000672   30 allowed (6000/min)
 
 Latency"""
-WHY_NOT_READY = """\
-Why not Ready here: the local control plane runs no pods (no kubelet) and no KEDA; the data path
-above ran beside it, on loopback, from the same resources. What the operator says:
+CONDITIONS = """\
+What the operator says (its pods run on the test bed's simulated nodes, which run no container: the
+data path above ran beside them, on loopback, from the same resources):
   ModelDeployment/chat Ready=False NoReplicas: 0 of 1 replicas ready"""
 TIERS = {
     document["metadata"]["name"]: document["spec"]
@@ -125,7 +125,7 @@ def test_a_run_that_behaved_prints_the_readmes_report_and_passes() -> None:
     )
     assert deprecated in printed and "  sunset: Fri, 15 Jan 2027 00:00:00 GMT\n" in printed
     assert "requests and tokens per consumer equal what the clients received.\n\nNAME " in printed
-    assert printed.endswith(f"\n\n{RESOURCE_TABLE}\n{WHY_NOT_READY}")
+    assert printed.endswith(f"\n\n{RESOURCE_TABLE}\n{CONDITIONS}")
     verdict = judge(report)
     assert verdict.reasons == () and verdict.exit_code == 0
     assert verdict.text(35.2) == "\nEverything behaved as configured (35s)."
