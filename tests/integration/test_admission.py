@@ -96,7 +96,7 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     triton += ["poddisruptionbudget"] * 3  # not search's: it never runs more than one replica
     triton += ["networkpolicy", "secret", "service"] * 4  # who may reach Triton; its admin key; its pods
     monitoring = ["configmap", "servicemonitor", "prometheusrule"] * 4  # a dashboard ConfigMap each
-    scaling = ["horizontalpodautoscaler"] * 2 + ["scaledobject"]  # chat, assistant on the HPA; embed on KEDA
+    scaling = ["horizontalpodautoscaler"] * 3  # chat, assistant and embed (search never scales)
     gateway = ["secret", "configmap", "configmap"]  # Envoy's config, ratelimit rules, capacity document
     gateway += ["deployment", "service"] * 3 + ["poddisruptionbudget"] * 2
     gateway += ["servicemonitor"] * 2 + ["prometheusrule"]  # Envoy's and the ratelimit service's
@@ -112,4 +112,4 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     # Server-side, as the operator applies: a client-side apply would copy the Envoy config Secret into an
     # annotation, which cannot hold it.
     accepted = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(tmp_path))
-    assert accepted.stdout.count("(server dry run)") == len(kinds) - len(third_party) == len(kinds) - 12
+    assert accepted.stdout.count("(server dry run)") == len(kinds) - len(third_party) == len(kinds) - 11
