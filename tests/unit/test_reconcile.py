@@ -349,7 +349,9 @@ def test_an_object_deleted_during_its_reconcile_is_not_run_again(bed: Bed) -> No
     assert bed.cluster.calls["apply_all"] == 2
 
 
-def test_a_failed_reconcile_leaves_the_object_free_for_the_next(bed: Bed) -> None:
+def test_a_failed_reconcile_is_logged_for_its_object_and_leaves_it_free_for_the_next(
+    bed: Bed, caplog: pytest.LogCaptureFixture
+) -> None:
     body = bed.cluster.add(model_deployment("chat"))
 
     def fail_once(manifests: list[Mapping[str, Any]]) -> None:
@@ -357,8 +359,11 @@ def test_a_failed_reconcile_leaves_the_object_free_for_the_next(bed: Bed) -> Non
         raise ConnectionError("the API server went away")
 
     bed.cluster.on_apply = fail_once
-    with pytest.raises(ConnectionError):
+    with caplog.at_level(logging.ERROR):
         bed.reconciler.reconcile(ModelDeployment, body, LOG)
+    failures = [record.exc_info[1] for record in caplog.records if record.exc_info]
+    assert len(failures) == 1 and isinstance(failures[0], ConnectionError)
+    assert "ModelDeployment/chat/status" not in bed.cluster.writes
     bed.reconciler.reconcile(ModelDeployment, body, LOG)
     assert "ModelDeployment/chat/status" in bed.cluster.writes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -103,7 +103,7 @@ class Reconciler:
             current = body if first else self.cluster.cached_resource(kind, namespace, name)
             if current is None:
                 return False
-            self._reconcile_once(kind, current, logger)
+            _logged(logger, lambda: self._reconcile_once(kind, current, logger))
             return True
 
         self.coalescer.run((kind.kind_name, namespace, name), step)
@@ -112,7 +112,7 @@ class Reconciler:
         """Converge the namespace's gateway (Envoy, ratelimit, Redis, their config) and its tiers' status."""
 
         def step(_: bool) -> bool:
-            self._reconcile_gateway_once(namespace, logger)
+            _logged(logger, lambda: self._reconcile_gateway_once(namespace, logger))
             return True
 
         self.coalescer.run(("Gateway", namespace, GATEWAY_NAME), step)
@@ -216,6 +216,15 @@ class Reconciler:
         error = self.telemetry.post_alerts(url, alerts)
         if error:
             logger.warning("cannot tell Alertmanager of %d suspended keys: %s", len(alerts), error)
+
+
+def _logged(logger: Logger, reconcile: Callable[[], None]) -> None:
+    """Run a reconcile; a failure (the API server away, a request refused) is logged with the object it was
+    for, since the reconcile may run on a thread of the Coalescer's, where no caller would see it."""
+    try:
+        reconcile()
+    except Exception as error:
+        logger.exception("the reconcile failed, the next event or resync tries again: %s", error)
 
 
 def _marked(secret: Body, mark: SecretMark | None) -> Body:
