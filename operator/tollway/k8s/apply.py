@@ -188,7 +188,7 @@ class Applier:
 
     `watched(manifest)` answers the resourceVersion the operator's watch last saw of the child, UNSEEN when
     its watch has not seen it, None when its kind is not watched. The memory holds a version and a hash per
-    child.
+    child applied since the operator started (a deleted model's stay until it restarts: ~200 bytes each).
     """
 
     def __init__(self, watched: Callable[[Mapping[str, Any]], str | None]) -> None:

@@ -42,7 +42,7 @@ class KubeCluster:
         # Not watched yet: maybe just made, and a generated value must never be drawn twice, so ask.
         return self.children.secret(namespace, name) or resources.read_secret(namespace, name)
 
-    def apply_all(self, manifests: Any) -> int:
+    def apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> int:
         return self.applier.apply_all(manifests)
 
     def is_current(self, child: Mapping[str, Any]) -> bool:
