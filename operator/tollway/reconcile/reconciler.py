@@ -92,9 +92,8 @@ class Reconciler:
     # The reconciles.
 
     def reconcile(self, kind: type[Resource], body: Mapping[str, Any], logger: Logger) -> None:
-        body = copy.deepcopy(
-            dict(body)
-        )  # it may run on another thread, after kopf reused what it handed over
+        # It may run on another thread, after kopf has reused what it handed over.
+        body = copy.deepcopy(dict(body))
         metadata = body.get("metadata") or {}
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
 

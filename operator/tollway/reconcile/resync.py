@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment
 from tollway.reconcile.reconciler import Reconciler
@@ -48,12 +46,13 @@ class Resync(threading.Thread):
             except Exception:  # the API server away for a moment must not end the loop
                 self.logger.exception("resync could not list resources; the next resync retries")
                 continue
+            # A reconcile logs its own failure (with its object), so one object's never ends the pass.
             for body in models:
                 if self.stopping.is_set():
                     return
-                self._reconcile(body)
+                self.reconciler.reconcile(ModelDeployment, body, self.logger)
             for gateway in sorted({tier["metadata"]["namespace"] for tier in tiers}):
-                self._reconcile_gateway(gateway)
+                self.reconciler.reconcile_gateway(gateway, self.logger)
 
     def _standing_by(self, namespace: str | None) -> bool:
         """Whether kopf's peering object (cluster-wide, or this namespace's) names a live replica that
@@ -67,16 +66,3 @@ class Resync(threading.Thread):
             self.logger.exception("resync could not read the peering object; the next resync retries")
             return True
         return outranked(peers, self.reconciler.settings.peering_priority, self.reconciler.clock())
-
-    def _reconcile_gateway(self, namespace: str) -> None:
-        try:
-            self.reconciler.reconcile_gateway(namespace, self.logger)
-        except Exception:  # one namespace's failure must not stop the resync of the others
-            self.logger.exception("resync of the gateway of %s failed; the next resync retries", namespace)
-
-    def _reconcile(self, body: Mapping[str, Any]) -> None:
-        try:
-            self.reconciler.reconcile(ModelDeployment, body, self.logger)
-        except Exception:  # one object's failure must not stop the resync of the others
-            name = f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
-            self.logger.exception("resync of ModelDeployment %s failed; the next resync retries", name)
