@@ -240,6 +240,8 @@ def test_a_stream_is_passed_on_chunk_by_chunk_and_metered_from_its_last_usage_co
         "left_output": "50",
         "left_unreported": "0",
         "settle": "17",  # 57 used, 40 reserved
+        "cached_input": "0",
+        "cached_output": "0",
         "from_model": "1",
     }
 
@@ -373,3 +375,51 @@ def test_a_model_stream_infer_response_is_passed_on_and_metered(gateway: Gateway
     assert handle.chunks_read == 3 and handle.errors == []
     assert handle.tollway["input_tokens"] == "5" and handle.tollway["output_tokens"] == "1"
     assert handle.tollway["from_model"] == "1"
+
+
+def test_only_the_gateway_tells_a_models_openai_server_that_a_tier_opted_out_of_its_cache() -> None:
+    data = openai_data()
+    data["tiers"]["pro"]["cache_off"] = True
+    opted_out = GatewayProgram(data, NOW).request(CHAT, chat(), route=OPENAI)
+    assert opted_out.header_values["x-tollway-cache"] == "off"
+    # A client's own header never reaches the model: one that says "off" cannot make another tier's request
+    # skip the cache, and nothing else it writes there is read.
+    forged = GatewayProgram(openai_data(), NOW).request(
+        {**CHAT, "x-tollway-cache": "off"}, chat(), route=OPENAI
+    )
+    assert forged.reply is None and "x-tollway-cache" not in forged.header_values
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_answer_from_the_cache_is_metered_as_cached_tokens_too(
+    gateway: GatewayProgram, streamed: bool
+) -> None:
+    headers = {**(STREAMED if streamed else ANSWERED), "x-tollway-cache": "hit", "age": "12"}
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 7}}
+    whole = json.dumps({"choices": [{"message": {"content": "a b c"}}], "usage": usage}).encode()
+    chunks = [event("a ", 7, 1), event("b ", 7, 2), event("c ", 7, 3), b"data: [DONE]\n\n"]
+    handle = gateway.response(
+        headers,
+        None if streamed else whole,
+        metadata=streamed_state(),
+        chunks=chunks if streamed else None,
+        clock=[START_MS + 5, START_MS + 6],
+    )
+    assert handle.errors == []
+    found = handle.tollway
+    assert (found["cache"], found["input_tokens"], found["output_tokens"]) == ("hit", "7", "3")
+    assert (found["cached_input"], found["cached_output"], found["from_model"]) == ("7", "3", "1")
+
+
+@pytest.mark.parametrize(
+    ("said", "recorded"), [("miss", "miss"), ("skip", "skip"), ("off", "off"), ("HIT", None)]
+)
+def test_other_answers_are_metered_as_made_by_the_model(
+    gateway: GatewayProgram, said: str, recorded: str | None
+) -> None:
+    chunks = [event("a ", 7, 1), b"data: [DONE]\n\n"]
+    headers = {**STREAMED, "x-tollway-cache": said}
+    handle = gateway.response(headers, metadata=streamed_state(), chunks=chunks, clock=[START_MS + 5])
+    assert handle.tollway.get("cache") == recorded
+    assert (handle.tollway["cached_input"], handle.tollway["cached_output"]) == ("0", "0")
+    assert handle.tollway["output_tokens"] == "1"

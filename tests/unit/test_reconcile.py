@@ -171,7 +171,7 @@ class FakeCluster:
         return []
 
     def prune_named(
-        self, namespace: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
+        self, namespace: str, owner: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
     ) -> list[str]:
         return []
 

@@ -420,6 +420,53 @@ def test_usage_and_cost_per_consumer_come_from_the_gateways_counters(tmp_path: P
     passes_promtool(tmp_path, tests)
 
 
+def test_cached_tokens_are_billed_at_the_tiers_cached_price_and_hits_make_a_ratio(tmp_path: Path) -> None:
+    """pro charges 0.0005 / 0.0015 per 1k input / output tokens and 0.0001 for an answer from a cache; bob
+    uses 1000 and 500 a minute, of which 400 and 100 were answers from the cache."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": gateway_rule_groups(example_gateway())}))
+
+    def answers(result: str, per_minute: int) -> dict[str, str]:
+        labels = f'namespace="ai",pod="gateway-0",model="assistant",version="1",tier="pro",cache="{result}"'
+        return {"series": f"envoy_tollway_cache_answers{{{labels}}}", "values": f"0+{per_minute}x1500"}
+
+    bob = {"namespace": "ai", "tier": "pro", "consumer": "bob"}
+    usage = [
+        _bob("envoy_tollway_usage_input", "0+1000x1500"),
+        _bob("envoy_tollway_usage_output", "0+500x1500"),
+        _bob("envoy_tollway_usage_cached_input", "0+400x1500"),
+        _bob("envoy_tollway_usage_cached_output", "0+100x1500"),
+        answers("hit", 3),
+        answers("miss", 1),
+        answers("skip", 5),  # requests that sample are not looked up: not in the ratio
+    ]
+    day = 1440 * (1000 * 0.0005 + 500 * 0.0015 - 400 * 0.0005 - 100 * 0.0015 + 500 * 0.0001) / 1000
+    ratio = {"namespace": "ai", "model": "assistant", "tier": "pro"}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": usage,
+            "promql_expr_test": [
+                {
+                    "expr": 'round(tollway:consumer_cost:per_day{namespace="ai"} * 1000)',
+                    "eval_time": "1500m",
+                    "exp_samples": [
+                        {"labels": _labels("", currency="USD", **bob), "value": round(day * 1000)}
+                    ],
+                },
+                {
+                    "expr": 'tollway:cache_hit_ratio:rate5m{namespace="ai"}',
+                    "eval_time": "1500m",
+                    "exp_samples": [
+                        {"labels": _labels("tollway:cache_hit_ratio:rate5m", **ratio), "value": 0.75}
+                    ],
+                },
+            ],
+        }
+    ]
+    assert round(day, 3) == 1.368  # against 1.8 at the full prices (the test above)
+    passes_promtool(tmp_path, tests)
+
+
 def _pro_alert(name: str) -> dict[str, Any]:
     return next(
         rule

@@ -155,6 +155,17 @@ class Pricing(TollwayModel):
     currency: Currency = "USD"
     input_per1k_tokens: DecimalString = Field(default="0", alias="inputPer1kTokens")
     output_per1k_tokens: DecimalString = Field(default="0", alias="outputPer1kTokens")
+    cached_per1k_tokens: DecimalString | None = Field(default=None, alias="cachedPer1kTokens")
+    """The price of every token (prompt and completion) of an answer served from a model's answer cache.
+    Unset: the input and output prices, as for an answer the model made."""
+
+
+class TierCache(TollwayModel):
+    """How the models' answer caches (ModelDeployment spec.cache) treat this tier's requests."""
+
+    enabled: bool = True
+    """False: this tier's requests are never answered from a cache nor fill one (data that must not be
+    shared through a cache). Its answers then say `x-tollway-cache: off`."""
 
 
 class OverLimit(TollwayModel):
@@ -354,6 +365,7 @@ class ApiTierSpec(TollwayModel):
     )
     auth: Auth
     pricing: Pricing = Pricing()
+    cache: TierCache = TierCache()
     over_limit: OverLimit = OverLimit()
     alerts: UsageAlerts = UsageAlerts()
     sampling: Sampling = Sampling()

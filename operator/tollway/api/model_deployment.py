@@ -218,10 +218,23 @@ class QueuePolicy(TollwayModel):
 
 
 class Cache(TollwayModel):
-    """Triton's response cache."""
+    """Answers kept for identical requests. A chat or completion model (which Triton serves decoupled, out
+    of reach of its own response cache) is cached by its OpenAI server: keyed on the prompt, the resolved
+    version and every parameter, with a TTL, per pod or shared. Any other model uses Triton's response
+    cache, per pod, which keys on the model, version and input tensors only."""
 
     enabled: bool = False
     size_bytes: int = Field(default=268_435_456, ge=1, json_schema_extra={"format": "int64"})
+    """The bound: per pod (`store: pod`), or the memory of the model's shared cache (`store: shared`)."""
+    store: Literal["pod", "shared"] = "pod"
+    """pod: each replica keeps its own answers; shared: one Redis (a child of the model, its pods only) for
+    every replica, so that hits do not fall as the model scales out. Chat and completion models only."""
+    ttl_seconds: int = Field(default=3600, ge=1, le=2_592_000)
+    """How long a chat or completion answer is served from the cache (Triton's cache keeps entries until
+    they are evicted)."""
+    sampled: bool = False
+    """Also cache chat and completion requests that sample (temperature > 0 and no seed): repeats then get
+    the first answer instead of a new sample. Off: only deterministic requests are cached."""
 
 
 class Optimization(TollwayModel):
@@ -354,12 +367,12 @@ class ModelDeploymentSpec(TollwayModel):
             ),
         ),
         Rule(
-            field=".cache.enabled",
-            message="a chat or completion model streams (Triton serves it decoupled), which Triton's "
-            "response cache does not support",
-            cel="!(has(self.model.openai) && self.model.openai.kind in ['chat', 'completion']) "
-            "|| !self.cache.enabled",
-            holds=lambda spec: not (spec.model.streams and spec.cache.enabled),
+            field=".cache.store",
+            message="store shared needs a chat or completion model: Triton's own response cache, which "
+            "every other model uses, is per pod",
+            cel="self.cache.store != 'shared' "
+            "|| (has(self.model.openai) && self.model.openai.kind in ['chat', 'completion'])",
+            holds=lambda spec: spec.cache.store != "shared" or spec.model.streams,
         ),
         Rule(
             field=".batching.preferredBatchSizes",

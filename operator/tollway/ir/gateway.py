@@ -212,6 +212,10 @@ class Tier:
     currency: str = "USD"
     input_price_per_1k: str = "0"
     output_price_per_1k: str = "0"
+    cached_price_per_1k: str | None = None
+    """Every token of an answer from a model's answer cache; None: the input and output prices."""
+    cache: bool = True
+    """Whether the models' answer caches may serve and keep this tier's requests."""
     usage_spike_factor: float = 3.0
     near_limit_ratio: float = 0.9
     near_limit_hours: int = 3

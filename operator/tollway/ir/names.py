@@ -6,6 +6,8 @@ from __future__ import annotations
 
 GATEWAY_NAME = "tollway-gateway"
 """The one gateway of each namespace that has an ApiTier."""
+MODEL_LABEL = "tollway.dev/model"
+"""The label that names the ModelDeployment a child (or a pod of one) belongs to."""
 
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 OPENAI_PORT = 9000
@@ -18,6 +20,8 @@ TRITON_KEY_HEADER = "tollway-admin-key"
 gRPC Triton reads it as `triton-grpc-protocol-tollway-admin-key`. Only the operator holds the value."""
 TRITON_KEY = "admin-key"
 """The data key of a model's key Secret (`serving_children(...)["triton"]`) that holds that value."""
+CACHE_PASSWORD = "cache-password"
+"""The data key of that Secret that holds the password of the model's shared answer cache (its Redis)."""
 REDIS_PASSWORD = "password"
 """The data key of the gateway's Redis Secret (`gateway_children(...)["redis"]`)."""
 
@@ -66,6 +70,7 @@ def serving_children(model_deployment: str) -> dict[str, str]:
         "pods": f"{model_deployment}-triton-pods",  # the headless Service the gateway balances over
         "config": f"{model_deployment}-model-config",
         "dashboard": f"{model_deployment}-dashboard",
+        "cache": f"{model_deployment}-cache",  # the shared answer cache (spec.cache.store: shared)
     }
 
 
@@ -84,6 +89,11 @@ def gateway_children(gateway: str) -> dict[str, str]:
 def serving_pod_labels(model_deployment: str) -> dict[str, str]:
     """What selects a ModelDeployment's Triton pods (its Deployment, Service, PDB, NetworkPolicy)."""
     return {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": model_deployment}
+
+
+def cache_pod_labels(model_deployment: str) -> dict[str, str]:
+    """What selects a ModelDeployment's shared answer cache pod (its Redis)."""
+    return {"app.kubernetes.io/name": "answer-cache", "app.kubernetes.io/instance": model_deployment}
 
 
 def gateway_pod_labels(gateway: str, component: str) -> dict[str, str]:

@@ -42,6 +42,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AnswerCache:
+    """The OpenAI server's cache of a chat or completion model's answers (spec.cache)."""
+
+    shared: bool
+    """One Redis for every replica (a child of the model); else each server keeps its own."""
+    size_bytes: int
+    ttl_seconds: int
+    sampled: bool
+    """Requests that sample are cached too."""
+    redis_image: str
+    """The shared cache's image."""
+
+
+@dataclass(frozen=True)
 class OpenAISide:
     """The OpenAI side of a model (spec.model.openai): `tollway openai-server` beside Triton in each pod, and
     how it maps a request onto the model's tensors."""
@@ -55,6 +69,7 @@ class OpenAISide:
     embedding_output: str
     chat_template: str | None = None
     """None: the chat template of the tokenizer_config.json in the model's directory."""
+    cache: AnswerCache | None = None
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tollway.api import Resource
+from tollway.ir.names import MODEL_LABEL
 from tollway.ir.state import DeploymentState, PodProblem
 from tollway.k8s import apply, events, resources, status
 from tollway.k8s.cache import WatchCache
-from tollway.k8s.watched import MODEL_LABEL, WatchedChildren
+from tollway.k8s.watched import WatchedChildren
 
 
 class KubeCluster:
@@ -60,6 +61,13 @@ class KubeCluster:
     mark_secret = staticmethod(resources.mark_secret)
     peering_peers = staticmethod(resources.peering_peers)
     served = staticmethod(apply.served)
-    prune_named = staticmethod(apply.prune_named)
+
+    def prune_named(
+        self, namespace: str, owner: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
+    ) -> list[str]:
+        # What the watch shows does not exist is not asked about (a read per name a reconcile, else).
+        possible = [child for child in stale if self.children.may_exist(*child, namespace, owner)]
+        return apply.prune_named(namespace, label_selector, possible)
+
     apply_status = staticmethod(status.apply_status)
     record_event = staticmethod(events.record_event)

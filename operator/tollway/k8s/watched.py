@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tollway.ir.names import MODEL_LABEL
 from tollway.ir.state import DeploymentState, PodProblem
 from tollway.k8s.apply import UNSEEN
 from tollway.k8s.cache import Index, snapshot
@@ -26,7 +27,6 @@ from tollway.k8s.cache import Index, snapshot
 STUCK = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"}
 )
-MODEL_LABEL = "tollway.dev/model"
 GATEWAY_LABEL = "tollway.dev/gateway"
 #: The label every child carries (and Triton's pods, through their template), which the watches select on.
 OURS = {"app.kubernetes.io/managed-by": "tollway"}
@@ -165,6 +165,12 @@ class WatchedChildren:
         shows none."""
         owned = self._owned(api_version, kind, namespace, model)
         return owned is None or bool(owned)
+
+    def may_exist(self, api_version: str, kind: str, name: str, namespace: str, owner: str) -> bool:
+        """Whether the owner may have this child: False only when its kind is watched and the watch does not
+        show it."""
+        owned = self._owned(api_version, kind, namespace, owner)
+        return owned is None or any(found == name for found, _ in owned)
 
     def _owned(self, api_version: str, kind: str, namespace: str, owner: str) -> list[tuple[str, str]] | None:
         """(name, resourceVersion) of the owner's children of a kind, as watched; None: the kind is not."""

@@ -89,9 +89,10 @@ class Cluster(Protocol):
         ...
 
     def prune_named(
-        self, namespace: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
+        self, namespace: str, owner: str, label_selector: str, stale: Iterable[tuple[str, str, str]]
     ) -> list[str]:
-        """Delete these (apiVersion, kind, name)s where they carry the selector's labels."""
+        """Delete these (apiVersion, kind, name)s where they carry the selector's labels; `owner` (a model's
+        name, or "gateway/NAME") lets the watches skip what they show does not exist."""
         ...
 
     def apply_status(

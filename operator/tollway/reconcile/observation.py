@@ -55,6 +55,7 @@ class Observer:
             tier_priorities=tuple(tier_priority(tier) for tier in tiers),
             storage_initializer_image=self.settings.storage_initializer_image,
             tollway_image=self.settings.tollway_image,
+            redis_image=self.settings.gateway.runtime.images.redis,
             prometheus_url=self.settings.prometheus_url or PROMETHEUS_URL,
             monitoring=self.monitoring_served(),
             network=self.settings.network,

@@ -12,7 +12,7 @@ from typing import Any
 
 from tollway.api import ApiTier, ModelDeployment, Resource
 from tollway.ir.gateway import Gateway
-from tollway.ir.names import GATEWAY_NAME
+from tollway.ir.names import GATEWAY_NAME, MODEL_LABEL
 from tollway.ir.state import GatewayState
 from tollway.k8s.apply import ApplyError
 from tollway.reconcile.cluster import Body, Clock, Cluster, Telemetry
@@ -59,7 +59,7 @@ class Reconciler:
         model's Triton key), or any other: maybe an API key."""
         self.listed.set()
         labels = secret["metadata"].get("labels") or {}
-        if labels.get("tollway.dev/gateway") or labels.get("tollway.dev/model"):
+        if labels.get("tollway.dev/gateway") or labels.get(MODEL_LABEL):
             self.child_changed(secret, logger)
         else:
             self.gateway_inputs_changed(secret["metadata"].get("namespace"), logger)
@@ -72,7 +72,7 @@ class Reconciler:
         if labels.get("tollway.dev/gateway"):
             self.reconcile_gateway(metadata["namespace"], logger)
             return
-        owner = labels.get("tollway.dev/model")
+        owner = labels.get(MODEL_LABEL)
         if owner:
             body = self.cluster.cached_resource(ModelDeployment, metadata["namespace"], owner)
             if body is not None:
@@ -136,6 +136,13 @@ class Reconciler:
             )
             if removed:
                 logger.info("removed children no longer rendered: %s", ", ".join(removed))
+        if result.stale:
+            name = metadata["name"]
+            removed = self.cluster.prune_named(
+                metadata["namespace"], name, f"{MODEL_LABEL}={name}", result.stale
+            )
+            if removed:
+                logger.info("removed children no longer rendered: %s", ", ".join(removed))
         write_status(self.cluster, kind, body, result.status, logger)
 
     def _reconcile_gateway_once(self, namespace: str, logger: Logger) -> None:
@@ -166,7 +173,9 @@ class Reconciler:
                 logger.info(
                     "gateway of %s: applied %d of %d children", namespace, sent, len(result.manifests)
                 )
-            removed = self.cluster.prune_named(namespace, f"tollway.dev/gateway={GATEWAY_NAME}", result.stale)
+            removed = self.cluster.prune_named(
+                namespace, f"gateway/{GATEWAY_NAME}", f"tollway.dev/gateway={GATEWAY_NAME}", result.stale
+            )
             if removed:
                 logger.info("gateway of %s: removed %s", namespace, ", ".join(removed))
         self._tell_of_suspensions(result.plan.gateway, now, logger)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import format_datetime
@@ -183,6 +183,8 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
             "signals": tier.key_signals is not None,
             "prompt": [_prompt_check(gateway, check) for check in tier.prompt_checks],
         }
+        if not tier.cache:  # only then: the config's size grows with the tiers
+            tiers[tier.name]["cache_off"] = True
     data = {
         "capacity_file": gateway.runtime.capacity_file,
         "capacity_seconds": CAPACITY_REREAD_SECONDS,
@@ -628,6 +630,12 @@ ABANDONED = (
 reached the end of the gateway's Lua program."""
 
 
+CACHED_COUNTS = {"usage_cached_input": "cached_input", "usage_cached_output": "cached_output"}
+"""What an answer from a model's answer cache adds to the cached-token counters, besides the usage counters
+(which count its tokens like any other's): the cost rules price these at the tier's cached price."""
+CACHE_HIT = "metadata.filter_metadata.tollway.cache == 'hit'"
+
+
 def _present(key: str) -> Config:
     """An access log filter: the Lua programs set `key`."""
     matcher = {"filter": "tollway", "path": [{"key": key}], "value": {"present_match": True}}
@@ -642,7 +650,8 @@ def _usage_logs() -> list[Config]:
     on the gateway's side of the model. The tags come from the Lua program's metadata (names of configured
     tiers and consumers, never a value a client writes), so their number is bounded by the configuration.
     Also the streams' time to first token and per output token (envoy_tollway_stream_*_ms), by model,
-    version and tier."""
+    version and tier; and what the models' answer caches said of each OpenAI answer (envoy_tollway_cache_
+    answers, by model, version, tier and result: hit, miss, skip or off) with the tokens of the hits."""
     abandoned = {
         "and_filter": {
             "filters": [
@@ -666,13 +675,30 @@ def _usage_logs() -> list[Config]:
             for when, counts in ((_present("from_model"), ANSWERED_COUNTS), (abandoned, ABANDONED_COUNTS))
         ),
         *(_stats_log(_present(key), histograms=[_histogram(key)]) for key in STREAM_TIMES),
+        _stats_log(
+            {"and_filter": {"filters": [_present("from_model"), _cel(CACHE_HIT)]}},
+            counters=[
+                *_counters(CACHED_COUNTS, tags),
+                *_counters(_per_model(CACHED_COUNTS, "cached_"), by_model),
+            ],
+        ),
+        _stats_log(
+            _present("cache"),
+            counters=[
+                {
+                    "stat": {"name": "cache_answers", "tags": _tags("model", "version", "tier", "cache")},
+                    "value_fixed": 1,
+                }
+            ],
+        ),
     ]
 
 
-def _per_model(counts: dict[str, str | None]) -> dict[str, str | None]:
+def _per_model(counts: Mapping[str, str | None], kind: str = "") -> dict[str, str | None]:
     """The token counts of `counts` again, as the per-model counters (envoy_tollway_model_*_tokens, by model,
-    version and tier) the cost rules read: the same numbers a tier is charged, set against a model's cost."""
-    return {f"model_{kind}_tokens": counts[f"usage_{kind}"] for kind in ("input", "output")}
+    version and tier) the cost rules read: the same numbers a tier is charged, set against a model's cost.
+    `kind`: "cached_" for the counts of cached tokens (envoy_tollway_model_cached_*_tokens)."""
+    return {f"model_{kind}{way}_tokens": counts[f"usage_{kind}{way}"] for way in ("input", "output")}
 
 
 SLA_COUNTED = "has(metadata.filter_metadata.tollway.tier) && response.code != 429 && response.code != 0"
@@ -867,7 +893,7 @@ def _tags_named(**keys: str) -> list[Config]:
     ]
 
 
-def _counters(counts: dict[str, str | None], tags: list[Config]) -> list[Config]:
+def _counters(counts: Mapping[str, str | None], tags: list[Config]) -> list[Config]:
     """Counters (counter → metadata holding how much, None: one) with `tags`."""
     found = []
     for kind, metadata in counts.items():

@@ -24,9 +24,9 @@ from tollway.ir.names import (
     in_cluster_host,
 )
 from tollway.ir.network import NetworkPeers
-from tollway.render.credentials import digest, from_secret, secret
+from tollway.render.credentials import digest, from_secret, redis_args, secret
 from tollway.render.envoy import bootstrap, clusters, listeners
-from tollway.render.meta import MANAGED_BY
+from tollway.render.meta import MANAGED_BY, RESTRICTED_CONTAINER, pod_security
 from tollway.render.monitoring import MONITORING_API, gateway_rule_groups, scrape_annotations, service_monitor
 from tollway.render.network import API_VERSION as NETWORK_API
 from tollway.render.network import ratelimit_policy, redis_policy
@@ -39,12 +39,6 @@ RATELIMIT_ROOT = "/data"
 PASSWORD_VARIABLE = "REDIS_PASSWORD"
 PASSWORD_ANNOTATION = "tollway.dev/redis-password-checksum"
 """On the Redis and ratelimit pod templates: both read the password at start, so a new one restarts both."""
-
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-}
 
 
 def possible_children(gateway: str) -> set[tuple[str, str, str]]:
@@ -138,16 +132,6 @@ def _metadata(gateway: Gateway, name: str, component: str) -> dict[str, Any]:
 
 def _selector(gateway: Gateway, component: str) -> dict[str, str]:
     return gateway_pod_labels(gateway.name, component)
-
-
-def _pod_security(user: int) -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": user,
-        "runAsGroup": user,
-        "fsGroup": user,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def _deployment(gateway: Gateway, component: str, name: str, replicas: int, pod: dict[str, Any]) -> Manifest:
@@ -248,7 +232,7 @@ def _envoy(gateway: Gateway) -> list[Manifest]:
         "volumeMounts": mounts,
     }
     pod = {
-        "securityContext": _pod_security(101),
+        "securityContext": pod_security(101),
         "terminationGracePeriodSeconds": 45,
         "containers": [container],
         "volumes": volumes,
@@ -314,7 +298,7 @@ def _ratelimit(gateway: Gateway, config: str, peers: NetworkPeers, redis_passwor
         ],
     }
     pod = {
-        "securityContext": _pod_security(65534),
+        "securityContext": pod_security(65534),
         "containers": [container],
         "volumes": [{"name": "config", "configMap": {"name": named["ratelimit"]}}],
     }
@@ -359,21 +343,16 @@ def _redis(gateway: Gateway, password: str) -> list[Manifest]:
     container = {
         "name": "redis",
         "image": gateway.runtime.images.redis,
-        # The kubelet fills in $(VAR) from the Secret: the pod's spec never holds the password.
-        "args": [
-            "--requirepass",
-            f"$({PASSWORD_VARIABLE})",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",  # written on every command, flushed to the disk each second
-            "--dir",
-            "/data",
-            "--maxmemory-policy",
-            "volatile-ttl",
-        ],
+        "args": redis_args(
+            PASSWORD_VARIABLE,
+            *(
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ),  # each command written, flushed each second
+            *("--dir", "/data", "--maxmemory-policy", "volatile-ttl"),
+        ),
         "env": [from_secret(PASSWORD_VARIABLE, name, REDIS_PASSWORD)],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
@@ -382,7 +361,7 @@ def _redis(gateway: Gateway, password: str) -> list[Manifest]:
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
     pod = {
-        "securityContext": _pod_security(999),
+        "securityContext": pod_security(999),
         "containers": [container],
         "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}],
     }

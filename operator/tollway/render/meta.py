@@ -25,3 +25,22 @@ def metadata(name: str, namespace: str, owner: Owner, labels: dict[str, str]) ->
     if owner.uid:  # `tollway render` works without a cluster, where the owner has no uid yet
         meta["ownerReferences"] = [owner_reference(owner)]
     return meta
+
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""The securityContext of the containers that write nothing but their mounted volumes (Envoy, the ratelimit
+service, Redis)."""
+
+
+def pod_security(user: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": user,
+        "runAsGroup": user,
+        "fsGroup": user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

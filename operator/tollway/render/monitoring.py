@@ -341,14 +341,28 @@ def rule_groups(serving: TritonServing) -> list[dict[str, Any]]:
     return groups
 
 
-def _model_tokens(matchers: str, window: str, by: str) -> tuple[str, str]:
-    """The input and output tokens the gateway counted for a model over `window`, its replicas summed. A
-    model may report only one of the two (an embedding: no output): the missing side is 0."""
+def _model_tokens(matchers: str, window: str, by: str, kind: str = "") -> tuple[str, str]:
+    """The input and output tokens the gateway counted for a model over `window`, its replicas summed
+    (`kind` "cached_": of the answers from its answer cache). A model may report only one of the two (an
+    embedding: no output): the missing side is 0."""
     used_in, used_out = (
-        f"sum by ({by}) (increase({usage_metric(f'model_{side}_tokens')}{{{matchers}}}[{window}]))"
+        f"sum by ({by}) (increase({usage_metric(f'model_{kind}{side}_tokens')}{{{matchers}}}[{window}]))"
         for side in ("input", "output")
     )
     return f"({used_in} or {used_out} * 0)", f"({used_out} or {used_in} * 0)"
+
+
+def _revenue(tier: Tier, used: tuple[str, str], cached: tuple[str, ...]) -> str:
+    """What a tier's consumers are billed, per 1k tokens, for `used` (input, output) tokens of which
+    `cached` (input, output) came from an answer cache: those at the tier's cached price when it has one."""
+    (used_in, used_out), (cached_in, cached_out) = used, cached
+    billed = f"{used_in} * {tier.input_price_per_1k} + {used_out} * {tier.output_price_per_1k}"
+    if tier.cached_price_per_1k is None:
+        return billed
+    return (
+        f"{billed} - {cached_in} * {tier.input_price_per_1k} - {cached_out} * {tier.output_price_per_1k}"
+        f" + ({cached_in} + {cached_out}) * {tier.cached_price_per_1k}"
+    )
 
 
 #: The windows the cost per 1k tokens is recorded over: the last hour (status, dashboard) and the last day
@@ -403,7 +417,8 @@ def margin_rules(namespace: str, tier: Tier) -> list[dict[str, Any]]:
             f"{used} * on (namespace, model) group_left () {per_1k}:1d{{{scope}}}"
             for used, per_1k in zip((used_in, used_out), COST_PER_1K, strict=True)
         )
-        revenue = f"{used_in} * {tier.input_price_per_1k} + {used_out} * {tier.output_price_per_1k}"
+        cached = _model_tokens(matchers, "1d", "namespace, tier, model", "cached_")
+        revenue = _revenue(tier, (used_in, used_out), tuple(f"({side} or {used_in} * 0)" for side in cached))
         labels = {"currency": tier.currency, "tier": tier.name, "model": model}  # distinct static labels
         margin = f"tollway:tier_model_revenue:1d{{{matchers}}} - tollway:tier_model_cost:1d{{{matchers}}}"
         rules += [
@@ -449,6 +464,21 @@ def _by_consumer(kind: str, namespace: str, window: str, function: str = "rate")
     return f"sum by (namespace, tier, consumer) ({function}({series}[{window}]))"
 
 
+def cache_rules(namespace: str) -> list[dict[str, str]]:
+    """The answer caches' hit ratio over the answers they looked up (hits and misses: not the requests that
+    sample, nor a tier's that opted out), per model and tier, and per model."""
+    series = usage_metric("cache_answers")
+    rules = []
+    for record, by in (
+        ("cache_hit_ratio", "namespace, model, tier"),
+        ("model_cache_hit_ratio", "namespace, model"),
+    ):
+        hits = _rate(series, f'namespace="{namespace}",cache="hit"', "5m", by)
+        looked_up = _rate(series, f'namespace="{namespace}",cache=~"hit|miss"', "5m", by)
+        rules.append({"record": f"tollway:{record}:rate5m", "expr": f"{hits} / {looked_up}"})
+    return rules
+
+
 def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
     """Requests, tokens and cost per consumer (the gateway's usage counters), and usage-spike alerts."""
     namespace = gateway.namespace
@@ -461,8 +491,9 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
     for direction in ("input", "output"):
         per_minute = f"{_by_consumer(f'usage_{direction}', namespace, '5m')} * 60"
         rules.append({"record": f"tollway:consumer_{direction}_tokens:per_minute", "expr": per_minute})
-        per_day = _by_consumer(f"usage_{direction}", namespace, "1d", "increase")
-        rules.append({"record": f"tollway:consumer_{direction}_tokens:per_day", "expr": per_day})
+        for kind in ("", "cached_"):
+            per_day = _by_consumer(f"usage_{kind}{direction}", namespace, "1d", "increase")
+            rules.append({"record": f"tollway:consumer_{kind}{direction}_tokens:per_day", "expr": per_day})
     rules.append(
         {
             "record": "tollway:consumer_requests:per_day",
@@ -474,10 +505,12 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
         # A model may report only one of the two counts (an embedding: no output): the missing side is 0.
         used_in = f"tollway:consumer_input_tokens:per_day{{{matchers}}}"
         used_out = f"tollway:consumer_output_tokens:per_day{{{matchers}}}"
-        cost = (
-            f"(({used_in} or {used_out} * 0) * {tier.input_price_per_1k} "
-            f"+ ({used_out} or {used_in} * 0) * {tier.output_price_per_1k}) / 1000"
+        used = f"({used_in} or {used_out} * 0)", f"({used_out} or {used_in} * 0)"
+        cached = tuple(
+            f"(tollway:consumer_cached_{side}_tokens:per_day{{{matchers}}} or {used[0]} * 0)"
+            for side in ("input", "output")
         )
+        cost = f"({_revenue(tier, used, cached)}) / 1000"
         # one rule per tier: distinct static labels
         labels = {"currency": tier.currency, "tier": tier.name}
         rules.append({"record": "tollway:consumer_cost:per_day", "expr": cost, "labels": labels})
@@ -489,6 +522,7 @@ def usage_rules(gateway: Gateway) -> list[dict[str, Any]]:
             f"/ ignoring(currency) clamp_min(tollway:consumer_requests:per_day{{{scope}}}, 1)",
         }
     )
+    rules += cache_rules(namespace)
     unreported = _by_consumer("usage_unreported", namespace, "15m", "increase")
     rules.append(
         {
@@ -906,6 +940,9 @@ def dashboard(serving: TritonServing, metadata: dict[str, Any]) -> Manifest:
             [(f"tollway:prompt_matches:increase1h{{{matchers}}}", "{{tier}}: {{pattern}} v{{version}}")],
         ),
     ]
+    if serving.openai is not None and serving.openai.cache is not None:
+        hits = f"tollway:cache_hit_ratio:rate5m{{{matchers}}}"
+        panels.append(("Answer cache hits (of lookups, 5m)", "percentunit", [(hits, "{{tier}}")]))
     panels += cost_panels(matchers) if serving.cost is not None else []
     document = {
         "title": f"Tollway: {serving.namespace}/{serving.name}",

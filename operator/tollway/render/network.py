@@ -2,8 +2,9 @@
 
 Triton takes requests from its namespace's gateway (Envoy), from the operator (its state) and from
 Prometheus (metrics); the ratelimit service from Envoy (gRPC) and Prometheus (metrics); Redis from the
-ratelimit service only. Envoy has no policy: it is the public entry. Egress is left open. Policies need a
-CNI that enforces them; the kubelet's probes come from the node, which CNIs admit.
+ratelimit service only; a model's shared answer cache from that model's pods only. Envoy has no policy: it
+is the public entry. Egress is left open. Policies need a CNI that enforces them; the kubelet's probes come
+from the node, which CNIs admit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tollway.ir.names import (
     REDIS_PORT,
     TRITON_HTTP_PORT,
     TRITON_METRICS_PORT,
+    cache_pod_labels,
     gateway_pod_labels,
     serving_pod_labels,
 )
@@ -86,4 +88,13 @@ def redis_policy(metadata: dict[str, Any], gateway: str) -> dict[str, Any]:
         metadata,
         gateway_pod_labels(gateway, "redis"),
         [_rule([local(gateway_pod_labels(gateway, "ratelimit"))], [REDIS_PORT])],
+    )
+
+
+def cache_policy(metadata: dict[str, Any], model_deployment: str) -> dict[str, Any]:
+    """A model's shared answer cache's: that model's pods (their OpenAI servers) only."""
+    return _policy(
+        metadata,
+        cache_pod_labels(model_deployment),
+        [_rule([local(serving_pod_labels(model_deployment))], [REDIS_PORT])],
     )

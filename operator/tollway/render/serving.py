@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.ir.names import (
+    CACHE_PASSWORD,
+    MODEL_LABEL,
     OPENAI_PORT,
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
@@ -16,8 +18,9 @@ from tollway.ir.names import (
 )
 from tollway.ir.network import NetworkPeers
 from tollway.ir.serving import TritonServing
+from tollway.render import answer_cache
 from tollway.render.autoscaling import scaler
-from tollway.render.credentials import digest, from_secret, secret
+from tollway.render.credentials import derived, digest, from_secret, secret
 from tollway.render.meta import MANAGED_BY, metadata
 from tollway.render.model_config import checksum, config_pbtxt
 from tollway.render.monitoring import (
@@ -60,7 +63,7 @@ STARTUP_SECONDS = 30 * 60
 
 
 def labels(serving: TritonServing) -> dict[str, str]:
-    return {**selector(serving), "tollway.dev/model": serving.name, **MANAGED_BY}
+    return {**selector(serving), MODEL_LABEL: serving.name, **MANAGED_BY}
 
 
 def _metadata(serving: TritonServing, child: str) -> dict[str, Any]:
@@ -104,14 +107,15 @@ def render(serving: TritonServing, peers: NetworkPeers, admin_key: str) -> list[
     """ServiceAccount, the admin key's Secret, ConfigMap (config.pbtxt), Deployment, Service, NetworkPolicy
     and, with room to scale, a PDB. `admin_key` opens Triton's restricted APIs (see `RESTRICTED_APIS`)."""
     config = config_pbtxt(serving.model)
-    template = serving.openai.chat_template if serving.openai is not None else None
-    # the pods restart when what they read from the ConfigMap at start changes
-    read_at_start = config if template is None else config + template
+    cache = serving.openai.cache if serving.openai is not None else None
+    keys = {TRITON_KEY: admin_key}
+    if cache is not None and cache.shared:
+        keys[CACHE_PASSWORD] = derived(admin_key, CACHE_PASSWORD)
     objects = [
         service_account(serving),
-        secret(_metadata(serving, "triton"), {TRITON_KEY: admin_key}),
+        secret(_metadata(serving, "triton"), keys),
         config_map(serving, config),
-        deployment(serving, checksum(read_at_start), digest(admin_key)),
+        deployment(serving, config_revision(serving), digest(admin_key)),
         service(serving),
         pods_service(serving),
         serving_policy(
@@ -124,12 +128,33 @@ def render(serving: TritonServing, peers: NetworkPeers, admin_key: str) -> list[
     if serving.max_replicas > 1:
         objects.append(disruption_budget(serving))
     objects += scaler(serving, _metadata(serving, "triton"))
+    if cache is not None and cache.shared:
+        named = serving_children(serving.name)["cache"]
+        labels = answer_cache.labels(serving)
+        objects += answer_cache.shared_cache(
+            serving, cache, metadata(named, serving.namespace, serving.owner, labels)
+        )
     if serving.monitoring:
         objects += [
             service_monitor(_metadata(serving, "triton"), selector(serving)),
             prometheus_rule(serving, _metadata(serving, "triton")),
         ]
     return [*objects, dashboard(serving, _metadata(serving, "dashboard"))]
+
+
+def optional_children(model_deployment: str) -> set[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of the children a model has only with some specs, of kinds every model has
+    (so that pruning by kind would miss them): the shared answer cache's."""
+    name = serving_children(model_deployment)["cache"]
+    return {("apps/v1", "Deployment", name), ("v1", "Service", name), (NETWORK_API, "NetworkPolicy", name)}
+
+
+def config_revision(serving: TritonServing) -> str:
+    """A digest of what the pods read from the ConfigMap at start (config.pbtxt, with its versions, and the
+    chat template): the pods restart when it changes, and the answer cache's keys hold it."""
+    config = config_pbtxt(serving.model)
+    template = serving.openai.chat_template if serving.openai is not None else None
+    return checksum(config if template is None else config + template)
 
 
 def service_account(serving: TritonServing) -> dict[str, Any]:
@@ -293,6 +318,8 @@ def openai_server_args(serving: TritonServing) -> list[str]:
         args.append(f"--chat-template={CONFIG}/{CHAT_TEMPLATE}")
     elif side.kind == "chat":
         args.append(f"--tokenizer-config={MODELS}/{serving.model.name}/tokenizer_config.json")
+    if side.cache is not None:
+        args += answer_cache.server_args(serving, side.cache, config_revision(serving))
     return args
 
 
@@ -301,11 +328,15 @@ def _openai_server(serving: TritonServing) -> list[dict[str, Any]]:
     Triton's gRPC (streaming, for a language model) on localhost out. Ready once Triton has the model."""
     if serving.openai is None:
         return []
+    cache = serving.openai.cache
+    # No empty list: the API server drops it, and the live object would never hold what was applied.
+    env = {"env": answer_cache.server_env(serving)} if cache is not None and cache.shared else {}
     return [
         {
             "name": "openai",
             "image": serving.tollway_image,
             "args": openai_server_args(serving),
+            **env,
             "ports": [{"name": "openai", "containerPort": OPENAI_PORT, "protocol": "TCP"}],
             "readinessProbe": {
                 "httpGet": {"path": "/healthz", "port": "openai"},

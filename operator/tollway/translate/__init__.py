@@ -17,6 +17,7 @@ from typing import Any
 
 from tollway.api import KINDS, ApiTier, ModelDeployment, Resource
 from tollway.api.parse import InvalidResource, parse
+from tollway.ir.gateway import Images
 from tollway.ir.names import GATEWAY_NAME, REDIS_PASSWORD, TRITON_KEY, gateway_children, serving_children
 from tollway.ir.network import NetworkPeers
 from tollway.ir.serving import TritonServing
@@ -49,6 +50,8 @@ class Context:
     storage_initializer_image: str = STORAGE_INITIALIZER
     tollway_image: str = TOLLWAY_IMAGE
     """Tollway's own image, for the OpenAI server beside a language model's Triton."""
+    redis_image: str = Images.redis
+    """For a model's shared answer cache: the gateway's Redis image."""
     prometheus_url: str = PROMETHEUS_URL
     """Where KEDA's triggers query Prometheus."""
     monitoring: bool = True
@@ -82,6 +85,9 @@ class Result:
     stale_kinds: tuple[tuple[str, str], ...] = ()
     """(apiVersion, kind) of children Tollway may have made before but renders no more: prune them.
     Empty for an invalid resource, so that a bad edit never takes a running model down."""
+    stale: tuple[tuple[str, str, str], ...] = ()
+    """(apiVersion, kind, name) of optional children of a kind still rendered (the shared answer cache's)
+    that are no longer rendered: prune them too."""
     ir: TritonServing | None = None
     """For a valid ModelDeployment: the plain-data plan its manifests are rendered from."""
 
@@ -110,12 +116,21 @@ def translate(
             prometheus_url=context.prometheus_url,
             monitoring=context.monitoring,
             tollway_image=context.tollway_image,
+            redis_image=context.redis_image,
         )
         children = serving_render.render(plan, context.network, context.admin_key)
         status = model_deployment.status(resource, context.serving, now, make, document.get("status"))
         rendered = {(child["apiVersion"], child["kind"]) for child in children}
-        stale = tuple(kind for kind in serving_render.CHILD_KINDS if kind not in rendered)
-        return Result(status=_wire(kind, status), manifests=tuple(children), stale_kinds=stale, ir=plan)
+        stale_kinds = tuple(kind for kind in serving_render.CHILD_KINDS if kind not in rendered)
+        named = {(child["apiVersion"], child["kind"], child["metadata"]["name"]) for child in children}
+        stale = tuple(sorted(serving_render.optional_children(plan.name) - named))
+        return Result(
+            status=_wire(kind, status),
+            manifests=tuple(children),
+            stale_kinds=stale_kinds,
+            stale=stale,
+            ir=plan,
+        )
     assert isinstance(resource, ApiTier)
     previous_usage = (document.get("status") or {}).get("usage")
     status = api_tier.status(

@@ -476,6 +476,8 @@ def _tier(
         currency=spec.pricing.currency,
         input_price_per_1k=spec.pricing.input_per1k_tokens,
         output_price_per_1k=spec.pricing.output_per1k_tokens,
+        cached_price_per_1k=spec.pricing.cached_per1k_tokens,
+        cache=spec.cache.enabled,
         usage_spike_factor=spec.alerts.usage_spike_factor,
         near_limit_ratio=spec.alerts.near_limit_ratio,
         near_limit_hours=spec.alerts.near_limit_hours,

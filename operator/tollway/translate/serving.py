@@ -9,7 +9,9 @@ from typing import Any
 from tollway import __version__
 from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
 from tollway.api.model_deployment import TokenFields
+from tollway.ir.gateway import Images
 from tollway.ir.serving import (
+    AnswerCache,
     InstanceGroup,
     ModelConfig,
     Objectives,
@@ -75,7 +77,8 @@ def model_config(resource: ModelDeployment, tier_priorities: Iterable[int]) -> M
         priority_levels=levels,
         default_priority_level=levels,  # requests that name no tier queue behind every tier
         queue=QueuePolicy(spec.queue.max_queue_size, spec.queue.timeout_microseconds),
-        response_cache=spec.cache.enabled,
+        # A decoupled model's answers are cached by its OpenAI server instead (`answer_cache`).
+        response_cache=spec.cache.enabled and not spec.model.streams,
         tensorrt_precision=tensorrt,
         decoupled=spec.model.streams,
     )
@@ -125,7 +128,7 @@ def openai_max_tokens(resource: ModelDeployment) -> int:
     return tokens.default_max_tokens if tokens else DEFAULT_MAX_TOKENS
 
 
-def openai_side(resource: ModelDeployment) -> OpenAISide | None:
+def openai_side(resource: ModelDeployment, redis_image: str = Images.redis) -> OpenAISide | None:
     """The OpenAI server a model that speaks the OpenAI API gets beside its Triton; None for any other."""
     model = resource.spec.model
     api = model.openai
@@ -140,6 +143,21 @@ def openai_side(resource: ModelDeployment) -> OpenAISide | None:
         stream_input=api.stream_input,
         embedding_output=api.embedding_output,
         chat_template=api.chat_template,
+        cache=answer_cache(resource, redis_image),
+    )
+
+
+def answer_cache(resource: ModelDeployment, redis_image: str) -> AnswerCache | None:
+    """The OpenAI server's cache, for a chat or completion model whose spec turns caching on."""
+    cache = resource.spec.cache
+    if not (cache.enabled and resource.spec.model.streams):
+        return None
+    return AnswerCache(
+        shared=cache.store == "shared",
+        size_bytes=cache.size_bytes,
+        ttl_seconds=cache.ttl_seconds,
+        sampled=cache.sampled,
+        redis_image=redis_image,
     )
 
 
@@ -151,6 +169,7 @@ def plan_serving(
     prometheus_url: str = PROMETHEUS_URL,
     monitoring: bool = True,
     tollway_image: str = TOLLWAY_IMAGE,
+    redis_image: str = Images.redis,
 ) -> TritonServing:
     spec, meta = resource.spec, resource.metadata
     return TritonServing(
@@ -169,13 +188,13 @@ def plan_serving(
         tolerations=tuple(
             toleration.model_dump(by_alias=True, exclude_none=True) for toleration in spec.triton.tolerations
         ),
-        cache_size_bytes=spec.cache.size_bytes if spec.cache.enabled else None,
+        cache_size_bytes=spec.cache.size_bytes if spec.cache.enabled and not spec.model.streams else None,
         extra_args=tuple(spec.triton.extra_args),
         replicas=spec.autoscaling.min_replicas,
         max_replicas=spec.autoscaling.max_replicas,
         scaling=scaling(resource, prometheus_url),
         objectives=objectives(resource),
         monitoring=monitoring,
-        openai=openai_side(resource),
+        openai=openai_side(resource, redis_image),
         cost=plan_cost(resource),
     )

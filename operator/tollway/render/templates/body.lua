@@ -208,6 +208,7 @@ local function openai_request(handle, now, caller)
   headers = handle:headers() -- again: a guardrail model's call yields, and wrappers go out of scope
   headers:replace("x-tollway-model-version", tostring(version))
   headers:replace("x-tollway-priority", tostring(tier.level))
+  if tier.cache_off then headers:replace("x-tollway-cache", "off") end -- the tier opted out of caches
   stream.route_to(handle, tier.openai_clusters[model_name] or api.cluster)
 end
 

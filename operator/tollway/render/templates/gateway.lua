@@ -28,6 +28,8 @@ local STREAM_TAIL = 64
 -- How much of a sampled stream is kept to put its text back together, per byte its record keeps: events
 -- wrap each token in JSON.
 local STREAM_OVERHEAD = 8
+-- What a model's OpenAI server says of its answer cache in `x-tollway-cache` (any other value is ignored).
+local CACHE_RESULTS = { hit = "hit", miss = "miss", skip = "skip", off = "off" }
 
 -- The caller's consumer, tier name, nil and API key Secret; or nil, nil and why not (see access.lua).
 local function authenticate(handle, now)
@@ -221,6 +223,7 @@ function envoy_on_request(handle)
   -- what a model's OpenAI server is told of the request: only the gateway may say it
   handle:headers():remove("x-tollway-model-version")
   handle:headers():remove("x-tollway-priority")
+  handle:headers():remove("x-tollway-cache")
   -- Envoy sets its own on a rewrite; a client's would reach the access log as the path
   handle:headers():remove("x-envoy-original-path")
   handle:clearRouteCache() -- so the route's cluster never comes from a header the client sent
@@ -364,9 +367,13 @@ local function on_response(handle, now)
   if from_model and state.sighting then sightings.mark(state.sighting, math.floor(now / 3600)) end
   if not (from_model and state.tier) then return end
   -- The usage logger counts what a model answered a caller, and reads a number for each count.
-  for _, count in ipairs({ "input_tokens", "output_tokens", "unreported" }) do
+  local counts_logged = { "input_tokens", "output_tokens", "unreported", "cached_input", "cached_output" }
+  for _, count in ipairs(counts_logged) do
     metadata:set(NS, count, "0")
   end
+  -- Read before the body: the headers' wrapper goes out of scope once the body is.
+  local cache = state.kind == "openai" and CACHE_RESULTS[headers:get("x-tollway-cache") or ""] or nil
+  if cache ~= nil then metadata:set(NS, "cache", cache) end
   local counts = model and (state.kind == "openai" and model.openai or model)
   if counts and counts.input ~= nil and status == "200" then
     local event_stream = (headers:get("content-type") or ""):find("^text/event%-stream")
@@ -376,9 +383,15 @@ local function on_response(handle, now)
       count_tokens(handle, state, counts)
     end
   end
-  -- Marked last: a caller who leaves before the answer is read is counted as one who left (its estimate).
   -- (A wrapper taken before count_tokens read the body is out of scope now: fetched again.)
-  handle:streamInfo():dynamicMetadata():set(NS, "from_model", "1")
+  metadata = handle:streamInfo():dynamicMetadata()
+  if cache == "hit" then -- the same tokens again, as cached ones: the tier's cached price applies to them
+    local counted = metadata:get(NS) or {}
+    metadata:set(NS, "cached_input", counted.input_tokens or "0")
+    metadata:set(NS, "cached_output", counted.output_tokens or "0")
+  end
+  -- Marked last: a caller who leaves before the answer is read is counted as one who left (its estimate).
+  metadata:set(NS, "from_model", "1")
 end
 
 function envoy_on_response(handle)
