@@ -18,12 +18,13 @@ import shutil
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tritonclient.http
 from openai import Stream
 from openai.types.chat import ChatCompletionChunk
 
@@ -145,11 +146,17 @@ def language_model(name: str, kind: str, **spec: Any) -> TritonServing:
 
 
 def start_openai_server(
-    workdir: Path, serving: TritonServing, triton: RunningTriton, tokenizer: Path | None = None
+    workdir: Path,
+    serving: TritonServing,
+    triton: RunningTriton,
+    tokenizer: Path | None = None,
+    *,
+    flags: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Process, str]:
     """`tollway openai-server` with the command line the operator renders for `serving`, but for where
-    Triton, the chat template and the model's `tokenizer` (None: it has none) are here and a free port;
-    returns it and its OpenAI base URL."""
+    Triton, the chat template and the model's `tokenizer` (None: it has none) are here and a free port, and
+    with `flags` added (and `env` in its environment); returns it and its OpenAI base URL."""
     port = free_port()
     local = {"--triton=": triton.grpc, "--port=": str(port), "--host=": "127.0.0.1"}
     local["--tokenizer="] = str(tokenizer or workdir / "no-tokenizer.json")
@@ -162,10 +169,22 @@ def start_openai_server(
         str(Path(sys.executable).parent / "tollway"),
         *args,
         *(flag + value for flag, value in local.items()),
+        *flags,
     ]
     ready = answers_http(f"http://127.0.0.1:{port}/healthz")
     name = f"openai-{serving.model.name}"
-    return start_process(name, command, workdir / f"{name}.log", ready), f"http://127.0.0.1:{port}/v1"
+    log = workdir / (f"{name}-{port}.log" if flags else f"{name}.log")  # several servers of one model
+    return start_process(name, command, log, ready, env=dict(env or {})), f"http://127.0.0.1:{port}/v1"
+
+
+def executions(triton: RunningTriton, model: str) -> int:
+    """How many requests Triton has run `model` for, by its own statistics (every version's successes)."""
+    client = tritonclient.http.InferenceServerClient(triton.http)
+    try:
+        statistics = client.get_inference_statistics(model)
+    finally:
+        client.close()
+    return sum(int(version["inference_stats"]["success"]["count"]) for version in statistics["model_stats"])
 
 
 def model_repository(

@@ -6,12 +6,14 @@ import argparse
 import csv
 import ipaddress
 import json
+import os
 import secrets
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from tollway import documents
 from tollway.api import KINDS, RESOURCES, ApiTier, ModelDeployment, Resource
@@ -317,6 +319,32 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no whole number above 0")
+    return int(text)
+
+
+def _cache_store(text: str) -> str:
+    """`pod`, or `redis://HOST:PORT`."""
+    if text == "pod":
+        return text
+    try:
+        address = urlsplit(text)
+        well_formed = address.scheme == "redis" and bool(address.hostname) and address.port is not None
+    except ValueError:
+        well_formed = False
+    if (
+        not well_formed
+        or address.path not in ("", "/")
+        or address.query
+        or address.username
+        or address.password
+    ):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither pod nor redis://HOST:PORT")
+    return text
+
+
 def _network(text: str) -> str:
     try:
         return str(ipaddress.ip_network(text, strict=False))
@@ -357,6 +385,7 @@ def openai_server(arguments: argparse.Namespace) -> int:
     """The OpenAI side of one model, beside its Triton (imported here: the operator never needs it)."""
     from tollway.openai.protocol import ChatTemplate  # noqa: PLC0415 (only this command needs them: aiohttp,
     from tollway.openai.server import ModelSide, serve  # noqa: PLC0415 tritonclient's gRPC are slow to import)
+    from tollway.openai.store import CacheSettings  # noqa: PLC0415
     from tollway.openai.tokens import TokenCounter  # noqa: PLC0415
 
     template = None
@@ -381,7 +410,18 @@ def openai_server(arguments: argparse.Namespace) -> int:
         template=template,
         tokenizer=TokenCounter.from_file(Path(arguments.tokenizer)) if arguments.tokenizer else None,
     )
-    serve(side, arguments.triton, arguments.host, arguments.port)
+    cache = None
+    if arguments.cache_store:
+        cache = CacheSettings(
+            store=arguments.cache_store,
+            ttl_seconds=arguments.cache_ttl_seconds,
+            sampled=arguments.cache_sampled,
+            revision=arguments.cache_revision,
+            pod_bytes=arguments.cache_bytes,
+            # from the environment: a password on the command line would show in the pod's spec and ps
+            redis_password=os.environ.get("TOLLWAY_CACHE_REDIS_PASSWORD") or None,
+        )
+    serve(side, arguments.triton, arguments.host, arguments.port, cache)
     return 0
 
 
@@ -528,6 +568,32 @@ def _add_openai_server(commands: Any) -> None:
     )
     command.add_argument(
         "--tokenizer", help="the model's tokenizer.json, if it has one: counts tokens when the model does not"
+    )
+    cache = command.add_argument_group("response cache (off without --cache-store)")
+    cache.add_argument(
+        "--cache-store",
+        type=_cache_store,
+        help="pod: in this server's memory; redis://HOST:PORT: a Redis all the model's replicas share "
+        "(its password, if any, from $TOLLWAY_CACHE_REDIS_PASSWORD)",
+    )
+    cache.add_argument(
+        "--cache-bytes",
+        type=_positive,
+        default=268435456,
+        help="the pod store's bound: its entries' encoded sizes (least recently used dropped first)",
+    )
+    cache.add_argument(
+        "--cache-ttl-seconds", type=_positive, default=3600, help="an entry older than this is never served"
+    )
+    cache.add_argument(
+        "--cache-sampled",
+        action="store_true",
+        help="cache requests that sample too (neither temperature 0 nor a seed)",
+    )
+    cache.add_argument(
+        "--cache-revision",
+        default="",
+        help="the operator's digest of the model's config, versions and chat template: part of every key",
     )
     command.set_defaults(handler=openai_server)
 

@@ -90,6 +90,17 @@ def test_a_chat_answer_with_its_usage_and_the_version_that_served_it(servers: Se
     )
 
 
+def test_a_server_without_a_cache_says_nothing_of_one(servers: Servers) -> None:
+    """The response cache is off unless asked for (tests/integration/test_openai_server_cache.py): no cache
+    header, and the usage as before, with nothing about cached tokens."""
+    raw = client(servers.chat).chat.completions.with_raw_response.create(
+        model="assistant", messages=ASKED, max_tokens=2, temperature=0
+    )
+    assert "x-tollway-cache" not in raw.headers and "age" not in raw.headers
+    usage = raw.parse().usage
+    assert usage is not None and usage.prompt_tokens_details is None
+
+
 def test_a_streamed_chat_answer_arrives_as_the_model_makes_it(servers: Servers) -> None:
     _, chunks = held_chat_stream(
         servers.models,

@@ -10,7 +10,7 @@ import time
 import uuid
 from base64 import b64encode
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jinja2.exceptions import TemplateError
@@ -19,6 +19,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 Kind = Literal["chat", "completion"]
 """What a generating model does (an embedding model has its own request and answer)."""
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+READ_FIELDS = frozenset(
+    {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n"}
+)
+"""The top-level request fields a `Generation` carries in its own terms (n only ever 1)."""
 
 
 class RequestError(ValueError):
@@ -82,6 +86,9 @@ class Generation:
     stream: bool
     include_usage: bool
     """Streaming: whether the client asked for the final usage chunk (stream_options.include_usage)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The request's other top-level fields (temperature, seed, stop, tools, unknown ones too) as sent:
+    what else may shape the answer (the response cache keys on them)."""
 
 
 def _json_request(body: bytes) -> tuple[dict[str, Any], str]:
@@ -115,7 +122,9 @@ def read_request(
         raise RequestError("stream_options must be an object", param="stream_options")
     prompt = _prompt(kind, request, template)
     max_tokens = _max_tokens(request, default_max_tokens)
-    return Generation(kind, model, prompt, max_tokens, stream, options.get("include_usage", False) is True)
+    include_usage = options.get("include_usage", False) is True
+    others = {name: value for name, value in request.items() if name not in READ_FIELDS}
+    return Generation(kind, model, prompt, max_tokens, stream, include_usage, others)
 
 
 def _prompt(kind: Kind, request: dict[str, Any], template: ChatTemplate | None) -> str:
@@ -170,13 +179,19 @@ def _text(content: object, where: str) -> str:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None
+    """How many of the prompt's tokens came from a cache (OpenAI's prompt_tokens_details.cached_tokens): all
+    of them for an answer replayed from the response cache, 0 for one a cache missed; None without a cache."""
 
-    def as_object(self) -> dict[str, int]:
-        return {
+    def as_object(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens is not None:
+            found["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return found
 
 
 @dataclass(frozen=True)

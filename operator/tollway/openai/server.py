@@ -9,6 +9,10 @@ Token counts come from the model: Triton's vLLM backend reports them (`num_input
 when the model's metadata declares those tensors. Otherwise the model's own tokenizer counts the prompt and
 the answer (`tollway.openai.tokens`); with neither, the answer carries no usage (never a guess, never zero),
 and the gateway charges the request's estimate and counts it unreported.
+
+With a response cache (--cache-store), a request that does not sample is looked up first and a complete
+answer stored (`tollway.openai.store`); a hit is replayed the way a miss would have been answered, streamed
+or whole, whichever way it was stored.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from aiohttp import web
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from tollway.openai.cache import Entry
 from tollway.openai.protocol import (
     Answer,
     ChatTemplate,
@@ -40,6 +45,7 @@ from tollway.openai.protocol import (
     read_request,
     usage_comment,
 )
+from tollway.openai.store import CACHE_HEADER, CacheSettings, Lookup, ResponseCache
 from tollway.openai.tokens import TokenCounter
 
 log = logging.getLogger("tollway.openai")
@@ -101,9 +107,10 @@ class Piece:
 class OpenAIServer:
     """Made inside the event loop that serves it (gRPC's asyncio channel belongs to one loop)."""
 
-    def __init__(self, side: ModelSide, triton_address: str) -> None:
+    def __init__(self, side: ModelSide, triton_address: str, cache: ResponseCache | None = None) -> None:
         self.side = side
         self.client = triton.InferenceServerClient(triton_address)
+        self.cache = cache
         self.counted: bool | None = None
         """Whether the model reports its token counts: read from its metadata on the first request."""
         self.batched = False
@@ -111,8 +118,12 @@ class OpenAIServer:
         one row per request (per text, for embeddings)."""
 
     @classmethod
-    async def application(cls, side: ModelSide, triton_address: str) -> web.Application:
-        return cls(side, triton_address).routes()
+    async def application(
+        cls, side: ModelSide, triton_address: str, cache: CacheSettings | None = None
+    ) -> web.Application:
+        return cls(
+            side, triton_address, None if cache is None else ResponseCache(cache, cache.open())
+        ).routes()
 
     def routes(self) -> web.Application:
         app = web.Application()
@@ -125,6 +136,8 @@ class OpenAIServer:
 
     async def _close(self, _: web.Application) -> None:
         await self.client.close()
+        if self.cache is not None:
+            await self.cache.close()
 
     async def health(self, _: web.Request) -> web.Response:
         ready = await self.client.is_model_ready(self.side.name)
@@ -144,37 +157,66 @@ class OpenAIServer:
                 outputs=self._outputs(self.side.embedding_output),
             )
         except (RequestError, InferenceServerException) as error:
-            return _refusal(error)
+            return _refusal(error, self._passed_by(request).headers())
         vectors = result.as_numpy(self.side.embedding_output).reshape(len(asked.texts), -1).tolist()
         usage = self._piece(result, text_output=False).usage  # a batching model's counts: a row a text
         if usage is None and self.side.tokenizer is not None:
             usage = Usage(sum(self.side.tokenizer.count(text) for text in asked.texts), 0)
         model = f"{self.side.name}@{result.get_response().model_version}"
-        return web.json_response(embeddings(model, vectors, usage, asked.base64))
+        return web.json_response(
+            embeddings(model, vectors, usage, asked.base64), headers=self._passed_by(request).headers()
+        )
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         if self.side.kind == "embedding":
             raise AssertionError("an embedding model answers /v1/embeddings only")
+        lookup = self._passed_by(request)  # until it is looked up
         try:
             generation = read_request(
                 self.side.kind, await request.read(), self.side.default_max_tokens, self.side.template
             )
+            lookup = await self._look_up(request, generation)
+            if lookup.entry is not None:
+                return await self._replay(request, generation, lookup, lookup.entry)
             pieces = self._generate(
                 generation, request.headers.get(VERSION_HEADER, ""), _priority(request.headers)
             )
             if not generation.stream:
-                return await self._whole(generation, pieces)
+                return await self._whole(generation, pieces, lookup)
             first = await anext(pieces)  # a failure before the first piece is still an error status
         except (RequestError, InferenceServerException) as error:
-            return _refusal(error)
+            return _refusal(error, lookup.headers())
         except StopAsyncIteration:
-            return web.json_response(error_object("the model answered nothing", 502), status=502)
+            body = error_object("the model answered nothing", 502)
+            return web.json_response(body, status=502, headers=lookup.headers())
         try:
-            return await self._stream(request, generation, first, pieces)
+            return await self._stream(request, generation, first, pieces, lookup)
         finally:  # the client may have left mid-stream: Triton stops generating for it
             await pieces.aclose()
 
-    async def _whole(self, generation: Generation, pieces: AsyncGenerator[Piece]) -> web.Response:
+    async def _look_up(self, request: web.Request, generation: Generation) -> Lookup:
+        """What the cache has for the request."""
+        if self.cache is None or request.headers.get(CACHE_HEADER) == "off":
+            return self._passed_by(request)
+        return await self.cache.look_up(self.side.name, request.headers.get(VERSION_HEADER, ""), generation)
+
+    def _passed_by(self, request: web.Request) -> Lookup:
+        """A request the cache is not asked about: one refused before it could be, an embedding, or one whose
+        tier opted out (without a cache: nothing to say)."""
+        if self.cache is None:
+            return Lookup(None)
+        return Lookup("off" if request.headers.get(CACHE_HEADER) == "off" else "skip")
+
+    async def _keep(
+        self, lookup: Lookup, text: list[str], version: str, usage: Usage | None, reason: str
+    ) -> None:
+        """Stores a complete answer that the cache missed."""
+        if self.cache is not None:
+            await self.cache.keep(lookup, text, version, usage, reason)
+
+    async def _whole(
+        self, generation: Generation, pieces: AsyncGenerator[Piece], lookup: Lookup
+    ) -> web.Response:
         text, version, usage = [], "", None
         async for piece in pieces:
             text.append(piece.text)
@@ -182,16 +224,38 @@ class OpenAIServer:
         answer = Answer.new(generation.kind, f"{self.side.name}@{version}")
         usage = self._counted(generation, "".join(text), usage)
         reason = finish_reason(usage, generation.max_tokens) if usage else "stop"
-        return web.json_response(answer.whole("".join(text), reason, usage))
+        await self._keep(lookup, [piece for piece in text if piece], version, usage, reason)
+        body = answer.whole("".join(text), reason, lookup.usage(usage))
+        return web.json_response(body, headers=lookup.headers())
 
-    def _running(self, generation: Generation) -> RunningCount:
+    async def _replay(
+        self, request: web.Request, generation: Generation, lookup: Lookup, entry: Entry
+    ) -> web.StreamResponse:
+        """A hit, answered as a miss would have been: whole, or streamed a chunk per stored piece with the
+        same usage comments."""
+        answer = Answer.new(generation.kind, f"{self.side.name}@{entry.version}")
+        usage = lookup.usage(entry.usage)
+        if not generation.stream:
+            body = answer.whole("".join(entry.pieces), entry.finish_reason, usage)
+            return web.json_response(body, headers=lookup.headers())
+        response = await _open_stream(request, lookup.headers())
+        so_far = self._running(generation, counted=entry.usage is not None)
+        first, *rest = entry.pieces
+        await response.write(event(answer.chunk(first, first=True)) + so_far.add(first))
+        for piece in rest:
+            await response.write(event(answer.chunk(piece)) + so_far.add(piece))
+        await _finish(response, answer, generation, usage, entry.finish_reason)
+        return response
+
+    def _running(self, generation: Generation, counted: bool) -> RunningCount:
         """What a stream has produced so far, for its usage comments: counted by the model's tokenizer, or,
-        when the model reports its counts only at the end, one token per piece (a streaming LLM backend
-        sends each decoding step's token as it comes) and no prompt yet; nothing when nobody counts."""
+        when the model reports its counts (`counted`) only at the end, one token per piece (a streaming LLM
+        backend sends each decoding step's token as it comes) and no prompt yet; nothing when nobody
+        counts."""
         counter = self.side.tokenizer
         if counter is not None:
             return RunningCount(counter.count(generation.prompt), counter.count)
-        return RunningCount(0, lambda _: 1, enabled=bool(self.counted))
+        return RunningCount(0, lambda _: 1, enabled=counted)
 
     def _counted(self, generation: Generation, text: str, reported: Usage | None) -> Usage | None:
         """The model's counts, else its tokenizer's; None (and a warning) when there are neither."""
@@ -205,15 +269,17 @@ class OpenAIServer:
         return None
 
     async def _stream(
-        self, request: web.Request, generation: Generation, first: Piece, pieces: AsyncGenerator[Piece]
+        self,
+        request: web.Request,
+        generation: Generation,
+        first: Piece,
+        pieces: AsyncGenerator[Piece],
+        lookup: Lookup,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
-        )
-        await response.prepare(request)
+        response = await _open_stream(request, lookup.headers())
         answer = Answer.new(generation.kind, f"{self.side.name}@{first.version}")
         usage, text = first.usage, [first.text]
-        so_far = self._running(generation)
+        so_far = self._running(generation, counted=bool(self.counted))
         await response.write(event(answer.chunk(first.text, first=True)) + so_far.add(first.text))
         try:
             async for piece in pieces:
@@ -226,12 +292,10 @@ class OpenAIServer:
             return response
         usage = self._counted(generation, "".join(text), usage)
         reason = finish_reason(usage, generation.max_tokens) if usage else "stop"
-        final = usage_comment(usage) if usage is not None else b""
-        await response.write(event(answer.chunk("", reason)) + final)
-        if generation.include_usage and usage is not None:
-            await response.write(event(answer.usage_chunk(usage)))
-        await response.write(event("[DONE]"))
-        await response.write_eof()
+        # the model has finished and the client has every piece: stored before the closing events, so that
+        # a client that has read [DONE] finds the answer stored (and a replica it asks next hits it)
+        await self._keep(lookup, text, first.version, usage, reason)
+        await _finish(response, answer, generation, lookup.usage(usage), reason)
         return response
 
     async def _read_metadata(self) -> None:
@@ -306,26 +370,55 @@ class OpenAIServer:
         return Piece(text, result.get_response().model_version, usage)
 
 
+async def _open_stream(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
+    """An event stream's response, its headers sent."""
+    response = web.StreamResponse(
+        headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers}
+    )
+    await response.prepare(request)
+    return response
+
+
+async def _finish(
+    response: web.StreamResponse, answer: Answer, generation: Generation, usage: Usage | None, reason: str
+) -> None:
+    """A stream's closing events: the finish reason with the final usage comment, the usage chunk when the
+    client asked for it, [DONE]."""
+    final = usage_comment(usage) if usage is not None else b""
+    await response.write(event(answer.chunk("", reason)) + final)
+    if generation.include_usage and usage is not None:
+        await response.write(event(answer.usage_chunk(usage)))
+    await response.write(event("[DONE]"))
+    await response.write_eof()
+
+
 def _priority(headers: Mapping[str, str]) -> int:
     """The tier's Triton priority level the gateway sent; 0 (the model's default) without one."""
     value = headers.get(PRIORITY_HEADER, "")
     return int(value) if value.isdigit() else 0
 
 
-def _refusal(error: RequestError | InferenceServerException) -> web.Response:
+def _refusal(error: RequestError | InferenceServerException, headers: Mapping[str, str]) -> web.Response:
     """OpenAI's error object for a request refused here (its status) or by Triton (502)."""
     if isinstance(error, RequestError):
-        return web.json_response(error_object(str(error), error.status, error.param), status=error.status)
+        body = error_object(str(error), error.status, error.param)
+        return web.json_response(body, status=error.status, headers=headers)
     log.warning("Triton refused a request: %s", error.message())
-    return web.json_response(error_object(f"the model failed: {error.message()}", 502), status=502)
+    body = error_object(f"the model failed: {error.message()}", 502)
+    return web.json_response(body, status=502, headers=headers)
 
 
 def _decoded(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def serve(side: ModelSide, triton_address: str, host: str, port: int) -> None:
-    """Run until stopped."""
+def serve(
+    side: ModelSide, triton_address: str, host: str, port: int, cache: CacheSettings | None = None
+) -> None:
+    """Run until stopped (with a response cache when `cache` says so)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log.info(json.dumps({"message": "serving the OpenAI API", "model": side.name, "port": port}))
-    web.run_app(OpenAIServer.application(side, triton_address), host=host, port=port, print=None)
+    started = {"message": "serving the OpenAI API", "model": side.name, "port": port}
+    if cache is not None:
+        started["cache"] = cache.store
+    log.info(json.dumps(started))
+    web.run_app(OpenAIServer.application(side, triton_address, cache), host=host, port=port, print=None)
