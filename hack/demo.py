@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,7 @@ import sys
 import time
 import urllib.parse
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ import yaml
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.ir.gateway import CAPACITY_FILE, CAPACITY_REREAD_SECONDS
+from tollway.ir.serving import TritonServing
+from tollway.render import answer_cache
 from tollway.translate.serving import plan_serving, tier_priority
 
 from testbed import controlplane, dataplane, triton
@@ -149,6 +152,20 @@ def manifests(cluster: Cluster) -> list[dict[str, Any]]:
     return documents
 
 
+def shared_cache(stack: ExitStack, serving: TritonServing) -> tuple[list[str], dict[str, str]]:
+    """For a model whose answer cache is shared: a Redis here, as its own runs in the cluster, and the OpenAI
+    server's flag and password for it; nothing for any other model."""
+    cache = serving.openai.cache if serving.openai is not None else None
+    if cache is None or not cache.shared:
+        return [], {}
+    step(f"starting {serving.model.name}'s shared answer cache (Redis), as the operator runs it")
+    port, password = free_port(), secrets.token_hex(16)
+    workdir = WORK / f"{serving.model.name}-cache"
+    workdir.mkdir(parents=True, exist_ok=True)
+    stack.callback(dataplane.redis(workdir, port, password).stop)
+    return [f"--cache-store=redis://127.0.0.1:{port}"], {answer_cache.PASSWORD_VARIABLE: password}
+
+
 def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, prometheus_port: int) -> DataPath:
     documents = manifests(cluster)
     source = WORK / "manifests.yaml"
@@ -170,7 +187,10 @@ def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, promet
     for item in servings:
         if item.openai is not None:
             step(f"starting {item.model.name}'s OpenAI server (tollway openai-server), as its pod runs it")
-            process, openai_urls[item.model.name] = triton.start_openai_server(WORK, item, served)
+            flags, env = shared_cache(stack, item)
+            process, openai_urls[item.model.name] = triton.start_openai_server(
+                WORK, item, served, flags=flags, env=env
+            )
             stack.callback(process.stop)
 
     step("starting Redis and the ratelimit service on the rules the operator applied")
@@ -288,10 +308,17 @@ STREAMED_BY = "pro"
 
 
 def stream_chat(path: DataPath, everyone: list[Consumer]) -> StreamedAnswer:
-    """One chat answer, streamed through the gateway with the official OpenAI SDK: timed as the client sees
-    it (from the call to the first piece of text, and to the last)."""
+    """One chat answer, streamed through the gateway with the official OpenAI SDK, then the same question
+    again (temperature 0: the model's answer cache may answer it)."""
     consumer = next(each for each in everyone if each.tier == STREAMED_BY)
     client = openai.OpenAI(base_url=f"{path.gateways[0]}/v1", api_key=consumer.key, max_retries=0)
+    first = streamed_answer(client, consumer)
+    return replace(first, repeat=streamed_answer(client, consumer))
+
+
+def streamed_answer(client: openai.OpenAI, consumer: Consumer) -> StreamedAnswer:
+    """A chat answer streamed: timed as the client sees it (from the call to the first piece of text, and to
+    the last)."""
     asked = [{"role": "user", "content": "what does a gateway in front of a model do"}]
     started = time.perf_counter()
     first, last, pieces, served, usage = None, 0.0, [], "", None
@@ -299,6 +326,7 @@ def stream_chat(path: DataPath, everyone: list[Consumer]) -> StreamedAnswer:
         model=STREAMED_MODEL,
         messages=asked,
         max_tokens=24,
+        temperature=0,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -321,6 +349,7 @@ def stream_chat(path: DataPath, everyone: list[Consumer]) -> StreamedAnswer:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         request_id=stream.response.headers["x-request-id"],
+        cache=stream.response.headers.get("x-tollway-cache", ""),
     )
 
 

@@ -195,13 +195,20 @@ class StreamedAnswer:
     completion_tokens: int
     request_id: str = ""
     """The answer's x-request-id, which the gateway made: what feedback on it names."""
+    cache: str = ""
+    """What the model's answer cache said of it (x-tollway-cache: hit, miss, skip, off; "" without one)."""
+    repeat: StreamedAnswer | None = None
+    """The same question asked again."""
 
     def usage(self) -> dict[tuple[str, str], int]:
-        return {
+        found = {
             ("requests", self.consumer): 1,
             ("input", self.consumer): self.prompt_tokens,
             ("output", self.consumer): self.completion_tokens,
         }
+        for key, total in (self.repeat.usage() if self.repeat else {}).items():
+            found[key] += total
+        return found
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,15 @@ def _streamed_lines(answer: StreamedAnswer) -> list[str]:
         f"{answer.chunks} chunks; usage {answer.prompt_tokens} prompt + {answer.completion_tokens} "
         "completion tokens",
         f"  {answer.text.strip()[:100]!r}",
+        *(
+            [
+                f"  asked again: the model's answer cache said {answer.repeat.cache} (the first time: "
+                f"{answer.cache}); the whole answer after {answer.repeat.total_ms:.1f} ms, the same text: "
+                f"{answer.repeat.text == answer.text}"
+            ]
+            if answer.repeat
+            else []
+        ),
     ]
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ from tollway.render.serving import KEY_VARIABLE, openai_server_args, triton_args
 from tollway.translate.serving import plan_serving
 
 from testbed.client import Reply
-from testbed.processes import Process, answers_http, free_port
+from testbed.processes import Process, answers_http, free_port, poll
 from testbed.processes import start as start_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +179,22 @@ def start_openai_server(
 
 
 def executions(triton: RunningTriton, model: str) -> int:
-    """How many requests Triton has run `model` for, by its own statistics (every version's successes)."""
+    """How many requests Triton has run `model` for, by its own statistics (every version's successes), once
+    the count has stopped moving (Triton counts a request as it releases it, a moment after its last
+    response)."""
+    counts = [_executions(triton, model)]
+
+    def settled() -> bool:
+        time.sleep(0.3)
+        counts.append(_executions(triton, model))
+        return counts[-1] == counts[-2]
+
+    if not poll(settled, timeout=30, interval=0):
+        raise AssertionError(f"Triton's count of {model}'s executions kept moving: {counts}")
+    return counts[-1]
+
+
+def _executions(triton: RunningTriton, model: str) -> int:
     client = tritonclient.http.InferenceServerClient(triton.http)
     try:
         statistics = client.get_inference_statistics(model)
