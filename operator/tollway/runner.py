@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import secrets
 import time
@@ -41,25 +39,7 @@ def peering_priority() -> int:
     return time.time_ns() // 1_000_000 * 1000 + secrets.randbelow(1000)
 
 
-#: glibc's mallopt parameter for the number of malloc arenas (malloc.h's M_ARENA_MAX).
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas before the reconcile threads start; True when the C library took it.
-
-    glibc gives each thread that contends for the heap an arena of its own, up to eight per core; the memory
-    a burst of reconciles frees in one arena stays mapped there. Two arenas cost nothing measurable with
-    Python's GIL (threads rarely allocate at once) and took ~10 MiB off the peak at 1,000 models. Other C
-    libraries (musl) have no mallopt, and nothing changes.
-    """
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    mallopt = getattr(libc, "mallopt", None)
-    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, arenas))
-
-
 def run_operator(settings: Settings, *, verbose: bool = False) -> None:
-    limit_malloc_arenas()
     if settings.peering is not None:
         settings = replace(settings, peering_priority=peering_priority())
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
