@@ -21,7 +21,7 @@ from tollway.api.crd import custom_resource_definition
 from tollway.api.parse import InvalidResource, parse
 from tollway.api.reference import reference
 from tollway.ir.gateway import CAPACITY_FILE, Endpoint, Runtime
-from tollway.ir.names import TRITON_GRPC_PORT
+from tollway.ir.names import CACHE_PASSWORD_VARIABLE, TRITON_GRPC_PORT
 from tollway.ir.network import OPERATOR, PROMETHEUS, NetworkPeers, Peer
 from tollway.observe import prometheus
 from tollway.render.autoscaling import adapter_config_map, adapter_rules
@@ -419,7 +419,7 @@ def openai_server(arguments: argparse.Namespace) -> int:
             revision=arguments.cache_revision,
             pod_bytes=arguments.cache_bytes,
             # from the environment: a password on the command line would show in the pod's spec and ps
-            redis_password=os.environ.get("TOLLWAY_CACHE_REDIS_PASSWORD") or None,
+            redis_password=os.environ.get(CACHE_PASSWORD_VARIABLE) or None,
         )
     serve(side, arguments.triton, arguments.host, arguments.port, cache)
     return 0
@@ -574,7 +574,7 @@ def _add_openai_server(commands: Any) -> None:
         "--cache-store",
         type=_cache_store,
         help="pod: in this server's memory; redis://HOST:PORT: a Redis all the model's replicas share "
-        "(its password, if any, from $TOLLWAY_CACHE_REDIS_PASSWORD)",
+        f"(its password, if any, from ${CACHE_PASSWORD_VARIABLE})",
     )
     cache.add_argument(
         "--cache-bytes",

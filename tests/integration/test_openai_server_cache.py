@@ -22,13 +22,15 @@ import redis as redis_client
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
 
+from tollway.ir.names import CACHE_PASSWORD_VARIABLE
+
 from testbed.dataplane import redis
 from testbed.kube import eventually
 from testbed.processes import Process, free_port
 from testbed.triton import RunningTriton, contents, executions, language_model, running, start_openai_server
 
 MODEL = "assistant"
-PASSWORD_VARIABLE = "TOLLWAY_CACHE_REDIS_PASSWORD"
+PASSWORD_VARIABLE = CACHE_PASSWORD_VARIABLE
 GREEDY = {"temperature": 0}
 
 

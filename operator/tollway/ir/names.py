@@ -22,6 +22,8 @@ TRITON_KEY = "admin-key"
 """The data key of a model's key Secret (`serving_children(...)["triton"]`) that holds that value."""
 CACHE_PASSWORD = "cache-password"
 """The data key of that Secret that holds the password of the model's shared answer cache (its Redis)."""
+CACHE_PASSWORD_VARIABLE = "TOLLWAY_CACHE_REDIS_PASSWORD"
+"""Where the model's OpenAI server and its shared answer cache read that password."""
 REDIS_PASSWORD = "password"
 """The data key of the gateway's Redis Secret (`gateway_children(...)["redis"]`)."""
 

@@ -105,11 +105,14 @@ def read(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     resource = _resource(manifest["apiVersion"], manifest["kind"])
     meta = manifest["metadata"]
     try:
-        return resource.get(name=meta["name"], namespace=meta.get("namespace"), serializer=_plain)  # type: ignore[no-any-return]
+        found: dict[str, Any] = resource.get(
+            name=meta["name"], namespace=meta.get("namespace"), serializer=_plain
+        )
     except ApiException as error:
         if error.status == 404:
             return None
         raise
+    return found
 
 
 def apply(manifest: Mapping[str, Any]) -> bool:
@@ -127,7 +130,7 @@ def _send(desired: Mapping[str, Any]) -> dict[str, Any]:
     resource = _resource(desired["apiVersion"], desired["kind"])
     name = desired["metadata"]["name"]
     try:
-        applied = resource.server_side_apply(
+        applied: dict[str, Any] = resource.server_side_apply(
             body=desired,
             name=name,
             namespace=desired["metadata"].get("namespace"),
@@ -148,7 +151,7 @@ def _send(desired: Mapping[str, Any]) -> dict[str, Any]:
             )
             raise ApplyError(f"{desired['kind']}/{name}: {detail}") from error
         raise
-    return applied  # type: ignore[no-any-return]
+    return applied
 
 
 def prune(namespace: str, owner_uid: str, label_selector: str, kinds: Iterable[tuple[str, str]]) -> list[str]:

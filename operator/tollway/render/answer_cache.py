@@ -13,6 +13,7 @@ from typing import Any
 
 from tollway.ir.names import (
     CACHE_PASSWORD,
+    CACHE_PASSWORD_VARIABLE,
     MODEL_LABEL,
     REDIS_PORT,
     cache_pod_labels,
@@ -24,8 +25,7 @@ from tollway.render.credentials import from_secret, redis_args
 from tollway.render.meta import MANAGED_BY, RESTRICTED_CONTAINER, pod_security
 from tollway.render.network import cache_policy
 
-PASSWORD_VARIABLE = "TOLLWAY_CACHE_REDIS_PASSWORD"
-"""Where the OpenAI server and the cache's Redis read the password (from the model's key Secret)."""
+PASSWORD_VARIABLE = CACHE_PASSWORD_VARIABLE
 #: The Redis process's own memory beyond the answers it holds (maxmemory counts the data only).
 REDIS_OVERHEAD_BYTES = 64 * 1024 * 1024
 
