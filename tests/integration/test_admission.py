@@ -102,7 +102,8 @@ def test_rendered_children_are_accepted_by_the_api_server(cluster: Cluster, tmp_
     gateway += ["servicemonitor"] * 2 + ["prometheusrule"]  # Envoy's and the ratelimit service's
     gateway += ["networkpolicy"] * 2 + ["secret"]  # who may reach ratelimit and Redis; Redis's password
     adapter = ["configmap"]  # prometheus-adapter's rules, for the HPA
-    assert kinds == sorted(triton + monitoring + scaling + gateway + adapter)
+    cache = ["deployment", "service", "networkpolicy"]  # assistant's shared answer cache (its Redis)
+    assert kinds == sorted(triton + monitoring + scaling + gateway + adapter + cache)
     # prometheus-operator's and KEDA's kinds need their CRDs, which this cluster does not have.
     third_party = [path for path, document in rendered.items() if document["kind"].lower() in THIRD_PARTY]
     for path in third_party:

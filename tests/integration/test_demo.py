@@ -39,6 +39,9 @@ def test_the_demo_sends_traffic_through_the_gateway_and_reports_it(tmp_path: Pat
     assert "x-ratelimit-remaining: 0" in report
     assert "sunset: Fri, 15 Jan 2027 00:00:00 GMT" in report
     assert "requests and tokens per consumer equal what the clients received" in report
+    # the question asked twice: the second answer came from the model's shared answer cache, unchanged
+    assert "the model's answer cache said hit (the first time: miss)" in report
+    assert "the same text: True" in report
     assert "modeldeployment.tollway.dev/chat" in report and "apitier.tollway.dev/pro" in report
     # chat's pod runs on a simulated GPU node (its nodeSelector names the nodes' GPU) and Triton serves it
     ready = {

@@ -52,6 +52,7 @@ def test_the_rendered_network_policies_are_valid_and_a_second_apply_sends_nothin
     ]
     policies = [_here(manifest) for manifest in rendered if manifest["kind"] == "NetworkPolicy"]
     assert {policy["metadata"]["name"] for policy in policies} == {
+        "assistant-cache",  # its shared answer cache: the model's pods only
         "assistant-triton",
         "chat-triton",
         "embed-triton",
