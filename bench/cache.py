@@ -31,7 +31,7 @@ from pathlib import Path
 
 from gateway_cost import cpu_seconds
 
-from tollway.render.answer_cache import PASSWORD_VARIABLE
+from tollway.ir.names import CACHE_PASSWORD_VARIABLE
 
 from testbed import dataplane
 from testbed.dataplane import EnvoyPorts, GatewayProcesses
@@ -127,7 +127,7 @@ def main() -> int:
             for serving in servings:
                 shared = STORES[serving.model.name] == "shared"
                 flags = [f"--cache-store=redis://127.0.0.1:{redis_port}"] if shared else []
-                env = {PASSWORD_VARIABLE: password} if shared else None
+                env = {CACHE_PASSWORD_VARIABLE: password} if shared else None
                 ends = []
                 for replica in range(2):
                     process, url = start_openai_server(workdir, serving, triton, flags=flags, env=env)

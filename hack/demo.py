@@ -49,8 +49,8 @@ import yaml
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.ir.gateway import CAPACITY_FILE, CAPACITY_REREAD_SECONDS
+from tollway.ir.names import CACHE_PASSWORD_VARIABLE
 from tollway.ir.serving import TritonServing
-from tollway.render import answer_cache
 from tollway.translate.serving import plan_serving, tier_priority
 
 from testbed import controlplane, dataplane, triton
@@ -163,7 +163,7 @@ def shared_cache(stack: ExitStack, serving: TritonServing) -> tuple[list[str], d
     workdir = WORK / f"{serving.model.name}-cache"
     workdir.mkdir(parents=True, exist_ok=True)
     stack.callback(dataplane.redis(workdir, port, password).stop)
-    return [f"--cache-store=redis://127.0.0.1:{port}"], {answer_cache.PASSWORD_VARIABLE: password}
+    return [f"--cache-store=redis://127.0.0.1:{port}"], {CACHE_PASSWORD_VARIABLE: password}
 
 
 def start_data_path(stack: ExitStack, cluster: Cluster, triton_http: int, prometheus_port: int) -> DataPath:

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from tollway.render.answer_cache import PASSWORD_VARIABLE
+from tollway.ir.names import CACHE_PASSWORD_VARIABLE
 
 from testbed import dataplane
 from testbed.dataplane import summed
@@ -73,7 +73,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     cache = dataplane.redis(workdir / "cache", cache_port, password)
     try:
         with running(workdir / "triton", chat) as triton:
-            flags, env = [f"--cache-store=redis://127.0.0.1:{cache_port}"], {PASSWORD_VARIABLE: password}
+            flags, env = (
+                [f"--cache-store=redis://127.0.0.1:{cache_port}"],
+                {CACHE_PASSWORD_VARIABLE: password},
+            )
             servers = [start_openai_server(workdir, chat, triton, flags=flags, env=env) for _ in range(2)]
             # the model's two replicas behind the gateway: one upstream endpoint each
             endpoints = ",".join(triton.upstream("assistant", url).split("=")[1] for _, url in servers)

@@ -30,7 +30,6 @@ from testbed.processes import Process, free_port
 from testbed.triton import RunningTriton, contents, executions, language_model, running, start_openai_server
 
 MODEL = "assistant"
-PASSWORD_VARIABLE = CACHE_PASSWORD_VARIABLE
 GREEDY = {"temperature": 0}
 
 
@@ -61,7 +60,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     chat = language_model(MODEL, "chat")
     port, password = free_port(), secrets.token_hex(16)
     in_redis = [f"--cache-store=redis://127.0.0.1:{port}"]
-    env = {PASSWORD_VARIABLE: password}
+    env = {CACHE_PASSWORD_VARIABLE: password}
     with running(workdir, chat) as triton:
         servers: list[tuple[Process, str]] = []
         bed = None

@@ -25,7 +25,6 @@ from tollway.render.credentials import from_secret, redis_args
 from tollway.render.meta import MANAGED_BY, RESTRICTED_CONTAINER, pod_security
 from tollway.render.network import cache_policy
 
-PASSWORD_VARIABLE = CACHE_PASSWORD_VARIABLE
 #: The Redis process's own memory beyond the answers it holds (maxmemory counts the data only).
 REDIS_OVERHEAD_BYTES = 64 * 1024 * 1024
 
@@ -47,9 +46,9 @@ def server_args(serving: TritonServing, cache: AnswerCache, revision: str) -> li
     return [*store, f"--cache-ttl-seconds={cache.ttl_seconds}", f"--cache-revision={revision}", *sampled]
 
 
-def server_env(serving: TritonServing) -> list[dict[str, Any]]:
-    """The OpenAI server's password for a shared cache."""
-    return [from_secret(PASSWORD_VARIABLE, serving_children(serving.name)["triton"], CACHE_PASSWORD)]
+def password_env(serving: TritonServing) -> list[dict[str, Any]]:
+    """The shared cache's password, as its Redis and the model's OpenAI servers read it."""
+    return [from_secret(CACHE_PASSWORD_VARIABLE, serving_children(serving.name)["triton"], CACHE_PASSWORD)]
 
 
 def shared_cache(
@@ -62,11 +61,11 @@ def shared_cache(
         "name": "redis",
         "image": cache.redis_image,
         "args": redis_args(
-            PASSWORD_VARIABLE,
+            CACHE_PASSWORD_VARIABLE,
             *("--appendonly", "no"),
             *("--maxmemory", str(cache.size_bytes), "--maxmemory-policy", "allkeys-lru"),
         ),
-        "env": [from_secret(PASSWORD_VARIABLE, serving_children(serving.name)["triton"], CACHE_PASSWORD)],
+        "env": password_env(serving),
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
         "resources": {

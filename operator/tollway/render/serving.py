@@ -330,7 +330,7 @@ def _openai_server(serving: TritonServing) -> list[dict[str, Any]]:
         return []
     cache = serving.openai.cache
     # No empty list: the API server drops it, and the live object would never hold what was applied.
-    env = {"env": answer_cache.server_env(serving)} if cache is not None and cache.shared else {}
+    env = {"env": answer_cache.password_env(serving)} if cache is not None and cache.shared else {}
     return [
         {
             "name": "openai",

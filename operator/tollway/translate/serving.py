@@ -172,11 +172,12 @@ def plan_serving(
     redis_image: str = Images.redis,
 ) -> TritonServing:
     spec, meta = resource.spec, resource.metadata
+    model = model_config(resource, tier_priorities)
     return TritonServing(
         name=meta.name,
         namespace=meta.namespace,
         owner=Owner(api_version=API_VERSION, kind=resource.kind_name, name=meta.name, uid=meta.uid),
-        model=model_config(resource, tier_priorities),
+        model=model,
         repository=repository(spec.model.repository),
         image=spec.triton.image,
         tollway_image=tollway_image,
@@ -188,7 +189,7 @@ def plan_serving(
         tolerations=tuple(
             toleration.model_dump(by_alias=True, exclude_none=True) for toleration in spec.triton.tolerations
         ),
-        cache_size_bytes=spec.cache.size_bytes if spec.cache.enabled and not spec.model.streams else None,
+        cache_size_bytes=spec.cache.size_bytes if model.response_cache else None,
         extra_args=tuple(spec.triton.extra_args),
         replicas=spec.autoscaling.min_replicas,
         max_replicas=spec.autoscaling.max_replicas,
