@@ -18,7 +18,7 @@ import pytest
 from tollway.ir.names import CACHE_PASSWORD_VARIABLE
 
 from testbed import dataplane
-from testbed.dataplane import summed
+from testbed.dataplane import fresh_window, summed
 from testbed.gateway import secret, tier
 from testbed.kube import eventually
 from testbed.processes import free_port
@@ -32,17 +32,29 @@ from testbed.triton import (
 )
 
 NAMESPACE = "gw"
-KEYS = {"pro": "k-pro-0123456789", "private": "k-private-0123456789"}
+KEYS = {
+    "pro": "k-pro-0123456789",
+    "private": "k-private-0123456789",
+    "lean": "k-lean-0123456789",
+    "thrifty": "k-thrifty-0123456789",
+}
+SMALL_TPM = 50
+"""lean's and thrifty's tokens per minute: one of this file's requests (a ~110-byte body: 28 tokens, and 5 to
+answer) fits, a second does not."""
 CACHE = {"enabled": True, "store": "shared", "ttlSeconds": 600}
 ASKED = [{"role": "user", "content": "what is a cache for"}]
 
 
 def documents() -> list[dict[str, Any]]:
     limits = {"requestsPerMinute": 10_000, "tokensPerMinute": 1_000_000}
+    small = {"requestsPerMinute": 10_000, "tokensPerMinute": SMALL_TPM}
     tiers = [
         tier("pro", 2, limits, ["assistant"], pricing={"cachedPer1kTokens": "0.0001"}),
         # a tier whose data must never be shared through a cache
         tier("private", 2, limits, ["assistant"], cache={"enabled": False}),
+        # two tiers with few tokens: lean's hits count against them (the default), thrifty's do not
+        tier("lean", 2, small, ["assistant"]),
+        tier("thrifty", 2, small, ["assistant"], cache={"hitsCountAgainstLimits": False}),
     ]
     secrets_ = [secret(f"{name}-key", name, key) for name, key in KEYS.items()]
     return [language_model_document("assistant", "chat", NAMESPACE, cache=CACHE), *tiers, *secrets_]
@@ -219,3 +231,31 @@ def test_a_client_cannot_say_what_the_cache_does_with_its_request(bed: Bed) -> N
     assert forged.headers["x-tollway-cache"] == "hit"
     private = ask(bed.client("private", 0), "forged header", extra_headers={"x-tollway-cache": "on"})
     assert private.headers["x-tollway-cache"] == "off"
+
+
+def test_a_tier_whose_hits_are_free_is_served_them_once_its_tokens_are_spent(bed: Bed) -> None:
+    """The gateway asks the model's shared cache before reserving; a held answer takes none of thrifty's
+    tokens. lean's hits reserve like any request. Both are metered the same."""
+    fresh_window(40)  # one window of the ratelimit service's for the whole test
+    kept = "an answer every tier may reuse"
+    assert ask(bed.client("pro", 0), kept).headers["x-tollway-cache"] == "miss"
+    before = bed.executions()
+    thrifty = {"tier": "thrifty", "consumer": "thrifty-key"}
+    used_before = bed.counted("envoy_tollway_usage_cached_input", **thrifty)
+    for name in ("lean", "thrifty"):
+        client = bed.client(name, 0)
+        assert ask(client, f"{name} spends its tokens").headers["x-tollway-cache"] == "miss"
+        with pytest.raises(openai.RateLimitError):  # its minute's tokens are spent now
+            ask(client, f"{name} asks something new")
+    with pytest.raises(openai.RateLimitError):
+        ask(bed.client("lean", 1), kept)  # a hit, but lean's hits count
+    for replica in (0, 1, 0):
+        served = ask(bed.client("thrifty", replica), kept)
+        assert served.headers["x-tollway-cache"] == "hit"
+        assert "x-ratelimit-remaining-tokens" not in served.headers  # no token limit was asked
+    with pytest.raises(openai.RateLimitError):  # what is not cached is still limited
+        ask(bed.client("thrifty", 1), "thrifty asks something new")
+    assert bed.executions() == before + 2  # the two spending requests; no hit ran the model
+    prompt = served.parse().usage.prompt_tokens
+    # the free hits are still metered, as cached tokens
+    eventually(lambda: bed.counted("envoy_tollway_usage_cached_input", **thrifty) == used_before + 3 * prompt)

@@ -10,6 +10,7 @@ import json
 import secrets
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -271,6 +272,37 @@ def test_a_tier_that_opted_out_neither_reads_nor_writes(bed: Bed) -> None:
     assert opted_out.usage.prompt_tokens_details is None
     assert ran(bed) == before + 3
     assert ask(bed.shared[0], "opted out", **GREEDY).cache == "hit"
+
+
+def probe(url: str, prompt: str, headers: dict[str, str] | None = None, **request: Any) -> tuple[int, str]:
+    """The gateway's question before it reserves a request's tokens: is its answer held? (status, what the
+    cache header says)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, **request}
+    asked = urllib.request.Request(
+        f"{url}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "x-tollway-cache-probe": "1", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(asked, timeout=10) as answer:
+            return answer.status, answer.headers["x-tollway-cache"]
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers["x-tollway-cache"]
+
+
+def test_a_probe_says_whether_an_answer_is_held_without_running_the_model(bed: Bed) -> None:
+    before = ran(bed)
+    assert probe(bed.shared[0], "probed", **GREEDY) == (404, "miss")
+    assert ask(bed.shared[0], "probed", **GREEDY).cache == "miss"  # the probe stored nothing
+    assert probe(bed.shared[1], "probed", **GREEDY) == (204, "hit")  # held for every replica
+    assert probe(bed.shared[1], "probed", **GREEDY, max_tokens=3) == (404, "miss")
+    assert probe(bed.shared[1], "probed") == (404, "skip")  # it samples
+    assert probe(bed.shared[1], "probed", {"x-tollway-cache": "off"}, **GREEDY) == (404, "off")
+    assert ran(bed) == before + 1  # only the one request ran the model
+    # An answer about to expire is not promised: the request after the probe could miss (ttl 2 s here).
+    ask(bed.short, "probed", **GREEDY)
+    assert ask(bed.short, "probed", **GREEDY).cache == "hit"
+    assert probe(bed.short, "probed", **GREEDY) == (404, "hit")
 
 
 def test_a_request_that_samples_is_skipped_and_run_each_time(bed: Bed) -> None:

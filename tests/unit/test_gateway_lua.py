@@ -170,6 +170,7 @@ def test_an_http_infer_request_is_admitted_rewritten_routed_and_charged(gateway:
     assert handle.after_headers == admitted
     assert handle.tollway == {
         **admitted,
+        "tpm_reserved_closed": "pro/chat",  # the token filters' scope, set with the reservation
         "reserve": str(math.ceil(len(body) / 4) + 100),
         "estimate": str(math.ceil(len(body) / 4) + 100),  # what a response without usage is charged
         # ... and a caller who leaves before its answer

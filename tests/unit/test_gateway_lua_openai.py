@@ -92,7 +92,8 @@ def test_a_chat_request_is_admitted_on_its_body_limited_and_sent_to_the_models_o
         "model": "chat",
         "version": "2",
         "rpm_grpc_closed": "pro",  # the request limits' filters after the body
-        "tpm_closed": "pro/chat",
+        "tpm_closed": "pro/chat",  # what the settlement charges
+        "tpm_reserved_closed": "pro/chat",  # what the token filters check the reservation against
         "reserve": str(reserve),
         "estimate": str(reserve),
         "left_input": "0",
@@ -423,3 +424,93 @@ def test_other_answers_are_metered_as_made_by_the_model(
     assert handle.tollway.get("cache") == recorded
     assert (handle.tollway["cached_input"], handle.tollway["cached_output"]) == ("0", "0")
     assert handle.tollway["output_tokens"] == "1"
+
+
+def free_hits_data(*, shared: bool = True) -> dict[str, Any]:
+    """Tier pro's cache hits take nothing from its token limits; chat's answer cache is shared (or not)."""
+    data = openai_data()
+    data["tiers"]["pro"]["hits_free"] = True
+    data["models"]["chat"]["openai"]["shared_cache"] = shared
+    return data
+
+
+def test_a_tier_whose_hits_are_free_asks_the_shared_cache_first_and_a_held_answer_reserves_nothing() -> None:
+    program = GatewayProgram(free_hits_data(), NOW)
+    program.answer_call = lambda *_: (204, "")
+    body = chat(max_tokens=100)
+    handle = program.request(CHAT, body, route=OPENAI)
+    assert handle.reply is None and handle.errors == []
+    [(cluster, headers, sent, timeout)] = handle.calls
+    # The model's server (not the tier's concurrency-limited cluster) is asked about the very request, as
+    # resolved: only the cache is read.
+    assert (cluster, sent, timeout) == ("triton-openai|chat", body.decode(), 250)
+    assert headers == {
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        ":authority": "openai",
+        "content-type": "application/json",
+        "x-tollway-model-version": "2",
+        "x-tollway-cache-probe": "1",
+    }
+    found = handle.tollway
+    # No scope for the token filters, no reservation: they let it by even when the tier's tokens are spent.
+    assert "reserve" not in found and "tpm_reserved_closed" not in found
+    assert found["expect_hit"] == "1" and found["tpm_closed"] == "pro/chat"  # what a miss would settle
+    assert found["left_output"] == found["estimate"]  # a caller who leaves is still charged its estimate
+    assert found["rpm_grpc_closed"] == "pro"  # and it counts as a request
+    assert handle.header_values["x-tollway-cluster"] == "triton-openai|chat|pro"
+    assert "x-tollway-cache-probe" not in handle.header_values  # the request itself is answered in full
+
+
+@pytest.mark.parametrize(("status", "body"), [(404, ""), (503, "upstream connect error"), (200, "{}")])
+def test_a_request_the_cache_does_not_hold_reserves_its_tokens_as_usual(status: int, body: str) -> None:
+    program = GatewayProgram(free_hits_data(), NOW)
+    program.answer_call = lambda *_: (status, body)  # anything but 204, a failed call included, is a no
+    handle = program.request(CHAT, chat(max_tokens=100), route=OPENAI)
+    assert len(handle.calls) == 1 and "expect_hit" not in handle.tollway
+    assert handle.tollway["tpm_reserved_closed"] == "pro/chat" and int(handle.tollway["reserve"]) > 100
+
+
+@pytest.mark.parametrize(
+    "changed",
+    ["hits count", "pod cache", "tier opted out", "request over the tier's token cap"],
+)
+def test_the_cache_is_asked_only_where_a_hit_would_be_free(changed: str) -> None:
+    data = free_hits_data(shared=changed != "pod cache")
+    if changed == "hits count":
+        del data["tiers"]["pro"]["hits_free"]
+    if changed == "tier opted out":  # the operator never renders both; opting out wins
+        data["tiers"]["pro"]["cache_off"] = True
+    if changed == "request over the tier's token cap":
+        data["tiers"]["pro"]["token_caps"]["chat"] = 50
+    program = GatewayProgram(data, NOW)
+    program.answer_call = lambda *_: (204, "")
+    handle = program.request(CHAT, chat(max_tokens=100), route=OPENAI)
+    assert handle.calls == [] and "expect_hit" not in handle.tollway
+    if changed == "request over the tier's token cap":
+        assert handle.answer is not None and handle.answer[0] == 429
+    else:
+        assert handle.tollway["tpm_reserved_closed"] == "pro/chat" and "reserve" in handle.tollway
+
+
+def test_a_client_cannot_ask_a_models_server_what_its_cache_holds(gateway: GatewayProgram) -> None:
+    handle = gateway.request({**CHAT, "x-tollway-cache-probe": "1"}, chat(), route=OPENAI)
+    assert handle.reply is None and "x-tollway-cache-probe" not in handle.header_values
+
+
+@pytest.mark.parametrize(("said", "settled"), [("hit", None), ("miss", "10"), ("skip", "10"), (None, "10")])
+def test_an_expected_hit_is_charged_nothing_and_a_miss_after_all_every_token(
+    said: str | None, settled: str | None
+) -> None:
+    """Between the probe and the request the answer may be evicted: the miss then served is charged in
+    full at its end, as the reservation it skipped would have been."""
+    state = streamed_state(expect_hit="1")
+    del state["tollway"]["reserve"]
+    headers = {**STREAMED, **({"x-tollway-cache": said} if said else {})}
+    chunks = [event("a ", 7, 1), event("b ", 7, 3), b"data: [DONE]\n\n"]
+    handle = GatewayProgram(free_hits_data(), NOW).response(
+        headers, metadata=state, chunks=chunks, clock=[START_MS + 5, START_MS + 6, START_MS + 7]
+    )
+    assert handle.errors == []
+    assert (handle.tollway["input_tokens"], handle.tollway["output_tokens"]) == ("7", "3")
+    assert handle.tollway.get("settle") == settled

@@ -163,9 +163,24 @@ class Pricing(TollwayModel):
 class TierCache(TollwayModel):
     """How the models' answer caches (ModelDeployment spec.cache) treat this tier's requests."""
 
+    rules = (
+        Rule(
+            field=".hitsCountAgainstLimits",
+            message="hitsCountAgainstLimits: false needs enabled: true (a tier without caches has no hits)",
+            cel="self.enabled || !has(self.hitsCountAgainstLimits) || self.hitsCountAgainstLimits",
+            holds=lambda cache: cache.enabled or cache.hits_count_against_limits,
+        ),
+    )
+
     enabled: bool = True
     """False: this tier's requests are never answered from a cache nor fill one (data that must not be
     shared through a cache). Its answers then say `x-tollway-cache: off`."""
+    hits_count_against_limits: bool = Field(default=True, alias="hitsCountAgainstLimits")
+    """False: a request that a model's shared answer cache (`store: shared`) will answer takes nothing from
+    this tier's token limits, and is served even when they are spent; it still counts as a request, and its
+    tokens are metered and billed (at `pricing.cachedPer1kTokens`). The gateway asks the model's server
+    before reserving tokens, one extra call per request to such a model. A pod cache is per replica, so its
+    hits always count."""
 
 
 class OverLimit(TollwayModel):

@@ -87,6 +87,9 @@ class OpenAIRoute:
     """chat, completion or embedding (spec.model.openai.kind)."""
     default_max_tokens: int
     """What a request that asks for no max_tokens reserves for its answer (0 for embeddings)."""
+    shared_cache: bool = False
+    """Its answer cache is shared by every replica (spec.cache.store: shared), so what one replica says it
+    holds, the replica that gets the request holds too."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,9 @@ class Tier:
     """Every token of an answer from a model's answer cache; None: the input and output prices."""
     cache: bool = True
     """Whether the models' answer caches may serve and keep this tier's requests."""
+    hits_limited: bool = True
+    """Whether a shared answer cache's hits take from the tier's token limits (ApiTier
+    spec.cache.hitsCountAgainstLimits)."""
     usage_spike_factor: float = 3.0
     near_limit_ratio: float = 0.9
     near_limit_hours: int = 3

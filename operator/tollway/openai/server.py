@@ -12,7 +12,7 @@ and the gateway charges the request's estimate and counts it unreported.
 
 With a response cache (--cache-store), a request that does not sample is looked up first and a complete
 answer stored (`tollway.openai.store`); a hit is replayed the way a miss would have been answered, streamed
-or whole, whichever way it was stored.
+or whole, whichever way it was stored. The gateway may first ask whether an answer is held (PROBE_HEADER).
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ drops the header from what clients send."""
 PRIORITY_HEADER = "x-tollway-priority"
 """The caller's tier's Triton priority level, from the gateway (which drops the header from what clients
 send)."""
+PROBE_HEADER = "x-tollway-cache-probe"
+"""From the gateway, `1`: only say whether the cache holds the answer (204: it does; 404: it does not), so
+that the gateway can leave a hit out of the tier's token limits when the tier says so. Nothing is
+generated. The gateway drops the header from what clients send."""
+PROBE_MARGIN_S = 10
+"""A probe finds no answer that expires within this many seconds: the request it precedes would miss."""
 COUNT_INPUTS = ("return_num_input_tokens", "return_num_output_tokens")
 COUNT_OUTPUTS = ("num_input_tokens", "num_output_tokens")
 
@@ -176,6 +182,8 @@ class OpenAIServer:
                 self.side.kind, await request.read(), self.side.default_max_tokens, self.side.template
             )
             lookup = await self._look_up(request, generation)
+            if request.headers.get(PROBE_HEADER) == "1":
+                return web.Response(status=204 if self._will_hold(lookup) else 404, headers=lookup.headers())
             if lookup.entry is not None:
                 return await self._replay(request, generation, lookup, lookup.entry)
             pieces = self._generate(
@@ -199,6 +207,13 @@ class OpenAIServer:
         if self.cache is None or request.headers.get(CACHE_HEADER) == "off":
             return self._passed_by(request)
         return await self.cache.look_up(self.side.name, request.headers.get(VERSION_HEADER, ""), generation)
+
+    def _will_hold(self, lookup: Lookup) -> bool:
+        """Whether a hit's answer will still be there for the request that follows the gateway's probe: not
+        one about to expire."""
+        if self.cache is None or lookup.entry is None:
+            return False
+        return lookup.age + PROBE_MARGIN_S < self.cache.settings.ttl_seconds
 
     def _passed_by(self, request: web.Request) -> Lookup:
         """A request the cache is not asked about: one refused before it could be, an embedding, or one whose

@@ -185,6 +185,8 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         }
         if not tier.cache:  # only then: the config's size grows with the tiers
             tiers[tier.name]["cache_off"] = True
+        elif not tier.hits_limited:
+            tiers[tier.name]["hits_free"] = True
     data = {
         "capacity_file": gateway.runtime.capacity_file,
         "capacity_seconds": CAPACITY_REREAD_SECONDS,
@@ -229,6 +231,8 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                     "cluster": model_cluster(model, "openai"),
                     "max_tokens": model.openai.default_max_tokens,
                     **OPENAI_COUNTS,
+                    # only when shared: the config's size grows with the models
+                    **({"shared_cache": True} if model.openai.shared_cache else {}),
                 }
                 if model.openai
                 else None,
@@ -1178,9 +1182,12 @@ def http_filters(gateway: Gateway) -> list[Config]:
         # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
         # that the request filters' headers keep the plain names.
         _lua_filter(TOKEN_HEADERS_FILTER, token_headers_program()),
-        # Tokens per minute and day: each request's reservation (the excess it used is charged at its end).
+        # Tokens per minute and day: each request's reservation (the excess it used is charged at its end),
+        # under the scopes the body program set with it (none for a hit whose tier's hits are free).
         *(
-            _rate_limit_filter(f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, tokens=True)
+            _rate_limit_filter(
+                f"tollway.tokens.{mode}", ("tpm", "tpd"), mode, fail_open, tokens=True, stage="_reserved"
+            )
             for mode, fail_open in (("open", True), ("closed", False))
         ),
         # At stream end: the tokens used beyond each reservation (no call when there are none). Usage is

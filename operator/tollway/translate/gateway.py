@@ -56,7 +56,7 @@ from tollway.ir.serving import Owner
 from tollway.render.redaction import UnsupportedPattern, lua_pattern, prompt_pattern
 from tollway.translate.cost import margin_models
 from tollway.translate.model_deployment import latest_version
-from tollway.translate.serving import epoch, openai_max_tokens, priority_levels
+from tollway.translate.serving import caches_answers, epoch, openai_max_tokens, priority_levels
 from tollway.translate.sla import plan_sla
 
 API_KEY = "api-key"
@@ -295,6 +295,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         openai=OpenAIRoute(
             kind=api.kind,
             default_max_tokens=0 if api.kind == "embedding" else openai_max_tokens(resource),
+            shared_cache=caches_answers(resource) and spec.cache.store == "shared",
         )
         if api
         else None,
@@ -478,6 +479,7 @@ def _tier(
         output_price_per_1k=spec.pricing.output_per1k_tokens,
         cached_price_per_1k=spec.pricing.cached_per1k_tokens,
         cache=spec.cache.enabled,
+        hits_limited=spec.cache.hits_count_against_limits,
         usage_spike_factor=spec.alerts.usage_spike_factor,
         near_limit_ratio=spec.alerts.near_limit_ratio,
         near_limit_hours=spec.alerts.near_limit_hours,

@@ -147,10 +147,16 @@ def openai_side(resource: ModelDeployment, redis_image: str = Images.redis) -> O
     )
 
 
+def caches_answers(resource: ModelDeployment) -> bool:
+    """Whether the model's OpenAI server keeps answers: a chat or completion model whose spec turns caching
+    on."""
+    return resource.spec.cache.enabled and resource.spec.model.streams
+
+
 def answer_cache(resource: ModelDeployment, redis_image: str) -> AnswerCache | None:
-    """The OpenAI server's cache, for a chat or completion model whose spec turns caching on."""
+    """The OpenAI server's cache, where it keeps answers."""
     cache = resource.spec.cache
-    if not (cache.enabled and resource.spec.model.streams):
+    if not caches_answers(resource):
         return None
     return AnswerCache(
         shared=cache.store == "shared",

@@ -17,6 +17,9 @@ local refuse = stream.refuse
 
 -- How long (seconds) a prompt is remembered to tell a regeneration, and how many each worker remembers.
 local REGENERATION_WINDOW, REMEMBERED_PROMPTS = 600, 2048
+-- How long (ms) a model's server may take to say whether its answer cache holds a request's answer; a late
+-- answer is a no (the request reserves its tokens as usual).
+local CACHE_PROBE_MS = 250
 local remembered = sample.recent(REGENERATION_WINDOW, REMEMBERED_PROMPTS)
 math.randomseed(os.time() + math.floor(os.clock() * 1000000)) -- each worker samples its own requests
 
@@ -173,6 +176,21 @@ local function http_infer(handle, now, caller)
   end
 end
 
+-- Whether the model's shared answer cache holds the answer to the OpenAI request `bytes`, as its server
+-- says when only asked (204: held; anything else, a failed call included, is no): the request it precedes
+-- then takes nothing from a tier's token limits whose hits are free.
+local function cache_holds(handle, api, version, bytes)
+  local headers = handle:httpCall(api.cluster, {
+    [":method"] = "POST",
+    [":path"] = api.path,
+    [":authority"] = "openai",
+    ["content-type"] = "application/json",
+    ["x-tollway-model-version"] = tostring(version),
+    ["x-tollway-cache-probe"] = "1",
+  }, bytes, CACHE_PROBE_MS)
+  return headers ~= nil and headers[":status"] == "204"
+end
+
 -- An OpenAI API request names its model in the body: resolved, admitted, limited and routed here, to the
 -- model's OpenAI server, which is told the version and the tier's priority in headers (gateway.lua drops
 -- any a client sent).
@@ -203,7 +221,13 @@ local function openai_request(handle, now, caller)
   if scopes == nil then return end
   local max_tokens = api.kind ~= "embedding" and asked.max_tokens or nil
   if not checked_prompt(handle, tier, model_name, bytes, #bytes) then return end
-  if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens) then return end
+  local cached = nil -- asked only when the tier's hits are free, of a cache every replica shares
+  if tier.hits_free and api.shared_cache and not tier.cache_off then
+    cached = function() return cache_holds(handle, api, version, bytes) end
+  end
+  if not stream.reserve_tokens(handle, tier, model_name, api, scopes, #bytes, max_tokens, cached) then
+    return
+  end
   observe(handle, now, caller, model_name, version, bytes, false)
   headers = handle:headers() -- again: a guardrail model's call yields, and wrappers go out of scope
   headers:replace("x-tollway-model-version", tostring(version))

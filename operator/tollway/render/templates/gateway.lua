@@ -224,6 +224,7 @@ function envoy_on_request(handle)
   handle:headers():remove("x-tollway-model-version")
   handle:headers():remove("x-tollway-priority")
   handle:headers():remove("x-tollway-cache")
+  handle:headers():remove("x-tollway-cache-probe")
   -- Envoy sets its own on a rewrite; a client's would reach the access log as the path
   handle:headers():remove("x-envoy-original-path")
   handle:clearRouteCache() -- so the route's cluster never comes from a header the client sent
@@ -374,6 +375,9 @@ local function on_response(handle, now)
   -- Read before the body: the headers' wrapper goes out of scope once the body is.
   local cache = state.kind == "openai" and CACHE_RESULTS[headers:get("x-tollway-cache") or ""] or nil
   if cache ~= nil then metadata:set(NS, "cache", cache) end
+  -- A request the shared cache was to answer reserved nothing (its tier's hits are free): a hit is charged
+  -- nothing now either; a miss after all (the answer was evicted in between) is charged every token.
+  if state.expect_hit then state.reserve = cache ~= "hit" and "0" or nil end
   local counts = model and (state.kind == "openai" and model.openai or model)
   if counts and counts.input ~= nil and status == "200" then
     local event_stream = (headers:get("content-type") or ""):find("^text/event%-stream")

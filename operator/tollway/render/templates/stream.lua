@@ -14,6 +14,9 @@ M.NS = NS
 -- headers (HTTP); gRPC names its model inside the body, so its request limits go to filters after it.
 local REQUEST_KINDS = { rpm = true, rpd = true }
 M.AFTER_BODY = "_grpc"
+-- The token limits' scopes as the filters that check a reservation read them (`tpm_reserved_closed`, ...),
+-- set with the reservation; admit_model's plain ones (`tpm_closed`) are what the settlement charges.
+local TOKEN_KINDS, RESERVED = { "tpm", "tpd" }, "_reserved"
 
 function M.refuse(handle, status, message, headers)
   local all = { [":status"] = tostring(status) }
@@ -87,18 +90,29 @@ function M.count_request(handle, tier, scopes)
 end
 
 -- Charge a request of `body_length` bytes before it runs (the token filters read the reservation); false
--- after refusing one that could never fit the tier's token limit.
-function M.reserve_tokens(handle, tier, model_name, model, scopes, body_length, max_tokens)
+-- after refusing one that could never fit the tier's token limit. `cached`, when the tier's hits are free
+-- of its token limits: a function that says whether the model's answer cache holds the answer (it yields);
+-- a request it holds reserves nothing, and is marked `expect_hit` for the response to settle.
+function M.reserve_tokens(handle, tier, model_name, model, scopes, body_length, max_tokens, cached)
   local reserve, problem = tokens.reservation(tier, model_name, model, scopes, body_length, max_tokens)
   if reserve == false then
     M.refuse(handle, 429, problem)
     return false
   end
-  local metadata = handle:streamInfo():dynamicMetadata()
+  local held = reserve ~= nil and cached ~= nil and cached()
+  local metadata = handle:streamInfo():dynamicMetadata() -- taken after the call: it yields
   if model.input ~= nil then -- what a response that reports no usage, or a caller who leaves, is charged
     local estimate = tostring(tokens.estimate(model, body_length, max_tokens))
     metadata:set(NS, "estimate", estimate)
     M.charge_if_left(metadata, 0, estimate, "1")
+  end
+  if held then -- the token filters skip it: no scope of theirs is set
+    metadata:set(NS, "expect_hit", "1")
+    return true
+  end
+  local mode = tier.fail_open and "_open" or "_closed"
+  for _, limit in ipairs(TOKEN_KINDS) do
+    if scopes[limit] then metadata:set(NS, limit .. RESERVED .. mode, scopes[limit]) end
   end
   if reserve ~= nil then metadata:set(NS, "reserve", tostring(reserve)) end
   return true
