@@ -27,6 +27,7 @@ from tollway.api import ModelDeployment
 from tollway.api.parse import parse
 from tollway.ir.names import TRITON_KEY, TRITON_KEY_HEADER
 from tollway.k8s import apply
+from tollway.observe.serving import model_state
 from tollway.translate import translate_all
 from tollway.translate.serving import plan_serving
 
@@ -185,6 +186,20 @@ def test_tritons_restricted_apis_answer_the_key_and_inference_needs_none(triton:
         headers={f"triton-grpc-protocol-{TRITON_KEY_HEADER}": ADMIN_KEY}
     )
     assert [model.name for model in index.models] == ["echo"]
+
+
+def test_the_models_state_is_read_from_tritons_repository_index_with_the_key(triton: RunningTriton) -> None:
+    found = model_state(triton.http, "echo", ["1", "7"], ADMIN_KEY)
+    assert found.reachable and found.error == ""
+    assert [(state.version, state.state) for state in found.versions] == [("1", "READY"), ("7", "MISSING")]
+    refused = model_state(triton.http, "echo", ["1"], "a-guess")
+    assert not refused.reachable
+    assert refused.error.startswith(f"{triton.http}: [403] ") and "restricted" in refused.error
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
+    gone = model_state(nowhere, "echo", ["1"], ADMIN_KEY)
+    assert not gone.reachable and "refused" in gone.error
 
 
 def test_the_operator_reads_the_models_state_with_the_key_its_secret_holds(

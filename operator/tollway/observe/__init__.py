@@ -1,1 +1,1 @@
-"""The only modules that talk to Prometheus (prometheus-api-client) and Triton (tritonclient)."""
+"""The only modules that talk to Prometheus (prometheus-api-client) and to Triton (its HTTP API)."""

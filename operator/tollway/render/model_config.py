@@ -4,12 +4,34 @@ the config.pbtxt the model's repository holds."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 from google.protobuf import text_format
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from tritonclient.grpc import model_config_pb2
 
 from tollway.ir.serving import ModelConfig
+
+
+def _model_config_messages() -> ModuleType:
+    """tritonclient's generated messages of config.pbtxt (tritonclient/grpc/model_config_pb2.py), loaded by
+    themselves: imported through their package they would run tritonclient.grpc's __init__, which loads gRPC
+    and numpy, about 10 MiB of the operator's memory for nothing it uses (README: Benchmarks). The module
+    needs protobuf only."""
+    found = importlib.util.find_spec("tritonclient")
+    if found is None or not found.submodule_search_locations:
+        raise ImportError("tritonclient is not installed")
+    path = Path(next(iter(found.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("tollway.render.triton_model_config_pb2", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+model_config_pb2 = _model_config_messages()
 
 _templates = Environment(
     loader=PackageLoader("tollway.render", "templates"),
