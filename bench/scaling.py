@@ -34,12 +34,16 @@ from dataclasses import dataclass, field
 
 STEP = 1.0  # seconds
 SYNC, LAG, STARTUP = 15, 30, 60
+TOLLWAY_LAG = 10
+"""The age of Tollway's signals when the HPA reads them: Triton's gauges and counters scraped every 15 s
+(7.5 s old on average) and queried live by prometheus-adapter. LAG (30 s) is the older model's, which
+went through recording rules."""
 MIN_REPLICAS, MAX_REPLICAS = 1, 12
 SLO_P99_MS, SLO_WINDOW = 1000.0, 30
 TOLERANCE = 0.1
 
 
-def arrivals(minutes: int, seed: int) -> list[int]:
+def bursty(minutes: int, seed: int) -> list[int]:
     """Requests per second: a daily-shaped base with bursts (3-5x for 1-3 minutes), Poisson noise."""
     rng = random.Random(seed)
     rates = []
@@ -51,6 +55,41 @@ def arrivals(minutes: int, seed: int) -> list[int]:
         rate = base * (burst_factor if second <= burst_until else 1.0)
         rates.append(_poisson(rng, rate))
     return rates
+
+
+def diurnal(minutes: int, seed: int) -> list[int]:
+    """A day compressed into the run: a night of 4 requests a second rising smoothly to a midday peak of
+    200 and back, with Poisson noise and a little minute-to-minute drift."""
+    rng = random.Random(seed)
+    rates, drift = [], 1.0
+    for second in range(minutes * 60):
+        if second % 60 == 0:
+            drift = min(1.2, max(0.8, drift + rng.uniform(-0.05, 0.05)))
+        daylight = max(0.0, math.sin(math.pi * second / (minutes * 60))) ** 2
+        rates.append(_poisson(rng, (4 + 196 * daylight) * drift))
+    return rates
+
+
+def spike_after_idle(minutes: int, seed: int) -> list[int]:
+    """Mostly idle (1 request a second), with a sudden spike every 15 minutes: 80 to 160 requests a second
+    for 3 to 6 minutes (a batch job, a launch, a retrying client)."""
+    rng = random.Random(seed)
+    rates = []
+    spikes = []
+    for quarter in range(10 * 60, minutes * 60, 15 * 60):
+        start = quarter + rng.randint(0, 59)  # at no particular phase of the autoscalers' sync
+        spikes.append((start, start + rng.randint(180, 360), rng.uniform(80, 160)))
+    for second in range(minutes * 60):
+        rate = next((level for start, end, level in spikes if start <= second < end), 1.0)
+        rates.append(_poisson(rng, rate))
+    return rates
+
+
+TRACES: dict[str, Callable[[int, int], list[int]]] = {
+    "bursty": bursty,
+    "diurnal": diurnal,
+    "spike after idle": spike_after_idle,
+}
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
@@ -88,14 +127,16 @@ class Cluster:
         self.queue -= served
         throughput = max(capacity, 1e-9)
         # A request arriving now waits for the queue ahead of it, then its batch.
-        latency_ms = (self.queue / throughput * STEP + batch_seconds(batch)) * 1000
+        wait_ms = self.queue / throughput * STEP * 1000
         self.history.append(
             {
                 "arrived": arrived,
                 "queue": self.queue,
                 "inflight": self.queue + served * batch_seconds(batch),
-                "latency_ms": latency_ms,
+                "wait_ms": wait_ms,
+                "latency_ms": wait_ms + batch_seconds(batch) * 1000,
                 "cpu": 0.10 + 0.30 * busy,
+                "busy": self.ready * busy,  # replicas' worth of time spent executing batches
                 "replicas": self.replicas,
                 "ready": self.ready,
             }
@@ -125,25 +166,49 @@ def p99(latencies: list[tuple[float, int]]) -> float:
 
 
 Metric = Callable[[Cluster, int], float]
-"""The metric as the autoscaler sees it: computed from history as it was LAG seconds ago."""
+"""A metric as the autoscaler sees it: computed from the history up to the second given (its lag earlier)."""
 
 
 def _at(cluster: Cluster, index: int) -> dict[str, float]:
-    return cluster.history[max(0, index)]
+    return cluster.history[max(0, min(index, len(cluster.history) - 1))]
 
 
-def queue_total(cluster: Cluster, now: int) -> float:
-    return _at(cluster, now - LAG)["queue"]
+def _minute(cluster: Cluster, seen: int) -> list[dict[str, float]]:
+    """The minute of history up to `seen`, as a rate() over [1m] reads it."""
+    return cluster.history[max(0, seen - 60) : max(1, seen + 1)]
 
 
-def model_p99(cluster: Cluster, now: int) -> float:
-    start = max(0, now - LAG - 60)
-    window = cluster.history[start : max(start + 1, now - LAG + 1)]
-    return p99([(entry["latency_ms"], int(entry["arrived"])) for entry in window])
+def queue_total(cluster: Cluster, seen: int) -> float:
+    return _at(cluster, seen)["queue"]
 
 
-def cpu_utilisation(cluster: Cluster, now: int) -> float:
-    window = cluster.history[max(0, now - LAG - 60) : max(1, now - LAG + 1)]
+def queue_ahead(cluster: Cluster, seen: int) -> float:
+    """The queue a replica started now would find when ready: the larger of the queue and its linear
+    prediction STARTUP seconds ahead from the last 30 s (PromQL's predict_linear)."""
+    earlier = _at(cluster, seen - 30)["queue"]
+    now = _at(cluster, seen)["queue"]
+    return max(now, now + (now - earlier) / 30 * STARTUP)
+
+
+def model_p99(cluster: Cluster, seen: int) -> float:
+    return p99([(entry["latency_ms"], int(entry["arrived"])) for entry in _minute(cluster, seen)])
+
+
+def busy_total(cluster: Cluster, seen: int) -> float:
+    """Replicas' worth of time spent executing over the last 45 s (render/autoscaling.BUSY_METRIC: Triton's
+    compute time per execution times its executions, as rates, summed over the model's pods)."""
+    window = cluster.history[max(0, seen - 45) : max(1, seen + 1)]
+    return sum(entry["busy"] for entry in window) / len(window)
+
+
+def queued_p99(cluster: Cluster, seen: int) -> float:
+    """The model's P99 while requests wait in its queue, else 0 (render/autoscaling.P99_METRIC): more
+    replicas shorten the time spent waiting, never the model's own."""
+    return model_p99(cluster, seen) if queue_total(cluster, seen) >= 1 else 0.0
+
+
+def cpu_utilisation(cluster: Cluster, seen: int) -> float:
+    window = _minute(cluster, seen)
     return sum(entry["cpu"] for entry in window) / len(window)
 
 
@@ -153,9 +218,14 @@ class Hpa:
 
     metrics: list[tuple[str, Metric, float]]
     """(type, metric, target): type is AverageValue, Value or Utilization."""
+    lag: int = LAG
+    """How old the metrics are when the controller reads them."""
     up_window: int = 0
     down_window: int = 300
+    up_policy: tuple[float, int] = (1.0, 4)
+    """At most this share more, or this many pods more (the larger), per 15 s."""
     down_policy: tuple[float, int] = (0.5, 60)
+    """At most this share fewer per this many seconds."""
     recommendations: deque[tuple[int, int]] = field(default_factory=deque)
     events: deque[tuple[int, int]] = field(default_factory=deque)
 
@@ -163,7 +233,7 @@ class Hpa:
         current = cluster.replicas
         wanted = MIN_REPLICAS
         for kind, metric, target in self.metrics:
-            value = metric(cluster, now)
+            value = metric(cluster, now - self.lag)
             if kind == "AverageValue":
                 ratio = value / (target * current)
                 proposal = current if abs(ratio - 1) <= TOLERANCE else math.ceil(value / target)
@@ -187,7 +257,8 @@ class Hpa:
             self.events.popleft()
         if desired > current:
             since = current - sum(change for at, change in self.events if at >= now - 15 and change > 0)
-            limit = max(since * 2, since + 4)
+            share, pods = self.up_policy
+            limit = max(math.ceil(since * (1 + share)), since + pods)
             desired = min(desired, limit)
         elif desired < current:
             share, period = self.down_policy
@@ -223,7 +294,15 @@ class Outcome:
     violation_seconds: int
     replica_seconds: float
     peak: int
-    p99_ms: float
+    p99_wait_ms: float
+    replicas: list[int]
+    """Replicas (ready and starting) each second."""
+    window_p99_ms: list[float]
+    """The P99 latency of the last SLO_WINDOW seconds, each second."""
+
+
+def weighted(entries: list[dict[str, float]], field_name: str) -> list[tuple[float, int]]:
+    return [(entry[field_name], int(entry["arrived"])) for entry in entries]
 
 
 def simulate(name: str, trace: list[int], scaler: Hpa | Kpa, every: int) -> Outcome:
@@ -232,15 +311,78 @@ def simulate(name: str, trace: list[int], scaler: Hpa | Kpa, every: int) -> Outc
         cluster.step(float(second), arrived)
         if second % every == 0 and second > 0:
             cluster.resize(float(second), scaler.desired(cluster, second))
-    violation = 0
-    for second in range(len(trace)):
-        window = cluster.history[max(0, second - SLO_WINDOW + 1) : second + 1]
-        if p99([(entry["latency_ms"], int(entry["arrived"])) for entry in window]) > SLO_P99_MS:
-            violation += 1
-    overall = p99([(entry["latency_ms"], int(entry["arrived"])) for entry in cluster.history])
-    replica_seconds = sum(entry["replicas"] for entry in cluster.history) * STEP
-    peak = int(max(entry["replicas"] for entry in cluster.history))
-    return Outcome(name, violation, replica_seconds, peak, overall)
+    history = cluster.history
+    window_p99 = [
+        p99(weighted(history[max(0, second - SLO_WINDOW + 1) : second + 1], "latency_ms"))
+        for second in range(len(trace))
+    ]
+    return Outcome(
+        name,
+        violation_seconds=sum(1 for value in window_p99 if value > SLO_P99_MS),
+        replica_seconds=sum(entry["replicas"] for entry in history) * STEP,
+        peak=int(max(entry["replicas"] for entry in history)),
+        p99_wait_ms=p99(weighted(history, "wait_ms")),
+        replicas=[int(entry["replicas"]) for entry in history],
+        window_p99_ms=window_p99,
+    )
+
+
+DEFAULT = "tollway (default)"
+
+
+def policies() -> list[tuple[str, Hpa | Kpa, int]]:
+    """Each policy with how often it decides (seconds)."""
+    return [
+        (
+            DEFAULT,
+            Hpa(
+                [
+                    ("AverageValue", busy_total, 0.7),
+                    ("AverageValue", queue_total, 4),
+                    ("Value", queued_p99, 800),
+                ],
+                lag=TOLLWAY_LAG,
+                up_window=0,
+                down_window=0,
+                up_policy=(9.0, 16),
+                down_policy=(0.5, 60),
+            ),
+            SYNC,
+        ),
+        (
+            "queue + P99, 300 s (before)",
+            Hpa([("AverageValue", queue_total, 4), ("Value", model_p99, 800)], lag=LAG),
+            SYNC,
+        ),
+        ("cpu 70 %", Hpa([("Utilization", cpu_utilisation, 0.70)], down_policy=(1.0, 15)), SYNC),
+        ("concurrency 8 (KPA)", Kpa(), 2),
+    ]
+
+
+def plot(path: str, title: str, trace: list[int], outcomes: list[Outcome]) -> None:
+    """Load, replicas and the 30 s P99 over time, one line per policy."""
+    import matplotlib  # noqa: PLC0415 (only for the figures)
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # noqa: PLC0415
+
+    minutes = [second / 60 for second in range(len(trace))]
+    figure, (load, replicas, latency) = pyplot.subplots(3, 1, figsize=(11, 8), sharex=True)
+    load.plot(minutes, trace, color="0.4", linewidth=0.6)
+    load.set_ylabel("requests / s")
+    load.set_title(title)
+    for outcome in outcomes:
+        replicas.step(minutes, outcome.replicas, where="post", linewidth=1.1, label=outcome.name)
+        latency.plot(minutes, outcome.window_p99_ms, linewidth=0.9, label=outcome.name)
+    replicas.set_ylabel("replicas")
+    replicas.legend(loc="upper left", fontsize=8)
+    latency.axhline(SLO_P99_MS, color="red", linestyle="--", linewidth=0.8, label="SLO")
+    latency.set_yscale("log")
+    latency.set_ylabel(f"P99 over {SLO_WINDOW} s (ms)")
+    latency.set_xlabel("minute")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    pyplot.close(figure)
 
 
 def main() -> None:
@@ -249,24 +391,35 @@ def main() -> None:
     )
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--figures", help="a folder to write one PNG per trace into")
     arguments = parser.parse_args()
-    trace = arrivals(arguments.minutes, arguments.seed)
-    policies: list[tuple[str, Hpa | Kpa, int]] = [
-        ("tollway (queue + P99)", Hpa([("AverageValue", queue_total, 4), ("Value", model_p99, 800)]), SYNC),
-        ("cpu 70 %", Hpa([("Utilization", cpu_utilisation, 0.70)], down_policy=(1.0, 15)), SYNC),
-        ("concurrency 8 (KPA)", Kpa(), 2),
-    ]
-    outcomes = [simulate(name, trace, scaler, every) for name, scaler, every in policies]
-    print(
-        f"{arguments.minutes} min bursty trace (seed {arguments.seed}), {sum(trace)} requests, "
-        f"SLO P99 <= {SLO_P99_MS:.0f} ms over {SLO_WINDOW} s, replicas {MIN_REPLICAS}-{MAX_REPLICAS}"
-    )
-    print(f"{'policy':26}{'SLO violation s':>17}{'replica-seconds':>17}{'peak':>6}{'P99 ms':>10}")
-    for outcome in outcomes:
+    beaten = True
+    for trace_name, make in TRACES.items():
+        trace = make(arguments.minutes, arguments.seed)
+        outcomes = [simulate(name, trace, scaler, every) for name, scaler, every in policies()]
         print(
-            f"{outcome.name:26}{outcome.violation_seconds:17d}{outcome.replica_seconds:17.0f}"
-            f"{outcome.peak:6d}{outcome.p99_ms:10.0f}"
+            f"\n{trace_name}: {arguments.minutes} min (seed {arguments.seed}), {sum(trace)} requests, "
+            f"SLO P99 <= {SLO_P99_MS:.0f} ms over {SLO_WINDOW} s, replicas {MIN_REPLICAS}-{MAX_REPLICAS}"
         )
+        print(f"{'policy':30}{'SLO violation s':>17}{'replica-seconds':>17}{'peak':>6}{'P99 wait ms':>13}")
+        for outcome in outcomes:
+            print(
+                f"{outcome.name:30}{outcome.violation_seconds:17d}{outcome.replica_seconds:17.0f}"
+                f"{outcome.peak:6d}{outcome.p99_wait_ms:13.0f}"
+            )
+        ours, theirs = outcomes[0], next(outcome for outcome in outcomes if "KPA" in outcome.name)
+        wins = (
+            ours.violation_seconds < theirs.violation_seconds
+            and ours.replica_seconds < theirs.replica_seconds
+        )
+        beaten = beaten and wins
+        print(f"{DEFAULT} beats concurrency on both axes: {'yes' if wins else 'NO'}")
+        if arguments.figures:
+            path = f"{arguments.figures}/scaling-{trace_name.replace(' ', '-')}.png"
+            plot(path, f"{trace_name} trace", trace, outcomes)
+            print(f"figure: {path}")
+    if not beaten:
+        raise SystemExit("the default policy does not beat concurrency scaling on every trace")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_model_name_defaults_to_metadata_name() -> None:
 def test_defaults_match_the_documented_contract() -> None:
     spec = parse(ModelDeployment, model_deployment()).spec
     assert (spec.triton.gpus, spec.autoscaling.engine, spec.autoscaling.min_replicas) == (1, "hpa", 1)
-    assert spec.autoscaling.scale_down.stabilization_seconds == 300
+    assert spec.autoscaling.scale_down.stabilization_seconds == 0  # README: "Why these defaults"
     assert spec.cache.enabled is False
     tier = parse(ApiTier, api_tier()).spec
     assert tier.limits.tokens_per_minute is None  # unset limit = unlimited

@@ -74,7 +74,7 @@ def test_crd_names_kinds_columns_and_subresource() -> None:
 def test_defaults_reach_the_schema() -> None:
     spec = yaml.safe_load(yaml.safe_dump(custom_resource_definition(RESOURCES[0])))["spec"]["versions"][0]
     properties = spec["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    assert properties["autoscaling"]["default"]["scaleDown"] == {"stabilizationSeconds": 300}
+    assert properties["autoscaling"]["default"]["scaleDown"] == {"stabilizationSeconds": 0}
     assert properties["triton"]["properties"]["gpus"]["default"] == 1
 
 

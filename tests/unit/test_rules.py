@@ -16,7 +16,7 @@ import yaml
 from tollway import documents
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.render.autoscaling import p99_query, ttft_query
+from tollway.render.autoscaling import busy_query, ttft_query, waiting_p99_query
 from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate import translate_all
 from tollway.translate.serving import plan_serving
@@ -300,15 +300,56 @@ def test_the_autoscalers_ttft_is_the_gateways_and_else_tritons(tmp_path: Path) -
     passes_promtool(tmp_path, tests)
 
 
-def test_an_uncached_models_p99_for_the_autoscalers_is_tritons_request_summary(tmp_path: Path) -> None:
+def test_an_uncached_models_p99_for_the_autoscalers_is_tritons_request_summary_while_requests_wait(
+    tmp_path: Path,
+) -> None:
+    """With nothing waiting the figure is 0: more replicas would not lower a latency no queue explains."""
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules_of(chat())}))
     request = series("nv_inference_request_summary_us", "20000x10", version="3", quantile="0.99")
     queue = series("nv_inference_queue_summary_us", "3000x10", version="3", quantile="0.99")
-    expected = [{"labels": '{model="chat"}', "value": 20}]
+    # two pods: requests wait for the first five minutes only
+    waiting = [series("nv_inference_pending_request_count", "1x5 0x5", version="3", pod=pod) for pod in "ab"]
     test = {
         "interval": "1m",
-        "input_series": [request, queue],
-        "promql_expr_test": [{"expr": p99_query("ai", "chat"), "eval_time": "5m", "exp_samples": expected}],
+        "input_series": [request, queue, *waiting],
+        "promql_expr_test": [
+            {
+                "expr": waiting_p99_query("ai", "chat"),
+                "eval_time": eval_time,
+                "exp_samples": [{"labels": '{model="chat"}', "value": value}],
+            }
+            for eval_time, value in (("4m", 20), ("8m", 0))
+        ],
+    }
+    passes_promtool(tmp_path, [test])
+
+
+def test_the_busy_time_for_the_autoscalers_counts_each_batch_once(tmp_path: Path) -> None:
+    """Triton adds a batch's compute time to each request in it: per pod, 5 batches of 8 requests every
+    15 s, each batch 1.5 s of compute, is half a replica busy; two such pods, one replica's worth."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rules_of(chat())}))
+    counters = {
+        "nv_inference_request_success": "0+40x20",
+        "nv_inference_exec_count": "0+5x20",
+        "nv_inference_compute_infer_duration_us": "0+60000000x20",  # 40 requests x 1.5 s each
+    }
+    busy = [series(name, values, version="3", pod=pod) for name, values in counters.items() for pod in "ab"]
+    # an idle model: counters that do not move read 0, not nothing
+    idle = [
+        {"series": f'{name}{{namespace="ai",model="idle",version="1",pod="c"}}', "values": "7x20"}
+        for name in counters
+    ]
+    test = {
+        "interval": "15s",
+        "input_series": [*busy, *idle],
+        "promql_expr_test": [
+            {
+                "expr": busy_query("ai", model),
+                "eval_time": "4m",
+                "exp_samples": [{"labels": f'{{model="{model}"}}', "value": value}],
+            }
+            for model, value in (("chat", 1), ("idle", 0))
+        ],
     }
     passes_promtool(tmp_path, [test])
 
@@ -328,6 +369,7 @@ def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: 
         "nv_inference_compute_output_summary_us": 700,
     }
     inputs = [series(name, f"{value}x10", version="3", quantile="0.99") for name, value in stages_us.items()]
+    inputs.append(series("nv_inference_pending_request_count", "2x10", version="3", pod="a"))
     test = {
         "interval": "1m",
         "input_series": inputs,
@@ -339,8 +381,8 @@ def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: 
                     {"labels": f'tollway:request_latency_ms:p99{{{SELECTOR},version="3"}}', "value": 7}
                 ],
             },
-            {  # what the HPA (through prometheus-adapter) and KEDA read: the same figure
-                "expr": p99_query("ai", "chat"),
+            {  # what the HPA (through prometheus-adapter) and KEDA read while requests wait: the same
+                "expr": waiting_p99_query("ai", "chat"),
                 "eval_time": "5m",
                 "exp_samples": [{"labels": '{model="chat"}', "value": 7}],
             },

@@ -252,6 +252,20 @@ class ScalingBehavior(TollwayModel):
 class ScalingTargets(TollwayModel):
     """The signals to scale on; at least one."""
 
+    rules = (
+        Rule(
+            field=".utilization",
+            message="utilization must be above 0",
+            cel="!has(self.utilization) || double(self.utilization) > 0.0",
+            holds=lambda targets: targets.utilization is None or decimal(targets.utilization) > 0,
+        ),
+    )
+
+    utilization: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,2}(\.[0-9]{1,3})?$")] | None = None
+    """The share of its time each replica's Triton may spend executing (Triton's compute time per execution
+    times its executions, over 45 s; 1 is one model instance always busy). Unset: 0.7 for a model that does
+    not stream, with whichever target is set (README: "Why these defaults"); none for a streaming model,
+    whose compute time counts its concurrent generations instead."""
     queue_depth_per_replica: int | None = Field(default=None, ge=1)
     """Average Triton pending requests per replica."""
     p99_latency_ms: int | None = Field(default=None, ge=1)
@@ -284,7 +298,9 @@ class Autoscaling(TollwayModel):
     max_replicas: int = Field(default=1, ge=1, le=1000)
     targets: ScalingTargets = ScalingTargets()
     scale_up: ScalingBehavior = ScalingBehavior(stabilization_seconds=0)
-    scale_down: ScalingBehavior = ScalingBehavior(stabilization_seconds=300)
+    scale_down: ScalingBehavior = ScalingBehavior(stabilization_seconds=0)
+    """0 by default: the utilization target holds what the load needs, and scale-down is limited to half the
+    replicas a minute (README: "Why these defaults")."""
 
 
 class Slo(TollwayModel):

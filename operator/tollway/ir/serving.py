@@ -97,6 +97,8 @@ class Scaling:
     engine: Literal["hpa", "keda"]
     min_replicas: int
     max_replicas: int
+    utilization: str | None
+    """Triton's busy time per replica to hold (a decimal), or None."""
     queue_depth_per_replica: int | None
     p99_latency_ms: int | None
     scale_up_seconds: int

@@ -1,11 +1,12 @@
-"""Scaling on the signals that matter for inference: Triton's queue depth, P99 latency and, for streamed
-answers, the P99 time to first token; not CPU.
+"""Scaling on the signals that matter for inference: how busy Triton keeps its replicas, its queue depth,
+the P99 latency while requests wait and, for streamed answers, the P99 time to first token; not CPU.
 
-`engine: hpa` renders an autoscaling/v2 HorizontalPodAutoscaler with two External metrics, which
+`engine: hpa` renders an autoscaling/v2 HorizontalPodAutoscaler with External metrics, which
 prometheus-adapter serves from Prometheus with the rules in `adapter_rules()`; `engine: keda` renders a
-KEDA ScaledObject with two Prometheus triggers on the same queries (KEDA makes its own HPA; never both).
-External metrics, not Pods metrics: both signals belong to the model, and the HPA divides the queue by the
-current replicas itself (AverageValue), so a pod that is not ready yet does not distort the figure.
+KEDA ScaledObject with Prometheus triggers on the same queries (KEDA makes its own HPA; never both).
+External metrics, not Pods metrics: the signals belong to the model, and the HPA divides the busy time and
+the queue by the current replicas itself (AverageValue), so a pod that is not ready yet does not distort
+the figure. bench/scaling.py is where the defaults come from.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from tollway.documents import dump
 from tollway.ir.serving import Scaling, TritonServing
 from tollway.render.monitoring import cached_latency_ms, request_latency_ms
 
+BUSY_METRIC = "tollway_triton_busy"
 QUEUE_METRIC = "tollway_triton_queue_depth"
-P99_METRIC = "tollway_triton_request_p99_ms"
+P99_METRIC = "tollway_triton_waiting_p99_ms"
 TTFT_METRIC = "tollway_ttft_p99_ms"
+BUSY_WINDOW = "45s"
+"""Three of Triton's 15 s scrapes: short enough to follow a burst, long enough for rate() to have two."""
 
 Manifest = dict[str, Any]
 
@@ -26,6 +30,34 @@ Manifest = dict[str, Any]
 def queue_query(namespace: str, model: str) -> str:
     """Requests waiting in Triton's queues, over all of the model's pods."""
     return f'sum(nv_inference_pending_request_count{{namespace="{namespace}",model="{model}"}})'
+
+
+def busy_expression(matchers: str) -> str:
+    """Replicas' worth of time Triton spent executing the models `matchers` select: the compute time per
+    request times the executions, as rates (Triton adds a batch's compute time to each request in it), in
+    seconds a second, summed over the pods; 0 while nothing runs."""
+
+    def rate(counter: str) -> str:
+        return f"rate({counter}{{{matchers}}}[{BUSY_WINDOW}])"
+
+    executing = (
+        f"{rate('nv_inference_compute_infer_duration_us')} * {rate('nv_inference_exec_count')}"
+        f" / ({rate('nv_inference_request_success')} > 0)"
+    )
+    return f"sum by (model) ({executing}) / 1e6 or sum by (model) ({rate('nv_inference_exec_count')}) * 0"
+
+
+def busy_query(namespace: str, model: str) -> str:
+    """The model's busy time, for KEDA."""
+    return busy_expression(f'namespace="{namespace}",model="{model}"')
+
+
+def waiting_p99_expression(matchers: str) -> str:
+    """The P99 request latency in ms of the models `matchers` select while requests wait in their queues,
+    else 0: more replicas shorten the time spent waiting, never the model's own, so a P99 that no queue
+    explains must not hold replicas (bench/scaling.py)."""
+    waiting = f"sum by (model) (nv_inference_pending_request_count{{{matchers}}})"
+    return f"({p99_expression(matchers)}) and on (model) ({waiting} >= 1) or on (model) ({waiting} * 0)"
 
 
 def p99_expression(matchers: str) -> str:
@@ -51,9 +83,16 @@ def ttft_query(namespace: str, model: str) -> str:
     return ttft_expression(f'namespace="{namespace}",model="{model}"')
 
 
-def p99_query(namespace: str, model: str) -> str:
-    """The model's P99 request latency in ms, for KEDA."""
-    return p99_expression(f'namespace="{namespace}",model="{model}"')
+def waiting_p99_query(namespace: str, model: str) -> str:
+    """The model's P99 request latency in ms while requests wait, for KEDA."""
+    return waiting_p99_expression(f'namespace="{namespace}",model="{model}"')
+
+
+def milli_quantity(value: str) -> str:
+    """A decimal of at most three places in Kubernetes' canonical quantity form ("0.7" → "700m")."""
+    whole, _, fraction = value.partition(".")
+    thousandths = int(whole) * 1000 + int((fraction + "000")[:3])
+    return quantity(thousandths // 1000) if thousandths % 1000 == 0 else f"{thousandths}m"
 
 
 def quantity(value: int) -> str:
@@ -73,13 +112,19 @@ def quantity(value: int) -> str:
 
 
 def adapter_rules() -> dict[str, Any]:
-    """prometheus-adapter's `externalRules` for the two metrics every Tollway HPA reads.
+    """prometheus-adapter's `externalRules` for the metrics Tollway's HPAs read.
 
     The HPA's namespace and its selector (model=NAME) become label matchers (<<.LabelMatchers>>).
     """
     by_namespace = {"overrides": {"namespace": {"resource": "namespace"}}}
     return {
         "externalRules": [
+            {
+                "seriesQuery": 'nv_inference_exec_count{namespace!="",model!=""}',
+                "resources": by_namespace,
+                "name": {"matches": "^nv_inference_exec_count$", "as": BUSY_METRIC},
+                "metricsQuery": busy_expression("<<.LabelMatchers>>"),
+            },
             {
                 "seriesQuery": 'nv_inference_pending_request_count{namespace!="",model!=""}',
                 "resources": by_namespace,
@@ -91,7 +136,7 @@ def adapter_rules() -> dict[str, Any]:
                 "seriesQuery": 'nv_inference_queue_summary_us{namespace!="",model!="",quantile="0.99"}',
                 "resources": by_namespace,
                 "name": {"matches": "^nv_inference_queue_summary_us$", "as": P99_METRIC},
-                "metricsQuery": p99_expression("<<.LabelMatchers>>"),
+                "metricsQuery": waiting_p99_expression("<<.LabelMatchers>>"),
             },
             {
                 # Found once a stream has gone through the gateway (Triton's histogram is the fallback).
@@ -123,14 +168,15 @@ def adapter_config_map(namespace: str) -> Manifest:
 
 
 def _behavior(scaling: Scaling) -> dict[str, Any]:
-    """Up fast (double, or 4 more pods, per 15 s), down gently (half a minute), after stabilization."""
+    """Up at once (ten times, or 16 more pods, per 15 s: a replica takes a minute to start, so what a burst
+    needs is asked for in one step), down gently (half the replicas a minute), after stabilization."""
     return {
         "scaleUp": {
             "stabilizationWindowSeconds": scaling.scale_up_seconds,
             "selectPolicy": "Max",
             "policies": [
-                {"type": "Percent", "value": 100, "periodSeconds": 15},
-                {"type": "Pods", "value": 4, "periodSeconds": 15},
+                {"type": "Percent", "value": 900, "periodSeconds": 15},
+                {"type": "Pods", "value": 16, "periodSeconds": 15},
             ],
         },
         "scaleDown": {
@@ -144,6 +190,16 @@ def _behavior(scaling: Scaling) -> dict[str, Any]:
 def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
     selector = {"matchLabels": {"model": serving.model.name}}
     metrics = []
+    if scaling.utilization is not None:
+        metrics.append(
+            {
+                "type": "External",
+                "external": {
+                    "metric": {"name": BUSY_METRIC, "selector": selector},
+                    "target": {"type": "AverageValue", "averageValue": milli_quantity(scaling.utilization)},
+                },
+            }
+        )
     if scaling.queue_depth_per_replica is not None:
         metrics.append(
             {
@@ -185,6 +241,18 @@ def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata
 def scaled_object(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
     namespace, model = serving.namespace, serving.model.name
     triggers = []
+    if scaling.utilization is not None:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": scaling.prometheus_url,
+                    "query": busy_query(namespace, model),
+                    "threshold": scaling.utilization,
+                },
+            }
+        )
     if scaling.queue_depth_per_replica is not None:
         triggers.append(
             {
@@ -199,7 +267,7 @@ def scaled_object(serving: TritonServing, scaling: Scaling, metadata: dict[str, 
             }
         )
     for query, target in (
-        (p99_query(namespace, model), scaling.p99_latency_ms),
+        (waiting_p99_query(namespace, model), scaling.p99_latency_ms),
         (ttft_query(namespace, model), scaling.ttft_p99_ms),
     ):
         if target is not None:

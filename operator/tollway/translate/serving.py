@@ -84,18 +84,26 @@ def model_config(resource: ModelDeployment, tier_priorities: Iterable[int]) -> M
     )
 
 
+DEFAULT_UTILIZATION = "0.7"
+"""The busy share a model that does not stream scales to when its spec names none (bench/scaling.py)."""
+
+
 def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
     """Autoscaling when there is room to scale and a signal to scale on; else a fixed replica count."""
     autoscaling = resource.spec.autoscaling
     targets = autoscaling.targets
     if autoscaling.max_replicas <= autoscaling.min_replicas or (
-        targets.queue_depth_per_replica is None and targets.p99_latency_ms is None
+        targets.queue_depth_per_replica is None
+        and targets.p99_latency_ms is None
+        and targets.utilization is None
     ):
         return None
+    streams = resource.spec.model.streams
     return Scaling(
         engine=autoscaling.engine,
         min_replicas=autoscaling.min_replicas,
         max_replicas=autoscaling.max_replicas,
+        utilization=targets.utilization or (None if streams else DEFAULT_UTILIZATION),
         queue_depth_per_replica=targets.queue_depth_per_replica,
         p99_latency_ms=targets.p99_latency_ms,
         scale_up_seconds=autoscaling.scale_up.stabilization_seconds,
