@@ -16,7 +16,12 @@ import yaml
 from tollway import documents
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
-from tollway.render.autoscaling import busy_query, ttft_query, waiting_p99_query
+from tollway.render.autoscaling import (
+    busy_expression,
+    model_matchers,
+    ttft_expression,
+    waiting_p99_expression,
+)
 from tollway.render.monitoring import gateway_rule_groups, rule_groups
 from tollway.translate import translate_all
 from tollway.translate.serving import plan_serving
@@ -289,7 +294,7 @@ def test_the_autoscalers_ttft_is_the_gateways_and_else_tritons(tmp_path: Path) -
             "input_series": rows,
             "promql_expr_test": [
                 {
-                    "expr": ttft_query("ai", "chat"),
+                    "expr": ttft_expression(SELECTOR),
                     "eval_time": "5m",
                     "exp_samples": [{"labels": '{model="chat"}', "value": expected[source]}],
                 }
@@ -314,7 +319,7 @@ def test_an_uncached_models_p99_for_the_autoscalers_is_tritons_request_summary_w
         "input_series": [request, queue, *waiting],
         "promql_expr_test": [
             {
-                "expr": waiting_p99_query("ai", "chat"),
+                "expr": waiting_p99_expression(SELECTOR),
                 "eval_time": eval_time,
                 "exp_samples": [{"labels": '{model="chat"}', "value": value}],
             }
@@ -344,7 +349,7 @@ def test_the_busy_time_for_the_autoscalers_counts_each_batch_once(tmp_path: Path
         "input_series": [*busy, *idle],
         "promql_expr_test": [
             {
-                "expr": busy_query("ai", model),
+                "expr": busy_expression(model_matchers("ai", model)),
                 "eval_time": "4m",
                 "exp_samples": [{"labels": f'{{model="{model}"}}', "value": value}],
             }
@@ -382,7 +387,7 @@ def test_a_cached_models_latency_adds_up_the_stages_triton_summarises(tmp_path: 
                 ],
             },
             {  # what the HPA (through prometheus-adapter) and KEDA read while requests wait: the same
-                "expr": waiting_p99_query("ai", "chat"),
+                "expr": waiting_p99_expression(SELECTOR),
                 "eval_time": "5m",
                 "exp_samples": [{"labels": '{model="chat"}', "value": 7}],
             },

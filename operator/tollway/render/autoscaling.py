@@ -11,7 +11,9 @@ the figure. bench/scaling.py is where the defaults come from.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from tollway.documents import dump
 from tollway.ir.serving import Scaling, TritonServing
@@ -27,9 +29,14 @@ BUSY_WINDOW = "45s"
 Manifest = dict[str, Any]
 
 
-def queue_query(namespace: str, model: str) -> str:
-    """Requests waiting in Triton's queues, over all of the model's pods."""
-    return f'sum(nv_inference_pending_request_count{{namespace="{namespace}",model="{model}"}})'
+def model_matchers(namespace: str, model: str) -> str:
+    """The label matchers of one model's series, for KEDA's queries (the adapter's come from the HPA)."""
+    return f'namespace="{namespace}",model="{model}"'
+
+
+def queue_expression(matchers: str) -> str:
+    """Requests waiting in Triton's queues, over all of the pods of the models `matchers` select."""
+    return f"sum(nv_inference_pending_request_count{{{matchers}}})"
 
 
 def busy_expression(matchers: str) -> str:
@@ -45,11 +52,6 @@ def busy_expression(matchers: str) -> str:
         f" / ({rate('nv_inference_request_success')} > 0)"
     )
     return f"sum by (model) ({executing}) / 1e6 or sum by (model) ({rate('nv_inference_exec_count')}) * 0"
-
-
-def busy_query(namespace: str, model: str) -> str:
-    """The model's busy time, for KEDA."""
-    return busy_expression(f'namespace="{namespace}",model="{model}"')
 
 
 def waiting_p99_expression(matchers: str) -> str:
@@ -76,16 +78,6 @@ def ttft_expression(matchers: str) -> str:
         for histogram in ("envoy_tollway_stream_ttft_ms", "nv_inference_first_response_histogram_ms")
     )
     return " or ".join(quantiles)
-
-
-def ttft_query(namespace: str, model: str) -> str:
-    """The model's P99 time to first token in ms, for KEDA."""
-    return ttft_expression(f'namespace="{namespace}",model="{model}"')
-
-
-def waiting_p99_query(namespace: str, model: str) -> str:
-    """The model's P99 request latency in ms while requests wait, for KEDA."""
-    return waiting_p99_expression(f'namespace="{namespace}",model="{model}"')
 
 
 def milli_quantity(value: str) -> str:
@@ -187,43 +179,59 @@ def _behavior(scaling: Scaling) -> dict[str, Any]:
     }
 
 
-def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
-    selector = {"matchLabels": {"model": serving.model.name}}
-    metrics = []
+@dataclass(frozen=True)
+class Signal:
+    """One signal the model scales on, as the HPA (an External metric, through prometheus-adapter) and KEDA
+    (a Prometheus trigger) each read it."""
+
+    metric: str
+    """The External metric's name (adapter_rules)."""
+    expression: Callable[[str], str]
+    """Its PromQL over label matchers, as KEDA queries it."""
+    kind: Literal["AverageValue", "Value"]
+    """AverageValue: the HPA divides it by the replicas; Value: the ratio scales the ready ones."""
+    target: str
+    """The HPA's target, in the quantity form the API server stores."""
+    threshold: str
+    """KEDA's."""
+    activation: str | None = None
+    """KEDA's activationThreshold, where the signal can wake a model at zero."""
+
+
+def signals(scaling: Scaling) -> list[Signal]:
+    found = []
     if scaling.utilization is not None:
-        metrics.append(
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": BUSY_METRIC, "selector": selector},
-                    "target": {"type": "AverageValue", "averageValue": milli_quantity(scaling.utilization)},
-                },
-            }
+        utilization = scaling.utilization
+        found.append(
+            Signal(BUSY_METRIC, busy_expression, "AverageValue", milli_quantity(utilization), utilization)
         )
     if scaling.queue_depth_per_replica is not None:
-        metrics.append(
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": QUEUE_METRIC, "selector": selector},
-                    "target": {
-                        "type": "AverageValue",
-                        "averageValue": quantity(scaling.queue_depth_per_replica),
-                    },
-                },
-            }
-        )
-    for metric, target in ((P99_METRIC, scaling.p99_latency_ms), (TTFT_METRIC, scaling.ttft_p99_ms)):
+        depth = scaling.queue_depth_per_replica
+        found.append(Signal(QUEUE_METRIC, queue_expression, "AverageValue", quantity(depth), str(depth), "0"))
+    for metric, expression, target in (
+        (P99_METRIC, waiting_p99_expression, scaling.p99_latency_ms),
+        (TTFT_METRIC, ttft_expression, scaling.ttft_p99_ms),
+    ):
         if target is not None:
-            metrics.append(
-                {
-                    "type": "External",
-                    "external": {
-                        "metric": {"name": metric, "selector": selector},
-                        "target": {"type": "Value", "value": quantity(target)},
-                    },
-                }
-            )
+            found.append(Signal(metric, expression, "Value", quantity(target), str(target)))
+    return found
+
+
+def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
+    selector = {"matchLabels": {"model": serving.model.name}}
+    metrics = [
+        {
+            "type": "External",
+            "external": {
+                "metric": {"name": signal.metric, "selector": selector},
+                "target": {
+                    "type": signal.kind,
+                    ("averageValue" if signal.kind == "AverageValue" else "value"): signal.target,
+                },
+            },
+        }
+        for signal in signals(scaling)
+    ]
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -239,49 +247,20 @@ def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata
 
 
 def scaled_object(serving: TritonServing, scaling: Scaling, metadata: dict[str, Any]) -> Manifest:
-    namespace, model = serving.namespace, serving.model.name
-    triggers = []
-    if scaling.utilization is not None:
-        triggers.append(
-            {
-                "type": "prometheus",
-                "metricType": "AverageValue",
-                "metadata": {
-                    "serverAddress": scaling.prometheus_url,
-                    "query": busy_query(namespace, model),
-                    "threshold": scaling.utilization,
-                },
-            }
-        )
-    if scaling.queue_depth_per_replica is not None:
-        triggers.append(
-            {
-                "type": "prometheus",
-                "metricType": "AverageValue",
-                "metadata": {
-                    "serverAddress": scaling.prometheus_url,
-                    "query": queue_query(namespace, model),
-                    "threshold": str(scaling.queue_depth_per_replica),
-                    "activationThreshold": "0",
-                },
-            }
-        )
-    for query, target in (
-        (waiting_p99_query(namespace, model), scaling.p99_latency_ms),
-        (ttft_query(namespace, model), scaling.ttft_p99_ms),
-    ):
-        if target is not None:
-            triggers.append(
-                {
-                    "type": "prometheus",
-                    "metricType": "Value",
-                    "metadata": {
-                        "serverAddress": scaling.prometheus_url,
-                        "query": query,
-                        "threshold": str(target),
-                    },
-                }
-            )
+    matchers = model_matchers(serving.namespace, serving.model.name)
+    triggers = [
+        {
+            "type": "prometheus",
+            "metricType": signal.kind,
+            "metadata": {
+                "serverAddress": scaling.prometheus_url,
+                "query": signal.expression(matchers),
+                "threshold": signal.threshold,
+                **({"activationThreshold": signal.activation} if signal.activation is not None else {}),
+            },
+        }
+        for signal in signals(scaling)
+    ]
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
