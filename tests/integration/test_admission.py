@@ -55,7 +55,7 @@ def test_schema_applies_defaults(cluster: Cluster) -> None:
         "maxReplicas": 1,
         "targets": {},
         "scaleUp": {"stabilizationSeconds": 0},
-        "scaleDown": {"stabilizationSeconds": 300},
+        "scaleDown": {"stabilizationSeconds": 0},
     }
     assert spec["queue"] == {"maxQueueSize": 0, "timeoutMicroseconds": 0}
 
