@@ -31,7 +31,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from testbed.client import Reply
-from testbed.dataplane import fresh_window
+from testbed.dataplane import fresh_window, summed
 from testbed.gateway import (
     AUDIENCE,
     ISSUER,
@@ -691,14 +691,21 @@ def test_a_full_triton_queue_answers_with_the_estimated_wait(gateway: Bed) -> No
     assert {reply.headers["retry-after"] for reply in refused} == {"10"}  # 7.3 s estimated, rounded up
 
 
+def in_flight(gateway: Bed, cluster: str) -> float:
+    """The requests Envoy has in flight to `cluster`, over the replicas (its own gauge)."""
+    return summed(gateway.stats(), "envoy_cluster_upstream_rq_active", envoy_cluster_name=cluster)
+
+
 def test_concurrent_requests_are_capped_per_replica(gateway: Bed) -> None:
-    # capped: 2 in flight per model across 2 replicas, so 1 per replica.
-    with ThreadPoolExecutor(2) as pool:
-        same = list(
-            pool.map(lambda _: infer(gateway, "/v1/models/echo/infer", KEYS["erin"], sleep_ms=800), range(2))
-        )
-    assert sorted(reply.status for reply in same) == [200, 429]
-    limited = next(reply for reply in same if reply.status == 429)
+    # capped: 2 in flight per model across 2 replicas, so 1 per replica. The second request goes once Envoy
+    # counts the first in flight (it takes 5 s in the model), so that the two overlap however loaded the
+    # machine is.
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(infer, gateway, "/v1/models/echo/infer", KEYS["erin"], sleep_ms=5000)
+        eventually(lambda: in_flight(gateway, "triton-http|echo|capped") == 1 or None, timeout=10)
+        limited = infer(gateway, "/v1/models/echo/infer", KEYS["erin"])
+        assert limited.status == 429, limited.body
+        assert first.result().status == 200
     assert limited.json()["error"]["message"] == "concurrent request limit of the tier reached"
     assert "retry-after" in limited.headers
     with ThreadPoolExecutor(2) as pool:
