@@ -10,9 +10,6 @@ an API key, over tritonclient.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +28,7 @@ from tollway.render.monitoring import rule_groups
 from tollway.translate.serving import plan_serving
 
 from testbed import dataplane
+from testbed.adapter import external_metrics
 from testbed.dataplane import EnvoyPorts, GatewayProcesses
 from testbed.gateway import secret, tier
 from testbed.kube import Cluster, eventually, operator
@@ -38,7 +36,6 @@ from testbed.nodes import NODE_PREFIX
 from testbed.triton import RunningTriton, running
 
 NAMESPACE = f"scaling-test-{os.getpid()}"
-ADAPTER = "tollway-test-prometheus-adapter"
 QUEUE_TARGET = 2
 KEY = "tw-test-scaling-key"
 
@@ -66,73 +63,6 @@ def model() -> dict[str, Any]:
             "slo": {"availability": "99.9", "p99LatencyMs": 1000},
         },
     }
-
-
-def host_address() -> str:
-    """A non-loopback address of this machine: the API server refuses loopback endpoints."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("10.254.254.254", 9))  # no packet is sent; this only picks the outgoing interface
-        address = str(probe.getsockname()[0])
-    assert not address.startswith("127."), "this machine has no non-loopback IPv4 address for the adapter"
-    return address
-
-
-def register_adapter(cluster: Cluster, port: int) -> None:
-    """prometheus-adapter as external.metrics.k8s.io, reached by the API server at this machine's address,
-    and the HPA controller allowed to read it."""
-    documents = [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": ADAPTER, "namespace": "kube-system"},
-            "spec": {"ports": [{"port": port, "targetPort": port}]},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Endpoints",
-            "metadata": {"name": ADAPTER, "namespace": "kube-system"},
-            "subsets": [{"addresses": [{"ip": host_address()}], "ports": [{"port": port}]}],
-        },
-        {
-            "apiVersion": "apiregistration.k8s.io/v1",
-            "kind": "APIService",
-            "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
-            "spec": {
-                "service": {"name": ADAPTER, "namespace": "kube-system", "port": port},
-                "group": "external.metrics.k8s.io",
-                "version": "v1beta1",
-                "insecureSkipTLSVerify": True,  # the adapter's certificate is self-signed, made at start
-                "groupPriorityMinimum": 100,
-                "versionPriority": 100,
-            },
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": ADAPTER},
-            "rules": [
-                {"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list"]}
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": ADAPTER},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ADAPTER},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}
-            ],
-        },
-    ]
-    for document in documents:
-        cluster.apply(document)
-
-
-def unregister_adapter(cluster: Cluster) -> None:
-    # An APIService whose server is gone breaks discovery for everyone after: remove it first.
-    cluster.kubectl("delete", "apiservice", "v1beta1.external.metrics.k8s.io", "--ignore-not-found")
-    cluster.kubectl("delete", "clusterrolebinding,clusterrole", ADAPTER, "--ignore-not-found")
-    cluster.kubectl("delete", "service,endpoints", ADAPTER, "-n", "kube-system", "--ignore-not-found")
 
 
 class Stoppable(Protocol):
@@ -172,41 +102,26 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     rendered = plan_serving(resource, (), "unused")
     rules = workdir / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule_groups(rendered)}))
-    adapter_rules = workdir / "adapter.yaml"
-    tollway = str(Path(sys.executable).parent / "tollway")
-    adapter_rules.write_text(
-        subprocess.run([tollway, "adapter-config"], capture_output=True, text=True, check=True).stdout
-    )
     with running(workdir / "triton", rendered) as triton:
         processes: dict[str, Stoppable] = {}
         try:
             processes["gateway"] = gateway(workdir, triton)
             address = f"127.0.0.1:{processes['gateway'].ports[0]}"
-            prometheus_port, adapter_port = dataplane.free_port(), dataplane.free_port()
+            prometheus_port = dataplane.free_port()
             target = dataplane.ScrapeTarget("triton", triton.metrics, {"namespace": NAMESPACE})
             processes["prometheus"] = dataplane.prometheus(workdir, prometheus_port, [target], [rules])
             url = f"http://127.0.0.1:{prometheus_port}"
-            processes["adapter"] = dataplane.prometheus_adapter(
-                workdir, adapter_port, cluster.kubeconfig, url, adapter_rules
-            )
-            register_adapter(cluster, adapter_port)
-            # A trickle of traffic all along (Triton's latency summaries go blank without any), started
-            # once Prometheus scrapes Triton, so that it sees every request counted.
-            eventually(lambda: dataplane.prometheus_query(url, 'up{job="triton"} == 1'))
-            processes["trickle"] = Trickle(address)
-            with operator(
-                cluster,
-                NAMESPACE,
-                workdir,
-                "--triton-address",
-                triton.http,
-                "--prometheus-url",
-                url,
-            ):
-                cluster.apply(model())
-                yield Stack(triton=triton, gateway=address, prometheus=url, processes=processes)
+            with external_metrics(cluster, workdir, url):
+                # A trickle of traffic all along (Triton's latency summaries go blank without any),
+                # started once Prometheus scrapes Triton, so that it sees every request counted.
+                eventually(lambda: dataplane.prometheus_query(url, 'up{job="triton"} == 1'))
+                processes["trickle"] = Trickle(address)
+                with operator(
+                    cluster, NAMESPACE, workdir, "--triton-address", triton.http, "--prometheus-url", url
+                ):
+                    cluster.apply(model())
+                    yield Stack(triton=triton, gateway=address, prometheus=url, processes=processes)
         finally:
-            unregister_adapter(cluster)
             for process in reversed(processes.values()):
                 process.stop()
 
