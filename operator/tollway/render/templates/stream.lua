@@ -18,6 +18,9 @@ M.AFTER_BODY = "_grpc"
 -- set with the reservation; admit_model's plain ones (`tpm_closed`) are what the settlement charges.
 local TOKEN_KINDS, RESERVED = { "tpm", "tpd" }, "_reserved"
 
+-- The suffix of a tier's limit scopes in metadata: which of the two filters of a kind counts them.
+local function limit_mode(tier) return tier.fail_open and "_open" or "_closed" end
+
 function M.refuse(handle, status, message, headers)
   local all = { [":status"] = tostring(status) }
   for name, value in pairs(headers or {}) do
@@ -59,7 +62,7 @@ function M.admit_model(handle, now, tier_name, tier, model_name, model, version,
   if not M.may_use(handle, tier_name, tier, model_name, version) then return end
   local scopes = tier.scopes[model_name]
   if limited then
-    local mode = tier.fail_open and "_open" or "_closed"
+    local mode = limit_mode(tier)
     local metadata = handle:streamInfo():dynamicMetadata()
     for limit, scope in pairs(scopes) do
       metadata:set(NS, limit .. (REQUEST_KINDS[limit] and stage or "") .. mode, scope)
@@ -82,7 +85,7 @@ end
 -- Count a request that is no inference (feedback) against the tier's request limits only, in the filters
 -- after the body.
 function M.count_request(handle, tier, scopes)
-  local mode = tier.fail_open and "_open" or "_closed"
+  local mode = limit_mode(tier)
   local metadata = handle:streamInfo():dynamicMetadata()
   for limit in pairs(REQUEST_KINDS) do
     if scopes[limit] then metadata:set(NS, limit .. M.AFTER_BODY .. mode, scopes[limit]) end
@@ -110,7 +113,7 @@ function M.reserve_tokens(handle, tier, model_name, model, scopes, body_length, 
     metadata:set(NS, "expect_hit", "1")
     return true
   end
-  local mode = tier.fail_open and "_open" or "_closed"
+  local mode = limit_mode(tier)
   for _, limit in ipairs(TOKEN_KINDS) do
     if scopes[limit] then metadata:set(NS, limit .. RESERVED .. mode, scopes[limit]) end
   end
