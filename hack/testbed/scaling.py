@@ -250,7 +250,7 @@ class Hpa:
         elif desired < current:
             share, period = self.down_policy
             since = current - sum(change for at, change in self.events if at >= now - period and change < 0)
-            desired = max(desired, math.ceil(since * (1 - share)))
+            desired = max(desired, int(since * (1 - share)))  # the controller truncates going down
         if desired != current:
             self.events.append((now, desired - current))
         return desired

@@ -243,6 +243,8 @@ def start(
     admin_key: str | None = None,
     own_config: str | None = None,
     sources: Mapping[str, Path] | None = None,
+    grpc_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> RunningTriton:
     """Triton started with Tollway's own command line; only the repository path and ports are local.
 
@@ -250,12 +252,13 @@ def start(
     first model fail to load; `own_config` is its repository's own config.pbtxt. With `admin_key`, Triton's
     restricted APIs take that key, filled in where the kubelet would fill it in from the model's Secret;
     without, they are left open. `sources` name the model file of some of the others (by model name; the
-    rest echo). Returns once Triton is live; AssertionError with its log if it never is.
+    rest echo). Its ports are free ones, but for those given. Returns once Triton is live; AssertionError
+    with its log if it never is.
     """
     repository = model_repository(workdir, serving, broken, own_config)
     for other in others:
         model_repository(workdir, other, source=(sources or {}).get(other.model.name))
-    http, grpc, metrics = http_port or free_port(), free_port(), free_port()
+    http, grpc, metrics = http_port or free_port(), grpc_port or free_port(), metrics_port or free_port()
     local = LOCAL_FLAGS if admin_key is not None else LOCAL_FLAGS + RESTRICTED_FLAGS
     args = [
         arg.replace(f"$({KEY_VARIABLE})", admin_key or "")

@@ -14,7 +14,14 @@ from typing import Any
 from lupa import luajit21
 
 from tollway.render.envoy import body_data
-from tollway.render.lua import BODY_MODULES, GATEWAY_MODULES, body_program, gateway_program, module_source
+from tollway.render.lua import (
+    BODY_MODULES,
+    GATEWAY_MODULES,
+    body_program,
+    gateway_program,
+    hold_program,
+    module_source,
+)
 
 
 def runtime() -> Any:
@@ -278,7 +285,7 @@ class Handle(Fake):
         self.info = StreamInfo(lua, self.dynamic, connection, local_address, remote_address)
         self.reply: ProgramReply | None = None
         self.calls: list[tuple[str, dict[str, str], str, int]] = []
-        self.answer_call: Callable[[str, dict[str, str], str], tuple[int, str]] = lambda *_: (
+        self.answer_call: Callable[[str, dict[str, str], str], tuple[Any, ...]] = lambda *_: (
             503,
             "no upstream",
         )
@@ -342,12 +349,13 @@ class Handle(Fake):
 
     def httpCall(self, cluster: str, headers: Any, body: str, timeout_ms: int) -> Any:  # noqa: N802
         """A call the script waits for (it yields): answered by `answer_call(cluster, headers, body)`, which
-        returns (status, body); each call is kept in `calls`."""
+        returns (status, body), or (status, body, headers) for an answer with headers; each call is kept in
+        `calls`."""
         sent = python(headers)
         self.calls.append((cluster, sent, body, timeout_ms))
         self.yields += 1
-        status, reply = self.answer_call(cluster, sent, body)
-        return self.lua.table_from({":status": str(status)}), reply
+        status, reply, *more = self.answer_call(cluster, sent, body)
+        return self.lua.table_from({":status": str(status), **(more[0] if more else {})}), reply
 
     def clearRouteCache(self) -> None:  # noqa: N802
         self.route_cache_cleared += 1
@@ -436,4 +444,35 @@ class GatewayProgram:
     def response(self, headers: dict[str, str], body: bytes | None = None, **context: Any) -> Handle:
         handle = self.handle(headers, body, **context)
         self.on_response(handle.table)
+        return handle
+
+
+class HoldProgram:
+    """hold.lua as Envoy runs it on a request that the programs before it routed (x-tollway-cluster), with
+    the clock and the answers of its calls given by the test. One Lua state: what a worker remembers between
+    requests is remembered here too."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.lua = runtime()
+        self.lua.execute(hold_program(data))
+        self.on_request = self.lua.globals().envoy_on_request
+
+    def request(
+        self,
+        cluster: str,
+        answer_call: Callable[[str, dict[str, str], str], tuple[Any, ...]],
+        clock: list[int],
+    ) -> Handle:
+        handle = Handle(
+            self.lua,
+            headers={":path": "/v2/models/chat/infer", "x-tollway-cluster": cluster},
+            body=None,
+            route={},
+            metadata={"tollway": {"model": "chat"}},
+            certificate=None,
+            local_address="127.0.0.1:8080",
+            clock=clock,
+        )
+        handle.answer_call = answer_call
+        self.on_request(handle.table)
         return handle

@@ -525,6 +525,16 @@ def test_a_tiers_usage_is_read_per_consumer_from_the_usage_counters(monkeypatch:
     )
 
 
+def test_a_model_asleep_at_zero_is_idle_with_its_wake_time_as_the_wait() -> None:
+    document = model_deployment(
+        "chat",
+        **{"spec.autoscaling": {"minReplicas": 0, "maxReplicas": 2, "scaleFromZero": {"wakeSeconds": 45}}},
+    )
+    document["status"] = {"readyReplicas": 0, "replicas": 0}
+    capacity = model_capacity(document)
+    assert (capacity.state, capacity.estimated_wait_seconds) == ("idle", 45)
+
+
 @pytest.mark.parametrize(
     ("status", "state"),
     [

@@ -47,6 +47,20 @@ def test_a_rollout_in_progress() -> None:
     assert found["Progressing"] == ("True", "RollingOut", "1/2 replicas updated, 2 available")
 
 
+def test_a_model_idle_at_zero_is_ready_to_wake_and_one_that_may_not_sleep_is_not() -> None:
+    at_zero = available_deployment(replicas=0, ready_replicas=0, available_replicas=0, updated_replicas=0)
+    unreachable = TritonState(reachable=False, error="no pod")
+    sleeps = {"spec.autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
+    found = conditions(status(ServingState(deployment=at_zero, triton=unreachable), **sleeps))
+    assert found["Ready"][:2] == ("True", "ScaledToZero")
+    assert found["Degraded"][:2] == ("False", "AsExpected")
+    assert conditions(status(ServingState(deployment=at_zero, triton=unreachable)))["Ready"] == (
+        "False",
+        "DeploymentUnavailable",
+        "0/0 Triton replicas available",
+    )
+
+
 def test_unreachable_triton_is_said_not_raised() -> None:
     down = TritonState(reachable=False, error="chat-triton.ai.svc:8000: connection refused")
     found = status(ServingState(deployment=AVAILABLE, triton=down))

@@ -275,6 +275,21 @@ class ScalingTargets(TollwayModel):
     measure, else Triton's first-response histogram)."""
 
 
+class ScaleFromZero(TollwayModel):
+    """What the gateway does with a request for a model that has no ready replica (scaled to zero, or still
+    waking): it holds the request, and the held requests are the signal that wakes the model (README: "Scale
+    from zero")."""
+
+    hold_seconds: int = Field(default=60, ge=1, le=240)
+    """The longest a request is held before it is answered 503 with Retry-After."""
+    max_held_requests: int = Field(default=100, ge=1, le=10_000)
+    """How many requests each gateway replica holds for the model at once; the next is answered 503 at once,
+    with Retry-After."""
+    wake_seconds: int = Field(default=60, ge=1, le=3600)
+    """The expected time from the first held request to a ready replica (pod start and model load): what a
+    refused request's Retry-After counts down from."""
+
+
 class Autoscaling(TollwayModel):
     """Replica count driven by queue depth and tail latency."""
 
@@ -286,21 +301,27 @@ class Autoscaling(TollwayModel):
             holds=lambda model: model.min_replicas <= model.max_replicas,
         ),
         Rule(
-            field=".minReplicas",
-            message="minReplicas must be ≥ 1 with engine hpa (only keda scales to zero)",
-            cel="self.engine != 'hpa' || self.minReplicas >= 1",
-            holds=lambda model: model.engine != "hpa" or model.min_replicas >= 1,
+            field=".scaleFromZero",
+            message="scaleFromZero applies only to a model with minReplicas: 0",
+            cel="!has(self.scaleFromZero) || self.minReplicas == 0",
+            holds=lambda model: model.scale_from_zero is None or model.min_replicas == 0,
         ),
     )
 
     engine: Literal["hpa", "keda"] = "hpa"
     min_replicas: int = Field(default=1, ge=0, le=1000)
+    """0: the model scales to zero when idle, and the gateway wakes it when requests come (scaleFromZero).
+    With engine hpa, the cluster's HPA must scale to zero: Kubernetes 1.37 or later (the HPAScaleToZero
+    feature, on by default since) or that feature gate turned on; else the API server refuses the HPA and
+    the model's status says so."""
     max_replicas: int = Field(default=1, ge=1, le=1000)
     targets: ScalingTargets = ScalingTargets()
     scale_up: ScalingBehavior = ScalingBehavior(stabilization_seconds=0)
     scale_down: ScalingBehavior = ScalingBehavior(stabilization_seconds=0)
     """0 by default: the utilization target holds what the load needs, and scale-down is limited to half the
     replicas a minute (README: "Why these defaults")."""
+    scale_from_zero: ScaleFromZero | None = None
+    """With minReplicas 0: how the gateway holds requests while the model wakes (the defaults when unset)."""
 
 
 class Slo(TollwayModel):

@@ -38,12 +38,24 @@ class Capacity:
 
     state: str = "unknown"
     """available (its replicas take requests without a queue), busy (requests wait, and it can scale out),
-    at_capacity (requests wait and it runs its most replicas), unavailable (no ready replica) or unknown
-    (no figures yet)."""
+    at_capacity (requests wait and it runs its most replicas), idle (scaled to zero: a request waits while
+    it wakes, its expected wake time the estimated wait), unavailable (no ready replica) or unknown (no
+    figures yet)."""
     estimated_wait_seconds: float | None = None
     ready_replicas: int = 0
     max_replicas: int = 1
     observed_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """How the gateway holds a model's requests while it has no ready replica (a model that scales to zero):
+    spec.autoscaling.scaleFromZero."""
+
+    seconds: int
+    max_requests: int
+    """Per gateway replica, at once."""
+    wake_seconds: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,8 @@ class Model:
     """Published in a document of its own, which Envoy reads without a reload (never in its config)."""
     cost_currency: str | None = None
     """The currency of spec.cost, which the tiers' margins on the model are computed in; None: no cost."""
+    hold: Hold | None = None
+    """None: the model never scales to zero, and its requests go straight to it."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Scaling on the signals that matter for inference: how busy Triton keeps its replicas, its queue depth,
-the P99 latency while requests wait and, for streamed answers, the P99 time to first token; not CPU.
+the P99 latency while requests wait and, for streamed answers, the P99 time to first token; not CPU. A model
+that scales to zero also scales on the requests the gateway holds or has in flight for it: its own pods
+report nothing at zero, so the gateway's count is what wakes it.
 
 `engine: hpa` renders an autoscaling/v2 HorizontalPodAutoscaler with External metrics, which
 prometheus-adapter serves from Prometheus with the rules in `adapter_rules()`; `engine: keda` renders a
@@ -23,6 +25,9 @@ BUSY_METRIC = "tollway_triton_busy"
 QUEUE_METRIC = "tollway_triton_queue_depth"
 P99_METRIC = "tollway_triton_waiting_p99_ms"
 TTFT_METRIC = "tollway_ttft_p99_ms"
+GATEWAY_METRIC = "tollway_gateway_requests"
+GATEWAY_CLUSTERS = 'envoy_cluster_name=~"(hold|triton-[a-z]+)[|].+"'
+"""The gateway's clusters whose active requests are a model's: its hold and its Tritons (a tier's own too)."""
 BUSY_WINDOW = "45s"
 """Three of Triton's 15 s scrapes: short enough to follow a burst, long enough for rate() to have two."""
 
@@ -68,6 +73,13 @@ def p99_expression(matchers: str) -> str:
     return (
         f"{request_latency_ms(matchers, '0.99', 'model')} or {cached_latency_ms(matchers, '0.99', 'model')}"
     )
+
+
+def gateway_expression(matchers: str) -> str:
+    """The requests the gateway holds (a model's `hold|MODEL` cluster) or has in flight to its Tritons, over
+    every gateway replica: Envoy's gauge of active requests, which carries a `model` label for those clusters
+    (render/envoy.MODEL_STAT_TAG)."""
+    return f"sum by (model) (envoy_cluster_upstream_rq_active{{{matchers},{GATEWAY_CLUSTERS}}})"
 
 
 def ttft_expression(matchers: str) -> str:
@@ -129,6 +141,12 @@ def adapter_rules() -> dict[str, Any]:
                 "resources": by_namespace,
                 "name": {"matches": "^nv_inference_queue_summary_us$", "as": P99_METRIC},
                 "metricsQuery": waiting_p99_expression("<<.LabelMatchers>>"),
+            },
+            {
+                "seriesQuery": 'envoy_cluster_upstream_rq_active{namespace!="",model!=""}',
+                "resources": by_namespace,
+                "name": {"matches": "^envoy_cluster_upstream_rq_active$", "as": GATEWAY_METRIC},
+                "metricsQuery": gateway_expression("<<.LabelMatchers>>"),
             },
             {
                 # Found once a stream has gone through the gateway (Triton's histogram is the fallback).
@@ -208,6 +226,11 @@ def signals(scaling: Scaling) -> list[Signal]:
     if scaling.queue_depth_per_replica is not None:
         depth = scaling.queue_depth_per_replica
         found.append(Signal(QUEUE_METRIC, queue_expression, "AverageValue", quantity(depth), str(depth), "0"))
+    if scaling.gateway_requests is not None:
+        requests = scaling.gateway_requests
+        found.append(
+            Signal(GATEWAY_METRIC, gateway_expression, "AverageValue", quantity(requests), str(requests), "0")
+        )
     for metric, expression, target in (
         (P99_METRIC, waiting_p99_expression, scaling.p99_latency_ms),
         (TTFT_METRIC, ttft_expression, scaling.ttft_p99_ms),

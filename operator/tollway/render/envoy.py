@@ -21,6 +21,7 @@ from tollway.ir.gateway import (
     CAPACITY_REREAD_SECONDS,
     NEW_KEY_SECONDS,
     Gateway,
+    Hold,
     Model,
     Mtls,
     PromptCheck,
@@ -41,7 +42,7 @@ from tollway.ir.names import (
     gateway_children,
     in_cluster_host,
 )
-from tollway.render.lua import body_program, gateway_program, token_headers_program
+from tollway.render.lua import body_program, gateway_program, hold_program, token_headers_program
 from tollway.render.redaction import lua_pattern
 
 CONNECTION_BUFFER_BYTES = 1024 * 1024
@@ -61,6 +62,20 @@ REFUSED_CLUSTER = "refused"
 Envoy's ratelimit filters count only requests that have a cluster. It never gets there (body.lua answers it
 first); if it somehow did, the router would answer 503."""
 ADMIN_CLUSTER = "admin"
+HOLD_FILTER = "tollway.hold"
+HOLD_LISTENER = "hold"
+"""An internal listener (no port: only Envoy itself reaches it) whose every answer comes a second late: the
+wait between a held request's checks of its model (hold.lua), each wait one request to its model's `hold|`
+cluster, whose circuit breaker bounds the requests held at once and whose active requests are counted."""
+HOLD_WAIT = "1s"
+MODEL_STAT_TAG = {"tag_name": "model", "regex": r"^cluster\.(?:hold|triton-[a-z]+)\|(([^.|]+)[.|])"}
+"""A `model` label on the statistics of a model's clusters (its hold and its Tritons, a tier's own too), so
+that Prometheus can sum a model's active requests (render/autoscaling.gateway_expression). The cluster's name
+stays a label of its own; the part captured first is taken out of the statistic's name, as is the cluster's
+name by Envoy's own tag."""
+HOLD_DNS_REFRESH = "1s"
+"""How often the clusters of a model that scales to zero look up its pods again (Envoy's default: 5 s): a
+woken pod takes requests that much sooner."""
 RATELIMIT_TIMEOUT = "0.25s"
 UPSTREAM_TIMEOUT = "300s"
 """The longest a model may take to answer (a long generation sends nothing until it is done)."""
@@ -129,6 +144,10 @@ def model_cluster(model: Model, protocol: str = "http") -> str:
 
 def tier_cluster(model: Model, tier: Tier, protocol: str = "http") -> str:
     return f"triton-{protocol}|{model.name}|{tier.name}"
+
+
+def hold_cluster(model: Model) -> str:
+    return f"hold|{model.name}"
 
 
 def _dates(version: Version) -> dict[str, Any]:
@@ -1076,6 +1095,7 @@ ACCESS_LOG_FIELDS = {
     "version": "%DYNAMIC_METADATA(tollway:version)%",
     "input_tokens": "%DYNAMIC_METADATA(tollway:input_tokens)%",
     "output_tokens": "%DYNAMIC_METADATA(tollway:output_tokens)%",
+    "held_ms": "%DYNAMIC_METADATA(tollway:held_ms)%",  # how long its model's wake from zero kept it
     "request_id": "%REQ(X-REQUEST-ID)%",
 }
 """What each request logs: who, what, how it went; never a credential."""
@@ -1179,6 +1199,9 @@ def http_filters(gateway: Gateway) -> list[Config]:
             )
             for mode, fail_open in (("open", True), ("closed", False))
         ),
+        # Holds a request for a model that has no ready replica (it scales to zero) until one is ready, so
+        # that nothing it reserves is spent on a request refused for want of room to hold it.
+        *([_lua_filter(HOLD_FILTER, hold_program(hold_data(gateway)))] if _holding(gateway) else []),
         # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
         # that the request filters' headers keep the plain names.
         _lua_filter(TOKEN_HEADERS_FILTER, token_headers_program()),
@@ -1229,6 +1252,7 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
             "stat_prefix": "gateway",
             "codec_type": "AUTO",
             **CLIENT_TIMEOUTS,
+            **_held_request_timeout(gateway),
             **HTTP_OPTIONS,
             "route_config": {
                 "name": "models",
@@ -1269,6 +1293,115 @@ def _connection_manager(gateway: Gateway, now: datetime) -> Config:
                         "log_format": {"json_format": ACCESS_LOG_FIELDS, "formatters": [REQ_WITHOUT_QUERY]},
                     },
                 },
+            ],
+        },
+    }
+
+
+def _holding(gateway: Gateway) -> list[Model]:
+    return [model for model in gateway.models if model.hold is not None]
+
+
+def _held_request_timeout(gateway: Gateway) -> Config:
+    """A held request is not in yet when its hold ends: the time a client has to send a request (headers
+    and body) grows by the longest hold, where a model holds longer than that time leaves room for."""
+    longest = max((model.hold.seconds for model in _holding(gateway) if model.hold), default=0)
+    least = int(CLIENT_TIMEOUTS["request_timeout"].removesuffix("s"))
+    return {"request_timeout": f"{least + longest}s"} if longest else {}
+
+
+def hold_data(gateway: Gateway) -> dict[str, Any]:
+    """The table hold.lua reads as `T`: per model that scales to zero its hold, and per cluster its requests
+    may be routed to the check that says whether it has a ready replica (by protocol)."""
+    holding = _holding(gateway)
+    checked: dict[str, dict[str, str]] = {}
+    for model in holding:
+        for protocol in ("http", "grpc", "openai") if model.openai else ("http", "grpc"):
+            routed = {"model": model.name, "protocol": protocol}
+            checked[model_cluster(model, protocol)] = routed
+            for tier in gateway.tiers:
+                if tier.limits_for(model.name).concurrent_per_replica is not None:
+                    checked[tier_cluster(model, tier, protocol)] = routed
+    return {
+        "models": {
+            model.name: {
+                "cluster": hold_cluster(model),
+                "hold_ms": model.hold.seconds * 1000,
+                "wake_seconds": model.hold.wake_seconds,
+            }
+            for model in holding
+            if model.hold
+        },
+        "clusters": checked,
+    }
+
+
+def _hold_listener() -> Config:
+    manager = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": HOLD_LISTENER,
+            "codec_type": "HTTP2",
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": HOLD_LISTENER,
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 204}}],
+                    }
+                ]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.fault",
+                    "typed_config": {
+                        "@type": _TYPE + "extensions.filters.http.fault.v3.HTTPFault",
+                        "delay": {
+                            "fixed_delay": HOLD_WAIT,
+                            "percentage": {"numerator": 100, "denominator": "HUNDRED"},
+                        },
+                    },
+                },
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": _TYPE + "extensions.filters.http.router.v3.Router"},
+                },
+            ],
+        },
+    }
+    return {
+        "@type": _TYPE + "config.listener.v3.Listener",
+        "name": HOLD_LISTENER,
+        "internal_listener": {},
+        "filter_chains": [{"filters": [manager]}],
+    }
+
+
+def _hold_cluster(model: Model, hold: Hold) -> Config:
+    """Where a held request of `model` waits: the internal listener, at most `hold.max_requests` at once."""
+    name = hold_cluster(model)
+    return {
+        "@type": _TYPE + "config.cluster.v3.Cluster",
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": HTTP2_UPSTREAM,
+        "circuit_breakers": {
+            "thresholds": [{"max_requests": hold.max_requests, "max_pending_requests": hold.max_requests}]
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"envoy_internal_address": {"server_listener_name": HOLD_LISTENER}}
+                            }
+                        }
+                    ]
+                }
             ],
         },
     }
@@ -1345,6 +1478,8 @@ def listeners(gateway: Gateway, now: datetime) -> Config:
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": context},
         }
         found.append(_listener(f"mtls-{tier.name}", tier.mtls_port, chain))
+    if _holding(gateway):
+        found.append(_hold_listener())
     return {"resources": found}
 
 
@@ -1494,6 +1629,8 @@ def _triton_cluster(name: str, model: Model, protocol: str, max_requests: int | 
     }
     if grpc:
         cluster["typed_extension_protocol_options"] = HTTP2_UPSTREAM
+    if model.hold is not None and cluster["type"] == "STRICT_DNS":
+        cluster["dns_refresh_rate"] = HOLD_DNS_REFRESH
     return cluster
 
 
@@ -1506,6 +1643,8 @@ def clusters(gateway: Gateway) -> Config:
                 share = tier.limits_for(model.name).concurrent_per_replica
                 if share is not None:
                     found.append(_triton_cluster(tier_cluster(model, tier, protocol), model, protocol, share))
+        if model.hold is not None:
+            found.append(_hold_cluster(model, model.hold))
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.runtime.admin_port))
@@ -1619,14 +1758,24 @@ def bootstrap(gateway: Gateway) -> Config:
     directory = gateway.runtime.config_dir
     return {
         "node": {"id": gateway.name, "cluster": gateway.name},
+        # Always, as the statistics' tags: a model that scales to zero may come without a restart.
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": _TYPE + "extensions.bootstrap.internal_listener.v3.InternalListener"
+                },
+            }
+        ],
         "stats_config": {
+            "stats_tags": [MODEL_STAT_TAG],
             "histogram_bucket_settings": [
                 {"match": {"prefix": f"{USAGE_STAT_PREFIX}.{name}"}, "buckets": buckets}
                 for name, buckets in {
                     **STREAM_TIME_BUCKETS,
                     "sla_latency_ms": list(SLA_LATENCY_BUCKETS_MS),
                 }.items()
-            ]
+            ],
         },
         "overload_manager": _overload_manager(gateway.runtime),
         "admin": {

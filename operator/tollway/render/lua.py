@@ -2,8 +2,9 @@
 
 The gateway runs two programs, one filter each, with the request-count limits between them: gateway.lua
 reads a request's headers (caller, model, route; and the response on its way back), body.lua its body
-(Triton's reading of it, the tier's priority, the token reservation). Envoy's Lua filter takes one inline
-chunk, so each program is bundled from templates/:
+(Triton's reading of it, the tier's priority, the token reservation); where a model scales to zero, a third,
+hold.lua, keeps its requests while it has no ready replica. Envoy's Lua filter takes one inline chunk, so
+each program is bundled from templates/:
 
     local T = <the data `render.envoy.lua_data` computes from the gateway IR (body.lua: its tiers and models)>
     package.preload["tollway.access"] = function(...)
@@ -26,6 +27,7 @@ from typing import Any
 
 GATEWAY_MODULES = ("access", "models", "protobuf", "sample", "stream", "tokens")
 BODY_MODULES = ("json", "models", "prompt", "protobuf", "sample", "stream", "tokens")
+HOLD_MODULES = ("models", "stream", "tokens")
 
 
 def _source(name: str) -> str:
@@ -80,6 +82,11 @@ def gateway_program(data: dict[str, Any]) -> str:
 def body_program(data: dict[str, Any]) -> str:
     """The program that reads a request's body, once the request-count limits let it through."""
     return _program(data, BODY_MODULES, "body.lua")
+
+
+def hold_program(data: dict[str, Any]) -> str:
+    """The program that holds a request for a model without a ready replica (render.envoy.hold_data)."""
+    return _program(data, HOLD_MODULES, "hold.lua")
 
 
 def token_headers_program() -> str:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from tollway.api import API_VERSION, ApiTier, ModelDeployment
 from tollway.api.api_tier import KeyCompromise, LabelSelector, Quotas
 from tollway.api.api_tier import Sampling as SamplingSpec
+from tollway.api.model_deployment import ScaleFromZero
 from tollway.ir.gateway import (
     LIMIT_KINDS,
     Capacity,
@@ -29,6 +30,7 @@ from tollway.ir.gateway import (
     Endpoint,
     Gateway,
     Guardrail,
+    Hold,
     Jwt,
     KeySignals,
     Limit,
@@ -121,7 +123,10 @@ def model_capacity(document: Mapping[str, Any]) -> Capacity:
     autoscaling = (document.get("spec") or {}).get("autoscaling") or {}
     ready, most = int(status.get("readyReplicas") or 0), int(autoscaling.get("maxReplicas") or 1)
     wait, queue = metrics.get("estimatedWaitSeconds"), metrics.get("queueDepth")
-    if not metrics.get("observedAt"):
+    if ready == 0 and autoscaling.get("minReplicas") == 0 and status:  # asleep: a request wakes it
+        state = "idle"
+        wait = (autoscaling.get("scaleFromZero") or {}).get("wakeSeconds", ScaleFromZero().wake_seconds)
+    elif not metrics.get("observedAt"):
         state = "unavailable" if status and ready == 0 else "unknown"
     elif ready == 0:
         state = "unavailable"
@@ -282,6 +287,12 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
     )
     aliases = {**spec.aliases, "latest": latest_version(resource)}
     tokens = spec.model.tokens
+    wake = spec.autoscaling.scale_from_zero or ScaleFromZero()
+    hold = (
+        Hold(wake.hold_seconds, wake.max_held_requests, wake.wake_seconds)
+        if spec.autoscaling.min_replicas == 0
+        else None
+    )
     return Model(
         name=resource.model_name,
         endpoints=endpoints,
@@ -301,6 +312,7 @@ def _model(resource: ModelDeployment, namespace: str, options: GatewayOptions) -
         else None,
         sample_rate=spec.monitoring.sample_rate,
         cost_currency=spec.cost.currency if spec.cost else None,
+        hold=hold,
     )
 
 

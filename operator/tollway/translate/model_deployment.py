@@ -74,18 +74,28 @@ def version_statuses(
     return statuses
 
 
-def conditions(observed: ServingState, versions: list[VersionStatus], make: Make) -> list[Condition]:
+def conditions(
+    observed: ServingState, versions: list[VersionStatus], make: Make, sleeps: bool = False
+) -> list[Condition]:
+    """`sleeps`: the model scales to zero (minReplicas 0), so no replica at all is its idle state."""
     return [
-        _ready(observed, versions, make),
+        _ready(observed, versions, make, sleeps),
         _progressing(observed, make),
         _degraded(observed, versions, make),
     ]
 
 
-def _ready(observed: ServingState, versions: list[VersionStatus], make: Make) -> Condition:
+def _ready(observed: ServingState, versions: list[VersionStatus], make: Make, sleeps: bool) -> Condition:
     deployment, triton_state = observed.deployment, observed.triton
     if deployment is None:
         return make("Ready", "False", "Creating", "the Triton Deployment does not exist yet")
+    if sleeps and deployment.replicas == 0:
+        return make(
+            "Ready",
+            "True",
+            "ScaledToZero",
+            "idle at zero replicas: the gateway holds the next request while it wakes the model",
+        )
     if deployment.available_replicas < 1:
         return make(
             "Ready",
@@ -193,7 +203,8 @@ def status(
     cost = live_cost(resource, observed.metrics, previous.get("cost"), now)
     found = {
         "observed_generation": resource.metadata.generation,
-        "conditions": conditions(observed, versions, make) + metrics_condition,
+        "conditions": conditions(observed, versions, make, resource.spec.autoscaling.min_replicas == 0)
+        + metrics_condition,
         "replicas": deployment.replicas if deployment else 0,
         "ready_replicas": deployment.ready_replicas if deployment else 0,
         "endpoints": endpoints(resource),

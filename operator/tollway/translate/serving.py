@@ -8,7 +8,7 @@ from typing import Any
 
 from tollway import __version__
 from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
-from tollway.api.model_deployment import TokenFields
+from tollway.api.model_deployment import ScaleFromZero, TokenFields
 from tollway.ir.gateway import Images
 from tollway.ir.serving import (
     AnswerCache,
@@ -92,13 +92,16 @@ def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
     """Autoscaling when there is room to scale and a signal to scale on; else a fixed replica count."""
     autoscaling = resource.spec.autoscaling
     targets = autoscaling.targets
+    wakes = autoscaling.min_replicas == 0  # the requests the gateway holds are a signal of their own
     if autoscaling.max_replicas <= autoscaling.min_replicas or (
         targets.queue_depth_per_replica is None
         and targets.p99_latency_ms is None
         and targets.utilization is None
+        and not wakes
     ):
         return None
     streams = resource.spec.model.streams
+    held = (autoscaling.scale_from_zero or ScaleFromZero()).max_held_requests
     return Scaling(
         engine=autoscaling.engine,
         min_replicas=autoscaling.min_replicas,
@@ -110,6 +113,7 @@ def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
         scale_down_seconds=autoscaling.scale_down.stabilization_seconds,
         prometheus_url=prometheus_url,
         ttft_p99_ms=targets.ttft_p99_ms,
+        gateway_requests=held if wakes else None,
     )
 
 

@@ -1,0 +1,94 @@
+-- Tollway's gateway, the hold: a program of its own, in the filter chain only when a model scales to zero.
+-- It runs once a request has passed its request limits and before its tokens are reserved. A request routed
+-- to a model that has no ready replica (scaled to zero, or waking) waits here, a second at a time, until the
+-- cluster it is routed to has one; each wait is one request to the model's `hold|` cluster (Envoy's internal
+-- listener answers it a second late), whose circuit breaker bounds how many wait at once and whose active
+-- requests are the signal that wakes the model. Beyond the hold's time or count: 503 with Retry-After, the
+-- model's expected wake time less what has passed of it. `T` (above): `models` (name to cluster, hold_ms,
+-- wake_seconds) and `clusters` (each cluster of those models to its model and the protocol it is checked in).
+
+local stream = require("tollway.stream")
+
+local NS = stream.NS
+
+-- How long (ms) a cluster found ready is believed without asking again (per worker), and the most a check
+-- may take: a check costs a call, so a model that is up is asked only every few seconds.
+local READY_FOR_MS, CHECK_MS, WAIT_MS = 2000, 1000, 5000
+
+-- How each kind of cluster says that it has a ready replica. Envoy answers a call to a cluster without a
+-- host itself (503 "no healthy upstream"), so a 200 says both that Envoy has a host and that it is ready:
+-- Triton's readiness over HTTP and over gRPC (ServerReady, an empty message; the answer `ready: true`), the
+-- OpenAI server's (it asks Triton whether the model is ready).
+local CHECKS = {
+  http = { headers = { [":method"] = "GET", [":path"] = "/v2/health/ready" }, body = "" },
+  grpc = {
+    headers = {
+      [":method"] = "POST",
+      [":path"] = "/inference.GRPCInferenceService/ServerReady",
+      ["content-type"] = "application/grpc",
+      ["te"] = "trailers",
+    },
+    body = "\0\0\0\0\0",
+    ready = "\0\0\0\0\2\8\1",
+  },
+  openai = { headers = { [":method"] = "GET", [":path"] = "/healthz" }, body = "" },
+}
+for _, check in pairs(CHECKS) do
+  check.headers[":authority"] = "tollway-hold"
+end
+local WAIT = { [":method"] = "GET", [":path"] = "/", [":authority"] = "tollway-hold" }
+
+local ready_until = {} -- cluster to when this worker stops believing it ready (ms)
+local waking_since = {} -- model to when this worker first found it without a ready replica (ms)
+
+local function ready(handle, cluster, protocol)
+  if (ready_until[cluster] or 0) > handle:timestamp() then return true end
+  local check = CHECKS[protocol]
+  local headers, body = handle:httpCall(cluster, check.headers, check.body, CHECK_MS)
+  local up = headers ~= nil and headers[":status"] == "200" and (check.ready == nil or body == check.ready)
+  if up then ready_until[cluster] = handle:timestamp() + READY_FOR_MS end
+  return up
+end
+
+-- 503 with the seconds left of the model's expected wake (at least 1).
+local function turn_away(handle, model_name, hold, why)
+  local waited = (handle:timestamp() - (waking_since[model_name] or handle:timestamp())) / 1000
+  local left = math.max(1, math.ceil(hold.wake_seconds - waited))
+  stream.refuse(
+    handle,
+    503,
+    "model "
+      .. model_name
+      .. " is starting (it had scaled to zero) and "
+      .. why
+      .. "; try again in "
+      .. left
+      .. " s",
+    { ["retry-after"] = tostring(left) }
+  )
+end
+
+local function on_request(handle)
+  local cluster = handle:headers():get("x-tollway-cluster")
+  local routed = cluster and T.clusters[cluster]
+  if routed == nil then return end
+  local model_name, hold = routed.model, T.models[routed.model]
+  local started, waited = handle:timestamp(), false
+  while not ready(handle, cluster, routed.protocol) do
+    waking_since[model_name] = waking_since[model_name] or started
+    if handle:timestamp() - started >= hold.hold_ms then
+      return turn_away(handle, model_name, hold, "no replica was ready in time")
+    end
+    local headers = handle:httpCall(hold.cluster, WAIT, "", WAIT_MS)
+    if headers == nil or headers[":status"] ~= "204" then -- the breaker's 503: held to the bound
+      return turn_away(handle, model_name, hold, "as many requests as it holds are waiting")
+    end
+    waited = true
+  end
+  waking_since[model_name] = nil
+  if waited then -- for the access log: how long the model's wake kept this request
+    handle:streamInfo():dynamicMetadata():set(NS, "held_ms", tostring(handle:timestamp() - started))
+  end
+end
+
+function envoy_on_request(handle) stream.checked(handle, "tollway gateway (hold)", on_request) end

@@ -1,0 +1,82 @@
+"""Scale from zero on the real control plane and data path (hack/testbed/wake.py): the HPA Tollway renders
+for a model with minReplicas 0 takes it to zero when idle; a request for it then waits in the gateway, which
+counts it; the real HPA loop (kube-controller-manager, prometheus-adapter on Tollway's rules, Prometheus)
+wakes the model on that count; the held requests are answered once a replica is ready. Beyond the hold's
+count a request is answered 503 with Retry-After at once. The pod is kwok's (ready at once) and its Triton the
+test bed's, started when the pod is ready: the model's load time is Triton's own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from testbed import client, dataplane
+from testbed.kube import Cluster, eventually
+from testbed.triton import outputs
+from testbed.wake import HOLD, MODEL, TIER, Wake, WakeBed, at_zero, bed, wake
+
+NAMESPACE = f"wake-{os.getpid()}"
+HELD = 2  # the hold's count (HOLD["maxHeldRequests"]) for one gateway replica
+EXTRA = 3
+
+
+@dataclass(frozen=True)
+class Woken:
+    test_bed: WakeBed
+    timings: Wake
+    held: list[client.Reply]
+    extra: list[client.Reply]
+
+
+@pytest.fixture(scope="module")
+def woken(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Woken]:
+    """The model taken to zero by its HPA, then woken by requests held in the gateway."""
+    with bed(cluster, tmp_path_factory.mktemp("wake"), NAMESPACE) as test_bed:
+        at_zero(test_bed)
+        timings, held, extra = wake(test_bed, HELD, EXTRA)
+        print(
+            f"\nfirst request to first answer {timings.first_answer:.1f} s:"
+            f" HPA scaled at {timings.scaled:.1f} s, pod ready at {timings.pod_ready:.1f} s,"
+            f" model loaded in {timings.model_load:.1f} s;"
+            f" without the model's load {timings.without_model_load:.1f} s"
+        )
+        yield Woken(test_bed, timings, held, extra)
+
+
+def test_held_requests_are_answered_once_the_model_wakes(woken: Woken) -> None:
+    assert [reply.status for reply in woken.held] == [200] * HELD
+    # each its own answer: the echo model's OUTPUT is INPUT (four times the request's value)
+    assert sorted(outputs(reply)["OUTPUT"][0] for reply in woken.held) == [1.0, 2.0]
+    # woken by the gateway's count (the pods report nothing at zero), and answered within the hold
+    assert 0 < woken.timings.scaled < woken.timings.first_answer < HOLD["holdSeconds"]
+
+
+def test_beyond_the_holds_count_a_request_is_told_when_to_come_back(woken: Woken) -> None:
+    refused = [reply for reply in woken.extra if reply.status == 503]
+    # A request arriving in the millisecond a held one spends between its waits finds room and is held: at
+    # least one of the three sent while two were held is turned away, and none is lost.
+    assert refused, [reply.status for reply in woken.extra]
+    assert all(reply.status in (200, 503) for reply in woken.extra)
+    for reply in refused:
+        assert 1 <= int(reply.headers["retry-after"]) <= HOLD["wakeSeconds"]
+        assert f"model {MODEL} is starting" in reply.json()["error"]["message"]
+
+
+def test_held_requests_are_metered_like_any_other(woken: Woken) -> None:
+    served = sum(1 for reply in [*woken.held, *woken.extra] if reply.status == 200)
+
+    def counted() -> float | None:
+        stats = woken.test_bed.gateway.stats()
+        found = dataplane.summed(stats, "envoy_tollway_usage_requests", tier=TIER)
+        return found if found == served else None
+
+    eventually(counted, timeout=30)
+
+
+def test_the_model_goes_back_to_zero_when_idle_again(woken: Woken) -> None:
+    seconds = at_zero(woken.test_bed)
+    print(f"\nback at zero {seconds:.0f} s after the wake")
+    assert woken.test_bed.replicas() == 0

@@ -1,0 +1,143 @@
+"""The hold (hold.lua) under LuaJIT, driven through a fake Envoy handle, with its data rendered from
+resources: a request routed to a model that scales to zero waits while the model has no ready replica, and is
+turned away with Retry-After beyond the hold's time or count. The waits themselves (Envoy's internal listener,
+the circuit breaker) are on the real data path in tests/integration/test_scale_from_zero.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from lua_gateway import Handle, HoldProgram, lua_text
+
+from tollway.api import ApiTier, ModelDeployment
+from tollway.api.parse import parse
+from tollway.render.envoy import hold_data
+from tollway.translate.gateway import plan_gateway
+
+from builders import api_tier, model_deployment
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+WAKES = {"minReplicas": 0, "maxReplicas": 2, "scaleFromZero": {"holdSeconds": 10, "wakeSeconds": 30}}
+GRPC_READY = lua_text(b"\0\0\0\0\2\x08\x01")
+GRPC_NOT_READY = lua_text(b"\0\0\0\0\0")
+WAITED = (204, "")
+OVERFLOW = (503, "upstream connect error", {"x-envoy-overloaded": "true"})
+NO_HOST = (503, "no healthy upstream")
+
+
+def data(**autoscaling: Any) -> dict[str, Any]:
+    model = model_deployment(
+        **{"spec.autoscaling": autoscaling or WAKES, "spec.model.openai": {"kind": "completion"}}
+    )
+    gold = api_tier("gold", **{"spec.limits": {"concurrentRequests": 2}})
+    plan = plan_gateway(
+        "ai",
+        tiers=[parse(ApiTier, api_tier()), parse(ApiTier, gold)],
+        models=[parse(ModelDeployment, model)],
+        secrets=[],
+        now=NOW,
+    )
+    assert plan.gateway is not None
+    return hold_data(plan.gateway)
+
+
+def answers(*replies: tuple[Any, ...]) -> Callable[[str, dict[str, str], str], tuple[Any, ...]]:
+    """The calls' answers in turn (the last one from then on)."""
+    queue = list(replies)
+    return lambda *_: queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def called(handle: Handle) -> list[tuple[str, str]]:
+    return [(cluster, headers[":path"]) for cluster, headers, _, _ in handle.calls]
+
+
+def test_only_a_model_that_scales_to_zero_has_a_hold() -> None:
+    assert data(minReplicas=1, maxReplicas=2) == {"models": {}, "clusters": {}}
+    rendered = data()
+    assert rendered["models"] == {"chat": {"cluster": "hold|chat", "hold_ms": 10_000, "wake_seconds": 30}}
+    # every cluster its requests may be routed to, a tier's own included, checked in its own protocol
+    assert rendered["clusters"] == {
+        f"triton-{protocol}|chat{tier}": {"model": "chat", "protocol": protocol}
+        for protocol in ("http", "grpc", "openai")
+        for tier in ("", "|gold")
+    }
+
+
+def test_a_request_to_another_cluster_is_left_alone() -> None:
+    handle = HoldProgram(data()).request("triton-http|embed", answers(NO_HOST), [0])
+    assert handle.calls == [] and handle.reply is None
+
+
+def test_a_ready_model_is_asked_once_every_two_seconds_per_worker() -> None:
+    program = HoldProgram(data())
+    first = program.request("triton-http|chat", answers((200, "")), [1000])
+    assert called(first) == [("triton-http|chat", "/v2/health/ready")] and first.reply is None
+    assert "held_ms" not in first.tollway
+    soon = program.request("triton-http|chat", answers(NO_HOST), [2999])
+    assert soon.calls == [] and soon.reply is None  # believed ready: no call
+    later = program.request("triton-http|chat|gold", answers((200, "")), [3000])
+    assert called(later) == [("triton-http|chat|gold", "/v2/health/ready")]  # each cluster its own
+    expired = program.request("triton-http|chat", answers((200, "")), [3000])
+    assert len(expired.calls) == 1
+
+
+def test_a_request_waits_a_second_at_a_time_until_its_cluster_has_a_ready_replica() -> None:
+    program = HoldProgram(data())
+    handle = program.request(
+        "triton-openai|chat",
+        answers(NO_HOST, WAITED, (503, '{"ready": false}'), WAITED, (200, "")),
+        [0, 0, 1000, 2000, 2000],
+    )
+    assert handle.reply is None
+    assert called(handle) == [
+        ("triton-openai|chat", "/healthz"),
+        ("hold|chat", "/"),
+        ("triton-openai|chat", "/healthz"),
+        ("hold|chat", "/"),
+        ("triton-openai|chat", "/healthz"),
+    ]
+    assert handle.tollway["held_ms"] == "2000"
+
+
+@pytest.mark.parametrize(("ready_body", "passes"), [(GRPC_READY, True), (GRPC_NOT_READY, False), ("", False)])
+def test_grpc_is_ready_only_when_triton_says_ready_true(ready_body: str, passes: bool) -> None:
+    handle = HoldProgram(data()).request("triton-grpc|chat", answers((200, ready_body), OVERFLOW), [0])
+    cluster, headers, body, _ = handle.calls[0]
+    assert (cluster, headers[":path"], body) == (
+        "triton-grpc|chat",
+        "/inference.GRPCInferenceService/ServerReady",
+        lua_text(b"\0\0\0\0\0"),
+    )
+    assert headers["content-type"] == "application/grpc"
+    assert (handle.reply is None) is passes
+
+
+def test_beyond_the_hold_time_the_request_is_told_when_to_come_back() -> None:
+    program = HoldProgram(data())
+    # not ready at 0, 1, ... 10 s: the hold (10 s) is over at the check of 10 s
+    clock = [0, *(at for second in range(11) for at in (second * 1000, second * 1000))]
+    handle = program.request("triton-http|chat", answers(NO_HOST, WAITED), clock)
+    assert handle.reply is not None and handle.reply.status == 503
+    assert handle.reply.headers == {"retry-after": "20"}  # 30 s expected, 10 gone
+    assert "no replica was ready in time" in handle.reply.body
+    assert sum(1 for cluster, _ in called(handle) if cluster == "hold|chat") == 10
+
+
+def test_beyond_the_count_the_request_is_turned_away_at_once() -> None:
+    program = HoldProgram(data())
+    waking = program.request(
+        "triton-http|chat", answers(NO_HOST, WAITED, NO_HOST, OVERFLOW), [5000, 5000, 6000, 6000, 7000]
+    )
+    assert waking.reply is not None and waking.reply.headers == {"retry-after": "28"}  # 2 s gone
+    # the next request, 4 s into this worker's wait for the model: the count is still full
+    full = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [9000])
+    assert full.reply is not None and full.reply.status == 503
+    assert full.reply.headers == {"retry-after": "26"}
+    assert "as many requests as it holds are waiting" in full.reply.body
+    # once a request finds it ready, the wake is over: a later one counts from its own wait again
+    program.request("triton-http|chat", answers((200, "")), [20000])
+    after = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [30000])
+    assert after.reply is not None and after.reply.headers == {"retry-after": "30"}
