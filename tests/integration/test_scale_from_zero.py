@@ -16,7 +16,7 @@ import pytest
 from testbed import client, dataplane
 from testbed.kube import Cluster, eventually
 from testbed.triton import outputs
-from testbed.wake import HOLD, MODEL, TIER, Wake, WakeBed, at_zero, bed, wake
+from testbed.wake import HOLD, KEY, MODEL, TIER, Wake, WakeBed, at_zero, bed, wake
 
 NAMESPACE = f"wake-{os.getpid()}"
 HELD = 2  # the hold's count (HOLD["maxHeldRequests"]) for one gateway replica
@@ -56,7 +56,7 @@ def test_held_requests_are_answered_once_the_model_wakes(woken: Woken) -> None:
 
 def test_beyond_the_holds_count_a_request_is_told_when_to_come_back(woken: Woken) -> None:
     refused = [reply for reply in woken.extra if reply.status == 503]
-    # A request arriving in the millisecond a held one spends between its waits finds room and is held: at
+    # A request arriving while a held one checks the model between its waits finds room and is held: at
     # least one of the three sent while two were held is turned away, and none is lost.
     assert refused, [reply.status for reply in woken.extra]
     assert all(reply.status in (200, 503) for reply in woken.extra)
@@ -80,3 +80,19 @@ def test_the_model_goes_back_to_zero_when_idle_again(woken: Woken) -> None:
     seconds = at_zero(woken.test_bed)
     print(f"\nback at zero {seconds:.0f} s after the wake")
     assert woken.test_bed.replicas() == 0
+
+
+def test_a_readiness_request_to_the_sleeping_model_is_answered_at_once_and_wakes_nothing(
+    woken: Woken,
+) -> None:
+    """Only inference that counts against a tier's limits is held: a readiness poll hears at once that the
+    model is not ready, and takes no room in the hold (so it neither wakes the model nor keeps it awake)."""
+    assert woken.test_bed.replicas() == 0  # back at zero (the test before)
+    reply = client.request(
+        f"http://127.0.0.1:{woken.test_bed.gateway.ports[0]}/v2/models/{MODEL}/ready",
+        headers={"authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert reply.status == 503 and reply.seconds < 5, (reply.status, reply.seconds)
+    assert "retry-after" not in reply.headers  # Envoy's own answer for a cluster without a host
+    assert woken.test_bed.held() == 0

@@ -14,7 +14,7 @@ from lua_gateway import Handle, HoldProgram, lua_text
 
 from tollway.api import ApiTier, ModelDeployment
 from tollway.api.parse import parse
-from tollway.render.envoy import hold_data
+from tollway.render.envoy import hold_data, lua_data
 from tollway.translate.gateway import plan_gateway
 
 from builders import api_tier, model_deployment
@@ -129,7 +129,7 @@ def test_beyond_the_hold_time_the_request_is_told_when_to_come_back() -> None:
 def test_beyond_the_count_the_request_is_turned_away_at_once() -> None:
     program = HoldProgram(data())
     waking = program.request(
-        "triton-http|chat", answers(NO_HOST, WAITED, NO_HOST, OVERFLOW), [5000, 5000, 6000, 6000, 7000]
+        "triton-http|chat", answers(NO_HOST, WAITED, NO_HOST, OVERFLOW), [5000, 5000, 5000, 6000, 6000, 7000]
     )
     assert waking.reply is not None and waking.reply.headers == {"retry-after": "28"}  # 2 s gone
     # the next request, 4 s into this worker's wait for the model: the count is still full
@@ -141,3 +141,63 @@ def test_beyond_the_count_the_request_is_turned_away_at_once() -> None:
     program.request("triton-http|chat", answers((200, "")), [20000])
     after = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [30000])
     assert after.reply is not None and after.reply.headers == {"retry-after": "30"}
+
+
+def test_only_inference_by_a_known_caller_is_held() -> None:
+    """A readiness or metadata request (no limit counts it) and gRPC's server methods (asked without a
+    credential) are never held: they neither wake the model nor take room from those who pay for it."""
+    handle = HoldProgram(data()).request(
+        "triton-http|chat", answers(NO_HOST), [0], metadata={"model": "chat"}
+    )
+    assert handle.calls == [] and handle.reply is None
+
+
+@pytest.mark.parametrize("answer", [OVERFLOW, (504, "upstream request timeout")])
+def test_a_model_with_a_replica_that_cannot_answer_now_is_not_taken_for_asleep(
+    answer: tuple[Any, ...],
+) -> None:
+    """The cluster at its limit (a tier's own, sized per replica) or a slow check: the request goes on as to
+    any model, unheld and uncounted in the wake signal."""
+    handle = HoldProgram(data()).request("triton-http|chat|gold", answers(answer, WAITED), [0])
+    assert called(handle) == [("triton-http|chat|gold", "/v2/health/ready")] and handle.reply is None
+    assert "held_ms" not in handle.tollway
+
+
+def test_a_held_stream_counts_its_time_to_first_token_from_the_end_of_its_hold() -> None:
+    handle = HoldProgram(data()).request(
+        "triton-openai|chat",
+        answers(NO_HOST, WAITED, (200, "")),
+        [0, 0, 0, 1000, 1000, 1000],
+        metadata={"model": "chat", "inference": "1", "start_ms": "0"},
+    )
+    assert handle.reply is None
+    assert (handle.tollway["held_ms"], handle.tollway["start_ms"]) == ("1000", "1000")
+
+
+def test_a_late_wake_asks_clients_back_in_no_less_than_five_seconds() -> None:
+    handle = HoldProgram(data()).request("triton-http|chat", answers(NO_HOST, OVERFLOW), [0, 0, 0, 29_500])
+    assert handle.reply is not None and handle.reply.headers == {"retry-after": "5"}
+
+
+def test_a_wake_this_worker_last_saw_long_ago_was_another_one() -> None:
+    """A worker that saw the model waking and never saw it ready (other workers did) does not count a new
+    wake from the old one: its Retry-After is the whole wake again."""
+    program = HoldProgram(data())
+    program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [0])
+    later = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [600_000])
+    assert later.reply is not None and later.reply.headers == {"retry-after": "30"}
+
+
+def test_grpc_server_methods_go_to_a_model_that_never_sleeps() -> None:
+    """ServerLive, ServerReady and ServerMetadata are asked without a credential: sent to a sleeping model
+    they would find the server down, and anyone could wake it."""
+    sleeper = model_deployment(name="asleep", **{"spec.autoscaling": WAKES})
+    plan = plan_gateway(
+        "ai",
+        tiers=[parse(ApiTier, api_tier())],
+        models=[parse(ModelDeployment, sleeper), parse(ModelDeployment, model_deployment(name="awake"))],
+        secrets=[],
+        now=NOW,
+    )
+    assert plan.gateway is not None
+    assert lua_data(plan.gateway)["server_cluster"] == "triton-grpc|awake"

@@ -234,6 +234,18 @@ def test_a_metadata_request_is_routed_without_limits_or_body(gateway: GatewayPro
     }
 
 
+def test_only_inference_for_a_model_that_scales_to_zero_is_marked_for_the_hold() -> None:
+    """hold.lua holds what is marked `inference`: an inference request that counts against the limits, for a
+    model that holds; a metadata request is not marked, nor is any request for a model that never sleeps."""
+    models = {**DATA["models"], "chat": {**DATA["models"]["chat"], "holds": True}}
+    holding = GatewayProgram({**DATA, "models": models}, NOW)
+    body = infer_body(max_tokens=10)
+    infer = holding.request({**KEY, "content-length": str(len(body))}, body, route=INFER)
+    assert infer.reply is None and infer.after_headers["inference"] == "1"
+    metadata = holding.request(KEY, route={"kind": "metadata", "model": "chat", "version": "1"})
+    assert metadata.reply is None and "inference" not in metadata.tollway
+
+
 def test_a_metadata_or_readiness_request_with_a_body_gets_400(gateway: GatewayProgram) -> None:
     for kind in ("metadata", "ready"):
         handle = gateway.request(KEY, b"{}", route={"kind": kind, "model": "chat", "version": "1"})

@@ -420,6 +420,14 @@ class ModelDeploymentSpec(TollwayModel):
                 size <= spec.model.max_batch_size for size in spec.batching.preferred_batch_sizes
             ),
         ),
+        Rule(
+            field=".model.name",
+            message="a model that scales to zero (autoscaling.minReplicas 0) needs a name without '.': the "
+            "gateway's count that wakes it is labelled from Envoy's statistics, whose names a '.' splits",
+            cel="self.autoscaling.minReplicas != 0 "
+            "|| !has(self.model.name) || !self.model.name.contains('.')",
+            holds=lambda spec: spec.autoscaling.min_replicas != 0 or "." not in (spec.model.name or ""),
+        ),
     )
 
     model: ModelSource

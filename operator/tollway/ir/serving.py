@@ -106,10 +106,9 @@ class Scaling:
     prometheus_url: str
     """Where KEDA's triggers query (the HPA goes through prometheus-adapter instead)."""
     ttft_p99_ms: int | None = None
-    gateway_requests: int | None = None
-    """A model that scales to zero: the requests the gateway holds or has in flight for it, per replica, to
-    scale to (one gateway replica's most held: one replica wakes, and stays while any request is in flight;
-    the other signals size it beyond one); None: it never scales to zero."""
+    wakes: bool = False
+    """The model scales to zero, and the gateway's requests for it wake it: one replica while the gateway
+    holds or has in flight any request for the model (the other signals size it beyond one)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ BUSY_METRIC = "tollway_triton_busy"
 QUEUE_METRIC = "tollway_triton_queue_depth"
 P99_METRIC = "tollway_triton_waiting_p99_ms"
 TTFT_METRIC = "tollway_ttft_p99_ms"
-GATEWAY_METRIC = "tollway_gateway_requests"
+GATEWAY_METRIC = "tollway_gateway_demand"
 GATEWAY_CLUSTERS = 'envoy_cluster_name=~"(hold|triton-[a-z]+)[|].+"'
 """The gateway's clusters whose active requests are a model's: its hold and its Tritons (a tier's own too)."""
 BUSY_WINDOW = "45s"
@@ -76,10 +76,13 @@ def p99_expression(matchers: str) -> str:
 
 
 def gateway_expression(matchers: str) -> str:
-    """The requests the gateway holds (a model's `hold|MODEL` cluster) or has in flight to its Tritons, over
-    every gateway replica: Envoy's gauge of active requests, which carries a `model` label for those clusters
-    (render/envoy.MODEL_STAT_TAG)."""
-    return f"sum by (model) (envoy_cluster_upstream_rq_active{{{matchers},{GATEWAY_CLUSTERS}}})"
+    """1 while the gateway holds (a model's `hold|MODEL` cluster) or has in flight to its Tritons any request
+    for the model, over every gateway replica, else 0: Envoy's gauge of active requests, which carries a
+    `model` label for those clusters (render/envoy.MODEL_STAT_TAG). At most 1: it wakes the model and keeps
+    one replica; how many more is the other signals' to say, not a count that also counts requests in flight
+    (it would scale on concurrency, with no target for it)."""
+    active = f"envoy_cluster_upstream_rq_active{{{matchers},{GATEWAY_CLUSTERS}}}"
+    return f"clamp_max(sum by (model) ({active}), 1)"
 
 
 def ttft_expression(matchers: str) -> str:
@@ -226,11 +229,8 @@ def signals(scaling: Scaling) -> list[Signal]:
     if scaling.queue_depth_per_replica is not None:
         depth = scaling.queue_depth_per_replica
         found.append(Signal(QUEUE_METRIC, queue_expression, "AverageValue", quantity(depth), str(depth), "0"))
-    if scaling.gateway_requests is not None:
-        requests = scaling.gateway_requests
-        found.append(
-            Signal(GATEWAY_METRIC, gateway_expression, "AverageValue", quantity(requests), str(requests), "0")
-        )
+    if scaling.wakes:
+        found.append(Signal(GATEWAY_METRIC, gateway_expression, "AverageValue", "1", "1", "0"))
     for metric, expression, target in (
         (P99_METRIC, waiting_p99_expression, scaling.p99_latency_ms),
         (TTFT_METRIC, ttft_expression, scaling.ttft_p99_ms),

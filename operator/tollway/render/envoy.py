@@ -150,6 +150,14 @@ def hold_cluster(model: Model) -> str:
     return f"hold|{model.name}"
 
 
+def _server_cluster(gateway: Gateway) -> str | None:
+    """Where gRPC's server methods (ServerLive, ServerReady, ServerMetadata; asked without a credential) go:
+    a model that never scales to zero where there is one, so that they neither wake a model nor find the
+    server down while it sleeps."""
+    awake = [model for model in gateway.models if model.hold is None] or gateway.models
+    return model_cluster(awake[0], "grpc") if awake else None
+
+
 def _dates(version: Version) -> dict[str, Any]:
     """A version's deprecation, as the Lua program reads it (Unix seconds and the header texts)."""
     # the API admits only header-safe links; quoting them again keeps a header whole whatever reached here
@@ -210,7 +218,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
         "capacity_file": gateway.runtime.capacity_file,
         "capacity_seconds": CAPACITY_REREAD_SECONDS,
         "order": [tier.name for tier in gateway.tiers],
-        "server_cluster": model_cluster(gateway.models[0], "grpc") if gateway.models else None,
+        "server_cluster": _server_cluster(gateway),
         "mtls_ports": {str(tier.mtls_port): tier.name for tier in gateway.tiers if tier.mtls_port},
         # the per-address scope of requests without a valid credential (nil: no such limit), and where they
         # are routed so that the request filters count them (they never get there: see REFUSED_CLUSTER)
@@ -243,6 +251,7 @@ def lua_data(gateway: Gateway) -> dict[str, Any]:
                 "usage_output": model.usage_output,
                 "max_body": model.max_request_bytes,
                 "retry_after": model.retry_after,
+                **({"holds": True} if model.hold else {}),  # only then: hold.lua reads what it may hold
                 "sample_ppm": _per_million(model.sample_rate) if gateway.runtime.sample_sink else 0,
                 "openai": {
                     "kind": model.openai.kind,
@@ -1199,9 +1208,6 @@ def http_filters(gateway: Gateway) -> list[Config]:
             )
             for mode, fail_open in (("open", True), ("closed", False))
         ),
-        # Holds a request for a model that has no ready replica (it scales to zero) until one is ready, so
-        # that nothing it reserves is spent on a request refused for want of room to hold it.
-        *([_lua_filter(HOLD_FILTER, hold_program(hold_data(gateway)))] if _holding(gateway) else []),
         # Between the two kinds of limit: renames the token filters' X-RateLimit-* response headers, so
         # that the request filters' headers keep the plain names.
         _lua_filter(TOKEN_HEADERS_FILTER, token_headers_program()),
@@ -1213,6 +1219,9 @@ def http_filters(gateway: Gateway) -> list[Config]:
             )
             for mode, fail_open in (("open", True), ("closed", False))
         ),
+        # Holds a request for a model that has no ready replica (it scales to zero) until one is ready: after
+        # every limit, so that a caller past any of them is refused at once and never wakes the model.
+        *([_lua_filter(HOLD_FILTER, hold_program(hold_data(gateway)))] if _holding(gateway) else []),
         # At stream end: the tokens used beyond each reservation (no call when there are none). Usage is
         # counted by the connection manager's usage logger, with no call.
         _stream_end_filter(),

@@ -8,7 +8,7 @@ from typing import Any
 
 from tollway import __version__
 from tollway.api import API_VERSION, ApiTierSpec, ModelDeployment
-from tollway.api.model_deployment import ScaleFromZero, TokenFields
+from tollway.api.model_deployment import TokenFields
 from tollway.ir.gateway import Images
 from tollway.ir.serving import (
     AnswerCache,
@@ -101,7 +101,6 @@ def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
     ):
         return None
     streams = resource.spec.model.streams
-    held = (autoscaling.scale_from_zero or ScaleFromZero()).max_held_requests
     return Scaling(
         engine=autoscaling.engine,
         min_replicas=autoscaling.min_replicas,
@@ -113,7 +112,7 @@ def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
         scale_down_seconds=autoscaling.scale_down.stabilization_seconds,
         prometheus_url=prometheus_url,
         ttft_p99_ms=targets.ttft_p99_ms,
-        gateway_requests=held if wakes else None,
+        wakes=wakes,
     )
 
 

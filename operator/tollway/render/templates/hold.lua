@@ -1,11 +1,12 @@
 -- Tollway's gateway, the hold: a program of its own, in the filter chain only when a model scales to zero.
--- It runs once a request has passed its request limits and before its tokens are reserved. A request routed
--- to a model that has no ready replica (scaled to zero, or waking) waits here, a second at a time, until the
--- cluster it is routed to has one; each wait is one request to the model's `hold|` cluster (Envoy's internal
--- listener answers it a second late), whose circuit breaker bounds how many wait at once and whose active
--- requests are the signal that wakes the model. Beyond the hold's time or count: 503 with Retry-After, the
--- model's expected wake time less what has passed of it. `T` (above): `models` (name to cluster, hold_ms,
--- wake_seconds) and `clusters` (each cluster of those models to its model and the protocol it is checked in).
+-- It runs once a request has passed all its limits (requests and tokens), and holds only inference by a
+-- known caller: a request routed to a model that has no ready replica (scaled to zero, or waking) waits here,
+-- a second at a time, until the cluster it is routed to has one; each wait is one request to the model's
+-- `hold|` cluster (Envoy's internal listener answers it a second late), whose circuit breaker bounds how many
+-- wait at once and whose active requests are the signal that wakes the model. Beyond the hold's time or
+-- count: 503 with Retry-After, the model's expected wake time less what has passed of it. `T` (above):
+-- `models` (name to cluster, hold_ms, wake_seconds) and `clusters` (each cluster of those models to its model
+-- and the protocol it is checked in).
 
 local stream = require("tollway.stream")
 
@@ -14,6 +15,8 @@ local NS = stream.NS
 -- How long (ms) a cluster found ready is believed without asking again (per worker), and the most a check
 -- may take: a check costs a call, so a model that is up is asked only every few seconds.
 local READY_FOR_MS, CHECK_MS, WAIT_MS = 2000, 1000, 5000
+-- The shortest Retry-After (s) while a wake runs late: clients are not asked back every second.
+local LATE_RETRY_S = 5
 
 -- How each kind of cluster says that it has a ready replica. Envoy answers a call to a cluster without a
 -- host itself (503 "no healthy upstream"), so a 200 says both that Envoy has a host and that it is ready:
@@ -40,20 +43,36 @@ local WAIT = { [":method"] = "GET", [":path"] = "/", [":authority"] = "tollway-h
 
 local ready_until = {} -- cluster to when this worker stops believing it ready (ms)
 local waking_since = {} -- model to when this worker first found it without a ready replica (ms)
+local last_waking = {} -- model to when this worker last found it so (ms)
 
-local function ready(handle, cluster, protocol)
-  if (ready_until[cluster] or 0) > handle:timestamp() then return true end
+-- "ready"; "busy": it has a replica that could not answer now (the cluster's limit reached, or the check
+-- timed out), so the request goes on as to any model; or "waking": no ready replica.
+local function readiness(handle, cluster, protocol)
+  if (ready_until[cluster] or 0) > handle:timestamp() then return "ready" end
   local check = CHECKS[protocol]
   local headers, body = handle:httpCall(cluster, check.headers, check.body, CHECK_MS)
-  local up = headers ~= nil and headers[":status"] == "200" and (check.ready == nil or body == check.ready)
-  if up then ready_until[cluster] = handle:timestamp() + READY_FOR_MS end
-  return up
+  if headers == nil then return "waking" end
+  if headers[":status"] == "200" and (check.ready == nil or body == check.ready) then
+    ready_until[cluster] = handle:timestamp() + READY_FOR_MS
+    return "ready"
+  end
+  if headers["x-envoy-overloaded"] ~= nil or headers[":status"] == "504" then return "busy" end
+  return "waking"
 end
 
--- 503 with the seconds left of the model's expected wake (at least 1).
+-- This worker's record of the model's wake: a sighting longer ago than the wake itself was another wake's.
+local function record_waking(model_name, hold, now)
+  if waking_since[model_name] == nil or now - last_waking[model_name] > hold.wake_seconds * 1000 then
+    waking_since[model_name] = now
+  end
+  last_waking[model_name] = now
+end
+
+-- 503 with the seconds left of the model's expected wake (at least LATE_RETRY_S, or the wake if shorter).
 local function turn_away(handle, model_name, hold, why)
-  local waited = (handle:timestamp() - (waking_since[model_name] or handle:timestamp())) / 1000
-  local left = math.max(1, math.ceil(hold.wake_seconds - waited))
+  local waited = (handle:timestamp() - waking_since[model_name]) / 1000
+  local shortest = math.min(LATE_RETRY_S, hold.wake_seconds)
+  local left = math.max(shortest, math.ceil(hold.wake_seconds - waited))
   stream.refuse(
     handle,
     503,
@@ -68,15 +87,27 @@ local function turn_away(handle, model_name, hold, why)
   )
 end
 
+-- After a hold: how long it was (for the access log), and a stream's time to its first token counted from
+-- now, so that a wake is not taken for a slow model (the TTFT signal would scale it out).
+local function record_hold(handle, started)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local now = handle:timestamp()
+  metadata:set(NS, "held_ms", tostring(now - started))
+  if (metadata:get(NS) or {}).start_ms ~= nil then metadata:set(NS, "start_ms", tostring(now)) end
+end
+
 local function on_request(handle)
   local cluster = handle:headers():get("x-tollway-cluster")
   local routed = cluster and T.clusters[cluster]
-  if routed == nil then return end
+  if routed == nil or (handle:streamInfo():dynamicMetadata():get(NS) or {}).inference == nil then return end
   local model_name, hold = routed.model, T.models[routed.model]
   local started, waited = handle:timestamp(), false
-  while not ready(handle, cluster, routed.protocol) do
-    waking_since[model_name] = waking_since[model_name] or started
-    if handle:timestamp() - started >= hold.hold_ms then
+  while true do
+    local state = readiness(handle, cluster, routed.protocol)
+    if state ~= "waking" then break end
+    local now = handle:timestamp()
+    record_waking(model_name, hold, now)
+    if now - started >= hold.hold_ms then
       return turn_away(handle, model_name, hold, "no replica was ready in time")
     end
     local headers = handle:httpCall(hold.cluster, WAIT, "", WAIT_MS)
@@ -86,9 +117,7 @@ local function on_request(handle)
     waited = true
   end
   waking_since[model_name] = nil
-  if waited then -- for the access log: how long the model's wake kept this request
-    handle:streamInfo():dynamicMetadata():set(NS, "held_ms", tostring(handle:timestamp() - started))
-  end
+  if waited then record_hold(handle, started) end
 end
 
 function envoy_on_request(handle) stream.checked(handle, "tollway gateway (hold)", on_request) end

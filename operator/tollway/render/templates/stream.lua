@@ -64,6 +64,8 @@ function M.admit_model(handle, now, tier_name, tier, model_name, model, version,
   if limited then
     local mode = limit_mode(tier)
     local metadata = handle:streamInfo():dynamicMetadata()
+    -- what hold.lua may hold: a request that counts, by a known caller
+    if model.holds then metadata:set(NS, "inference", "1") end
     for limit, scope in pairs(scopes) do
       metadata:set(NS, limit .. (REQUEST_KINDS[limit] and stage or "") .. mode, scope)
     end
