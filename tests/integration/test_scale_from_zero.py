@@ -11,7 +11,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy
 import pytest
+from tritonclient import grpc as triton_grpc
 
 from testbed import client, dataplane
 from testbed.kube import Cluster, eventually
@@ -96,3 +98,15 @@ def test_a_readiness_request_to_the_sleeping_model_is_answered_at_once_and_wakes
     assert reply.status == 503 and reply.seconds < 5, (reply.status, reply.seconds)
     assert "retry-after" not in reply.headers  # Envoy's own answer for a cluster without a host
     assert woken.test_bed.held() == 0
+
+
+def test_a_grpc_request_is_held_and_answered_once_the_model_wakes_again(woken: Woken) -> None:
+    """Over gRPC the hold asks Triton's ServerReady (its own framing, through Envoy): a wrong reading of the
+    answer would hold the request to the end of the hold and refuse it."""
+    assert woken.test_bed.replicas() == 0  # back at zero (the tests before)
+    grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{woken.test_bed.gateway.ports[0]}")
+    data = triton_grpc.InferInput("INPUT", [1, 4], "FP32")
+    data.set_data_from_numpy(numpy.full((1, 4), 3.0, dtype="float32"))
+    result = grpc.infer(MODEL, [data], headers={"authorization": f"Bearer {KEY}"}, client_timeout=120)
+    assert result.as_numpy("OUTPUT").tolist() == [[3.0] * 4]
+    assert woken.test_bed.replicas() >= 1  # it woke for this request

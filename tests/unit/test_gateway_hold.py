@@ -201,3 +201,9 @@ def test_grpc_server_methods_go_to_a_model_that_never_sleeps() -> None:
     )
     assert plan.gateway is not None
     assert lua_data(plan.gateway)["server_cluster"] == "triton-grpc|awake"
+
+
+def test_a_wait_that_fails_otherwise_is_not_reported_as_a_full_hold() -> None:
+    handle = HoldProgram(data()).request("triton-http|chat", answers(NO_HOST, (503, "overloaded")), [0])
+    assert handle.reply is not None and handle.reply.status == 503 and "retry-after" in handle.reply.headers
+    assert "the gateway could not hold it (status 503)" in handle.reply.body

@@ -111,8 +111,12 @@ local function on_request(handle)
       return turn_away(handle, model_name, hold, "no replica was ready in time")
     end
     local headers = handle:httpCall(hold.cluster, WAIT, "", WAIT_MS)
-    if headers == nil or headers[":status"] ~= "204" then -- the breaker's 503: held to the bound
-      return turn_away(handle, model_name, hold, "as many requests as it holds are waiting")
+    if headers == nil or headers[":status"] ~= "204" then
+      local full = headers ~= nil and headers["x-envoy-overloaded"] ~= nil -- the breaker's: held to the bound
+      local status = headers and headers[":status"] or "none"
+      local why = full and "as many requests as it holds are waiting"
+        or ("the gateway could not hold it (status " .. status .. ")")
+      return turn_away(handle, model_name, hold, why)
     end
     waited = true
   end
