@@ -89,7 +89,7 @@ def test_a_request_waits_a_second_at_a_time_until_its_cluster_has_a_ready_replic
     handle = program.request(
         "triton-openai|chat",
         answers(NO_HOST, WAITED, (503, '{"ready": false}'), WAITED, (200, "")),
-        [0, 0, 1000, 2000, 2000],
+        [0, 0, 0, 1000, 1000, 2000, 2000, 2000],
     )
     assert handle.reply is None
     assert called(handle) == [
@@ -152,14 +152,22 @@ def test_only_inference_by_a_known_caller_is_held() -> None:
     assert handle.calls == [] and handle.reply is None
 
 
-@pytest.mark.parametrize("answer", [OVERFLOW, (504, "upstream request timeout")])
+@pytest.mark.parametrize(
+    ("cluster", "answer", "answered_at"),
+    [
+        ("triton-http|chat|gold", OVERFLOW, 0),
+        ("triton-http|chat", (504, "upstream request timeout"), 1000),
+        # over gRPC Envoy answers a call that ran out of time with a 200 and a grpc-status: the time tells
+        ("triton-grpc|chat", (200, "", {"grpc-status": "14"}), 1000),
+    ],
+)
 def test_a_model_with_a_replica_that_cannot_answer_now_is_not_taken_for_asleep(
-    answer: tuple[Any, ...],
+    cluster: str, answer: tuple[Any, ...], answered_at: int
 ) -> None:
-    """The cluster at its limit (a tier's own, sized per replica) or a slow check: the request goes on as to
-    any model, unheld and uncounted in the wake signal."""
-    handle = HoldProgram(data()).request("triton-http|chat|gold", answers(answer, WAITED), [0])
-    assert called(handle) == [("triton-http|chat|gold", "/v2/health/ready")] and handle.reply is None
+    """The cluster at its limit (a tier's own, sized per replica) or a check that ran out of time: the
+    request goes on as to any model, unheld and uncounted in the wake signal."""
+    handle = HoldProgram(data()).request(cluster, answers(answer, WAITED), [0, 0, answered_at])
+    assert [called_cluster for called_cluster, _ in called(handle)] == [cluster] and handle.reply is None
     assert "held_ms" not in handle.tollway
 
 
@@ -177,6 +185,12 @@ def test_a_held_stream_counts_its_time_to_first_token_from_the_end_of_its_hold()
 def test_a_late_wake_asks_clients_back_in_no_less_than_five_seconds() -> None:
     handle = HoldProgram(data()).request("triton-http|chat", answers(NO_HOST, OVERFLOW), [0, 0, 0, 29_500])
     assert handle.reply is not None and handle.reply.headers == {"retry-after": "5"}
+    # or, for a model that wakes in less, its whole wake
+    quick = {**WAKES, "scaleFromZero": {"wakeSeconds": 3}}
+    handle = HoldProgram(data(**quick)).request(
+        "triton-http|chat", answers(NO_HOST, OVERFLOW), [0, 0, 0, 9_000]
+    )
+    assert handle.reply is not None and handle.reply.headers == {"retry-after": "3"}
 
 
 def test_a_wake_this_worker_last_saw_long_ago_was_another_one() -> None:
@@ -201,9 +215,19 @@ def test_grpc_server_methods_go_to_a_model_that_never_sleeps() -> None:
     )
     assert plan.gateway is not None
     assert lua_data(plan.gateway)["server_cluster"] == "triton-grpc|awake"
+    # where every model sleeps, the first (its server answers once it is up)
+    alone = plan_gateway(
+        "ai",
+        tiers=[parse(ApiTier, api_tier())],
+        models=[parse(ModelDeployment, sleeper)],
+        secrets=[],
+        now=NOW,
+    )
+    assert alone.gateway is not None and lua_data(alone.gateway)["server_cluster"] == "triton-grpc|asleep"
 
 
 def test_a_wait_that_fails_otherwise_is_not_reported_as_a_full_hold() -> None:
     handle = HoldProgram(data()).request("triton-http|chat", answers(NO_HOST, (503, "overloaded")), [0])
-    assert handle.reply is not None and handle.reply.status == 503 and "retry-after" in handle.reply.headers
+    assert handle.reply is not None and handle.reply.status == 503
+    assert handle.reply.headers == {"retry-after": "30"}
     assert "the gateway could not hold it (status 503)" in handle.reply.body

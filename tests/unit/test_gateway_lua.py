@@ -234,16 +234,25 @@ def test_a_metadata_request_is_routed_without_limits_or_body(gateway: GatewayPro
     }
 
 
-def test_only_inference_for_a_model_that_scales_to_zero_is_marked_for_the_hold() -> None:
+def test_only_inference_for_a_model_that_scales_to_zero_is_marked_for_the_hold(
+    gateway: GatewayProgram,
+) -> None:
     """hold.lua holds what is marked `inference`: an inference request that counts against the limits, for a
     model that holds; a metadata request is not marked, nor is any request for a model that never sleeps."""
     models = {**DATA["models"], "chat": {**DATA["models"]["chat"], "holds": True}}
     holding = GatewayProgram({**DATA, "models": models}, NOW)
     body = infer_body(max_tokens=10)
-    infer = holding.request({**KEY, "content-length": str(len(body))}, body, route=INFER)
+    sent = {**KEY, "content-length": str(len(body))}
+    infer = holding.request(sent, body, route=INFER)
     assert infer.reply is None and infer.after_headers["inference"] == "1"
+    grpc = holding.request(
+        GRPC_INFER, grpc_frame(service_pb2.ModelInferRequest(model_name="chat")), route=GRPC
+    )
+    assert grpc.reply is None and grpc.tollway["inference"] == "1"  # known only once its body is read
     metadata = holding.request(KEY, route={"kind": "metadata", "model": "chat", "version": "1"})
     assert metadata.reply is None and "inference" not in metadata.tollway
+    awake = gateway.request(sent, body, route=INFER)
+    assert awake.reply is None and "inference" not in awake.tollway
 
 
 def test_a_metadata_or_readiness_request_with_a_body_gets_400(gateway: GatewayProgram) -> None:

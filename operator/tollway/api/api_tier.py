@@ -37,7 +37,9 @@ class Quotas(TollwayModel):
 
     requests_per_minute: Positive | None = None
     tokens_per_minute: Positive | None = None
-    """Input plus output tokens, as the model's responses report them."""
+    """Input plus output tokens, as the model's responses report them. Each request reserves its estimate when
+    admitted (the excess it uses is charged at its end); one that fails after that (an upstream error, a
+    held request turned away) spends its reservation."""
     concurrent_requests: Positive | None = None
     """In-flight requests of the whole tier, per model. Each of the gateway's N Envoy replicas admits
     ceil(concurrentRequests / N) of them, so the cap holds while traffic is spread over the replicas."""

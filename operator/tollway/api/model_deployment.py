@@ -277,8 +277,8 @@ class ScalingTargets(TollwayModel):
 
 class ScaleFromZero(TollwayModel):
     """What the gateway does with a request for a model that has no ready replica (scaled to zero, or still
-    waking): it holds the request, and the held requests are the signal that wakes the model (README: "Scale
-    from zero")."""
+    waking): it holds the request, and the gateway's requests for the model, held or in flight, are the signal
+    that wakes it and keeps one replica (README: "Scale from zero")."""
 
     hold_seconds: int = Field(default=60, ge=1, le=240)
     """The longest a request is held before it is answered 503 with Retry-After."""
@@ -287,7 +287,7 @@ class ScaleFromZero(TollwayModel):
     with Retry-After."""
     wake_seconds: int = Field(default=60, ge=1, le=3600)
     """The expected time from the first held request to a ready replica (pod start and model load): what a
-    refused request's Retry-After counts down from."""
+    refused request's Retry-After counts down from (at least 5 s, or this if shorter, once it has passed)."""
 
 
 class Autoscaling(TollwayModel):

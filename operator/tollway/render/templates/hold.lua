@@ -46,18 +46,21 @@ local waking_since = {} -- model to when this worker first found it without a re
 local last_waking = {} -- model to when this worker last found it so (ms)
 
 -- "ready"; "busy": it has a replica that could not answer now (the cluster's limit reached, or the check
--- timed out), so the request goes on as to any model; or "waking": no ready replica.
+-- ran out of time: over gRPC Envoy's answer to that is a 200 with a grpc-status, so the time tells), and the
+-- request goes on as to any model; or "waking": no ready replica. With the time of the answer.
 local function readiness(handle, cluster, protocol)
-  if (ready_until[cluster] or 0) > handle:timestamp() then return "ready" end
+  local asked = handle:timestamp()
+  if (ready_until[cluster] or 0) > asked then return "ready", asked end
   local check = CHECKS[protocol]
   local headers, body = handle:httpCall(cluster, check.headers, check.body, CHECK_MS)
-  if headers == nil then return "waking" end
+  local answered = handle:timestamp()
+  if headers == nil then return "waking", answered end
   if headers[":status"] == "200" and (check.ready == nil or body == check.ready) then
-    ready_until[cluster] = handle:timestamp() + READY_FOR_MS
-    return "ready"
+    ready_until[cluster] = answered + READY_FOR_MS
+    return "ready", answered
   end
-  if headers["x-envoy-overloaded"] ~= nil or headers[":status"] == "504" then return "busy" end
-  return "waking"
+  if headers["x-envoy-overloaded"] ~= nil or answered - asked >= CHECK_MS then return "busy", answered end
+  return "waking", answered
 end
 
 -- This worker's record of the model's wake: a sighting longer ago than the wake itself was another wake's.
@@ -70,7 +73,9 @@ end
 
 -- 503 with the seconds left of the model's expected wake (at least LATE_RETRY_S, or the wake if shorter).
 local function turn_away(handle, model_name, hold, why)
-  local waited = (handle:timestamp() - waking_since[model_name]) / 1000
+  local now = handle:timestamp()
+  -- (a request on this worker may have found the model ready while this one waited)
+  local waited = (now - (waking_since[model_name] or now)) / 1000
   local shortest = math.min(LATE_RETRY_S, hold.wake_seconds)
   local left = math.max(shortest, math.ceil(hold.wake_seconds - waited))
   stream.refuse(
@@ -103,9 +108,8 @@ local function on_request(handle)
   local model_name, hold = routed.model, T.models[routed.model]
   local started, waited = handle:timestamp(), false
   while true do
-    local state = readiness(handle, cluster, routed.protocol)
+    local state, now = readiness(handle, cluster, routed.protocol)
     if state ~= "waking" then break end
-    local now = handle:timestamp()
     record_waking(model_name, hold, now)
     if now - started >= hold.hold_ms then
       return turn_away(handle, model_name, hold, "no replica was ready in time")
