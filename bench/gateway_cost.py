@@ -2,7 +2,7 @@
 """The gateway's cost per request beside bare Envoy, in one run:
 
     .venv/bin/python bench/gateway_cost.py [--seconds 10] [--connections 8] [--workers 1] [--rounds 3]
-                                           [--rate 1000] [--deny-list 0] [--profile]
+                                           [--rate 1000] [--deny-list 0] [--sleeping-model] [--profile]
 
 Paths to one fake model server, each driven in turn by wrk (Debian's; one thread, CONNECTIONS keep-alive
 connections, closed loop) with the same KServe v2 infer POST:
@@ -32,6 +32,11 @@ connections, closed loop) with the same KServe v2 infer POST:
    false; every other path counts them, the default): what the key-compromise signals cost (a call to the
    ratelimit service as a request ends, sent once an hour per network and program by each Envoy worker, so
    a steady load from one client sends almost none).
+
+With --sleeping-model, the gateway also serves a model that scales to zero (minReplicas 0), which puts the
+hold (hold.lua) in every request's filter chain: the paths above then pay for its filter, and a twelfth path
+sends path 3's requests to that model, awake, whose hold asks its cluster whether it is ready every 2 s per
+worker. What a gateway with a sleeping model costs, beside a run without the option.
 
 With --deny-list N, the namespace's deny list holds N addresses (none of them the load's), which every
 request through Tollway is checked against first: what a reputation feed of that size costs.
@@ -75,6 +80,8 @@ from testbed.otel import Collector
 from testbed.processes import Process, answers_http, free_port, start, tool_binary
 from testbed.triton import infer_body, language_model_document
 
+SLEEPER = "sleeper"
+"""With --sleeping-model: a model that scales to zero, on the same fake server as echo (so always ready)."""
 KEYS = {
     "rpm-tpm": "tw-bench-full-key",
     "rpm": "tw-bench-rpm-key",
@@ -394,12 +401,29 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
+def sleeping_model() -> dict[str, Any]:
+    """The echo model again, under its own name, scaling to zero (minReplicas 0): it has a hold."""
+    document = echo_model()
+    document["metadata"] = {**document["metadata"], "name": SLEEPER, "uid": f"uid-{SLEEPER}"}
+    document["spec"]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 2}
+    return document
+
+
 def gateway(
-    workdir: Path, upstream_port: int, openai_port: int, workers: int, sample_sink: str, *, denied: int
+    workdir: Path,
+    upstream_port: int,
+    openai_port: int,
+    workers: int,
+    sample_sink: str,
+    *,
+    denied: int,
+    sleeper: bool,
 ) -> GatewayProcesses:
     """Tollway's gateway with a tier per entry of KEYS, its limits far above any load here: the echo model
     (KServe v2) and a chat model whose OpenAI server is the fake at `openai_port`; samples go to
-    `sample_sink`; `denied` addresses in the namespace's deny list."""
+    `sample_sink`; `denied` addresses in the namespace's deny list; with `sleeper`, also a model that scales
+    to zero (SLEEPER, on the same fake server, so always ready), which puts the hold in every request's
+    filter chain."""
     full = {"requestsPerMinute": 100_000_000, "tokensPerMinute": 1_000_000_000}
     limits: dict[str, dict[str, int]] = {
         "rpm-tpm": full,
@@ -418,9 +442,17 @@ def gateway(
         "unwatched": {"alerts": {"keyCompromise": {"enabled": False}}},
     }
     documents: list[dict[str, Any]] = [echo_model(), language_model_document("chat", "chat", NAMESPACE)]
+    upstreams = [
+        f"echo=127.0.0.1:{upstream_port}:{upstream_port}",
+        f"chat=127.0.0.1:{upstream_port}:{upstream_port}:{openai_port}",
+    ]
+    if sleeper:
+        documents.append(sleeping_model())
+        upstreams.append(f"{SLEEPER}=127.0.0.1:{upstream_port}:{upstream_port}")
+    models = ["echo", "chat", *([SLEEPER] if sleeper else [])]
     for name, key in KEYS.items():
         documents += [
-            tier(name, 1, limits[name], ["echo", "chat"], **extra.get(name, {})),
+            tier(name, 1, limits[name], models, **extra.get(name, {})),
             secret(name, name, key),
         ]
     if denied:
@@ -445,10 +477,7 @@ def gateway(
     processes = GatewayProcesses(
         workdir=workdir,
         replicas=[EnvoyPorts.free()],
-        upstreams=[
-            f"echo=127.0.0.1:{upstream_port}:{upstream_port}",
-            f"chat=127.0.0.1:{upstream_port}:{upstream_port}:{openai_port}",
-        ],
+        upstreams=upstreams,
         envoy_workers=workers,
     )
     processes.write_config(source, f"--sample-sink={sample_sink}")
@@ -474,6 +503,11 @@ def main() -> None:
         help="addresses in the namespace's deny list (checked every request)",
     )
     parser.add_argument(
+        "--sleeping-model",
+        action="store_true",
+        help="and a model that scales to zero: the hold in every request's chain, and a path to that model",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="and profile the ratelimit service under Tollway's load (needs Go)",
@@ -495,7 +529,13 @@ def main() -> None:
         samples = Collector(workdir).start()
         assert samples.process is not None
         tollway = gateway(
-            workdir, model_port, openai_port, options.workers, samples.grpc_address, denied=options.deny_list
+            workdir,
+            model_port,
+            openai_port,
+            options.workers,
+            samples.grpc_address,
+            denied=options.deny_list,
+            sleeper=options.sleeping_model,
         )
         gateway_processes = {
             "envoy": tollway.envoys[0],
@@ -533,6 +573,17 @@ def main() -> None:
             Target("  + 8 prompt checks", tollway.ports[0], gateway_processes, KEYS["checked"]),
             Target("  without key signals", tollway.ports[0], gateway_processes, KEYS["unwatched"]),
         ]
+        if options.sleeping_model:
+            held = f"/v1/models/{SLEEPER}/infer"
+            targets.append(
+                Target(
+                    "  a model that can sleep (awake)",
+                    tollway.ports[0],
+                    gateway_processes,
+                    KEYS["rpm-tpm"],
+                    path=held,
+                )
+            )
         try:
             load = Load(wrk, workdir, options.seconds, options.connections)
             closed = [[drive(load, target) for target in targets] for _ in range(options.rounds)]
