@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tollway.documents import dump
+from tollway.ir.names import MODEL_CLUSTERS
 from tollway.ir.serving import Scaling, TritonServing
 from tollway.render.monitoring import cached_latency_ms, request_latency_ms
 
@@ -26,7 +27,7 @@ QUEUE_METRIC = "tollway_triton_queue_depth"
 P99_METRIC = "tollway_triton_waiting_p99_ms"
 TTFT_METRIC = "tollway_ttft_p99_ms"
 GATEWAY_METRIC = "tollway_gateway_demand"
-GATEWAY_CLUSTERS = 'envoy_cluster_name=~"(hold|triton-[a-z]+)[|].+"'
+GATEWAY_CLUSTERS = f'envoy_cluster_name=~"{MODEL_CLUSTERS}.+"'
 """The gateway's clusters whose active requests are a model's: its hold and its Tritons (a tier's own too)."""
 BUSY_WINDOW = "45s"
 """Three of Triton's 15 s scrapes: short enough to follow a burst, long enough for rate() to have two."""

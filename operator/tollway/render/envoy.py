@@ -32,6 +32,7 @@ from tollway.ir.gateway import (
 from tollway.ir.names import (
     ADDRESS_DESCRIPTOR,
     KEY_SIGNALS,
+    MODEL_CLUSTERS,
     NEW_KEYS_SIGNAL,
     RATELIMIT_DOMAIN,
     RATELIMIT_GRPC_PORT,
@@ -68,7 +69,7 @@ HOLD_LISTENER = "hold"
 wait between a held request's checks of its model (hold.lua), each wait one request to its model's `hold|`
 cluster, whose circuit breaker bounds the requests held at once and whose active requests are counted."""
 HOLD_WAIT = "1s"
-MODEL_STAT_TAG = {"tag_name": "model", "regex": r"^cluster\.(?:hold|triton-[a-z]+)\|(([^.|]+)[.|])"}
+MODEL_STAT_TAG = {"tag_name": "model", "regex": rf"^cluster\.{MODEL_CLUSTERS}(([^.|]+)[.|])"}
 """A `model` label on the statistics of a model's clusters (its hold and its Tritons, a tier's own too), so
 that Prometheus can sum a model's active requests (render/autoscaling.gateway_expression). The cluster's name
 stays a label of its own; the part captured first is taken out of the statistic's name, as is the cluster's
