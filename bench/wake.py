@@ -47,7 +47,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir, bed(cluster, Path(workdir), NAMESPACE) as test_bed:
         for index in range(arguments.wakes):
             idle = at_zero(test_bed)
-            timings, replies, _ = wake(test_bed, arguments.held)
+            timings, replies, _, _ = wake(test_bed, arguments.held)
             statuses = sorted({reply.status for reply in replies})
             assert statuses == [200], f"the held requests were answered {statuses}"
             found.append(timings)

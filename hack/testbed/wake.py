@@ -36,15 +36,16 @@ from testbed.processes import answers_http, free_port
 from testbed.triton import RunningTriton, infer_body, start
 
 MODEL = "sleeper"
-TIER = "pro"
-KEY = "k-sleeper"
+TIER, OTHER_TIER = "pro", "free"
+KEY, OTHER_KEY = "k-sleeper", "k-free"
 HOLD = {"holdSeconds": 90, "maxHeldRequests": 2, "wakeSeconds": 30}
 """Room for two waiting requests per gateway replica; a wake within the hold's 90 s."""
 REQUESTS_PER_MINUTE = 30
 
 
 def documents(namespace: str) -> list[dict[str, Any]]:
-    """The model (scales to zero, CPU), a tier that may use it and a key of that tier."""
+    """The model (scales to zero, CPU), two tiers that may use it (each its own room in the hold) and a key of
+    each."""
     model = {
         "apiVersion": "tollway.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -56,24 +57,30 @@ def documents(namespace: str) -> list[dict[str, Any]]:
             "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "scaleFromZero": HOLD},
         },
     }
-    tier = {
-        "apiVersion": "tollway.dev/v1alpha1",
-        "kind": "ApiTier",
-        "metadata": {"name": TIER, "namespace": namespace, "uid": f"uid-{TIER}"},
-        "spec": {
+    documents: list[dict[str, Any]] = [model]
+    for tier, key in ((TIER, KEY), (OTHER_TIER, OTHER_KEY)):
+        labels = {"tollway.dev/tier": tier}
+        spec = {
             "priority": 2,
             "models": [MODEL],
             "limits": {"requestsPerMinute": REQUESTS_PER_MINUTE},
-            "auth": {"apiKeys": {"secretSelector": {"matchLabels": {"tollway.dev/tier": TIER}}}},
-        },
-    }
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "sleeper-key", "namespace": namespace, "labels": {"tollway.dev/tier": TIER}},
-        "stringData": {"api-key": KEY},
-    }
-    return [model, tier, secret]
+            "auth": {"apiKeys": {"secretSelector": {"matchLabels": labels}}},
+        }
+        documents += [
+            {
+                "apiVersion": "tollway.dev/v1alpha1",
+                "kind": "ApiTier",
+                "metadata": {"name": tier, "namespace": namespace, "uid": f"uid-{tier}"},
+                "spec": spec,
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"{tier}-key", "namespace": namespace, "labels": labels},
+                "stringData": {"api-key": key},
+            },
+        ]
+    return documents
 
 
 @dataclass
@@ -134,17 +141,19 @@ class WakeBed:
         return int(scale.get("replicas") or 0)
 
     def held(self) -> float:
-        """The requests the gateway holds for the model now (its `hold|` cluster's active requests)."""
+        """The requests the gateway holds for the model now (its tier's `hold|` cluster's active requests)."""
         return dataplane.summed(
-            self.gateway.stats(), "envoy_cluster_upstream_rq_active", envoy_cluster_name=f"hold|{MODEL}"
+            self.gateway.stats(),
+            "envoy_cluster_upstream_rq_active",
+            envoy_cluster_name=f"hold|{MODEL}|{TIER}",
         )
 
-    def infer(self, value: float = 1.0) -> client.Reply:
-        """An infer request through the gateway (INPUT four times `value`), with the tier's key."""
+    def infer(self, value: float = 1.0, key: str = KEY) -> client.Reply:
+        """An infer request through the gateway (INPUT four times `value`), with `key` (tier pro's)."""
         return client.request(
             f"http://127.0.0.1:{self.gateway.ports[0]}/v2/models/{MODEL}/infer",
             data=json.dumps(infer_body(value=value)).encode(),
-            headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
             timeout=180,
         )
 
@@ -219,14 +228,17 @@ class Wake:
         return self.first_answer - self.model_load
 
 
-def wake(test_bed: WakeBed, held: int, extra: int = 0) -> tuple[Wake, list[client.Reply], list[client.Reply]]:
-    """Sends `held` requests at once to the model at zero, then, once the gateway holds them all, `extra`
-    more at once (beyond the hold's count: turned away); times the wake by them. Returns the timings, the
-    replies to the first requests (once each was answered) and to the extra ones."""
+def wake(
+    test_bed: WakeBed, held: int, extra: int = 0, other: int = 0
+) -> tuple[Wake, list[client.Reply], list[client.Reply], list[client.Reply]]:
+    """Sends `held` requests of tier pro at once to the model at zero, then, once the gateway holds them all,
+    `extra` more at once (beyond the hold's count: turned away) and `other` of tier free (a room of its own);
+    times the wake by the first. Returns the timings and the replies to each group (once each was
+    answered)."""
     assert test_bed.replicas() == 0 and test_bed.plant.running is None, "the model is not at zero"
     marks: dict[str, float] = {}
     loads_before = len(test_bed.plant.loads)
-    with ThreadPoolExecutor(held + extra) as pool:
+    with ThreadPoolExecutor(held + extra + other) as pool:
         sent = time.monotonic()
         futures: list[Future[client.Reply]] = [
             pool.submit(test_bed.infer, float(index + 1)) for index in range(held)
@@ -235,7 +247,8 @@ def wake(test_bed: WakeBed, held: int, extra: int = 0) -> tuple[Wake, list[clien
             future.add_done_callback(lambda _: marks.setdefault("first_answer", time.monotonic()))
         eventually(lambda: test_bed.held() >= held, timeout=30, interval=0.05)
         turned: list[Future[client.Reply]] = [pool.submit(test_bed.infer) for _ in range(extra)]
-        while not all(future.done() for future in [*futures, *turned]):
+        others = [pool.submit(test_bed.infer, 1.0, OTHER_KEY) for _ in range(other)]
+        while not all(future.done() for future in [*futures, *turned, *others]):
             if "scaled" not in marks and test_bed.replicas() > 0:
                 marks["scaled"] = time.monotonic()
             time.sleep(0.1)
@@ -246,7 +259,12 @@ def wake(test_bed: WakeBed, held: int, extra: int = 0) -> tuple[Wake, list[clien
         loaded=loaded - sent,
         first_answer=marks["first_answer"] - sent,
     )
-    return timings, [future.result() for future in futures], [future.result() for future in turned]
+    return (
+        timings,
+        [future.result() for future in futures],
+        [future.result() for future in turned],
+        [future.result() for future in others],
+    )
 
 
 def at_zero(test_bed: WakeBed, timeout: float = 240) -> float:

@@ -2,8 +2,9 @@
 for a model with minReplicas 0 takes it to zero when idle; a request for it then waits in the gateway, which
 counts it; the real HPA loop (kube-controller-manager, prometheus-adapter on Tollway's rules, Prometheus)
 wakes the model on that count; the held requests are answered once a replica is ready. Beyond the hold's
-count a request is answered 503 with Retry-After at once. The pod is kwok's (ready at once) and its Triton the
-test bed's, started when the pod is ready: the model's load time is Triton's own."""
+count a request is answered 503 with Retry-After at once, while another tier's requests still find room. The
+pod is kwok's (ready at once) and its Triton the test bed's, started when the pod is ready: the model's load
+time is Triton's own."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tritonclient import grpc as triton_grpc
 from testbed import client, dataplane
 from testbed.kube import Cluster, eventually
 from testbed.triton import outputs
-from testbed.wake import HOLD, KEY, MODEL, TIER, Wake, WakeBed, at_zero, bed, wake
+from testbed.wake import HOLD, KEY, MODEL, OTHER_TIER, TIER, Wake, WakeBed, at_zero, bed, wake
 
 NAMESPACE = f"wake-{os.getpid()}"
 HELD = 2  # the hold's count (HOLD["maxHeldRequests"]) for one gateway replica
@@ -31,6 +32,8 @@ class Woken:
     timings: Wake
     held: list[client.Reply]
     extra: list[client.Reply]
+    other: list[client.Reply]
+    """Of the other tier, sent with `extra`."""
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +41,14 @@ def woken(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """The model taken to zero by its HPA, then woken by requests held in the gateway."""
     with bed(cluster, tmp_path_factory.mktemp("wake"), NAMESPACE) as test_bed:
         at_zero(test_bed)
-        timings, held, extra = wake(test_bed, HELD, EXTRA)
+        timings, held, extra, other = wake(test_bed, HELD, EXTRA, other=1)
         print(
             f"\nfirst request to first answer {timings.first_answer:.1f} s:"
             f" HPA scaled at {timings.scaled:.1f} s, pod ready at {timings.pod_ready:.1f} s,"
             f" model loaded in {timings.model_load:.1f} s;"
             f" without the model's load {timings.without_model_load:.1f} s"
         )
-        yield Woken(test_bed, timings, held, extra)
+        yield Woken(test_bed, timings, held, extra, other)
 
 
 def test_held_requests_are_answered_once_the_model_wakes(woken: Woken) -> None:
@@ -65,6 +68,18 @@ def test_beyond_the_holds_count_a_request_is_told_when_to_come_back(woken: Woken
     for reply in refused:
         assert 1 <= int(reply.headers["retry-after"]) <= HOLD["wakeSeconds"]
         assert f"model {MODEL} is starting" in reply.json()["error"]["message"]
+
+
+def test_one_tier_filling_the_hold_leaves_another_tiers_room(woken: Woken) -> None:
+    """Sent while tier pro's room was full (its extra requests turned away): held in its own tier's room,
+    then answered."""
+    assert [reply.status for reply in woken.other] == [200]
+    held_in = dataplane.summed(
+        woken.test_bed.gateway.stats(),
+        "envoy_cluster_upstream_rq_total",
+        envoy_cluster_name=f"hold|{MODEL}|{OTHER_TIER}",
+    )
+    assert held_in >= 1
 
 
 def test_held_requests_are_metered_like_any_other(woken: Woken) -> None:

@@ -464,13 +464,18 @@ class HoldProgram:
         clock: list[int],
         metadata: dict[str, str] | None = None,
     ) -> Handle:
-        """`metadata`: what the programs before it set (default: an inference request, which counts)."""
+        """`metadata`: what the programs before it set (default: an inference request of tier pro, which
+        counts)."""
         handle = Handle(
             self.lua,
             headers={":path": "/v2/models/chat/infer", "x-tollway-cluster": cluster},
             body=None,
             route={},
-            metadata={"tollway": {"model": "chat", "inference": "1"} if metadata is None else metadata},
+            metadata={
+                "tollway": {"model": "chat", "inference": "1", "tier": "pro"}
+                if metadata is None
+                else metadata
+            },
             certificate=None,
             local_address="127.0.0.1:8080",
             clock=clock,

@@ -57,7 +57,13 @@ def called(handle: Handle) -> list[tuple[str, str]]:
 def test_only_a_model_that_scales_to_zero_has_a_hold() -> None:
     assert data(minReplicas=1, maxReplicas=2) == {"models": {}, "clusters": {}}
     rendered = data()
-    assert rendered["models"] == {"chat": {"cluster": "hold|chat", "hold_ms": 10_000, "wake_seconds": 30}}
+    assert rendered["models"] == {
+        "chat": {
+            "holds": {"pro": "hold|chat|pro", "gold": "hold|chat|gold"},
+            "hold_ms": 10_000,
+            "wake_seconds": 30,
+        }
+    }
     # every cluster its requests may be routed to, a tier's own included, checked in its own protocol
     assert rendered["clusters"] == {
         f"triton-{protocol}|chat{tier}": {"model": "chat", "protocol": protocol}
@@ -94,9 +100,9 @@ def test_a_request_waits_a_second_at_a_time_until_its_cluster_has_a_ready_replic
     assert handle.reply is None
     assert called(handle) == [
         ("triton-openai|chat", "/healthz"),
-        ("hold|chat", "/"),
+        ("hold|chat|pro", "/"),
         ("triton-openai|chat", "/healthz"),
-        ("hold|chat", "/"),
+        ("hold|chat|pro", "/"),
         ("triton-openai|chat", "/healthz"),
     ]
     assert handle.tollway["held_ms"] == "2000"
@@ -123,7 +129,7 @@ def test_beyond_the_hold_time_the_request_is_told_when_to_come_back() -> None:
     assert handle.reply is not None and handle.reply.status == 503
     assert handle.reply.headers == {"retry-after": "20"}  # 30 s expected, 10 gone
     assert "no replica was ready in time" in handle.reply.body
-    assert sum(1 for cluster, _ in called(handle) if cluster == "hold|chat") == 10
+    assert sum(1 for cluster, _ in called(handle) if cluster == "hold|chat|pro") == 10
 
 
 def test_beyond_the_count_the_request_is_turned_away_at_once() -> None:
@@ -136,11 +142,33 @@ def test_beyond_the_count_the_request_is_turned_away_at_once() -> None:
     full = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [9000])
     assert full.reply is not None and full.reply.status == 503
     assert full.reply.headers == {"retry-after": "26"}
-    assert "as many requests as it holds are waiting" in full.reply.body
+    assert "as many of your tier's requests as it holds are waiting" in full.reply.body
     # once a request finds it ready, the wake is over: a later one counts from its own wait again
     program.request("triton-http|chat", answers((200, "")), [20000])
     after = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [30000])
     assert after.reply is not None and after.reply.headers == {"retry-after": "30"}
+
+
+def test_each_tier_waits_in_a_room_of_its_own() -> None:
+    """maxHeldRequests is per tier: one tier's callers filling the hold leave another tier's room alone."""
+    program = HoldProgram(data())
+    pro = program.request("triton-http|chat", answers(NO_HOST, OVERFLOW), [0])
+    assert called(pro) == [("triton-http|chat", "/v2/health/ready"), ("hold|chat|pro", "/")]
+    assert pro.reply is not None and "as many of your tier's requests as it holds" in pro.reply.body
+    gold = program.request(
+        "triton-http|chat|gold",
+        answers(NO_HOST, WAITED, (200, "")),
+        [0, 0, 0, 1000, 1000, 1000],
+        metadata={"model": "chat", "inference": "1", "tier": "gold"},
+    )
+    assert ("hold|chat|gold", "/") in called(gold) and gold.reply is None
+    # a tier the hold does not know (none can get here: the tier's check that it may call the model comes
+    # first) is turned away, never held where another tier's room would count it
+    stranger = program.request(
+        "triton-http|chat", answers(NO_HOST), [0], metadata={"model": "chat", "inference": "1", "tier": "x"}
+    )
+    assert stranger.reply is not None and "could not hold it (status none)" in stranger.reply.body
+    assert called(stranger) == [("triton-http|chat", "/v2/health/ready")]
 
 
 def test_only_inference_by_a_known_caller_is_held() -> None:
@@ -176,7 +204,7 @@ def test_a_held_stream_counts_its_time_to_first_token_from_the_end_of_its_hold()
         "triton-openai|chat",
         answers(NO_HOST, WAITED, (200, "")),
         [0, 0, 0, 1000, 1000, 1000],
-        metadata={"model": "chat", "inference": "1", "start_ms": "0"},
+        metadata={"model": "chat", "inference": "1", "tier": "pro", "start_ms": "0"},
     )
     assert handle.reply is None
     assert (handle.tollway["held_ms"], handle.tollway["start_ms"]) == ("1000", "1000")

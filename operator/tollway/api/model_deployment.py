@@ -283,8 +283,9 @@ class ScaleFromZero(TollwayModel):
     hold_seconds: int = Field(default=60, ge=1, le=240)
     """The longest a request is held before it is answered 503 with Retry-After."""
     max_held_requests: int = Field(default=100, ge=1, le=10_000)
-    """How many requests each gateway replica holds for the model at once; the next is answered 503 at once,
-    with Retry-After."""
+    """How many requests of each tier each gateway replica holds for the model at once (per tier, so that
+    one tier's callers cannot take every tier's room); the tier's next is answered 503 at once, with
+    Retry-After."""
     wake_seconds: int = Field(default=60, ge=1, le=3600)
     """The expected time from the first held request to a ready replica (pod start and model load): what a
     refused request's Retry-After counts down from (at least 5 s, or this if shorter, once it has passed)."""

@@ -54,7 +54,7 @@ class Hold:
 
     seconds: int
     max_requests: int
-    """Per gateway replica, at once."""
+    """Per tier that may call the model and gateway replica, at once."""
     wake_seconds: int
 
 

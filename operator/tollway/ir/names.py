@@ -6,8 +6,8 @@ from __future__ import annotations
 
 MODEL_CLUSTERS = "(?:hold|triton-[a-z]+)[|]"
 """A regular expression (RE2 and Envoy's alike) for the start of the names of the gateway's clusters that are
-a model's: its hold (`hold|MODEL`) and its Tritons (`triton-PROTOCOL|MODEL`, a tier's own too), the model's
-name next. Envoy's `model` statistics tag and the wake signal's query both match on it."""
+a model's: its holds (`hold|MODEL|TIER`) and its Tritons (`triton-PROTOCOL|MODEL`, a tier's own too), the
+model's name next. Envoy's `model` statistics tag and the wake signal's query both match on it."""
 GATEWAY_NAME = "tollway-gateway"
 """The one gateway of each namespace that has an ApiTier."""
 MODEL_LABEL = "tollway.dev/model"

@@ -77,9 +77,9 @@ def p99_expression(matchers: str) -> str:
 
 
 def gateway_expression(matchers: str) -> str:
-    """1 while the gateway holds (a model's `hold|MODEL` cluster) or has in flight to its Tritons any request
-    for the model, over every gateway replica, else 0: Envoy's gauge of active requests, which carries a
-    `model` label for those clusters (render/envoy.MODEL_STAT_TAG). At most 1: it wakes the model and keeps
+    """1 while the gateway holds (a model's `hold|MODEL|TIER` clusters) or has in flight to its Tritons any
+    request for the model, over every gateway replica, else 0: Envoy's gauge of active requests, which carries
+    a `model` label for those clusters (render/envoy.MODEL_STAT_TAG). At most 1: it wakes the model and keeps
     one replica; how many more is the other signals' to say, not a count that also counts requests in flight
     (it would scale on concurrency, with no target for it)."""
     active = f"envoy_cluster_upstream_rq_active{{{matchers},{GATEWAY_CLUSTERS}}}"

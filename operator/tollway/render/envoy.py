@@ -66,8 +66,9 @@ ADMIN_CLUSTER = "admin"
 HOLD_FILTER = "tollway.hold"
 HOLD_LISTENER = "hold"
 """An internal listener (no port: only Envoy itself reaches it) whose every answer comes a second late: the
-wait between a held request's checks of its model (hold.lua), each wait one request to its model's `hold|`
-cluster, whose circuit breaker bounds the requests held at once and whose active requests are counted."""
+wait between a held request's checks of its model (hold.lua), each wait one request to the `hold|MODEL|TIER`
+cluster of its model and tier, whose circuit breaker bounds the requests held at once and whose active
+requests are counted."""
 HOLD_WAIT = "1s"
 MODEL_STAT_TAG = {"tag_name": "model", "regex": rf"^cluster\.{MODEL_CLUSTERS}(([^.|]+)[.|])"}
 """A `model` label on the statistics of a model's clusters (its hold and its Tritons, a tier's own too), so
@@ -147,8 +148,13 @@ def tier_cluster(model: Model, tier: Tier, protocol: str = "http") -> str:
     return f"triton-{protocol}|{model.name}|{tier.name}"
 
 
-def hold_cluster(model: Model) -> str:
-    return f"hold|{model.name}"
+def hold_cluster(model: Model, tier: Tier) -> str:
+    return f"hold|{model.name}|{tier.name}"
+
+
+def _callers(gateway: Gateway, model: Model) -> list[Tier]:
+    """The tiers that may call `model` (some version of it)."""
+    return [tier for tier in gateway.tiers if any(name == model.name for name, _ in tier.allowed)]
 
 
 def _server_cluster(gateway: Gateway) -> str | None:
@@ -1321,8 +1327,9 @@ def _held_request_timeout(gateway: Gateway) -> Config:
 
 
 def hold_data(gateway: Gateway) -> dict[str, Any]:
-    """The table hold.lua reads as `T`: per model that scales to zero its hold, and per cluster its requests
-    may be routed to the check that says whether it has a ready replica (by protocol)."""
+    """The table hold.lua reads as `T`: per model that scales to zero its hold (`holds`: each tier that may
+    call it to the cluster its requests wait on), and per cluster its requests may be routed to the check
+    that says whether it has a ready replica (by protocol)."""
     holding = _holding(gateway)
     checked: dict[str, dict[str, str]] = {}
     for model in holding:
@@ -1335,7 +1342,7 @@ def hold_data(gateway: Gateway) -> dict[str, Any]:
     return {
         "models": {
             model.name: {
-                "cluster": hold_cluster(model),
+                "holds": {tier.name: hold_cluster(model, tier) for tier in _callers(gateway, model)},
                 "hold_ms": model.hold.seconds * 1000,
                 "wake_seconds": model.hold.wake_seconds,
             }
@@ -1388,9 +1395,10 @@ def _hold_listener() -> Config:
     }
 
 
-def _hold_cluster(model: Model, hold: Hold) -> Config:
-    """Where a held request of `model` waits: the internal listener, at most `hold.max_requests` at once."""
-    name = hold_cluster(model)
+def _hold_cluster(model: Model, tier: Tier, hold: Hold) -> Config:
+    """Where a held request of `model` by a caller of `tier` waits: the internal listener, at most
+    `hold.max_requests` at once (per tier, so that one tier's callers cannot fill every tier's room)."""
+    name = hold_cluster(model, tier)
     return {
         "@type": _TYPE + "config.cluster.v3.Cluster",
         "name": name,
@@ -1654,7 +1662,7 @@ def clusters(gateway: Gateway) -> Config:
                 if share is not None:
                     found.append(_triton_cluster(tier_cluster(model, tier, protocol), model, protocol, share))
         if model.hold is not None:
-            found.append(_hold_cluster(model, model.hold))
+            found += [_hold_cluster(model, tier, model.hold) for tier in _callers(gateway, model)]
     host, port = ratelimit_address(gateway)
     found.append(_static_cluster(RATELIMIT_CLUSTER, host, port, http2=True))
     found.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", gateway.runtime.admin_port))

@@ -1,12 +1,12 @@
 -- Tollway's gateway, the hold: a program of its own, in the filter chain only when a model scales to zero.
 -- It runs once a request has passed all its limits (requests and tokens), and holds only inference by a
 -- known caller: a request routed to a model that has no ready replica (scaled to zero, or waking) waits here,
--- a second at a time, until the cluster it is routed to has one; each wait is one request to the model's
--- `hold|` cluster (Envoy's internal listener answers it a second late), whose circuit breaker bounds how many
--- wait at once and whose active requests are the signal that wakes the model. Beyond the hold's time or
--- count: 503 with Retry-After, the model's expected wake time less what has passed of it. `T` (above):
--- `models` (name to cluster, hold_ms, wake_seconds) and `clusters` (each cluster of those models to its model
--- and the protocol it is checked in).
+-- a second at a time, until the cluster it is routed to has one; each wait is one request to the
+-- `hold|MODEL|TIER` cluster of its model and its caller's tier (Envoy's internal listener answers it a second
+-- late), whose circuit breaker bounds how many of the tier's wait at once and whose active requests are the
+-- signal that wakes the model. Beyond the hold's time or count: 503 with Retry-After, the model's expected
+-- wake time less what has passed of it. `T` (above): `models` (name to holds: tier to cluster; hold_ms,
+-- wake_seconds) and `clusters` (each cluster of those models to its model and the protocol it is checked in).
 
 local stream = require("tollway.stream")
 
@@ -104,8 +104,11 @@ end
 local function on_request(handle)
   local cluster = handle:headers():get("x-tollway-cluster")
   local routed = cluster and T.clusters[cluster]
-  if routed == nil or (handle:streamInfo():dynamicMetadata():get(NS) or {}).inference == nil then return end
+  local marked = handle:streamInfo():dynamicMetadata():get(NS) or {}
+  if routed == nil or marked.inference == nil then return end
   local model_name, hold = routed.model, T.models[routed.model]
+  -- (a request marked inference has passed its tier's check that it may call the model, so it has a hold)
+  local held_in = hold.holds[marked.tier]
   local started, waited = handle:timestamp(), false
   while true do
     local state, now = readiness(handle, cluster, routed.protocol)
@@ -114,11 +117,11 @@ local function on_request(handle)
     if now - started >= hold.hold_ms then
       return turn_away(handle, model_name, hold, "no replica was ready in time")
     end
-    local headers = handle:httpCall(hold.cluster, WAIT, "", WAIT_MS)
+    local headers = held_in and handle:httpCall(held_in, WAIT, "", WAIT_MS)
     if headers == nil or headers[":status"] ~= "204" then
-      local full = headers ~= nil and headers["x-envoy-overloaded"] ~= nil -- the breaker's: held to the bound
+      local full = headers and headers["x-envoy-overloaded"] ~= nil -- the breaker's: the tier's room is full
       local status = headers and headers[":status"] or "none"
-      local why = full and "as many requests as it holds are waiting"
+      local why = full and "as many of your tier's requests as it holds are waiting"
         or ("the gateway could not hold it (status " .. status .. ")")
       return turn_away(handle, model_name, hold, why)
     end
