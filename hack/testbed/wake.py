@@ -141,7 +141,8 @@ class WakeBed:
         return int(scale.get("replicas") or 0)
 
     def held(self) -> float:
-        """The requests the gateway holds for the model now (its tier's `hold|` cluster's active requests)."""
+        """The requests of tier pro the gateway holds for the model now (that tier's `hold|` cluster's active
+        requests)."""
         return dataplane.summed(
             self.gateway.stats(),
             "envoy_cluster_upstream_rq_active",

@@ -22,7 +22,7 @@ from testbed.triton import outputs
 from testbed.wake import HOLD, KEY, MODEL, OTHER_TIER, TIER, Wake, WakeBed, at_zero, bed, wake
 
 NAMESPACE = f"wake-{os.getpid()}"
-HELD = 2  # the hold's count (HOLD["maxHeldRequests"]) for one gateway replica
+HELD = 2  # the hold's count (HOLD["maxHeldRequests"]) for one tier and gateway replica
 EXTRA = 3
 
 
@@ -73,6 +73,7 @@ def test_beyond_the_holds_count_a_request_is_told_when_to_come_back(woken: Woken
 def test_one_tier_filling_the_hold_leaves_another_tiers_room(woken: Woken) -> None:
     """Sent while tier pro's room was full (its extra requests turned away): held in its own tier's room,
     then answered."""
+    assert any(reply.status == 503 for reply in woken.extra)  # pro's room was full
     assert [reply.status for reply in woken.other] == [200]
     held_in = dataplane.summed(
         woken.test_bed.gateway.stats(),

@@ -167,8 +167,39 @@ def test_each_tier_waits_in_a_room_of_its_own() -> None:
     stranger = program.request(
         "triton-http|chat", answers(NO_HOST), [0], metadata={"model": "chat", "inference": "1", "tier": "x"}
     )
-    assert stranger.reply is not None and "could not hold it (status none)" in stranger.reply.body
+    assert stranger.reply is not None and "the hold keeps no room for its tier" in stranger.reply.body
     assert called(stranger) == [("triton-http|chat", "/v2/health/ready")]
+
+
+def test_a_cluster_envoy_does_not_have_yet_is_waited_for_not_failed() -> None:
+    """Listeners and clusters reload from two files: for a moment a listener may route to a cluster Envoy
+    does not have yet, and Envoy raises an error for a call to it. The request waits a second and asks
+    again."""
+    replies: list[tuple[Any, ...] | Exception] = [
+        RuntimeError("http call cluster invalid. Must be configured"),  # not there yet
+        WAITED,
+        (200, ""),  # there now, and ready
+    ]
+
+    def reload_race(*_: Any) -> tuple[Any, ...]:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    gold = HoldProgram(data()).request(
+        "triton-http|chat|gold",
+        reload_race,
+        [0, 0, 0, 1000, 1000, 1000],
+        metadata={"model": "chat", "inference": "1", "tier": "gold"},
+    )
+    assert gold.reply is None and gold.tollway["held_ms"] == "1000"
+    assert called(gold) == [
+        ("triton-http|chat|gold", "/v2/health/ready"),
+        ("hold|chat|gold", "/"),
+        ("triton-http|chat|gold", "/v2/health/ready"),
+    ]
+    assert len(gold.errors) == 1 and "cluster invalid" in gold.errors[0]
 
 
 def test_only_inference_by_a_known_caller_is_held() -> None:

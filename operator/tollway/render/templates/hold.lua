@@ -41,6 +41,16 @@ for _, check in pairs(CHECKS) do
 end
 local WAIT = { [":method"] = "GET", [":path"] = "/", [":authority"] = "tollway-hold" }
 
+-- A call's answer, or nil where Envoy refuses to make it: listeners and clusters reload from two files, so
+-- for a moment after a change a listener may name a cluster that Envoy does not have yet (a request then
+-- waits a second and asks again, as for a model without a ready replica, instead of failing).
+local function call(handle, cluster, headers, body, timeout_ms)
+  local ok, answer, answer_body = pcall(handle.httpCall, handle, cluster, headers, body, timeout_ms)
+  if ok then return answer, answer_body end
+  handle:logErr("tollway gateway (hold): " .. tostring(answer))
+  return nil
+end
+
 local ready_until = {} -- cluster to when this worker stops believing it ready (ms)
 local waking_since = {} -- model to when this worker first found it without a ready replica (ms)
 local last_waking = {} -- model to when this worker last found it so (ms)
@@ -52,7 +62,7 @@ local function readiness(handle, cluster, protocol)
   local asked = handle:timestamp()
   if (ready_until[cluster] or 0) > asked then return "ready", asked end
   local check = CHECKS[protocol]
-  local headers, body = handle:httpCall(cluster, check.headers, check.body, CHECK_MS)
+  local headers, body = call(handle, cluster, check.headers, check.body, CHECK_MS)
   local answered = handle:timestamp()
   if headers == nil then return "waking", answered end
   if headers[":status"] == "200" and (check.ready == nil or body == check.ready) then
@@ -117,9 +127,12 @@ local function on_request(handle)
     if now - started >= hold.hold_ms then
       return turn_away(handle, model_name, hold, "no replica was ready in time")
     end
-    local headers = held_in and handle:httpCall(held_in, WAIT, "", WAIT_MS)
+    if held_in == nil then
+      return turn_away(handle, model_name, hold, "the hold keeps no room for its tier")
+    end
+    local headers = call(handle, held_in, WAIT, "", WAIT_MS)
     if headers == nil or headers[":status"] ~= "204" then
-      local full = headers and headers["x-envoy-overloaded"] ~= nil -- the breaker's: the tier's room is full
+      local full = headers ~= nil and headers["x-envoy-overloaded"] ~= nil -- the breaker's: the room is full
       local status = headers and headers[":status"] or "none"
       local why = full and "as many of your tier's requests as it holds are waiting"
         or ("the gateway could not hold it (status " .. status .. ")")
