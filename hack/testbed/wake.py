@@ -57,7 +57,7 @@ def documents(namespace: str) -> list[dict[str, Any]]:
             "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "scaleFromZero": HOLD},
         },
     }
-    documents: list[dict[str, Any]] = [model]
+    found: list[dict[str, Any]] = [model]
     for tier, key in ((TIER, KEY), (OTHER_TIER, OTHER_KEY)):
         labels = {"tollway.dev/tier": tier}
         spec = {
@@ -66,7 +66,7 @@ def documents(namespace: str) -> list[dict[str, Any]]:
             "limits": {"requestsPerMinute": REQUESTS_PER_MINUTE},
             "auth": {"apiKeys": {"secretSelector": {"matchLabels": labels}}},
         }
-        documents += [
+        found += [
             {
                 "apiVersion": "tollway.dev/v1alpha1",
                 "kind": "ApiTier",
@@ -80,7 +80,7 @@ def documents(namespace: str) -> list[dict[str, Any]]:
                 "stringData": {"api-key": key},
             },
         ]
-    return documents
+    return found
 
 
 @dataclass
