@@ -574,14 +574,13 @@ def main() -> None:
             Target("  without key signals", tollway.ports[0], gateway_processes, KEYS["unwatched"]),
         ]
         if options.sleeping_model:
-            held = f"/v1/models/{SLEEPER}/infer"
             targets.append(
                 Target(
                     "  a model that can sleep (awake)",
                     tollway.ports[0],
                     gateway_processes,
                     KEYS["rpm-tpm"],
-                    path=held,
+                    path=f"/v1/models/{SLEEPER}/infer",
                 )
             )
         try:

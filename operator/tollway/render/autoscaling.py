@@ -28,7 +28,7 @@ P99_METRIC = "tollway_triton_waiting_p99_ms"
 TTFT_METRIC = "tollway_ttft_p99_ms"
 GATEWAY_METRIC = "tollway_gateway_demand"
 GATEWAY_CLUSTERS = f'envoy_cluster_name=~"{MODEL_CLUSTERS}.+"'
-"""The gateway's clusters whose active requests are a model's: its hold and its Tritons (a tier's own too)."""
+"""The gateway's clusters whose active requests are a model's: its holds and Tritons (a tier's own too)."""
 BUSY_WINDOW = "45s"
 """Three of Triton's 15 s scrapes: short enough to follow a burst, long enough for rate() to have two."""
 

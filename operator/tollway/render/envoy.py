@@ -71,7 +71,7 @@ cluster of its model and tier, whose circuit breaker bounds the requests held at
 requests are counted."""
 HOLD_WAIT = "1s"
 MODEL_STAT_TAG = {"tag_name": "model", "regex": rf"^cluster\.{MODEL_CLUSTERS}(([^.|]+)[.|])"}
-"""A `model` label on the statistics of a model's clusters (its hold and its Tritons, a tier's own too), so
+"""A `model` label on the statistics of a model's clusters (its holds and its Tritons, a tier's own too), so
 that Prometheus can sum a model's active requests (render/autoscaling.gateway_expression). The cluster's name
 stays a label of its own; the part captured first is taken out of the statistic's name, as is the cluster's
 name by Envoy's own tag."""
