@@ -29,6 +29,8 @@ went through recording rules."""
 MIN_REPLICAS, MAX_REPLICAS = 1, 12
 SLO_P99_MS, SLO_WINDOW = 1000.0, 30
 TOLERANCE = 0.1
+QUEUE_TARGET = 4
+"""Requests waiting per replica: the simulator's queue target (the sample model's `queueDepthPerReplica`)."""
 
 
 def bursty(minutes: int, seed: int) -> list[int]:
@@ -276,6 +278,33 @@ class Kpa:
 
 
 @dataclass
+class Floored:
+    """Not built: the default's HPA with a floor under it that a faster loop raises. Every `every` seconds,
+    on Triton's queue read from the pods directly (`lag` seconds old, no scrape between), the loop asks for
+    one replica per `QUEUE_TARGET` waiting; when that is at least `panic` times the replicas there are, it
+    sets the count at once and holds it as the HPA's minReplicas for `hold` seconds, so that the HPA's next
+    syncs, on older figures, cannot take it back before the new replicas report. The HPA decides every 15 s
+    as ever. `simulate` must ask it every second."""
+
+    hpa: Hpa
+    every: int = 2
+    lag: int = 2
+    panic: float = 2.0
+    hold: int = 30
+    floor_until: int = -1
+
+    def desired(self, cluster: Cluster, now: int) -> int:
+        if now % self.every == 0:
+            asked = min(math.ceil(queue_total(cluster, now - self.lag) / QUEUE_TARGET), self.hpa.max_replicas)
+            if asked >= self.panic * cluster.replicas:
+                self.hpa.min_replicas, self.floor_until = asked, now + self.hold
+            elif now >= self.floor_until:
+                self.hpa.min_replicas = MIN_REPLICAS
+        current = max(cluster.replicas, self.hpa.min_replicas)
+        return self.hpa.desired(cluster, now) if now % SYNC == 0 else current
+
+
+@dataclass
 class Outcome:
     name: str
     violation_seconds: int
@@ -292,7 +321,10 @@ def weighted(entries: list[dict[str, float]], field_name: str) -> list[tuple[flo
     return [(entry[field_name], int(entry["arrived"])) for entry in entries]
 
 
-def simulate(name: str, trace: list[int], scaler: Hpa | Kpa, every: int, startup: float = STARTUP) -> Outcome:
+Scaler = Hpa | Kpa | Floored
+
+
+def simulate(name: str, trace: list[int], scaler: Scaler, every: int, startup: float = STARTUP) -> Outcome:
     """`trace` (requests each second) served by replicas that `scaler` sizes every `every` seconds."""
     cluster = Cluster(startup)
     for second, arrived in enumerate(trace):
@@ -322,7 +354,7 @@ def tollway_default(lag: int = TOLLWAY_LAG, max_replicas: int = MAX_REPLICAS) ->
     return Hpa(
         [
             ("AverageValue", busy_total, 0.7),
-            ("AverageValue", queue_total, 4),
+            ("AverageValue", queue_total, QUEUE_TARGET),
             ("Value", queued_p99, 800),
         ],
         lag=lag,
