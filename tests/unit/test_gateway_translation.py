@@ -533,6 +533,27 @@ def test_a_model_asleep_at_zero_is_idle_with_its_wake_time_as_the_wait() -> None
     document["status"] = {"readyReplicas": 0, "replicas": 0}
     capacity = model_capacity(document)
     assert (capacity.state, capacity.estimated_wait_seconds) == ("idle", 45)
+    # Waking: the HPA asked for a replica that is not ready yet.
+    document["status"] = {"readyReplicas": 0, "replicas": 1, "conditions": [degraded("False", "AsExpected")]}
+    assert model_capacity(document).state == "idle"
+
+
+def test_a_model_at_zero_whose_wake_fails_is_unavailable_not_idle() -> None:
+    document = model_deployment(
+        "chat",
+        **{"spec.autoscaling": {"minReplicas": 0, "maxReplicas": 2, "scaleFromZero": {"wakeSeconds": 45}}},
+    )
+    document["status"] = {
+        "readyReplicas": 0,
+        "replicas": 1,
+        "conditions": [degraded("True", "ImagePullBackOff")],
+    }
+    capacity = model_capacity(document)
+    assert (capacity.state, capacity.estimated_wait_seconds) == ("unavailable", None)
+
+
+def degraded(status: str, reason: str) -> dict[str, str]:
+    return {"type": "Degraded", "status": status, "reason": reason, "message": reason}
 
 
 @pytest.mark.parametrize(

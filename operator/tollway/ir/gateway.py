@@ -38,9 +38,11 @@ class Capacity:
 
     state: str = "unknown"
     """available (its replicas take requests without a queue), busy (requests wait, and it can scale out),
-    at_capacity (requests wait and it runs its most replicas), idle (scaled to zero: a request waits while
-    it wakes, its expected wake time the estimated wait), unavailable (no ready replica) or unknown (no
-    figures yet)."""
+    at_capacity (requests wait and it runs its most replicas), idle (scaled to zero, or waking from it: a
+    request waits while it wakes, its expected wake time the estimated wait), unavailable (no ready replica,
+    and none coming soon: a model at zero whose pods cannot run, stuck or with no node that fits yet, is
+    unavailable, not idle) or unknown (no figures
+    yet)."""
     estimated_wait_seconds: float | None = None
     ready_replicas: int = 0
     max_replicas: int = 1

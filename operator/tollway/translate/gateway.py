@@ -123,8 +123,8 @@ def model_capacity(document: Mapping[str, Any]) -> Capacity:
     autoscaling = (document.get("spec") or {}).get("autoscaling") or {}
     ready, most = int(status.get("readyReplicas") or 0), int(autoscaling.get("maxReplicas") or 1)
     wait, queue = metrics.get("estimatedWaitSeconds"), metrics.get("queueDepth")
-    if ready == 0 and autoscaling.get("minReplicas") == 0 and status:  # asleep: a request wakes it
-        state = "idle"
+    if ready == 0 and autoscaling.get("minReplicas") == 0 and status and not _degraded(status):
+        state = "idle"  # asleep, or waking: a request waits while it wakes
         wait = (autoscaling.get("scaleFromZero") or {}).get("wakeSeconds", ScaleFromZero().wake_seconds)
     elif not metrics.get("observedAt"):
         state = "unavailable" if status and ready == 0 else "unknown"
@@ -141,6 +141,13 @@ def model_capacity(document: Mapping[str, Any]) -> Capacity:
         max_replicas=most,
         observed_at=metrics.get("observedAt"),
     )
+
+
+def _degraded(status: Mapping[str, Any]) -> bool:
+    """Whether the model's pods cannot run (the Degraded condition: a pod stuck, no node that fits, a
+    stalled rollout, a version that failed): a wake that will not come."""
+    conditions = status.get("conditions") or []
+    return any(item.get("type") == "Degraded" and item.get("status") == "True" for item in conditions)
 
 
 def plan_gateway(
