@@ -1,6 +1,7 @@
 """The scaling simulator: a queueing model of Triton replicas with dynamic batching, the HPA controller's
-algorithm and a Knative-style concurrency autoscaler, and the traces they are played on. bench/scaling.py
-compares policies with it; tests/integration/test_scaling_simulator.py checks it against the real HPA loop.
+algorithm, the operator's burst floor under it, a Knative-style concurrency autoscaler, and the traces they
+are played on. bench/scaling.py compares policies with it; tests/integration/test_scaling_simulator.py
+checks it against the real loop (the HPA and the operator).
 
 The HPA part follows the controller (pkg/controller/podautoscaler): per metric a desired count from the
 usage ratio (AverageValue: ceil(total / target); Value and Utilization: ceil(ready pods x ratio)), no change
@@ -20,6 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tollway.ir.serving import Scaling
+from tollway.translate.floor import EVERY_SECONDS as FLOOR_EVERY_SECONDS
+from tollway.translate.floor import raised
+
 STEP = 1.0  # seconds
 SYNC, LAG, STARTUP = 15, 30, 60
 TOLLWAY_LAG = 10
@@ -31,6 +36,8 @@ SLO_P99_MS, SLO_WINDOW = 1000.0, 30
 TOLERANCE = 0.1
 QUEUE_TARGET = 4
 """Requests waiting per replica: the simulator's queue target (the sample model's `queueDepthPerReplica`)."""
+FLOOR_LAG = 2
+"""The age of the queue the burst floor reads: Triton's gauge, read from the pods every 2 s."""
 
 
 def bursty(minutes: int, seed: int) -> list[int]:
@@ -279,29 +286,40 @@ class Kpa:
 
 @dataclass
 class Floored:
-    """Not built: the default's HPA with a floor under it that a faster loop raises. Every `every` seconds,
-    on Triton's queue read from the pods directly (`lag` seconds old, no scrape between), the loop asks for
-    one replica per `QUEUE_TARGET` waiting; when that is at least `panic` times the replicas there are, it
-    sets the count at once and holds it as the HPA's minReplicas for `hold` seconds, so that the HPA's next
-    syncs, on older figures, cannot take it back before the new replicas report. The HPA decides every 15 s
-    as ever. `simulate` must ask it every second."""
+    """The HPA with the burst floor under it (tollway.translate.floor, the operator's own rule): every
+    `every` seconds the queue, `lag` seconds old (read from the pods, no scrape between), and when it asks
+    for at least twice the replicas there are, that count at once, held as the HPA's minimum for a while.
+    The HPA decides every `sync` seconds as ever. `simulate` must ask it every second."""
 
     hpa: Hpa
-    every: int = 2
-    lag: int = 2
-    panic: float = 2.0
-    hold: int = 30
-    floor_until: int = -1
+    sync: int = SYNC
+    every: int = int(FLOOR_EVERY_SECONDS)
+    lag: int = FLOOR_LAG
+    until: float = -1.0
+
+    def __post_init__(self) -> None:
+        self.least = self.hpa.min_replicas
+        self.scaling = Scaling(
+            engine="hpa",
+            min_replicas=self.least,
+            max_replicas=self.hpa.max_replicas,
+            utilization=None,
+            queue_depth_per_replica=QUEUE_TARGET,
+            p99_latency_ms=None,
+            scale_up_seconds=0,
+            scale_down_seconds=0,
+            prometheus_url="",
+        )
 
     def desired(self, cluster: Cluster, now: int) -> int:
         if now % self.every == 0:
-            asked = min(math.ceil(queue_total(cluster, now - self.lag) / QUEUE_TARGET), self.hpa.max_replicas)
-            if asked >= self.panic * cluster.replicas:
-                self.hpa.min_replicas, self.floor_until = asked, now + self.hold
-            elif now >= self.floor_until:
-                self.hpa.min_replicas = MIN_REPLICAS
+            floor = raised(queue_total(cluster, now - self.lag), cluster.replicas, self.scaling, float(now))
+            if floor is not None:
+                self.hpa.min_replicas, self.until = floor.replicas, floor.until
+            elif now >= self.until:
+                self.hpa.min_replicas = self.least
         current = max(cluster.replicas, self.hpa.min_replicas)
-        return self.hpa.desired(cluster, now) if now % SYNC == 0 else current
+        return self.hpa.desired(cluster, now) if now % self.sync == 0 else current
 
 
 @dataclass
@@ -347,7 +365,13 @@ def simulate(name: str, trace: list[int], scaler: Scaler, every: int, startup: f
     )
 
 
-def tollway_default(lag: int = TOLLWAY_LAG, max_replicas: int = MAX_REPLICAS) -> Hpa:
+def tollway_default(lag: int = TOLLWAY_LAG, max_replicas: int = MAX_REPLICAS, sync: int = SYNC) -> Floored:
+    """What a model that sets only targets gets: the HPA Tollway renders (`tollway_hpa`) with the operator's
+    burst floor under it."""
+    return Floored(tollway_hpa(lag, max_replicas), sync=sync)
+
+
+def tollway_hpa(lag: int = TOLLWAY_LAG, max_replicas: int = MAX_REPLICAS) -> Hpa:
     """The HPA Tollway renders for a model that sets only targets (render/autoscaling.py), on the
     simulator's model (queue target 4, P99 target 800 ms): utilization 0.7, the P99 while requests wait,
     no stabilization, up ten times or +16 pods per 15 s, down half a minute."""

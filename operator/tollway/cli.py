@@ -361,6 +361,7 @@ def run(arguments: argparse.Namespace) -> int:
         liveness_endpoint=arguments.liveness or None,
         peering=arguments.peering,
         triton_address=arguments.triton_address,
+        triton_metrics_url=arguments.triton_metrics_url or None,
         storage_initializer_image=arguments.storage_initializer_image,
         tollway_image=arguments.tollway_image,
         prometheus_url=arguments.prometheus_url or None,
@@ -482,6 +483,12 @@ def _add_run(commands: Any) -> None:
         "--triton-address",
         default=Settings.triton_address,
         help="how to reach a model's Triton HTTP port; {service} and {namespace} are filled in",
+    )
+    command.add_argument(
+        "--triton-metrics-url",
+        default=Settings.triton_metrics_url,
+        help="where to read one Triton pod's queue for the burst floor; {pod_ip}, {pod} and {namespace} are "
+        "filled in; empty turns the burst floor off (the HPA alone scales)",
     )
     command.add_argument(
         "--storage-initializer-image",

@@ -26,15 +26,17 @@ from tollway.k8s.watched import (
     INDEX_IDS,
     OURS,
     POD_PROBLEMS_INDEX,
+    READY_PODS_INDEX,
     SECRETS_INDEX,
     WatchedChildren,
     deployment_of,
     pod_problems_of,
+    ready_pod_of,
     secret_of,
     version_of,
 )
 from tollway.observe.live import LiveTelemetry
-from tollway.reconcile import Clock, Logger, Reconciler, Resync
+from tollway.reconcile import Burst, Clock, Logger, Reconciler, Resync
 from tollway.settings import Settings
 
 #: The kinds of children watched so that an edited or deleted child is restored at once (Secrets are watched
@@ -63,6 +65,8 @@ def registry(settings: Settings, clock: Clock) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=handlers)
     def stop(memo: kopf.Memo, **_: Any) -> None:
         memo.resync.stop()
+        if memo.burst is not None:
+            memo.burst.stop()
 
     for kind in RESOURCES:
         _index(handlers, kind)
@@ -89,6 +93,7 @@ def _index_children(handlers: kopf.OperatorRegistry) -> None:
         _index_child(handlers, (kind.group, kind.version, kind.plural), kind.index_id, version_of)
     _index_child(handlers, ("apps", "v1", "deployments"), DEPLOYMENTS_INDEX, deployment_of)
     _index_child(handlers, ("", "v1", "pods"), POD_PROBLEMS_INDEX, pod_problems_of)
+    _index_child(handlers, ("", "v1", "pods"), READY_PODS_INDEX, ready_pod_of)
     _index_child(handlers, SECRETS, SECRETS_INDEX, secret_of)
 
 
@@ -135,8 +140,8 @@ def _news(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
 
 
 def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Settings, clock: Clock) -> None:
-    """The reconciler and its resync, on kopf's memo: every handler's `memo` is a copy of the one startup
-    handlers get, made after them, so each finds the same reconciler there."""
+    """The reconciler, its resync and its burst floor, on kopf's memo: every handler's `memo` is a copy of the
+    one startup handlers get, made after them, so each finds the same reconciler there."""
     _configure(kwargs["settings"])  # kopf names its own settings `settings`
     cache = WatchCache({index_id(kind): kwargs[index_id(kind)] for kind in RESOURCES})
     children = WatchedChildren({name: kwargs[name] for name in INDEX_IDS})
@@ -144,6 +149,10 @@ def _start(kwargs: dict[str, Any], memo: kopf.Memo, logger: Logger, settings: Se
     memo.reconciler = Reconciler(settings, cluster, LiveTelemetry(), clock, threads=RECONCILE_THREADS)
     memo.resync = Resync(memo.reconciler, logger)
     memo.resync.start()
+    url = settings.triton_metrics_url
+    memo.burst = Burst(memo.reconciler, url, logger) if url else None  # None: the HPA alone scales
+    if memo.burst is not None:
+        memo.burst.start()
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:

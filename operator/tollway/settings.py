@@ -22,6 +22,9 @@ class Settings:
     """This replica's kopf priority (the highest live one serves); set by the runner when peering."""
     triton_address: str = "{service}.{namespace}.svc:8000"
     """Where the operator reaches a model's Triton HTTP port; {service} and {namespace} are filled in."""
+    triton_metrics_url: str | None = "http://{pod_ip}:8002/metrics"
+    """Where the operator reads one Triton pod's queue (the burst floor, `translate.floor`); {pod_ip}, {pod}
+    and {namespace} are filled in. None: no burst floor, the HPA alone scales."""
     storage_initializer_image: str = STORAGE_INITIALIZER
     """Image of the init container that downloads s3://, gs:// and as:// model directories."""
     tollway_image: str = TOLLWAY_IMAGE

@@ -1,15 +1,17 @@
 """The scaling simulator (hack/testbed/scaling.py, which bench/scaling.py's conclusions come from) checked
-against the real HPA loop, so that its conclusions transfer: the same trace played through the real
+against the real loop, so that its conclusions transfer: the same trace played through the real
 kube-controller-manager's HPA (the one Tollway renders for a model that sets only targets), prometheus-adapter
-on Tollway's rules and a real Prometheus, gives a replica timeline close to the simulator's.
+on Tollway's rules and a real Prometheus, with the operator's burst floor under the HPA, gives a replica
+timeline close to the simulator's.
 
 What is not real is the plant: kwok's pods run no Triton, and one Triton beside the control plane would not
 add capacity as the HPA adds pods. So the simulator's own queueing model of the replicas serves the trace in
-real time, taking each second the replica count the real HPA set on the Deployment, and exports its state
-under Triton's metric names for Prometheus to scrape. The comparison is then of the control loop: the HPA
-algorithm, its tolerance, windows and rate policies, the metrics' windows and lag, against the simulator's
-rendition of them. The test bed's HPA syncs every 5 s (a cluster's default is 15 s) and Prometheus scrapes
-every second; the simulator is run with the same.
+real time, taking each second the replica count the real loop set on the Deployment, and exports its state
+under Triton's metric names for Prometheus to scrape, and per pod for the operator to read its queue (each
+ready pod's page holds its share). The comparison is then of the control loop: the HPA algorithm, its
+tolerance, windows and rate policies, the metrics' windows and lag, and the burst floor, against the
+simulator's rendition of them. The test bed's HPA syncs every 5 s (a cluster's default is 15 s) and
+Prometheus scrapes every second; the simulator is run with the same.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from testbed import dataplane
 from testbed.adapter import external_metrics
 from testbed.kube import Cluster, eventually, operator
 from testbed.processes import free_port
+from testbed.scaling import FLOOR_EVERY_SECONDS, model_p99, simulate, tollway_default
 from testbed.scaling import Cluster as Replicas
-from testbed.scaling import model_p99, simulate, tollway_default
 
 NAMESPACE = f"simulator-check-{os.getpid()}"
 MODEL = "plant"
@@ -41,7 +43,8 @@ STARTUP = 20
 SYNC, LAG = 5, 2
 """The test bed's HPA sync period; the metrics' age when it reads them (a 1 s scrape, read live)."""
 MAX_REPLICAS = 6
-TRACE = [20] * 30 + [150] * 90 + [20] * 150
+BURST = 30
+TRACE = [20] * BURST + [150] * 90 + [20] * 150
 """Requests a second: quiet, a burst that needs about five replicas, quiet again."""
 
 
@@ -67,7 +70,7 @@ def model() -> dict[str, Any]:
 @dataclass
 class Plant:
     """The simulator's replicas, played a second at a time: the replica count is the Deployment's, as the
-    real HPA set it; the arrivals are the trace's (a steady warm-up's before it starts)."""
+    real loop set it; the arrivals are the trace's (a steady warm-up's before it starts)."""
 
     apps: Any
     replicas: Replicas = field(default_factory=lambda: Replicas(startup=STARTUP))
@@ -106,12 +109,15 @@ class Plant:
             next_at += 1.0
             self.stopping.wait(max(0.0, next_at - time.monotonic()))
 
-    def metrics(self) -> str:
-        """The plant's state in Triton's metric names (Prometheus's text format)."""
+    def metrics(self, share: bool = False) -> str:
+        """The plant's state in Triton's metric names (Prometheus's text format); `share`: one pod's page,
+        with its share of the queue (the operator reads every ready pod's and adds them up)."""
         labels = f'model="{MODEL}",version="1"'
         with self.lock:
             history = self.replicas.history
             waiting = history[-1]["queue"] if history else 0.0
+            if share:
+                waiting /= max(self.replicas.replicas, 1)
             p99_us = model_p99(self.replicas, len(history) - 1) * 1000 if history else 0.0
             wait_us = history[-1]["wait_ms"] * 1000 if history else 0.0
             counters = dict(self.counters)
@@ -126,10 +132,18 @@ class Plant:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Played:
+    timeline: list[int]
+    """The replicas (starting ones too) each second of the trace."""
+    reasons: list[str]
+    """Of the events in the namespace."""
+
+
 def serve_metrics(plant: Plant, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = plant.metrics().encode()
+            body = plant.metrics(share=self.path.startswith("/pods/")).encode()
             self.send_response(200)
             self.send_header("content-type", "text/plain; version=0.0.4")
             self.send_header("content-length", str(len(body)))
@@ -145,8 +159,8 @@ def serve_metrics(plant: Plant, port: int) -> ThreadingHTTPServer:
 
 
 @pytest.fixture(scope="module")
-def played(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    """The trace played through the real loop: the replica timeline the real HPA made."""
+def played(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
+    """The trace played through the real loop: the replica timeline the real HPA and burst floor made."""
     workdir = tmp_path_factory.mktemp("simulator-check")
     apps = kubernetes_client.AppsV1Api(kubernetes_config.new_client_from_config(str(cluster.kubeconfig)))
     plant = Plant(apps)
@@ -159,7 +173,13 @@ def played(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         with (
             external_metrics(cluster, workdir, url),
-            operator(cluster, NAMESPACE, workdir, "--triton-address", "127.0.0.1:9", "--prometheus-url", url),
+            operator(
+                cluster,
+                NAMESPACE,
+                workdir,
+                *("--triton-address", "127.0.0.1:9", "--prometheus-url", url),
+                *("--triton-metrics-url", f"http://127.0.0.1:{metrics_port}/pods/{{pod}}/metrics"),
+            ),
         ):
             cluster.apply(model())
             deployment = f"{MODEL}-triton"
@@ -181,7 +201,8 @@ def played(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             plant.started.set()
             stepping.join(timeout=len(TRACE) + 120)
             assert not stepping.is_alive(), "the plant did not finish the trace"
-            yield plant.timeline
+            events = cluster.items("events", NAMESPACE)
+            yield Played(plant.timeline, [item["reason"] for item in events if item.get("reason")])
     finally:
         plant.stopping.set()
         server.shutdown()
@@ -200,14 +221,14 @@ def halved(timeline: list[int]) -> int:
     return next(second for second in range(since, len(timeline)) if timeline[second] <= peak // 2)
 
 
-def test_the_real_hpa_follows_the_simulators_replica_timeline(played: list[int]) -> None:
-    simulated = simulate(
-        "simulated", TRACE, tollway_default(lag=LAG, max_replicas=MAX_REPLICAS), SYNC, STARTUP
-    ).replicas
-    real = played
+def test_the_real_loop_follows_the_simulators_replica_timeline(played: Played) -> None:
+    default = tollway_default(lag=LAG, max_replicas=MAX_REPLICAS, sync=SYNC)
+    simulated = simulate("simulated", TRACE, default, 1, STARTUP).replicas
+    real = played.timeline
     print(f"\nreplicas each 10 s, real:      {real[::10]}\nreplicas each 10 s, simulated: {simulated[::10]}")
     real_seconds, simulated_seconds = sum(real), sum(simulated)
     print(f"replica-seconds: real {real_seconds}, simulated {simulated_seconds}")
+    print(f"first new replica: real at {first_above(real, 1)} s, simulated at {first_above(simulated, 1)} s")
     figures = os.environ.get("TOLLWAY_FIGURES")
     if figures:
         plot(Path(figures) / "scaling-real-loop.png", real, simulated)
@@ -221,6 +242,12 @@ def test_the_real_hpa_follows_the_simulators_replica_timeline(played: list[int])
     assert abs(real_seconds - simulated_seconds) <= 0.2 * simulated_seconds
 
 
+def test_the_burst_is_met_by_the_floor_before_the_hpas_next_sync(played: Played) -> None:
+    assert "BurstScaledUp" in played.reasons
+    # The burst starts at second 30; the floor reads every 2 s, and the plant the count every second.
+    assert first_above(played.timeline, 1) <= BURST + 2 * FLOOR_EVERY_SECONDS + 2
+
+
 def plot(path: Path, real: list[int], simulated: list[int]) -> None:
     """The two timelines and the trace, for the README."""
     import matplotlib  # noqa: PLC0415 (only when asked for the figure)
@@ -231,8 +258,8 @@ def plot(path: Path, real: list[int], simulated: list[int]) -> None:
     figure, (load, replicas) = pyplot.subplots(2, 1, figsize=(9, 5), sharex=True)
     load.plot(range(len(TRACE)), TRACE, color="0.4")
     load.set_ylabel("requests / s")
-    load.set_title("the real HPA loop against the simulator")
-    replicas.step(range(len(real)), real, where="post", label="real HPA (kube-controller-manager)")
+    load.set_title("the real loop (HPA and burst floor) against the simulator")
+    replicas.step(range(len(real)), real, where="post", label="real loop (kube-controller-manager, operator)")
     replicas.step(range(len(simulated)), simulated, where="post", linestyle="--", label="simulator")
     replicas.set_ylabel("replicas")
     replicas.set_xlabel("second")

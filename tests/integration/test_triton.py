@@ -12,10 +12,12 @@ import tritonclient.http as triton_http
 
 from tollway.api import ModelDeployment
 from tollway.api.parse import parse
+from tollway.observe.serving import queue_depth
 from tollway.translate.serving import plan_serving
 
 from builders import model_deployment
 from testbed.kube import eventually
+from testbed.processes import free_port
 from testbed.triton import running
 
 TIER_PRIORITIES = (1, 2, 3)
@@ -87,6 +89,12 @@ def test_metrics_expose_queue_depth_and_latency_quantiles(triton: Any) -> None:
         re.findall(r'nv_inference_queue_summary_us\{model="echo",version="2",quantile="([0-9.]+)"\}', text)
     )
     assert quantiles == {"0.5", "0.95", "0.99"}
+
+
+def test_the_burst_floor_reads_a_pods_queue_from_its_metrics_page(triton: Any) -> None:
+    assert queue_depth(f"http://{triton.metrics}/metrics", "echo") == 0.0  # a number: nothing waits at rest
+    assert queue_depth(f"http://{triton.metrics}/metrics", "other") == 0.0  # a model it does not serve
+    assert queue_depth(f"http://127.0.0.1:{free_port()}/metrics", "echo") is None  # nobody there
 
 
 def test_a_version_that_fails_to_load_is_reported_with_its_reason(tmp_path: Path) -> None:

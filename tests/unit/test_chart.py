@@ -90,6 +90,7 @@ def test_the_operator_arguments_are_tollway_run_flags(helm: str, case: Path) -> 
     values = yaml.safe_load((case / "values.yaml").read_text()) or {}
     assert parsed.namespace == values.get("watchNamespaces", [])
     assert (parsed.peering is not None) == (values.get("replicas", 1) > 1)
+    assert bool(parsed.triton_metrics_url) == values.get("burstFloor", True)
 
 
 @pytest.mark.parametrize(

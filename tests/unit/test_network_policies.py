@@ -98,7 +98,7 @@ def test_the_operator_and_prometheus_are_admitted_to_the_ports_they_use_only() -
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tollway"}},
             },
-            [8000],
+            [8000, 8002],  # the model's state, and each pod's queue (the burst floor)
         ),
         ({"namespaceSelector": {}, "podSelector": {"matchLabels": {"prometheus": "k8s"}}}, [8002]),
     ]

@@ -1,5 +1,6 @@
 """The reconciles against a fake cluster, fake Triton and Prometheus and a fake clock: coalescing, the resync,
-the status write races, and the watch cache the reconciles read their namespace from."""
+the burst floor's loop, the status write races, and the watch cache the reconciles read their namespace
+from."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tollway.ir.state import (
     KeyPattern,
     MetricsState,
     PodProblem,
+    ReadyPod,
     SlaCounts,
     SlaState,
     TritonState,
@@ -31,7 +33,7 @@ from tollway.ir.state import (
 )
 from tollway.k8s.apply import ApplyError
 from tollway.k8s.cache import Seen, WatchCache, index_id
-from tollway.reconcile import Reconciler, Resync
+from tollway.reconcile import Burst, Reconciler, Resync
 from tollway.reconcile.coalesce import Coalescer
 from tollway.settings import Settings
 
@@ -65,6 +67,11 @@ class FakeCluster:
         self.peers: dict[str, dict[str, Any]] | None = {}
         self.key_secrets: dict[str, Body] = {}
         """The namespace's API-key Secrets (someone else's: only their labels and annotations are marked)."""
+        self.deployments: dict[str, DeploymentState] = {}
+        """As the watch shows them."""
+        self.scaled: dict[str, int] = {}
+        """Replica counts set since (by the HPA, or the burst floor), which the watch does not show yet."""
+        self.pods: dict[tuple[str, str], tuple[ReadyPod, ...]] = {}
         self.on_apply: Callable[[list[Mapping[str, Any]]], None] = lambda manifests: None
         self.on_status: Callable[[], None] = lambda: None
         self._uids = itertools.count(1)
@@ -138,11 +145,22 @@ class FakeCluster:
         self._count("deployment_state")
         if name.removesuffix("-triton") in self.broken_models:
             raise ConnectionError(f"cannot read {name}")
-        return None
+        return self.deployments.get(name)
 
     def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
         self._count("pod_problems")
         return ()
+
+    def ready_pods(self) -> dict[tuple[str, str], tuple[ReadyPod, ...]]:
+        return dict(self.pods)
+
+    def raise_replicas(self, namespace: str, name: str, replicas: int) -> bool:
+        live = self.scaled.get(name, self.deployments[name].replicas)
+        if live >= replicas:
+            return False
+        self.scaled[name] = replicas
+        self.writes.append(f"Deployment/{name}/scale={replicas}")
+        return True
 
     def served(self, api_version: str, kind: str) -> bool:
         return False
@@ -210,6 +228,8 @@ class FakeTelemetry:
         self.asked: list[str] = []
         self.key_alerts_state = KeyAlertState(reachable=True)
         self.posted: list[dict[str, Any]] = []
+        self.queues: dict[str, float | None] = {}
+        """Each pod's metrics page (by URL): the requests waiting there; None or missing: unreadable."""
 
     def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
         self.asked.append(f"triton {model}")
@@ -218,6 +238,9 @@ class FakeTelemetry:
     def model_metrics(self, url: str, namespace: str, model: str) -> MetricsState:
         self.asked.append(f"metrics {model}")
         return self.metrics
+
+    def queue_depth(self, url: str, model: str) -> float | None:
+        return self.queues.get(url)
 
     def tier_usage(self, url: str, namespace: str, tier: str, since_seconds: int) -> UsageState:
         self.asked.append(f"usage {tier}")
@@ -249,6 +272,9 @@ class Bed:
             Settings(**{"namespaces": ("ai",), **settings}), self.cluster, self.telemetry, self.clock
         )
         self.resync = Resync(self.reconciler, LOG)
+        self.burst = Burst(self.reconciler, Settings.triton_metrics_url or "", LOG)
+        self.monotonic = 1000.0
+        self.reconciler.floors.monotonic = lambda: self.monotonic
 
     def event(self, body: Body) -> None:
         kind = ModelDeployment if body["kind"] == ModelDeployment.kind_name else ApiTier
@@ -437,6 +463,98 @@ def test_a_replica_outranked_by_a_live_peer_does_not_resync() -> None:
     bed.cluster.peers = None  # unreadable: skip rather than risk two writers
     bed.resync.resync()
     assert bed.cluster.calls["list_resources"] == before + 2
+
+
+# The burst floor
+
+
+def autoscaled(bed: Bed, replicas: int, waiting: float | None) -> Body:
+    """A model that scales on its queue (4 a replica, 1 to 8), with `replicas`, each ready and `waiting`
+    requests between them (read from the first pod's metrics page)."""
+    autoscaling = {"minReplicas": 1, "maxReplicas": 8, "targets": {"queueDepthPerReplica": 4}}
+    body = bed.cluster.add(model_deployment("chat", **{"spec.autoscaling": autoscaling}))
+    bed.cluster.deployments["chat-triton"] = deployment(replicas)
+    pods = tuple(ReadyPod(f"chat-triton-{index}", f"10.0.0.{index}") for index in range(replicas))
+    bed.cluster.pods[("ai", "chat")] = pods
+    bed.telemetry.queues = {f"http://10.0.0.{index}:8002/metrics": 0.0 for index in range(replicas)}
+    bed.telemetry.queues["http://10.0.0.0:8002/metrics"] = waiting
+    bed.event(body)
+    return body
+
+
+def deployment(replicas: int) -> DeploymentState:
+    """A Deployment at rest with `replicas`, every one ready."""
+    return DeploymentState(1, 1, replicas, replicas, replicas, replicas)
+
+
+def hpa_minimum(bed: Bed) -> int:
+    hpa = json.loads(bed.cluster.children[("HorizontalPodAutoscaler", "ai", "chat-triton")])
+    return int(hpa["spec"]["minReplicas"])
+
+
+def test_a_burst_sets_the_replicas_at_once_and_holds_them_as_the_hpas_minimum_for_a_while() -> None:
+    bed = Bed()
+    autoscaled(bed, replicas=1, waiting=30)  # asks for 8 (30 / 4, at most 8) on 1
+    assert hpa_minimum(bed) == 1
+    bed.burst.look()
+    assert "Deployment/chat-triton/scale=8" in bed.cluster.writes
+    assert hpa_minimum(bed) == 8  # the HPA's next sync, on older figures, cannot take them back
+    assert bed.cluster.events[-1] == "chat: Normal BurstScaledUp"
+    bed.monotonic += 29
+    bed.burst.look()
+    assert hpa_minimum(bed) == 8
+    bed.monotonic += 2  # the hold (30 s) is over: the HPA's own minimum again, and its rules from here
+    bed.burst.look()
+    assert hpa_minimum(bed) == 1
+    assert bed.cluster.writes.count("Deployment/chat-triton/scale=8") == 1
+
+
+def test_the_loop_reads_a_models_spec_anew_once_it_changes() -> None:
+    bed = Bed()
+    body = autoscaled(bed, replicas=1, waiting=30)
+    bed.burst.look()
+    assert "Deployment/chat-triton/scale=8" in bed.cluster.writes
+    bed.monotonic += 31
+    bed.burst.look()  # the floor lapses
+    autoscaling = {"minReplicas": 1, "maxReplicas": 4, "targets": {"queueDepthPerReplica": 4}}
+    bed.cluster.add(edited(body, autoscaling=autoscaling))
+    bed.cluster.scaled.clear()  # back at 1 replica
+    bed.burst.look()
+    assert bed.cluster.scaled["chat-triton"] == 4  # the new maxReplicas
+
+
+@pytest.mark.parametrize(
+    ("replicas", "waiting"),
+    [
+        (1, 4),  # asks for 1: no more than it has
+        (3, 20),  # asks for 5: less than twice its 3, the HPA's next sync is soon enough
+        (2, None),  # no pod's queue could be read
+    ],
+)
+def test_no_burst_no_floor(replicas: int, waiting: float | None) -> None:
+    bed = Bed()
+    autoscaled(bed, replicas, waiting)
+    writes = list(bed.cluster.writes)
+    bed.burst.look()
+    assert bed.cluster.writes == writes and hpa_minimum(bed) == 1
+
+
+def test_a_count_raised_already_is_left_as_it_is_and_holds_no_floor() -> None:
+    bed = Bed()
+    autoscaled(bed, replicas=1, waiting=30)
+    bed.cluster.scaled["chat-triton"] = 8  # by the HPA, just now: the watch still shows 1
+    bed.burst.look()
+    assert not any(write.startswith("Deployment/chat-triton/scale") for write in bed.cluster.writes)
+    assert hpa_minimum(bed) == 1 and "chat: Normal BurstScaledUp" not in bed.cluster.events
+
+
+def test_a_replica_outranked_by_a_live_peer_raises_nothing() -> None:
+    bed = Bed(peering="tollway", peering_priority=1)
+    autoscaled(bed, replicas=1, waiting=30)
+    seen = (bed.clock.now - timedelta(seconds=5)).isoformat()
+    bed.cluster.peers = {"newer": {"priority": 2, "lastseen": seen, "lifetime": 60}}
+    bed.burst.look()
+    assert "Deployment/chat-triton/scale=8" not in bed.cluster.writes and hpa_minimum(bed) == 1
 
 
 # Status writes racing other writers

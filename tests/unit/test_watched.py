@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.ir.state import DeploymentState, PodProblem
+from tollway.ir.state import DeploymentState, PodProblem, ReadyPod
 from tollway.k8s.apply import UNSEEN
 from tollway.k8s.cache import seen_by_namespace
 from tollway.k8s.watched import (
@@ -13,10 +13,12 @@ from tollway.k8s.watched import (
     DEPLOYMENTS_INDEX,
     INDEX_IDS,
     POD_PROBLEMS_INDEX,
+    READY_PODS_INDEX,
     SECRETS_INDEX,
     WatchedChildren,
     deployment_of,
     pod_problems_of,
+    ready_pod_of,
     secret_of,
     version_of,
 )
@@ -92,6 +94,32 @@ def test_a_pod_is_kept_only_for_its_problems_under_its_model() -> None:
     assert pod_problems_of(running) == {}
 
 
+def triton_pod(name: str, ready: str = "True", **extra: Any) -> dict[str, Any]:
+    labels = {
+        "tollway.dev/model": "chat",
+        "app.kubernetes.io/name": "triton",
+        "app.kubernetes.io/instance": "chat",
+    }
+    return {
+        "metadata": metadata(name, labels=labels, **extra),
+        "status": {"podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": ready}]},
+    }
+
+
+def test_a_ready_triton_pod_is_kept_as_its_name_and_address_under_its_model() -> None:
+    assert ready_pod_of(triton_pod("chat-triton-abc")) == {
+        ("ai", "chat"): ReadyPod("chat-triton-abc", "10.1.2.3")
+    }
+    assert ready_pod_of(triton_pod("chat-triton-abc", ready="False")) == {}
+    assert ready_pod_of(triton_pod("chat-triton-abc", deletionTimestamp="2026-12-03T12:00:00Z")) == {}
+    cache = triton_pod("chat-cache-abc")
+    cache["metadata"]["labels"]["app.kubernetes.io/name"] = "answer-cache"  # the model's Redis: no queue
+    assert ready_pod_of(cache) == {}
+    starting = triton_pod("chat-triton-def")
+    del starting["status"]["podIP"]
+    assert ready_pod_of(starting) == {}
+
+
 def test_a_secret_is_kept_as_its_name_and_data() -> None:
     body = {
         "metadata": metadata("chat-triton", managedFields=[{"manager": "tollway"}]),
@@ -120,6 +148,8 @@ def test_lookups_answer_what_the_indexes_hold_and_none_for_what_they_do_not() ->
     problems = pod_problems_of(pending_pod("chat-triton-abc", "chat"))[("ai", "chat")]
     indexes[POD_PROBLEMS_INDEX] = {("ai", "chat"): [problems, problems[:1]]}  # two pods of one model
     indexes[SECRETS_INDEX] = {("ai", "chat-triton"): [{"metadata": {"name": "chat-triton"}, "data": {}}]}
+    pod = ReadyPod("chat-triton-abc", "10.1.2.3")
+    indexes[READY_PODS_INDEX] = {("ai", "chat"): [pod], ("ai", "gone"): []}
     watched = WatchedChildren(indexes)
 
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": configmaps[1]["metadata"]}
@@ -142,6 +172,7 @@ def test_lookups_answer_what_the_indexes_hold_and_none_for_what_they_do_not() ->
     assert len(watched.pod_problems("ai", "chat")) == 3 and watched.pod_problems("ai", "other") == ()
     assert watched.secret("ai", "chat-triton") == {"metadata": {"name": "chat-triton"}, "data": {}}
     assert watched.secret("ai", "gone") is None
+    assert watched.ready_pods() == {("ai", "chat"): (pod,)}  # a model whose last pod went is left out
 
 
 def test_every_kind_tollway_renders_that_every_cluster_serves_is_watched() -> None:

@@ -80,7 +80,10 @@ The rules the operator needs in each namespace it watches (all of them when clus
   also authorised as a create) and pruned when no longer rendered (delete, after a list by label).
 - Secrets: also the API keys that tiers select (list, watch), by labels their owners choose; the labels
   and annotations of a key it suspends (patch, only where a tier sets suspendOnCompromise).
-- Pods: listed for the Degraded reasons (image pulls, scheduling) and watched so they show at once.
+- Pods: listed for the Degraded reasons (image pulls, scheduling) and watched so they show at once, and
+  for the ready Triton pods whose queue the burst floor reads.
+- Deployments' scale: read and raised by the burst floor when a burst outruns the autoscaler's sync (never
+  lowered: every other change of the count is the autoscaler's).
 - HPAs, KEDA ScaledObjects, ServiceMonitors, PrometheusRules and AlertmanagerConfigs (the consumers'
   notice routes): applied and pruned, never watched (a
   resync restores an edited one). NetworkPolicies are watched: a deleted one would open the network.
@@ -97,6 +100,9 @@ The rules the operator needs in each namespace it watches (all of them when clus
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [get, update]
 - apiGroups: [""]
   resources: [services, configmaps, serviceaccounts, secrets]
   verbs: [get, list, watch, create, patch, delete]

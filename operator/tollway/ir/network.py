@@ -40,6 +40,7 @@ class NetworkPeers:
     """The pods besides the gateway's own that Tollway's NetworkPolicies let in."""
 
     operator: Peer = field(default=OPERATOR)
-    """The operator: it reads each model's state from Triton's HTTP port."""
+    """The operator: it reads each model's state from Triton's HTTP port, and its queue from each pod's
+    metrics port (the burst floor)."""
     prometheus: Peer = field(default=PROMETHEUS)
     """Prometheus: it scrapes Triton's and the ratelimit service's metrics ports."""

@@ -109,6 +109,14 @@ class Scaling:
     wakes: bool = False
     """The model scales to zero, and the gateway's requests for it wake it: one replica while the gateway
     holds or has in flight any request for the model (the other signals size it beyond one)."""
+    floor: int = 0
+    """Replicas a burst asked for, held as the autoscaler's minimum for a while (`translate.floor`); 0: no
+    burst holds one."""
+
+    @property
+    def least(self) -> int:
+        """The autoscaler's minimum: the spec's, or the burst floor while one holds."""
+        return max(self.min_replicas, self.floor)
 
 
 @dataclass(frozen=True)

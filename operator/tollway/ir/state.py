@@ -108,6 +108,14 @@ class ServingState:
 
 
 @dataclass(frozen=True)
+class ReadyPod:
+    """A model's pod that takes requests: its name, and its address."""
+
+    name: str
+    ip: str
+
+
+@dataclass(frozen=True)
 class SlaCounts:
     """What the gateway counted for a tier (or one of its consumers) over a period, outside maintenance: the
     requests that count for availability, those that failed, and (per tier only) those answered within the

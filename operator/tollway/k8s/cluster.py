@@ -9,7 +9,7 @@ from typing import Any
 
 from tollway.api import Resource
 from tollway.ir.names import MODEL_LABEL
-from tollway.ir.state import DeploymentState, PodProblem
+from tollway.ir.state import DeploymentState, PodProblem, ReadyPod
 from tollway.k8s import apply, events, resources, status
 from tollway.k8s.cache import WatchCache
 from tollway.k8s.watched import WatchedChildren
@@ -39,6 +39,9 @@ class KubeCluster:
     def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
         return self.children.pod_problems(namespace, model)
 
+    def ready_pods(self) -> dict[tuple[str, str], tuple[ReadyPod, ...]]:
+        return self.children.ready_pods()
+
     def generated_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         # Not watched yet: maybe just made, and a generated value must never be drawn twice, so ask.
         return self.children.secret(namespace, name) or resources.read_secret(namespace, name)
@@ -60,6 +63,7 @@ class KubeCluster:
     list_secrets = staticmethod(resources.list_secrets)
     mark_secret = staticmethod(resources.mark_secret)
     peering_peers = staticmethod(resources.peering_peers)
+    raise_replicas = staticmethod(resources.raise_replicas)
     served = staticmethod(apply.served)
 
     def prune_named(

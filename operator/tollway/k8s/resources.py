@@ -74,3 +74,23 @@ def list_resources(kind: type[Resource], namespace: str | None) -> list[dict[str
     else:
         listing = custom_objects().list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
     return list(listing["items"])
+
+
+def raise_replicas(namespace: str, name: str, replicas: int) -> bool:
+    """Set the Deployment's replica count to `replicas` if it has fewer, never lower: its scale is read and
+    written back at that resourceVersion, so that a count the autoscaler raised meanwhile is not undone (a
+    conflict reads again). Whether it had fewer."""
+    apps = client.AppsV1Api(api_client())
+    while True:
+        scale = apps.read_namespaced_deployment_scale(name, namespace)
+        spec = scale.spec or client.V1ScaleSpec()
+        if (spec.replicas or 0) >= replicas:
+            return False
+        spec.replicas, scale.spec = replicas, spec
+        try:
+            apps.replace_namespaced_deployment_scale(name, namespace, scale)
+        except ApiException as error:
+            if error.status == 409:
+                continue
+            raise
+        return True

@@ -5,8 +5,9 @@ those watches lets a reconcile of an unchanged model read nothing from the API s
 
 - each child's resourceVersion, so that the apply layer skips the read of a child it already confirmed at
   that version (`tollway.k8s.apply.Applier`);
-- each Deployment's state, each model's pod problems, and Tollway's own Secrets (Triton's admin key),
-  reduced at indexing time to what a reconcile uses, so that memory holds no full bodies.
+- each Deployment's state, each model's pod problems and ready Triton pods (the burst floor reads their
+  queue), and Tollway's own Secrets (Triton's admin key), reduced at indexing time to what a reconcile
+  uses, so that memory holds no full bodies.
 
 An index lags the API server by the watch's delay: a child missing from it is asked of the API server (it
 may be new), and a child that changed after being indexed sends a watch event that reconciles again.
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from tollway.ir.names import MODEL_LABEL
-from tollway.ir.state import DeploymentState, PodProblem
+from tollway.ir.names import MODEL_LABEL, serving_pod_labels
+from tollway.ir.state import DeploymentState, PodProblem, ReadyPod
 from tollway.k8s.apply import UNSEEN
 from tollway.k8s.cache import Index, snapshot
 
@@ -63,8 +64,15 @@ CHILD_KINDS = (
 )
 DEPLOYMENTS_INDEX = "deployment_states"
 POD_PROBLEMS_INDEX = "pod_problems"
+READY_PODS_INDEX = "ready_pods"
 SECRETS_INDEX = "generated_secrets"
-INDEX_IDS = (*(kind.index_id for kind in CHILD_KINDS), DEPLOYMENTS_INDEX, POD_PROBLEMS_INDEX, SECRETS_INDEX)
+INDEX_IDS = (
+    *(kind.index_id for kind in CHILD_KINDS),
+    DEPLOYMENTS_INDEX,
+    POD_PROBLEMS_INDEX,
+    READY_PODS_INDEX,
+    SECRETS_INDEX,
+)
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -136,6 +144,21 @@ def pod_problems_of(body: Mapping[str, Any]) -> dict[Key, tuple[PodProblem, ...]
     return {(str(body["metadata"]["namespace"]), str(model)): tuple(problems)}
 
 
+def ready_pod_of(body: Mapping[str, Any]) -> dict[Key, ReadyPod]:
+    """A model's Triton pod that is ready (and not on its way out), under its model: its name and address."""
+    metadata, status = body["metadata"], body.get("status") or {}
+    labels = metadata.get("labels") or {}
+    model = labels.get(MODEL_LABEL)
+    triton = bool(model) and serving_pod_labels(str(model)).items() <= labels.items()
+    ready = triton and any(
+        condition.get("type") == "Ready" and condition.get("status") == "True"
+        for condition in status.get("conditions") or []
+    )
+    if not model or not ready or not status.get("podIP") or metadata.get("deletionTimestamp"):
+        return {}
+    return {(str(metadata["namespace"]), str(model)): ReadyPod(str(metadata["name"]), str(status["podIP"]))}
+
+
 def secret_of(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:
     """A Secret Tollway generated, as kept_or_fresh reads it: its name and data."""
     kept = {"metadata": {"name": body["metadata"]["name"]}, "data": dict(body.get("data") or {})}
@@ -185,6 +208,12 @@ class WatchedChildren:
     def pod_problems(self, namespace: str, model: str) -> tuple[PodProblem, ...]:
         found = snapshot(self._indexes[POD_PROBLEMS_INDEX].get((namespace, model), ()))
         return tuple(problem for problems in found for problem in problems)
+
+    def ready_pods(self) -> dict[Key, tuple[ReadyPod, ...]]:
+        """Every model's ready pods, by (namespace, model)."""
+        index = self._indexes[READY_PODS_INDEX]
+        found = {cast(Key, key): tuple(snapshot(index.get(key, ()))) for key in snapshot(index)}
+        return {key: pods for key, pods in found.items() if pods}
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._one(SECRETS_INDEX, (namespace, name), dict)

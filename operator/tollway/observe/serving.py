@@ -1,7 +1,8 @@
 """Asking Triton which versions of a model are loaded: its model repository index (POST
 /v2/repository/index, Triton's model repository extension), one JSON call made with the standard library.
 tritonclient.http would make it too, but loads gevent and numpy with it, about 20 MiB of every operator
-process for this one call (README: Benchmarks)."""
+process for this one call (README: Benchmarks). And how many requests wait in one pod's queue, from its
+metrics page, for the burst floor."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from tollway.ir.names import TRITON_KEY_HEADER
 from tollway.ir.state import TritonState, VersionState
 
 TIMEOUT_SECONDS = 2.0
+QUEUE_TIMEOUT_SECONDS = 1.0
+"""Within the burst floor's 2 s cadence."""
+PENDING = "nv_inference_pending_request_count{"
+METRICS_PAGE_BYTES = 4 << 20
 
 
 def model_state(url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
@@ -63,3 +68,28 @@ def _said(body: bytes) -> str:
         return str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
         return body.decode(errors="replace")[:200]
+
+
+def queue_depth(url: str, model: str) -> float | None:
+    """The requests waiting in one Triton pod's queue for `model`, from its metrics page at `url`; None
+    when the page cannot be read."""
+    try:
+        with urllib.request.urlopen(url, timeout=QUEUE_TIMEOUT_SECONDS) as response:
+            page = response.read(METRICS_PAGE_BYTES).decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    return pending(page, model)
+
+
+def pending(page: str, model: str) -> float | None:
+    """nv_inference_pending_request_count of `model` on a Triton metrics page, over its versions (0 when the
+    page lists none: nothing loaded waits); None when a sample is not a number."""
+    selected = f'model="{model}"'
+    waiting = 0.0
+    for line in page.splitlines():
+        if line.startswith(PENDING) and selected in line.partition("}")[0]:
+            try:
+                waiting += float(line.rpartition(" ")[2])
+            except ValueError:
+                return None
+    return waiting

@@ -16,6 +16,7 @@ from tollway.ir.state import (
     KeyAlertState,
     MetricsState,
     PodProblem,
+    ReadyPod,
     SlaState,
     TritonState,
     UsageState,
@@ -70,6 +71,14 @@ class Cluster(Protocol):
         """Why the model's pods do not run (stuck containers, no node that fits), as last watched."""
         ...
 
+    def ready_pods(self) -> dict[tuple[str, str], tuple[ReadyPod, ...]]:
+        """Every model's ready pods by (namespace, model), as last watched."""
+        ...
+
+    def raise_replicas(self, namespace: str, name: str, replicas: int) -> bool:
+        """Set the Deployment's replica count to `replicas` if it has fewer; whether it had."""
+        ...
+
     def served(self, api_version: str, kind: str) -> bool:
         """Whether the API server serves the kind (a CRD such as prometheus-operator's may be absent)."""
         ...
@@ -122,6 +131,10 @@ class Telemetry(Protocol):
     def model_state(self, url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState: ...
 
     def model_metrics(self, url: str, namespace: str, model: str) -> MetricsState: ...
+
+    def queue_depth(self, url: str, model: str) -> float | None:
+        """The requests waiting for `model` in the Triton whose metrics page is at `url`; None: unread."""
+        ...
 
     def tier_usage(self, url: str, namespace: str, tier: str, since_seconds: int) -> UsageState: ...
 

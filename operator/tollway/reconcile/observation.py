@@ -13,6 +13,7 @@ from tollway.api.parse import InvalidResource, parse
 from tollway.ir.names import TRITON_KEY, serving_children
 from tollway.ir.state import KeyAlertState, MetricsState, ServingState, SlaCounts, SlaState, UsageState
 from tollway.reconcile.cluster import Clock, Cluster, Telemetry
+from tollway.reconcile.floors import Floors
 from tollway.render.monitoring import MONITORING_API
 from tollway.render.notices import ALERTMANAGER_CONFIG_API
 from tollway.settings import Settings
@@ -25,8 +26,11 @@ USAGE_COUNTS = ("consumers", "requests", "inputTokens", "outputTokens")
 
 
 class Observer:
-    def __init__(self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, cluster: Cluster, telemetry: Telemetry, clock: Clock, floors: Floors
+    ) -> None:
         self.settings, self.cluster, self.telemetry, self.clock = settings, cluster, telemetry, clock
+        self.floors = floors
 
     def context(self, kind: type[Resource], body: Mapping[str, Any]) -> Context:
         """Everything the translation of `body` needs from the cluster and from Triton."""
@@ -60,6 +64,7 @@ class Observer:
             monitoring=self.monitoring_served(),
             network=self.settings.network,
             admin_key=key,
+            floor=self.floors.replicas((namespace, resource.metadata.name)),
             serving=ServingState(
                 deployment=deployment, pod_problems=problems, triton=triton, metrics=metrics
             ),

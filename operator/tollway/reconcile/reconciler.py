@@ -17,12 +17,14 @@ from tollway.ir.state import GatewayState
 from tollway.k8s.apply import ApplyError
 from tollway.reconcile.cluster import Body, Clock, Cluster, Telemetry
 from tollway.reconcile.coalesce import Coalescer
+from tollway.reconcile.floors import Floors
 from tollway.reconcile.observation import Observer
 from tollway.reconcile.status import Logger, write_status
 from tollway.settings import Settings
 from tollway.translate import Context, translate, translate_gateway
 from tollway.translate.conditions import apply_failed
 from tollway.translate.gateway import TierReport
+from tollway.translate.peering import outranked
 from tollway.translate.suspension import SecretMark, suspended_alerts, suspensions
 
 
@@ -34,12 +36,28 @@ class Reconciler:
     ) -> None:
         """`threads`: how many threads of its own run the reconciles (see Coalescer); 0: the caller's."""
         self.settings, self.cluster, self.telemetry, self.clock = settings, cluster, telemetry, clock
-        self.observer = Observer(settings, cluster, telemetry, clock)
+        self.floors = Floors()
+        """The burst floors that hold now (`Burst` sets them; a model's reconcile renders its own)."""
+        self.observer = Observer(settings, cluster, telemetry, clock, self.floors)
         self.coalescer = Coalescer(threads)
         self.listed = threading.Event()
         """Set by the first watch event: kopf runs handlers only once its indexes hold the initial listing
         of every watched kind. Before that `Cluster.cached_resources` may answer with nothing, and a resync
         would translate a namespace from nothing (pruning its gateway), so it waits for this."""
+
+    def standing_by(self, namespace: str | None, logger: Logger) -> bool:
+        """Whether kopf's peering object (cluster-wide, or this namespace's) names a live replica that
+        outranks this one, so that only the serving replica writes outside a watch event (the resync, the
+        burst floor); when it cannot be read this replica stands by rather than risk two writers."""
+        peering = self.settings.peering
+        if peering is None:
+            return False
+        try:
+            peers = self.cluster.peering_peers(peering, namespace)
+        except Exception:
+            logger.exception("could not read the peering object; standing by until it can be read")
+            return True
+        return outranked(peers, self.settings.peering_priority, self.clock())
 
     # Watch events, one method per kopf handler.
 

@@ -7,7 +7,6 @@ import threading
 from tollway.api import ApiTier, ModelDeployment
 from tollway.reconcile.reconciler import Reconciler
 from tollway.reconcile.status import Logger
-from tollway.translate.peering import outranked
 
 
 class Resync(threading.Thread):
@@ -38,7 +37,7 @@ class Resync(threading.Thread):
         if not self.reconciler.listed.is_set():
             return
         for namespace in self.reconciler.settings.namespaces or (None,):
-            if self._standing_by(namespace):
+            if self.reconciler.standing_by(namespace, self.logger):
                 continue
             try:
                 models = self.reconciler.cluster.list_resources(ModelDeployment, namespace)
@@ -53,16 +52,3 @@ class Resync(threading.Thread):
                 self.reconciler.reconcile(ModelDeployment, body, self.logger)
             for gateway in sorted({tier["metadata"]["namespace"] for tier in tiers}):
                 self.reconciler.reconcile_gateway(gateway, self.logger)
-
-    def _standing_by(self, namespace: str | None) -> bool:
-        """Whether kopf's peering object (cluster-wide, or this namespace's) names a live replica that
-        outranks this one; when it cannot be read, the pass is skipped rather than risk two writers."""
-        peering = self.reconciler.settings.peering
-        if peering is None:
-            return False
-        try:
-            peers = self.reconciler.cluster.peering_peers(peering, namespace)
-        except Exception:
-            self.logger.exception("resync could not read the peering object; the next resync retries")
-            return True
-        return outranked(peers, self.reconciler.settings.peering_priority, self.reconciler.clock())

@@ -262,7 +262,7 @@ def horizontal_pod_autoscaler(serving: TritonServing, scaling: Scaling, metadata
         "metadata": metadata,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": metadata["name"]},
-            "minReplicas": scaling.min_replicas,
+            "minReplicas": scaling.least,
             "maxReplicas": scaling.max_replicas,
             "metrics": metrics,
             "behavior": _behavior(scaling),
@@ -291,7 +291,7 @@ def scaled_object(serving: TritonServing, scaling: Scaling, metadata: dict[str, 
         "metadata": metadata,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": metadata["name"]},
-            "minReplicaCount": scaling.min_replicas,
+            "minReplicaCount": scaling.least,
             "maxReplicaCount": scaling.max_replicas,
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(scaling)}},
             "triggers": triggers,

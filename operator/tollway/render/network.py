@@ -1,10 +1,10 @@
 """NetworkPolicies: nothing inside the cluster walks around the gateway.
 
-Triton takes requests from its namespace's gateway (Envoy), from the operator (its state) and from
-Prometheus (metrics); the ratelimit service from Envoy (gRPC) and Prometheus (metrics); Redis from the
-ratelimit service only; a model's shared answer cache from that model's pods only. Envoy has no policy: it
-is the public entry. Egress is left open. Policies need a CNI that enforces them; the kubelet's probes come
-from the node, which CNIs admit.
+Triton takes requests from its namespace's gateway (Envoy), from the operator (its state, and each pod's
+queue on the metrics port for the burst floor) and from Prometheus (metrics); the ratelimit service from
+Envoy (gRPC) and Prometheus (metrics); Redis from the ratelimit service only; a model's shared answer cache
+from that model's pods only. Envoy has no policy: it is the public entry. Egress is left open. Policies need
+a CNI that enforces them; the kubelet's probes come from the node, which CNIs admit.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ def serving_policy(
     metadata: dict[str, Any], model_deployment: str, peers: NetworkPeers, inference_ports: list[int]
 ) -> dict[str, Any]:
     """Triton's: inference (`inference_ports`: Triton's, and the OpenAI server's beside a language model)
-    from the namespace's gateway, HTTP to the operator, metrics to Prometheus."""
+    from the namespace's gateway, HTTP and metrics to the operator, metrics to Prometheus."""
     envoy = local(gateway_pod_labels(GATEWAY_NAME, "envoy"))
     return _policy(
         metadata,
         serving_pod_labels(model_deployment),
         [
             _rule([envoy], inference_ports),
-            _rule([peer(peers.operator)], [TRITON_HTTP_PORT]),
+            _rule([peer(peers.operator)], [TRITON_HTTP_PORT, TRITON_METRICS_PORT]),
             _rule([peer(peers.prometheus)], [TRITON_METRICS_PORT]),
         ],
     )

@@ -70,6 +70,8 @@ class Context:
     admin_key: str = ""
     """For a ModelDeployment: the key of Triton's restricted APIs (`kept_or_fresh`: the one its Secret holds,
     or a fresh one the caller drew when there is no Secret yet)."""
+    floor: int = 0
+    """For a ModelDeployment: the replicas a burst holds as its autoscaler's minimum (`translate.floor`)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def translate(
             monitoring=context.monitoring,
             tollway_image=context.tollway_image,
             redis_image=context.redis_image,
+            floor=context.floor,
         )
         children = serving_render.render(plan, context.network, context.admin_key)
         status = model_deployment.status(resource, context.serving, now, make, document.get("status"))

@@ -88,8 +88,9 @@ DEFAULT_UTILIZATION = "0.7"
 """The busy share a model that does not stream scales to when its spec names none (bench/scaling.py)."""
 
 
-def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
-    """Autoscaling when there is room to scale and a signal to scale on; else a fixed replica count."""
+def scaling(resource: ModelDeployment, prometheus_url: str, floor: int = 0) -> Scaling | None:
+    """Autoscaling when there is room to scale and a signal to scale on; else a fixed replica count.
+    `floor`: the replicas a burst holds (`translate.floor`), 0 when none does."""
     autoscaling = resource.spec.autoscaling
     targets = autoscaling.targets
     wakes = autoscaling.min_replicas == 0  # the requests the gateway holds are a signal of their own
@@ -113,6 +114,7 @@ def scaling(resource: ModelDeployment, prometheus_url: str) -> Scaling | None:
         prometheus_url=prometheus_url,
         ttft_p99_ms=targets.ttft_p99_ms,
         wakes=wakes,
+        floor=min(floor, autoscaling.max_replicas),
     )
 
 
@@ -187,6 +189,7 @@ def plan_serving(
     monitoring: bool = True,
     tollway_image: str = TOLLWAY_IMAGE,
     redis_image: str = Images.redis,
+    floor: int = 0,
 ) -> TritonServing:
     spec, meta = resource.spec, resource.metadata
     model = model_config(resource, tier_priorities)
@@ -210,7 +213,7 @@ def plan_serving(
         extra_args=tuple(spec.triton.extra_args),
         replicas=spec.autoscaling.min_replicas,
         max_replicas=spec.autoscaling.max_replicas,
-        scaling=scaling(resource, prometheus_url),
+        scaling=scaling(resource, prometheus_url, floor),
         objectives=objectives(resource),
         monitoring=monitoring,
         openai=openai_side(resource, redis_image),

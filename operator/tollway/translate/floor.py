@@ -1,0 +1,41 @@
+"""The burst floor: how the operator answers a sudden burst within seconds, where the HPA takes up to a sync
+(15 s) on figures up to a scrape (15 s) old. Pure, so that a unit test states each case and the scaling
+simulator (hack/testbed/scaling.py) plays the same rule the operator runs.
+
+Every `EVERY_SECONDS` the operator reads Triton's queue from the model's ready pods and asks for one
+replica per `queueDepthPerReplica` waiting. An ask of at least `PANIC` times the replicas the Deployment
+has is a burst: the operator sets that count on the Deployment at once and holds it as the autoscaler's
+minimum for `HOLD_SECONDS`, so that the HPA, deciding on older figures, cannot take it back before the new
+replicas report. Everything else (smaller asks, every scale-down) stays the HPA's (README: Autoscaling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tollway.ir.serving import Scaling
+
+EVERY_SECONDS = 2.0
+PANIC = 2.0
+"""How many times the replicas there are an ask must reach to be a burst: below it, the HPA's next sync is
+soon enough (bench/scaling.py)."""
+HOLD_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Floor:
+    replicas: int
+    until: float
+    """When it lapses (the operator's monotonic clock, seconds)."""
+
+
+def raised(queue: float, replicas: int, scaling: Scaling, now: float) -> Floor | None:
+    """The floor a burst asks for: `queue` requests waiting in Triton over the model's ready pods while its
+    Deployment has `replicas`; None when it is no burst, the model has no queue target to read it by, or
+    no replica to have read it from (waking from zero is the gateway's signal)."""
+    target = scaling.queue_depth_per_replica
+    if target is None or replicas < 1:
+        return None
+    asked = min(math.ceil(queue / target), scaling.max_replicas)
+    return Floor(asked, now + HOLD_SECONDS) if asked >= PANIC * replicas else None
