@@ -352,6 +352,17 @@ def _network(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is no CIDR range") from error
 
 
+def _metrics_url(text: str) -> str:
+    """A template of a pod's metrics page: only {pod_ip}, {pod} and {namespace} to fill in (or empty)."""
+    try:
+        text.format(pod_ip="10.0.0.1", pod="pod", namespace="namespace")
+    except (KeyError, IndexError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a template may name only {{pod_ip}}, {{pod}} and {{namespace}} ({error})"
+        ) from error
+    return text
+
+
 def run(arguments: argparse.Namespace) -> int:
     from tollway.runner import run_operator  # noqa: PLC0415 (kopf is slow to import; only `run` needs it)
 
@@ -486,6 +497,7 @@ def _add_run(commands: Any) -> None:
     )
     command.add_argument(
         "--triton-metrics-url",
+        type=_metrics_url,
         default=Settings.triton_metrics_url,
         help="where to read one Triton pod's queue for the burst floor; {pod_ip}, {pod} and {namespace} are "
         "filled in; empty turns the burst floor off (the HPA alone scales)",

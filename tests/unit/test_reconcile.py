@@ -65,6 +65,8 @@ class FakeCluster:
         self.unlistable: set[str | None] = set()
         self.broken_models: set[str] = set()
         self.peers: dict[str, dict[str, Any]] | None = {}
+        self.peering_asked: list[str | None] = []
+        """The scope of each read of kopf's peering object: a namespace, or None (the cluster's)."""
         self.key_secrets: dict[str, Body] = {}
         """The namespace's API-key Secrets (someone else's: only their labels and annotations are marked)."""
         self.deployments: dict[str, DeploymentState] = {}
@@ -216,6 +218,7 @@ class FakeCluster:
         self.events.append(f"{metadata['name']}: {type} {reason}")
 
     def peering_peers(self, name: str, namespace: str | None) -> dict[str, dict[str, Any]]:
+        self.peering_asked.append(namespace)
         if self.peers is None:
             raise ConnectionError("cannot read the peering object")
         return self.peers
@@ -500,6 +503,7 @@ def test_a_burst_sets_the_replicas_at_once_and_holds_them_as_the_hpas_minimum_fo
     assert "Deployment/chat-triton/scale=8" in bed.cluster.writes
     assert hpa_minimum(bed) == 8  # the HPA's next sync, on older figures, cannot take them back
     assert bed.cluster.events[-1] == "chat: Normal BurstScaledUp"
+    bed.cluster.deployments["chat-triton"] = deployment(8)  # the watch catches up
     bed.monotonic += 29
     bed.burst.look()
     assert hpa_minimum(bed) == 8
@@ -514,11 +518,13 @@ def test_the_loop_reads_a_models_spec_anew_once_it_changes() -> None:
     body = autoscaled(bed, replicas=1, waiting=30)
     bed.burst.look()
     assert "Deployment/chat-triton/scale=8" in bed.cluster.writes
+    bed.cluster.deployments["chat-triton"] = deployment(8)
     bed.monotonic += 31
     bed.burst.look()  # the floor lapses
     autoscaling = {"minReplicas": 1, "maxReplicas": 4, "targets": {"queueDepthPerReplica": 4}}
     bed.cluster.add(edited(body, autoscaling=autoscaling))
-    bed.cluster.scaled.clear()  # back at 1 replica
+    bed.cluster.deployments["chat-triton"] = deployment(1)  # back at 1 replica
+    bed.cluster.scaled.clear()
     bed.burst.look()
     assert bed.cluster.scaled["chat-triton"] == 4  # the new maxReplicas
 
@@ -539,13 +545,51 @@ def test_no_burst_no_floor(replicas: int, waiting: float | None) -> None:
     assert bed.cluster.writes == writes and hpa_minimum(bed) == 1
 
 
-def test_a_count_raised_already_is_left_as_it_is_and_holds_no_floor() -> None:
+def test_a_count_raised_already_is_left_as_it_is() -> None:
     bed = Bed()
     autoscaled(bed, replicas=1, waiting=30)
     bed.cluster.scaled["chat-triton"] = 8  # by the HPA, just now: the watch still shows 1
     bed.burst.look()
     assert not any(write.startswith("Deployment/chat-triton/scale") for write in bed.cluster.writes)
-    assert hpa_minimum(bed) == 1 and "chat: Normal BurstScaledUp" not in bed.cluster.events
+    assert hpa_minimum(bed) == 8  # rendered before the count is read: the burst's ask holds all the same
+    assert bed.cluster.events[-1] == "chat: Normal BurstScaledUp"
+
+
+def test_a_model_whose_scale_cannot_be_raised_still_gets_its_floor() -> None:
+    bed = Bed()
+    autoscaled(bed, replicas=1, waiting=30)
+
+    def refused(namespace: str, name: str, replicas: int) -> bool:
+        raise ConnectionError("the API server is away")
+
+    bed.cluster.raise_replicas = refused  # type: ignore[method-assign]
+    bed.burst.look()  # logs, does not raise
+    assert hpa_minimum(bed) == 8  # the HPA raises the count itself at its next sync
+
+
+def test_a_spec_with_a_scale_up_window_of_its_own_gets_no_floor() -> None:
+    bed = Bed()
+    body = autoscaled(bed, replicas=1, waiting=30)
+    waiting = {
+        "minReplicas": 1,
+        "maxReplicas": 8,
+        "targets": {"queueDepthPerReplica": 4},
+        "scaleUp": {"stabilizationSeconds": 60},
+    }
+    bed.event(bed.cluster.add(edited(body, autoscaling=waiting)))
+    bed.burst.look()
+    assert "Deployment/chat-triton/scale=8" not in bed.cluster.writes and hpa_minimum(bed) == 1
+
+
+@pytest.mark.parametrize(("namespaces", "scope"), [(("ai",), "ai"), ((), None)])
+def test_the_floor_asks_the_peering_object_the_resync_asks(
+    namespaces: tuple[str, ...], scope: str | None
+) -> None:
+    bed = Bed(namespaces=namespaces, peering="tollway", peering_priority=1)
+    autoscaled(bed, replicas=1, waiting=30)
+    bed.burst.look()
+    assert bed.cluster.peering_asked == [scope]  # once a pass, before any page is read
+    assert "Deployment/chat-triton/scale=8" in bed.cluster.writes
 
 
 def test_a_replica_outranked_by_a_live_peer_raises_nothing() -> None:

@@ -99,9 +99,12 @@ def triton_pod(name: str, ready: str = "True", **extra: Any) -> dict[str, Any]:
         "tollway.dev/model": "chat",
         "app.kubernetes.io/name": "triton",
         "app.kubernetes.io/instance": "chat",
+        "pod-template-hash": "7d9f",
     }
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "chat-triton-7d9f", "controller": True}
     return {
-        "metadata": metadata(name, labels=labels, **extra),
+        "metadata": metadata(name, labels=labels, ownerReferences=[owner], **extra),
+        "spec": {},
         "status": {"podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": ready}]},
     }
 
@@ -118,6 +121,17 @@ def test_a_ready_triton_pod_is_kept_as_its_name_and_address_under_its_model() ->
     starting = triton_pod("chat-triton-def")
     del starting["status"]["podIP"]
     assert ready_pod_of(starting) == {}
+    # Labels alone do not make a pod the model's: its controller must be a ReplicaSet of the model's Triton
+    # Deployment, and its address its own (the floor reads what is there).
+    stray = triton_pod("chat-triton-xyz")
+    stray["metadata"]["ownerReferences"] = []
+    assert ready_pod_of(stray) == {}
+    other = triton_pod("chat-triton-xyz")
+    other["metadata"]["ownerReferences"][0]["name"] = "elsewhere-7d9f"
+    assert ready_pod_of(other) == {}
+    on_the_node = triton_pod("chat-triton-xyz")
+    on_the_node["spec"]["hostNetwork"] = True
+    assert ready_pod_of(on_the_node) == {}
 
 
 def test_a_secret_is_kept_as_its_name_and_data() -> None:

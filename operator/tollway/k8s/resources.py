@@ -76,21 +76,26 @@ def list_resources(kind: type[Resource], namespace: str | None) -> list[dict[str
     return list(listing["items"])
 
 
+#: Conflicts a raise of a Deployment's scale reads again after (the autoscaler writing it at the same time).
+SCALE_ATTEMPTS = 3
+
+
 def raise_replicas(namespace: str, name: str, replicas: int) -> bool:
     """Set the Deployment's replica count to `replicas` if it has fewer, never lower: its scale is read and
     written back at that resourceVersion, so that a count the autoscaler raised meanwhile is not undone (a
     conflict reads again). Whether it had fewer."""
     apps = client.AppsV1Api(api_client())
-    while True:
+    for attempt in range(SCALE_ATTEMPTS):
         scale = apps.read_namespaced_deployment_scale(name, namespace)
         spec = scale.spec or client.V1ScaleSpec()
         if (spec.replicas or 0) >= replicas:
             return False
         spec.replicas, scale.spec = replicas, spec
         try:
-            apps.replace_namespaced_deployment_scale(name, namespace, scale)
+            apps.replace_namespaced_deployment_scale(name, namespace, scale, field_manager="tollway-burst")
         except ApiException as error:
-            if error.status == 409:
+            if error.status == 409 and attempt + 1 < SCALE_ATTEMPTS:
                 continue
             raise
         return True
+    return False

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from tollway.ir.names import MODEL_LABEL, serving_pod_labels
+from tollway.ir.names import MODEL_LABEL, serving_children, serving_pod_labels
 from tollway.ir.state import DeploymentState, PodProblem, ReadyPod
 from tollway.k8s.apply import UNSEEN
 from tollway.k8s.cache import Index, snapshot
@@ -29,6 +29,8 @@ STUCK = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"}
 )
 GATEWAY_LABEL = "tollway.dev/gateway"
+TEMPLATE_HASH = "pod-template-hash"
+"""The Deployment controller's label on a ReplicaSet's pods: the ReplicaSet is named DEPLOYMENT-HASH."""
 #: The label every child carries (and Triton's pods, through their template), which the watches select on.
 OURS = {"app.kubernetes.io/managed-by": "tollway"}
 
@@ -145,11 +147,19 @@ def pod_problems_of(body: Mapping[str, Any]) -> dict[Key, tuple[PodProblem, ...]
 
 
 def ready_pod_of(body: Mapping[str, Any]) -> dict[Key, ReadyPod]:
-    """A model's Triton pod that is ready (and not on its way out), under its model: its name and address."""
+    """A model's Triton pod that is ready (and not on its way out), under its model: its name and address.
+    Only a pod of the model's Triton Deployment counts (its controller a ReplicaSet of that Deployment), on
+    an address of its own (not the node's): the burst floor reads its metrics page."""
     metadata, status = body["metadata"], body.get("status") or {}
     labels = metadata.get("labels") or {}
     model = labels.get(MODEL_LABEL)
-    triton = bool(model) and serving_pod_labels(str(model)).items() <= labels.items()
+    triton = (
+        bool(model)
+        and serving_pod_labels(str(model)).items() <= labels.items()
+        and _replica_set_of(metadata)
+        == f"{serving_children(str(model))['triton']}-{labels.get(TEMPLATE_HASH)}"
+        and not (body.get("spec") or {}).get("hostNetwork")
+    )
     ready = triton and any(
         condition.get("type") == "Ready" and condition.get("status") == "True"
         for condition in status.get("conditions") or []
@@ -157,6 +167,15 @@ def ready_pod_of(body: Mapping[str, Any]) -> dict[Key, ReadyPod]:
     if not model or not ready or not status.get("podIP") or metadata.get("deletionTimestamp"):
         return {}
     return {(str(metadata["namespace"]), str(model)): ReadyPod(str(metadata["name"]), str(status["podIP"]))}
+
+
+def _replica_set_of(metadata: Mapping[str, Any]) -> str | None:
+    controllers = [
+        owner
+        for owner in metadata.get("ownerReferences") or []
+        if owner.get("controller") and owner.get("kind") == "ReplicaSet"
+    ]
+    return str(controllers[0].get("name")) if controllers else None
 
 
 def secret_of(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:

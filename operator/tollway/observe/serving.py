@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -20,7 +22,8 @@ TIMEOUT_SECONDS = 2.0
 QUEUE_TIMEOUT_SECONDS = 1.0
 """Within the burst floor's 2 s cadence."""
 PENDING = "nv_inference_pending_request_count{"
-METRICS_PAGE_BYTES = 4 << 20
+METRICS_PAGE_BYTES = 2 << 20
+"""Triton's page for a hundred models is about 0.5 MiB."""
 
 
 def model_state(url: str, model: str, versions: Iterable[str], admin_key: str) -> TritonState:
@@ -70,26 +73,52 @@ def _said(body: bytes) -> str:
         return body.decode(errors="replace")[:200]
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A pod's metrics page is read where it is or not at all: a pod never sends the operator elsewhere."""
+
+    def redirect_request(self, *_: Any) -> None:
+        return None
+
+
+#: No redirects, and no proxy from the environment: the page is on the pod's own address.
+_READER = urllib.request.build_opener(_NoRedirects, urllib.request.ProxyHandler({}))
+
+
 def queue_depth(url: str, model: str) -> float | None:
     """The requests waiting in one Triton pod's queue for `model`, from its metrics page at `url`; None
-    when the page cannot be read."""
+    when the page cannot be read whole within `QUEUE_TIMEOUT_SECONDS` (a slow page holds no read longer),
+    is larger than `METRICS_PAGE_BYTES`, or does not say."""
+    deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
     try:
-        with urllib.request.urlopen(url, timeout=QUEUE_TIMEOUT_SECONDS) as response:
-            page = response.read(METRICS_PAGE_BYTES).decode(errors="replace")
+        with _READER.open(url, timeout=QUEUE_TIMEOUT_SECONDS) as response:
+            if response.status != 200:
+                return None
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := response.read1(64 << 10):  # what one receive got: the deadline is checked
+                size += len(chunk)
+                if size > METRICS_PAGE_BYTES or time.monotonic() > deadline:
+                    return None
+                chunks.append(chunk)
     except (OSError, http.client.HTTPException):
         return None
-    return pending(page, model)
+    return pending(b"".join(chunks).decode(errors="replace"), model)
 
 
 def pending(page: str, model: str) -> float | None:
     """nv_inference_pending_request_count of `model` on a Triton metrics page, over its versions (0 when the
-    page lists none: nothing loaded waits); None when a sample is not a number."""
+    page lists none: nothing loaded waits); None when a sample is not a count (not a number, negative, NaN
+    or infinite)."""
     selected = f'model="{model}"'
     waiting = 0.0
     for line in page.splitlines():
-        if line.startswith(PENDING) and selected in line.partition("}")[0]:
+        labels, _, sample = line.partition("}")
+        if line.startswith(PENDING) and selected in labels:
             try:
-                waiting += float(line.rpartition(" ")[2])
-            except ValueError:
+                value = float(sample.split()[0])
+            except (ValueError, IndexError):
                 return None
+            if not math.isfinite(value) or value < 0:
+                return None
+            waiting += value
     return waiting

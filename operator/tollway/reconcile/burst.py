@@ -4,14 +4,15 @@ minimum for a while, through the model's own reconcile (the HPA or ScaledObject 
 
 Why a loop of its own and not the HPA: the HPA decides every 15 s on figures that Triton's 15 s scrape leaves
 up to 15 s old; a burst after an idle spell then waits up to half a minute for its first new replica, where
-a concurrency autoscaler acts within 2-4 s (README: Autoscaling). The loop only ever raises the count; every
+a concurrency autoscaler acts within 2-4 s (README: "Burst floor"). The loop only ever raises the count; every
 other decision, every scale-down included, stays the autoscaler's.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tollway.api import ModelDeployment
@@ -22,7 +23,7 @@ from tollway.ir.state import ReadyPod
 from tollway.reconcile.floors import Key
 from tollway.reconcile.reconciler import Reconciler
 from tollway.reconcile.status import Logger
-from tollway.translate.floor import EVERY_SECONDS, HOLD_SECONDS, raised
+from tollway.translate.floor import EVERY_SECONDS, HOLD_SECONDS, raised, serves
 from tollway.translate.serving import scaling
 
 READERS = 8
@@ -31,9 +32,10 @@ READERS = 8
 
 @dataclass(frozen=True)
 class Watched:
-    """What the loop needs of one model, parsed once per generation (a parse every 2 s of every model would
-    cost more than the reads)."""
+    """What the loop needs of one model, parsed once per object and generation (a parse every 2 s of every
+    model would cost more than the reads)."""
 
+    uid: str
     generation: int
     model: str
     """The model's name in Triton (its metrics' `model` label)."""
@@ -64,70 +66,88 @@ class Burst(threading.Thread):
         self.readers.shutdown(wait=False, cancel_futures=True)
 
     def look(self) -> None:
-        """One pass: lapsed floors let go, then every autoscaled model's queue against its replicas."""
+        """One pass: lapsed floors let go, then every autoscaled model's queue against its replicas. Only
+        the serving peering replica reads or writes; a pod slower than the pass is left out of it."""
         reconciler = self.reconciler
         if not reconciler.listed.is_set():
             return
         for key in reconciler.floors.lapse():
             self._reconcile(key)
+        pods = reconciler.cluster.ready_pods()
+        for gone in self.watched.keys() - pods.keys():
+            del self.watched[gone]
         candidates = [
-            (key, watched, pods)
-            for key, pods in reconciler.cluster.ready_pods().items()
+            (key, watched, ready)
+            for key, ready in pods.items()
             if (watched := self._watched(key)) is not None and watched.plan is not None
         ]
-        queues = self.readers.map(self._queue, candidates)
-        for (key, watched, _), queue in zip(candidates, queues, strict=True):
-            if queue is not None and watched.plan is not None and not self.stopping.is_set():
-                self._judge(key, queue, watched.plan)
+        standing: dict[str | None, bool] = {}
+        reads: dict[Key, list[Future[float | None]]] = {}
+        for key, watched, ready in candidates:
+            scope = self._scope(key[0])
+            if scope not in standing:
+                standing[scope] = reconciler.standing_by(scope, self.logger)
+            if not standing[scope]:
+                reads[key] = [self.readers.submit(self._queue, key[0], watched.model, pod) for pod in ready]
+        everything = [read for model_reads in reads.values() for read in model_reads]
+        futures.wait(everything, timeout=EVERY_SECONDS)
+        for read in everything:
+            read.cancel()  # not started yet: the next pass asks again
+        for key, watched, _ in candidates:
+            known = [read.result() for read in reads.get(key, []) if read.done() and not read.cancelled()]
+            waiting = [value for value in known if value is not None]
+            if waiting and watched.plan is not None and not self.stopping.is_set():
+                try:
+                    self._judge(key, sum(waiting), watched.plan)
+                except Exception:  # one model's failure (the API server refusing its scale) is its own
+                    self.logger.exception("the burst floor could not raise %s/%s", *key)
+
+    def _scope(self, namespace: str) -> str | None:
+        """Where kopf's peering object is: the namespace's when the operator watches named ones, else the
+        cluster's (as the resync asks)."""
+        return namespace if self.reconciler.settings.namespaces else None
 
     def _watched(self, key: Key) -> Watched | None:
         body = self.reconciler.cluster.cached_resource(ModelDeployment, *key)
         if body is None:
-            self.watched.pop(key, None)
             return None
-        generation = int(body["metadata"].get("generation") or 0)
+        uid, generation = str(body["metadata"].get("uid")), int(body["metadata"].get("generation") or 0)
         known = self.watched.get(key)
-        if known is None or known.generation != generation:
+        if known is None or (known.uid, known.generation) != (uid, generation):
             try:
                 resource = parse(ModelDeployment, body)
             except InvalidResource:
-                known = Watched(generation, "", None)
+                known = Watched(uid, generation, "", None)
             else:
                 plan = scaling(resource, prometheus_url="")
-                served = plan is not None and plan.queue_depth_per_replica is not None
-                known = Watched(generation, resource.model_name, plan if served else None)
+                known = Watched(uid, generation, resource.model_name, plan if serves(plan) else None)
             self.watched[key] = known
         return known
 
-    def _queue(self, candidate: tuple[Key, Watched, tuple[ReadyPod, ...]]) -> float | None:
-        """The requests waiting in the model's ready pods that could be read; None when none could be."""
-        (namespace, _), watched, ready = candidate
-        read = [
-            self.reconciler.telemetry.queue_depth(
-                self.metrics_url.format(pod_ip=pod.ip, pod=pod.name, namespace=namespace), watched.model
-            )
-            for pod in ready
-        ]
-        known = [waiting for waiting in read if waiting is not None]
-        return sum(known) if known else None
+    def _queue(self, namespace: str, model: str, pod: ReadyPod) -> float | None:
+        url = self.metrics_url.format(pod_ip=pod.ip, pod=pod.name, namespace=namespace)
+        return self.reconciler.telemetry.queue_depth(url, model)
 
     def _judge(self, key: Key, queue: float, plan: Scaling) -> None:
         namespace, name = key
-        cluster = self.reconciler.cluster
+        cluster, floors = self.reconciler.cluster, self.reconciler.floors
         deployment_name = serving_children(name)["triton"]
         deployment = cluster.deployment_state(namespace, deployment_name)
         if deployment is None:
             return
-        floor = raised(queue, deployment.replicas, plan, self.reconciler.floors.monotonic())
-        if floor is None or self.reconciler.standing_by(namespace, self.logger):
-            return
-        # The watched count may be behind: a count this loop (or the autoscaler) already raised is left.
-        if not cluster.raise_replicas(namespace, deployment_name, floor.replicas):
-            return
-        self.reconciler.floors.hold(key, floor)
+        floor = raised(queue, deployment.replicas, plan, floors.monotonic())
+        if floor is None or floors.replicas(key) >= floor.replicas:
+            return  # no burst, or one held already (the watch may not show its count yet)
+        # The floor is rendered first: the HPA controller applies a new minimum at once (Kubernetes 1.37's
+        # does, a sync of its own), and never finds a count it may halve on older figures. The count is then
+        # set on the scale too, for an autoscaler that waits for its next sync (KEDA copies the minimum into
+        # its HPA first); it is left alone where the autoscaler got there first.
+        floors.hold(key, floor)
+        self._reconcile(key)
+        cluster.raise_replicas(namespace, deployment_name, floor.replicas)
         note = (
-            f"{queue:.0f} requests waiting on {deployment.replicas} replicas: scaled to {floor.replicas} at"
-            f" once, held as the autoscaler's minimum for {HOLD_SECONDS:.0f} s"
+            f"a burst: {queue:.0f} requests waiting with the Deployment at {deployment.replicas}; scaled to"
+            f" {floor.replicas} at once, held as the autoscaler's minimum for {HOLD_SECONDS:.0f} s"
         )
         self.logger.info("%s/%s: %s", namespace, name, note)
         body = cluster.cached_resource(ModelDeployment, namespace, name)
@@ -135,7 +155,6 @@ class Burst(threading.Thread):
             cluster.record_event(
                 ModelDeployment, body["metadata"], type="Normal", reason="BurstScaledUp", note=note
             )
-        self._reconcile(key)
 
     def _reconcile(self, key: Key) -> None:
         """The model's reconcile, which renders its autoscaler's minimum from the floors that hold."""
