@@ -44,6 +44,8 @@ class Watched:
 
 
 class Burst(threading.Thread):
+    """The loop, on a thread of its own beside the resync; `look` is one pass."""
+
     def __init__(self, reconciler: Reconciler, metrics_url: str, logger: Logger) -> None:
         """`metrics_url`: where one pod's metrics page is ({pod_ip}, {pod} and {namespace} filled in)."""
         super().__init__(name="tollway-burst", daemon=True)
@@ -94,7 +96,8 @@ class Burst(threading.Thread):
         for read in everything:
             read.cancel()  # not started yet: the next pass asks again
         for key, watched, _ in candidates:
-            known = [read.result() for read in reads.get(key, []) if read.done() and not read.cancelled()]
+            answered = [read for read in reads.get(key, []) if read.done() and not read.cancelled()]
+            known = [read.result() for read in answered if read.exception() is None]
             waiting = [value for value in known if value is not None]
             if waiting and watched.plan is not None and not self.stopping.is_set():
                 try:
