@@ -253,6 +253,9 @@ def wake(
             if "scaled" not in marks and test_bed.replicas() > 0:
                 marks["scaled"] = time.monotonic()
             time.sleep(0.1)
+    # The plant records a load when it sees Triton ready, polling: on a loaded machine the gateway may have
+    # seen it ready and answered first.
+    eventually(lambda: len(test_bed.plant.loads) > loads_before, timeout=30, interval=0.05)
     seen, loaded = test_bed.plant.loads[loads_before]
     timings = Wake(
         scaled=marks.get("scaled", seen) - sent,

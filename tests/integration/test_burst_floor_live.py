@@ -111,7 +111,8 @@ def bed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             yield cluster, pages
     finally:
         server.shutdown()
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+        # Gone before the next module: a cluster-wide operator there (the chart's) would find it terminating.
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s")
 
 
 def test_a_burst_sets_the_count_at_once_holds_it_as_the_hpas_minimum_and_then_lets_the_minimum_go(
