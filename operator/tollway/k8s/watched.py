@@ -164,7 +164,7 @@ def ready_pod_of(body: Mapping[str, Any]) -> dict[Key, ReadyPod]:
         condition.get("type") == "Ready" and condition.get("status") == "True"
         for condition in status.get("conditions") or []
     )
-    if not model or not ready or not status.get("podIP") or metadata.get("deletionTimestamp"):
+    if not ready or not status.get("podIP") or metadata.get("deletionTimestamp"):
         return {}
     return {(str(metadata["namespace"]), str(model)): ReadyPod(str(metadata["name"]), str(status["podIP"]))}
 

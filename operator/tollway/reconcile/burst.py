@@ -78,30 +78,30 @@ class Burst(threading.Thread):
         pods = reconciler.cluster.ready_pods()
         for gone in self.watched.keys() - pods.keys():
             del self.watched[gone]
-        candidates = [
-            (key, watched, ready)
-            for key, ready in pods.items()
-            if (watched := self._watched(key)) is not None and watched.plan is not None
-        ]
-        standing: dict[str | None, bool] = {}
+        plans: dict[Key, Scaling] = {}
         reads: dict[Key, list[Future[float | None]]] = {}
-        for key, watched, ready in candidates:
+        standing: dict[str | None, bool] = {}
+        for key, ready in pods.items():
+            watched = self._watched(key)
+            if watched is None or watched.plan is None:
+                continue
             scope = self._scope(key[0])
             if scope not in standing:
                 standing[scope] = reconciler.standing_by(scope, self.logger)
             if not standing[scope]:
+                plans[key] = watched.plan
                 reads[key] = [self.readers.submit(self._queue, key[0], watched.model, pod) for pod in ready]
         everything = [read for model_reads in reads.values() for read in model_reads]
         futures.wait(everything, timeout=EVERY_SECONDS)
         for read in everything:
             read.cancel()  # not started yet: the next pass asks again
-        for key, watched, _ in candidates:
-            answered = [read for read in reads.get(key, []) if read.done() and not read.cancelled()]
+        for key, model_reads in reads.items():
+            answered = [read for read in model_reads if read.done() and not read.cancelled()]
             known = [read.result() for read in answered if read.exception() is None]
             waiting = [value for value in known if value is not None]
-            if waiting and watched.plan is not None and not self.stopping.is_set():
+            if waiting and not self.stopping.is_set():
                 try:
-                    self._judge(key, sum(waiting), watched.plan)
+                    self._judge(key, sum(waiting), plans[key])
                 except Exception:  # one model's failure (the API server refusing its scale) is its own
                     self.logger.exception("the burst floor could not raise %s/%s", *key)
 
